@@ -1,0 +1,76 @@
+"""A blocking JSON-RPC client for bkd's Unix socket (standard library only)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+
+from . import protocol
+
+
+class Unreachable(Exception):
+    """The daemon's socket cannot be reached (exit code 3)."""
+
+
+class RemoteError(Exception):
+    """The daemon answered with a JSON-RPC error (exit code 1)."""
+
+    def __init__(self, code: int, message: str, data=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class Client:
+    def __init__(self, path: str, timeout: float | None = 30.0):
+        self.path = path
+        self._ids = itertools.count(1)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(path)
+        except FileNotFoundError:
+            raise Unreachable(f"cannot reach bkd: socket {path} does not exist (is bkd running?)") from None
+        except ConnectionRefusedError:
+            raise Unreachable(f"cannot reach bkd: connection to {path} refused (is bkd running?)") from None
+        except PermissionError:
+            raise Unreachable(
+                f"cannot reach bkd: permission denied on {path} (are you in the bkd group?)") from None
+        except OSError as e:
+            raise Unreachable(f"cannot reach bkd at {path}: {e.strerror or e}") from None
+        self._reader = self._sock.makefile("rb")
+
+    def close(self) -> None:
+        self._reader.close()
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def call(self, method: str, params: dict | None = None) -> dict:
+        request_id = next(self._ids)
+        try:
+            self._sock.sendall(protocol.encode(protocol.request(method, params, request_id)))
+            while True:
+                message = self._read()
+                if message.get("id") == request_id:
+                    break  # anything else is a notification for a subscriber
+        except socket.timeout:
+            raise Unreachable(f"bkd at {self.path} did not answer {method} in time") from None
+        except OSError as e:
+            raise Unreachable(f"lost the connection to bkd at {self.path}: {e.strerror or e}") from None
+        if "error" in message:
+            error = message["error"]
+            raise RemoteError(error.get("code", 0), error.get("message", "unknown error"), error.get("data"))
+        return message["result"]
+
+    def _read(self) -> dict:
+        line = self._reader.readline()
+        if not line:
+            raise Unreachable(f"bkd closed the connection at {self.path}")
+        return json.loads(line)

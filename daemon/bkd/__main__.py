@@ -1,0 +1,110 @@
+"""bkd [--config PATH] COMMAND: serve | check-config | init | config show."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import tomli_w
+from pydantic import ValidationError
+
+from . import __version__
+from .config import ConfigError, Problem, config_path, load_config, to_toml
+from .config.load import error_message
+from .config.models import Config, Retention, Schedule
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bkd", description="bkd backup daemon")
+    parser.add_argument("--config", help="config file (default: $BKD_CONFIG or /etc/bkd/bkd.toml)")
+    parser.add_argument("--version", action="version", version=f"bkd {__version__}")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"], help="(serve) log level")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="run the daemon in the foreground (the default)")
+    commands.add_parser("check-config", help="validate the config; print every problem")
+    init = commands.add_parser("init", help="write a starter config")
+    init.add_argument("--backup-root", required=True, help="where snapshots go")
+    init.add_argument("--host", action="append", default=[], metavar="NAME=SOURCE",
+                      help="a host to back up (repeatable), e.g. web1=web1:/home/")
+    init.add_argument("--output", help="write here instead of the config path; - for stdout")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    show = commands.add_parser("config", help="config tools")
+    show.add_argument("action", choices=["show"], help="show: print the effective config")
+    return parser
+
+
+def _print_problems(problems: list[Problem]) -> int:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1
+
+
+def _init(args, path: Path) -> int:
+    hosts = []
+    for spec in args.host:
+        name, sep, source = spec.partition("=")
+        if not sep:
+            print(f"bkd init: --host {spec!r}: use NAME=SOURCE", file=sys.stderr)
+            return 2
+        hosts.append({"name": name, "source": source})
+    starter = {
+        "backup_root": str(Path(args.backup_root).absolute()),
+        "state_dir": "/var/lib/bkd",
+        "socket": "/run/bkd/bkd.sock",
+        "max_parallel_hosts": 4,
+        "schedule": Schedule().model_dump(mode="json"),
+        "retention": Retention().model_dump(mode="json"),
+        "host": hosts,
+    }
+    target = "-" if args.output == "-" else Path(args.output) if args.output else path
+    try:
+        Config.model_validate(starter)
+    except ValidationError as e:
+        return _print_problems([Problem(Path(str(target)), err["loc"], error_message(err))
+                                for err in e.errors()])
+    text = tomli_w.dumps(starter)
+    if target == "-":
+        sys.stdout.write(text)
+        return 0
+    if target.exists() and not args.force:
+        print(f"bkd init: {target} exists; use --force to overwrite it", file=sys.stderr)
+        return 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    print(f"wrote {target}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = config_path(args.config)
+    command = args.command or "serve"
+    if command == "init":
+        return _init(args, path)
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        return _print_problems(e.problems)
+    if command == "check-config":
+        return 0
+    if command == "config":
+        sys.stdout.write(to_toml(config))
+        return 0
+
+    from . import logs
+    from .app import StartupError, serve
+
+    logs.configure(args.log_level)
+    try:
+        asyncio.run(serve(path, config))
+    except StartupError as e:
+        print(f"bkd: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

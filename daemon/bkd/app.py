@@ -1,0 +1,115 @@
+"""The composition root: config → store → engine → RPC server → scheduler, and
+the lifecycle around them (ready, signals, shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+from pathlib import Path
+
+import structlog
+
+from . import __version__, clock
+from .config import Config
+from .engine import Engine
+from .fsutil import make_private_dir
+from .pipeline.rsync import check_rsync
+from .rpc.methods import Api, method_table
+from .rpc.server import RpcServer
+from .scheduler import run_schedule
+from .store import Store
+from .systemd import notify
+
+log = structlog.get_logger()
+
+LOCK_NAME = ".bkd.lock"
+DATABASE_NAME = "bkd.sqlite"
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def lock_backup_root(backup_root: Path) -> int:
+    """One daemon per backup root, held by the kernel for as long as we live."""
+    make_private_dir(backup_root)
+    path = backup_root / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(
+            f"another bkd (pid {holder}) is already running on backup root {backup_root} "
+            f"(it holds the lock on {path})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config):
+        self.config_path = config_path
+        self.config = config
+        self.started = clock.now()
+        self.rsync_version = ""
+        self.engine: Engine | None = None
+
+    def status_line(self) -> str:
+        engine = self.engine
+        running = len(engine.runs) if engine else 0
+        return f"{len(self.config.host)} hosts, {running} running"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        config = self.config
+        try:
+            self.rsync_version = await asyncio.to_thread(check_rsync)
+        except RuntimeError as e:
+            raise StartupError(str(e)) from None
+        lock_fd = lock_backup_root(config.backup_root)
+        store = await Store.open(config.state_dir / DATABASE_NAME)
+        try:
+            interrupted = await store.mark_interrupted()
+            if interrupted:
+                log.warning("daemon.recovered", interrupted_runs=interrupted)
+            self.engine = engine = Engine(config, store)
+            server = RpcServer(config.socket, method_table(Api(self)))
+            try:
+                await server.start()
+            except (RuntimeError, OSError) as e:
+                raise StartupError(f"cannot listen on {config.socket}: {e}") from None
+            notify("READY=1", f"STATUS={self.status_line()}")
+            log.info("daemon.ready", version=__version__, socket=str(config.socket),
+                     backup_root=str(config.backup_root), hosts=len(config.host))
+            scheduler = asyncio.create_task(run_schedule(engine), name="scheduler")
+            await stop.wait()
+            notify("STOPPING=1")
+            log.info("daemon.stopping", running=sorted(engine.runs))
+            await server.close()
+            scheduler.cancel()
+            await engine.shutdown()
+            await asyncio.gather(scheduler, return_exceptions=True)
+        finally:
+            await store.close()
+            os.close(lock_fd)
+        log.info("daemon.stopped")
+
+
+async def serve(config_path: Path, config: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("daemon.forced_exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("daemon.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await Daemon(config_path, config).run(stop)

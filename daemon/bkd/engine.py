@@ -1,0 +1,176 @@
+"""Jobs: per-host work tasks, their limits and their records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from bkctl import protocol
+from . import clock
+from .clock import iso
+from .config import Config
+from .layout import HostDir, SnapshotName
+from .pipeline.snapshot import RunControl, SnapshotFailed, take_snapshot
+from .store import Store
+
+log = structlog.get_logger()
+
+KINDS = ("snapshot",)
+
+
+class RpcError(Exception):
+    """An error the caller gets back as a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: dict | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+@dataclass
+class HostRun:
+    """What a host is doing right now (kept in memory, mirrored to SQLite)."""
+
+    job_id: int
+    kind: str
+    state: str = "queued"  # queued | running
+    stage: str | None = None
+    progress: dict | None = None
+    control: RunControl = field(default_factory=RunControl)
+    task: asyncio.Task | None = None
+
+
+class Engine:
+    def __init__(self, config: Config, store: Store):
+        self.config = config
+        self.store = store
+        self.runs: dict[str, HostRun] = {}
+        self.last_attempt: dict[str, datetime] = {}
+        self.job_tasks: set[asyncio.Task] = set()
+        self.changed = asyncio.Event()  # wakes the scheduler when work ends
+        self._slots = asyncio.Semaphore(config.max_parallel_hosts)
+        self.stopping = False
+
+    def host_names(self, requested: list[str] | None) -> list[str]:
+        names = [h.name for h in self.config.host]
+        if not requested:
+            return names
+        unknown = [h for h in requested if h not in names]
+        if unknown:
+            raise RpcError(protocol.NOT_FOUND, f"unknown host: {', '.join(unknown)}",
+                           {"hosts": unknown})
+        return list(dict.fromkeys(requested))
+
+    async def start_job(self, hosts: list[str] | None, kind: str = "snapshot",
+                        dry_run: bool = False, trigger: str = "manual") -> int | None:
+        """Start kind on hosts. A manual trigger that finds a host busy is refused;
+        a scheduled one leaves busy hosts out (coalesced). None: nothing to do."""
+        if self.stopping:
+            raise RpcError(protocol.SHUTTING_DOWN, "the daemon is shutting down")
+        names = self.host_names(hosts)
+        if not names:
+            raise RpcError(protocol.NOT_FOUND, "no hosts are configured")
+        busy = [h for h in names if h in self.runs]
+        if busy and trigger == "manual":
+            raise RpcError(protocol.BUSY, f"already running: {', '.join(busy)}",
+                           {"hosts": busy, "job_ids": [self.runs[h].job_id for h in busy]})
+        for host in busy:
+            log.info("schedule.coalesced", host=host, kind=kind, running_job=self.runs[host].job_id)
+        names = [h for h in names if h not in busy]
+        if not names:
+            return None
+        job_id = await self.store.create_job(kind, names, trigger, dry_run)
+        log.info("job.start", job_id=job_id, kind=kind, hosts=names, trigger=trigger, dry_run=dry_run)
+        for host in names:
+            self.last_attempt[host] = clock.now()
+            run = self.runs[host] = HostRun(job_id, kind)
+            run.task = asyncio.create_task(self._run_host(host, run, dry_run), name=f"{host}:{job_id}")
+            self.job_tasks.add(run.task)
+            run.task.add_done_callback(self.job_tasks.discard)
+        return job_id
+
+    async def _run_host(self, host: str, run: HostRun, dry_run: bool) -> None:
+        with structlog.contextvars.bound_contextvars(host=host, job_id=run.job_id):
+            try:
+                async with self._slots:
+                    run.state, run.stage = "running", run.kind
+                    await self.store.update_host(run.job_id, host, status="running", stage=run.stage)
+                    await self._run_snapshot(host, run, dry_run)
+            except asyncio.CancelledError:
+                status = "interrupted" if run.control.keep_partial else "cancelled"
+                log.warning("run.stopped", status=status)
+                await self.store.update_host(run.job_id, host, status=status,
+                                             error=f"{status} during {run.stage or 'queue'}")
+            except Exception as e:  # a bug must fail this run, not the daemon
+                log.exception("run.internal_error")
+                await self.store.update_host(run.job_id, host, status="failed",
+                                             error=f"internal error: {e}")
+            finally:
+                del self.runs[host]
+                self.changed.set()
+
+    async def _run_snapshot(self, host: str, run: HostRun, dry_run: bool) -> None:
+        config = self.config
+        settings = config.settings(config.find_host(host))
+        previous = HostDir.of(config.backup_root, host).latest_snapshot()
+        previous_stats = (await self.store.snapshot_stats(host)).get(str(previous), {}) if previous else {}
+        try:
+            result = await take_snapshot(config, settings, dry_run=dry_run, control=run.control,
+                                         previous_files=previous_stats.get("files"))
+        except SnapshotFailed as e:
+            log.error("run.failed", error=str(e))
+            await self.store.update_host(run.job_id, host, status="failed", error=str(e))
+            return
+        if result.name:
+            name = SnapshotName.parse(result.name)
+            await self.store.record_snapshot(host, result.name, iso(name.time), result.stats, run.job_id)
+        if result.warning:
+            log.warning("run.warning", warning=result.warning)
+        await self.store.update_host(run.job_id, host, status=result.status, snapshot=result.name,
+                                     stats=result.stats, error=result.warning)
+        log.info("run.done", status=result.status, snapshot=result.name)
+
+    async def shutdown(self) -> None:
+        """Stop all running work, keeping partial snapshots for the next run to resume."""
+        self.stopping = True
+        for run in self.runs.values():
+            run.control.keep_partial = True
+            run.task.cancel()
+        if self.job_tasks:
+            await asyncio.gather(*self.job_tasks, return_exceptions=True)
+
+    async def snapshot_list(self, host: str) -> list[dict]:
+        """Complete snapshots on disk (the truth), with their recorded stats."""
+        host_dir = HostDir.of(self.config.backup_root, host)
+        if not self.config.find_host(host) and not host_dir.root.is_dir():
+            raise RpcError(protocol.NOT_FOUND, f"unknown host: {host}")
+        recorded = await self.store.snapshot_stats(host)
+        entries = []
+        for name in host_dir.snapshots():
+            stats = recorded.get(str(name))
+            if stats is None:
+                # The database lost it (restored, rebuilt): the meta/ record is the source.
+                stats = _read_meta(host_dir, name)
+                await self.store.record_snapshot(host, str(name), iso(name.time), stats, None)
+            entries.append({
+                "name": str(name), "time": iso(name.time), "tier": "hourly",
+                "files": stats.get("files"), "bytes": stats.get("bytes"),
+                "changed_files": stats.get("changed_files"),
+                "deleted_files": stats.get("deleted_files"),
+                "transferred_bytes": stats.get("transferred_bytes"),
+                "duration_s": stats.get("duration_s"),
+            })
+        return entries
+
+
+def _read_meta(host_dir: HostDir, name: SnapshotName) -> dict:
+    try:
+        record = json.loads(host_dir.meta_file(name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in record.items() if k not in ("name", "time")}

@@ -1,0 +1,98 @@
+"""The one wrapper every external command runs through.
+
+Each child gets its own process group, so stopping it stops everything it
+spawned (rsync's ssh, a hook's grandchildren). Output is streamed line by line
+to an optional callback and only a bounded tail of stderr is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger()
+
+GRACE_SECONDS = 5.0
+STDERR_TAIL_LINES = 40
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stderr_tail: list[str]
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_tail)
+
+
+async def _pump(stream: asyncio.StreamReader, on_line: Callable[[str], None] | None,
+                tail: deque | None) -> None:
+    # Lines may end in \r (rsync progress) as well as \n.
+    pending = b""
+    while chunk := await stream.read(65536):
+        pending += chunk
+        *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
+        for raw in lines:
+            if raw:
+                _deliver(raw, on_line, tail)
+    if pending:
+        _deliver(pending, on_line, tail)
+
+
+def _deliver(raw: bytes, on_line, tail) -> None:
+    line = raw.decode("utf-8", "surrogateescape")
+    if tail is not None:
+        tail.append(line)
+    if on_line is not None:
+        on_line(line)
+
+
+async def stop_group(proc: asyncio.subprocess.Process, grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM the whole group, SIGKILL it after the grace period, always reap."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+            # The leader is gone; members that outlived it still get the KILL.
+            if sig is signal.SIGTERM:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            return
+        except asyncio.TimeoutError:
+            continue
+    await proc.wait()
+
+
+async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = None,
+              on_stderr: Callable[[str], None] | None = None, env: dict | None = None,
+              cwd: str | None = None, grace: float = GRACE_SECONDS) -> Result:
+    """Run argv to completion. Cancelling the calling task stops the process group."""
+    argv = [str(a) for a in argv]
+    log.debug("exec", argv=argv)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
+    )
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    pumps = asyncio.gather(_pump(proc.stdout, on_stdout, None), _pump(proc.stderr, on_stderr, tail))
+    try:
+        await pumps
+        returncode = await proc.wait()
+    except BaseException:
+        await stop_group(proc, grace)
+        pumps.cancel()
+        raise
+    return Result(argv, returncode, list(tail))

@@ -1,0 +1,99 @@
+"""The on-disk layout of one host under the backup root (SPEC §4)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+TIME_FORMAT = "%Y-%m-%d_%H%M%S"
+_SNAPSHOT_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}_\d{6})(?:-([2-9]|[1-9]\d+))?")
+PARTIAL_PREFIX = ".partial-"
+
+
+@dataclass(frozen=True, order=True)
+class SnapshotName:
+    """A complete snapshot's directory name: UTC time plus a sequence number
+    (1 for the bare name, 2.. for -2, -3, … within the same second)."""
+
+    time: datetime
+    seq: int = 1
+
+    @classmethod
+    def parse(cls, name: str) -> SnapshotName | None:
+        match = _SNAPSHOT_NAME.fullmatch(name)
+        if not match:
+            return None
+        try:
+            time = datetime.strptime(match[1], TIME_FORMAT).replace(tzinfo=timezone.utc)
+        except ValueError:
+            return None
+        return cls(time, int(match[2] or 1))
+
+    def __str__(self) -> str:
+        base = self.time.strftime(TIME_FORMAT)
+        return base if self.seq == 1 else f"{base}-{self.seq}"
+
+
+@dataclass(frozen=True)
+class HostDir:
+    root: Path  # {backup_root}/{host}
+
+    @classmethod
+    def of(cls, backup_root: Path, host: str) -> HostDir:
+        return cls(backup_root / host)
+
+    @property
+    def hourly(self) -> Path:
+        return self.root / "hourly"
+
+    @property
+    def latest(self) -> Path:
+        return self.root / "latest"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta"
+
+    def meta_file(self, name: SnapshotName | str) -> Path:
+        return self.meta / f"{name}.json"
+
+    def snapshots(self) -> list[SnapshotName]:
+        """Complete snapshots, oldest first. Anything else in hourly/ is ignored."""
+        try:
+            entries = list(os.scandir(self.hourly))
+        except FileNotFoundError:
+            return []
+        names = (SnapshotName.parse(e.name) for e in entries if e.is_dir(follow_symlinks=False))
+        return sorted(n for n in names if n)
+
+    def latest_snapshot(self) -> SnapshotName | None:
+        """What `latest` points at, if it is a complete snapshot; else the newest by name."""
+        try:
+            target = os.readlink(self.latest)
+        except OSError:
+            target = ""
+        parent, _, leaf = target.rpartition("/")
+        name = SnapshotName.parse(leaf) if parent == "hourly" else None
+        if name and (self.hourly / str(name)).is_dir():
+            return name
+        snapshots = self.snapshots()
+        return snapshots[-1] if snapshots else None
+
+    def partials(self) -> list[Path]:
+        """Staging directories left by interrupted runs, newest first."""
+        try:
+            entries = [e for e in os.scandir(self.hourly) if e.name.startswith(PARTIAL_PREFIX)]
+        except FileNotFoundError:
+            return []
+        return [Path(e.path) for e in sorted(entries, key=lambda e: e.name, reverse=True)
+                if e.is_dir(follow_symlinks=False)]
+
+    def free_name(self, time: datetime) -> SnapshotName:
+        """A name for a snapshot taken at time that no existing snapshot has."""
+        name = SnapshotName(time.astimezone(timezone.utc).replace(microsecond=0))
+        while (self.hourly / str(name)).exists():
+            name = SnapshotName(name.time, name.seq + 1)
+        return name

@@ -1,0 +1,131 @@
+"""rsync: building its command line, reading its statistics and exit codes."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from ..config.models import Config, HostSettings
+
+# rsync older than this has receiver-side path-escape bugs (CVE-2022-29154,
+# CVE-2024-12086/12087/12088); SPEC §7 says refuse to run with it.
+MIN_RSYNC_VERSION = (3, 4, 0)
+
+EXIT_CODES = {
+    1: "syntax or usage error",
+    2: "protocol incompatibility",
+    3: "errors selecting input/output files or directories",
+    5: "error starting client-server protocol",
+    10: "error in socket I/O",
+    11: "error in file I/O (is the backup disk full?)",
+    12: "error in rsync protocol data stream",
+    13: "errors with program diagnostics",
+    14: "error in IPC code",
+    20: "received SIGUSR1 or SIGINT",
+    21: "some error returned by waitpid()",
+    22: "error allocating core memory buffers",
+    23: "partial transfer due to error",
+    24: "some files vanished before they could be transferred",
+    25: "the --max-delete limit stopped deletions",
+    30: "timeout in data send/receive",
+    35: "timeout waiting for daemon connection",
+    255: "the SSH connection failed",
+}
+VANISHED = 24
+SUCCESS_CODES = (0, VANISHED)
+
+_STATS = {
+    "Number of files": "entries",
+    "Number of created files": "created",
+    "Number of regular files transferred": "changed_files",
+    "Total file size": "bytes",
+    "Total transferred file size": "transferred_bytes",
+    "Total bytes received": "received_bytes",
+}
+_STAT_LINE = re.compile(r"(?P<key>[A-Za-z ]+): (?P<value>[\d,.]+)(?: bytes)?(?P<rest>.*)")
+_REG_COUNT = re.compile(r"\breg: ([\d,]+)")
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    match = re.search(r"rsync\s+version\s+v?(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(x) for x in match.groups()) if match else None
+
+
+def check_rsync(binary: str = "rsync") -> str:
+    """Return rsync's version string, or raise RuntimeError saying why it can't be used."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except FileNotFoundError:
+        raise RuntimeError(f"{binary} is not installed (apt-get install rsync)") from None
+    version = parse_version(out)
+    if version is None:
+        raise RuntimeError(f"cannot tell the version of {binary} from: {out[:80]!r}")
+    if version < MIN_RSYNC_VERSION:
+        need = ".".join(map(str, MIN_RSYNC_VERSION))
+        raise RuntimeError(
+            f"rsync {'.'.join(map(str, version))} has known receiver path-escape bugs; "
+            f"bkd needs rsync {need} or newer"
+        )
+    return ".".join(map(str, version))
+
+
+def ssh_command(config: Config) -> list[str]:
+    ssh = config.ssh
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    if ssh.config_file:
+        argv += ["-F", ssh.config_file]
+    if ssh.identity_file:
+        argv += ["-i", ssh.identity_file]
+    if ssh.known_hosts_file:
+        argv += ["-o", f"UserKnownHostsFile={ssh.known_hosts_file}"]
+    for option in ssh.options:
+        argv += ["-o", option]
+    return argv
+
+
+def snapshot_command(config: Config, settings: HostSettings, dest: Path,
+                     link_dests: list[Path], *, dry_run: bool = False) -> list[str]:
+    """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
+    rsync = settings.rsync
+    argv = [
+        "rsync", "--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids",
+        "--delete", "--delete-excluded", "--stats",
+        f"--timeout={int(rsync.timeout.total_seconds())}",
+    ]
+    if dry_run:
+        argv.append("--dry-run")
+    if rsync.bwlimit:
+        argv.append(f"--bwlimit={rsync.bwlimit}")
+    argv += [f"--link-dest={path}" for path in link_dests]
+    argv += [f"--exclude={pattern}" for pattern in settings.excludes]
+    if settings.host.is_remote:
+        # rsync splits -e itself and honours shell-style quoting.
+        argv += ["-e", shlex.join(ssh_command(config))]
+    argv += ["--", settings.host.source.rstrip("/") + "/", f"{dest}/"]
+    return argv
+
+
+def parse_stats(lines: list[str]) -> dict:
+    """The numbers of rsync --stats. `files` counts regular files only."""
+    stats: dict = {}
+    for line in lines:
+        match = _STAT_LINE.fullmatch(line.strip())
+        if not match or match["key"] not in _STATS:
+            continue
+        key = _STATS[match["key"]]
+        stats[key] = int(match["value"].replace(",", "").split(".")[0])
+        if key in ("entries", "created"):
+            reg = _REG_COUNT.search(match["rest"])
+            stats["files" if key == "entries" else "created_files"] = int(reg[1].replace(",", "")) if reg else 0
+    return stats
+
+
+def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
+    meaning = EXIT_CODES.get(returncode, "unknown error")
+    boilerplate = ("rsync error:", "rsync: connection unexpectedly closed", "rsync: [")
+    detail = [line.strip() for line in stderr_tail
+              if line.strip() and not line.strip().startswith(boilerplate)]
+    message = f"rsync exited with code {returncode} ({meaning})"
+    return f"{message}: {'; '.join(detail[-3:])}" if detail else message

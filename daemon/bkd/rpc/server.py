@@ -1,0 +1,202 @@
+"""JSON-RPC 2.0 over a Unix stream socket, one JSON object per line.
+
+Each request runs as its own task, so a slow call never blocks a fast one on
+the same connection; a client that sends garbage or stops reading only ever
+hurts its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import os
+import socket
+import stat
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+
+from bkctl import protocol
+from ..engine import RpcError
+from .methods import Method
+
+log = structlog.get_logger()
+
+WRITE_TIMEOUT = 30.0  # a client that does not read its answers for this long is dropped
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return Peer(*struct.unpack("3i", creds))
+
+
+def _error(request_id, code: int, message: str, data: dict | None = None) -> dict:
+    error = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def _params_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "params"
+        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{field}: {message}")
+    return "invalid params: " + "; ".join(parts)
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Bind path as a 0660 socket, under a umask so it is never wider, not even
+    for an instant. Refuses to replace anything that is not a stale socket."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    parent = path.parent.stat()
+    if parent.st_mode & stat.S_IWOTH and not parent.st_mode & stat.S_ISVTX:
+        raise RuntimeError(f"refusing to create the socket in world-writable {path.parent}")
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink()  # left behind by a daemon that died
+        else:
+            raise RuntimeError(f"another bkd is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    try:
+        os.chown(path, -1, grp.getgrnam("bkd").gr_gid)
+    except KeyError:
+        pass  # no bkd group: the socket keeps the daemon's own group
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+class RpcServer:
+    def __init__(self, path: Path, methods: dict[str, Method]):
+        self.path = path
+        self.methods = methods
+        self._server: asyncio.base_events.Server | None = None
+        self.closing = False
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        sock = sock or bind_socket(self.path)
+        # +1 for the newline: a line of exactly MAX_LINE bytes is allowed.
+        self._server = await asyncio.start_unix_server(self._serve_client, sock=sock,
+                                                       limit=protocol.MAX_LINE + 1)
+
+    async def close(self) -> None:
+        self.closing = True
+        if self._server:
+            self._server.close()
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(self.path.lstat().st_mode):
+                    self.path.unlink()
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = peer_of(writer.get_extra_info("socket"))
+        write_lock = asyncio.Lock()
+        pending: set[asyncio.Task] = set()
+
+        async def send(message: dict) -> None:
+            async with write_lock:
+                writer.write(protocol.encode(message))
+                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await send(_error(None, protocol.INVALID_REQUEST,
+                                      f"request too large (limit {protocol.MAX_LINE} bytes)"))
+                    break
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                task = asyncio.create_task(self._answer(line, peer, send))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        finally:
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, line: bytes, peer: Peer, send) -> None:
+        response = await self.dispatch(line, peer)
+        if response is not None:
+            with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+                await send(response)
+
+    async def dispatch(self, line: bytes, peer: Peer) -> dict | None:
+        try:
+            message = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            return _error(None, protocol.PARSE_ERROR, f"parse error: {e}")
+        if isinstance(message, list):
+            return _error(None, protocol.INVALID_REQUEST, "batches are not supported")
+        if not isinstance(message, dict):
+            return _error(None, protocol.INVALID_REQUEST, "a request must be a JSON object")
+        request_id = message.get("id")
+        if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
+            return _error(None, protocol.INVALID_REQUEST, "id must be a string, a number or null")
+        method_name = message.get("method")
+        if message.get("jsonrpc") != "2.0" or not isinstance(method_name, str):
+            return _error(request_id, protocol.INVALID_REQUEST,
+                          'a request needs "jsonrpc": "2.0" and a string "method"')
+        is_notification = "id" not in message
+        response = await self._call(method_name, message.get("params"), request_id, peer)
+        return None if is_notification else response
+
+    async def _call(self, method_name: str, raw_params, request_id, peer: Peer) -> dict:
+        method = self.methods.get(method_name)
+        if method is None:
+            return _error(request_id, protocol.METHOD_NOT_FOUND, f"unknown method: {method_name}")
+        if self.closing:
+            return _error(request_id, protocol.SHUTTING_DOWN, "the daemon is shutting down")
+        if raw_params is None:
+            raw_params = {}
+        if not isinstance(raw_params, dict):
+            return _error(request_id, protocol.INVALID_PARAMS,
+                          "invalid params: params must be an object (named parameters)")
+        try:
+            params = method.params.model_validate(raw_params)
+        except ValidationError as e:
+            return _error(request_id, protocol.INVALID_PARAMS, _params_error(e))
+        try:
+            result = await method.handler(params)
+        except RpcError as e:
+            return _error(request_id, e.code, e.message, e.data)
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("rpc.internal_error", method=method_name, incident=incident, uid=peer.uid)
+            return _error(request_id, protocol.INTERNAL_ERROR,
+                          f"internal error (incident {incident}; see the daemon's log)",
+                          {"incident": incident})
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}

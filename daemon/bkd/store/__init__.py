@@ -1,0 +1,200 @@
+"""Job history and snapshot metadata in SQLite (aiosqlite), migrated by user_version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiosqlite
+
+from bkctl.protocol import FINAL_STATUSES
+
+from .. import clock
+
+# Append only: each entry moves the schema from user_version N to N+1.
+MIGRATIONS = [
+    """
+    CREATE TABLE jobs (
+        job_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind     TEXT NOT NULL,
+        status   TEXT NOT NULL,
+        trigger  TEXT NOT NULL,
+        dry_run  INTEGER NOT NULL DEFAULT 0,
+        started  TEXT NOT NULL,
+        finished TEXT
+    );
+    CREATE TABLE job_hosts (
+        job_id   INTEGER NOT NULL REFERENCES jobs(job_id),
+        host     TEXT NOT NULL,
+        status   TEXT NOT NULL,
+        stage    TEXT,
+        started  TEXT,
+        finished TEXT,
+        snapshot TEXT,
+        stats    TEXT,
+        error    TEXT,
+        PRIMARY KEY (job_id, host)
+    );
+    CREATE INDEX job_hosts_by_host ON job_hosts(host, job_id);
+    CREATE TABLE snapshots (
+        host   TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        time   TEXT NOT NULL,
+        stats  TEXT NOT NULL,
+        job_id INTEGER,
+        PRIMARY KEY (host, name)
+    );
+    """,
+]
+
+_UNFINISHED = tuple(sorted({"queued", "running"}))
+
+
+def now_iso() -> str:
+    return clock.iso(clock.now())
+
+
+def job_status(host_statuses: list[str]) -> str:
+    """A job's status from its hosts': the worst outcome wins."""
+    if not host_statuses:
+        return "skipped"
+    for status in ("running", "queued", "interrupted", "failed", "cancelled", "warning", "ok"):
+        if status in host_statuses:
+            return status
+    return "skipped"
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection):
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        store = cls(db)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _migrate(self) -> None:
+        (version,) = await (await self.db.execute("PRAGMA user_version")).fetchone()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"the database schema (version {version}) is newer than this bkd knows "
+                f"({len(MIGRATIONS)}); upgrade bkd"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            await self.db.executescript(
+                f"BEGIN; {MIGRATIONS[number]} PRAGMA user_version = {number + 1}; COMMIT;"
+            )
+
+    async def mark_interrupted(self) -> int:
+        """Runs left unfinished by a previous daemon (stopped or crashed) become interrupted."""
+        marks = ",".join("?" * len(_UNFINISHED))
+        now = now_iso()
+        cursor = await self.db.execute(
+            f"UPDATE job_hosts SET status='interrupted', finished=COALESCE(finished, ?), "
+            f"error=COALESCE(error, 'the daemon stopped during this run') WHERE status IN ({marks})",
+            (now, *_UNFINISHED),
+        )
+        await self.db.execute(
+            f"UPDATE jobs SET status='interrupted', finished=? WHERE status IN ({marks})",
+            (now, *_UNFINISHED),
+        )
+        await self.db.commit()
+        return cursor.rowcount
+
+    async def create_job(self, kind: str, hosts: list[str], trigger: str, dry_run: bool) -> int:
+        cursor = await self.db.execute(
+            "INSERT INTO jobs (kind, status, trigger, dry_run, started) VALUES (?, 'queued', ?, ?, ?)",
+            (kind, trigger, int(dry_run), now_iso()),
+        )
+        job_id = cursor.lastrowid
+        await self.db.executemany(
+            "INSERT INTO job_hosts (job_id, host, status) VALUES (?, ?, 'queued')",
+            [(job_id, host) for host in hosts],
+        )
+        await self.db.commit()
+        return job_id
+
+    async def update_host(self, job_id: int, host: str, **fields) -> None:
+        if "stats" in fields:
+            fields["stats"] = json.dumps(fields["stats"])
+        if fields.get("status") == "running":
+            fields.setdefault("started", now_iso())
+        if fields.get("status") in FINAL_STATUSES:
+            fields.setdefault("finished", now_iso())
+        assignments = ", ".join(f"{column}=?" for column in fields)
+        await self.db.execute(
+            f"UPDATE job_hosts SET {assignments} WHERE job_id=? AND host=?",
+            (*fields.values(), job_id, host),
+        )
+        await self._refresh_job(job_id)
+        await self.db.commit()
+
+    async def _refresh_job(self, job_id: int) -> None:
+        rows = await self.db.execute_fetchall("SELECT status FROM job_hosts WHERE job_id=?", (job_id,))
+        status = job_status([row["status"] for row in rows])
+        finished = now_iso() if status in FINAL_STATUSES else None
+        await self.db.execute(
+            "UPDATE jobs SET status=?, finished=? WHERE job_id=?", (status, finished, job_id)
+        )
+
+    async def get_job(self, job_id: int) -> dict | None:
+        rows = await self.db.execute_fetchall("SELECT * FROM jobs WHERE job_id=?", (job_id,))
+        return (await self._with_hosts(rows))[0] if rows else None
+
+    async def list_jobs(self, host: str | None = None, limit: int = 20) -> list[dict]:
+        if host:
+            rows = await self.db.execute_fetchall(
+                "SELECT jobs.* FROM jobs JOIN job_hosts USING (job_id) WHERE host=? "
+                "ORDER BY job_id DESC LIMIT ?", (host, limit))
+        else:
+            rows = await self.db.execute_fetchall(
+                "SELECT * FROM jobs ORDER BY job_id DESC LIMIT ?", (limit,))
+        return await self._with_hosts(rows)
+
+    async def _with_hosts(self, job_rows) -> list[dict]:
+        jobs = []
+        for row in job_rows:
+            job = dict(row)
+            job["dry_run"] = bool(job["dry_run"])
+            host_rows = await self.db.execute_fetchall(
+                "SELECT * FROM job_hosts WHERE job_id=? ORDER BY host", (job["job_id"],))
+            job["hosts"] = [_host_record(h) for h in host_rows]
+            jobs.append(job)
+        return jobs
+
+    async def last_runs(self) -> dict[str, dict]:
+        """Each host's most recent run that was not a dry run."""
+        rows = await self.db.execute_fetchall(
+            "SELECT job_hosts.*, jobs.kind FROM job_hosts JOIN jobs USING (job_id) "
+            "WHERE job_id = (SELECT MAX(j.job_id) FROM job_hosts AS j JOIN jobs AS k USING (job_id) "
+            "WHERE j.host = job_hosts.host AND k.dry_run = 0)"
+        )
+        return {row["host"]: _host_record(row) for row in rows}
+
+    async def record_snapshot(self, host: str, name: str, time: str, stats: dict,
+                              job_id: int | None) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO snapshots (host, name, time, stats, job_id) VALUES (?, ?, ?, ?, ?)",
+            (host, name, time, json.dumps(stats), job_id),
+        )
+        await self.db.commit()
+
+    async def snapshot_stats(self, host: str) -> dict[str, dict]:
+        rows = await self.db.execute_fetchall(
+            "SELECT name, stats FROM snapshots WHERE host=?", (host,))
+        return {row["name"]: json.loads(row["stats"]) for row in rows}
+
+
+def _host_record(row) -> dict:
+    record = dict(row)
+    record["stats"] = json.loads(record["stats"]) if record["stats"] else None
+    return record
