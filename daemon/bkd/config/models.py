@@ -208,7 +208,8 @@ class Config(Section):
         for section in OVERRIDABLE:
             base = getattr(self, section)
             override = getattr(host, section)
-            update = override.model_dump(exclude_none=True) if override else {}
+            # Iterate, not model_dump(): dumping would serialise durations to strings.
+            update = {k: v for k, v in override if v is not None} if override else {}
             merged[section] = base.model_copy(update=update)
         return HostSettings(host=host, excludes=merged["rsync"].exclude + host.exclude, **merged)
 

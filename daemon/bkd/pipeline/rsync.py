@@ -124,7 +124,7 @@ def parse_stats(lines: list[str]) -> dict:
 
 def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
     meaning = EXIT_CODES.get(returncode, "unknown error")
-    boilerplate = ("rsync error:", "rsync: connection unexpectedly closed", "rsync: [")
+    boilerplate = ("rsync error:", "rsync: connection unexpectedly closed")
     detail = [line.strip() for line in stderr_tail
               if line.strip() and not line.strip().startswith(boilerplate)]
     message = f"rsync exited with code {returncode} ({meaning})"

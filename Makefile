@@ -1,0 +1,29 @@
+# The two entry points of the README: `make run` and `make test`.
+PYTHON  := /usr/bin/python3
+VENV    := .venv
+DEMO    := demo/run
+RUN_DEPS  := rsync python3-venv
+TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client tmux zstd pigz
+
+.PHONY: run test venv demo clean
+
+run: venv demo
+	$(VENV)/bin/bkd --config $(DEMO)/bkd.toml serve
+
+test: venv
+	scripts/install-deps $(TEST_DEPS)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	scripts/install-deps $(RUN_DEPS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: venv
+	$(VENV)/bin/python demo/make_demo.py $(DEMO)
+
+clean:
+	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,260 @@
+"""Shared fixtures: real daemons as subprocesses, real sshd hosts on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from bkctl.client import Client
+
+BIN = Path(sys.executable).parent
+RUN_ID = f"{os.getpid()}"
+
+
+def make_tree(root: Path, files: int = 40) -> Path:
+    for index in range(files):
+        directory = root / f"dir{index % 4}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"file{index}.txt").write_text(f"content of file {index}\n" * (index + 1))
+    return root
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Daemon:
+    """`bkd serve` on a config of its own, driven through `bkctl` and the socket."""
+
+    def __init__(self, workdir: Path, socket_path: Path, config: dict):
+        self.workdir = workdir
+        self.socket = socket_path
+        self.config = config
+        self.config_path = workdir / "bkd.toml"
+        self.log_path = workdir / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+        self.write_config()
+
+    def write_config(self) -> None:
+        self.config_path.write_text(tomli_w.dumps(self.config))
+
+    def start(self, env: dict | None = None, wait: bool = True) -> Daemon:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "bkd"), "--config", str(self.config_path), "serve"],
+            stdout=log, stderr=log, env={**os.environ, **(env or {})},
+        )
+        log.close()
+        if wait:
+            wait_until(self._listening, 30, what=f"bkd to listen (log: {self.log()})")
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"bkd exited with {self.proc.returncode}: {self.log()}")
+        try:
+            Client(str(self.socket), timeout=5).close()
+            return True
+        except Exception:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def bkctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "bkctl"), "--socket", str(self.socket), *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def bkctl_json(self, *args: str) -> dict:
+        result = self.bkctl("--json", *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def call(self, method: str, **params) -> dict:
+        with Client(str(self.socket)) as client:
+            return client.call(method, params or None)
+
+    def wait_job(self, job_id: int, timeout: float = 120) -> dict:
+        def finished():
+            job = self.call("job.get", job_id=job_id)["job"]
+            return job if job["finished"] else None
+        return wait_until(finished, timeout, 0.1, what=f"job {job_id}")
+
+    def run_snapshot(self, *hosts: str) -> dict:
+        job_id = self.call("job.start", **({"hosts": list(hosts)} if hosts else {}))["job_id"]
+        return self.wait_job(job_id)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout)
+        return self.proc.returncode if self.proc else 0
+
+
+@pytest.fixture
+def short_tmp():
+    """A short directory for sockets (AF_UNIX paths are limited to 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="bkd-t-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path, short_tmp):
+    started: list[Daemon] = []
+
+    def make(hosts: list[dict], name: str = "d", **overrides) -> Daemon:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        config = {
+            "backup_root": str(workdir / "backup"),
+            "state_dir": str(workdir / "state"),
+            "socket": str(short_tmp / f"{name}.sock"),
+            "schedule": {"enabled": False},
+            "host": hosts,
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+        daemon = Daemon(workdir, Path(config["socket"]), config)
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+
+
+# ---- loopback sshd hosts ------------------------------------------------------
+
+class SshFleet:
+    """sshd instances on 127.0.0.N, each with its own host key; one client key,
+    one known_hosts and one ssh_config (aliases → address and port) for bkd."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.client_key = root / "id_ed25519"
+        self.known_hosts = root / "known_hosts"
+        self.ssh_config = root / "ssh_config"
+        self.authorized_keys = root / "authorized_keys"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.known_hosts.touch()
+        self.ssh_config.write_text("")
+        _keygen(self.client_key)
+        shutil.copy(f"{self.client_key}.pub", self.authorized_keys)
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+
+    def ssh_settings(self, **options) -> dict:
+        settings = {"config_file": str(self.ssh_config), "identity_file": str(self.client_key),
+                    "known_hosts_file": str(self.known_hosts)}
+        settings.update(options)
+        return settings
+
+    def alias(self, alias: str, address: str, port: int) -> None:
+        with self.ssh_config.open("a") as f:
+            f.write(f"Host {alias}\n  HostName {address}\n  Port {port}\n  User {_user()}\n\n")
+
+    def add_host(self, alias: str) -> tuple[str, int]:
+        """Start an sshd for alias and trust its key."""
+        address = f"127.0.0.{random.randint(20, 250)}"
+        host_key = self.root / f"{alias}_host_key"
+        _keygen(host_key)
+        for _ in range(10):
+            port = free_port(address)
+            config = self.root / f"{alias}_sshd_config"
+            config.write_text(
+                f"ListenAddress {address}:{port}\nHostKey {host_key}\nPidFile none\n"
+                f"AuthorizedKeysFile {self.authorized_keys}\nPasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+                "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n"
+            )
+            proc = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                wait_until(lambda: proc.poll() is not None or _port_open(address, port), 10,
+                           what=f"sshd on {address}:{port}")
+            except AssertionError:
+                proc.kill()
+                raise
+            if proc.poll() is None:
+                break
+        else:
+            raise AssertionError(f"sshd would not start: {proc.stderr.read()}")
+        self.procs[alias] = proc
+        public = Path(f"{host_key}.pub").read_text().split()
+        with self.known_hosts.open("a") as f:
+            f.write(f"[{address}]:{port} {public[0]} {public[1]}\n")
+        self.alias(alias, address, port)
+        return address, port
+
+    def kill(self, alias: str) -> None:
+        """The host goes down: sshd and every session it forked."""
+        proc = self.procs.pop(alias)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        proc.kill()
+        for pid in children:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
+    def close(self) -> None:
+        for alias in list(self.procs):
+            self.kill(alias)
+
+
+def _user() -> str:
+    import pwd
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+def _port_open(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ssh_fleet(tmp_path):
+    if not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists():
+        pytest.fail("sshd is not installed: run the README's test command (make test)")
+    fleet = SshFleet(tmp_path / "ssh")
+    yield fleet
+    fleet.close()
