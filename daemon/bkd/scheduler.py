@@ -17,8 +17,9 @@ log = structlog.get_logger()
 def next_run(last_snapshot: datetime | None, last_attempt: datetime | None,
              every: timedelta, now: datetime) -> datetime:
     """Due `every` after the later of the last snapshot and the last attempt (so a
-    failing host is retried once per interval, not in a loop); overdue work is due now."""
-    known = [t for t in (last_snapshot, last_attempt) if t is not None]
+    failing host is retried once per interval, not in a loop); overdue work is due
+    now. Times in the future (a clock that stepped back) must not hold backups off."""
+    known = [t for t in (last_snapshot, last_attempt) if t is not None and t <= now]
     return max(max(known) + every, now) if known else now
 
 

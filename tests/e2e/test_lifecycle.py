@@ -1,0 +1,135 @@
+"""Daemon lifecycle: sd_notify, SIGTERM during a run, one daemon per backup root, exit codes."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from bkctl.client import Client
+from conftest import BIN, make_tree, wait_until
+
+
+def slow_source(root, megabytes=8):
+    root.mkdir(parents=True)
+    (root / "big.bin").write_bytes(os.urandom(megabytes * 1024 * 1024))
+    (root / "small.txt").write_text("small\n")
+    return root
+
+
+def rsync_pids(marker: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"rsync.*{marker}"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+@pytest.fixture
+def notify_socket(short_tmp):
+    path = short_tmp / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    yield sock, path
+    sock.close()
+
+
+def receive_until(sock, wanted: str) -> list[str]:
+    seen = []
+    while True:
+        message = sock.recv(4096).decode()
+        seen.append(message)
+        if wanted in message.split("\n"):
+            return seen
+
+
+def test_ready_after_listening_and_stopping_on_sigterm_which_ends_rsync(tmp_path, daemon_factory, notify_socket):
+    sock, path = notify_socket
+    source = slow_source(tmp_path / "src")
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}], rsync={"bwlimit": "200"})
+    daemon.start(env={"NOTIFY_SOCKET": str(path)}, wait=False)
+
+    messages = receive_until(sock, "READY=1")
+    Client(str(daemon.socket), timeout=1).close()  # READY=1 came only once the socket listened
+    assert any(m.startswith("STATUS=") for ready in messages for m in ready.split("\n"))
+
+    job_id = daemon.call("job.start", hosts=["web1"])["job_id"]
+    backup_root = str(daemon.workdir / "backup")
+    wait_until(lambda: rsync_pids(backup_root), 20, what="rsync to run")
+    daemon.proc.send_signal(signal.SIGTERM)
+    receive_until(sock, "STOPPING=1")
+    assert daemon.proc.wait(20) == 0
+    assert rsync_pids(backup_root) == []
+
+    # The partial is kept for the next run to resume from, and is not a snapshot.
+    hourly = daemon.workdir / "backup" / "web1" / "hourly"
+    assert [p.name.startswith(".partial-") for p in hourly.iterdir()] == [True]
+    assert not (daemon.workdir / "backup" / "web1" / "latest").exists()
+
+    del daemon.config["rsync"]
+    daemon.write_config()
+    daemon.start()
+    job = daemon.call("job.get", job_id=job_id)["job"]
+    assert job["status"] == "interrupted" and job["hosts"][0]["status"] == "interrupted"
+    assert daemon.run_snapshot("web1")["status"] == "ok"
+    assert [p.name.startswith(".partial-") for p in hourly.iterdir()] == [False]
+    assert (daemon.workdir / "backup/web1/latest/big.bin").read_bytes() == (source / "big.bin").read_bytes()
+
+
+def test_a_second_daemon_on_the_same_backup_root_is_refused(tmp_path, daemon_factory):
+    first = daemon_factory([], name="one").start()
+    second = daemon_factory([], name="two", backup_root=first.config["backup_root"])
+    result = subprocess.run([str(BIN / "bkd"), "--config", str(second.config_path), "serve"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"already running on backup root {first.config['backup_root']}" in result.stderr
+    assert f"pid {first.proc.pid}" in result.stderr
+    assert "hosts" in first.call("status")
+
+
+def test_a_manual_run_on_a_busy_host_is_refused(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(slow_source(tmp_path / "src", 4))}],
+                            rsync={"bwlimit": "500"}).start()
+    daemon.call("job.start", hosts=["web1"])
+    result = daemon.bkctl("run", "web1")
+    assert result.returncode == 1
+    assert "already running: web1" in result.stderr
+    daemon.stop()
+
+
+def test_client_exit_codes(tmp_path, daemon_factory, short_tmp):
+    missing = subprocess.run([str(BIN / "bkctl"), "--socket", str(short_tmp / "none.sock"), "status"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 3
+    assert f"socket {short_tmp / 'none.sock'} does not exist" in missing.stderr
+
+    stale = short_tmp / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    refused = subprocess.run([str(BIN / "bkctl"), "--socket", str(stale), "status"], capture_output=True, text=True)
+    assert refused.returncode == 3 and "refused" in refused.stderr
+
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 2))}]).start()
+    unknown = daemon.bkctl("snapshots", "nope")
+    assert unknown.returncode == 1 and "unknown host: nope" in unknown.stderr
+    usage = daemon.bkctl("run", "--kind", "bogus")
+    assert usage.returncode == 2
+    env_socket = subprocess.run([str(BIN / "bkctl"), "status"], capture_output=True, text=True,
+                                env={**os.environ, "BKD_SOCKET": str(daemon.socket)})
+    assert env_socket.returncode == 0 and "web1" in env_socket.stdout
+
+
+def test_scheduled_first_snapshot_is_taken_at_start(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 3))}],
+                            schedule={"enabled": True})
+    daemon.start()
+    wait_until(lambda: (daemon.workdir / "backup/web1/latest").exists(), 30, what="the first snapshot")
+    jobs = daemon.call("jobs.list")["jobs"]
+    assert jobs[0]["trigger"] == "schedule"
+    host = daemon.call("status")["hosts"]["web1"]
+    due_in = datetime.fromisoformat(host["next_run"]) - datetime.fromisoformat(host["last_snapshot_time"])
+    assert timedelta(minutes=59) <= due_in <= timedelta(minutes=61)
+    started = time.monotonic()
+    assert daemon.stop() == 0 and time.monotonic() - started < 10

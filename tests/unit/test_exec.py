@@ -1,0 +1,55 @@
+"""The subprocess wrapper stops whole process groups."""
+
+import asyncio
+import os
+import textwrap
+
+import pytest
+
+from bkd import exec as bkexec
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+
+
+async def test_cancel_kills_a_tool_that_ignores_sigterm_and_its_grandchild(tmp_path):
+    pids = tmp_path / "pids"
+    tool = tmp_path / "stubborn"
+    tool.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        trap '' TERM
+        sh -c 'trap "" TERM; echo $$ >> {pids}; exec sleep 300' &
+        echo $$ >> {pids}
+        echo started
+        sleep 300
+        """))
+    tool.chmod(0o755)
+    lines = []
+    task = asyncio.create_task(bkexec.run([tool], on_stdout=lines.append, grace=0.5))
+    while len(lines) < 1 or len(pids.read_text().split()) < 2:
+        await asyncio.sleep(0.05)
+    recorded = [int(p) for p in pids.read_text().split()]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if not any(_alive(pid) for pid in recorded):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(_alive(pid) for pid in recorded)
+
+
+async def test_output_lines_and_a_bounded_stderr_tail(tmp_path):
+    script = "import sys\nfor i in range(100): print('err', i, file=sys.stderr)\nprint('a\\rb')\nsys.exit(3)"
+    out = []
+    result = await bkexec.run(["python3", "-c", script], on_stdout=out.append)
+    assert result.returncode == 3
+    assert out == ["a", "b"]
+    assert len(result.stderr_tail) == bkexec.STDERR_TAIL_LINES and result.stderr_tail[-1] == "err 99"

@@ -1,0 +1,76 @@
+"""rsync: command line, --stats parsing, exit codes, version gate."""
+
+from pathlib import Path
+
+import pytest
+
+from bkd.config.models import Config
+from bkd.pipeline import rsync
+from bkd.pipeline.snapshot import _deleted_files
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "rsync"
+
+
+def test_stats_of_an_incremental_run():
+    stats = rsync.parse_stats((FIXTURES / "stats_incremental.txt").read_text().splitlines())
+    assert stats["files"] == 98765
+    assert stats["created_files"] == 1000
+    assert stats["changed_files"] == 1210
+    assert stats["bytes"] == 2684354560
+    assert stats["transferred_bytes"] == 26843545
+    assert stats["received_bytes"] == 27000000
+
+
+def test_deleted_files_are_derived_from_the_previous_count():
+    # 98,765 files now, 1,000 of them new: 97,765 carried over from 98,000 → 235 deleted.
+    assert _deleted_files(98000, {"files": 98765, "created_files": 1000}) == 235
+    assert _deleted_files(None, {"files": 5, "created_files": 5}) == 0
+
+
+@pytest.mark.parametrize("text,version", [
+    ("rsync  version 3.5.0  protocol version 32", (3, 5, 0)),
+    ("rsync  version v3.2.7  protocol version 31", (3, 2, 7)),
+    ("nonsense", None),
+])
+def test_version_parsing(text, version):
+    assert rsync.parse_version(text) == version
+
+
+def test_an_rsync_with_path_escape_bugs_is_refused(tmp_path):
+    fake = tmp_path / "rsync"
+    fake.write_text("#!/bin/sh\necho 'rsync  version 3.2.3  protocol version 31'\n")
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError, match="rsync 3.2.3 has known receiver path-escape bugs"):
+        rsync.check_rsync(str(fake))
+    with pytest.raises(RuntimeError, match="not installed"):
+        rsync.check_rsync(str(tmp_path / "missing"))
+
+
+def test_failures_name_the_cause():
+    tail = ["ssh: connect to host 127.0.0.9 port 22: Connection refused",
+            "rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]",
+            "rsync error: unexplained error (code 255) at io.c(232) [Receiver=3.5.0]"]
+    assert rsync.describe_failure(255, tail) == (
+        "rsync exited with code 255 (the SSH connection failed): "
+        "ssh: connect to host 127.0.0.9 port 22: Connection refused")
+    assert rsync.describe_failure(11, []) == "rsync exited with code 11 (error in file I/O (is the backup disk full?))"
+
+
+def test_ssh_command_is_batch_mode_with_strict_host_keys_and_the_configured_options():
+    config = Config.model_validate({
+        "backup_root": "/srv/bkd",
+        "ssh": {"config_file": "/etc/bkd/ssh config", "known_hosts_file": "/etc/bkd/kh"},
+        "host": [{"name": "web1", "source": "web1:/home/"}],
+    })
+    settings = config.settings(config.host[0])
+    argv = rsync.snapshot_command(config, settings, Path("/srv/bkd/web1/hourly/.partial-1"),
+                                  [Path("/srv/bkd/web1/hourly/prev")])
+    remote_shell = argv[argv.index("-e") + 1]
+    assert remote_shell.startswith("ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -F '/etc/bkd/ssh config'")
+    assert "-o UserKnownHostsFile=/etc/bkd/kh" in remote_shell
+    assert "-o ConnectTimeout=10" in remote_shell and "-o ServerAliveInterval=15" in remote_shell
+    assert " -C" not in remote_shell
+    assert "--link-dest=/srv/bkd/web1/hourly/prev" in argv
+    assert "--trust-sender" not in argv
+    assert argv[-3:] == ["--", "web1:/home/", "/srv/bkd/web1/hourly/.partial-1/"]
+    assert "--timeout=300" in argv
