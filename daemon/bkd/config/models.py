@@ -53,8 +53,10 @@ _REMOTE_SOURCE = re.compile(r"(?:[^@/:\s]+@)?(?:[^@/:\s\[\]]+|\[[0-9A-Fa-f:.]+\]
 
 
 def _check_host_name(name: str) -> str:
-    if not HOST_NAME.fullmatch(name) or name in (".", ".."):
+    if not HOST_NAME.fullmatch(name):
         raise ValueError(f"invalid host name {name!r}: use only letters, digits, '.', '_' and '-'")
+    if name.startswith("."):
+        raise ValueError(f"invalid host name {name!r}: names starting with '.' are reserved for bkd")
     return name
 
 
