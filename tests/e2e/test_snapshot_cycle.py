@@ -2,8 +2,9 @@
 
 import json
 import os
+import time
 
-from conftest import make_tree
+from conftest import make_tree, wait_until
 
 
 def test_two_snapshots_share_unchanged_files_and_history_survives_restart(tmp_path, daemon_factory):
@@ -82,3 +83,25 @@ def test_a_failed_run_keeps_the_previous_snapshot_and_leaves_no_partial(tmp_path
     assert os.readlink(host_dir / "latest") == f"hourly/{good['hosts'][0]['snapshot']}"
     status = daemon.bkctl_json("status")["hosts"]["web1"]
     assert status["last_result"] == "failed" and "No such file" in status["last_error"]
+
+
+def test_files_vanishing_during_transfer_complete_the_snapshot_with_a_warning(tmp_path, daemon_factory):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a-big.bin").write_bytes(os.urandom(3 * 1024 * 1024))  # sent first, slowly
+    (source / "b-vanishes.txt").write_text("here when the file list is made\n")
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}], rsync={"bwlimit": "1000"}).start()
+    job_id = daemon.call("job.start", hosts=["web1"])["job_id"]
+    wait_until(lambda: (daemon.workdir / "backup/web1/hourly").exists()
+               and any((daemon.workdir / "backup/web1/hourly").iterdir()), 20, what="the transfer to start")
+    time.sleep(0.5)  # the file list has been sent; a-big.bin is still crawling
+    (source / "b-vanishes.txt").unlink()
+
+    job = daemon.wait_job(job_id)
+    assert job["status"] == "warning", job
+    host = job["hosts"][0]
+    assert "vanished" in host["error"] and "b-vanishes.txt" in host["error"]
+    latest = daemon.workdir / "backup/web1/latest"
+    assert (latest / "a-big.bin").read_bytes() == (source / "a-big.bin").read_bytes()
+    assert not (latest / "b-vanishes.txt").exists()
+    assert daemon.bkctl("job", str(job_id)).returncode == 0
