@@ -204,6 +204,24 @@ def cmd_snapshots(client: Client, args) -> int:
     return EXIT_OK
 
 
+def cmd_prune(client: Client, args) -> int:
+    params = {"dry_run": args.dry_run}
+    if args.hosts:
+        params["hosts"] = args.hosts
+    result = client.call("prune", params)
+    if args.json:
+        return _print_json(result)
+    for host, decisions in sorted(result["plan"].items()):
+        deleting = sum(d["action"] == "delete" for d in decisions)
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{host}: keep {len(decisions) - deleting}, {verb} {deleting}")
+        rows = [[d["snapshot"], d["action"], d["tier"], d["reason"]] for d in decisions
+                if args.dry_run or d["action"] == "delete"]
+        if rows:
+            print(table(["  SNAPSHOT", "ACTION", "TIER", "REASON"], [["  " + r[0], *r[1:]] for r in rows]))
+    return EXIT_OK
+
+
 def _print_json(result: dict) -> int:
     print(json.dumps(result, indent=None))
     return EXIT_OK
@@ -244,6 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("job_id", type=int, metavar="ID")
     snapshots = add("snapshots", cmd_snapshots, "a host's snapshots")
     snapshots.add_argument("host", metavar="HOST")
+    prune = add("prune", cmd_prune, "apply retention now (deleted snapshots go to the trash first)")
+    prune.add_argument("hosts", nargs="*", metavar="HOST")
+    prune.add_argument("--dry-run", action="store_true", help="print the plan: keep/delete, tier and reason")
     return parser
 
 

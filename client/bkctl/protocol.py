@@ -32,6 +32,7 @@ METHODS = (
     "job.get",
     "jobs.list",
     "snapshots.list",
+    "prune",
 )
 
 STATUSES = ("queued", "running", "ok", "warning", "failed", "cancelled", "interrupted", "skipped")

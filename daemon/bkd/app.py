@@ -85,14 +85,16 @@ class Daemon:
             notify("READY=1", f"STATUS={self.status_line()}")
             log.info("daemon.ready", version=__version__, socket=str(config.socket),
                      backup_root=str(config.backup_root), hosts=len(config.host))
-            scheduler = asyncio.create_task(run_schedule(engine), name="scheduler")
+            background = [asyncio.create_task(run_schedule(engine), name="scheduler"),
+                          asyncio.create_task(engine.collector.run(), name="trash")]
             await stop.wait()
             notify("STOPPING=1")
             log.info("daemon.stopping", running=sorted(engine.runs))
             await server.close()
-            scheduler.cancel()
+            for task in background:
+                task.cancel()
             await engine.shutdown()
-            await asyncio.gather(scheduler, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
         finally:
             await store.close()
             os.close(lock_fd)

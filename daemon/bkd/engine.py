@@ -14,6 +14,7 @@ from . import clock
 from .clock import iso
 from .config import Config
 from .layout import HostDir, SnapshotName
+from .pipeline.prune import TrashCollector, host_plan, move_to_trash
 from .pipeline.snapshot import RunControl, SnapshotFailed, take_snapshot
 from .store import Store
 
@@ -55,6 +56,7 @@ class Engine:
         self.changed = asyncio.Event()  # wakes the scheduler when work ends
         self._slots = asyncio.Semaphore(config.max_parallel_hosts)
         self.stopping = False
+        self.collector = TrashCollector(config.backup_root)
 
     def host_names(self, requested: list[str] | None) -> list[str]:
         names = [h.name for h in self.config.host]
@@ -129,11 +131,31 @@ class Engine:
         if result.name:
             name = SnapshotName.parse(result.name)
             await self.store.record_snapshot(host, result.name, iso(name.time), result.stats, run.job_id)
+            # Prune only after a new snapshot exists, never before it.
+            await self._set_stage(host, run, "prune")
+            await self.prune_host(host, dry_run=False)
         if result.warning:
             log.warning("run.warning", warning=result.warning)
         await self.store.update_host(run.job_id, host, status=result.status, snapshot=result.name,
                                      stats=result.stats, error=result.warning)
         log.info("run.done", status=result.status, snapshot=result.name)
+
+    async def _set_stage(self, host: str, run: HostRun, stage: str) -> None:
+        run.stage, run.progress = stage, None
+        await self.store.update_host(run.job_id, host, stage=stage)
+
+    async def prune_host(self, host: str, dry_run: bool) -> list[dict]:
+        """Apply (or with dry_run, only explain) the host's retention policy."""
+        settings = self.config.settings(self.config.find_host(host))
+        host_dir = HostDir.of(self.config.backup_root, host)
+        decisions = host_plan(host_dir, settings.retention, clock.now())
+        if not dry_run:
+            doomed = await asyncio.to_thread(move_to_trash, host_dir, decisions)
+            if doomed:
+                await self.store.forget_snapshots(host, doomed)
+                log.info("prune.trashed", host=host, snapshots=doomed)
+                self.collector.wake.set()
+        return [d.as_dict() for d in decisions]
 
     async def shutdown(self) -> None:
         """Stop all running work, keeping partial snapshots for the next run to resume."""
@@ -150,6 +172,9 @@ class Engine:
         if not self.config.find_host(host) and not host_dir.root.is_dir():
             raise RpcError(protocol.NOT_FOUND, f"unknown host: {host}")
         recorded = await self.store.snapshot_stats(host)
+        host_config = self.config.find_host(host)
+        policy = self.config.settings(host_config).retention if host_config else self.config.retention
+        tiers = {d.snapshot: d.tier for d in host_plan(host_dir, policy, clock.now())}
         entries = []
         for name in host_dir.snapshots():
             stats = recorded.get(str(name))
@@ -158,7 +183,7 @@ class Engine:
                 stats = _read_meta(host_dir, name)
                 await self.store.record_snapshot(host, str(name), iso(name.time), stats, None)
             entries.append({
-                "name": str(name), "time": iso(name.time), "tier": "hourly",
+                "name": str(name), "time": iso(name.time), "tier": tiers.get(str(name)),
                 "files": stats.get("files"), "bytes": stats.get("bytes"),
                 "changed_files": stats.get("changed_files"),
                 "deleted_files": stats.get("deleted_files"),

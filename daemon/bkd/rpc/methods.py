@@ -48,6 +48,11 @@ class SnapshotsList(Params):
     host: str
 
 
+class Prune(Params):
+    hosts: Optional[list[str]] = None
+    dry_run: bool = False
+
+
 @dataclass(frozen=True)
 class Method:
     params: type[Params]
@@ -94,7 +99,8 @@ class Api:
                 "last_error": last["error"] if last else None,
                 "next_run": clock.iso(due.get(host.name)),
             }
-        return {"job_running": bool(engine.runs), "hosts": hosts}
+        return {"job_running": bool(engine.runs), "hosts": hosts,
+                "deletion_queue": engine.collector.pending()}
 
     async def job_start(self, p: JobStart) -> dict:
         job_id = await self.engine.start_job(p.hosts, p.kind, p.dry_run, trigger="manual")
@@ -112,6 +118,11 @@ class Api:
     async def snapshots_list(self, p: SnapshotsList) -> dict:
         return {"host": p.host, "snapshots": await self.engine.snapshot_list(p.host)}
 
+    async def prune(self, p: Prune) -> dict:
+        hosts = self.engine.host_names(p.hosts)
+        return {"dry_run": p.dry_run,
+                "plan": {host: await self.engine.prune_host(host, p.dry_run) for host in hosts}}
+
 
 def method_table(api: Api) -> dict[str, Method]:
     return {
@@ -121,4 +132,5 @@ def method_table(api: Api) -> dict[str, Method]:
         "job.get": Method(JobGet, api.job_get, "viewer"),
         "jobs.list": Method(JobsList, api.jobs_list, "viewer"),
         "snapshots.list": Method(SnapshotsList, api.snapshots_list, "viewer"),
+        "prune": Method(Prune, api.prune, "admin"),
     }

@@ -188,6 +188,11 @@ class Store:
         )
         await self.db.commit()
 
+    async def forget_snapshots(self, host: str, names: list[str]) -> None:
+        await self.db.executemany("DELETE FROM snapshots WHERE host=? AND name=?",
+                                  [(host, name) for name in names])
+        await self.db.commit()
+
     async def snapshot_stats(self, host: str) -> dict[str, dict]:
         rows = await self.db.execute_fetchall(
             "SELECT name, stats FROM snapshots WHERE host=?", (host,))

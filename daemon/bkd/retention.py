@@ -1,0 +1,88 @@
+"""Tiered retention as a pure function: (directory names, now, policy) → a
+decision with a tier and a reason for each. No I/O; never renames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .config.models import Retention
+from .layout import SnapshotName
+
+
+@dataclass(frozen=True)
+class Decision:
+    snapshot: str
+    action: str  # keep | delete
+    tier: str  # latest | hourly | daily | monthly | future | expired | unknown
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"snapshot": self.snapshot, "action": self.action, "tier": self.tier, "reason": self.reason}
+
+
+def months_before(time: datetime, months: int) -> datetime:
+    """The same instant `months` calendar months earlier (day clamped to the month's end)."""
+    index = time.year * 12 + time.month - 1 - months
+    year, month = divmod(index, 12)
+    month += 1
+    day = min(time.day, _days_in_month(year, month))
+    return time.replace(year=year, month=month, day=day)
+
+
+def _days_in_month(year: int, month: int) -> int:
+    following = datetime(year + month // 12, month % 12 + 1, 1)
+    return (following - timedelta(days=1)).day
+
+
+def plan(names: list[str], now: datetime, policy: Retention, latest: str | None = None) -> list[Decision]:
+    """Decide every name in one oldest-first pass. Names that are not snapshot
+    names are kept untouched; snapshots dated after now are kept (and should be
+    alerted on) without counting against anything; the newest snapshot that is
+    not in the future, and whatever `latest` points at, are always kept."""
+    parsed = {name: SnapshotName.parse(name) for name in names}
+    decisions: dict[str, Decision] = {}
+    for name, snap in parsed.items():
+        if snap is None:
+            decisions[name] = Decision(name, "keep", "unknown", "not a snapshot name; never touched")
+        elif snap.time > now:
+            decisions[name] = Decision(name, "keep", "future", "dated in the future (clock step?); kept")
+
+    past = sorted((snap, name) for name, snap in parsed.items() if name not in decisions)
+    hourly_cutoff = now - timedelta(hours=policy.hourly_hours)
+    daily_cutoff = now - timedelta(days=policy.daily_days)
+    monthly_cutoff = months_before(now, policy.monthly_months)
+    newest = past[-1][1] if past else None
+    first_of_day: dict[object, str] = {}
+    first_of_month: dict[object, str] = {}
+    for snap, name in past:  # oldest first: the first seen of a day or month is its earliest
+        day, month = snap.time.date(), (snap.time.year, snap.time.month)
+        first_of_day.setdefault(day, name)
+        first_of_month.setdefault(month, name)
+        if name == newest or name == latest:
+            decisions[name] = Decision(name, "keep", "latest", "the newest snapshot is always kept")
+        elif snap.time > hourly_cutoff:
+            decisions[name] = Decision(name, "keep", "hourly", f"younger than {policy.hourly_hours}h")
+        elif snap.time > daily_cutoff and first_of_day[day] == name:
+            decisions[name] = Decision(name, "keep", "daily",
+                                       f"earliest of {day} (daily for {policy.daily_days} days)")
+        elif snap.time > monthly_cutoff and first_of_month[month] == name:
+            decisions[name] = Decision(name, "keep", "monthly",
+                                       f"earliest of {month[0]}-{month[1]:02d} "
+                                       f"(monthly for {policy.monthly_months} months)")
+        elif snap.time > daily_cutoff:
+            decisions[name] = Decision(name, "delete", "daily",
+                                       f"not the earliest of {day} ({first_of_day[day]} is kept)")
+        elif snap.time > monthly_cutoff:
+            decisions[name] = Decision(name, "delete", "monthly",
+                                       f"not the earliest of {month[0]}-{month[1]:02d} "
+                                       f"({first_of_month[month]} is kept)")
+        else:
+            decisions[name] = Decision(name, "delete", "expired",
+                                       f"older than {policy.monthly_months} months")
+    return [decisions[name] for name in sorted(names, key=_order)]
+
+
+def _order(name: str):
+    snap = SnapshotName.parse(name)
+    return (0, snap, "") if snap else (1, None, name)

@@ -1,0 +1,130 @@
+"""Tiered retention: a worked table, two simulated years, and a naive model under hypothesis."""
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bkd.config.models import Retention
+from bkd.layout import HostDir, SnapshotName
+from bkd.pipeline.prune import host_plan, move_to_trash
+from bkd.retention import months_before, plan
+
+UTC = timezone.utc
+POLICY = Retention(hourly_hours=720, daily_days=180, monthly_months=24)
+
+
+def name(time: datetime, seq: int = 1) -> str:
+    return str(SnapshotName(time, seq))
+
+
+def test_each_decision_says_why():
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    policy = Retention(hourly_hours=24, daily_days=7, monthly_months=3)
+    names = [
+        name(now - timedelta(hours=1)),                   # newest
+        name(now - timedelta(hours=5)),                   # hourly
+        name(datetime(2026, 5, 29, 1, tzinfo=UTC)),       # earliest of 29 May
+        name(datetime(2026, 5, 29, 7, tzinfo=UTC)),       # later that day
+        name(datetime(2026, 4, 3, tzinfo=UTC)),           # earliest of April
+        name(datetime(2026, 4, 20, tzinfo=UTC)),          # later in April
+        name(datetime(2025, 12, 1, tzinfo=UTC)),          # beyond 3 months
+        name(now + timedelta(days=2)),                    # clock stepped back
+        "not-a-snapshot",
+    ]
+    decisions = {d.snapshot: (d.action, d.tier) for d in plan(names, now, policy)}
+    assert decisions == {
+        names[0]: ("keep", "latest"),
+        names[1]: ("keep", "hourly"),
+        names[2]: ("keep", "daily"),
+        names[3]: ("delete", "daily"),
+        names[4]: ("keep", "monthly"),
+        names[5]: ("delete", "monthly"),
+        names[6]: ("delete", "expired"),
+        names[7]: ("keep", "future"),
+        "not-a-snapshot": ("keep", "unknown"),
+    }
+    reasons = {d.snapshot: d.reason for d in plan(names, now, policy)}
+    assert reasons[names[3]] == f"not the earliest of 2026-05-29 ({names[2]} is kept)"
+    assert reasons[names[6]] == "older than 3 months"
+
+
+def test_the_newest_and_latest_are_kept_however_old():
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    old = [name(datetime(2020, 1, 1, tzinfo=UTC)), name(datetime(2020, 1, 1, 5, tzinfo=UTC))]
+    tiny = Retention(hourly_hours=0, daily_days=0, monthly_months=0)
+    assert [d.action for d in plan(old, now, tiny)] == ["delete", "keep"]
+    assert [d.action for d in plan(old, now, tiny, latest=old[0])] == ["keep", "keep"]
+
+
+def test_two_simulated_years_of_hourly_snapshots_end_with_the_counts_the_policy_implies(tmp_path):
+    host = HostDir(tmp_path / "web1")
+    host.hourly.mkdir(parents=True)
+    start = datetime(2024, 6, 1, tzinfo=UTC)
+    end = datetime(2026, 6, 1, tzinfo=UTC)
+    now = start
+    while now <= end:  # one empty snapshot an hour, pruned after each day, as the daemon would
+        (host.hourly / name(now)).mkdir()
+        if now.hour == 0 or now == end:
+            move_to_trash(host, host_plan(host, POLICY, now))
+        now += timedelta(hours=1)
+
+    tiers = Counter(d.tier for d in host_plan(host, POLICY, end) if d.action == "keep")
+    # latest: 2026-06-01 00:00. hourly: the 719 hours before it (720h window, strict).
+    # daily: 00:00 of 2025-12-04 … 2026-05-02 = 28 + 31 + 28 + 31 + 30 + 2 = 150 days
+    #   (the window opens 2025-12-03 00:00, exclusive; 2026-05-02 00:00 is exactly 720h old).
+    # monthly: the 1st of 2024-07 … 2025-12 = 18 months (2024-06-01 is exactly 24 months old).
+    assert tiers == {"latest": 1, "hourly": 719, "daily": 150, "monthly": 18}
+    assert len(host.snapshots()) == 888
+    assert sorted(p.name for p in host.trash.iterdir())[0] == "2024-06-01_000000"
+
+
+# ---- the naive model ---------------------------------------------------------
+
+def naive_actions(names, now, policy, latest=None):
+    """Each name judged on its own against the whole list: slow and obvious."""
+    snaps = {n: SnapshotName.parse(n) for n in names}
+    past = {n: s for n, s in snaps.items() if s and s.time <= now}
+    newest = max(past, key=lambda n: past[n]) if past else None
+    actions = {}
+    for n, s in snaps.items():
+        if s is None or s.time > now or n in (newest, latest):
+            actions[n] = "keep"
+            continue
+        same_day = [m for m, t in past.items() if t.time.date() == s.time.date()]
+        same_month = [m for m, t in past.items() if (t.time.year, t.time.month) == (s.time.year, s.time.month)]
+        earliest_of_day = min(same_day, key=lambda m: past[m]) == n
+        earliest_of_month = min(same_month, key=lambda m: past[m]) == n
+        if now - s.time < timedelta(hours=policy.hourly_hours):
+            actions[n] = "keep"
+        elif now - s.time < timedelta(days=policy.daily_days) and earliest_of_day:
+            actions[n] = "keep"
+        elif s.time > months_before(now, policy.monthly_months) and earliest_of_month:
+            actions[n] = "keep"
+        else:
+            actions[n] = "delete"
+    return actions
+
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+times = st.integers(min_value=-3 * 365 * 86400, max_value=3 * 86400).map(lambda s: NOW + timedelta(seconds=s))
+snapshot_names = st.tuples(times, st.integers(1, 3)).map(lambda t: name(t[0].replace(microsecond=0), t[1]))
+junk = st.sampled_from(["latest", "junk", "2026-01-01", "2026-02-30_000000", ".hidden", "2026-01-01_000000-1"])
+policies = st.builds(Retention, hourly_hours=st.integers(0, 2000), daily_days=st.integers(0, 400),
+                     monthly_months=st.integers(0, 40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=st.lists(st.one_of(snapshot_names, junk), unique=True, max_size=60), policy=policies,
+       data=st.data())
+def test_plan_agrees_with_the_naive_model(names, policy, data):
+    latest = data.draw(st.sampled_from(names)) if names and data.draw(st.booleans()) else None
+    decisions = plan(names, NOW, policy, latest=latest)
+    assert sorted(d.snapshot for d in decisions) == sorted(names)
+    assert {d.snapshot: d.action for d in decisions} == naive_actions(names, NOW, policy, latest)
+    deleted = {d.snapshot for d in decisions if d.action == "delete"}
+    assert all(SnapshotName.parse(n) and SnapshotName.parse(n).time <= NOW for n in deleted)
+    past = [n for n in names if SnapshotName.parse(n) and SnapshotName.parse(n).time <= NOW]
+    if past:
+        assert max(past, key=SnapshotName.parse) not in deleted
