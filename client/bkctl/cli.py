@@ -161,6 +161,18 @@ def _host_line(host: dict) -> str:
     return line
 
 
+def cmd_cancel(client: Client, args) -> int:
+    if bool(args.hosts) == (args.job is not None):
+        print("bkctl cancel: give HOST... or --job ID", file=sys.stderr)
+        return EXIT_USAGE
+    params = {"hosts": args.hosts} if args.hosts else {"job_id": args.job}
+    result = client.call("job.cancel", params)
+    if args.json:
+        return _print_json(result)
+    print(f"cancelled: {', '.join(result['cancelled'])}" if result["cancelled"] else "nothing was running")
+    return EXIT_OK
+
+
 def cmd_jobs(client: Client, args) -> int:
     params = {"limit": args.limit}
     if args.host:
@@ -255,6 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kind", default="snapshot", choices=["snapshot"])
     run.add_argument("--dry-run", action="store_true", help="test connectivity and rsync; write nothing")
     run.add_argument("--wait", action="store_true", help="follow the job and exit with its result")
+    cancel = add("cancel", cmd_cancel, "stop running work; its partial output is removed")
+    cancel.add_argument("hosts", nargs="*", metavar="HOST")
+    cancel.add_argument("--job", type=int, metavar="ID")
     jobs = add("jobs", cmd_jobs, "job history")
     jobs.add_argument("--host")
     jobs.add_argument("--limit", type=int, default=20)

@@ -29,6 +29,7 @@ METHODS = (
     "daemon.info",
     "status",
     "job.start",
+    "job.cancel",
     "job.get",
     "jobs.list",
     "snapshots.list",

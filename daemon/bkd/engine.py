@@ -157,6 +157,20 @@ class Engine:
                 self.collector.wake.set()
         return [d.as_dict() for d in decisions]
 
+    async def cancel(self, hosts: list[str] | None = None, job_id: int | None = None) -> list[str]:
+        """Stop the matching runs and wait for them to clean up (partials removed)."""
+        if hosts:
+            self.host_names(hosts)  # unknown names are an error, idle ones are not
+        targets = {h: r for h, r in self.runs.items()
+                   if (hosts and h in hosts) or (job_id is not None and r.job_id == job_id)}
+        if job_id is not None and not targets and await self.store.get_job(job_id) is None:
+            raise RpcError(protocol.NOT_FOUND, f"no job {job_id}")
+        for host, run in targets.items():
+            log.info("run.cancel", host=host, job_id=run.job_id)
+            run.task.cancel()
+        await asyncio.gather(*(r.task for r in targets.values()), return_exceptions=True)
+        return sorted(targets)
+
     async def shutdown(self) -> None:
         """Stop all running work, keeping partial snapshots for the next run to resume."""
         self.stopping = True

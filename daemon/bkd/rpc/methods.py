@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bkctl import protocol
 from .. import __version__, clock
@@ -33,6 +33,17 @@ class JobStart(Params):
     hosts: Optional[list[str]] = None
     kind: Literal[KINDS] = "snapshot"
     dry_run: bool = False
+
+
+class JobCancel(Params):
+    hosts: Optional[list[str]] = None
+    job_id: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if not self.hosts and self.job_id is None:
+            raise ValueError("give hosts or job_id")
+        return self
 
 
 class JobGet(Params):
@@ -106,6 +117,9 @@ class Api:
         job_id = await self.engine.start_job(p.hosts, p.kind, p.dry_run, trigger="manual")
         return {"job_id": job_id}
 
+    async def job_cancel(self, p: JobCancel) -> dict:
+        return {"cancelled": await self.engine.cancel(p.hosts, p.job_id)}
+
     async def job_get(self, p: JobGet) -> dict:
         job = await self.engine.store.get_job(p.job_id)
         if job is None:
@@ -129,6 +143,7 @@ def method_table(api: Api) -> dict[str, Method]:
         "daemon.info": Method(NoParams, api.daemon_info, "viewer"),
         "status": Method(NoParams, api.status, "viewer"),
         "job.start": Method(JobStart, api.job_start, "operator"),
+        "job.cancel": Method(JobCancel, api.job_cancel, "operator"),
         "job.get": Method(JobGet, api.job_get, "viewer"),
         "jobs.list": Method(JobsList, api.jobs_list, "viewer"),
         "snapshots.list": Method(SnapshotsList, api.snapshots_list, "viewer"),
