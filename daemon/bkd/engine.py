@@ -123,7 +123,8 @@ class Engine:
         previous_stats = (await self.store.snapshot_stats(host)).get(str(previous), {}) if previous else {}
         try:
             result = await take_snapshot(config, settings, dry_run=dry_run, control=run.control,
-                                         previous_files=previous_stats.get("files"))
+                                         previous_files=previous_stats.get("files"),
+                                         on_progress=lambda progress: setattr(run, "progress", progress))
         except SnapshotFailed as e:
             log.error("run.failed", error=str(e))
             await self.store.update_host(run.job_id, host, status="failed", error=str(e))

@@ -106,3 +106,24 @@ def test_files_vanishing_during_transfer_complete_the_snapshot_with_a_warning(tm
     assert (latest / "a-big.bin").read_bytes() == (source / "a-big.bin").read_bytes()
     assert not (latest / "b-vanishes.txt").exists()
     assert daemon.bkctl("job", str(job_id)).returncode == 0
+
+
+def test_status_shows_live_progress_while_rsync_runs(tmp_path, daemon_factory):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}], rsync={"bwlimit": "800"}).start()
+    job_id = daemon.call("job.start")["job_id"]
+
+    def progressing():
+        host = daemon.call("status")["hosts"]["web1"]
+        progress = host["progress"]
+        return host if progress and 0 < progress["percent"] < 100 and progress["bytes"] > 0 else None
+
+    host = wait_until(progressing, 20, what="progress in status")
+    assert host["state"] == "running" and host["stage"] == "snapshot"
+    assert host["progress"]["rate"] > 0 and host["progress"]["eta_s"] is not None
+    human = daemon.bkctl("status")
+    assert "%" in human.stdout.splitlines()[1]
+    assert daemon.wait_job(job_id)["status"] == "ok"
+    assert daemon.call("status")["hosts"]["web1"]["progress"] is None

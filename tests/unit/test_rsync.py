@@ -74,3 +74,11 @@ def test_ssh_command_is_batch_mode_with_strict_host_keys_and_the_configured_opti
     assert "--trust-sender" not in argv
     assert argv[-3:] == ["--", "web1:/home/", "/srv/bkd/web1/hourly/.partial-1/"]
     assert "--timeout=300" in argv
+
+
+def test_progress2_lines():
+    assert rsync.parse_progress("     10,846,208  41%    9.78MB/s    0:00:01  ") == {
+        "percent": 41, "bytes": 10846208, "rate": 10255073, "eta_s": 2}
+    assert rsync.parse_progress(" 26,214,400 100%    9.90MB/s    0:00:02 (xfr#2, to-chk=0/3)")["eta_s"] == 0
+    assert rsync.parse_progress("         32,768   0%    0.00kB/s    0:00:00  ")["eta_s"] is None
+    assert rsync.parse_progress("Number of files: 3 (reg: 2, dir: 1)") is None

@@ -44,6 +44,8 @@ _STATS = {
     "Total transferred file size": "transferred_bytes",
     "Total bytes received": "received_bytes",
 }
+_PROGRESS_LINE = re.compile(r"\s*([\d,]+)\s+(\d+)%\s+([\d.]+)([kMGT]?)B/s\s+\d+:\d\d:\d\d.*")
+_UNITS = {"": 1, "k": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _STAT_LINE = re.compile(r"(?P<key>[A-Za-z ]+): (?P<value>[\d,.]+)(?: bytes)?(?P<rest>.*)")
 _REG_COUNT = re.compile(r"\breg: ([\d,]+)")
 
@@ -91,7 +93,7 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path,
     rsync = settings.rsync
     argv = [
         "rsync", "--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids",
-        "--delete", "--delete-excluded", "--stats",
+        "--delete", "--delete-excluded", "--stats", "--info=progress2",
         f"--timeout={int(rsync.timeout.total_seconds())}",
     ]
     if dry_run:
@@ -120,6 +122,22 @@ def parse_stats(lines: list[str]) -> dict:
             reg = _REG_COUNT.search(match["rest"])
             stats["files" if key == "entries" else "created_files"] = int(reg[1].replace(",", "")) if reg else 0
     return stats
+
+
+def parse_progress(line: str) -> dict | None:
+    """One --info=progress2 line as {percent, bytes, rate, eta_s}; None if it is not one."""
+    match = _PROGRESS_LINE.fullmatch(line)
+    if not match:
+        return None
+    done = int(match[1].replace(",", ""))
+    percent = int(match[2])
+    rate = float(match[3]) * _UNITS[match[4]]
+    eta = None
+    if 0 < percent < 100 and rate > 0:
+        eta = round(done * (100 / percent - 1) / rate)
+    elif percent == 100:
+        eta = 0
+    return {"percent": percent, "bytes": done, "rate": round(rate), "eta_s": eta}
 
 
 def describe_failure(returncode: int, stderr_tail: list[str]) -> str:

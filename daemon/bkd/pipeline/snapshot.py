@@ -8,6 +8,7 @@ import json
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,8 +58,8 @@ def _deleted_files(previous_files: int | None, stats: dict) -> int:
 
 
 async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool = False,
-                        control: RunControl | None = None,
-                        previous_files: int | None = None) -> SnapshotResult:
+                        control: RunControl | None = None, previous_files: int | None = None,
+                        on_progress: Callable[[dict], None] | None = None) -> SnapshotResult:
     control = control or RunControl()
     host_dir = HostDir.of(config.backup_root, settings.host.name)
     started = datetime.now(timezone.utc)
@@ -74,11 +75,19 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
             make_private_dir(directory)
     argv = rsync.snapshot_command(config, settings, staging, link_dests, dry_run=dry_run)
     stdout: list[str] = []
+
+    def on_stdout(line: str) -> None:
+        progress = rsync.parse_progress(line)
+        if progress is None:
+            stdout.append(line)
+        elif on_progress:
+            on_progress(progress)
+
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
              resume_from=[p.name for p in interrupted])
     t0 = time.monotonic()
     try:
-        result = await bkexec.run(argv, on_stdout=stdout.append,
+        result = await bkexec.run(argv, on_stdout=on_stdout,
                                   on_stderr=control.stderr_lines.append)
     except asyncio.CancelledError:
         if not control.keep_partial:
