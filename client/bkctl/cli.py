@@ -264,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "daemon and per-host state")
     run = add("run", cmd_run, "start a job now (default: every host, a snapshot)")
     run.add_argument("hosts", nargs="*", metavar="HOST")
-    run.add_argument("--kind", default="snapshot", choices=["snapshot"])
+    run.add_argument("--kind", default="snapshot", choices=["snapshot", "archive", "monthly", "all"])
     run.add_argument("--dry-run", action="store_true", help="test connectivity and rsync; write nothing")
     run.add_argument("--wait", action="store_true", help="follow the job and exit with its result")
     cancel = add("cancel", cmd_cancel, "stop running work; its partial output is removed")

@@ -14,13 +14,14 @@ from . import clock
 from .clock import iso
 from .config import Config
 from .layout import HostDir, SnapshotName
+from .pipeline import archive
 from .pipeline.prune import TrashCollector, host_plan, move_to_trash
 from .pipeline.snapshot import RunControl, SnapshotFailed, take_snapshot
 from .store import Store
 
 log = structlog.get_logger()
 
-KINDS = ("snapshot",)
+KINDS = ("snapshot", "archive", "monthly", "all")
 
 
 class RpcError(Exception):
@@ -100,9 +101,13 @@ class Engine:
         with structlog.contextvars.bound_contextvars(host=host, job_id=run.job_id):
             try:
                 async with self._slots:
-                    run.state, run.stage = "running", run.kind
-                    await self.store.update_host(run.job_id, host, status="running", stage=run.stage)
-                    await self._run_snapshot(host, run, dry_run)
+                    run.state = "running"
+                    await self.store.update_host(run.job_id, host, status="running")
+                    outcome = await self._pipeline(host, run, dry_run)
+                if outcome["error"] and outcome["status"] == "failed":
+                    log.error("run.failed", error=outcome["error"])
+                log.info("run.done", status=outcome["status"], snapshot=outcome["snapshot"])
+                await self.store.update_host(run.job_id, host, **outcome)
             except asyncio.CancelledError:
                 status = "interrupted" if run.control.keep_partial else "cancelled"
                 log.warning("run.stopped", status=status)
@@ -116,30 +121,60 @@ class Engine:
                 del self.runs[host]
                 self.changed.set()
 
-    async def _run_snapshot(self, host: str, run: HostRun, dry_run: bool) -> None:
+    def _stages(self, settings, kind: str, host_dir: HostDir, dry_run: bool) -> list[str]:
+        """The stages of one run. A snapshot run adds the archive and monthly
+        stages when they are due; --kind archive/monthly/all forces them."""
+        if dry_run:
+            return ["snapshot"]
+        now = clock.now()
+        stages = ["snapshot", "prune"] if kind in ("snapshot", "all") else []
+        if kind in ("archive", "all") or (
+                kind == "snapshot" and settings.archive.enabled
+                and archive.archive_due(host_dir, settings.schedule.archive_every, now)):
+            stages.append("archive")
+        if kind in ("monthly", "all") or (
+                kind == "snapshot" and self.config.monthly.enabled
+                and archive.monthly_due(host_dir, settings.schedule.monthly_day, now)):
+            stages.append("monthly")
+        return stages
+
+    async def _pipeline(self, host: str, run: HostRun, dry_run: bool) -> dict:
         config = self.config
         settings = config.settings(config.find_host(host))
-        previous = HostDir.of(config.backup_root, host).latest_snapshot()
+        host_dir = HostDir.of(config.backup_root, host)
+        outcome = {"status": "ok", "snapshot": None, "stats": {}, "error": None}
+        for stage in self._stages(settings, run.kind, host_dir, dry_run):
+            await self._set_stage(host, run, stage)
+            try:
+                if stage == "snapshot":
+                    result = await self._snapshot(host, run, settings, host_dir, dry_run)
+                    outcome.update(status=result.status, snapshot=result.name, error=result.warning)
+                    outcome["stats"].update(result.stats)
+                elif stage == "prune":  # only after a new snapshot exists, never before it
+                    await self.prune_host(host, dry_run=False)
+                elif stage == "archive":
+                    outcome["stats"].update(await archive.make_archive(host_dir, settings.archive))
+                    archive.expire_archives(host_dir, settings.archive.keep_days, clock.now())
+                elif stage == "monthly":
+                    outcome["stats"].update(await archive.make_monthly(host_dir, clock.now()))
+                    if archive.expire_monthly(host_dir, config.monthly.keep_months, clock.now()):
+                        self.collector.wake.set()
+            except (SnapshotFailed, archive.StageFailed, OSError) as e:
+                return {**outcome, "status": "failed", "error": f"{stage}: {e}"}
+        return outcome
+
+    async def _snapshot(self, host: str, run: HostRun, settings, host_dir: HostDir, dry_run: bool):
+        previous = host_dir.latest_snapshot()
         previous_stats = (await self.store.snapshot_stats(host)).get(str(previous), {}) if previous else {}
-        try:
-            result = await take_snapshot(config, settings, dry_run=dry_run, control=run.control,
-                                         previous_files=previous_stats.get("files"),
-                                         on_progress=lambda progress: setattr(run, "progress", progress))
-        except SnapshotFailed as e:
-            log.error("run.failed", error=str(e))
-            await self.store.update_host(run.job_id, host, status="failed", error=str(e))
-            return
+        result = await take_snapshot(self.config, settings, dry_run=dry_run, control=run.control,
+                                     previous_files=previous_stats.get("files"),
+                                     on_progress=lambda progress: setattr(run, "progress", progress))
         if result.name:
             name = SnapshotName.parse(result.name)
             await self.store.record_snapshot(host, result.name, iso(name.time), result.stats, run.job_id)
-            # Prune only after a new snapshot exists, never before it.
-            await self._set_stage(host, run, "prune")
-            await self.prune_host(host, dry_run=False)
         if result.warning:
             log.warning("run.warning", warning=result.warning)
-        await self.store.update_host(run.job_id, host, status=result.status, snapshot=result.name,
-                                     stats=result.stats, error=result.warning)
-        log.info("run.done", status=result.status, snapshot=result.name)
+        return result
 
     async def _set_stage(self, host: str, run: HostRun, stage: str) -> None:
         run.stage, run.progress = stage, None

@@ -59,6 +59,14 @@ class HostDir:
         return self.root / "meta"
 
     @property
+    def archives(self) -> Path:
+        return self.root / "archives"
+
+    @property
+    def monthly(self) -> Path:
+        return self.root / "monthly"
+
+    @property
     def trash(self) -> Path:
         """Pruned snapshots wait here (renamed in atomically) until deleted in the background."""
         return self.root / ".trash"

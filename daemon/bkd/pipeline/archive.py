@@ -1,0 +1,175 @@
+"""Compressed tar archives of a host's latest snapshot, and monthly golden copies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import structlog
+
+from .. import exec as bkexec
+from ..config.models import Archive
+from ..fsutil import fsync_dir, make_private_dir
+from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
+from ..retention import months_before
+
+log = structlog.get_logger()
+
+EXTENSIONS = {"gzip": ".tar.gz", "pigz": ".tar.gz", "zstd": ".tar.zst"}
+_ARCHIVE_NAME = re.compile(r"(?P<host>.+)_(?P<snapshot>\d{4}-\d\d-\d\d_\d{6}(?:-\d+)?)\.tar\.(?:gz|zst)")
+_MONTH_NAME = re.compile(r"(\d{4})-(\d{2})")
+
+# tar of the snapshot's root piped into the compressor; pipefail so a failing
+# tar is not hidden by a compressor that exited 0. Arguments stay positional.
+_PIPELINE = 'set -o pipefail; tar --create --file=- --directory="$1" --numeric-owner --acls --xattrs ' \
+            '--sparse . | "${@:3}" > "$2"'
+
+
+class StageFailed(Exception):
+    """A stage after the snapshot failed; the message says why."""
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    snapshot: SnapshotName
+    path: Path
+
+
+def compressor_command(archive: Archive) -> list[str]:
+    level = f"-{archive.level}"
+    return {
+        "gzip": ["gzip", level],
+        "pigz": ["pigz", level],  # all cores by default
+        "zstd": ["zstd", level, "-T0", "-q"],
+    }[archive.compression]
+
+
+def archives(host_dir: HostDir) -> list[ArchiveFile]:
+    """This host's complete archives, oldest first."""
+    try:
+        entries = list(os.scandir(host_dir.archives))
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        match = _ARCHIVE_NAME.fullmatch(entry.name)
+        snapshot = SnapshotName.parse(match["snapshot"]) if match and match["host"] == host_dir.root.name else None
+        if snapshot and entry.is_file(follow_symlinks=False):
+            found.append(ArchiveFile(snapshot, Path(entry.path)))
+    return sorted(found, key=lambda a: a.snapshot)
+
+
+def archive_due(host_dir: HostDir, every: timedelta, now: datetime) -> bool:
+    existing = archives(host_dir)
+    return not existing or existing[-1].snapshot.time + every <= now
+
+
+async def make_archive(host_dir: HostDir, archive: Archive) -> dict:
+    """Archive what `latest` points at, under a partial name renamed when complete."""
+    snapshot = host_dir.latest_snapshot()
+    if snapshot is None:
+        raise StageFailed("no complete snapshot to archive yet")
+    make_private_dir(host_dir.archives)
+    name = f"{host_dir.root.name}_{snapshot}{EXTENSIONS[archive.compression]}"
+    final = host_dir.archives / name
+    if final.exists():
+        return {"archive": name, "skipped": "an archive of this snapshot exists"}
+    partial = host_dir.archives / f"{PARTIAL_PREFIX}{secrets.token_hex(4)}-{name}"
+    argv = ["bash", "-c", _PIPELINE, "bkd-archive", str(host_dir.hourly / str(snapshot)), str(partial),
+            *compressor_command(archive)]
+    try:
+        result = await bkexec.run(argv)
+    except asyncio.CancelledError:
+        partial.unlink(missing_ok=True)
+        raise
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise StageFailed(f"archive failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
+    await asyncio.to_thread(_commit_file, partial, final)
+    log.info("archive.complete", archive=name, bytes=final.stat().st_size)
+    return {"archive": name, "archive_bytes": final.stat().st_size}
+
+
+def _commit_file(partial: Path, final: Path) -> None:
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(partial, final)
+    fsync_dir(final.parent)
+
+
+def expire_archives(host_dir: HostDir, keep_days: int, now: datetime) -> list[str]:
+    """Remove archives older than keep_days; the newest is always kept."""
+    existing = archives(host_dir)
+    doomed = [a for a in existing[:-1] if a.snapshot.time < now - timedelta(days=keep_days)]
+    for archive in doomed:
+        archive.path.unlink(missing_ok=True)
+    return [a.path.name for a in doomed]
+
+
+# ---- monthly golden snapshots -------------------------------------------------
+
+def month_name(time: datetime) -> str:
+    return f"{time.year:04d}-{time.month:02d}"
+
+
+def monthly_copies(host_dir: HostDir) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(host_dir.monthly)
+                      if _MONTH_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def monthly_due(host_dir: HostDir, monthly_day: int, now: datetime) -> bool:
+    """Due on monthly_day (the month's last day if shorter) when this month has
+    none yet, or at once when the host has none at all."""
+    copies = monthly_copies(host_dir)
+    if not copies:
+        return True
+    last_day = (datetime(now.year + now.month // 12, now.month % 12 + 1, 1) - timedelta(days=1)).day
+    return month_name(now) not in copies and now.day >= min(monthly_day, last_day)
+
+
+async def make_monthly(host_dir: HostDir, now: datetime) -> dict:
+    """A hardlinked copy of `latest` as monthly/YYYY-MM, made whole by one rename."""
+    snapshot = host_dir.latest_snapshot()
+    if snapshot is None:
+        raise StageFailed("no complete snapshot for a monthly copy yet")
+    name = month_name(now)
+    if (host_dir.monthly / name).exists():
+        return {"monthly": name, "skipped": "this month's copy exists"}
+    make_private_dir(host_dir.monthly)
+    partial = host_dir.monthly / f"{PARTIAL_PREFIX}{name}-{secrets.token_hex(4)}"
+    try:
+        result = await bkexec.run(["cp", "-al", "--", str(host_dir.hourly / str(snapshot)), str(partial)])
+    except asyncio.CancelledError:
+        await asyncio.to_thread(shutil.rmtree, partial, True)
+        raise
+    if result.returncode != 0:
+        await asyncio.to_thread(shutil.rmtree, partial, True)
+        raise StageFailed(f"monthly copy failed: {result.stderr.strip()[-500:]}")
+    os.rename(partial, host_dir.monthly / name)
+    fsync_dir(host_dir.monthly)
+    log.info("monthly.complete", monthly=name, snapshot=str(snapshot))
+    return {"monthly": name, "monthly_of": str(snapshot)}
+
+
+def expire_monthly(host_dir: HostDir, keep_months: int, now: datetime) -> list[str]:
+    """Move copies older than keep_months into the trash (the newest is kept)."""
+    cutoff = month_name(months_before(now, keep_months))
+    doomed = [name for name in monthly_copies(host_dir)[:-1] if name < cutoff]
+    if doomed:
+        make_private_dir(host_dir.trash)
+        for name in doomed:
+            os.rename(host_dir.monthly / name, host_dir.trash / f"monthly-{name}")
+        fsync_dir(host_dir.monthly)
+    return doomed

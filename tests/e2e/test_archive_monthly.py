@@ -1,0 +1,69 @@
+"""Archives (each compressor) and monthly golden copies through the daemon."""
+
+import filecmp
+import os
+import subprocess
+
+import pytest
+
+from conftest import make_tree
+
+
+def same_tree(left, right) -> bool:
+    comparison = filecmp.dircmp(left, right)
+    if comparison.left_only or comparison.right_only or comparison.diff_files or comparison.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(left, right, comparison.common_files, shallow=False)
+    return not mismatch and not errors and all(
+        same_tree(os.path.join(left, d), os.path.join(right, d)) for d in comparison.common_dirs)
+
+
+@pytest.mark.parametrize("compression,suffix", [("zstd", ".tar.zst"), ("gzip", ".tar.gz"), ("pigz", ".tar.gz")])
+def test_archives_extract_with_plain_tar_and_equal_latest(tmp_path, daemon_factory, compression, suffix):
+    source = make_tree(tmp_path / "src", 30)
+    (source / "dir0" / "link").symlink_to("file0.txt")
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}],
+                            archive={"compression": compression, "level": 5}, monthly={"enabled": False}).start()
+    job = daemon.run_snapshot("web1")
+    assert job["status"] == "ok", job
+    snapshot = job["hosts"][0]["snapshot"]
+    archive = daemon.workdir / "backup/web1/archives" / f"web1_{snapshot}{suffix}"
+    assert job["hosts"][0]["stats"]["archive"] == archive.name
+    assert [p.name for p in archive.parent.iterdir()] == [archive.name]  # no partial left
+
+    listing = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, text=True, check=True).stdout
+    assert "./dir3/file27.txt" in listing.splitlines()
+    out = tmp_path / "extracted"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
+    assert same_tree(out, daemon.workdir / "backup/web1/latest")
+    assert os.readlink(out / "dir0" / "link") == "file0.txt"
+
+    again = daemon.run_snapshot("web1")  # archive_every (4h) has not passed: no second archive
+    assert "archive" not in again["hosts"][0]["stats"]
+    forced = daemon.bkctl("run", "web1", "--kind", "archive", "--wait")
+    assert forced.returncode == 0, forced.stdout
+    assert len(list(archive.parent.iterdir())) == 2
+
+
+def test_monthly_copy_is_made_at_once_hardlinked_and_only_once_a_month(tmp_path, daemon_factory):
+    source = make_tree(tmp_path / "src", 5)
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}], archive={"enabled": False}).start()
+    first = daemon.run_snapshot("web1")
+    monthly_name = first["hosts"][0]["stats"]["monthly"]
+    monthly = daemon.workdir / "backup/web1/monthly" / monthly_name
+    latest = daemon.workdir / "backup/web1/hourly" / first["hosts"][0]["snapshot"]
+    assert (monthly / "dir0/file0.txt").stat().st_ino == (latest / "dir0/file0.txt").stat().st_ino
+
+    second = daemon.run_snapshot("web1")
+    assert "monthly" not in second["hosts"][0]["stats"]
+    forced = daemon.call("job.start", kind="monthly")["job_id"]
+    host = daemon.wait_job(forced)["hosts"][0]
+    assert host["status"] == "ok" and host["stats"]["skipped"] == "this month's copy exists"
+    assert [p.name for p in monthly.parent.iterdir()] == [monthly_name]
+
+
+def test_archive_and_monthly_without_a_snapshot_fail_clearly(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "src", 2))}]).start()
+    result = daemon.bkctl("run", "--kind", "archive", "--wait")
+    assert result.returncode == 1 and "no complete snapshot to archive yet" in result.stdout
