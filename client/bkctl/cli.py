@@ -216,6 +216,16 @@ def cmd_snapshots(client: Client, args) -> int:
     return EXIT_OK
 
 
+def cmd_schedule(client: Client, args) -> int:
+    result = client.call("schedule.list")
+    if args.json:
+        return _print_json(result)
+    rows = [[e["host"], e["kind"], e["every"], relative(e["next_run"]) if e["enabled"] else "manual only",
+             e["next_run"] or "-"] for e in result["entries"]]
+    print(table(["HOST", "KIND", "EVERY", "NEXT RUN", "AT"], rows) if rows else "no hosts configured")
+    return EXIT_OK
+
+
 def cmd_prune(client: Client, args) -> int:
     params = {"dry_run": args.dry_run}
     if args.hosts:
@@ -277,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("job_id", type=int, metavar="ID")
     snapshots = add("snapshots", cmd_snapshots, "a host's snapshots")
     snapshots.add_argument("host", metavar="HOST")
+    add("schedule", cmd_schedule, "scheduled work and its next run time")
     prune = add("prune", cmd_prune, "apply retention now (deleted snapshots go to the trash first)")
     prune.add_argument("hosts", nargs="*", metavar="HOST")
     prune.add_argument("--dry-run", action="store_true", help="print the plan: keep/delete, tier and reason")

@@ -32,6 +32,7 @@ METHODS = (
     "job.cancel",
     "job.get",
     "jobs.list",
+    "schedule.list",
     "snapshots.list",
     "prune",
 )

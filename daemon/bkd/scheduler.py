@@ -9,7 +9,9 @@ import structlog
 
 from . import clock
 from .engine import Engine
+from .config.models import format_duration
 from .layout import HostDir
+from .pipeline.archive import archives, month_name, monthly_copies, monthly_due
 
 log = structlog.get_logger()
 
@@ -35,6 +37,45 @@ def next_runs(engine: Engine, now: datetime) -> dict[str, datetime]:
         due[host.name] = next_run(last.time if last else None, engine.last_attempt.get(host.name),
                                   settings.schedule.snapshot_every, now)
     return due
+
+
+def _next_monthly(host_dir: HostDir, monthly_day: int, now: datetime) -> datetime:
+    """The start of the next day on which a monthly copy becomes due."""
+    if monthly_due(host_dir, monthly_day, now):
+        return now
+    year, month = (now.year, now.month + 1) if now.month < 12 else (now.year + 1, 1)
+    if month_name(now) not in monthly_copies(host_dir):  # this month's day is still ahead
+        year, month = now.year, now.month
+    last_day = (datetime(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
+    return now.replace(year=year, month=month, day=min(monthly_day, last_day),
+                       hour=0, minute=0, second=0, microsecond=0)
+
+
+def schedule_entries(engine: Engine, now: datetime) -> list[dict]:
+    """Every host's scheduled work. Archives and monthly copies are made right
+    after a snapshot, so they are never due before the host's next snapshot."""
+    config = engine.config
+    snapshot_due = next_runs(engine, now)
+    entries = []
+    for host in config.host:
+        settings = config.settings(host)
+        host_dir = HostDir.of(config.backup_root, host.name)
+        next_snapshot = snapshot_due.get(host.name)
+
+        def entry(kind: str, every: str, due: datetime | None) -> dict:
+            when = max(due, next_snapshot) if due and next_snapshot else None
+            return {"host": host.name, "kind": kind, "every": every, "next_run": clock.iso(when),
+                    "enabled": settings.schedule.enabled}
+
+        entries.append(entry("snapshot", format_duration(settings.schedule.snapshot_every), next_snapshot))
+        if settings.archive.enabled:
+            existing = archives(host_dir)
+            due = existing[-1].snapshot.time + settings.schedule.archive_every if existing else now
+            entries.append(entry("archive", format_duration(settings.schedule.archive_every), due))
+        if config.monthly.enabled:
+            day = settings.schedule.monthly_day
+            entries.append(entry("monthly", f"monthly on day {day}", _next_monthly(host_dir, day, now)))
+    return entries
 
 
 async def run_schedule(engine: Engine) -> None:

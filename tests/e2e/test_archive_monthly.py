@@ -67,3 +67,19 @@ def test_archive_and_monthly_without_a_snapshot_fail_clearly(tmp_path, daemon_fa
     daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "src", 2))}]).start()
     result = daemon.bkctl("run", "--kind", "archive", "--wait")
     assert result.returncode == 1 and "no complete snapshot to archive yet" in result.stdout
+
+
+def test_schedule_lists_each_hosts_work_and_its_next_run(tmp_path, daemon_factory):
+    source = make_tree(tmp_path / "src", 2)
+    daemon = daemon_factory([{"name": "web1", "source": str(source)},
+                             {"name": "db1", "source": str(source), "schedule": {"snapshot_every": "6h"}}],
+                            schedule={"enabled": True}).start()
+    from conftest import wait_until
+    wait_until(lambda: all(h["last_result"] == "ok" for h in daemon.call("status")["hosts"].values()),
+               30, what="the first scheduled snapshots")
+    entries = {(e["host"], e["kind"]): e for e in daemon.bkctl_json("schedule")["entries"]}
+    assert set(entries) == {(h, k) for h in ("web1", "db1") for k in ("snapshot", "archive", "monthly")}
+    assert entries[("web1", "snapshot")]["every"] == "1h" and entries[("db1", "snapshot")]["every"] == "6h"
+    assert entries[("db1", "archive")]["next_run"] >= entries[("db1", "snapshot")]["next_run"]
+    human = daemon.bkctl("schedule")
+    assert human.returncode == 0 and "in 5h" in human.stdout and "monthly on day 1" in human.stdout

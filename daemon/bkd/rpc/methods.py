@@ -15,7 +15,7 @@ from bkctl import protocol
 from .. import __version__, clock
 from ..engine import KINDS, RpcError
 from ..layout import HostDir
-from ..scheduler import next_runs
+from ..scheduler import next_runs, schedule_entries
 
 if TYPE_CHECKING:
     from ..app import Daemon
@@ -132,6 +132,9 @@ class Api:
     async def snapshots_list(self, p: SnapshotsList) -> dict:
         return {"host": p.host, "snapshots": await self.engine.snapshot_list(p.host)}
 
+    async def schedule_list(self, _: NoParams) -> dict:
+        return {"entries": schedule_entries(self.engine, clock.now())}
+
     async def prune(self, p: Prune) -> dict:
         hosts = self.engine.host_names(p.hosts)
         return {"dry_run": p.dry_run,
@@ -147,5 +150,6 @@ def method_table(api: Api) -> dict[str, Method]:
         "job.get": Method(JobGet, api.job_get, "viewer"),
         "jobs.list": Method(JobsList, api.jobs_list, "viewer"),
         "snapshots.list": Method(SnapshotsList, api.snapshots_list, "viewer"),
+        "schedule.list": Method(NoParams, api.schedule_list, "viewer"),
         "prune": Method(Prune, api.prune, "admin"),
     }
