@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -19,6 +20,9 @@ import structlog
 log = structlog.get_logger()
 
 GRACE_SECONDS = 5.0
+# If the daemon itself is killed (kill -9, OOM), its children must not run on
+# unsupervised: the kernel sends them SIGKILL when their parent dies.
+_DEATH_SIGNAL = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 STDERR_TAIL_LINES = 40
 
 
@@ -83,7 +87,7 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
     argv = [str(a) for a in argv]
     log.debug("exec", argv=argv)
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
     )
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
