@@ -3,7 +3,7 @@ PYTHON  := /usr/bin/python3
 VENV    := .venv
 DEMO    := demo/run
 RUN_DEPS  := rsync python3-venv
-TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client tmux zstd pigz
+TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client tmux zstd pigz acl attr
 
 .PHONY: run test venv demo clean
 

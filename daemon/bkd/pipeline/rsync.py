@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -36,9 +37,15 @@ EXIT_CODES = {
 VANISHED = 24
 SUCCESS_CODES = (0, VANISHED)
 
+# One line per changed entry: its itemize flags, then its name.
+ITEMIZE = ("--out-format=%i %n",)
+_ITEM_LINE = re.compile(r"(?P<update>[.<>ch*])(?P<type>[fdLDS])(?P<flags>[^ ]{9}) (?P<name>.*)")
+_ESCAPE = re.compile(rb"\\#([0-7]{3})")
+
 _STATS = {
     "Number of files": "entries",
     "Number of created files": "created",
+    "Number of deleted files": "deleted",
     "Number of regular files transferred": "changed_files",
     "Total file size": "bytes",
     "Total transferred file size": "transferred_bytes",
@@ -87,8 +94,8 @@ def ssh_command(config: Config) -> list[str]:
     return argv
 
 
-def snapshot_command(config: Config, settings: HostSettings, dest: Path,
-                     link_dests: list[Path], *, dry_run: bool = False) -> list[str]:
+def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_dests: list[Path], *,
+                     dry_run: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
     """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
     rsync = settings.rsync
     argv = [
@@ -100,6 +107,7 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path,
         argv.append("--dry-run")
     if rsync.bwlimit:
         argv.append(f"--bwlimit={rsync.bwlimit}")
+    argv += list(extra)
     argv += [f"--link-dest={path}" for path in link_dests]
     argv += [f"--exclude={pattern}" for pattern in settings.excludes]
     if settings.host.is_remote:
@@ -107,6 +115,27 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path,
         argv += ["-e", shlex.join(ssh_command(config))]
     argv += ["--", settings.host.source.rstrip("/") + "/", f"{dest}/"]
     return argv
+
+
+_REGULAR_COUNTS = {"entries": "files", "created": "created_files", "deleted": "deleted_files"}
+
+
+def unescape_name(name: str) -> str:
+    """rsync writes unprintable bytes of a name as \\#ooo (octal)."""
+    raw = _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), os.fsencode(name))
+    return os.fsdecode(raw)
+
+
+def attribute_only_changes(lines: list[str]) -> list[str]:
+    """Entries (not directories) whose itemized change is to attributes only:
+    no data sent (update '.'), but permissions, owner, group, times, ACLs or
+    xattrs differ. rsync would apply those in place."""
+    changed = []
+    for line in lines:
+        match = _ITEM_LINE.fullmatch(line)
+        if match and match["update"] == "." and match["type"] != "d" and match["flags"].strip("."):
+            changed.append(unescape_name(match["name"]))
+    return changed
 
 
 def parse_stats(lines: list[str]) -> dict:
@@ -118,9 +147,9 @@ def parse_stats(lines: list[str]) -> dict:
             continue
         key = _STATS[match["key"]]
         stats[key] = int(match["value"].replace(",", "").split(".")[0])
-        if key in ("entries", "created"):
+        if key in _REGULAR_COUNTS:
             reg = _REG_COUNT.search(match["rest"])
-            stats["files" if key == "entries" else "created_files"] = int(reg[1].replace(",", "")) if reg else 0
+            stats[_REGULAR_COUNTS[key]] = int(reg[1].replace(",", "")) if reg else 0
     return stats
 
 

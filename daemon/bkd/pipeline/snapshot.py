@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,49 +66,41 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     host_dir = HostDir.of(config.backup_root, settings.host.name)
     started = datetime.now(timezone.utc)
     previous = host_dir.latest_snapshot()
+    previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
-    link_dests = ([host_dir.hourly / str(previous)] if previous else []) + interrupted
-    link_dests = link_dests[:MAX_LINK_DESTS]
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
+    transfer = _Transfer(config, settings, staging, control, on_progress)
 
-    if not dry_run:
-        make_private_dir(config.backup_root)
-        for directory in (host_dir.root, host_dir.hourly, host_dir.meta):
-            make_private_dir(directory)
-    argv = rsync.snapshot_command(config, settings, staging, link_dests, dry_run=dry_run)
-    stdout: list[str] = []
+    if dry_run:
+        result, lines = await transfer.rsync([previous_dir] if previous_dir else [], dry_run=True)
+        stats = rsync.parse_stats(lines)
+        stats["deleted_files"] = _deleted_files(previous_files, stats)
+        return SnapshotResult("warning" if transfer.warning else "ok", None, stats, transfer.warning)
 
-    def on_stdout(line: str) -> None:
-        progress = rsync.parse_progress(line)
-        if progress is None:
-            stdout.append(line)
-        elif on_progress:
-            on_progress(progress)
-
+    make_private_dir(config.backup_root)
+    for directory in (host_dir.root, host_dir.hourly, host_dir.meta):
+        make_private_dir(directory)
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
              resume_from=[p.name for p in interrupted])
     t0 = time.monotonic()
     try:
-        result = await bkexec.run(argv, on_stdout=on_stdout,
-                                  on_stderr=control.stderr_lines.append)
+        if previous_dir and not interrupted:
+            stats = await transfer.from_linked_copy(previous_dir)
+        else:
+            # First snapshot, or resuming: --link-dest against the last complete
+            # snapshot and every interrupted partial (slower, but rare).
+            link_dests = ([previous_dir] if previous_dir else []) + interrupted
+            _, lines = await transfer.rsync(link_dests[:MAX_LINK_DESTS])
+            stats = rsync.parse_stats(lines)
+            stats["deleted_files"] = _deleted_files(previous_files, stats)
     except asyncio.CancelledError:
         if not control.keep_partial:
             await _remove(staging)
         raise
-    duration = time.monotonic() - t0
-
-    if result.returncode not in rsync.SUCCESS_CODES:
+    except BaseException:
         await _remove(staging)
-        raise SnapshotFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
-
-    stats = rsync.parse_stats(stdout)
-    stats["deleted_files"] = _deleted_files(previous_files, stats)
-    stats["duration_s"] = round(duration, 3)
-    warning = None
-    if result.returncode == rsync.VANISHED:
-        warning = rsync.describe_failure(result.returncode, result.stderr_tail)
-    if dry_run:
-        return SnapshotResult("warning" if warning else "ok", None, stats, warning)
+        raise
+    stats["duration_s"] = round(time.monotonic() - t0, 3)
 
     try:
         name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted)
@@ -114,7 +108,91 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
     log.info("snapshot.complete", snapshot=str(name), **stats)
-    return SnapshotResult("warning" if warning else "ok", str(name), stats, warning)
+    status = "warning" if transfer.warning else "ok"
+    return SnapshotResult(status, str(name), stats, transfer.warning)
+
+
+class _Transfer:
+    """The rsync runs of one snapshot into one staging directory."""
+
+    def __init__(self, config, settings, staging: Path, control: RunControl, on_progress):
+        self.config, self.settings, self.staging = config, settings, staging
+        self.control, self.on_progress = control, on_progress
+        self.warnings: list[str] = []
+
+    @property
+    def warning(self) -> str | None:
+        return "; ".join(self.warnings) or None
+
+    async def rsync(self, link_dests: list[Path], *, dry_run: bool = False, dest: Path | None = None,
+                    extra: tuple[str, ...] = (), progress: bool = True) -> tuple[bkexec.Result, list[str]]:
+        """Run rsync into dest (the staging directory); fail unless it exits 0 or 24."""
+        argv = rsync.snapshot_command(self.config, self.settings, dest or self.staging, link_dests,
+                                      dry_run=dry_run, extra=extra)
+        lines: list[str] = []
+
+        def on_stdout(line: str) -> None:
+            parsed = rsync.parse_progress(line)
+            if parsed is None:
+                lines.append(line)
+            elif progress and self.on_progress:
+                self.on_progress(parsed)
+
+        result = await bkexec.run(argv, on_stdout=on_stdout, on_stderr=self.control.stderr_lines.append)
+        if result.returncode not in rsync.SUCCESS_CODES:
+            raise SnapshotFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
+        if result.returncode == rsync.VANISHED and not dry_run:
+            self.warnings.append(rsync.describe_failure(result.returncode, result.stderr_tail))
+        return result, lines
+
+    async def from_linked_copy(self, previous: Path) -> dict:
+        """The fast incremental path: `cp -al` of the previous snapshot, then a
+        plain rsync --delete into it — with one difference that keeps the
+        previous snapshot immutable. rsync applies a permission-, owner-, xattr-
+        or ACL-only change in place, i.e. to the inode the previous snapshot
+        shares, so a dry run against the previous snapshot (in parallel with the
+        copy: two cores, two walks) finds those entries first and they get an
+        inode of their own before the real run."""
+        copy = bkexec.run(["cp", "-al", "--", str(previous), str(self.staging)])
+        probe = self.rsync([], dry_run=True, dest=previous, extra=rsync.ITEMIZE, progress=False)
+        copied, (_, probe_lines) = await asyncio.gather(copy, probe)
+        if copied.returncode != 0:
+            raise SnapshotFailed(f"cp -al of the previous snapshot failed: {copied.stderr.strip()[-300:]}")
+        private = rsync.attribute_only_changes(probe_lines)
+        if private:
+            await asyncio.to_thread(_give_own_inodes, self.staging, private)
+        _, lines = await self.rsync([], extra=rsync.ITEMIZE)
+        raced = sorted(set(rsync.attribute_only_changes(lines)) - set(private))
+        if raced:
+            # The source's metadata changed between the probe and the real run:
+            # rsync updated those shared inodes in place. Say so loudly.
+            self.warnings.append(
+                f"metadata of {len(raced)} file(s) changed during the snapshot and was applied to inodes "
+                f"shared with older snapshots: {', '.join(raced[:5])}")
+        stats = rsync.parse_stats(lines)
+        stats["private_copies"] = len(private)
+        return stats
+
+
+def _give_own_inodes(root: Path, paths: list[str]) -> None:
+    """Replace each hardlinked entry with a private copy before rsync touches it.
+    Regular files are copied locally (content and mtime, so rsync only updates
+    their attributes); anything else is removed for rsync to recreate."""
+    for relative in paths:
+        path = root / relative
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if st.st_nlink < 2:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            tmp = path.with_name(f".{path.name[:200]}.bkd-{secrets.token_hex(4)}")
+            shutil.copy2(path, tmp, follow_symlinks=False)
+            os.chown(tmp, st.st_uid, st.st_gid)
+            os.replace(tmp, path)
+        else:
+            path.unlink()
 
 
 def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
