@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bkd.config.models import Config
+from bkd import logs
+from bkd.config.models import Archive, Config
 from bkd.pipeline.archive import compressor_command
-from bkd.config.models import Archive
 from bkd.pipeline.snapshot import take_snapshot
 
 RSYNC = ["rsync", "-aHAX", "--numeric-ids", "--delete"]
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", help="work directory (default: a temporary one, removed afterwards)")
     args = parser.parse_args()
+    logs.configure("warning")
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="bkd-bench-"))
     source, backup = work / "source", work / "backup"

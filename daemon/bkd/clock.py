@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import calendar
 from datetime import datetime, timezone
 
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def days_in_month(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1]
+
+
+def months_before(time: datetime, months: int) -> datetime:
+    """The same instant `months` calendar months earlier (day clamped to the month's end)."""
+    year, month = divmod(time.year * 12 + time.month - 1 - months, 12)
+    month += 1
+    return time.replace(year=year, month=month, day=min(time.day, days_in_month(year, month)))
 
 
 def iso(time: datetime | None) -> str | None:

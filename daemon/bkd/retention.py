@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from .clock import months_before
 from .config.models import Retention
 from .layout import SnapshotName
 
@@ -19,20 +20,6 @@ class Decision:
 
     def as_dict(self) -> dict:
         return {"snapshot": self.snapshot, "action": self.action, "tier": self.tier, "reason": self.reason}
-
-
-def months_before(time: datetime, months: int) -> datetime:
-    """The same instant `months` calendar months earlier (day clamped to the month's end)."""
-    index = time.year * 12 + time.month - 1 - months
-    year, month = divmod(index, 12)
-    month += 1
-    day = min(time.day, _days_in_month(year, month))
-    return time.replace(year=year, month=month, day=day)
-
-
-def _days_in_month(year: int, month: int) -> int:
-    following = datetime(year + month // 12, month % 12 + 1, 1)
-    return (following - timedelta(days=1)).day
 
 
 def plan(names: list[str], now: datetime, policy: Retention, latest: str | None = None) -> list[Decision]:

@@ -46,8 +46,7 @@ def _next_monthly(host_dir: HostDir, monthly_day: int, now: datetime) -> datetim
     year, month = (now.year, now.month + 1) if now.month < 12 else (now.year + 1, 1)
     if month_name(now) not in monthly_copies(host_dir):  # this month's day is still ahead
         year, month = now.year, now.month
-    last_day = (datetime(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
-    return now.replace(year=year, month=month, day=min(monthly_day, last_day),
+    return now.replace(year=year, month=month, day=min(monthly_day, clock.days_in_month(year, month)),
                        hour=0, minute=0, second=0, microsecond=0)
 
 
@@ -61,20 +60,18 @@ def schedule_entries(engine: Engine, now: datetime) -> list[dict]:
         settings = config.settings(host)
         host_dir = HostDir.of(config.backup_root, host.name)
         next_snapshot = snapshot_due.get(host.name)
-
-        def entry(kind: str, every: str, due: datetime | None) -> dict:
-            when = max(due, next_snapshot) if due and next_snapshot else None
-            return {"host": host.name, "kind": kind, "every": every, "next_run": clock.iso(when),
-                    "enabled": settings.schedule.enabled}
-
-        entries.append(entry("snapshot", format_duration(settings.schedule.snapshot_every), next_snapshot))
+        work = [("snapshot", format_duration(settings.schedule.snapshot_every), next_snapshot)]
         if settings.archive.enabled:
             existing = archives(host_dir)
             due = existing[-1].snapshot.time + settings.schedule.archive_every if existing else now
-            entries.append(entry("archive", format_duration(settings.schedule.archive_every), due))
+            work.append(("archive", format_duration(settings.schedule.archive_every), due))
         if config.monthly.enabled:
             day = settings.schedule.monthly_day
-            entries.append(entry("monthly", f"monthly on day {day}", _next_monthly(host_dir, day, now)))
+            work.append(("monthly", f"monthly on day {day}", _next_monthly(host_dir, day, now)))
+        for kind, every, due in work:
+            when = max(due, next_snapshot) if due and next_snapshot else None
+            entries.append({"host": host.name, "kind": kind, "every": every, "next_run": clock.iso(when),
+                            "enabled": settings.schedule.enabled})
     return entries
 
 

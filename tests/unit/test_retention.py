@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from bkd.config.models import Retention
 from bkd.layout import HostDir, SnapshotName
 from bkd.pipeline.prune import host_plan, move_to_trash
-from bkd.retention import months_before, plan
+from bkd.clock import months_before
+from bkd.retention import plan
 
 UTC = timezone.utc
 POLICY = Retention(hourly_hours=720, daily_days=180, monthly_months=24)

@@ -17,7 +17,7 @@ from .. import exec as bkexec
 from ..config.models import Archive
 from ..fsutil import fsync_dir, make_private_dir
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
-from ..retention import months_before
+from ..clock import days_in_month, months_before
 
 log = structlog.get_logger()
 
@@ -135,8 +135,7 @@ def monthly_due(host_dir: HostDir, monthly_day: int, now: datetime) -> bool:
     copies = monthly_copies(host_dir)
     if not copies:
         return True
-    last_day = (datetime(now.year + now.month // 12, now.month % 12 + 1, 1) - timedelta(days=1)).day
-    return month_name(now) not in copies and now.day >= min(monthly_day, last_day)
+    return month_name(now) not in copies and now.day >= min(monthly_day, days_in_month(now.year, now.month))
 
 
 async def make_monthly(host_dir: HostDir, now: datetime) -> dict:

@@ -12,11 +12,12 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import structlog
 
+from .. import clock
 from .. import exec as bkexec
 from ..config.models import Config, HostSettings
 from ..fsutil import fsync_dir, make_private_dir, replace_symlink, syncfs, write_atomic
@@ -64,7 +65,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
                         on_progress: Callable[[dict], None] | None = None) -> SnapshotResult:
     control = control or RunControl()
     host_dir = HostDir.of(config.backup_root, settings.host.name)
-    started = datetime.now(timezone.utc)
+    started = clock.now()
     previous = host_dir.latest_snapshot()
     previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
