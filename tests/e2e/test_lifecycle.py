@@ -133,3 +133,13 @@ def test_scheduled_first_snapshot_is_taken_at_start(tmp_path, daemon_factory):
     assert timedelta(minutes=59) <= due_in <= timedelta(minutes=61)
     started = time.monotonic()
     assert daemon.stop() == 0 and time.monotonic() - started < 10
+
+
+def test_a_scheduled_run_that_finds_the_host_busy_is_coalesced_and_logged(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(slow_source(tmp_path / "src", 2))}],
+                            schedule={"enabled": True, "snapshot_every": "1s"}, rsync={"bwlimit": "500"},
+                            archive={"enabled": False}, monthly={"enabled": False}).start()
+    wait_until(lambda: "schedule.coalesced" in daemon.log(), 20, what="a coalesced slot in the log")
+    jobs = daemon.call("jobs.list")["jobs"]
+    assert len(jobs) == 1 and jobs[0]["trigger"] == "schedule"  # the slot folded into the running job
+    daemon.stop()
