@@ -90,7 +90,9 @@ async def run_schedule(engine: Engine) -> None:
         if ready:
             await engine.start_job(ready, trigger="schedule")
             continue
-        waiting = [when for host, when in due.items() if host not in engine.runs]
+        # Busy hosts count too, so that a slot falling due during a long run is
+        # noticed (and logged as coalesced) when it falls due, not afterwards.
+        waiting = [when for host, when in due.items() if when > now]
         timeout = (min(waiting) - now).total_seconds() if waiting else None
         engine.changed.clear()
         try:
