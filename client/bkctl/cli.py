@@ -5,85 +5,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 import time
-from datetime import datetime, timezone
 
 from . import protocol
 from .client import Client, RemoteError, Unreachable
+from .fmt import colour, number, parse_time, progress_text, relative, size, span, table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 POLL_SECONDS = 0.5
-_COLOURS = {"ok": 32, "warning": 33, "failed": 31, "cancelled": 33, "interrupted": 33, "running": 36}
 
 
-# ---- formatting -------------------------------------------------------------
-
-def _colour(text: str, status: str | None = None) -> str:
-    code = _COLOURS.get(status or text)
-    if code and sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
-        return f"\033[{code}m{text}\033[0m"
-    return text
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def span(seconds: float) -> str:
-    seconds = int(abs(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def relative(value: str | None, now: datetime | None = None) -> str:
-    when = _parse_time(value)
-    if when is None:
-        return "-"
-    delta = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    if abs(delta) < 1:
-        return "now"
-    return f"in {span(delta)}" if delta > 0 else f"{span(delta)} ago"
-
-
-def size(count: int | None) -> str:
-    if count is None:
-        return "-"
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-
-
-def number(value) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def progress_text(progress: dict | None) -> str:
-    if not progress:
-        return "-"
-    return f"{progress.get('percent', 0):.0f}%"
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    # Widths come from the plain text, so colour codes do not skew alignment.
-    plain = [[_strip(cell) for cell in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in plain)) if plain else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    for row, plain_row in zip(rows, plain):
-        cells = [cell + " " * (w - len(p)) for cell, p, w in zip(row, plain_row, widths)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def _strip(text: str) -> str:
-    return re.sub(r"\033\[[0-9;]*m", "", text)
+class UsageError(Exception):
+    """A command line that parses but does not make sense (exit code 2)."""
 
 
 # ---- commands ---------------------------------------------------------------
@@ -96,14 +30,17 @@ def cmd_status(client: Client, args) -> int:
     for name, host in sorted(result["hosts"].items()):
         state = host["state"]
         rows.append([
-            name, _colour(state, state), host["stage"] or "-", progress_text(host["progress"]),
+            name, colour(state, state), host["stage"] or "-", progress_text(host["progress"]),
             host["last_snapshot"] or "-", relative(host.get("last_snapshot_time")),
-            _colour(host["last_result"] or "-", host["last_result"]), relative(host["next_run"]),
+            colour(host["last_result"] or "-", host["last_result"]), relative(host["next_run"]),
         ])
     if not rows:
         print("no hosts configured")
         return EXIT_OK
     print(table(["HOST", "STATE", "STAGE", "PROGRESS", "LAST SNAPSHOT", "AGE", "RESULT", "NEXT RUN"], rows))
+    if result.get("deletion_queue"):
+        print(f"deleting in the background: {len(result['deletion_queue'])} "
+              f"({', '.join(result['deletion_queue'][:3])}{' …' if len(result['deletion_queue']) > 3 else ''})")
     for name, host in sorted(result["hosts"].items()):
         if host["last_result"] in ("failed", "warning") and host.get("last_error"):
             print(f"{name}: {host['last_error']}")
@@ -114,42 +51,61 @@ def cmd_run(client: Client, args) -> int:
     params = {"kind": args.kind, "dry_run": args.dry_run}
     if args.hosts:
         params["hosts"] = args.hosts
+    if args.wait:  # subscribe first, so not one event of the job is missed
+        client.subscribe(["job", "host", "progress"])
     job_id = client.call("job.start", params)["job_id"]
+    if job_id is None:
+        print(json.dumps({"job_id": None}) if args.json else "nothing to run: every host is busy")
+        return EXIT_OK
     if not args.wait:
-        if args.json:
-            return _print_json({"job_id": job_id})
-        print(job_id if job_id is not None else "nothing to run")
+        print(json.dumps({"job_id": job_id}) if args.json else job_id)
         return EXIT_OK
     if not args.json:
-        print(f"job {job_id} started")
-    return _wait_for_job(client, job_id, args.json)
+        print(f"job {job_id} started", flush=True)
+    return follow_job(client, job_id, args.json)
 
 
-def _wait_for_job(client: Client, job_id: int, as_json: bool) -> int:
-    seen: dict[str, tuple] = {}
-    while True:
-        job = client.call("job.get", {"job_id": job_id})["job"]
-        for host in job["hosts"]:
-            key = (host["status"], host["stage"])
-            if seen.get(host["host"]) != key:
-                seen[host["host"]] = key
-                if as_json:
-                    print(json.dumps({"event": "host", "job_id": job_id, **host}), flush=True)
-                else:
-                    print(_host_line(host), flush=True)
-        if job["status"] in protocol.FINAL_STATUSES:
+def follow_job(client: Client, job_id: int, as_json: bool) -> int:
+    """Print a subscribed job's events as they arrive; exit with its result.
+    Falls back to polling if the daemon drops this subscriber."""
+    job = None
+    for event in client.events():
+        if event["topic"] == "dropped":
             break
-        time.sleep(POLL_SECONDS)
+        if event.get("job_id") != job_id:
+            continue
+        if as_json:
+            print(json.dumps(event), flush=True)
+        elif event["topic"] == "progress":
+            print(_progress_line(event), flush=True)
+        elif event["topic"] == "host":
+            print(_host_line(event), flush=True)
+        if event["topic"] == "job" and event["status"] in protocol.FINAL_STATUSES:
+            job = event["job"]
+            break
+    while job is None:
+        candidate = client.call("job.get", {"job_id": job_id})["job"]
+        if candidate["status"] in protocol.FINAL_STATUSES:
+            job = candidate
+        else:
+            time.sleep(POLL_SECONDS)
     if as_json:
         print(json.dumps({"job": job}), flush=True)
     else:
-        print(f"job {job_id}: {_colour(job['status'])}")
+        print(f"job {job_id}: {colour(job['status'])}")
     return EXIT_OK if job["status"] in protocol.SUCCESS_STATUSES else EXIT_FAILED
 
 
+def _progress_line(event: dict) -> str:
+    progress = event["progress"]
+    eta = f", eta {span(progress['eta_s'])}" if progress.get("eta_s") else ""
+    return (f"{event['host']}: {event.get('stage') or ''} {progress_text(progress)} "
+            f"{size(progress['bytes'])} at {size(progress['rate'])}/s{eta}")
+
+
 def _host_line(host: dict) -> str:
-    line = f"{host['host']}: {_colour(host['status'])}"
-    if host["status"] == "running" and host["stage"]:
+    line = f"{host['host']}: {colour(host['status'])}"
+    if host["status"] == "running" and host.get("stage"):
         line += f" ({host['stage']})"
     if host.get("snapshot"):
         line += f" snapshot {host['snapshot']}"
@@ -180,7 +136,7 @@ def cmd_jobs(client: Client, args) -> int:
     result = client.call("jobs.list", params)
     if args.json:
         return _print_json(result)
-    rows = [[str(j["job_id"]), j["kind"] + (" (dry run)" if j["dry_run"] else ""), _colour(j["status"]),
+    rows = [[str(j["job_id"]), j["kind"] + (" (dry run)" if j["dry_run"] else ""), colour(j["status"]),
              j["trigger"], relative(j["started"]), _duration(j), ",".join(h["host"] for h in j["hosts"])]
             for j in result["jobs"]]
     print(table(["ID", "KIND", "STATUS", "TRIGGER", "STARTED", "TOOK", "HOSTS"], rows) if rows else "no jobs yet")
@@ -188,7 +144,7 @@ def cmd_jobs(client: Client, args) -> int:
 
 
 def _duration(record: dict) -> str:
-    start, end = _parse_time(record.get("started")), _parse_time(record.get("finished"))
+    start, end = parse_time(record.get("started")), parse_time(record.get("finished"))
     return span((end - start).total_seconds()) if start and end else "-"
 
 
@@ -198,7 +154,7 @@ def cmd_job(client: Client, args) -> int:
         return _print_json(result)
     job = result["job"]
     print(f"job {job['job_id']}: {job['kind']}{' (dry run)' if job['dry_run'] else ''}, "
-          f"{_colour(job['status'])}, {job['trigger']}")
+          f"{colour(job['status'])}, {job['trigger']}")
     print(f"started {job['started']}, finished {job['finished'] or '-'}")
     for host in job["hosts"]:
         print("  " + _host_line(host) + (f" (took {_duration(host)})" if host.get("finished") else ""))
@@ -242,6 +198,79 @@ def cmd_prune(client: Client, args) -> int:
         if rows:
             print(table(["  SNAPSHOT", "ACTION", "TIER", "REASON"], [["  " + r[0], *r[1:]] for r in rows]))
     return EXIT_OK
+
+
+def cmd_hosts(client: Client, args) -> int:
+    if args.action == "test":
+        return _hosts_test(client, args)
+    if args.names:
+        raise UsageError("bkctl hosts takes no host names; did you mean `bkctl hosts test HOST...`?")
+    result = client.call("hosts.list")
+    if args.json:
+        return _print_json(result)
+    rows = [[h["name"], h["source"], "ssh" if h["remote"] else "local",
+             h["schedule"]["snapshot_every"] if h["schedule"]["enabled"] else "manual"]
+            for h in result["hosts"]]
+    print(table(["HOST", "SOURCE", "VIA", "EVERY"], rows) if rows else "no hosts configured")
+    return EXIT_OK
+
+
+def _hosts_test(client: Client, args) -> int:
+    params = {"hosts": args.names} if args.names else {}
+    result = client.call("hosts.test", params)
+    ok = all(r["ok"] for r in result["results"].values())
+    if args.json:
+        _print_json(result)
+    else:
+        for host, outcome in result["results"].items():
+            verdict = colour("ok", "ok") if outcome["ok"] else colour("failed", "failed")
+            detail = f": {outcome['error']}" if outcome["error"] else ""
+            print(f"{host}: {verdict} ({outcome['seconds']}s){detail}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_reload(client: Client, args) -> int:
+    result = client.call("config.reload")
+    if args.json:
+        _print_json(result)
+    elif result["ok"]:
+        print("reloaded: " + ("; ".join(result["changes"]) if result["changes"] else "no changes"))
+    else:
+        print("config not reloaded; bkd keeps running on the previous one:", file=sys.stderr)
+        for error in result["errors"]:
+            print(f"  {error}", file=sys.stderr)
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
+def cmd_watch(client: Client, args) -> int:
+    client.subscribe(args.topic or None)
+    for event in client.events():
+        print(json.dumps(event) if args.json else event_line(event), flush=True)
+        if event["topic"] == "dropped":
+            return EXIT_FAILED
+    print("bkctl: the daemon closed the connection", file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
+def event_line(event: dict) -> str:
+    """One event as one human line: time, topic, who, what."""
+    when = (parse_time(event.get("time")) or parse_time(event.get("timestamp")))
+    stamp = when.strftime("%H:%M:%S") if when else "--:--:--"
+    who = " ".join(f"{k}={event[k]}" for k in ("host", "job_id") if event.get(k) is not None)
+    topic = event["topic"]
+    if topic == "log":
+        skip = {"topic", "seq", "time", "timestamp", "event", "level", "host", "job_id"}
+        rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+        what = f"{event.get('level', '')} {event.get('event', '')} {rest}"
+    elif topic == "progress":
+        what = _progress_line(event).split(": ", 1)[1]
+    elif topic == "host":
+        what = _host_line(event).split(": ", 1)[1]
+    elif topic == "job":
+        what = f"job {event['job_id']} {event['status']}"
+    else:
+        what = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("topic", "seq", "time"))
+    return f"{stamp} {topic:<8} {who} {what}".replace("  ", " ").rstrip()
 
 
 def _print_json(result: dict) -> int:
@@ -288,6 +317,14 @@ def _parser() -> argparse.ArgumentParser:
     snapshots = add("snapshots", cmd_snapshots, "a host's snapshots")
     snapshots.add_argument("host", metavar="HOST")
     add("schedule", cmd_schedule, "scheduled work and its next run time")
+    hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing")
+    hosts.add_argument("action", nargs="?", choices=["test"], help="test reachability")
+    hosts.add_argument("names", nargs="*", metavar="HOST")
+    add("reload", cmd_reload, "re-read the config without dropping running work")
+    watch = add("watch", cmd_watch, "stream live events as lines (JSON lines with --json)")
+    watch.add_argument("--topic", action="append", choices=["job", "host", "progress", "log", "alert"],
+                       help="only these topics (repeatable)")
+    commands.add_parser("top", parents=[common], help="full-screen live status (curses)")
     prune = add("prune", cmd_prune, "apply retention now (deleted snapshots go to the trash first)")
     prune.add_argument("hosts", nargs="*", metavar="HOST")
     prune.add_argument("--dry-run", action="store_true", help="print the plan: keep/delete, tier and reason")
@@ -298,17 +335,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
+    path = getattr(args, "socket", None) or protocol.default_socket()
+    timeout = getattr(args, "timeout", 30.0)
     if args.version:
-        print(f"bkctl {_client_version()} (protocol {protocol.PROTOCOL_VERSION})")
-        return EXIT_OK
+        return _version(path, timeout)
     if not args.command:
         parser.print_usage(sys.stderr)
         print("bkctl: error: a command is required", file=sys.stderr)
         return EXIT_USAGE
-    path = getattr(args, "socket", None) or protocol.default_socket()
+    if args.command == "top":
+        from .tui import run_top
+        return run_top(path, timeout)
     try:
-        with Client(path, getattr(args, "timeout", 30.0)) as client:
+        with Client(path, timeout) as client:
+            _check_protocol(client)
             return args.func(client, args)
+    except UsageError as e:
+        print(f"bkctl: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except Unreachable as e:
         print(f"bkctl: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -319,6 +363,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+
+
+def _check_protocol(client: Client) -> dict:
+    info = client.call("daemon.info")
+    if info.get("protocol") != protocol.PROTOCOL_VERSION:
+        raise RemoteError(0, f"bkctl speaks protocol {protocol.PROTOCOL_VERSION} but bkd {info.get('version')} "
+                             f"at {client.path} speaks protocol {info.get('protocol')}: "
+                             "install matching versions of bkctl and bkd")
+    return info
+
+
+def _version(path: str, timeout: float) -> int:
+    print(f"bkctl {_client_version()} (protocol {protocol.PROTOCOL_VERSION})")
+    try:
+        with Client(path, timeout) as client:
+            info = client.call("daemon.info")
+        print(f"bkd {info['version']} (protocol {info['protocol']}) at {path}, pid {info['pid']}")
+    except (Unreachable, RemoteError) as e:
+        print(f"bkd: not reachable ({e})")
+    return EXIT_OK
 
 
 def _client_version() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+from collections import deque
 
 from . import protocol
 
@@ -41,6 +42,7 @@ class Client:
         except OSError as e:
             raise Unreachable(f"cannot reach bkd at {path}: {e.strerror or e}") from None
         self._reader = self._sock.makefile("rb")
+        self._backlog: deque[dict] = deque()  # events that arrived while waiting for an answer
 
     def close(self) -> None:
         self._reader.close()
@@ -59,7 +61,9 @@ class Client:
             while True:
                 message = self._read()
                 if message.get("id") == request_id:
-                    break  # anything else is a notification for a subscriber
+                    break
+                if message.get("method") == "event":
+                    self._backlog.append(message["params"])
         except socket.timeout:
             raise Unreachable(f"bkd at {self.path} did not answer {method} in time") from None
         except OSError as e:
@@ -68,6 +72,33 @@ class Client:
             error = message["error"]
             raise RemoteError(error.get("code", 0), error.get("message", "unknown error"), error.get("data"))
         return message["result"]
+
+    def subscribe(self, topics: list[str] | None = None, max_queue: int | None = None):
+        """Subscribe on this connection; then iterate events() for the notifications."""
+        params = {}
+        if topics:
+            params["topics"] = topics
+        if max_queue:
+            params["max_queue"] = max_queue
+        return self.call("events.subscribe", params)
+
+    def events(self, timeout: float | None = None):
+        """Yield each event's params as it arrives (blocking). Ends when the daemon closes."""
+        self._sock.settimeout(timeout)
+        while True:
+            if self._backlog:
+                yield self._backlog.popleft()
+                continue
+            try:
+                message = self._read()
+            except Unreachable:
+                return
+            except socket.timeout:
+                raise Unreachable(f"no event from bkd at {self.path} in {timeout}s") from None
+            except OSError as e:
+                raise Unreachable(f"lost the connection to bkd at {self.path}: {e.strerror or e}") from None
+            if message.get("method") == "event":
+                yield message["params"]
 
     def _read(self) -> dict:
         line = self._reader.readline()

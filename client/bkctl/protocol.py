@@ -35,6 +35,10 @@ METHODS = (
     "schedule.list",
     "snapshots.list",
     "prune",
+    "hosts.list",
+    "hosts.test",
+    "config.reload",
+    "events.subscribe",
 )
 
 STATUSES = ("queued", "running", "ok", "warning", "failed", "cancelled", "interrupted", "skipped")

@@ -7,12 +7,14 @@ import asyncio
 import fcntl
 import os
 import signal
+import time
 from pathlib import Path
 
 import structlog
 
-from . import __version__, clock
-from .config import Config
+from . import __version__, clock, logs
+from .config import Config, ConfigError, load_config
+from .config.models import RESTART_ONLY, describe_changes
 from .engine import Engine
 from .fsutil import make_private_dir
 from .pipeline.rsync import check_rsync
@@ -59,6 +61,31 @@ class Daemon:
         self.rsync_version = ""
         self.engine: Engine | None = None
 
+    async def reload(self) -> dict:
+        """Re-read the config; swap it in only when it is valid. Running work
+        goes on with the settings it started with."""
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            try:
+                new = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as e:
+                errors = [str(problem) for problem in e.problems]
+                log.error("config.reload_failed", errors=errors)
+                return {"ok": False, "changes": [], "errors": errors}
+            fixed = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
+            if fixed:
+                errors = [f"{self.config_path}:{key}: cannot change while bkd runs "
+                          f"(still {getattr(self.config, key)}); restart bkd" for key in fixed]
+                log.error("config.reload_failed", errors=errors)
+                return {"ok": False, "changes": [], "errors": errors}
+            changes = describe_changes(self.config, new)
+            self.config = new
+            self.engine.reconfigure(new)
+            log.info("config.reloaded", changes=changes)
+            return {"ok": True, "changes": changes, "errors": []}
+        finally:
+            notify("READY=1", f"STATUS={self.status_line()}")
+
     def status_line(self) -> str:
         engine = self.engine
         running = len(engine.runs) if engine else 0
@@ -77,6 +104,7 @@ class Daemon:
             if interrupted:
                 log.warning("daemon.recovered", interrupted_runs=interrupted)
             self.engine = engine = Engine(config, store)
+            logs.forward_to(engine.bus.publish)
             server = RpcServer(config.socket, method_table(Api(self)))
             try:
                 await server.start()
@@ -96,6 +124,7 @@ class Daemon:
             await engine.shutdown()
             await asyncio.gather(*background, return_exceptions=True)
         finally:
+            logs.forward_to(None)
             await store.close()
             os.close(lock_fd)
         log.info("daemon.stopped")
@@ -112,6 +141,15 @@ async def serve(config_path: Path, config: Config) -> None:
         log.info("daemon.signal", signal=signal.Signals(signum).name)
         stop.set()
 
+    daemon = Daemon(config_path, config)
+    reloads: set[asyncio.Task] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.create_task(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    await Daemon(config_path, config).run(stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    await daemon.run(stop)

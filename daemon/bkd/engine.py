@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -11,15 +12,19 @@ import structlog
 
 from bkctl import protocol
 from . import clock
+from . import exec as bkexec
 from .clock import iso
 from .config import Config
+from .events import EventBus
 from .layout import HostDir, SnapshotName
-from .pipeline import archive
+from .pipeline import archive, rsync
 from .pipeline.prune import TrashCollector, host_plan, move_to_trash
 from .pipeline.snapshot import RunControl, SnapshotFailed, take_snapshot
 from .store import Store
 
 log = structlog.get_logger()
+
+PROGRESS_EVERY = 0.5  # seconds between progress events of one host
 
 KINDS = ("snapshot", "archive", "monthly", "all")
 
@@ -45,10 +50,11 @@ class HostRun:
     progress: dict | None = None
     control: RunControl = field(default_factory=RunControl)
     task: asyncio.Task | None = None
+    progress_published: float = 0.0
 
 
 class Engine:
-    def __init__(self, config: Config, store: Store):
+    def __init__(self, config: Config, store: Store, bus: EventBus | None = None):
         self.config = config
         self.store = store
         self.runs: dict[str, HostRun] = {}
@@ -58,6 +64,7 @@ class Engine:
         self._slots = asyncio.Semaphore(config.max_parallel_hosts)
         self.stopping = False
         self.collector = TrashCollector(config.backup_root)
+        self.bus = bus or EventBus()
 
     def host_names(self, requested: list[str] | None) -> list[str]:
         names = [h.name for h in self.config.host]
@@ -89,6 +96,7 @@ class Engine:
             return None
         job_id = await self.store.create_job(kind, names, trigger, dry_run)
         log.info("job.start", job_id=job_id, kind=kind, hosts=names, trigger=trigger, dry_run=dry_run)
+        self.bus.publish("job", job_id=job_id, status="queued", job=await self.store.get_job(job_id))
         for host in names:
             self.last_attempt[host] = clock.now()
             run = self.runs[host] = HostRun(job_id, kind)
@@ -102,21 +110,19 @@ class Engine:
             try:
                 async with self._slots:
                     run.state = "running"
-                    await self.store.update_host(run.job_id, host, status="running")
+                    await self._update(host, run, status="running")
                     outcome = await self._pipeline(host, run, dry_run)
                 if outcome["error"] and outcome["status"] == "failed":
                     log.error("run.failed", error=outcome["error"])
                 log.info("run.done", status=outcome["status"], snapshot=outcome["snapshot"])
-                await self.store.update_host(run.job_id, host, **outcome)
+                await self._update(host, run, **outcome)
             except asyncio.CancelledError:
                 status = "interrupted" if run.control.keep_partial else "cancelled"
                 log.warning("run.stopped", status=status)
-                await self.store.update_host(run.job_id, host, status=status,
-                                             error=f"{status} during {run.stage or 'queue'}")
+                await self._update(host, run, status=status, error=f"{status} during {run.stage or 'queue'}")
             except Exception as e:  # a bug must fail this run, not the daemon
                 log.exception("run.internal_error")
-                await self.store.update_host(run.job_id, host, status="failed",
-                                             error=f"internal error: {e}")
+                await self._update(host, run, status="failed", error=f"internal error: {e}")
             finally:
                 del self.runs[host]
                 self.changed.set()
@@ -168,7 +174,7 @@ class Engine:
         previous_stats = (await self.store.snapshot_stats(host)).get(str(previous), {}) if previous else {}
         result = await take_snapshot(self.config, settings, dry_run=dry_run, control=run.control,
                                      previous_files=previous_stats.get("files"),
-                                     on_progress=lambda progress: setattr(run, "progress", progress))
+                                     on_progress=lambda progress: self._progress(host, run, progress))
         if result.name:
             name = SnapshotName.parse(result.name)
             await self.store.record_snapshot(host, result.name, iso(name.time), result.stats, run.job_id)
@@ -178,7 +184,25 @@ class Engine:
 
     async def _set_stage(self, host: str, run: HostRun, stage: str) -> None:
         run.stage, run.progress = stage, None
-        await self.store.update_host(run.job_id, host, stage=stage)
+        await self._update(host, run, stage=stage)
+
+    async def _update(self, host: str, run: HostRun, **fields) -> None:
+        """Record a change of a host's run and tell the subscribers; when it
+        finishes the job, they get the job's final record too."""
+        await self.store.update_host(run.job_id, host, **fields)
+        self.bus.publish("host", job_id=run.job_id, host=host,
+                         **{"kind": run.kind, "stage": run.stage, "status": run.state, **fields})
+        if fields.get("status") in protocol.FINAL_STATUSES:
+            job = await self.store.get_job(run.job_id)
+            if job["status"] in protocol.FINAL_STATUSES:
+                self.bus.publish("job", job_id=run.job_id, status=job["status"], job=job)
+
+    def _progress(self, host: str, run: HostRun, progress: dict) -> None:
+        run.progress = progress
+        now = time.monotonic()
+        if now - run.progress_published >= PROGRESS_EVERY or progress["percent"] == 100:
+            run.progress_published = now
+            self.bus.publish("progress", job_id=run.job_id, host=host, stage=run.stage, progress=progress)
 
     async def prune_host(self, host: str, dry_run: bool) -> list[dict]:
         """Apply (or with dry_run, only explain) the host's retention policy."""
@@ -192,6 +216,28 @@ class Engine:
                 log.info("prune.trashed", host=host, snapshots=doomed)
                 self.collector.wake.set()
         return [d.as_dict() for d in decisions]
+
+    async def test_hosts(self, hosts: list[str]) -> dict[str, dict]:
+        """SSH and rsync reachability of each host, in parallel, writing nothing."""
+        async def test(name: str) -> dict:
+            settings = self.config.settings(self.config.find_host(name))
+            started = time.monotonic()
+            result = await bkexec.run(rsync.reachability_command(self.config, settings))
+            seconds = round(time.monotonic() - started, 2)
+            if result.returncode == 0:
+                return {"ok": True, "error": None, "seconds": seconds}
+            return {"ok": False, "error": rsync.describe_failure(result.returncode, result.stderr_tail),
+                    "seconds": seconds}
+
+        names = self.host_names(hosts)
+        return dict(zip(names, await asyncio.gather(*(test(n) for n in names)), strict=True))
+
+    def reconfigure(self, config: Config) -> None:
+        """Use config from now on; running work keeps the settings it started with."""
+        if config.max_parallel_hosts != self.config.max_parallel_hosts:
+            self._slots = asyncio.Semaphore(config.max_parallel_hosts)
+        self.config = config
+        self.changed.set()
 
     async def cancel(self, hosts: list[str] | None = None, job_id: int | None = None) -> list[str]:
         """Stop the matching runs and wait for them to clean up (partials removed)."""

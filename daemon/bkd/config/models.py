@@ -242,3 +242,19 @@ class Config(Section):
                      f"{archive.compression} levels are 1-9, not {archive.level}")
                 )
         return problems
+
+
+RESTART_ONLY = ("backup_root", "state_dir", "socket")
+
+
+def describe_changes(old: Config, new: Config) -> list[str]:
+    """What a reload changes, one line each, for the caller and the log."""
+    old_hosts = {h.name: h for h in old.host}
+    new_hosts = {h.name: h for h in new.host}
+    changes = [f"host {name} added" for name in new_hosts if name not in old_hosts]
+    changes += [f"host {name} removed" for name in old_hosts if name not in new_hosts]
+    changes += [f"host {name} changed" for name in new_hosts
+                if name in old_hosts and new_hosts[name] != old_hosts[name]]
+    changes += [f"{key} changed" for key in Config.model_fields
+                if key != "host" and getattr(old, key) != getattr(new, key)]
+    return changes

@@ -94,6 +94,24 @@ def ssh_command(config: Config) -> list[str]:
     return argv
 
 
+def _remote_shell(config: Config, settings: HostSettings) -> list[str]:
+    # rsync splits -e itself and honours shell-style quoting.
+    return ["-e", shlex.join(ssh_command(config))] if settings.host.is_remote else []
+
+
+def source_of(settings: HostSettings) -> str:
+    """The source with exactly one trailing slash: its contents, not itself."""
+    return settings.host.source.rstrip("/") + "/"
+
+
+def reachability_command(config: Config, settings: HostSettings) -> list[str]:
+    """List the top of the source: proves SSH, the remote rsync and read access,
+    and writes nothing anywhere."""
+    timeout = int(settings.rsync.timeout.total_seconds())
+    return ["rsync", "--list-only", f"--timeout={timeout}", *_remote_shell(config, settings),
+            "--", source_of(settings)]
+
+
 def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_dests: list[Path], *,
                      dry_run: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
     """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
@@ -110,10 +128,8 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_de
     argv += list(extra)
     argv += [f"--link-dest={path}" for path in link_dests]
     argv += [f"--exclude={pattern}" for pattern in settings.excludes]
-    if settings.host.is_remote:
-        # rsync splits -e itself and honours shell-style quoting.
-        argv += ["-e", shlex.join(ssh_command(config))]
-    argv += ["--", settings.host.source.rstrip("/") + "/", f"{dest}/"]
+    argv += _remote_shell(config, settings)
+    argv += ["--", source_of(settings), f"{dest}/"]
     return argv
 
 

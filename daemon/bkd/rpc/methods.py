@@ -4,21 +4,29 @@ Dispatch looks names up here and nowhere else (no getattr on request data)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Optional
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bkctl import protocol
 from .. import __version__, clock
 from ..engine import KINDS, RpcError
+from ..events import DEFAULT_QUEUE, TOPICS
 from ..layout import HostDir
 from ..scheduler import next_runs, schedule_entries
 
 if TYPE_CHECKING:
     from ..app import Daemon
+
+
+log = structlog.get_logger()
+
+SUBSCRIBER_BUFFER = 8 * 1024  # bytes the kernel and transport each hold for one subscriber
 
 
 class Params(BaseModel):
@@ -64,11 +72,21 @@ class Prune(Params):
     dry_run: bool = False
 
 
+class HostsTest(Params):
+    hosts: Optional[list[str]] = None
+
+
+class EventsSubscribe(Params):
+    topics: Optional[list[Literal[TOPICS]]] = None
+    max_queue: int = Field(DEFAULT_QUEUE, ge=1, le=10000)
+
+
 @dataclass(frozen=True)
 class Method:
     params: type[Params]
-    handler: Callable[[Params], Awaitable[dict]]
+    handler: Callable[..., Awaitable]
     role: Literal["viewer", "operator", "admin"]
+    streams: bool = False  # handler(params, connection) -> (result, start the stream)
 
 
 class Api:
@@ -110,8 +128,12 @@ class Api:
                 "last_error": last["error"] if last else None,
                 "next_run": clock.iso(due.get(host.name)),
             }
+        disk = os.statvfs(config.backup_root)
         return {"job_running": bool(engine.runs), "hosts": hosts,
-                "deletion_queue": engine.collector.pending()}
+                "deletion_queue": engine.collector.pending(),
+                "disk": {"path": str(config.backup_root), "free_bytes": disk.f_bavail * disk.f_frsize,
+                         "total_bytes": disk.f_blocks * disk.f_frsize},
+                "started": clock.iso(self.daemon.started), "version": __version__}
 
     async def job_start(self, p: JobStart) -> dict:
         job_id = await self.engine.start_job(p.hosts, p.kind, p.dry_run, trigger="manual")
@@ -141,6 +163,51 @@ class Api:
                 "plan": {host: await self.engine.prune_host(host, p.dry_run) for host in hosts}}
 
 
+    async def hosts_list(self, _: NoParams) -> dict:
+        config = self.engine.config
+        hosts = []
+        for host in config.host:
+            settings = config.settings(host)
+            hosts.append({"name": host.name, "source": host.source, "remote": host.is_remote,
+                          "schedule": settings.schedule.model_dump(mode="json"),
+                          "excludes": len(settings.excludes)})
+        return {"hosts": hosts}
+
+    async def hosts_test(self, p: HostsTest) -> dict:
+        return {"results": await self.engine.test_hosts(p.hosts)}
+
+    async def config_reload(self, _: NoParams) -> dict:
+        return await self.daemon.reload()
+
+    async def events_subscribe(self, p: EventsSubscribe, conn) -> tuple[dict, Callable[[], None]]:
+        bus = self.engine.bus
+        topics = set(p.topics) if p.topics else None
+
+        def on_drop() -> None:
+            log.warning("events.subscriber_dropped", uid=conn.peer.uid, pid=conn.peer.pid,
+                        max_queue=p.max_queue)
+            conn.drop({"jsonrpc": "2.0", "method": "event",
+                       "params": {"topic": "dropped", "time": clock.iso(clock.now()),
+                                  "reason": f"too slow: more than {p.max_queue} events behind"}})
+
+        subscription = bus.subscribe(topics, p.max_queue, on_drop)
+
+        async def pump() -> None:
+            while True:
+                event = await subscription.queue.get()
+                try:
+                    await conn.send({"jsonrpc": "2.0", "method": "event", "params": event})
+                except (ConnectionError, asyncio.TimeoutError):
+                    bus.unsubscribe(subscription)
+                    return
+
+        def start() -> None:
+            conn.limit_buffering(SUBSCRIBER_BUFFER)
+            conn.stream(pump(), on_close=lambda: bus.unsubscribe(subscription))
+
+        return {"subscribed": sorted(topics or TOPICS), "max_queue": p.max_queue}, start
+
+
 def method_table(api: Api) -> dict[str, Method]:
     return {
         "daemon.info": Method(NoParams, api.daemon_info, "viewer"),
@@ -152,4 +219,8 @@ def method_table(api: Api) -> dict[str, Method]:
         "snapshots.list": Method(SnapshotsList, api.snapshots_list, "viewer"),
         "schedule.list": Method(NoParams, api.schedule_list, "viewer"),
         "prune": Method(Prune, api.prune, "admin"),
+        "hosts.list": Method(NoParams, api.hosts_list, "viewer"),
+        "hosts.test": Method(HostsTest, api.hosts_test, "operator"),
+        "config.reload": Method(NoParams, api.config_reload, "admin"),
+        "events.subscribe": Method(EventsSubscribe, api.events_subscribe, "viewer", streams=True),
     }

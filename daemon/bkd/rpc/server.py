@@ -16,6 +16,7 @@ import socket
 import stat
 import struct
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .methods import Method
 log = structlog.get_logger()
 
 WRITE_TIMEOUT = 30.0  # a client that does not read its answers for this long is dropped
+DROP_GRACE = 2.0  # seconds a dropped client gets to read its last notice
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,49 @@ class Peer:
 def peer_of(sock: socket.socket) -> Peer:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return Peer(*struct.unpack("3i", creds))
+
+
+class Connection:
+    """One client connection: serialised writes, and the event streams it owns."""
+
+    def __init__(self, writer: asyncio.StreamWriter, peer: Peer):
+        self.writer = writer
+        self.peer = peer
+        self._write_lock = asyncio.Lock()
+        self._streams: set[asyncio.Task] = set()
+        self._on_close: list[Callable[[], None]] = []
+
+    async def send(self, message: dict) -> None:
+        async with self._write_lock:
+            self.writer.write(protocol.encode(message))
+            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
+
+    def stream(self, coroutine, on_close: Callable[[], None]) -> None:
+        """Run coroutine (an event pump) for as long as the connection lives."""
+        task = asyncio.create_task(coroutine)
+        self._streams.add(task)
+        task.add_done_callback(self._streams.discard)
+        self._on_close.append(on_close)
+
+    def limit_buffering(self, size: int) -> None:
+        """Keep what the kernel and the transport buffer small, so that a client
+        that stops reading is noticed after a few events, not a few megabytes."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        self.writer.transport.set_write_buffer_limits(high=size)
+
+    def drop(self, notice: dict) -> None:
+        """Give up on a client: a last message if the buffer takes it, then close."""
+        with contextlib.suppress(Exception):
+            self.writer.write(protocol.encode(notice))
+        self.close_streams()
+        asyncio.get_running_loop().call_later(DROP_GRACE, self.writer.transport.abort)
+
+    def close_streams(self) -> None:
+        for task in list(self._streams):
+            task.cancel()
+        while self._on_close:
+            self._on_close.pop()()
 
 
 def _error(request_id, code: int, message: str, data: dict | None = None) -> dict:
@@ -115,88 +160,92 @@ class RpcServer:
                     self.path.unlink()
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = peer_of(writer.get_extra_info("socket"))
-        write_lock = asyncio.Lock()
+        conn = Connection(writer, peer_of(writer.get_extra_info("socket")))
         pending: set[asyncio.Task] = set()
-
-        async def send(message: dict) -> None:
-            async with write_lock:
-                writer.write(protocol.encode(message))
-                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
-
         try:
             while True:
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
-                    await send(_error(None, protocol.INVALID_REQUEST,
-                                      f"request too large (limit {protocol.MAX_LINE} bytes)"))
+                    await conn.send(_error(None, protocol.INVALID_REQUEST,
+                                           f"request too large (limit {protocol.MAX_LINE} bytes)"))
                     break
                 if not line:
                     break
                 if not line.strip():
                     continue
-                task = asyncio.create_task(self._answer(line, peer, send))
+                task = asyncio.create_task(self._answer(line, conn))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         except (ConnectionError, asyncio.TimeoutError):
             pass
         finally:
+            conn.close_streams()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _answer(self, line: bytes, peer: Peer, send) -> None:
-        response = await self.dispatch(line, peer)
+    async def _answer(self, line: bytes, conn: Connection) -> None:
+        response, then = await self.dispatch(line, conn)
         if response is not None:
-            with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-                await send(response)
+            try:
+                await conn.send(response)
+            except (ConnectionError, asyncio.TimeoutError):
+                return
+        if then is not None:
+            then()
 
-    async def dispatch(self, line: bytes, peer: Peer) -> dict | None:
+    async def dispatch(self, line: bytes, conn: Connection) -> tuple[dict | None, Callable | None]:
+        """The response to one request line (None for a notification), and what to
+        start once it has been sent (a subscription's event stream)."""
         try:
             message = json.loads(line)
         except (ValueError, UnicodeDecodeError) as e:
-            return _error(None, protocol.PARSE_ERROR, f"parse error: {e}")
+            return _error(None, protocol.PARSE_ERROR, f"parse error: {e}"), None
         if isinstance(message, list):
-            return _error(None, protocol.INVALID_REQUEST, "batches are not supported")
+            return _error(None, protocol.INVALID_REQUEST, "batches are not supported"), None
         if not isinstance(message, dict):
-            return _error(None, protocol.INVALID_REQUEST, "a request must be a JSON object")
+            return _error(None, protocol.INVALID_REQUEST, "a request must be a JSON object"), None
         request_id = message.get("id")
         if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
-            return _error(None, protocol.INVALID_REQUEST, "id must be a string, a number or null")
+            return _error(None, protocol.INVALID_REQUEST, "id must be a string, a number or null"), None
         method_name = message.get("method")
         if message.get("jsonrpc") != "2.0" or not isinstance(method_name, str):
             return _error(request_id, protocol.INVALID_REQUEST,
-                          'a request needs "jsonrpc": "2.0" and a string "method"')
+                          'a request needs "jsonrpc": "2.0" and a string "method"'), None
         is_notification = "id" not in message
-        response = await self._call(method_name, message.get("params"), request_id, peer)
-        return None if is_notification else response
+        response, then = await self._call(method_name, message.get("params"), request_id, conn)
+        return (None if is_notification else response), then
 
-    async def _call(self, method_name: str, raw_params, request_id, peer: Peer) -> dict:
+    async def _call(self, method_name: str, raw_params, request_id, conn: Connection):
         method = self.methods.get(method_name)
         if method is None:
-            return _error(request_id, protocol.METHOD_NOT_FOUND, f"unknown method: {method_name}")
+            return _error(request_id, protocol.METHOD_NOT_FOUND, f"unknown method: {method_name}"), None
         if self.closing:
-            return _error(request_id, protocol.SHUTTING_DOWN, "the daemon is shutting down")
+            return _error(request_id, protocol.SHUTTING_DOWN, "the daemon is shutting down"), None
         if raw_params is None:
             raw_params = {}
         if not isinstance(raw_params, dict):
             return _error(request_id, protocol.INVALID_PARAMS,
-                          "invalid params: params must be an object (named parameters)")
+                          "invalid params: params must be an object (named parameters)"), None
         try:
             params = method.params.model_validate(raw_params)
         except ValidationError as e:
-            return _error(request_id, protocol.INVALID_PARAMS, _params_error(e))
+            return _error(request_id, protocol.INVALID_PARAMS, _params_error(e)), None
+        then = None
         try:
-            result = await method.handler(params)
+            if method.streams:
+                result, then = await method.handler(params, conn)
+            else:
+                result = await method.handler(params)
         except RpcError as e:
-            return _error(request_id, e.code, e.message, e.data)
+            return _error(request_id, e.code, e.message, e.data), None
         except Exception:
             incident = uuid.uuid4().hex[:12]
-            log.exception("rpc.internal_error", method=method_name, incident=incident, uid=peer.uid)
+            log.exception("rpc.internal_error", method=method_name, incident=incident, uid=conn.peer.uid)
             return _error(request_id, protocol.INTERNAL_ERROR,
                           f"internal error (incident {incident}; see the daemon's log)",
-                          {"incident": incident})
-        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+                          {"incident": incident}), None
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}, then

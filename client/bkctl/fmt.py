@@ -1,0 +1,75 @@
+"""Human formatting shared by the CLI and the TUI: ages, sizes, tables, colour."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from datetime import datetime, timezone
+
+_COLOURS = {"ok": 32, "warning": 33, "failed": 31, "cancelled": 33, "interrupted": 33, "running": 36}
+
+
+def colour(text: str, status: str | None = None) -> str:
+    code = _COLOURS.get(status or text)
+    if code and sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+        return f"\033[{code}m{text}\033[0m"
+    return text
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def span(seconds: float) -> str:
+    seconds = int(abs(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def relative(value: str | None, now: datetime | None = None) -> str:
+    when = parse_time(value)
+    if when is None:
+        return "-"
+    delta = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if abs(delta) < 1:
+        return "now"
+    return f"in {span(delta)}" if delta > 0 else f"{span(delta)} ago"
+
+
+def size(count: int | None) -> str:
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+
+
+def number(value) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def progress_text(progress: dict | None) -> str:
+    if not progress:
+        return "-"
+    return f"{progress.get('percent', 0):.0f}%"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    # Widths come from the plain text, so colour codes do not skew alignment.
+    plain = [[strip_colour(cell) for cell in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in plain)) if plain else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row, plain_row in zip(rows, plain):
+        cells = [cell + " " * (w - len(p)) for cell, p, w in zip(row, plain_row, widths)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def strip_colour(text: str) -> str:
+    return re.sub(r"\033\[[0-9;]*m", "", text)

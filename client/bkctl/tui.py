@@ -1,0 +1,339 @@
+"""`bkctl top`: a live status screen. A pure view model (tested without curses)
+fed by pushed events, and a thin curses shell around it."""
+
+from __future__ import annotations
+
+import curses
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import protocol
+from .client import Client, RemoteError, Unreachable
+from .fmt import parse_time, relative, size, span
+
+REDRAW_EVERY = 0.25  # seconds: at most four redraws a second, however fast events come
+RECONNECT_EVERY = 1.0
+HELP = [
+    "up/down, j/k   select a host",
+    "r              run a snapshot of the selected host now",
+    "c              cancel the selected host's run (asks first)",
+    "/              filter hosts by name (empty: all)",
+    "?              this help",
+    "q              quit",
+]
+
+
+@dataclass
+class ViewModel:
+    hosts: dict[str, dict] = field(default_factory=dict)
+    status: dict = field(default_factory=dict)
+    selected: int = 0
+    filter: str = ""
+    message: str = ""
+    connected: bool = False
+    detail: dict = field(default_factory=dict)  # the selected host's recent runs and snapshots
+    alerts: dict[str, int] = field(default_factory=dict)
+
+    # ---- what changes the model ----
+
+    def apply_status(self, status: dict) -> None:
+        self.status = status
+        self.hosts = {name: dict(host) for name, host in status["hosts"].items()}
+        self.connected = True
+        self.clamp()
+
+    def apply_event(self, event: dict) -> bool:
+        """Fold one event in; True when a fresh `status` is worth fetching (a run ended)."""
+        host = self.hosts.get(event.get("host", ""))
+        topic = event["topic"]
+        if topic == "progress" and host is not None:
+            host["progress"] = event["progress"]
+            host["stage"] = event.get("stage")
+        elif topic == "host" and host is not None:
+            status = event.get("status")
+            if status in ("queued", "running"):
+                host.update(state=status, stage=event.get("stage"), job_id=event.get("job_id"))
+            else:
+                host.update(state="idle", stage=None, progress=None, last_result=status,
+                            last_error=event.get("error"))
+                return True
+        elif topic == "job" and event.get("status") in protocol.FINAL_STATUSES:
+            return True
+        elif topic == "alert" and event.get("host"):
+            self.alerts[event["host"]] = self.alerts.get(event["host"], 0) + 1
+        return False
+
+    # ---- navigation ----
+
+    def visible(self) -> list[str]:
+        return [name for name in sorted(self.hosts) if self.filter.lower() in name.lower()]
+
+    def clamp(self) -> None:
+        self.selected = max(0, min(self.selected, len(self.visible()) - 1))
+
+    def move(self, delta: int) -> None:
+        self.selected += delta
+        self.clamp()
+
+    def current(self) -> str | None:
+        names = self.visible()
+        return names[self.selected] if names else None
+
+    # ---- what is shown ----
+
+    def header(self, now: datetime) -> str:
+        if not self.connected:
+            return "bkd: not connected — retrying …"
+        started = parse_time(self.status.get("started"))
+        uptime = span((now - started).total_seconds()) if started else "?"
+        disk = self.status.get("disk") or {}
+        running = sum(1 for h in self.hosts.values() if h["state"] == "running")
+        upcoming = [h["next_run"] for h in self.hosts.values() if h.get("next_run")]
+        next_run = relative(min(upcoming), now) if upcoming else "-"
+        return (f"bkd {self.status.get('version', '')}  up {uptime}  "
+                f"free {size(disk.get('free_bytes'))} of {size(disk.get('total_bytes'))}  "
+                f"running {running}/{len(self.hosts)}  next {next_run}")
+
+    def rows(self, now: datetime, bar_width: int = 20) -> list[str]:
+        lines = [f"{'HOST':<16} {'STATE':<8} {'STAGE':<9} {'PROGRESS':<{bar_width + 6}} "
+                 f"{'RATE':>11} {'ETA':>6} {'LAST GOOD':>10} {'RESULT':<11} ALERTS"]
+        for name in self.visible():
+            host = self.hosts[name]
+            progress = host.get("progress") or {}
+            percent = progress.get("percent")
+            bar = (progress_bar(percent, bar_width) + f" {percent:3d}%") if percent is not None else ""
+            rate = f"{size(progress['rate'])}/s" if progress.get("rate") else ""
+            eta = span(progress["eta_s"]) if progress.get("eta_s") else ""
+            age = relative(host.get("last_snapshot_time"), now).replace(" ago", "")
+            lines.append(f"{name[:16]:<16} {host['state']:<8} {(host.get('stage') or '-'):<9} "
+                         f"{bar:<{bar_width + 6}} {rate:>11} {eta:>6} {age:>10} "
+                         f"{(host.get('last_result') or '-'):<11} {self.alerts.get(name, 0) or '-'}")
+        return lines
+
+    def detail_lines(self) -> list[str]:
+        name = self.current()
+        if not name:
+            return ["no hosts" + (f" match /{self.filter}" if self.filter else "")]
+        host = self.hosts[name]
+        lines = [f"{name}: last snapshot {host.get('last_snapshot') or '-'}"]
+        if host.get("last_error"):
+            lines.append(f"  last error: {host['last_error']}")
+        if self.detail.get("host") == name:
+            lines.append("  recent runs:")
+            for job in self.detail.get("jobs", [])[:5]:
+                mine = next((h for h in job["hosts"] if h["host"] == name), {})
+                lines.append(f"    job {job['job_id']:<6} {job['kind']:<9} {mine.get('status', '-'):<11} "
+                             f"{job['started']}  {mine.get('error') or ''}".rstrip())
+            lines.append("  snapshots (newest first):")
+            for snap in list(reversed(self.detail.get("snapshots", [])))[:5]:
+                lines.append(f"    {snap['name']}  {snap['tier']:<8} {snap['files'] or 0:>9} files  "
+                             f"{snap['changed_files'] or 0:>7} changed")
+        return lines
+
+
+def progress_bar(percent: int, width: int) -> str:
+    filled = max(0, min(width, round(width * percent / 100)))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+# ---- the curses shell -------------------------------------------------------------
+
+class Feed:
+    """A second connection that only reads events, on a thread, into a queue."""
+
+    def __init__(self, path: str, timeout: float):
+        self.events: queue.Queue = queue.Queue()
+        self.client = Client(path, timeout)
+        self.client.subscribe()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.client.events():
+                self.events.put(event)
+        except Unreachable:
+            pass
+        self.events.put(None)  # the feed ended: reconnect
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def run_top(path: str, timeout: float) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("bkctl top needs a terminal; for scripts use `bkctl status --json` or `bkctl watch --json`",
+              file=sys.stderr)
+        return 2
+    try:
+        return curses.wrapper(_Screen(path, timeout).loop)
+    except KeyboardInterrupt:
+        return 0
+
+
+class _Screen:
+    def __init__(self, path: str, timeout: float):
+        self.path, self.timeout = path, timeout
+        self.model = ViewModel()
+        self.calls: Client | None = None
+        self.feed: Feed | None = None
+        self.last_attempt = 0.0
+        self.detail_for: str | None = None
+
+    def connect(self) -> None:
+        self.disconnect()
+        self.last_attempt = time.monotonic()
+        try:
+            self.feed = Feed(self.path, self.timeout)  # subscribe first: no event falls between
+            self.calls = Client(self.path, self.timeout)
+            self.model.apply_status(self.calls.call("status"))
+            self.model.message = ""
+            self.detail_for = None
+        except (Unreachable, RemoteError) as e:
+            self.disconnect()
+            self.model.message = str(e)
+
+    def disconnect(self) -> None:
+        for conn in (self.feed, self.calls):
+            if conn:
+                conn.close()
+        self.feed = self.calls = None
+        self.model.connected = False
+
+    def call(self, method: str, params: dict | None = None) -> dict | None:
+        try:
+            return self.calls.call(method, params) if self.calls else None
+        except RemoteError as e:
+            self.model.message = e.message
+        except Unreachable as e:
+            self.model.message = str(e)
+            self.disconnect()
+        return None
+
+    def refresh_detail(self) -> None:
+        name = self.model.current()
+        if not name or not self.calls:
+            return
+        jobs = self.call("jobs.list", {"host": name, "limit": 5}) or {}
+        snapshots = self.call("snapshots.list", {"host": name}) or {}
+        self.model.detail = {"host": name, "jobs": jobs.get("jobs", []),
+                             "snapshots": snapshots.get("snapshots", [])}
+        self.detail_for = name
+
+    def loop(self, screen) -> int:
+        curses.curs_set(0)
+        screen.timeout(100)  # getch waits at most 100 ms: events are drained between keys
+        self.connect()
+        last_draw, dirty = 0.0, True
+        while True:
+            if not self.model.connected and time.monotonic() - self.last_attempt >= RECONNECT_EVERY:
+                self.connect()
+                dirty = True
+            dirty |= self.drain()
+            if self.model.current() != self.detail_for and self.model.connected:
+                self.refresh_detail()
+                dirty = True
+            key = screen.getch()
+            if key != -1:
+                if self.handle_key(screen, key) == "quit":
+                    self.disconnect()
+                    return 0
+                dirty = True
+            now = time.monotonic()
+            if (dirty and now - last_draw >= REDRAW_EVERY) or now - last_draw >= 1.0:
+                self.draw(screen)
+                last_draw, dirty = now, False
+
+    def drain(self) -> bool:
+        if not self.feed:
+            return False
+        changed, refresh = False, False
+        while True:
+            try:
+                event = self.feed.events.get_nowait()
+            except queue.Empty:
+                break
+            if event is None or event.get("topic") == "dropped":
+                self.disconnect()
+                return True
+            refresh |= self.model.apply_event(event)
+            changed = True
+        if refresh:  # a run ended: fetch last snapshot, result and next run afresh
+            status = self.call("status")
+            if status:
+                self.model.apply_status(status)
+            self.detail_for = None
+        return changed
+
+    def handle_key(self, screen, key: int) -> str | None:
+        model = self.model
+        if key in (ord("q"), 27):
+            return "quit"
+        if key in (curses.KEY_DOWN, ord("j")):
+            model.move(1)
+        elif key in (curses.KEY_UP, ord("k")):
+            model.move(-1)
+        elif key == ord("r") and model.current():
+            result = self.call("job.start", {"hosts": [model.current()]})
+            if result:
+                model.message = f"started job {result['job_id']} for {model.current()}"
+        elif key == ord("c") and model.current():
+            if self.ask(screen, f"cancel the run of {model.current()}? (y/n) ") == "y":
+                result = self.call("job.cancel", {"hosts": [model.current()]})
+                if result is not None:
+                    model.message = f"cancelled: {', '.join(result['cancelled']) or 'nothing was running'}"
+        elif key == ord("/"):
+            model.filter = self.ask(screen, "filter: ", line=True)
+            model.selected = 0
+            model.clamp()
+        elif key == ord("?"):
+            model.message = " | ".join(HELP)
+        elif key == curses.KEY_RESIZE:
+            curses.update_lines_cols()
+        return None
+
+    def ask(self, screen, prompt: str, line: bool = False) -> str:
+        height, width = screen.getmaxyx()
+        screen.move(height - 1, 0)
+        screen.clrtoeol()
+        screen.addnstr(height - 1, 0, prompt, width - 1)
+        if not line:
+            screen.timeout(-1)
+            key = screen.getch()
+            screen.timeout(100)
+            return chr(key) if 0 <= key < 256 else ""
+        curses.echo()
+        curses.curs_set(1)
+        try:
+            text = screen.getstr(height - 1, min(len(prompt), width - 2), 40).decode(errors="replace")
+        finally:
+            curses.noecho()
+            curses.curs_set(0)
+        return text.strip()
+
+    def draw(self, screen) -> None:
+        now = datetime.now(timezone.utc)
+        screen.erase()
+        height, width = screen.getmaxyx()
+        lines = [self.model.header(now), ""]
+        rows = self.model.rows(now)
+        lines.append("  " + rows[0])
+        for index, row in enumerate(rows[1:]):
+            lines.append(("> " if index == self.model.selected else "  ") + row)
+        lines += ["", *self.model.detail_lines()]
+        for y, text in enumerate(lines[: max(0, height - 1)]):
+            attr = curses.A_REVERSE if y == 3 + self.model.selected and len(rows) > 1 else 0
+            try:
+                screen.addnstr(y, 0, text, max(1, width - 1), attr)
+            except curses.error:
+                pass  # a terminal too small for even this: draw what fits
+        footer = self.model.message or "q quit  r run  c cancel  / filter  ? help"
+        try:
+            screen.addnstr(height - 1, 0, footer, max(1, width - 1), curses.A_DIM)
+        except curses.error:
+            pass
+        screen.refresh()
