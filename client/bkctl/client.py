@@ -45,6 +45,12 @@ class Client:
         self._backlog: deque[dict] = deque()  # events that arrived while waiting for an answer
 
     def close(self) -> None:
+        # shutdown first: it wakes a thread blocked reading this socket, which
+        # would otherwise hold the reader's lock and make close() wait forever.
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._reader.close()
         self._sock.close()
 

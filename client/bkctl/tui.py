@@ -4,6 +4,7 @@ fed by pushed events, and a thin curses shell around it."""
 from __future__ import annotations
 
 import curses
+import os
 import queue
 import sys
 import threading
@@ -98,20 +99,22 @@ class ViewModel:
                 f"free {size(disk.get('free_bytes'))} of {size(disk.get('total_bytes'))}  "
                 f"running {running}/{len(self.hosts)}  next {next_run}")
 
-    def rows(self, now: datetime, bar_width: int = 20) -> list[str]:
-        lines = [f"{'HOST':<16} {'STATE':<8} {'STAGE':<9} {'PROGRESS':<{bar_width + 6}} "
-                 f"{'RATE':>11} {'ETA':>6} {'LAST GOOD':>10} {'RESULT':<11} ALERTS"]
+    def rows(self, now: datetime, width: int = 80) -> list[str]:
+        """The host table, fitted to width: the progress bar takes what is left."""
+        bar_width = max(5, width - 78)
+        lines = [f"{'HOST':<12} {'STATE':<7} {'STAGE':<8} {'PROGRESS':<{bar_width + 7}} "
+                 f"{'RATE':>10} {'ETA':>5} {'AGE':>5} {'RESULT':<9} ALERTS"]
         for name in self.visible():
             host = self.hosts[name]
             progress = host.get("progress") or {}
             percent = progress.get("percent")
             bar = (progress_bar(percent, bar_width) + f" {percent:3d}%") if percent is not None else ""
-            rate = f"{size(progress['rate'])}/s" if progress.get("rate") else ""
+            rate = f"{size(progress['rate'])}/s".replace("iB/s", "/s") if progress.get("rate") else ""
             eta = span(progress["eta_s"]) if progress.get("eta_s") else ""
             age = relative(host.get("last_snapshot_time"), now).replace(" ago", "")
-            lines.append(f"{name[:16]:<16} {host['state']:<8} {(host.get('stage') or '-'):<9} "
-                         f"{bar:<{bar_width + 6}} {rate:>11} {eta:>6} {age:>10} "
-                         f"{(host.get('last_result') or '-'):<11} {self.alerts.get(name, 0) or '-'}")
+            lines.append(f"{name[:12]:<12} {host['state'][:7]:<7} {(host.get('stage') or '-')[:8]:<8} "
+                         f"{bar:<{bar_width + 7}} {rate:>10} {eta:>5} {age:>5} "
+                         f"{(host.get('last_result') or '-'):<9} {self.alerts.get(name, 0) or '-'}")
         return lines
 
     def detail_lines(self) -> list[str]:
@@ -169,6 +172,11 @@ def run_top(path: str, timeout: float) -> int:
         print("bkctl top needs a terminal; for scripts use `bkctl status --json` or `bkctl watch --json`",
               file=sys.stderr)
         return 2
+    # The terminal's real size, not $LINES/$COLUMNS, which a parent may have set
+    # for a different terminal and which go stale on every resize.
+    curses.use_env(False)
+    for stale in ("LINES", "COLUMNS"):
+        os.environ.pop(stale, None)
     try:
         return curses.wrapper(_Screen(path, timeout).loop)
     except KeyboardInterrupt:
@@ -237,6 +245,7 @@ class _Screen:
             if self.model.current() != self.detail_for and self.model.connected:
                 self.refresh_detail()
                 dirty = True
+            dirty |= self.follow_terminal_size(screen)
             key = screen.getch()
             if key != -1:
                 if self.handle_key(screen, key) == "quit":
@@ -293,8 +302,21 @@ class _Screen:
         elif key == ord("?"):
             model.message = " | ".join(HELP)
         elif key == curses.KEY_RESIZE:
-            curses.update_lines_cols()
+            self.follow_terminal_size(screen)
         return None
+
+    def follow_terminal_size(self, screen) -> bool:
+        """Match curses to the terminal's real size (asked of the kernel, so a
+        missed SIGWINCH or a stale $COLUMNS cannot leave it drawing blind)."""
+        try:
+            real = os.get_terminal_size(sys.__stdout__.fileno())
+        except OSError:
+            return False
+        if (real.lines, real.columns) == screen.getmaxyx():
+            return False
+        curses.resizeterm(real.lines, real.columns)
+        screen.clear()  # repaint everything: the old picture no longer lines up
+        return True
 
     def ask(self, screen, prompt: str, line: bool = False) -> str:
         height, width = screen.getmaxyx()
@@ -320,7 +342,7 @@ class _Screen:
         screen.erase()
         height, width = screen.getmaxyx()
         lines = [self.model.header(now), ""]
-        rows = self.model.rows(now)
+        rows = self.model.rows(now, width - 3)
         lines.append("  " + rows[0])
         for index, row in enumerate(rows[1:]):
             lines.append(("> " if index == self.model.selected else "  ") + row)

@@ -65,6 +65,7 @@ class Engine:
         self.stopping = False
         self.collector = TrashCollector(config.backup_root)
         self.bus = bus or EventBus()
+        self._unfinished: dict[int, int] = {}  # job id → hosts not yet finished
 
     def host_names(self, requested: list[str] | None) -> list[str]:
         names = [h.name for h in self.config.host]
@@ -97,6 +98,7 @@ class Engine:
         job_id = await self.store.create_job(kind, names, trigger, dry_run)
         log.info("job.start", job_id=job_id, kind=kind, hosts=names, trigger=trigger, dry_run=dry_run)
         self.bus.publish("job", job_id=job_id, status="queued", job=await self.store.get_job(job_id))
+        self._unfinished[job_id] = len(names)
         for host in names:
             self.last_attempt[host] = clock.now()
             run = self.runs[host] = HostRun(job_id, kind)
@@ -193,8 +195,10 @@ class Engine:
         self.bus.publish("host", job_id=run.job_id, host=host,
                          **{"kind": run.kind, "stage": run.stage, "status": run.state, **fields})
         if fields.get("status") in protocol.FINAL_STATUSES:
-            job = await self.store.get_job(run.job_id)
-            if job["status"] in protocol.FINAL_STATUSES:
+            self._unfinished[run.job_id] -= 1
+            if self._unfinished[run.job_id] == 0:  # counted, not read back: exactly once
+                del self._unfinished[run.job_id]
+                job = await self.store.get_job(run.job_id)
                 self.bus.publish("job", job_id=run.job_id, status=job["status"], job=job)
 
     def _progress(self, host: str, run: HostRun, progress: dict) -> None:

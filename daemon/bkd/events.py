@@ -39,12 +39,16 @@ class EventBus:
             return
         self.seq += 1
         event = {"topic": topic, "seq": self.seq, "time": clock.iso(clock.now()), **data}
+        behind = []
         for subscription in list(self.subscriptions):
             if subscription.topics and topic not in subscription.topics:
                 continue
             try:
                 subscription.queue.put_nowait(event)
             except asyncio.QueueFull:
-                subscription.dropped = True
-                self.subscriptions.discard(subscription)
-                subscription.on_drop()
+                behind.append(subscription)
+        # Dropping logs, and logging publishes: only after this event reached everyone.
+        for subscription in behind:
+            subscription.dropped = True
+            self.subscriptions.discard(subscription)
+            subscription.on_drop()

@@ -131,6 +131,7 @@ class Api:
         disk = os.statvfs(config.backup_root)
         return {"job_running": bool(engine.runs), "hosts": hosts,
                 "deletion_queue": engine.collector.pending(),
+                "subscribers": len(engine.bus.subscriptions),
                 "disk": {"path": str(config.backup_root), "free_bytes": disk.f_bavail * disk.f_frsize,
                          "total_bytes": disk.f_blocks * disk.f_frsize},
                 "started": clock.iso(self.daemon.started), "version": __version__}

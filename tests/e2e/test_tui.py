@@ -1,0 +1,78 @@
+"""`bkctl top` under tmux against a real daemon running real snapshots."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import BIN, RUN_ID, make_tree, wait_until
+from test_lifecycle import slow_source
+
+
+@pytest.fixture
+def tmux():
+    if not shutil.which("tmux"):
+        pytest.fail("tmux is not installed: run the README's test command (make test)")
+    server = f"bkd-test-{RUN_ID}-{os.urandom(3).hex()}"
+
+    def run(*args):
+        return subprocess.run(["tmux", "-L", server, *args], capture_output=True, text=True, timeout=10)
+
+    yield run
+    run("kill-server")
+
+
+def screen(tmux) -> str:
+    return tmux("capture-pane", "-p").stdout
+
+
+def host_row(tmux, host: str) -> str:
+    return next((line for line in screen(tmux).splitlines() if line[2:].startswith(host)), "")
+
+
+def wait_screen(tmux, predicate, what: str, timeout: float = 15) -> None:
+    try:
+        wait_until(predicate, timeout, what=what)
+    except AssertionError:
+        raise AssertionError(f"timed out waiting for {what}; the screen:\n{screen(tmux)}") from None
+
+
+def test_top_shows_a_run_live_starts_one_with_r_and_survives_a_resize(tmp_path, daemon_factory, tmux):
+    daemon = daemon_factory([{"name": "web1", "source": str(slow_source(tmp_path / "src", 3))},
+                             {"name": "db1", "source": str(make_tree(tmp_path / "db", 3))}],
+                            rsync={"bwlimit": "1000"}).start()
+    tmux("new-session", "-d", "-x", "120", "-y", "40",
+         f"{BIN / 'bkctl'} --socket {daemon.socket} top")
+    wait_screen(tmux, lambda: "web1" in host_row(tmux, "web1"), "the host row", 15)
+    assert "free" in screen(tmux).splitlines()[0]
+
+    job_id = daemon.call("job.start", hosts=["web1"])["job_id"]
+    wait_screen(tmux, lambda: "running snapshot" in " ".join(host_row(tmux, "web1").split()) and "web1" in host_row(tmux, "web1"), "the running stage", 15)
+    wait_screen(tmux, lambda: "%" in host_row(tmux, "web1"), "a progress bar", 15)
+    daemon.wait_job(job_id)
+    snapshot = daemon.call("status")["hosts"]["web1"]["last_snapshot"]
+    wait_screen(tmux, lambda: " ok " in host_row(tmux, "web1") and "idle" in host_row(tmux, "web1"),
+                "the completed run")
+    tmux("send-keys", "j")  # select web1 (hosts are sorted: db1, web1)
+    wait_screen(tmux, lambda: snapshot in screen(tmux), "the snapshot in the detail pane", 15)
+
+    tmux("send-keys", "k")  # back to db1
+    tmux("send-keys", "r")
+    wait_screen(tmux, lambda: any(j["hosts"][0]["host"] == "db1" for j in daemon.call("jobs.list")["jobs"]),
+                "r to start a run of db1")
+    wait_screen(tmux, lambda: "started job" in screen(tmux), "the confirmation line")
+
+    tmux("resize-window", "-x", "50", "-y", "12")
+    tmux("resize-window", "-x", "130", "-y", "35")
+    wait_screen(tmux, lambda: "db1" in host_row(tmux, "db1"), "a redraw after resizing", 10)
+    assert tmux("list-panes", "-F", "#{pane_dead}").stdout.strip() == "0"
+    tmux("send-keys", "q")
+    wait_until(lambda: tmux("has-session").returncode != 0, 10, what="q to quit")
+
+
+def test_top_refuses_to_start_without_a_terminal(daemon_factory):
+    daemon = daemon_factory([]).start()
+    result = daemon.bkctl("top")
+    assert result.returncode == 2
+    assert "needs a terminal" in result.stderr and "status --json" in result.stderr
