@@ -100,10 +100,11 @@ class ViewModel:
                 f"running {running}/{len(self.hosts)}  next {next_run}")
 
     def rows(self, now: datetime, width: int = 80) -> list[str]:
-        """The host table, fitted to width: the progress bar takes what is left."""
-        bar_width = max(5, width - 78)
+        """The host table, fitted to width: the progress bar takes what is left,
+        and the result comes last so that only it is cut on a narrow screen."""
+        bar_width = max(4, width - 78)
         lines = [f"{'HOST':<12} {'STATE':<7} {'STAGE':<8} {'PROGRESS':<{bar_width + 7}} "
-                 f"{'RATE':>10} {'ETA':>5} {'AGE':>5} {'RESULT':<9} ALERTS"]
+                 f"{'RATE':>9} {'ETA':>5} {'AGE':>5} {'ALERTS':<6} RESULT"]
         for name in self.visible():
             host = self.hosts[name]
             progress = host.get("progress") or {}
@@ -113,8 +114,8 @@ class ViewModel:
             eta = span(progress["eta_s"]) if progress.get("eta_s") else ""
             age = relative(host.get("last_snapshot_time"), now).replace(" ago", "")
             lines.append(f"{name[:12]:<12} {host['state'][:7]:<7} {(host.get('stage') or '-')[:8]:<8} "
-                         f"{bar:<{bar_width + 7}} {rate:>10} {eta:>5} {age:>5} "
-                         f"{(host.get('last_result') or '-'):<9} {self.alerts.get(name, 0) or '-'}")
+                         f"{bar:<{bar_width + 7}} {rate:>9} {eta:>5} {age:>5} "
+                         f"{str(self.alerts.get(name, 0) or '-'):<6} {host.get('last_result') or '-'}")
         return lines
 
     def detail_lines(self) -> list[str]:

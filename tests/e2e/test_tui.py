@@ -52,7 +52,7 @@ def test_top_shows_a_run_live_starts_one_with_r_and_survives_a_resize(tmp_path, 
     wait_screen(tmux, lambda: "%" in host_row(tmux, "web1"), "a progress bar", 15)
     daemon.wait_job(job_id)
     snapshot = daemon.call("status")["hosts"]["web1"]["last_snapshot"]
-    wait_screen(tmux, lambda: " ok " in host_row(tmux, "web1") and "idle" in host_row(tmux, "web1"),
+    wait_screen(tmux, lambda: host_row(tmux, "web1").endswith(" ok") and "idle" in host_row(tmux, "web1"),
                 "the completed run")
     tmux("send-keys", "j")  # select web1 (hosts are sorted: db1, web1)
     wait_screen(tmux, lambda: snapshot in screen(tmux), "the snapshot in the detail pane", 15)

@@ -1,0 +1,115 @@
+"""bkctl commands not covered elsewhere: human and --json output, reload, protocol check."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import BIN, make_tree, wait_until
+from test_lifecycle import slow_source
+
+CLIENT_DIR = Path(__file__).parents[2] / "client"
+
+
+def test_the_client_imports_nothing_outside_the_standard_library(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 2))}]).start()
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(CLIENT_DIR)!r})\n"
+        "from bkctl import cli, tui\n"
+        f"code = cli.main(['--socket', {str(daemon.socket)!r}, 'status', '--json'])\n"
+        "extra = sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'bkctl', '__main__'})\n"
+        "print(json.dumps({'code': code, 'extra': extra}))\n"
+    )
+    # -S: no site-packages at all, so an import of pydantic, structlog or bkd would fail outright.
+    result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {"code": 0, "extra": []}
+
+
+def test_hosts_and_hosts_test(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 2))},
+                             {"name": "gone", "source": str(tmp_path / "missing")}]).start()
+    listed = daemon.bkctl_json("hosts")["hosts"]
+    assert [(h["name"], h["remote"]) for h in listed] == [("web1", False), ("gone", False)]
+    human = daemon.bkctl("hosts")
+    assert human.returncode == 0 and human.stdout.split("\n")[1].split()[:3] == ["web1", str(tmp_path / "s"), "local"]
+
+    ok = daemon.bkctl("hosts", "test", "web1")
+    assert ok.returncode == 0 and ok.stdout.startswith("web1: ok")
+    bad = daemon.bkctl("--json", "hosts", "test")
+    assert bad.returncode == 1
+    results = json.loads(bad.stdout)["results"]
+    assert results["web1"]["ok"] and not results["gone"]["ok"]
+    assert "No such file or directory" in results["gone"]["error"]
+    assert not (daemon.workdir / "backup" / "web1").exists()  # testing writes nothing
+    assert daemon.bkctl("hosts", "web1").returncode == 2
+
+
+def test_reload_keeps_the_old_config_when_invalid_and_adds_a_host_when_valid(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(slow_source(tmp_path / "src", 2))}],
+                            rsync={"bwlimit": "1000"}).start()
+    job_id = daemon.call("job.start", hosts=["web1"])["job_id"]
+    good_config = dict(daemon.config)
+
+    daemon.config = {**good_config, "colour": "blue"}
+    daemon.write_config()
+    refused = daemon.bkctl("reload")
+    assert refused.returncode == 1
+    assert f"{daemon.config_path}:colour: unknown key" in refused.stderr
+    assert json.loads(daemon.bkctl("--json", "reload").stdout)["ok"] is False
+    assert list(daemon.call("status")["hosts"]) == ["web1"]
+
+    daemon.config = {**good_config, "host": good_config["host"] + [
+        {"name": "db1", "source": str(make_tree(tmp_path / "db", 2))}]}
+    daemon.write_config()
+    reloaded = daemon.bkctl_json("reload")
+    assert reloaded == {"ok": True, "changes": ["host db1 added"], "errors": []}
+    assert sorted(daemon.call("status")["hosts"]) == ["db1", "web1"]
+    assert {e["host"] for e in daemon.call("schedule.list")["entries"]} == {"db1", "web1"}
+    assert daemon.wait_job(job_id)["status"] == "ok"  # the run in progress finished normally
+    assert "reloaded: no changes" in daemon.bkctl("reload").stdout
+
+    daemon.config = good_config
+    daemon.write_config()
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: list(daemon.call("status")["hosts"]) == ["web1"], 10, what="SIGHUP to reload")
+    assert "host db1 removed" in daemon.log()
+
+
+def test_version_shows_client_and_daemon(daemon_factory, short_tmp):
+    daemon = daemon_factory([]).start()
+    result = daemon.bkctl("--version")
+    assert result.returncode == 0
+    client_line, daemon_line = result.stdout.splitlines()
+    assert client_line.startswith("bkctl ") and "(protocol 1)" in client_line
+    assert daemon_line.startswith("bkd ") and f"pid {daemon.proc.pid}" in daemon_line
+    alone = subprocess.run([str(BIN / "bkctl"), "--socket", str(short_tmp / "none"), "--version"],
+                           capture_output=True, text=True)
+    assert alone.returncode == 0 and "bkd: not reachable" in alone.stdout
+
+
+def test_a_protocol_mismatch_is_named_clearly(daemon_factory):
+    daemon = daemon_factory([]).start()
+    script = ("import sys\nfrom bkctl import cli, protocol\nprotocol.PROTOCOL_VERSION = 99\n"
+              f"sys.exit(cli.main(['--socket', {str(daemon.socket)!r}, 'status']))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "bkctl speaks protocol 99 but bkd" in result.stderr and "speaks protocol 1" in result.stderr
+
+
+def test_json_output_of_schedule_prune_and_cancel(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 2))}]).start()
+    daemon.run_snapshot()
+    assert daemon.bkctl_json("schedule")["entries"][0]["kind"] == "snapshot"
+    plan = daemon.bkctl_json("prune", "--dry-run")
+    assert plan["dry_run"] is True and plan["plan"]["web1"][0]["action"] == "keep"
+    assert daemon.bkctl_json("cancel", "web1") == {"cancelled": []}
+    run = daemon.bkctl_json("run", "web1")
+    assert isinstance(run["job_id"], int)
+    daemon.wait_job(run["job_id"])
+    lines = [json.loads(line) for line in daemon.bkctl("--json", "run", "--wait").stdout.splitlines()]
+    assert lines[-1]["job"]["status"] == "ok"
+    assert all("topic" in line for line in lines[:-1])

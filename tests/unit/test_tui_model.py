@@ -1,0 +1,60 @@
+"""The TUI's view model, without curses."""
+
+from datetime import datetime, timezone
+
+from bkctl.tui import ViewModel, progress_bar
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def status():
+    host = {"state": "idle", "stage": None, "progress": None, "last_snapshot": "2026-05-01_110000",
+            "last_snapshot_time": "2026-05-01T11:00:00Z", "last_result": "ok", "last_error": None,
+            "next_run": "2026-05-01T12:30:00Z", "job_id": None}
+    return {"hosts": {"web1": dict(host), "db1": dict(host), "web2": dict(host)},
+            "started": "2026-05-01T09:00:00Z", "version": "1.0",
+            "disk": {"free_bytes": 2 * 2**30, "total_bytes": 8 * 2**30}}
+
+
+def test_header_and_rows():
+    model = ViewModel()
+    model.apply_status(status())
+    assert model.header(NOW) == "bkd 1.0  up 3h  free 2.0 GiB of 8.0 GiB  running 0/3  next in 30m"
+    rows = model.rows(NOW)
+    assert rows[0].split()[:3] == ["HOST", "STATE", "STAGE"]
+    assert [r.split()[0] for r in rows[1:]] == ["db1", "web1", "web2"]
+    assert all(len(r) <= 80 for r in rows)
+    assert "1h" in rows[1] and rows[1].endswith(" ok")
+
+
+def test_events_update_the_rows_and_a_finished_run_asks_for_fresh_status():
+    model = ViewModel()
+    model.apply_status(status())
+    assert not model.apply_event({"topic": "host", "host": "web1", "status": "running", "stage": "snapshot",
+                                  "job_id": 7})
+    assert not model.apply_event({"topic": "progress", "host": "web1", "stage": "snapshot",
+                                  "progress": {"percent": 40, "bytes": 400, "rate": 2048, "eta_s": 90}})
+    row = model.rows(NOW, width=100)[2]
+    assert "running" in row and "snapshot" in row and "40%" in row and "2.0 K/s" in row and "1m" in row
+    assert model.apply_event({"topic": "host", "host": "web1", "status": "failed", "error": "boom"})
+    assert model.hosts["web1"]["state"] == "idle" and model.hosts["web1"]["last_result"] == "failed"
+    assert model.apply_event({"topic": "unknown-host-event", "host": "nope"}) is False
+
+
+def test_filter_and_selection_stay_in_range():
+    model = ViewModel()
+    model.apply_status(status())
+    model.move(10)
+    assert model.current() == "web2"
+    model.filter = "db"
+    model.clamp()
+    assert model.visible() == ["db1"] and model.current() == "db1"
+    model.filter = "zzz"
+    model.clamp()
+    assert model.current() is None and model.detail_lines() == ["no hosts match /zzz"]
+
+
+def test_progress_bar():
+    assert progress_bar(0, 10) == "[..........]"
+    assert progress_bar(55, 10) == "[######....]"
+    assert progress_bar(150, 4) == "[####]"
