@@ -20,9 +20,9 @@ from .fsutil import make_private_dir
 from .pipeline.rsync import check_rsync
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
-from .scheduler import run_schedule
+from .scheduler import next_runs, run_schedule
 from .store import Store
-from .systemd import notify
+from .systemd import keep_alive, notify, watchdog_interval
 
 log = structlog.get_logger()
 
@@ -87,9 +87,15 @@ class Daemon:
             notify("READY=1", f"STATUS={self.status_line()}")
 
     def status_line(self) -> str:
+        """One line for `systemctl status`: e.g. "3 hosts, 1 running, next 14:00"."""
         engine = self.engine
-        running = len(engine.runs) if engine else 0
-        return f"{len(self.config.host)} hosts, {running} running"
+        if engine is None:
+            return "starting"
+        line = f"{len(engine.config.host)} hosts, {len(engine.runs)} running"
+        upcoming = [when for host, when in next_runs(engine, clock.now()).items() if host not in engine.runs]
+        if upcoming:
+            line += f", next {min(upcoming).strftime('%H:%M')} UTC"
+        return line
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
@@ -114,7 +120,9 @@ class Daemon:
             log.info("daemon.ready", version=__version__, socket=str(config.socket),
                      backup_root=str(config.backup_root), hosts=len(config.host))
             background = [asyncio.create_task(run_schedule(engine), name="scheduler"),
-                          asyncio.create_task(engine.collector.run(), name="trash")]
+                          asyncio.create_task(engine.collector.run(), name="trash"),
+                          asyncio.create_task(keep_alive(self.status_line, watchdog_interval()),
+                                              name="watchdog")]
             await stop.wait()
             notify("STOPPING=1")
             log.info("daemon.stopping", running=sorted(engine.runs))

@@ -1,14 +1,23 @@
-"""structlog set-up: one event per line, key=value on a terminal, JSON otherwise."""
+"""structlog set-up: one event per line — key=value on a terminal, JSON
+otherwise, and under systemd the journal's native protocol, so that every
+line keeps its severity and carries host and job as fields of their own."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import socket
+import struct
 import sys
 import threading
 from collections.abc import Callable
 
 import structlog
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "exception": 3, "critical": 2}
 
 _forward: Callable[..., None] | None = None
 
@@ -27,21 +36,83 @@ def _forward_event(_, __, event_dict: dict) -> dict:
     return event_dict
 
 
+def stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM to the device:inode of the stream it connected."""
+    try:
+        device, inode = (int(part) for part in os.environ["JOURNAL_STREAM"].split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (KeyError, ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+def journal_fields(event_dict: dict, message: str) -> dict[str, str]:
+    """MESSAGE and PRIORITY, plus each scalar field as BKD_<NAME> (BKD_HOST,
+    BKD_JOB_ID, BKD_EVENT, …) so `journalctl BKD_HOST=web1` filters a host."""
+    fields = {"MESSAGE": message, "PRIORITY": str(PRIORITIES.get(event_dict.get("level", "info"), 6)),
+              "SYSLOG_IDENTIFIER": "bkd"}
+    for key, value in event_dict.items():
+        if isinstance(value, (str, int, float, bool)) and key not in ("level", "timestamp"):
+            name = "BKD_" + re.sub(r"[^A-Z0-9_]", "_", key.upper())
+            fields[name] = str(value)
+    return fields
+
+
+def encode_journal(fields: dict[str, str]) -> bytes:
+    """The native protocol: KEY=value lines; values with a newline in binary form."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "backslashreplace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournalLogger:
+    """A structlog logger that writes each event as one journal entry; if the
+    journal socket fails, a `<priority>`-prefixed line on stderr (which
+    journald's stream reader also turns into a severity)."""
+
+    def __init__(self, *_args):
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def msg(self, message: str, fields: dict[str, str]) -> None:
+        try:
+            self._sock.sendto(encode_journal(fields), JOURNAL_SOCKET)
+        except OSError:
+            print(f"<{fields['PRIORITY']}>{message}", file=sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = err = critical = exception = fatal = log = msg
+
+
+def _to_journal(_, __, event_dict: dict):
+    message = structlog.processors.LogfmtRenderer(key_order=["event"], drop_missing=True)(
+        None, None, {k: v for k, v in event_dict.items() if k not in ("level", "timestamp")})
+    return (message,), {"fields": journal_fields(event_dict, message)}
+
+
 def configure(level: str = "info", stream=None) -> None:
     stream = stream or sys.stderr
-    on_terminal = stream.isatty()
-    renderer = (structlog.dev.ConsoleRenderer(colors=True) if on_terminal
-                else structlog.processors.JSONRenderer(sort_keys=False))
+    common = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _forward_event,
+    ]
+    if stream is sys.stderr and stderr_is_journal():
+        processors = [*common, structlog.processors.format_exc_info, _to_journal]
+        factory = JournalLogger
+    elif stream.isatty():
+        processors = [*common, structlog.dev.ConsoleRenderer(colors=True)]
+        factory = structlog.PrintLoggerFactory(stream)
+    else:
+        processors = [*common, structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _forward_event,
-            *([] if on_terminal else [structlog.processors.dict_tracebacks]),
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
