@@ -3,9 +3,10 @@ PYTHON  := /usr/bin/python3
 VENV    := .venv
 DEMO    := demo/run
 RUN_DEPS  := rsync python3-venv
-TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client tmux zstd pigz acl attr
+TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client tmux zstd pigz acl attr procps \
+             python3-pip dpkg-dev debhelper lintian mmdebstrap systemd-container
 
-.PHONY: run test venv demo clean
+.PHONY: run test venv demo deb clean
 
 run: venv demo
 	$(VENV)/bin/bkd --config $(DEMO)/bkd.toml serve
@@ -24,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	$(VENV)/bin/python demo/make_demo.py $(DEMO)
+
+deb:
+	scripts/install-deps dpkg-dev debhelper python3-venv python3-pip
+	scripts/build-deb dist
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -48,11 +48,12 @@ def test_ready_after_listening_and_stopping_on_sigterm_which_ends_rsync(tmp_path
     sock, path = notify_socket
     source = slow_source(tmp_path / "src")
     daemon = daemon_factory([{"name": "web1", "source": str(source)}], rsync={"bwlimit": "200"})
-    daemon.start(env={"NOTIFY_SOCKET": str(path)}, wait=False)
+    daemon.start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}, wait=False)
 
     messages = receive_until(sock, "READY=1")
     Client(str(daemon.socket), timeout=1).close()  # READY=1 came only once the socket listened
-    assert any(m.startswith("STATUS=") for ready in messages for m in ready.split("\n"))
+    assert any(m == "STATUS=1 hosts, 0 running" for ready in messages for m in ready.split("\n"))
+    receive_until(sock, "WATCHDOG=1")  # pinged from the event loop, every 0.2 s here
 
     job_id = daemon.call("job.start", hosts=["web1"])["job_id"]
     backup_root = str(daemon.workdir / "backup")

@@ -1,0 +1,201 @@
+"""The .deb under real systemd: a minimal Debian 12 tree booted with
+systemd-nspawn, the package installed with dpkg, the service driven with
+systemctl and read with journalctl (TESTING.md's recipe)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import RUN_ID, wait_until
+
+ROOT = Path(__file__).parents[2]
+CACHE = Path(os.environ.get("BKD_TEST_CACHE", "/var/cache/bkd-tests"))
+# What the tree has besides minbase: systemd to boot, and exactly the package's Depends.
+INCLUDE = "systemd,systemd-sysv,dbus,python3,rsync,openssh-client,zstd"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root (CI runs as root)")
+
+
+def sh(*argv, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} exited {result.returncode}: {result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("deb")
+    sh(str(ROOT / "scripts" / "build-deb"), str(out))
+    (path,) = out.glob("bkd_*.deb")
+    return path
+
+
+@pytest.fixture(scope="module")
+def debian_tree(tmp_path_factory) -> Path:
+    """A bookworm minbase tree, made once with mmdebstrap and kept as a tarball."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tarball = CACHE / f"bookworm-{INCLUDE.replace(',', '_')}.tar"
+    if not tarball.exists():
+        partial = tarball.with_suffix(f".partial-{RUN_ID}")
+        sh("mmdebstrap", "--quiet", "--variant=minbase", f"--include={INCLUDE}", "bookworm", str(partial),
+           "/etc/apt/sources.list.d/debian.sources", timeout=1200)
+        partial.rename(tarball)
+    root = tmp_path_factory.mktemp("debian")
+    sh("tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root))
+    return root
+
+
+class Container:
+    """One boot of the tree; changes live in a tmpfs overlay and vanish at poweroff."""
+
+    def __init__(self, root: Path, debs: Path, log: Path):
+        self.name = f"bkd-test-{RUN_ID}-{os.urandom(2).hex()}"
+        self.log = log
+        self.nspawn = subprocess.Popen(
+            ["systemd-nspawn", "-D", str(root), "--register=no", "--keep-unit", "--private-network",
+             "--volatile=overlay", f"--bind-ro={debs}:/mnt/debs", f"--machine={self.name}", "-b"],
+            stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        self.pid1 = wait_until(self._pid1, 60, 0.2, what="the container's PID 1")
+        wait_until(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip()
+                   in ("running", "degraded"), 60, 0.5, what=f"the container to boot: {self.log.read_text()[-2000:]}")
+
+    def _pid1(self):
+        if self.nspawn.poll() is not None:
+            raise AssertionError(f"systemd-nspawn exited: {self.log.read_text()[-2000:]}")
+        children = sh("pgrep", "-P", str(self.nspawn.pid), check=False).stdout.split()
+        return children[0] if children else None
+
+    def run(self, *argv, check=True, timeout=120, **kwargs) -> subprocess.CompletedProcess:
+        return sh("nsenter", "-t", self.pid1, "-a", *argv, check=check, timeout=timeout, **kwargs)
+
+    def write(self, path: str, text: str) -> None:
+        self.run("sh", "-c", f"mkdir -p \"$(dirname '{path}')\" && cat > '{path}'", input=text)
+
+    def rsync_running(self) -> bool:
+        return self.run("sh", "-c", "grep -lx rsync /proc/[0-9]*/comm", check=False).returncode == 0
+
+    def main_pid(self) -> str:
+        return self.run("systemctl", "show", "-p", "MainPID", "--value", "bkd").stdout.strip()
+
+    def journal(self, *args) -> list[dict]:
+        out = self.run("journalctl", "-u", "bkd", "-o", "json", "--no-pager", *args, check=False).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def poweroff(self) -> None:
+        self.run("systemctl", "poweroff", check=False)
+        try:
+            self.nspawn.wait(60)
+        except subprocess.TimeoutExpired:
+            self.nspawn.send_signal(signal.SIGKILL)
+            self.nspawn.wait()
+
+
+@pytest.fixture
+def container(debian_tree, deb, tmp_path):
+    if not shutil.which("systemd-nspawn"):
+        pytest.fail("systemd-nspawn is missing: run the README's test command (make test)")
+    box = Container(debian_tree, deb.parent, tmp_path / "nspawn.log")
+    yield box
+    box.poweroff()
+
+
+def test_lintian_accepts_the_package(deb):
+    result = sh("lintian", "--fail-on", "error", str(deb), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_service_under_real_systemd(container, deb):
+    c = container
+    c.run("dpkg", "-i", f"/mnt/debs/{deb.name}")
+    wait_until(lambda: c.run("systemctl", "is-active", "bkd", check=False).stdout.strip() == "active", 30,
+               what="bkd to be active (READY=1)")
+    assert c.run("systemctl", "show", "-p", "StatusText", "--value", "bkd").stdout.strip() == "0 hosts, 0 running"
+    assert {"bkd", "bkd-operator", "bkd-admin"} <= {
+        line.split(":")[0] for line in c.run("getent", "group").stdout.splitlines()}
+    assert c.run("stat", "-c", "%a %G", "/run/bkd/bkd.sock").stdout.split() == ["660", "bkd"]
+
+    # A host added through conf.d and a reload.
+    c.run("sh", "-c", "mkdir -p /srv/data/sub && for i in $(seq 1 50); do echo $i > /srv/data/sub/f$i; done")
+    c.write("/etc/bkd/conf.d/10-local.toml", '[[host]]\nname = "local"\nsource = "/srv/data"\n')
+    c.run("systemctl", "reload", "bkd")
+    status = json.loads(c.run("bkctl", "--json", "status").stdout)
+    assert list(status["hosts"]) == ["local"]
+    assert c.run("systemctl", "is-active", "bkd").stdout.strip() == "active"
+
+    run = c.run("bkctl", "run", "--wait", check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert c.run("cat", "/srv/bkd/local/latest/sub/f7").stdout == "7\n"
+    assert "1 hosts, 0 running" in c.run("systemctl", "show", "-p", "StatusText", "--value", "bkd").stdout
+
+    # The journal keeps severity and host/job fields.
+    done = [e for e in c.journal() if e.get("BKD_EVENT") == "run.done"]
+    assert done and done[-1]["BKD_HOST"] == "local" and done[-1]["PRIORITY"] == "6" and done[-1]["BKD_JOB_ID"]
+    assert [e for e in c.journal("BKD_HOST=local") if e.get("BKD_EVENT") == "snapshot.complete"]
+    c.write("/etc/bkd/conf.d/90-typo.toml", "colour = 'blue'\n")
+    c.run("systemctl", "reload", "bkd", check=False)
+    errors = c.journal("-p", "err")
+    assert any(e.get("BKD_EVENT") == "config.reload_failed" and e["PRIORITY"] == "3" for e in errors)
+    assert c.run("systemctl", "is-active", "bkd").stdout.strip() == "active"  # still on the old config
+    c.run("rm", "/etc/bkd/conf.d/90-typo.toml")
+
+    # A frozen event loop stops the watchdog pings: systemd restarts the service.
+    c.write("/etc/systemd/system/bkd.service.d/watchdog.conf", "[Service]\nWatchdogSec=3s\n")
+    c.run("systemctl", "daemon-reload")
+    c.run("systemctl", "restart", "bkd")
+    frozen = c.main_pid()
+    c.run("sh", "-c", f"kill -STOP {frozen}")
+    wait_until(lambda: c.main_pid() not in ("0", frozen)
+               and c.run("systemctl", "is-active", "bkd", check=False).stdout.strip() == "active",
+               60, 0.5, what="the watchdog to restart bkd")
+    c.run("rm", "-r", "/etc/systemd/system/bkd.service.d")
+    c.run("systemctl", "daemon-reload")
+
+    # systemctl stop during a run: ends it within the timeout, no rsync left.
+    c.run("sh", "-c", "head -c 8M /dev/urandom > /srv/data/big.bin")
+    c.write("/etc/bkd/conf.d/20-slow.toml", '[rsync]\nbwlimit = "200"\n')
+    c.run("systemctl", "restart", "bkd")
+    c.run("bkctl", "run")
+    wait_until(c.rsync_running, 20, 0.2, what="rsync to start")
+    started = time.monotonic()
+    c.run("systemctl", "stop", "bkd", timeout=60)
+    assert time.monotonic() - started < 30
+    assert not c.rsync_running()
+    assert c.run("systemctl", "is-active", "bkd", check=False).stdout.strip() == "inactive"
+    c.run("rm", "/etc/bkd/conf.d/20-slow.toml")
+    c.run("systemctl", "start", "bkd")
+    jobs = json.loads(c.run("bkctl", "--json", "jobs").stdout)["jobs"]
+    assert jobs[0]["status"] == "interrupted"
+
+    # Upgrade: the edited config and the snapshots stay.
+    c.run("sed", "-i", "s/^max_parallel_hosts = 4/max_parallel_hosts = 2/", "/etc/bkd/bkd.toml")
+    snapshots = c.run("ls", "/srv/bkd/local/hourly").stdout
+    c.run("dpkg", "-i", "--force-confdef", "--force-confold", f"/mnt/debs/{deb.name}")
+    assert "max_parallel_hosts = 2" in c.run("cat", "/etc/bkd/bkd.toml").stdout
+    assert c.run("ls", "/srv/bkd/local/hourly").stdout == snapshots
+    wait_until(lambda: c.run("systemctl", "is-active", "bkd", check=False).stdout.strip() == "active", 30,
+               what="bkd to run again after the upgrade")
+
+    # Purge: state and config go, the backup root stays.
+    c.run("dpkg", "--purge", "bkd")
+    assert c.run("test", "-e", "/etc/bkd", check=False).returncode != 0
+    assert c.run("test", "-e", "/var/lib/bkd", check=False).returncode != 0
+    assert c.run("cat", "/srv/bkd/local/latest/sub/f7").stdout == "7\n"
+
+
+def test_the_unit_file_verifies_and_is_hardened(tmp_path):
+    unit = tmp_path / "bkd.service"
+    # verify checks that ExecStart= exists: point it at this checkout's bkd.
+    bkd = shutil.which("bkd") or str(Path(os.sys.executable).parent / "bkd")
+    unit.write_text((ROOT / "systemd" / "bkd.service").read_text().replace("/usr/bin/bkd", bkd))
+    verify = sh("systemd-analyze", "verify", str(unit), check=False)
+    assert (verify.returncode, verify.stderr) == (0, "")
+    security = sh("systemd-analyze", "security", "--offline=yes", str(ROOT / "systemd" / "bkd.service"))
+    exposure = float(security.stdout.rsplit("Overall exposure level for bkd.service:", 1)[1].split()[0])
+    assert exposure <= 3.0, security.stdout
