@@ -34,6 +34,8 @@ METHODS = (
     "jobs.list",
     "schedule.list",
     "snapshots.list",
+    "snapshots.browse",
+    "snapshots.history",
     "prune",
     "hosts.list",
     "hosts.test",

@@ -74,6 +74,9 @@ class HostDir:
     def meta_file(self, name: SnapshotName | str) -> Path:
         return self.meta / f"{name}.json"
 
+    def manifest_file(self, name: SnapshotName | str) -> Path:
+        return self.meta / f"{name}.manifest"
+
     def hourly_names(self) -> list[str]:
         """Every directory name in hourly/ except staging ones, recognised or not."""
         try:

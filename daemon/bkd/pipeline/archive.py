@@ -17,6 +17,7 @@ from .. import exec as bkexec
 from ..config.models import Archive
 from ..fsutil import fsync_dir, make_private_dir
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
+from . import manifest
 from ..clock import days_in_month, months_before
 
 log = structlog.get_logger()
@@ -92,8 +93,9 @@ async def make_archive(host_dir: HostDir, archive: Archive) -> dict:
         partial.unlink(missing_ok=True)
         raise StageFailed(f"archive failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
     await asyncio.to_thread(_commit_file, partial, final)
-    log.info("archive.complete", archive=name, bytes=final.stat().st_size)
-    return {"archive": name, "archive_bytes": final.stat().st_size}
+    digest = await asyncio.to_thread(manifest.write_checksum, final)
+    log.info("archive.complete", archive=name, bytes=final.stat().st_size, sha256=digest)
+    return {"archive": name, "archive_bytes": final.stat().st_size, "archive_sha256": digest}
 
 
 def _commit_file(partial: Path, final: Path) -> None:
@@ -112,6 +114,7 @@ def expire_archives(host_dir: HostDir, keep_days: int, now: datetime) -> list[st
     doomed = [a for a in existing[:-1] if a.snapshot.time < now - timedelta(days=keep_days)]
     for archive in doomed:
         archive.path.unlink(missing_ok=True)
+        manifest.checksum_path(archive.path).unlink(missing_ok=True)
     return [a.path.name for a in doomed]
 
 

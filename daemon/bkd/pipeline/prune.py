@@ -33,9 +33,9 @@ def move_to_trash(host_dir: HostDir, decisions: list[Decision]) -> list[str]:
     make_private_dir(host_dir.trash)
     for name in doomed:
         os.rename(host_dir.hourly / name, host_dir.trash / name)
-        meta = host_dir.meta_file(name)
-        if meta.exists():
-            os.rename(meta, host_dir.trash / meta.name)
+        for record in (host_dir.meta_file(name), host_dir.manifest_file(name)):
+            if record.exists():
+                os.rename(record, host_dir.trash / record.name)
     fsync_dir(host_dir.hourly)
     fsync_dir(host_dir.trash)
     return doomed

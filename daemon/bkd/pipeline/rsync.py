@@ -154,6 +154,20 @@ def attribute_only_changes(lines: list[str]) -> list[str]:
     return changed
 
 
+def written_and_deleted(lines: list[str]) -> tuple[list[str], list[str]]:
+    """From itemized output: regular files rsync wrote (new, changed, or
+    hardlinked within the transfer), and entries it deleted."""
+    written, deleted = [], []
+    for line in lines:
+        if line.startswith("*deleting "):
+            deleted.append(unescape_name(line[len("*deleting"):].lstrip(" ")))
+            continue
+        match = _ITEM_LINE.fullmatch(line)
+        if match and match["update"] in ">ch" and match["type"] == "f":
+            written.append(unescape_name(match["name"]))
+    return written, deleted
+
+
 def parse_stats(lines: list[str]) -> dict:
     """The numbers of rsync --stats. `files` counts regular files only."""
     stats: dict = {}

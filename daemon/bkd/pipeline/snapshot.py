@@ -22,7 +22,7 @@ from .. import exec as bkexec
 from ..config.models import Config, HostSettings
 from ..fsutil import fsync_dir, make_private_dir, replace_symlink, syncfs, write_atomic
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
-from . import rsync
+from . import manifest, rsync
 
 log = structlog.get_logger()
 
@@ -101,10 +101,16 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     except BaseException:
         await _remove(staging)
         raise
+    try:
+        new_manifest, stats["hashed_files"] = await asyncio.to_thread(
+            _manifest_of, staging, host_dir, previous, transfer.itemized)
+    except OSError as e:
+        await _remove(staging)
+        raise SnapshotFailed(f"cannot checksum the new snapshot: {e}") from e
     stats["duration_s"] = round(time.monotonic() - t0, 3)
 
     try:
-        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted)
+        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, new_manifest)
     except OSError as e:
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
@@ -120,6 +126,7 @@ class _Transfer:
         self.config, self.settings, self.staging = config, settings, staging
         self.control, self.on_progress = control, on_progress
         self.warnings: list[str] = []
+        self.itemized: list[str] | None = None  # the incremental run's changes, for the manifest
 
     @property
     def warning(self) -> str | None:
@@ -172,6 +179,7 @@ class _Transfer:
                 f"shared with older snapshots: {', '.join(raced[:5])}")
         stats = rsync.parse_stats(lines)
         stats["private_copies"] = len(private)
+        self.itemized = lines
         return stats
 
 
@@ -196,19 +204,33 @@ def _give_own_inodes(root: Path, paths: list[str]) -> None:
             path.unlink()
 
 
+def _manifest_of(staging: Path, host_dir: HostDir, previous: SnapshotName | None,
+                 itemized: list[str] | None) -> tuple[manifest.Manifest, int]:
+    """Checksums for the new tree, hashing only what rsync wrote when it can."""
+    old = manifest.read(host_dir.manifest_file(previous)) if previous else None
+    if itemized is not None and old is not None:
+        written, deleted = rsync.written_and_deleted(itemized)
+        return manifest.from_changes(staging, old, written, deleted)
+    return manifest.by_inode(staging, host_dir.hourly / str(previous) if previous else None, old)
+
+
 def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
-              interrupted: list[Path]) -> SnapshotName:
+              interrupted: list[Path], checksums: manifest.Manifest) -> SnapshotName:
     """Staging → complete snapshot. The rename is the commit point: before it the
-    tree is flushed to disk, after it `latest` is switched atomically."""
+    tree, its manifest and its record are on disk; after it `latest` is switched
+    atomically."""
     name = host_dir.free_name(started)
     record = {"name": str(name), "time": name.time.isoformat(), **stats}
     meta_file = host_dir.meta_file(name)
+    manifest_file = host_dir.manifest_file(name)
     try:
+        manifest.write(manifest_file, checksums)
         write_atomic(meta_file, json.dumps(record, indent=1).encode())
         syncfs(staging)
         staging.rename(host_dir.hourly / str(name))
     except OSError:
         meta_file.unlink(missing_ok=True)
+        manifest_file.unlink(missing_ok=True)
         raise
     fsync_dir(host_dir.hourly)
     replace_symlink(host_dir.latest, f"hourly/{name}")

@@ -14,7 +14,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bkctl import protocol
-from .. import __version__, clock
+from .. import __version__, browse, clock
 from ..engine import KINDS, RpcError
 from ..events import DEFAULT_QUEUE, TOPICS
 from ..layout import HostDir
@@ -65,6 +65,19 @@ class JobsList(Params):
 
 class SnapshotsList(Params):
     host: str
+
+
+class SnapshotsBrowse(Params):
+    host: str
+    snapshot: Optional[str] = None
+    path: str = "/"
+    offset: int = Field(0, ge=0)
+    limit: int = Field(browse.DEFAULT_PAGE, ge=1, le=100_000)
+
+
+class SnapshotsHistory(Params):
+    host: str
+    path: str
 
 
 class Prune(Params):
@@ -158,6 +171,21 @@ class Api:
     async def schedule_list(self, _: NoParams) -> dict:
         return {"entries": schedule_entries(self.engine, clock.now())}
 
+    def _host_dir(self, host: str) -> HostDir:
+        host_dir = HostDir.of(self.engine.config.backup_root, host)
+        if not self.engine.config.find_host(host) and not host_dir.root.is_dir():
+            raise RpcError(protocol.NOT_FOUND, f"unknown host: {host}")
+        return host_dir
+
+    async def snapshots_browse(self, p: SnapshotsBrowse) -> dict:
+        name, root = browse.snapshot_root(self._host_dir(p.host), p.snapshot)
+        page = await asyncio.to_thread(browse.list_dir, root, p.path, p.offset, p.limit)
+        return {"host": p.host, "snapshot": name, "path": p.path, **page}
+
+    async def snapshots_history(self, p: SnapshotsHistory) -> dict:
+        found = await asyncio.to_thread(browse.history, self._host_dir(p.host), p.path)
+        return {"host": p.host, "path": p.path, "entries": found}
+
     async def prune(self, p: Prune) -> dict:
         hosts = self.engine.host_names(p.hosts)
         return {"dry_run": p.dry_run,
@@ -218,6 +246,8 @@ def method_table(api: Api) -> dict[str, Method]:
         "job.get": Method(JobGet, api.job_get, "viewer"),
         "jobs.list": Method(JobsList, api.jobs_list, "viewer"),
         "snapshots.list": Method(SnapshotsList, api.snapshots_list, "viewer"),
+        "snapshots.browse": Method(SnapshotsBrowse, api.snapshots_browse, "admin"),
+        "snapshots.history": Method(SnapshotsHistory, api.snapshots_history, "admin"),
         "schedule.list": Method(NoParams, api.schedule_list, "viewer"),
         "prune": Method(Prune, api.prune, "admin"),
         "hosts.list": Method(NoParams, api.hosts_list, "viewer"),

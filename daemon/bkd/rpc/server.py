@@ -30,7 +30,7 @@ from .methods import Method
 log = structlog.get_logger()
 
 WRITE_TIMEOUT = 30.0  # a client that does not read its answers for this long is dropped
-DROP_GRACE = 2.0  # seconds a dropped client gets to read its last notice
+DROP_GRACE = 30.0  # seconds a dropped client gets to read what is buffered and its last notice
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,12 @@ class Connection:
         self.writer.transport.set_write_buffer_limits(high=size)
 
     def drop(self, notice: dict) -> None:
-        """Give up on a client: a last message if the buffer takes it, then close."""
+        """Give up on a client: queue a last message and close once it is read;
+        a client that reads nothing more is cut off after DROP_GRACE."""
+        self.close_streams()
         with contextlib.suppress(Exception):
             self.writer.write(protocol.encode(notice))
-        self.close_streams()
+            self.writer.close()
         asyncio.get_running_loop().call_later(DROP_GRACE, self.writer.transport.abort)
 
     def close_streams(self) -> None:
