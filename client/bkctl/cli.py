@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
 
@@ -273,6 +275,90 @@ def event_line(event: dict) -> str:
     return f"{stamp} {topic:<8} {who} {what}".replace("  ", " ").rstrip()
 
 
+_SNAPSHOT_NAME = re.compile(r"\d{4}-\d\d-\d\d_\d{6}(-\d+)?|latest")
+
+
+def display_name(name: str) -> str:
+    """A file name for a terminal: undecodable bytes as \\xNN, control characters escaped."""
+    raw = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in raw)
+
+
+def cmd_ls(client: Client, args) -> int:
+    rest = list(args.args)
+    if args.history:
+        if len(rest) != 1:
+            raise UsageError("bkctl ls --history HOST PATH")
+        return _history(client, args, rest[0])
+    snapshot = rest.pop(0) if rest and _SNAPSHOT_NAME.fullmatch(rest[0]) else None
+    if len(rest) > 1:
+        raise UsageError("bkctl ls HOST [SNAPSHOT] [PATH]")
+    params = {"host": args.host, "path": rest[0] if rest else "/", "offset": args.offset}
+    if snapshot:
+        params["snapshot"] = snapshot
+    if args.limit:
+        params["limit"] = args.limit
+    page = client.call("snapshots.browse", params)
+    if args.json:
+        return _print_json(page)
+    print(f"{args.host} {page['snapshot']}:{params['path']}")
+    while True:
+        for entry in page["entries"]:
+            target = f" -> {display_name(entry['target'])}" if entry.get("target") is not None else ""
+            print(f"{entry['mode']} {entry['size']:>12} {entry['mtime']}  {display_name(entry['name'])}{target}")
+        if page["next_offset"] is None or args.limit:
+            break
+        page = client.call("snapshots.browse", {**params, "offset": page["next_offset"]})
+    return EXIT_OK
+
+
+def _history(client: Client, args, path: str) -> int:
+    result = client.call("snapshots.history", {"host": args.host, "path": path})
+    if args.json:
+        return _print_json(result)
+    rows = [[e["snapshot"], e["type"], size(e["size"]), e["mtime"]] for e in result["entries"]]
+    print(table(["SNAPSHOT", "TYPE", "SIZE", "MTIME"], rows) if rows else f"{path} is in no snapshot of {args.host}")
+    return EXIT_OK
+
+
+def cmd_restore(client: Client, args) -> int:
+    params = {"host": args.host, "snapshot": args.snapshot, "path": args.path, "dest": args.to,
+              "overwrite": args.overwrite, "dry_run": args.dry_run}
+    if not args.no_wait:
+        client.subscribe(["job", "host", "progress"])
+    job_id = client.call("restore", params)["job_id"]
+    if args.no_wait:
+        print(json.dumps({"job_id": job_id}) if args.json else job_id)
+        return EXIT_OK
+    if not args.json:
+        print(f"job {job_id}: restoring {args.host} {args.snapshot}:{args.path} to {args.to}", flush=True)
+    code = follow_job(client, job_id, args.json)
+    if args.dry_run and not args.json:
+        job = client.call("job.get", {"job_id": job_id})["job"]
+        stats = job["hosts"][0].get("stats") or {}
+        for name in stats.get("would_write", []):
+            print(f"would write {display_name(name)}")
+    return code
+
+
+def cmd_verify(client: Client, args) -> int:
+    params = {"host": args.host, "all": args.all}
+    if args.snapshot:
+        params["snapshot"] = args.snapshot
+    client.set_timeout(None)  # re-hashing a large snapshot takes as long as it takes
+    result = client.call("verify", params)
+    if args.json:
+        _print_json(result)
+    else:
+        for problem in result["mismatches"]:
+            where = f"{problem['snapshot']}:" if problem.get("snapshot") else ""
+            print(f"{problem['problem']:<10} {where}{display_name(problem['path'])}")
+        verdict = "ok" if result["ok"] else f"{len(result['mismatches'])} mismatch(es)"
+        print(f"{args.host}: {verdict}; checked {result['checked']} files and archives "
+              f"in {len(result['snapshots'])} snapshot(s)")
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
 def _print_json(result: dict) -> int:
     print(json.dumps(result, indent=None))
     return EXIT_OK
@@ -317,6 +403,24 @@ def _parser() -> argparse.ArgumentParser:
     snapshots = add("snapshots", cmd_snapshots, "a host's snapshots")
     snapshots.add_argument("host", metavar="HOST")
     add("schedule", cmd_schedule, "scheduled work and its next run time")
+    ls = add("ls", cmd_ls, "browse a snapshot: ls HOST [SNAPSHOT] [PATH]; --history HOST PATH")
+    ls.add_argument("host", metavar="HOST")
+    ls.add_argument("args", nargs="*", metavar="SNAPSHOT/PATH")
+    ls.add_argument("--history", action="store_true", help="every snapshot in which PATH exists")
+    ls.add_argument("--offset", type=int, default=0, help="start at this entry (paging)")
+    ls.add_argument("--limit", type=int, default=0, help="at most this many entries (one page)")
+    restore = add("restore", cmd_restore, "copy PATH of a snapshot back to DEST/PATH")
+    restore.add_argument("host", metavar="HOST")
+    restore.add_argument("snapshot", metavar="SNAPSHOT", help="a snapshot name, or latest")
+    restore.add_argument("path", metavar="PATH", help="inside the snapshot; / is its root")
+    restore.add_argument("--to", required=True, metavar="DEST", help="local directory or host:path")
+    restore.add_argument("--overwrite", action="store_true", help="replace files that exist in DEST")
+    restore.add_argument("--dry-run", action="store_true", help="list what would be written")
+    restore.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    verify = add("verify", cmd_verify, "check snapshots (and their archives) against their checksums")
+    verify.add_argument("host", metavar="HOST")
+    verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="default: latest")
+    verify.add_argument("--all", action="store_true", help="every snapshot and archive")
     hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing")
     hosts.add_argument("action", nargs="?", choices=["test"], help="test reachability")
     hosts.add_argument("names", nargs="*", metavar="HOST")

@@ -79,6 +79,9 @@ class Client:
             raise RemoteError(error.get("code", 0), error.get("message", "unknown error"), error.get("data"))
         return message["result"]
 
+    def set_timeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
     def subscribe(self, topics: list[str] | None = None, max_queue: int | None = None):
         """Subscribe on this connection; then iterate events() for the notifications."""
         params = {}

@@ -37,6 +37,8 @@ METHODS = (
     "snapshots.browse",
     "snapshots.history",
     "prune",
+    "restore",
+    "verify",
     "hosts.list",
     "hosts.test",
     "config.reload",

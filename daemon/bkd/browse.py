@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bkctl import protocol
 from . import clock
-from .engine import RpcError
+from .errors import RpcError
 from .layout import HostDir, SnapshotName
 
 DEFAULT_PAGE = 1000

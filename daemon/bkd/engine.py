@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import structlog
 
@@ -15,9 +17,10 @@ from . import clock
 from . import exec as bkexec
 from .clock import iso
 from .config import Config
+from .errors import RpcError
 from .events import EventBus
 from .layout import HostDir, SnapshotName
-from .pipeline import archive, rsync
+from .pipeline import archive, hooks, restore, rsync
 from .pipeline.prune import TrashCollector, host_plan, move_to_trash
 from .pipeline.snapshot import RunControl, SnapshotFailed, take_snapshot
 from .store import Store
@@ -27,16 +30,6 @@ log = structlog.get_logger()
 PROGRESS_EVERY = 0.5  # seconds between progress events of one host
 
 KINDS = ("snapshot", "archive", "monthly", "all")
-
-
-class RpcError(Exception):
-    """An error the caller gets back as a JSON-RPC error object."""
-
-    def __init__(self, code: int, message: str, data: dict | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
 
 
 @dataclass
@@ -51,6 +44,7 @@ class HostRun:
     control: RunControl = field(default_factory=RunControl)
     task: asyncio.Task | None = None
     progress_published: float = 0.0
+    params: dict = field(default_factory=dict)  # what a restore restores
 
 
 class Engine:
@@ -77,8 +71,8 @@ class Engine:
                            {"hosts": unknown})
         return list(dict.fromkeys(requested))
 
-    async def start_job(self, hosts: list[str] | None, kind: str = "snapshot",
-                        dry_run: bool = False, trigger: str = "manual") -> int | None:
+    async def start_job(self, hosts: list[str] | None, kind: str = "snapshot", dry_run: bool = False,
+                        trigger: str = "manual", params: dict | None = None) -> int | None:
         """Start kind on hosts. A manual trigger that finds a host busy is refused;
         a scheduled one leaves busy hosts out (coalesced). None: nothing to do."""
         if self.stopping:
@@ -101,7 +95,7 @@ class Engine:
         self._unfinished[job_id] = len(names)
         for host in names:
             self.last_attempt[host] = clock.now()
-            run = self.runs[host] = HostRun(job_id, kind)
+            run = self.runs[host] = HostRun(job_id, kind, params=params or {})
             run.task = asyncio.create_task(self._run_host(host, run, dry_run), name=f"{host}:{job_id}")
             self.job_tasks.add(run.task)
             run.task.add_done_callback(self.job_tasks.discard)
@@ -132,6 +126,8 @@ class Engine:
     def _stages(self, settings, kind: str, host_dir: HostDir, dry_run: bool) -> list[str]:
         """The stages of one run. A snapshot run adds the archive and monthly
         stages when they are due; --kind archive/monthly/all forces them."""
+        if kind == "restore":
+            return ["restore"]
         if dry_run:
             return ["snapshot"]
         now = clock.now()
@@ -151,6 +147,39 @@ class Engine:
         settings = config.settings(config.find_host(host))
         host_dir = HostDir.of(config.backup_root, host)
         outcome = {"status": "ok", "snapshot": None, "stats": {}, "error": None}
+        hooked = run.kind in ("snapshot", "all") and not dry_run
+        hook_env = {"BKD_HOST": host, "BKD_JOB_ID": str(run.job_id), "BKD_SOURCE": settings.host.source}
+        timeout = settings.host.hook_timeout.total_seconds()
+        if hooked and settings.host.pre:
+            await self._set_stage(host, run, "pre")
+            try:
+                await hooks.run_hook("pre", settings.host.pre, timeout, hook_env)
+            except hooks.HookFailed as e:
+                outcome.update(status="failed", error=str(e))
+                return await self._post(host, run, settings, outcome, hook_env)
+        outcome = await self._stages_of(host, run, settings, host_dir, dry_run, outcome)
+        if hooked:
+            outcome = await self._post(host, run, settings, outcome, hook_env)
+        return outcome
+
+    async def _post(self, host: str, run: HostRun, settings, outcome: dict, env: dict) -> dict:
+        """The post hook sees the run's result; its own failure only adds a warning."""
+        if not settings.host.post:
+            return outcome
+        await self._set_stage(host, run, "post")
+        env = {**env, "BKD_STATUS": outcome["status"], "BKD_SNAPSHOT": outcome["snapshot"] or "",
+               "BKD_ERROR": outcome["error"] or ""}
+        try:
+            await hooks.run_hook("post", settings.host.post, settings.host.hook_timeout.total_seconds(), env)
+        except hooks.HookFailed as e:
+            error = "; ".join(filter(None, [outcome["error"], str(e)]))
+            status = "warning" if outcome["status"] == "ok" else outcome["status"]
+            return {**outcome, "status": status, "error": error}
+        return outcome
+
+    async def _stages_of(self, host: str, run: HostRun, settings, host_dir: HostDir, dry_run: bool,
+                         outcome: dict) -> dict:
+        config = self.config
         for stage in self._stages(settings, run.kind, host_dir, dry_run):
             await self._set_stage(host, run, stage)
             try:
@@ -160,6 +189,13 @@ class Engine:
                     outcome["stats"].update(result.stats)
                 elif stage == "prune":  # only after a new snapshot exists, never before it
                     await self.prune_host(host, dry_run=False)
+                elif stage == "restore":
+                    p = run.params
+                    argv = restore.restore_command(self.config, Path(p["root"]), os.fsencode(p["relative"]),
+                                                   p["dest"], overwrite=p["overwrite"], dry_run=dry_run)
+                    outcome["stats"].update(await restore.run_restore(
+                        argv, lambda progress: self._progress(host, run, progress)))
+                    outcome["snapshot"] = p["snapshot"]
                 elif stage == "archive":
                     outcome["stats"].update(await archive.make_archive(host_dir, settings.archive))
                     archive.expire_archives(host_dir, settings.archive.keep_days, clock.now())
@@ -167,7 +203,7 @@ class Engine:
                     outcome["stats"].update(await archive.make_monthly(host_dir, clock.now()))
                     if archive.expire_monthly(host_dir, config.monthly.keep_months, clock.now()):
                         self.collector.wake.set()
-            except (SnapshotFailed, archive.StageFailed, OSError) as e:
+            except (SnapshotFailed, archive.StageFailed, restore.RestoreFailed, OSError) as e:
                 return {**outcome, "status": "failed", "error": f"{stage}: {e}"}
         return outcome
 

@@ -29,7 +29,8 @@ def test_archives_extract_with_plain_tar_and_equal_latest(tmp_path, daemon_facto
     snapshot = job["hosts"][0]["snapshot"]
     archive = daemon.workdir / "backup/web1/archives" / f"web1_{snapshot}{suffix}"
     assert job["hosts"][0]["stats"]["archive"] == archive.name
-    assert [p.name for p in archive.parent.iterdir()] == [archive.name]  # no partial left
+    # No partial left; the checksum beside it.
+    assert sorted(p.name for p in archive.parent.iterdir()) == [archive.name, archive.name + ".sha256"]
 
     listing = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, text=True, check=True).stdout
     assert "./dir3/file27.txt" in listing.splitlines()
@@ -43,7 +44,7 @@ def test_archives_extract_with_plain_tar_and_equal_latest(tmp_path, daemon_facto
     assert "archive" not in again["hosts"][0]["stats"]
     forced = daemon.bkctl("run", "web1", "--kind", "archive", "--wait")
     assert forced.returncode == 0, forced.stdout
-    assert len(list(archive.parent.iterdir())) == 2
+    assert len([p for p in archive.parent.iterdir() if not p.name.endswith(".sha256")]) == 2
 
 
 def test_monthly_copy_is_made_at_once_hardlinked_and_only_once_a_month(tmp_path, daemon_factory):

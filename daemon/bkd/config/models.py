@@ -170,6 +170,9 @@ class Host(Section):
     name: Annotated[str, AfterValidator(_check_host_name)]
     source: Annotated[str, AfterValidator(_check_source)]
     exclude: list[str] = Field(default_factory=list)
+    pre: str = ""  # shell command run before the snapshot; failing or timing out fails the run
+    post: str = ""  # shell command run after the run, with its result in BKD_STATUS etc.
+    hook_timeout: Duration = timedelta(minutes=15)
     schedule: Optional[ScheduleOverride] = None
     retention: Optional[RetentionOverride] = None
     archive: Optional[ArchiveOverride] = None

@@ -111,6 +111,26 @@ def verify_tree(tree: Path, manifest: Manifest) -> tuple[int, list[dict]]:
     return checked, mismatches
 
 
+def verify_snapshots(hourly: Path, meta: Path, names: list[str], archive_files: list[Path]) -> dict:
+    """Every named snapshot against its manifest, and the archives against their checksums."""
+    checked, mismatches = 0, []
+    for name in names:
+        recorded = read(meta / f"{name}.manifest")
+        if recorded is None:
+            mismatches.append({"snapshot": name, "path": "/", "problem": "no manifest recorded"})
+            continue
+        count, found = verify_tree(hourly / name, recorded)
+        checked += count
+        mismatches += [{"snapshot": name, **m} for m in found]
+    for archive in archive_files:
+        checked += 1
+        problem = verify_archive(archive)
+        if problem:
+            mismatches.append({"snapshot": None, **problem})
+    return {"ok": not mismatches, "checked": checked, "snapshots": names,
+            "archives": [a.name for a in archive_files], "mismatches": mismatches}
+
+
 def checksum_path(archive: Path) -> Path:
     return archive.with_name(archive.name + ".sha256")
 

@@ -168,6 +168,14 @@ def written_and_deleted(lines: list[str]) -> tuple[list[str], list[str]]:
     return written, deleted
 
 
+def split_output(lines: list[str]) -> tuple[list[str], list[str]]:
+    """--out-format lines, and the --stats block that follows them."""
+    for index, line in enumerate(lines):
+        if line.startswith("Number of files: "):
+            return [item for item in lines[:index] if item], lines[index:]
+    return [item for item in lines if item], []
+
+
 def parse_stats(lines: list[str]) -> dict:
     """The numbers of rsync --stats. `files` counts regular files only."""
     stats: dict = {}

@@ -15,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bkctl import protocol
 from .. import __version__, browse, clock
-from ..engine import KINDS, RpcError
+from ..engine import KINDS
+from ..errors import RpcError
 from ..events import DEFAULT_QUEUE, TOPICS
 from ..layout import HostDir
+from ..pipeline import archive, manifest, restore
 from ..scheduler import next_runs, schedule_entries
 
 if TYPE_CHECKING:
@@ -78,6 +80,21 @@ class SnapshotsBrowse(Params):
 class SnapshotsHistory(Params):
     host: str
     path: str
+
+
+class Restore(Params):
+    host: str
+    snapshot: str
+    path: str
+    dest: str
+    overwrite: bool = False
+    dry_run: bool = False
+
+
+class Verify(Params):
+    host: str
+    snapshot: Optional[str] = None
+    all: bool = False
 
 
 class Prune(Params):
@@ -186,6 +203,36 @@ class Api:
         found = await asyncio.to_thread(browse.history, self._host_dir(p.host), p.path)
         return {"host": p.host, "path": p.path, "entries": found}
 
+    async def restore(self, p: Restore) -> dict:
+        """Check everything that can be checked before starting: the snapshot, the
+        path inside it, the destination and what is already there."""
+        name, root = browse.snapshot_root(self._host_dir(p.host), p.snapshot)
+        await asyncio.to_thread(browse.lookup, root, p.path)
+        relative = b"/".join(browse.components(p.path))
+        remote = restore.check_destination(p.dest)
+        if not remote and not p.overwrite:
+            existing = await asyncio.to_thread(restore.local_conflict, p.dest, relative)
+            if existing:
+                raise RpcError(protocol.CONFLICT, f"{existing} exists; use --overwrite to replace it",
+                               {"path": existing})
+        params = {"snapshot": name, "root": str(root), "relative": os.fsdecode(relative), "dest": p.dest,
+                  "overwrite": p.overwrite, "path": p.path}
+        job_id = await self.engine.start_job([p.host], "restore", p.dry_run, params=params)
+        return {"job_id": job_id}
+
+    async def verify(self, p: Verify) -> dict:
+        host_dir = self._host_dir(p.host)
+        if p.all:
+            names = [str(n) for n in host_dir.snapshots()]
+        else:
+            names = [browse.snapshot_root(host_dir, p.snapshot)[0]]
+        archive_files = [a.path for a in archive.archives(host_dir) if p.all or str(a.snapshot) in names]
+        result = await asyncio.to_thread(manifest.verify_snapshots, host_dir.hourly, host_dir.meta,
+                                         names, archive_files)
+        log.log(40 if result["mismatches"] else 20, "verify.done", host=p.host, ok=result["ok"],
+                checked=result["checked"], mismatches=len(result["mismatches"]))
+        return {"host": p.host, **result}
+
     async def prune(self, p: Prune) -> dict:
         hosts = self.engine.host_names(p.hosts)
         return {"dry_run": p.dry_run,
@@ -250,6 +297,8 @@ def method_table(api: Api) -> dict[str, Method]:
         "snapshots.history": Method(SnapshotsHistory, api.snapshots_history, "admin"),
         "schedule.list": Method(NoParams, api.schedule_list, "viewer"),
         "prune": Method(Prune, api.prune, "admin"),
+        "restore": Method(Restore, api.restore, "admin"),
+        "verify": Method(Verify, api.verify, "operator"),
         "hosts.list": Method(NoParams, api.hosts_list, "viewer"),
         "hosts.test": Method(HostsTest, api.hosts_test, "operator"),
         "config.reload": Method(NoParams, api.config_reload, "admin"),

@@ -24,7 +24,7 @@ import structlog
 from pydantic import ValidationError
 
 from bkctl import protocol
-from ..engine import RpcError
+from ..errors import RpcError
 from .methods import Method
 
 log = structlog.get_logger()
