@@ -301,7 +301,7 @@ def cmd_ls(client: Client, args) -> int:
     page = client.call("snapshots.browse", params)
     if args.json:
         return _print_json(page)
-    print(f"{args.host} {page['snapshot']}:{params['path']}")
+    print(f"{args.host} {page['snapshot']}:{display_name(params['path'])}")
     while True:
         for entry in page["entries"]:
             target = f" -> {display_name(entry['target'])}" if entry.get("target") is not None else ""
@@ -317,7 +317,7 @@ def _history(client: Client, args, path: str) -> int:
     if args.json:
         return _print_json(result)
     rows = [[e["snapshot"], e["type"], size(e["size"]), e["mtime"]] for e in result["entries"]]
-    print(table(["SNAPSHOT", "TYPE", "SIZE", "MTIME"], rows) if rows else f"{path} is in no snapshot of {args.host}")
+    print(table(["SNAPSHOT", "TYPE", "SIZE", "MTIME"], rows) if rows else f"{display_name(path)} is in no snapshot of {args.host}")
     return EXIT_OK
 
 
@@ -331,7 +331,8 @@ def cmd_restore(client: Client, args) -> int:
         print(json.dumps({"job_id": job_id}) if args.json else job_id)
         return EXIT_OK
     if not args.json:
-        print(f"job {job_id}: restoring {args.host} {args.snapshot}:{args.path} to {args.to}", flush=True)
+        print(f"job {job_id}: restoring {args.host} {args.snapshot}:{display_name(args.path)} "
+              f"to {display_name(args.to)}", flush=True)
     code = follow_job(client, job_id, args.json)
     if args.dry_run and not args.json:
         job = client.call("job.get", {"job_id": job_id})["job"]

@@ -191,10 +191,10 @@ class Engine:
                     await self.prune_host(host, dry_run=False)
                 elif stage == "restore":
                     p = run.params
-                    argv = restore.restore_command(self.config, Path(p["root"]), os.fsencode(p["relative"]),
-                                                   p["dest"], overwrite=p["overwrite"], dry_run=dry_run)
+                    argv = restore.restore_command(self.config, os.fsencode(p["relative"]), p["dest"],
+                                                   overwrite=p["overwrite"], dry_run=dry_run)
                     outcome["stats"].update(await restore.run_restore(
-                        argv, lambda progress: self._progress(host, run, progress)))
+                        argv, Path(p["root"]), lambda progress: self._progress(host, run, progress)))
                     outcome["snapshot"] = p["snapshot"]
                 elif stage == "archive":
                     outcome["stats"].update(await archive.make_archive(host_dir, settings.archive))

@@ -18,6 +18,7 @@ from ..config.models import Archive
 from ..fsutil import fsync_dir, make_private_dir
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
 from . import manifest
+from .linktree import link_tree
 from ..clock import days_in_month, months_before
 
 log = structlog.get_logger()
@@ -152,13 +153,12 @@ async def make_monthly(host_dir: HostDir, now: datetime) -> dict:
     make_private_dir(host_dir.monthly)
     partial = host_dir.monthly / f"{PARTIAL_PREFIX}{name}-{secrets.token_hex(4)}"
     try:
-        result = await bkexec.run(["cp", "-al", "--", str(host_dir.hourly / str(snapshot)), str(partial)])
+        failure = await link_tree(host_dir.hourly / str(snapshot), partial)
     except asyncio.CancelledError:
         await asyncio.to_thread(shutil.rmtree, partial, True)
         raise
-    if result.returncode != 0:
-        await asyncio.to_thread(shutil.rmtree, partial, True)
-        raise StageFailed(f"monthly copy failed: {result.stderr.strip()[-500:]}")
+    if failure:
+        raise StageFailed(f"monthly copy failed: {failure}")
     os.rename(partial, host_dir.monthly / name)
     fsync_dir(host_dir.monthly)
     log.info("monthly.complete", monthly=name, snapshot=str(snapshot))

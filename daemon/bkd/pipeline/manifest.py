@@ -18,12 +18,35 @@ CHUNK = 1024 * 1024
 Manifest = dict[bytes, tuple[str, int]]  # path (bytes, relative) → (sha256, size)
 
 
-def sha256_of(path: Path | bytes) -> str:
+def sha256_of(path: Path | bytes, dir_fd: int | None = None) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    with open(fd, "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _open_parent(root_fd: int, relative: bytes) -> tuple[int, bytes]:
+    """An fd of relative's directory, reached one component at a time: paths
+    in a snapshot may be longer than PATH_MAX allows in one string."""
+    *dirs, name = relative.split(b"/")
+    fd = os.dup(root_fd)
+    for part in dirs:
+        child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    return fd, name
+
+
+def stat_and_hash(root_fd: int, relative: bytes) -> tuple[os.stat_result, str | None]:
+    """lstat of root/relative, and its SHA-256 if it is a regular file."""
+    fd, name = _open_parent(root_fd, relative)
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return st, sha256_of(name, dir_fd=fd) if stat.S_ISREG(st.st_mode) else None
+    finally:
+        os.close(fd)
 
 
 def read(path: Path) -> Manifest | None:
@@ -43,15 +66,16 @@ def write(path: Path, manifest: Manifest) -> None:
     write_atomic(path, ("\n".join(lines) + "\n").encode() if manifest else b"")
 
 
-def regular_files(root: Path):
-    """(relative path as bytes, stat) of every regular file under root; symlinks are not followed."""
-    base = os.fsencode(root)
-    for directory, _dirs, files in os.walk(base):
+def regular_files(root: Path, hashing: bool = False):
+    """(relative path, stat, sha256 or None) of every regular file under root,
+    walked by directory fd (no symlink followed, no path too long)."""
+    for directory, _dirs, files, dir_fd in os.fwalk(os.fsencode(root)):
+        prefix = os.path.relpath(directory, os.fsencode(root))
         for name in files:
-            full = os.path.join(directory, name)
-            st = os.lstat(full)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
-                yield os.path.relpath(full, base), st
+                relative = name if prefix == b"." else prefix + b"/" + name
+                yield relative, st, sha256_of(name, dir_fd=dir_fd) if hashing else None
 
 
 def from_changes(tree: Path, previous: Manifest, changed: list[str], deleted: list[str]) -> tuple[Manifest, int]:
@@ -64,45 +88,57 @@ def from_changes(tree: Path, previous: Manifest, changed: list[str], deleted: li
         for path in [p for p in manifest if p.startswith(prefix)]:
             del manifest[path]
     hashed = 0
-    for name in changed:
-        raw = os.fsencode(name)
-        full = os.path.join(os.fsencode(tree), raw)
-        st = os.lstat(full)
-        if stat.S_ISREG(st.st_mode):
-            manifest[raw] = (sha256_of(full), st.st_size)
-            hashed += 1
+    root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in changed:
+            raw = os.fsencode(name)
+            st, digest = stat_and_hash(root_fd, raw)
+            if digest is not None:
+                manifest[raw] = (digest, st.st_size)
+                hashed += 1
+    finally:
+        os.close(root_fd)
     return manifest, hashed
 
 
 def by_inode(tree: Path, previous_tree: Path | None, previous: Manifest | None) -> tuple[Manifest, int]:
     """Walk the new tree; reuse a checksum where the file is the previous snapshot's inode."""
     manifest, hashed = {}, 0
-    old_base = os.fsencode(previous_tree) if previous_tree else None
-    for relative, st in regular_files(tree):
-        if previous and old_base and relative in previous:
-            try:
-                old = os.lstat(os.path.join(old_base, relative))
-                if (old.st_ino, old.st_dev) == (st.st_ino, st.st_dev):
-                    manifest[relative] = previous[relative]
-                    continue
-            except FileNotFoundError:
-                pass
-        manifest[relative] = (sha256_of(os.path.join(os.fsencode(tree), relative)), st.st_size)
-        hashed += 1
+    old_fd = os.open(previous_tree, os.O_RDONLY | os.O_DIRECTORY) if previous and previous_tree else None
+    root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for relative, st, _ in regular_files(tree):
+            if old_fd is not None and relative in previous:
+                try:
+                    fd, name = _open_parent(old_fd, relative)
+                    try:
+                        old = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    finally:
+                        os.close(fd)
+                    if (old.st_ino, old.st_dev) == (st.st_ino, st.st_dev):
+                        manifest[relative] = previous[relative]
+                        continue
+                except OSError:
+                    pass
+            manifest[relative] = (stat_and_hash(root_fd, relative)[1], st.st_size)
+            hashed += 1
+    finally:
+        os.close(root_fd)
+        if old_fd is not None:
+            os.close(old_fd)
     return manifest, hashed
 
 
 def verify_tree(tree: Path, manifest: Manifest) -> tuple[int, list[dict]]:
     """Re-hash every regular file; report missing, extra and changed ones."""
     mismatches, checked, seen = [], 0, set()
-    for relative, st in regular_files(tree):
+    for relative, _st, actual in regular_files(tree, hashing=True):
         seen.add(relative)
         expected = manifest.get(relative)
         if expected is None:
             mismatches.append({"path": os.fsdecode(relative), "problem": "extra"})
             continue
         checked += 1
-        actual = sha256_of(os.path.join(os.fsencode(tree), relative))
         if actual != expected[0]:
             mismatches.append({"path": os.fsdecode(relative), "problem": "changed",
                                "expected": expected[0], "actual": actual})

@@ -38,11 +38,11 @@ def local_conflict(dest: str, relative: bytes) -> str | None:
     return None
 
 
-def restore_command(config: Config, snapshot_root: Path, relative: bytes, dest: str, *,
-                    overwrite: bool, dry_run: bool) -> list[str]:
-    """rsync ROOT/./REL DEST/: --relative recreates REL under DEST. Symlinks in
-    the snapshot are copied as symlinks, never followed (-a without -L)."""
-    source = os.fsdecode(os.path.join(os.fsencode(snapshot_root), b".", relative))
+def restore_command(config: Config, relative: bytes, dest: str, *, overwrite: bool, dry_run: bool) -> list[str]:
+    """rsync ./REL DEST/, run from the snapshot's root (so that deep paths stay
+    short): --relative recreates REL under DEST. Symlinks in the snapshot are
+    copied as symlinks, never followed (-a without -L)."""
+    source = os.fsdecode(os.path.join(b".", relative)) if relative else "./"
     argv = ["rsync", "--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "--sparse",
             "--relative", "--mkpath", "--stats", "--info=progress2", "--out-format=%n"]
     if not overwrite:
@@ -54,7 +54,7 @@ def restore_command(config: Config, snapshot_root: Path, relative: bytes, dest: 
     return [*argv, "--", source, dest.rstrip("/") + "/"]
 
 
-async def run_restore(argv: list[str], on_progress: Callable[[dict], None] | None) -> dict:
+async def run_restore(argv: list[str], snapshot_root: Path, on_progress: Callable[[dict], None] | None) -> dict:
     lines: list[str] = []
 
     def on_stdout(line: str) -> None:
@@ -64,7 +64,7 @@ async def run_restore(argv: list[str], on_progress: Callable[[dict], None] | Non
         elif on_progress:
             on_progress(progress)
 
-    result = await bkexec.run(argv, on_stdout=on_stdout)
+    result = await bkexec.run(argv, on_stdout=on_stdout, cwd=str(snapshot_root))
     if result.returncode not in rsync.SUCCESS_CODES:
         raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
     written, stats_lines = rsync.split_output(lines)

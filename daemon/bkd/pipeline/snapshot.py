@@ -23,6 +23,7 @@ from ..config.models import Config, HostSettings
 from ..fsutil import fsync_dir, make_private_dir, replace_symlink, syncfs, write_atomic
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
 from . import manifest, rsync
+from .linktree import link_tree
 
 log = structlog.get_logger()
 
@@ -161,11 +162,10 @@ class _Transfer:
         shares, so a dry run against the previous snapshot (in parallel with the
         copy: two cores, two walks) finds those entries first and they get an
         inode of their own before the real run."""
-        copy = bkexec.run(["cp", "-al", "--", str(previous), str(self.staging)])
         probe = self.rsync([], dry_run=True, dest=previous, extra=rsync.ITEMIZE, progress=False)
-        copied, (_, probe_lines) = await asyncio.gather(copy, probe)
-        if copied.returncode != 0:
-            raise SnapshotFailed(f"cp -al of the previous snapshot failed: {copied.stderr.strip()[-300:]}")
+        failure, (_, probe_lines) = await asyncio.gather(link_tree(previous, self.staging), probe)
+        if failure:
+            raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
         private = rsync.attribute_only_changes(probe_lines)
         if private:
             await asyncio.to_thread(_give_own_inodes, self.staging, private)

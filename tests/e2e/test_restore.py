@@ -1,0 +1,204 @@
+"""Getting data back: hostile names round-trip, escapes are refused, rot is found, hooks."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import make_tree
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="ownership and ACLs need root (CI runs as root)")
+
+HOSTILE = [
+    b"new\nline", b"bad-\xff\xfe-utf8", b"-leading-dash", b"  spaces  around ", b"x" * 255,
+    b"tab\there", b"quote'\"and$dollar", b"\xe2\x98\x83 snowman",
+]
+
+
+def build_hostile_tree(root: bytes) -> None:
+    os.makedirs(root)
+    for name in HOSTILE:
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(b"content of " + name)
+    deep = root
+    while len(deep) - len(root) < 4000:  # a 4,000-byte relative path, 200 bytes a component
+        deep = os.path.join(deep, b"d" * 200)
+    os.makedirs(deep)
+    with open(os.path.join(deep, b"leaf"), "wb") as f:
+        f.write(b"deep")
+    os.link(os.path.join(root, HOSTILE[0]), os.path.join(root, b"hardlink-to-newline"))
+    with open(os.path.join(root, b"sparse"), "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+        f.seek(32 * 1024 * 1024)
+        f.write(b"middle")
+    os.symlink(b"bad-\xff\xfe-utf8", os.path.join(root, b"link-to-bad"))
+    os.setxattr(os.path.join(root, HOSTILE[1]), "user.note", b"\x00binary\xff")
+    subprocess.run(["setfacl", "-m", "u:nobody:rw", os.fsdecode(os.path.join(root, HOSTILE[2]))], check=True)
+    os.chmod(os.path.join(root, HOSTILE[3]), 0o640)
+    os.utime(os.path.join(root, HOSTILE[4]), ns=(1_000_000_000_123_456_789, 1_000_000_000_123_456_789))
+
+
+def describe(root: bytes) -> dict:
+    """Names, contents, modes, times, link structure, xattrs and ACLs of a tree."""
+    seen_inodes: dict[int, bytes] = {}
+    result = {}
+    for directory, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            full = os.path.join(directory, name)
+            relative = os.path.relpath(full, root)
+            st = os.lstat(full)
+            entry = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid}
+            if os.path.islink(full):
+                entry["target"] = os.readlink(full)
+            else:
+                entry["xattrs"] = {k: os.getxattr(full, k) for k in os.listxattr(full)}
+            if os.path.isfile(full) and not os.path.islink(full):
+                entry["mtime_ns"] = st.st_mtime_ns
+                with open(full, "rb") as f:
+                    entry["content"] = f.read()
+                entry["blocks_small"] = st.st_blocks * 512 < 1024 * 1024 if st.st_size > 1024 * 1024 else None
+                if st.st_nlink > 1:
+                    entry["linked_with"] = seen_inodes.setdefault(st.st_ino, relative)
+            result[relative] = entry
+    return result
+
+
+@ROOT_ONLY
+def test_hostile_names_and_metadata_round_trip_through_backup_ls_and_restore(tmp_path, short_tmp, daemon_factory):
+    # Short roots: rsync handles paths up to PATH_MAX (4096 bytes) *including* the
+    # directory they live in, and the deep path alone is over 4,000 bytes.
+    source = os.fsencode(short_tmp / "src")
+    build_hostile_tree(source)
+    daemon = daemon_factory([{"name": "web1", "source": os.fsdecode(source)}],
+                            backup_root=str(short_tmp / "b")).start()
+    job = daemon.run_snapshot()
+    assert job["status"] == "ok", job
+    snapshot = job["hosts"][0]["snapshot"]
+
+    listed = json.loads(daemon.bkctl("--json", "ls", "web1").stdout)["entries"]
+    names = {os.fsencode(e["name"]) for e in listed}
+    assert set(HOSTILE) <= names  # every hostile name, exactly, in a reversible encoding
+    link = next(e for e in listed if e["name"] == "link-to-bad")
+    assert (link["type"], os.fsencode(link["target"])) == ("symlink", b"bad-\xff\xfe-utf8")
+    history = daemon.bkctl_json("ls", "--history", "web1", os.fsdecode(b"/" + HOSTILE[1]))["entries"]
+    assert [h["snapshot"] for h in history] == [snapshot]
+    human = daemon.bkctl("ls", "web1", snapshot, "/")
+    assert human.returncode == 0 and "new\\nline" in human.stdout and "bad-\\xff\\xfe-utf8" in human.stdout
+
+    dest = short_tmp / "r"
+    result = daemon.bkctl("restore", "web1", snapshot, "/", "--to", str(dest))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert describe(os.fsencode(dest)) == describe(source)
+
+    # One non-UTF-8 name alone, through its escaped form, keeps its relative path.
+    single = tmp_path / "single"
+    one = daemon.bkctl("restore", "web1", "latest", os.fsdecode(b"/" + HOSTILE[1]), "--to", str(single))
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert os.listdir(os.fsencode(single)) == [HOSTILE[1]]
+
+    again = daemon.bkctl("restore", "web1", snapshot, os.fsdecode(b"/" + HOSTILE[1]), "--to", str(single))
+    assert again.returncode == 1 and "exists; use --overwrite" in again.stderr
+    assert daemon.bkctl("restore", "web1", snapshot, os.fsdecode(b"/" + HOSTILE[1]), "--to", str(single),
+                        "--overwrite").returncode == 0
+
+    dry = daemon.bkctl("restore", "web1", snapshot, "/", "--to", str(tmp_path / "dry"), "--dry-run")
+    assert dry.returncode == 0 and "would write -leading-dash" in dry.stdout
+    assert not (tmp_path / "dry").exists()
+
+
+def test_browse_and_restore_never_leave_the_snapshot(tmp_path, daemon_factory):
+    source = make_tree(tmp_path / "source", 3)
+    (source / "escape").symlink_to("/etc")
+    (source / "dir0" / "up").symlink_to("../../..")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
+    snapshot = daemon.run_snapshot()["hosts"][0]["snapshot"]
+
+    for path in ["/escape", "/escape/", "/escape/passwd", "/dir0/up/etc", "/../../etc", "dir0/../../x"]:
+        listing = daemon.bkctl("ls", "web1", snapshot, path)
+        assert listing.returncode == 1, path
+        assert "symlink" in listing.stderr or "'..' is not allowed" in listing.stderr, listing.stderr
+    for path in ["/escape/passwd", "/dir0/up/etc/passwd", "../outside"]:
+        dest = tmp_path / "dest"
+        result = daemon.bkctl("restore", "web1", snapshot, path, "--to", str(dest))
+        assert result.returncode == 1, path
+        assert not dest.exists()
+
+    # The symlink itself can be restored — as a symlink, not followed.
+    dest = tmp_path / "dest-link"
+    assert daemon.bkctl("restore", "web1", snapshot, "/escape", "--to", str(dest)).returncode == 0
+    assert os.readlink(dest / "escape") == "/etc" and list(dest.iterdir()) == [dest / "escape"]
+    whole = tmp_path / "dest-all"
+    assert daemon.bkctl("restore", "web1", snapshot, "/", "--to", str(whole)).returncode == 0
+    assert os.readlink(whole / "dir0" / "up") == "../../.."
+    assert list(outside.iterdir()) == []
+
+
+def test_bit_rot_in_a_snapshot_and_an_archive_is_reported_exactly(tmp_path, daemon_factory):
+    source = make_tree(tmp_path / "source", 20)
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}], monthly={"enabled": False}).start()
+    job = daemon.run_snapshot()
+    snapshot = job["hosts"][0]["snapshot"]
+    clean = daemon.bkctl("verify", "web1")
+    assert clean.returncode == 0 and "web1: ok" in clean.stdout
+
+    stored = daemon.workdir / "backup/web1/hourly" / snapshot / "dir2/file6.txt"
+    archive = daemon.workdir / "backup/web1/archives" / job["hosts"][0]["stats"]["archive"]
+    for path in (stored, archive):
+        with open(path, "r+b") as f:  # in place, as rot would: same inode, same size
+            f.seek(5)
+            byte = f.read(1)
+            f.seek(5)
+            f.write(bytes([byte[0] ^ 0x01]))
+
+    result = daemon.bkctl("--json", "verify", "web1")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert sorted((m["path"], m["problem"]) for m in report["mismatches"]) == [
+        ("archives/" + archive.name, "changed"), ("dir2/file6.txt", "changed")]
+    human = daemon.bkctl("verify", "web1", snapshot)
+    assert human.returncode == 1 and "2 mismatch(es)" in human.stdout
+
+
+def test_an_incremental_snapshot_hashes_only_what_changed(tmp_path, daemon_factory):
+    source = make_tree(tmp_path / "source", 200)
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
+    first = daemon.run_snapshot()["hosts"][0]["stats"]
+    assert first["hashed_files"] == 200
+    for index in (3, 77):
+        (source / f"dir{index % 4}" / f"file{index}.txt").write_text("changed\n")
+    (source / "dir1" / "file1.txt").unlink()
+    (source / "dir0" / "file0.txt").chmod(0o600)  # metadata only: same content, no re-hash
+    second = daemon.run_snapshot()["hosts"][0]["stats"]
+    assert second["hashed_files"] == 2 and second["changed_files"] == 2
+    assert daemon.bkctl("verify", "web1", "--all").returncode == 0
+
+
+def test_a_failing_pre_hook_keeps_the_previous_snapshot_and_says_why(tmp_path, daemon_factory):
+    source = make_tree(tmp_path / "source", 3)
+    marker = tmp_path / "post-saw"
+    host = {"name": "web1", "source": str(source),
+            "post": f'echo "$BKD_STATUS $BKD_SNAPSHOT" > {marker}'}
+    daemon = daemon_factory([host]).start()
+    good = daemon.run_snapshot()["hosts"][0]["snapshot"]
+    assert marker.read_text().split() == ["ok", good]
+
+    daemon.config["host"][0]["pre"] = "echo dumping the database; echo 'pg_dump: connection refused' >&2; exit 3"
+    daemon.write_config()
+    daemon.bkctl("reload")
+    job = daemon.run_snapshot()
+    assert job["status"] == "failed"
+    detail = daemon.bkctl("job", str(job["job_id"]))
+    assert detail.returncode == 1
+    assert "pre hook exited with code 3: pg_dump: connection refused" in detail.stdout
+    assert os.readlink(daemon.workdir / "backup/web1/latest") == f"hourly/{good}"
+    assert marker.read_text().split() == ["failed"]
+    assert "dumping the database" in daemon.log()  # hook output is in the run's log
+
+    daemon.config["host"][0].update(pre="sleep 30", hook_timeout="1s")
+    daemon.write_config()
+    daemon.bkctl("reload")
+    timed_out = daemon.run_snapshot()
+    assert timed_out["status"] == "failed" and "pre hook timed out after 1s" in timed_out["hosts"][0]["error"]
