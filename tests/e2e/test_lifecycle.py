@@ -58,6 +58,7 @@ def test_ready_after_listening_and_stopping_on_sigterm_which_ends_rsync(tmp_path
     job_id = daemon.call("job.start", hosts=["web1"])["job_id"]
     backup_root = str(daemon.workdir / "backup")
     wait_until(lambda: rsync_pids(backup_root), 20, what="rsync to run")
+    wait_until(lambda: daemon.call("status")["hosts"]["web1"]["progress"], 20, what="data to flow")
     daemon.proc.send_signal(signal.SIGTERM)
     receive_until(sock, "STOPPING=1")
     assert daemon.proc.wait(20) == 0
