@@ -343,7 +343,7 @@ def cmd_restore(client: Client, args) -> int:
 
 
 def cmd_verify(client: Client, args) -> int:
-    params = {"host": args.host, "all": args.all}
+    params = {"host": args.host, "all": args.all, "sample": args.sample}
     if args.snapshot:
         params["snapshot"] = args.snapshot
     client.set_timeout(None)  # re-hashing a large snapshot takes as long as it takes
@@ -358,6 +358,23 @@ def cmd_verify(client: Client, args) -> int:
         print(f"{args.host}: {verdict}; checked {result['checked']} files and archives "
               f"in {len(result['snapshots'])} snapshot(s)")
     return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
+def cmd_alerts(client: Client, args) -> int:
+    if args.action == "ack":
+        if not args.id:
+            raise UsageError("bkctl alerts ack ID")
+        result = client.call("alerts.ack", {"id": args.id})
+        print(json.dumps(result) if args.json else f"acknowledged alert {result['acked']}")
+        return EXIT_OK
+    result = client.call("alerts.list", {"all": args.all})
+    if args.json:
+        return _print_json(result)
+    rows = [[str(a["id"]), a["host"] or "-", a["kind"], relative(a["created"]),
+             "acked" if a["acked"] else colour("open", "failed"), display_name(a["message"])]
+            for a in result["alerts"]]
+    print(table(["ID", "HOST", "KIND", "RAISED", "STATE", "MESSAGE"], rows) if rows else "no open alerts")
+    return EXIT_OK
 
 
 def _print_json(result: dict) -> int:
@@ -422,6 +439,12 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("host", metavar="HOST")
     verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="default: latest")
     verify.add_argument("--all", action="store_true", help="every snapshot and archive")
+    verify.add_argument("--sample", action="store_true",
+                        help="run the background pass now: a sample, least recently verified first")
+    alerts = add("alerts", cmd_alerts, "open alerts (--all: acknowledged ones too); alerts ack ID")
+    alerts.add_argument("action", nargs="?", choices=["ack"])
+    alerts.add_argument("id", nargs="?", type=int, metavar="ID")
+    alerts.add_argument("--all", action="store_true")
     hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing")
     hosts.add_argument("action", nargs="?", choices=["test"], help="test reachability")
     hosts.add_argument("names", nargs="*", metavar="HOST")

@@ -39,6 +39,8 @@ METHODS = (
     "prune",
     "restore",
     "verify",
+    "alerts.list",
+    "alerts.ack",
     "hosts.list",
     "hosts.test",
     "config.reload",

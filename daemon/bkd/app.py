@@ -121,6 +121,7 @@ class Daemon:
                      backup_root=str(config.backup_root), hosts=len(config.host))
             background = [asyncio.create_task(run_schedule(engine), name="scheduler"),
                           asyncio.create_task(engine.collector.run(), name="trash"),
+                          asyncio.create_task(engine.run_sampler(), name="verify-sample"),
                           asyncio.create_task(keep_alive(self.status_line, watchdog_interval()),
                                               name="watchdog")]
             await stop.wait()

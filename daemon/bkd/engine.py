@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +22,7 @@ from .config import Config
 from .errors import RpcError
 from .events import EventBus
 from .layout import HostDir, SnapshotName
-from .pipeline import archive, hooks, restore, rsync
+from .pipeline import archive, hooks, manifest, restore, rsync
 from .pipeline.prune import TrashCollector, host_plan, move_to_trash
 from .pipeline.snapshot import RunControl, SnapshotFailed, take_snapshot
 from .store import Store
@@ -112,6 +114,8 @@ class Engine:
                     log.error("run.failed", error=outcome["error"])
                 log.info("run.done", status=outcome["status"], snapshot=outcome["snapshot"])
                 await self._update(host, run, **outcome)
+                if outcome["status"] == "failed":
+                    await self.alert(host, "run_failed", f"job {run.job_id} ({run.kind}): {outcome['error']}")
             except asyncio.CancelledError:
                 status = "interrupted" if run.control.keep_partial else "cancelled"
                 log.warning("run.stopped", status=status)
@@ -119,6 +123,7 @@ class Engine:
             except Exception as e:  # a bug must fail this run, not the daemon
                 log.exception("run.internal_error")
                 await self._update(host, run, status="failed", error=f"internal error: {e}")
+                await self.alert(host, "run_failed", f"job {run.job_id}: internal error: {e}")
             finally:
                 del self.runs[host]
                 self.changed.set()
@@ -293,6 +298,38 @@ class Engine:
         await asyncio.gather(*(r.task for r in targets.values()), return_exceptions=True)
         return sorted(targets)
 
+    async def alert(self, host: str | None, kind: str, message: str) -> None:
+        record = await self.store.add_alert(host, kind, message)
+        log.warning("alert", alert_id=record["id"], kind=kind, message=message, **({"host": host} if host else {}))
+        self.bus.publish("alert", **record)
+
+    async def verify_sample(self, host: str) -> dict:
+        """The background pass for one host: a sample of the latest snapshot's
+        files, least recently verified first, re-hashed at idle I/O priority."""
+        host_dir = HostDir.of(self.config.backup_root, host)
+        latest = host_dir.latest_snapshot()
+        recorded = manifest.read(host_dir.manifest_file(latest)) if latest else None
+        if not recorded:
+            return {"host": host, "snapshot": str(latest) if latest else None, "checked": 0, "mismatches": []}
+        count = max(1, math.ceil(len(recorded) * self.config.verify.sample_percent / 100))
+        paths = await self.store.least_recently_verified(host, list(recorded), count)
+        mismatches = await _in_own_thread(manifest.hash_sample_idle, host_dir.hourly / str(latest), recorded, paths)
+        await self.store.mark_verified(host, paths)
+        for problem in mismatches:
+            await self.alert(host, "integrity", f"{latest}:{problem['path']} is {problem['problem']} "
+                                               "(its checksum no longer matches the manifest)")
+        return {"host": host, "snapshot": str(latest), "checked": len(paths), "mismatches": mismatches}
+
+    async def run_sampler(self) -> None:
+        """Every verify.every, a sample of each host (never during the first minutes after start)."""
+        while True:
+            await asyncio.sleep(self.config.verify.every.total_seconds())
+            for host in [h.name for h in self.config.host]:
+                try:
+                    await self.verify_sample(host)
+                except Exception:
+                    log.exception("verify.sample_failed", host=host)
+
     async def shutdown(self) -> None:
         """Stop all running work, keeping partial snapshots for the next run to resume."""
         self.stopping = True
@@ -335,3 +372,25 @@ def _read_meta(host_dir: HostDir, name: SnapshotName) -> dict:
     except (OSError, ValueError):
         return {}
     return {k: v for k, v in record.items() if k not in ("name", "time")}
+
+
+async def _in_own_thread(func, *args):
+    """Run func on a thread of its own (not the shared pool), for work that
+    changes per-thread settings such as the I/O priority."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def settle(result, error) -> None:
+        if not done.done():
+            done.set_exception(error) if error else done.set_result(result)
+
+    def target():
+        try:
+            result = func(*args)
+        except BaseException as error:  # handed to the waiting coroutine
+            loop.call_soon_threadsafe(settle, None, error)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, daemon=True, name="idle-io").start()
+    return await done

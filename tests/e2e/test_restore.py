@@ -202,3 +202,41 @@ def test_a_failing_pre_hook_keeps_the_previous_snapshot_and_says_why(tmp_path, d
     daemon.bkctl("reload")
     timed_out = daemon.run_snapshot()
     assert timed_out["status"] == "failed" and "pre hook timed out after 1s" in timed_out["hosts"][0]["error"]
+
+
+def test_the_sample_pass_finds_rot_least_recently_verified_first_and_raises_an_alert(tmp_path, daemon_factory):
+    source = make_tree(tmp_path / "source", 10)
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}],
+                            verify={"sample_percent": 30}).start()
+    snapshot = daemon.run_snapshot()["hosts"][0]["snapshot"]
+    stored = daemon.workdir / "backup/web1/hourly" / snapshot / "dir1/file5.txt"
+    with open(stored, "r+b") as f:
+        f.write(b"X")
+
+    seen = []
+    for _ in range(4):  # 3 files a pass, never-verified first: all 10 within four passes
+        answer = daemon.bkctl("--json", "verify", "web1", "--sample")
+        result = json.loads(answer.stdout)
+        assert answer.returncode == (0 if result["ok"] else 1)
+        seen.append(result["checked"])
+        if not result["ok"]:
+            break
+    assert result["mismatches"] == [{"path": "dir1/file5.txt", "problem": "changed",
+                                     "expected": result["mismatches"][0]["expected"],
+                                     "actual": result["mismatches"][0]["actual"]}]
+    assert set(seen) == {3}
+    alerts = daemon.bkctl_json("alerts")["alerts"]
+    assert [(a["host"], a["kind"]) for a in alerts] == [("web1", "integrity")]
+    assert "dir1/file5.txt is changed" in alerts[0]["message"]
+    assert daemon.bkctl("alerts").stdout.count("integrity") == 1
+    assert daemon.bkctl("alerts", "ack", str(alerts[0]["id"])).returncode == 0
+    assert daemon.bkctl_json("alerts")["alerts"] == []
+    assert len(daemon.bkctl_json("alerts", "--all")["alerts"]) == 1
+    assert daemon.bkctl("alerts", "ack", str(alerts[0]["id"])).returncode == 1
+
+
+def test_a_failed_run_raises_an_alert(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(tmp_path / "missing")}]).start()
+    daemon.run_snapshot()
+    (alert,) = daemon.bkctl_json("alerts")["alerts"]
+    assert alert["kind"] == "run_failed" and "No such file or directory" in alert["message"]

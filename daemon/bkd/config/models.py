@@ -143,6 +143,11 @@ class Ssh(Section):
     options: list[str] = Field(default_factory=lambda: list(DEFAULT_SSH_OPTIONS))
 
 
+class Verify(Section):
+    every: Duration = timedelta(days=1)  # the background pass over a sample of each host's latest snapshot
+    sample_percent: float = Field(1.0, gt=0, le=100)  # of the files, least recently verified first
+
+
 class Access(Section):
     viewers: list[str] = Field(default_factory=lambda: ["bkd"])
     operators: list[str] = Field(default_factory=lambda: ["bkd-operator"])
@@ -205,6 +210,7 @@ class Config(Section):
     monthly: Monthly = Field(default_factory=Monthly)
     rsync: Rsync = Field(default_factory=Rsync)
     ssh: Ssh = Field(default_factory=Ssh)
+    verify: Verify = Field(default_factory=Verify)
     access: Access = Field(default_factory=Access)
     host: list[Host] = Field(default_factory=list)
 

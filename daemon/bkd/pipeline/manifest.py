@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import threading
 from pathlib import Path
 
 from ..fsutil import write_atomic
@@ -165,6 +167,27 @@ def verify_snapshots(hourly: Path, meta: Path, names: list[str], archive_files: 
             mismatches.append({"snapshot": None, **problem})
     return {"ok": not mismatches, "checked": checked, "snapshots": names,
             "archives": [a.name for a in archive_files], "mismatches": mismatches}
+
+
+def hash_sample_idle(tree: Path, recorded: Manifest, paths: list[bytes]) -> list[dict]:
+    """Re-hash paths of tree at idle I/O priority (this thread only: ioprio is
+    per thread on Linux); report the ones that differ from recorded."""
+    subprocess.run(["ionice", "-c", "3", "-p", str(threading.get_native_id())], capture_output=True)
+    mismatches = []
+    root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for path in paths:
+            try:
+                _st, actual = stat_and_hash(root_fd, path)
+            except FileNotFoundError:
+                mismatches.append({"path": os.fsdecode(path), "problem": "missing"})
+                continue
+            if actual != recorded[path][0]:
+                mismatches.append({"path": os.fsdecode(path), "problem": "changed",
+                                   "expected": recorded[path][0], "actual": actual})
+    finally:
+        os.close(root_fd)
+    return mismatches
 
 
 def checksum_path(archive: Path) -> Path:

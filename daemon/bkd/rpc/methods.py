@@ -95,6 +95,15 @@ class Verify(Params):
     host: str
     snapshot: Optional[str] = None
     all: bool = False
+    sample: bool = False  # run the background pass's sample now
+
+
+class AlertsList(Params):
+    all: bool = False
+
+
+class AlertsAck(Params):
+    id: int
 
 
 class Prune(Params):
@@ -222,6 +231,9 @@ class Api:
 
     async def verify(self, p: Verify) -> dict:
         host_dir = self._host_dir(p.host)
+        if p.sample:
+            result = await self.engine.verify_sample(p.host)
+            return {**result, "ok": not result["mismatches"], "snapshots": [result["snapshot"]], "archives": []}
         if p.all:
             names = [str(n) for n in host_dir.snapshots()]
         else:
@@ -232,6 +244,14 @@ class Api:
         log.log(40 if result["mismatches"] else 20, "verify.done", host=p.host, ok=result["ok"],
                 checked=result["checked"], mismatches=len(result["mismatches"]))
         return {"host": p.host, **result}
+
+    async def alerts_list(self, p: AlertsList) -> dict:
+        return {"alerts": await self.engine.store.list_alerts(p.all)}
+
+    async def alerts_ack(self, p: AlertsAck) -> dict:
+        if not await self.engine.store.ack_alert(p.id):
+            raise RpcError(protocol.NOT_FOUND, f"no unacknowledged alert {p.id}")
+        return {"acked": p.id}
 
     async def prune(self, p: Prune) -> dict:
         hosts = self.engine.host_names(p.hosts)
@@ -299,6 +319,8 @@ def method_table(api: Api) -> dict[str, Method]:
         "prune": Method(Prune, api.prune, "admin"),
         "restore": Method(Restore, api.restore, "admin"),
         "verify": Method(Verify, api.verify, "operator"),
+        "alerts.list": Method(AlertsList, api.alerts_list, "viewer"),
+        "alerts.ack": Method(AlertsAck, api.alerts_ack, "operator"),
         "hosts.list": Method(NoParams, api.hosts_list, "viewer"),
         "hosts.test": Method(HostsTest, api.hosts_test, "operator"),
         "config.reload": Method(NoParams, api.config_reload, "admin"),

@@ -45,6 +45,22 @@ MIGRATIONS = [
         PRIMARY KEY (host, name)
     );
     """,
+    """
+    CREATE TABLE alerts (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        host    TEXT,
+        kind    TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created TEXT NOT NULL,
+        acked   TEXT
+    );
+    CREATE TABLE verified (
+        host          TEXT NOT NULL,
+        path          BLOB NOT NULL,
+        last_verified TEXT NOT NULL,
+        PRIMARY KEY (host, path)
+    );
+    """,
 ]
 
 _UNFINISHED = tuple(sorted({"queued", "running"}))
@@ -186,6 +202,38 @@ class Store:
             "INSERT OR REPLACE INTO snapshots (host, name, time, stats, job_id) VALUES (?, ?, ?, ?, ?)",
             (host, name, time, json.dumps(stats), job_id),
         )
+        await self.db.commit()
+
+    async def add_alert(self, host: str | None, kind: str, message: str) -> dict:
+        cursor = await self.db.execute(
+            "INSERT INTO alerts (host, kind, message, created) VALUES (?, ?, ?, ?)",
+            (host, kind, message, now_iso()))
+        await self.db.commit()
+        return {"id": cursor.lastrowid, "host": host, "kind": kind, "message": message,
+                "created": now_iso(), "acked": None}
+
+    async def list_alerts(self, include_acked: bool = False) -> list[dict]:
+        where = "" if include_acked else "WHERE acked IS NULL"
+        rows = await self.db.execute_fetchall(f"SELECT * FROM alerts {where} ORDER BY id DESC")
+        return [dict(row) for row in rows]
+
+    async def ack_alert(self, alert_id: int) -> bool:
+        cursor = await self.db.execute(
+            "UPDATE alerts SET acked=? WHERE id=? AND acked IS NULL", (now_iso(), alert_id))
+        await self.db.commit()
+        return cursor.rowcount == 1
+
+    async def least_recently_verified(self, host: str, paths: list[bytes], count: int) -> list[bytes]:
+        """count of paths, never-verified first, then the longest ago."""
+        rows = await self.db.execute_fetchall("SELECT path, last_verified FROM verified WHERE host=?", (host,))
+        when = {bytes(row["path"]): row["last_verified"] for row in rows}
+        return sorted(paths, key=lambda p: (p in when, when.get(p, "")))[:count]
+
+    async def mark_verified(self, host: str, paths: list[bytes]) -> None:
+        now = now_iso()
+        await self.db.executemany(
+            "INSERT OR REPLACE INTO verified (host, path, last_verified) VALUES (?, ?, ?)",
+            [(host, path, now) for path in paths])
         await self.db.commit()
 
     async def forget_snapshots(self, host: str, names: list[str]) -> None:
