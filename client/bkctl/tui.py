@@ -200,6 +200,11 @@ class _Screen:
             self.feed = Feed(self.path, self.timeout)  # subscribe first: no event falls between
             self.calls = Client(self.path, self.timeout)
             self.model.apply_status(self.calls.call("status"))
+            open_alerts = self.calls.call("alerts.list")["alerts"]
+            self.model.alerts = {}
+            for alert in open_alerts:
+                if alert["host"]:
+                    self.model.alerts[alert["host"]] = self.model.alerts.get(alert["host"], 0) + 1
             self.model.message = ""
             self.detail_for = None
         except (Unreachable, RemoteError) as e:
