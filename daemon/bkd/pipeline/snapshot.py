@@ -11,7 +11,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -49,7 +49,6 @@ class RunControl:
     user's cancel removes it."""
 
     keep_partial: bool = False
-    stderr_lines: list[str] = field(default_factory=list)
 
 
 def _deleted_files(previous_files: int | None, stats: dict) -> int:
@@ -71,7 +70,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
-    transfer = _Transfer(config, settings, staging, control, on_progress)
+    transfer = _Transfer(config, settings, staging, on_progress)
 
     if dry_run:
         result, lines = await transfer.rsync([previous_dir] if previous_dir else [], dry_run=True)
@@ -123,9 +122,9 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
 class _Transfer:
     """The rsync runs of one snapshot into one staging directory."""
 
-    def __init__(self, config, settings, staging: Path, control: RunControl, on_progress):
+    def __init__(self, config, settings, staging: Path, on_progress):
         self.config, self.settings, self.staging = config, settings, staging
-        self.control, self.on_progress = control, on_progress
+        self.on_progress = on_progress
         self.warnings: list[str] = []
         self.itemized: list[str] | None = None  # the incremental run's changes, for the manifest
 
@@ -147,7 +146,7 @@ class _Transfer:
             elif progress and self.on_progress:
                 self.on_progress(parsed)
 
-        result = await bkexec.run(argv, on_stdout=on_stdout, on_stderr=self.control.stderr_lines.append)
+        result = await bkexec.run(argv, on_stdout=on_stdout)
         if result.returncode not in rsync.SUCCESS_CODES:
             raise SnapshotFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
         if result.returncode == rsync.VANISHED and not dry_run:
