@@ -377,6 +377,21 @@ def cmd_alerts(client: Client, args) -> int:
     return EXIT_OK
 
 
+def cmd_audit(client: Client, args) -> int:
+    result = client.call("audit.list", {"limit": args.limit, "verify": args.verify})
+    if args.json:
+        _print_json(result)
+    else:
+        rows = [[str(e["id"]), e["time"], f"{e['user']} ({e['uid']})", e["method"],
+                 json.dumps(e["params"], ensure_ascii=False)[:60], e["outcome"][:60]]
+                for e in reversed(result["entries"])]
+        print(table(["ID", "TIME", "WHO", "METHOD", "PARAMS", "OUTCOME"], rows) if rows else "no audit entries")
+        if args.verify:
+            print("hash chain: intact" if result["chain_ok"]
+                  else f"hash chain: BROKEN at entry {result['broken_at']} (the log was altered)")
+    return EXIT_FAILED if args.verify and not result["chain_ok"] else EXIT_OK
+
+
 def _print_json(result: dict) -> int:
     print(json.dumps(result, indent=None))
     return EXIT_OK
@@ -441,6 +456,9 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--all", action="store_true", help="every snapshot and archive")
     verify.add_argument("--sample", action="store_true",
                         help="run the background pass now: a sample, least recently verified first")
+    audit = add("audit", cmd_audit, "who did what over the socket; --verify checks the hash chain")
+    audit.add_argument("--verify", action="store_true")
+    audit.add_argument("--limit", type=int, default=50)
     alerts = add("alerts", cmd_alerts, "open alerts (--all: acknowledged ones too); alerts ack ID")
     alerts.add_argument("action", nargs="?", choices=["ack"])
     alerts.add_argument("id", nargs="?", type=int, metavar="ID")

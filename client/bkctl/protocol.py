@@ -41,6 +41,7 @@ METHODS = (
     "verify",
     "alerts.list",
     "alerts.ack",
+    "audit.list",
     "hosts.list",
     "hosts.test",
     "config.reload",

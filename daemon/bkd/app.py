@@ -111,7 +111,8 @@ class Daemon:
                 log.warning("daemon.recovered", interrupted_runs=interrupted)
             self.engine = engine = Engine(config, store)
             logs.forward_to(engine.bus.publish)
-            server = RpcServer(config.socket, method_table(Api(self)))
+            server = RpcServer(config.socket, method_table(Api(self)),
+                               access=lambda: engine.config.access, audit=store.append_audit)
             try:
                 await server.start()
             except (RuntimeError, OSError) as e:

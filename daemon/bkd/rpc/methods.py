@@ -98,6 +98,11 @@ class Verify(Params):
     sample: bool = False  # run the background pass's sample now
 
 
+class AuditList(Params):
+    limit: int = Field(50, ge=1, le=100_000)
+    verify: bool = False
+
+
 class AlertsList(Params):
     all: bool = False
 
@@ -126,6 +131,7 @@ class Method:
     handler: Callable[..., Awaitable]
     role: Literal["viewer", "operator", "admin"]
     streams: bool = False  # handler(params, connection) -> (result, start the stream)
+    mutating: bool = False  # changes something: every call goes to the audit log
 
 
 class Api:
@@ -245,6 +251,11 @@ class Api:
                 checked=result["checked"], mismatches=len(result["mismatches"]))
         return {"host": p.host, **result}
 
+    async def audit_list(self, p: AuditList) -> dict:
+        store = self.engine.store
+        chain_ok, broken_at = await store.verify_audit() if p.verify else (None, None)
+        return {"entries": await store.audit_entries(p.limit), "chain_ok": chain_ok, "broken_at": broken_at}
+
     async def alerts_list(self, p: AlertsList) -> dict:
         return {"alerts": await self.engine.store.list_alerts(p.all)}
 
@@ -308,21 +319,22 @@ def method_table(api: Api) -> dict[str, Method]:
     return {
         "daemon.info": Method(NoParams, api.daemon_info, "viewer"),
         "status": Method(NoParams, api.status, "viewer"),
-        "job.start": Method(JobStart, api.job_start, "operator"),
-        "job.cancel": Method(JobCancel, api.job_cancel, "operator"),
+        "job.start": Method(JobStart, api.job_start, "operator", mutating=True),
+        "job.cancel": Method(JobCancel, api.job_cancel, "operator", mutating=True),
         "job.get": Method(JobGet, api.job_get, "viewer"),
         "jobs.list": Method(JobsList, api.jobs_list, "viewer"),
         "snapshots.list": Method(SnapshotsList, api.snapshots_list, "viewer"),
         "snapshots.browse": Method(SnapshotsBrowse, api.snapshots_browse, "admin"),
         "snapshots.history": Method(SnapshotsHistory, api.snapshots_history, "admin"),
         "schedule.list": Method(NoParams, api.schedule_list, "viewer"),
-        "prune": Method(Prune, api.prune, "admin"),
-        "restore": Method(Restore, api.restore, "admin"),
+        "prune": Method(Prune, api.prune, "admin", mutating=True),
+        "restore": Method(Restore, api.restore, "admin", mutating=True),
         "verify": Method(Verify, api.verify, "operator"),
         "alerts.list": Method(AlertsList, api.alerts_list, "viewer"),
-        "alerts.ack": Method(AlertsAck, api.alerts_ack, "operator"),
+        "alerts.ack": Method(AlertsAck, api.alerts_ack, "operator", mutating=True),
+        "audit.list": Method(AuditList, api.audit_list, "admin"),
         "hosts.list": Method(NoParams, api.hosts_list, "viewer"),
         "hosts.test": Method(HostsTest, api.hosts_test, "operator"),
-        "config.reload": Method(NoParams, api.config_reload, "admin"),
+        "config.reload": Method(NoParams, api.config_reload, "admin", mutating=True),
         "events.subscribe": Method(EventsSubscribe, api.events_subscribe, "viewer", streams=True),
     }

@@ -16,7 +16,7 @@ import socket
 import stat
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ import structlog
 from pydantic import ValidationError
 
 from bkctl import protocol
+from .. import access
+from ..config.models import Access
 from ..errors import RpcError
 from .methods import Method
 
@@ -141,9 +143,12 @@ def bind_socket(path: Path) -> socket.socket:
 
 
 class RpcServer:
-    def __init__(self, path: Path, methods: dict[str, Method]):
+    def __init__(self, path: Path, methods: dict[str, Method], access: Callable[[], Access],
+                 audit: Callable[..., Awaitable[None]]):
         self.path = path
         self.methods = methods
+        self.access = access  # the current [access] section: it changes on reload
+        self.audit = audit
         self._server: asyncio.base_events.Server | None = None
         self.closing = False
 
@@ -227,6 +232,14 @@ class RpcServer:
             return _error(request_id, protocol.METHOD_NOT_FOUND, f"unknown method: {method_name}"), None
         if self.closing:
             return _error(request_id, protocol.SHUTTING_DOWN, "the daemon is shutting down"), None
+        peer = conn.peer
+        role = access.role_of(peer.uid, peer.gid, peer.pid, self.access())
+        if not access.allowed(role, method.role):
+            who = f"{access.user_name(peer.uid)} (uid {peer.uid})"
+            error = _error(request_id, protocol.PERMISSION_DENIED,
+                           f"permission denied: {method_name} needs the {method.role} role; "
+                           f"{who} has {'the ' + role + ' role' if role else 'no role'}")
+            return await self._audited(method, method_name, raw_params, conn, error), None
         if raw_params is None:
             raw_params = {}
         if not isinstance(raw_params, dict):
@@ -236,6 +249,20 @@ class RpcServer:
             params = method.params.model_validate(raw_params)
         except ValidationError as e:
             return _error(request_id, protocol.INVALID_PARAMS, _params_error(e)), None
+        response, then = await self._invoke(method, method_name, params, request_id, conn)
+        return await self._audited(method, method_name, raw_params, conn, response), then
+
+    async def _audited(self, method: Method, name: str, params, conn: Connection, response: dict) -> dict:
+        """Every call that changes something is written to the audit log, refused ones too."""
+        if method.mutating:
+            error = response.get("error")
+            outcome = f"error {error['code']}: {error['message']}" if error else "ok"
+            peer = conn.peer
+            await self.audit(peer.uid, access.user_name(peer.uid), peer.pid, name,
+                             params if isinstance(params, dict) else {"params": params}, outcome)
+        return response
+
+    async def _invoke(self, method: Method, method_name: str, params, request_id, conn: Connection):
         then = None
         try:
             if method.streams:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 from pathlib import Path
 
@@ -61,7 +63,31 @@ MIGRATIONS = [
         PRIMARY KEY (host, path)
     );
     """,
+    """
+    CREATE TABLE audit (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        time      TEXT NOT NULL,
+        uid       INTEGER NOT NULL,
+        user      TEXT NOT NULL,
+        pid       INTEGER NOT NULL,
+        method    TEXT NOT NULL,
+        params    TEXT NOT NULL,
+        outcome   TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );
+    """,
 ]
+
+GENESIS = "0" * 64
+_AUDIT_FIELDS = ("time", "uid", "user", "pid", "method", "params", "outcome")
+
+
+def audit_hash(prev_hash: str, record: dict) -> str:
+    """Each entry's hash covers its fields and the previous entry's hash, so a
+    changed, removed or inserted entry breaks every hash after it."""
+    body = json.dumps({k: record[k] for k in _AUDIT_FIELDS}, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
 
 _UNFINISHED = tuple(sorted({"queued", "running"}))
 
@@ -83,6 +109,7 @@ def job_status(host_statuses: list[str]) -> str:
 class Store:
     def __init__(self, db: aiosqlite.Connection):
         self.db = db
+        self._audit_lock = asyncio.Lock()  # read-last-hash-then-insert must not interleave
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -235,6 +262,33 @@ class Store:
             "INSERT OR REPLACE INTO verified (host, path, last_verified) VALUES (?, ?, ?)",
             [(host, path, now) for path in paths])
         await self.db.commit()
+
+    async def append_audit(self, uid: int, user: str, pid: int, method: str, params: dict,
+                           outcome: str) -> None:
+        async with self._audit_lock:
+            rows = await self.db.execute_fetchall("SELECT hash FROM audit ORDER BY id DESC LIMIT 1")
+            prev = rows[0]["hash"] if rows else GENESIS
+            record = {"time": now_iso(), "uid": uid, "user": user, "pid": pid, "method": method,
+                      "params": json.dumps(params, sort_keys=True), "outcome": outcome}
+            await self.db.execute(
+                "INSERT INTO audit (time, uid, user, pid, method, params, outcome, prev_hash, hash) "
+                "VALUES (:time, :uid, :user, :pid, :method, :params, :outcome, :prev, :hash)",
+                {**record, "prev": prev, "hash": audit_hash(prev, record)})
+            await self.db.commit()
+
+    async def audit_entries(self, limit: int) -> list[dict]:
+        rows = await self.db.execute_fetchall("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [{**dict(row), "params": json.loads(row["params"])} for row in rows]
+
+    async def verify_audit(self) -> tuple[bool, int | None]:
+        """(chain intact, id of the first entry that breaks it)."""
+        prev = GENESIS
+        async with self.db.execute("SELECT * FROM audit ORDER BY id") as cursor:
+            async for row in cursor:
+                if row["prev_hash"] != prev or audit_hash(prev, dict(row)) != row["hash"]:
+                    return False, row["id"]
+                prev = row["hash"]
+        return True, None
 
     async def forget_snapshots(self, host: str, names: list[str]) -> None:
         await self.db.executemany("DELETE FROM snapshots WHERE host=? AND name=?",
