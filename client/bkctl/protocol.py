@@ -42,6 +42,7 @@ METHODS = (
     "alerts.list",
     "alerts.ack",
     "audit.list",
+    "metrics",
     "hosts.list",
     "hosts.test",
     "config.reload",

@@ -18,6 +18,7 @@ from bkctl import protocol
 from . import clock
 from . import exec as bkexec
 from .clock import iso
+from . import metrics
 from .config import Config
 from .errors import RpcError
 from .events import EventBus
@@ -127,6 +128,10 @@ class Engine:
             finally:
                 del self.runs[host]
                 self.changed.set()
+                try:
+                    await metrics.write_textfile(self)
+                except OSError as e:
+                    log.error("metrics.textfile_failed", error=str(e))
 
     def _stages(self, settings, kind: str, host_dir: HostDir, dry_run: bool) -> list[str]:
         """The stages of one run. A snapshot run adds the archive and monthly

@@ -113,3 +113,21 @@ def test_json_output_of_schedule_prune_and_cancel(tmp_path, daemon_factory):
     lines = [json.loads(line) for line in daemon.bkctl("--json", "run", "--wait").stdout.splitlines()]
     assert lines[-1]["job"]["status"] == "ok"
     assert all("topic" in line for line in lines[:-1])
+
+
+def test_metrics_exposition_and_textfile(tmp_path, daemon_factory):
+    textfile = tmp_path / "bkd.prom"
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 4))},
+                             {"name": "never", "source": str(tmp_path / "missing")}],
+                            metrics={"textfile": str(textfile)}).start()
+    daemon.run_snapshot()
+    text = daemon.call("metrics")["text"]
+    lines = text.splitlines()
+    assert "# TYPE bkd_failures_total counter" in lines
+    assert 'bkd_last_files{host="web1"} 4' in lines
+    assert 'bkd_stale{host="web1"} 0' in lines and 'bkd_stale{host="never"} 1' in lines
+    assert 'bkd_failures_total{host="never"} 1' in lines
+    assert any(line.startswith('bkd_last_success_timestamp_seconds{host="web1"} ') for line in lines)
+    assert any(line.startswith("bkd_disk_free_bytes ") for line in lines)
+    written = textfile.read_text().splitlines()  # rewritten after the run, atomically
+    assert 'bkd_last_files{host="web1"} 4' in written and 'bkd_stale{host="never"} 1' in written

@@ -110,6 +110,7 @@ class Schedule(Section):
     snapshot_every: Duration = timedelta(hours=1)
     archive_every: Duration = timedelta(hours=4)
     monthly_day: int = Field(1, ge=1, le=31)
+    stale_factor: float = Field(2.0, gt=1)  # stale: newest snapshot older than this many intervals
 
 
 class Retention(Section):
@@ -146,6 +147,10 @@ class Ssh(Section):
 class Verify(Section):
     every: Duration = timedelta(days=1)  # the background pass over a sample of each host's latest snapshot
     sample_percent: float = Field(1.0, gt=0, le=100)  # of the files, least recently verified first
+
+
+class Metrics(Section):
+    textfile: str = ""  # node-exporter textfile (.prom), rewritten atomically after every run
 
 
 class Access(Section):
@@ -211,6 +216,7 @@ class Config(Section):
     rsync: Rsync = Field(default_factory=Rsync)
     ssh: Ssh = Field(default_factory=Ssh)
     verify: Verify = Field(default_factory=Verify)
+    metrics: Metrics = Field(default_factory=Metrics)
     access: Access = Field(default_factory=Access)
     host: list[Host] = Field(default_factory=list)
 

@@ -14,7 +14,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bkctl import protocol
-from .. import __version__, browse, clock
+from .. import __version__, browse, clock, metrics
 from ..engine import KINDS
 from ..errors import RpcError
 from ..events import DEFAULT_QUEUE, TOPICS
@@ -251,6 +251,9 @@ class Api:
                 checked=result["checked"], mismatches=len(result["mismatches"]))
         return {"host": p.host, **result}
 
+    async def metrics(self, _: NoParams) -> dict:
+        return {"text": await metrics.exposition(self.engine)}
+
     async def audit_list(self, p: AuditList) -> dict:
         store = self.engine.store
         chain_ok, broken_at = await store.verify_audit() if p.verify else (None, None)
@@ -333,6 +336,7 @@ def method_table(api: Api) -> dict[str, Method]:
         "alerts.list": Method(AlertsList, api.alerts_list, "viewer"),
         "alerts.ack": Method(AlertsAck, api.alerts_ack, "operator", mutating=True),
         "audit.list": Method(AuditList, api.audit_list, "admin"),
+        "metrics": Method(NoParams, api.metrics, "viewer"),
         "hosts.list": Method(NoParams, api.hosts_list, "viewer"),
         "hosts.test": Method(HostsTest, api.hosts_test, "operator"),
         "config.reload": Method(NoParams, api.config_reload, "admin", mutating=True),

@@ -223,6 +223,11 @@ class Store:
         )
         return {row["host"]: _host_record(row) for row in rows}
 
+    async def failure_counts(self) -> dict[str, int]:
+        rows = await self.db.execute_fetchall(
+            "SELECT host, COUNT(*) AS failures FROM job_hosts WHERE status='failed' GROUP BY host")
+        return {row["host"]: row["failures"] for row in rows}
+
     async def record_snapshot(self, host: str, name: str, time: str, stats: dict,
                               job_id: int | None) -> None:
         await self.db.execute(
