@@ -195,7 +195,14 @@ class RpcServer:
                 await writer.wait_closed()
 
     async def _answer(self, line: bytes, conn: Connection) -> None:
-        response, then = await self.dispatch(line, conn)
+        try:
+            response, then = await self.dispatch(line, conn)
+        except Exception:  # a bug in the plumbing still gets an answer, never silence
+            incident = uuid.uuid4().hex[:12]
+            log.exception("rpc.internal_error", incident=incident)
+            response, then = _error(None, protocol.INTERNAL_ERROR,
+                                    f"internal error (incident {incident}; see the daemon's log)",
+                                    {"incident": incident}), None
         if response is not None:
             try:
                 await conn.send(response)

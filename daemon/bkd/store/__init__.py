@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import aiosqlite
@@ -273,8 +274,10 @@ class Store:
         async with self._audit_lock:
             rows = await self.db.execute_fetchall("SELECT hash FROM audit ORDER BY id DESC LIMIT 1")
             prev = rows[0]["hash"] if rows else GENESIS
+            # Messages may quote file names that are not UTF-8: store them escaped.
+            readable = os.fsencode(outcome).decode("utf-8", "backslashreplace")
             record = {"time": now_iso(), "uid": uid, "user": user, "pid": pid, "method": method,
-                      "params": json.dumps(params, sort_keys=True), "outcome": outcome}
+                      "params": json.dumps(params, sort_keys=True), "outcome": readable}
             await self.db.execute(
                 "INSERT INTO audit (time, uid, user, pid, method, params, outcome, prev_hash, hash) "
                 "VALUES (:time, :uid, :user, :pid, :method, :params, :outcome, :prev, :hash)",
