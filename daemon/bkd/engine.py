@@ -97,7 +97,8 @@ class Engine:
         self.bus.publish("job", job_id=job_id, status="queued", job=await self.store.get_job(job_id))
         self._unfinished[job_id] = len(names)
         for host in names:
-            self.last_attempt[host] = clock.now()
+            if kind in ("snapshot", "all"):  # what the snapshot schedule counts from
+                self.last_attempt[host] = clock.now()
             run = self.runs[host] = HostRun(job_id, kind, params=params or {})
             run.task = asyncio.create_task(self._run_host(host, run, dry_run), name=f"{host}:{job_id}")
             self.job_tasks.add(run.task)

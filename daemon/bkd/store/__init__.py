@@ -216,11 +216,11 @@ class Store:
         return jobs
 
     async def last_runs(self) -> dict[str, dict]:
-        """Each host's most recent run that was not a dry run."""
+        """Each host's most recent backup run (not a dry run, not a restore)."""
         rows = await self.db.execute_fetchall(
             "SELECT job_hosts.*, jobs.kind FROM job_hosts JOIN jobs USING (job_id) "
             "WHERE job_id = (SELECT MAX(j.job_id) FROM job_hosts AS j JOIN jobs AS k USING (job_id) "
-            "WHERE j.host = job_hosts.host AND k.dry_run = 0)"
+            "WHERE j.host = job_hosts.host AND k.dry_run = 0 AND k.kind != 'restore')"
         )
         return {row["host"]: _host_record(row) for row in rows}
 
