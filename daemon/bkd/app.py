@@ -20,7 +20,7 @@ from .fsutil import make_private_dir
 from .pipeline.rsync import check_rsync
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
-from .scheduler import next_runs, run_schedule
+from .scheduler import next_runs, run_schedule, watch_freshness
 from .store import Store
 from .systemd import keep_alive, notify, watchdog_interval
 
@@ -123,6 +123,7 @@ class Daemon:
             background = [asyncio.create_task(run_schedule(engine), name="scheduler"),
                           asyncio.create_task(engine.collector.run(), name="trash"),
                           asyncio.create_task(engine.run_sampler(), name="verify-sample"),
+                          asyncio.create_task(watch_freshness(engine), name="freshness"),
                           asyncio.create_task(keep_alive(self.status_line, watchdog_interval()),
                                               name="watchdog")]
             await stop.wait()

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import clock
 from .fsutil import write_atomic
 from .layout import HostDir
+from .scheduler import is_stale
 
 HELP = {
     "bkd_last_success_timestamp_seconds": "Time of the newest complete snapshot.",
@@ -48,8 +49,8 @@ async def exposition(engine) -> str:
                                 ("bkd_last_files", "files"), ("bkd_last_changed_files", "changed_files")):
                 if stats.get(key) is not None:
                     samples[metric].append((labels, stats[key]))
-        limit = settings.schedule.snapshot_every * settings.schedule.stale_factor
-        samples["bkd_stale"].append((labels, 0 if latest and now - latest.time <= limit else 1))
+        stale = is_stale(latest.time if latest else None, settings, now)
+        samples["bkd_stale"].append((labels, int(stale)))
         samples["bkd_failures_total"].append((labels, failures.get(host.name, 0)))
     samples["bkd_running"].append(("", sum(r.state == "running" for r in engine.runs.values())))
     samples["bkd_queued"].append(("", sum(r.state == "queued" for r in engine.runs.values())))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
 from . import clock
-from .engine import Engine
 from .config.models import format_duration
 from .layout import HostDir
 from .pipeline.archive import archives, month_name, monthly_copies, monthly_due
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 log = structlog.get_logger()
 
@@ -23,6 +26,31 @@ def next_run(last_snapshot: datetime | None, last_attempt: datetime | None,
     now. Times in the future (a clock that stepped back) must not hold backups off."""
     known = [t for t in (last_snapshot, last_attempt) if t is not None and t <= now]
     return max(max(known) + every, now) if known else now
+
+
+def is_stale(last_snapshot: datetime | None, settings, now: datetime) -> bool:
+    """Older than stale_factor intervals (or none at all)."""
+    limit = settings.schedule.snapshot_every * settings.schedule.stale_factor
+    return last_snapshot is None or now - last_snapshot > limit
+
+
+async def watch_freshness(engine: Engine) -> None:
+    """Raise a `stale` alert for a host whose last good snapshot is too old, once
+    per episode (while one is open, no second one)."""
+    while not engine.stopping:
+        now = clock.now()
+        open_stale = {a["host"] for a in await engine.store.list_alerts() if a["kind"] == "stale"}
+        intervals = []
+        for host in engine.config.host:
+            settings = engine.config.settings(host)
+            intervals.append(settings.schedule.snapshot_every.total_seconds())
+            last = HostDir.of(engine.config.backup_root, host.name).latest_snapshot()
+            if last and is_stale(last.time, settings, now) and host.name not in open_stale:
+                age = int((now - last.time).total_seconds())
+                await engine.alert(host.name, "stale", f"last good snapshot {last} is {age}s old "
+                                   f"(more than {settings.schedule.stale_factor:g} x "
+                                   f"{format_duration(settings.schedule.snapshot_every)})")
+        await asyncio.sleep(max(1.0, min([60.0, *[i / 2 for i in intervals]])))
 
 
 def next_runs(engine: Engine, now: datetime) -> dict[str, datetime]:

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -240,3 +241,15 @@ def test_a_failed_run_raises_an_alert(tmp_path, daemon_factory):
     daemon.run_snapshot()
     (alert,) = daemon.bkctl_json("alerts")["alerts"]
     assert alert["kind"] == "run_failed" and "No such file or directory" in alert["message"]
+
+
+def test_a_host_whose_last_snapshot_is_too_old_raises_one_stale_alert(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 2)),
+                              "schedule": {"snapshot_every": "1s", "stale_factor": 2}}]).start()
+    daemon.run_snapshot()
+    from conftest import wait_until
+    wait_until(lambda: daemon.bkctl_json("alerts")["alerts"], 15, what="the stale alert")
+    time.sleep(2)  # still stale: still one alert
+    (alert,) = daemon.bkctl_json("alerts")["alerts"]
+    assert alert["kind"] == "stale" and alert["host"] == "web1" and "more than 2 x 1s" in alert["message"]
+    assert 'bkd_stale{host="web1"} 1' in daemon.call("metrics")["text"]
