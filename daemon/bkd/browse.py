@@ -122,13 +122,14 @@ def snapshot_root(host_dir: HostDir, snapshot: str | None) -> tuple[str, Path]:
 
 def history(host_dir: HostDir, path: str) -> list[dict]:
     """Every snapshot in which path exists, oldest first, with what it was there."""
+    components(path)  # a '..' is the caller's mistake, not an absence
     found = []
     for name in host_dir.snapshots():
         try:
             entry = lookup(host_dir.hourly / str(name), path)
         except RpcError as e:
-            if e.code == protocol.NOT_FOUND or "symlink" in e.message or "not a directory" in e.message:
-                continue
+            if e.code in (protocol.NOT_FOUND, protocol.INVALID_PARAMS):
+                continue  # not there, or not reachable without following a symlink
             raise
         found.append({"snapshot": str(name), "time": clock.iso(name.time), **entry})
     return found
