@@ -101,9 +101,11 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     except BaseException:
         await _remove(staging)
         raise
+    hashing_started = time.monotonic()
     try:
         new_manifest, stats["hashed_files"] = await asyncio.to_thread(
             _manifest_of, staging, host_dir, previous, transfer.itemized)
+        stats["manifest_s"] = round(time.monotonic() - hashing_started, 3)
     except OSError as e:
         await _remove(staging)
         raise SnapshotFailed(f"cannot checksum the new snapshot: {e}") from e
