@@ -1,7 +1,8 @@
 """Benchmark: bkd's incremental snapshot against bare `rsync --link-dest` and
 `cp -al` + rsync on one generated tree, and archive throughput per compressor.
 
-    .venv/bin/python bench/snapshot_bench.py [--files 100000] [--kib 25] [--changed 0.01] [--repeat 3] [--dir DIR]
+    .venv/bin/python bench/snapshot_bench.py [--files 100000] [--kib 25] [--changed 0.01] [--repeat 3]
+                                             [--dir DIR] [--no-archives]
 
 All methods run in one process on the same data with a warm cache and are
 compared as ratios (the machine is shared and noisy; absolute seconds vary).
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--changed", type=float, default=0.01)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", help="work directory (default: a temporary one, removed afterwards)")
+    parser.add_argument("--no-archives", action="store_true", help="skip the compressor comparison")
     args = parser.parse_args()
     logs.configure("warning")
 
@@ -158,6 +160,8 @@ def main() -> None:
             median = statistics.median(samples)
             print(f"| {name} | {median:.2f} | {median / floor:.2f} | {median / bare:.2f} |")
 
+        if args.no_archives:
+            return
         print("\n| archive of the snapshot | s | MiB/s | × tar -czf |\n|---|---:|---:|---:|")
         archives = {"tar -czf (gzip -6)": ["tar", "-czf", str(work / "a.tgz"), "-C", str(previous), "."]}
         for compression, level in (("gzip", 6), ("pigz", 6), ("zstd", 3)):

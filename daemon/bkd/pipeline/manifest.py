@@ -7,8 +7,8 @@ inode, so it keeps its checksum."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -51,21 +51,37 @@ def stat_and_hash(root_fd: int, relative: bytes) -> tuple[os.stat_result, str | 
         os.close(fd)
 
 
+HEADER = b"# bkd manifest v1: sha256 size path (backslash and newline escaped)\n"
+_ESCAPED = re.compile(rb"\\(.)")
+
+
+def _escape(path: bytes) -> bytes:
+    return path.replace(b"\\", b"\\\\").replace(b"\n", b"\\n") if b"\\" in path or b"\n" in path else path
+
+
+def _unescape(path: bytes) -> bytes:
+    return _ESCAPED.sub(lambda m: b"\n" if m[1] == b"n" else m[1], path) if b"\\" in path else path
+
+
 def read(path: Path) -> Manifest | None:
+    """A plain line format, not JSON: a 100,000-file manifest is read and
+    written on every snapshot, and this is several times faster."""
     try:
-        lines = path.read_bytes().splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     manifest = {}
-    for line in lines:
-        record = json.loads(line)
-        manifest[os.fsencode(record["path"])] = (record["sha256"], record["size"])
+    for line in data.split(b"\n"):
+        if line and not line.startswith(b"#"):
+            digest, size, name = line.split(b" ", 2)
+            manifest[_unescape(name)] = (digest.decode(), int(size))
     return manifest
 
 
-def write(path: Path, manifest: Manifest) -> None:
-    lines = (json.dumps({"path": os.fsdecode(p), "sha256": h, "size": s}) for p, (h, s) in sorted(manifest.items()))
-    write_atomic(path, ("\n".join(lines) + "\n").encode() if manifest else b"")
+def write(path: Path, manifest: Manifest, sync: bool = True) -> None:
+    lines = [b"%s %d %s" % (digest.encode(), size, _escape(name))
+             for name, (digest, size) in sorted(manifest.items())]
+    write_atomic(path, HEADER + b"\n".join(lines) + (b"\n" if lines else b""), sync=sync)
 
 
 def regular_files(root: Path, hashing: bool = False):

@@ -225,8 +225,9 @@ def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
     meta_file = host_dir.meta_file(name)
     manifest_file = host_dir.manifest_file(name)
     try:
-        manifest.write(manifest_file, checksums)
-        write_atomic(meta_file, json.dumps(record, indent=1).encode())
+        # Not fsynced one by one: the syncfs below flushes them with the tree.
+        manifest.write(manifest_file, checksums, sync=False)
+        write_atomic(meta_file, json.dumps(record, indent=1).encode(), sync=False)
         syncfs(staging)
         staging.rename(host_dir.hourly / str(name))
     except OSError:
