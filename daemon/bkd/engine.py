@@ -345,11 +345,16 @@ class Engine:
         if self.job_tasks:
             await asyncio.gather(*self.job_tasks, return_exceptions=True)
 
-    async def snapshot_list(self, host: str) -> list[dict]:
-        """Complete snapshots on disk (the truth), with their recorded stats."""
+    def known_host_dir(self, host: str) -> HostDir:
+        """A configured host's directory, or one a removed host left behind."""
         host_dir = HostDir.of(self.config.backup_root, host)
         if not self.config.find_host(host) and not host_dir.root.is_dir():
             raise RpcError(protocol.NOT_FOUND, f"unknown host: {host}")
+        return host_dir
+
+    async def snapshot_list(self, host: str) -> list[dict]:
+        """Complete snapshots on disk (the truth), with their recorded stats."""
+        host_dir = self.known_host_dir(host)
         recorded = await self.store.snapshot_stats(host)
         host_config = self.config.find_host(host)
         policy = self.config.settings(host_config).retention if host_config else self.config.retention

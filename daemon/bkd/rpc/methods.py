@@ -203,25 +203,19 @@ class Api:
     async def schedule_list(self, _: NoParams) -> dict:
         return {"entries": schedule_entries(self.engine, clock.now())}
 
-    def _host_dir(self, host: str) -> HostDir:
-        host_dir = HostDir.of(self.engine.config.backup_root, host)
-        if not self.engine.config.find_host(host) and not host_dir.root.is_dir():
-            raise RpcError(protocol.NOT_FOUND, f"unknown host: {host}")
-        return host_dir
-
     async def snapshots_browse(self, p: SnapshotsBrowse) -> dict:
-        name, root = browse.snapshot_root(self._host_dir(p.host), p.snapshot)
+        name, root = browse.snapshot_root(self.engine.known_host_dir(p.host), p.snapshot)
         page = await asyncio.to_thread(browse.list_dir, root, p.path, p.offset, p.limit)
         return {"host": p.host, "snapshot": name, "path": p.path, **page}
 
     async def snapshots_history(self, p: SnapshotsHistory) -> dict:
-        found = await asyncio.to_thread(browse.history, self._host_dir(p.host), p.path)
+        found = await asyncio.to_thread(browse.history, self.engine.known_host_dir(p.host), p.path)
         return {"host": p.host, "path": p.path, "entries": found}
 
     async def restore(self, p: Restore) -> dict:
         """Check everything that can be checked before starting: the snapshot, the
         path inside it, the destination and what is already there."""
-        name, root = browse.snapshot_root(self._host_dir(p.host), p.snapshot)
+        name, root = browse.snapshot_root(self.engine.known_host_dir(p.host), p.snapshot)
         await asyncio.to_thread(browse.lookup, root, p.path)
         relative = b"/".join(browse.components(p.path))
         remote = restore.check_destination(p.dest)
@@ -236,7 +230,7 @@ class Api:
         return {"job_id": job_id}
 
     async def verify(self, p: Verify) -> dict:
-        host_dir = self._host_dir(p.host)
+        host_dir = self.engine.known_host_dir(p.host)
         if p.sample:
             result = await self.engine.verify_sample(p.host)
             return {**result, "ok": not result["mismatches"], "snapshots": [result["snapshot"]], "archives": []}
