@@ -164,13 +164,20 @@ def cmd_job(client: Client, args) -> int:
 
 
 def cmd_snapshots(client: Client, args) -> int:
-    result = client.call("snapshots.list", {"host": args.host})
+    params = {"host": args.host}
+    if not args.all:
+        params["limit"] = args.limit
+    result = client.call("snapshots.list", params)
     if args.json:
         return _print_json(result)
     rows = [[s["name"], relative(s["time"]), s["tier"], number(s["files"]), size(s["bytes"]),
              number(s["changed_files"]), number(s["deleted_files"])] for s in result["snapshots"]]
-    print(table(["NAME", "AGE", "TIER", "FILES", "SIZE", "CHANGED", "DELETED"], rows)
-          if rows else f"no snapshots of {args.host} yet")
+    if not rows:
+        print(f"no snapshots of {args.host} yet")
+        return EXIT_OK
+    print(table(["NAME", "AGE", "TIER", "FILES", "SIZE", "CHANGED", "DELETED"], rows))
+    if result.get("next_before"):
+        print(f"(the newest {len(rows)} of {result['total']}; --all for every one)")
     return EXIT_OK
 
 
@@ -362,18 +369,31 @@ def cmd_verify(client: Client, args) -> int:
 
 def cmd_alerts(client: Client, args) -> int:
     if args.action == "ack":
-        if not args.id:
-            raise UsageError("bkctl alerts ack ID")
-        result = client.call("alerts.ack", {"id": args.id})
-        print(json.dumps(result) if args.json else f"acknowledged alert {result['acked']}")
+        params = {"ids": args.ids} if args.ids else {}
+        for key in ("host", "kind", "note"):
+            if getattr(args, key):
+                params[key] = getattr(args, key)
+        if args.all:
+            params["all"] = True
+        if not (args.ids or args.host or args.kind or args.all):
+            raise UsageError("bkctl alerts ack ID... | --host H | --kind K | --all [--note TEXT]")
+        result = client.call("alerts.ack", params)
+        if args.json:
+            return _print_json(result)
+        acked = result["acked"]
+        print(f"acknowledged {len(acked)} alert(s)" + (f": {', '.join(map(str, acked))}" if acked else ""))
         return EXIT_OK
+    if args.ids:
+        raise UsageError("bkctl alerts [--all] takes no ids; did you mean `bkctl alerts ack ID...`?")
     result = client.call("alerts.list", {"all": args.all})
     if args.json:
         return _print_json(result)
-    rows = [[str(a["id"]), a["host"] or "-", a["kind"], relative(a["created"]),
-             "acked" if a["acked"] else colour("open", "failed"), display_name(a["message"])]
+    rows = [[str(a["id"]), a["host"] or "-", a["kind"], str(a["count"]), relative(a["first_seen"]),
+             relative(a["last_seen"]), colour(a["state"], "failed" if a["state"] == "open" else a["state"]),
+             display_name(a["message"])]
             for a in result["alerts"]]
-    print(table(["ID", "HOST", "KIND", "RAISED", "STATE", "MESSAGE"], rows) if rows else "no open alerts")
+    print(table(["ID", "HOST", "KIND", "COUNT", "SINCE", "LAST", "STATE", "MESSAGE"], rows)
+          if rows else "no open alerts")
     return EXIT_OK
 
 
@@ -422,7 +442,7 @@ def _parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "daemon and per-host state")
     run = add("run", cmd_run, "start a job now (default: every host, a snapshot)")
     run.add_argument("hosts", nargs="*", metavar="HOST")
-    run.add_argument("--kind", default="snapshot", choices=["snapshot", "archive", "monthly", "all"])
+    run.add_argument("--kind", default="snapshot", choices=[str(k) for k in protocol.RUN_KINDS])
     run.add_argument("--dry-run", action="store_true", help="test connectivity and rsync; write nothing")
     run.add_argument("--wait", action="store_true", help="follow the job and exit with its result")
     cancel = add("cancel", cmd_cancel, "stop running work; its partial output is removed")
@@ -433,8 +453,10 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=20)
     job = add("job", cmd_job, "one job in detail")
     job.add_argument("job_id", type=int, metavar="ID")
-    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots")
+    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N)")
     snapshots.add_argument("host", metavar="HOST")
+    snapshots.add_argument("--limit", type=int, default=50, help="the newest N (default 50)")
+    snapshots.add_argument("--all", action="store_true", help="every snapshot")
     add("schedule", cmd_schedule, "scheduled work and its next run time")
     ls = add("ls", cmd_ls, "browse a snapshot: ls HOST [SNAPSHOT] [PATH]; --history HOST PATH")
     ls.add_argument("host", metavar="HOST")
@@ -459,10 +481,14 @@ def _parser() -> argparse.ArgumentParser:
     audit = add("audit", cmd_audit, "who did what over the socket; --verify checks the hash chain")
     audit.add_argument("--verify", action="store_true")
     audit.add_argument("--limit", type=int, default=50)
-    alerts = add("alerts", cmd_alerts, "open alerts (--all: acknowledged ones too); alerts ack ID")
+    alerts = add("alerts", cmd_alerts, "open alerts (--all: resolved ones too); "
+                 "alerts ack ID... | --host H | --kind K | --all [--note TEXT]")
     alerts.add_argument("action", nargs="?", choices=["ack"])
-    alerts.add_argument("id", nargs="?", type=int, metavar="ID")
-    alerts.add_argument("--all", action="store_true")
+    alerts.add_argument("ids", nargs="*", type=int, metavar="ID")
+    alerts.add_argument("--all", action="store_true", help="list: resolved ones too; ack: every open alert")
+    alerts.add_argument("--host", help="ack: the open alerts of this host")
+    alerts.add_argument("--kind", help="ack: the open alerts of this kind")
+    alerts.add_argument("--note", help="ack: a note kept with the acknowledgement")
     hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing")
     hosts.add_argument("action", nargs="?", choices=["test"], help="test reachability")
     hosts.add_argument("names", nargs="*", metavar="HOST")
@@ -491,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "top":
         from .tui import run_top
-        return run_top(path, timeout)
+        return run_top(path, timeout, check=_check_protocol)
     try:
         with Client(path, timeout) as client:
             _check_protocol(client)

@@ -68,6 +68,8 @@ class Client:
                 message = self._read()
                 if message.get("id") == request_id:
                     break
+                if message.get("id") is None and "error" in message:
+                    break  # an error the daemon could not tie to a request: still its answer
                 if message.get("method") == "event":
                     self._backlog.append(message["params"])
         except socket.timeout:

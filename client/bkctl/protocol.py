@@ -1,4 +1,5 @@
-"""The wire contract shared by bkd and bkctl: framing, method names, error codes.
+"""The wire contract shared by bkd and bkctl: framing, method names, statuses,
+kinds and error codes, as enums both sides import.
 
 Standard library only: the daemon imports this module, never the reverse.
 """
@@ -7,51 +8,82 @@ from __future__ import annotations
 
 import json
 import os
+from enum import IntEnum, StrEnum
 
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET = "/run/bkd/bkd.sock"
 MAX_LINE = 1024 * 1024  # a request line longer than this is refused
 
-# JSON-RPC 2.0 standard errors and bkd's application errors (SPEC §5).
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-BUSY = -32001
-NOT_FOUND = -32002
-PERMISSION_DENIED = -32003
-CONFLICT = -32004
-SHUTTING_DOWN = -32005
 
-# Every method the daemon serves; the daemon's dispatch table must match it.
-METHODS = (
-    "daemon.info",
-    "status",
-    "job.start",
-    "job.cancel",
-    "job.get",
-    "jobs.list",
-    "schedule.list",
-    "snapshots.list",
-    "snapshots.browse",
-    "snapshots.history",
-    "prune",
-    "restore",
-    "verify",
-    "alerts.list",
-    "alerts.ack",
-    "audit.list",
-    "metrics",
-    "hosts.list",
-    "hosts.test",
-    "config.reload",
-    "events.subscribe",
-)
+class ErrorCode(IntEnum):
+    """JSON-RPC 2.0 standard errors and bkd's application errors (SPEC §5)."""
 
-STATUSES = ("queued", "running", "ok", "warning", "failed", "cancelled", "interrupted", "skipped")
-FINAL_STATUSES = frozenset({"ok", "warning", "failed", "cancelled", "interrupted", "skipped"})
-SUCCESS_STATUSES = frozenset({"ok", "warning", "skipped"})
+    PARSE_ERROR = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+    BUSY = -32001
+    NOT_FOUND = -32002
+    PERMISSION_DENIED = -32003
+    CONFLICT = -32004
+    SHUTTING_DOWN = -32005
+
+
+class Method(StrEnum):
+    """Every method the daemon serves; the daemon's dispatch table must match it."""
+
+    DAEMON_INFO = "daemon.info"
+    STATUS = "status"
+    JOB_START = "job.start"
+    JOB_CANCEL = "job.cancel"
+    JOB_GET = "job.get"
+    JOBS_LIST = "jobs.list"
+    SCHEDULE_LIST = "schedule.list"
+    SNAPSHOTS_LIST = "snapshots.list"
+    SNAPSHOTS_BROWSE = "snapshots.browse"
+    SNAPSHOTS_HISTORY = "snapshots.history"
+    PRUNE = "prune"
+    RESTORE = "restore"
+    VERIFY = "verify"
+    ALERTS_LIST = "alerts.list"
+    ALERTS_ACK = "alerts.ack"
+    AUDIT_LIST = "audit.list"
+    METRICS = "metrics"
+    HOSTS_LIST = "hosts.list"
+    HOSTS_TEST = "hosts.test"
+    CONFIG_RELOAD = "config.reload"
+    EVENTS_SUBSCRIBE = "events.subscribe"
+
+
+class Status(StrEnum):
+    """A job's or a host run's status (SPEC §5)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    OK = "ok"
+    WARNING = "warning"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"
+
+
+class Kind(StrEnum):
+    """What a job does. `all` is a snapshot, then the heavy work on it."""
+
+    SNAPSHOT = "snapshot"
+    ARCHIVE = "archive"
+    MONTHLY = "monthly"
+    ALL = "all"
+    RESTORE = "restore"
+
+
+METHODS = tuple(Method)
+STATUSES = tuple(Status)
+FINAL_STATUSES = frozenset(Status) - {Status.QUEUED, Status.RUNNING}
+SUCCESS_STATUSES = frozenset({Status.OK, Status.WARNING, Status.SKIPPED})
+RUN_KINDS = (Kind.SNAPSHOT, Kind.ARCHIVE, Kind.MONTHLY, Kind.ALL)  # what `bkctl run --kind` takes
 
 
 def default_socket() -> str:
@@ -66,7 +98,7 @@ def encode(message: dict) -> bytes:
 
 
 def request(method: str, params: dict | None, request_id: int | str) -> dict:
-    message = {"jsonrpc": "2.0", "method": method, "id": request_id}
+    message = {"jsonrpc": "2.0", "method": str(method), "id": request_id}
     if params is not None:
         message["params"] = params
     return message

@@ -65,7 +65,8 @@ class ViewModel:
         elif topic == "job" and event.get("status") in protocol.FINAL_STATUSES:
             return True
         elif topic == "alert" and event.get("host"):
-            self.alerts[event["host"]] = self.alerts.get(event["host"], 0) + 1
+            change = {"opened": 1, "resolved": -1}.get(event.get("event"), 0)
+            self.alerts[event["host"]] = max(0, self.alerts.get(event["host"], 0) + change)
         return False
 
     # ---- navigation ----
@@ -168,25 +169,34 @@ class Feed:
         self.client.close()
 
 
-def run_top(path: str, timeout: float) -> int:
+def run_top(path: str, timeout: float, check) -> int:
+    """check(client) raises RemoteError when the daemon speaks another protocol."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         print("bkctl top needs a terminal; for scripts use `bkctl status --json` or `bkctl watch --json`",
               file=sys.stderr)
         return 2
+    try:
+        with Client(path, timeout) as client:
+            check(client)
+    except RemoteError as e:
+        print(f"bkctl: {e.message}", file=sys.stderr)
+        return 1
+    except Unreachable:
+        pass  # the screen says so and keeps trying
     # The terminal's real size, not $LINES/$COLUMNS, which a parent may have set
     # for a different terminal and which go stale on every resize.
     curses.use_env(False)
     for stale in ("LINES", "COLUMNS"):
         os.environ.pop(stale, None)
     try:
-        return curses.wrapper(_Screen(path, timeout).loop)
+        return curses.wrapper(_Screen(path, timeout, check).loop)
     except KeyboardInterrupt:
         return 0
 
 
 class _Screen:
-    def __init__(self, path: str, timeout: float):
-        self.path, self.timeout = path, timeout
+    def __init__(self, path: str, timeout: float, check):
+        self.path, self.timeout, self.check = path, timeout, check
         self.model = ViewModel()
         self.calls: Client | None = None
         self.feed: Feed | None = None
@@ -199,6 +209,7 @@ class _Screen:
         try:
             self.feed = Feed(self.path, self.timeout)  # subscribe first: no event falls between
             self.calls = Client(self.path, self.timeout)
+            self.check(self.calls)
             self.model.apply_status(self.calls.call("status"))
             open_alerts = self.calls.call("alerts.list")["alerts"]
             self.model.alerts = {}

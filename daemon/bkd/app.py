@@ -1,5 +1,6 @@
-"""The composition root: config → store → engine → RPC server → scheduler, and
-the lifecycle around them (ready, signals, shutdown)."""
+"""The composition root: config → directories and locks → store → services →
+RPC server → supervised loops, and the lifecycle around them (ready,
+signals, shutdown in order)."""
 
 from __future__ import annotations
 
@@ -7,138 +8,243 @@ import asyncio
 import fcntl
 import os
 import signal
-import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import structlog
 
+from bkctl.protocol import PROTOCOL_VERSION
+
 from . import __version__, clock, logs
-from .config import Config, ConfigError, load_config
-from .config.models import RESTART_ONLY, describe_changes
-from .engine import Engine
+from .alerts import AlertKind, Alerts
+from .config import Config
+from .events import EventBus
+from .freshness import Freshness
 from .fsutil import make_private_dir
+from .hosts import Hosts
+from .housekeeping import Housekeeping
+from .integrity import Integrity
+from .jobs import Jobs
+from .layout import HostDir
+from .metrics import Textfile
 from .pipeline.rsync import check_rsync
+from .plan import Lane
+from .readmodel import ReadModel
+from .recorder import Recorder
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
-from .scheduler import next_runs, run_schedule, watch_freshness
-from .store import Store
+from .runs import Limit, Registry
+from .runtime import Runtime
+from .scheduler import Scheduler
+from .store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
+from .supervise import Supervisor
+from .worker import Worker
 from .systemd import keep_alive, notify, watchdog_interval
 
 log = structlog.get_logger()
 
 LOCK_NAME = ".bkd.lock"
-DATABASE_NAME = "bkd.sqlite"
 
 
 class StartupError(Exception):
-    """The daemon cannot start; the message says why and what to do."""
+    """The daemon cannot start; the message says why and what to do, in one line."""
 
 
-def lock_backup_root(backup_root: Path) -> int:
-    """One daemon per backup root, held by the kernel for as long as we live."""
-    make_private_dir(backup_root)
-    path = backup_root / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _why(e: OSError) -> str:
+    return (e.strerror or str(e)).lower()
+
+
+def prepare_dir(path: Path, what: str) -> None:
+    """Create (0700) or check a directory the daemon owns; one line if it cannot."""
+    try:
+        make_private_dir(path)
+        probe = path / f".bkd-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        hint = " (is it in ReadWritePaths=?)" if e.errno in (30, 13, 1) else ""
+        where = f" ({os.fsdecode(e.filename)})" if e.filename and Path(os.fsdecode(e.filename)) != path else ""
+        raise StartupError(f"cannot use {what} {path}: {_why(e)}{where}{hint}") from None
+
+
+def lock_dir(path: Path, what: str) -> int:
+    """One daemon per backup root and per state_dir, held by the kernel (flock)
+    for as long as the process lives; no pid file to go stale."""
+    lock = path / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise StartupError(f"cannot use {what} {path}: {_why(e)} ({lock})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise StartupError(
-            f"another bkd (pid {holder}) is already running on backup root {backup_root} "
-            f"(it holds the lock on {path})"
-        ) from None
+        raise StartupError(f"another bkd (pid {holder}) is already running on {what} {path} "
+                           f"(it holds the lock on {lock})") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
+@dataclass(frozen=True)
+class Info:
+    started: datetime
+    rsync_version: str
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass
+class Services:
+    """What the RPC methods and the loops work with; built once, here."""
+
+    info: Info
+    runtime: Runtime
+    store: Store
+    bus: EventBus
+    registry: Registry
+    readmodel: ReadModel
+    alerts: Alerts
+    housekeeping: Housekeeping
+    jobs: Jobs
+    integrity: Integrity
+    hosts: Hosts
+
+
 class Daemon:
     def __init__(self, config_path: Path, config: Config):
-        self.config_path = config_path
-        self.config = config
-        self.started = clock.now()
-        self.rsync_version = ""
-        self.engine: Engine | None = None
-
-    async def reload(self) -> dict:
-        """Re-read the config; swap it in only when it is valid. Running work
-        goes on with the settings it started with."""
-        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        try:
-            try:
-                new = await asyncio.to_thread(load_config, self.config_path)
-            except ConfigError as e:
-                errors = [str(problem) for problem in e.problems]
-                log.error("config.reload_failed", errors=errors)
-                return {"ok": False, "changes": [], "errors": errors}
-            fixed = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
-            if fixed:
-                errors = [f"{self.config_path}:{key}: cannot change while bkd runs "
-                          f"(still {getattr(self.config, key)}); restart bkd" for key in fixed]
-                log.error("config.reload_failed", errors=errors)
-                return {"ok": False, "changes": [], "errors": errors}
-            changes = describe_changes(self.config, new)
-            self.config = new
-            self.engine.reconfigure(new)
-            log.info("config.reloaded", changes=changes)
-            return {"ok": True, "changes": changes, "errors": []}
-        finally:
-            notify("READY=1", f"STATUS={self.status_line()}")
-
-    def status_line(self) -> str:
-        """One line for `systemctl status`: e.g. "3 hosts, 1 running, next 14:00"."""
-        engine = self.engine
-        if engine is None:
-            return "starting"
-        line = f"{len(engine.config.host)} hosts, {len(engine.runs)} running"
-        upcoming = [when for host, when in next_runs(engine, clock.now()).items() if host not in engine.runs]
-        if upcoming:
-            line += f", next {min(upcoming).strftime('%H:%M')} UTC"
-        return line
+        self.runtime = Runtime(config_path, config)
+        self.services: Services | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        config = self.config
+        config = self.runtime.config
         try:
-            self.rsync_version = await asyncio.to_thread(check_rsync)
+            rsync_version = await asyncio.to_thread(check_rsync)
         except RuntimeError as e:
             raise StartupError(str(e)) from None
-        lock_fd = lock_backup_root(config.backup_root)
-        store = await Store.open(config.state_dir / DATABASE_NAME)
+        prepare_dir(config.backup_root, "backup root")
+        prepare_dir(config.state_dir, "state_dir")
+        locks = [lock_dir(config.backup_root, "backup root"), lock_dir(config.state_dir, "state_dir")]
         try:
-            interrupted = await store.mark_interrupted()
-            if interrupted:
-                log.warning("daemon.recovered", interrupted_runs=interrupted)
-            self.engine = engine = Engine(config, store)
-            logs.forward_to(engine.bus.publish)
-            server = RpcServer(config.socket, method_table(Api(self)),
-                               access=lambda: engine.config.access, audit=store.append_audit)
             try:
-                await server.start()
-            except (RuntimeError, OSError) as e:
-                raise StartupError(f"cannot listen on {config.socket}: {e}") from None
-            notify("READY=1", f"STATUS={self.status_line()}")
-            log.info("daemon.ready", version=__version__, socket=str(config.socket),
-                     backup_root=str(config.backup_root), hosts=len(config.host))
-            background = [asyncio.create_task(run_schedule(engine), name="scheduler"),
-                          asyncio.create_task(engine.collector.run(), name="trash"),
-                          asyncio.create_task(engine.run_sampler(), name="verify-sample"),
-                          asyncio.create_task(watch_freshness(engine), name="freshness"),
-                          asyncio.create_task(keep_alive(self.status_line, watchdog_interval()),
-                                              name="watchdog")]
-            await stop.wait()
-            notify("STOPPING=1")
-            log.info("daemon.stopping", running=sorted(engine.runs))
-            await server.close()
-            for task in background:
-                task.cancel()
-            await engine.shutdown()
-            await asyncio.gather(*background, return_exceptions=True)
+                store = await Store.open(config.state_dir / DATABASE_NAME)
+            except StoreUnusable as e:
+                raise StartupError(str(e)) from None
+            except OSError as e:
+                raise StartupError(f"cannot use the state database {config.state_dir / DATABASE_NAME}: "
+                                   f"{_why(e)}") from None
+            try:
+                await self._serve(store, Info(clock.now(), rsync_version), stop)
+            finally:
+                await store.close()
+        finally:
+            for fd in locks:
+                os.close(fd)
+        log.info("daemon.stopped")
+
+    async def _serve(self, store: Store, info: Info, stop: asyncio.Event) -> None:
+        runtime, config = self.runtime, self.runtime.config
+        try:
+            interrupted = await store.jobs.mark_interrupted()
+            next_job_id = await store.jobs.next_job_id()
+            await store.jobs.ensure_hosts([h.name for h in config.host])
+            host_rows = await store.jobs.host_states()
+        except STORE_ERRORS as e:
+            raise StartupError(f"cannot use the state database {config.state_dir / DATABASE_NAME}: {e}") from None
+        if interrupted:
+            log.warning("daemon.recovered", interrupted_runs=interrupted)
+        bus = EventBus()
+        registry = Registry(next_job_id)
+        readmodel = ReadModel(config, registry, info.started)
+        readmodel.load_records(host_rows)
+        alerts = Alerts(store, bus)
+        await alerts.load()
+        housekeeping = Housekeeping(config.backup_root, store, registry, readmodel.refresh)
+        limits = {Lane.SNAPSHOT: Limit(config.max_parallel_hosts), Lane.HEAVY: Limit(config.max_parallel_heavy),
+                  Lane.RESTORE: None}
+        worker = Worker(runtime, registry, limits, housekeeping, store, readmodel, bus.publish)
+        recorder = Recorder(store, registry)
+        jobs = Jobs(runtime, registry, worker, recorder, readmodel, alerts, bus.publish)
+        scheduler = Scheduler(runtime, readmodel, registry, jobs)
+        integrity = Integrity(runtime, store, alerts)
+        freshness = Freshness(runtime, readmodel, alerts, housekeeping)
+        self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
+                                     integrity, Hosts(runtime))
+        textfile = Textfile(s)
+        jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
+        textfile.changed.set()
+
+        def reloaded(old: Config, new: Config) -> None:
+            readmodel.config = new
+            limits[Lane.SNAPSHOT].resize(new.max_parallel_hosts)
+            limits[Lane.HEAVY].resize(new.max_parallel_heavy)
+            added = [h.name for h in new.host if not old.find_host(h.name)]
+            for name in added:
+                readmodel.record(name)
+            if added:
+                asyncio.get_running_loop().create_task(_remember_hosts(store, added))
+            scheduler.wake.set()
+            integrity.wake.set()
+            textfile.changed.set()
+            notify(f"STATUS={readmodel.status_line()}")
+
+        runtime.on_reload(reloaded)
+        readmodel.refresh_all()
+        for host in config.host:
+            try:
+                await housekeeping.clear_heavy_leftovers(HostDir.of(config.backup_root, host.name))
+            except OSError as e:  # that host's runs will say what is wrong with its directory
+                log.warning("heavy.leftovers_unreadable", host=host.name, error=str(e))
+        logs.forward_to(bus.publish)
+        server = RpcServer(config.socket, method_table(Api(s)), access=lambda: runtime.config.access,
+                           audit=lambda *a: store.audit.append(clock.iso(clock.now()), *a))
+        try:
+            await server.start()
+        except (RuntimeError, OSError) as e:
+            raise StartupError(f"cannot listen on {config.socket}: {e}") from None
+
+        async def failed(name: str, incident: str, error: BaseException) -> None:
+            await alerts.raise_(AlertKind.INTERNAL, None, f"the {name} loop failed (incident {incident}) and "
+                                f"was restarted", subject=name)
+
+        async def recovered(name: str) -> None:
+            await alerts.resolve(AlertKind.INTERNAL, None, subject=name)
+
+        supervisor = Supervisor(failed, recovered)
+        loops = {
+            "rpc": server.serve,
+            "scheduler": scheduler.run,
+            "freshness": freshness.run,
+            "sampler": integrity.run,
+            "trash": housekeeping.collector.run,
+            "store-sync": recorder.run,
+            "metrics-textfile": textfile.run,
+            "watchdog": lambda: keep_alive(readmodel.status_line, watchdog_interval(), supervisor.healthy),
+        }
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(supervisor.supervise(name, loop), name=name)
+                         for name, loop in loops.items()]
+                notify("READY=1", f"STATUS={readmodel.status_line()}")
+                log.info("daemon.ready", version=__version__, socket=str(config.socket),
+                         backup_root=str(config.backup_root), hosts=len(config.host))
+                await stop.wait()
+                notify("STOPPING=1")
+                log.info("daemon.stopping", running=sorted({run.host for run in registry.runs()}))
+                await server.close()  # no new requests; every connection's handlers have ended
+                await jobs.shutdown()  # running work stopped, partials kept, records written
+                for task in tasks:
+                    task.cancel()
         finally:
             logs.forward_to(None)
-            await store.close()
-            os.close(lock_fd)
-        log.info("daemon.stopped")
+
+
+async def _remember_hosts(store: Store, hosts: list[str]) -> None:
+    try:
+        await store.jobs.ensure_hosts(hosts)
+    except STORE_ERRORS as e:
+        log.warning("store.write_failed", error=str(e))
 
 
 async def serve(config_path: Path, config: Config) -> None:
@@ -156,7 +262,7 @@ async def serve(config_path: Path, config: Config) -> None:
     reloads: set[asyncio.Task] = set()
 
     def on_hangup() -> None:
-        task = asyncio.create_task(daemon.reload())
+        task = asyncio.create_task(daemon.runtime.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

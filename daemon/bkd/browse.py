@@ -13,9 +13,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bkctl import protocol
 from . import clock
-from .errors import RpcError
+from .errors import InvalidArgument, NotFound
 from .layout import HostDir, SnapshotName
 
 DEFAULT_PAGE = 1000
@@ -25,7 +24,7 @@ def components(path: str) -> list[bytes]:
     """PATH → its components as bytes (surrogate escapes undone); '..' refused."""
     parts = [p for p in os.fsencode(path or "/").split(b"/") if p not in (b"", b".")]
     if b".." in parts:
-        raise RpcError(protocol.INVALID_PARAMS, f"invalid params: path: '..' is not allowed in {path!r}")
+        raise InvalidArgument(f"invalid params: path: '..' is not allowed in {path!r}")
     return parts
 
 
@@ -42,11 +41,9 @@ def open_dir(root: Path, parts: list[bytes]):
             except (NotADirectoryError, OSError) as e:
                 where = "/" + os.fsdecode(b"/".join(parts[: index + 1]))
                 if _is_symlink(fd, part):
-                    raise RpcError(protocol.INVALID_PARAMS,
-                                   f"invalid params: path: {where} is a symlink stored in the snapshot; "
+                    raise InvalidArgument(f"invalid params: path: {where} is a symlink stored in the snapshot; "
                                    "bkd does not follow it") from None
-                raise RpcError(protocol.INVALID_PARAMS,
-                               f"invalid params: path: {where} is not a directory ({e.strerror})") from None
+                raise InvalidArgument(f"invalid params: path: {where} is not a directory ({e.strerror})") from None
             os.close(fd)
             fd = child
         yield fd
@@ -61,8 +58,8 @@ def _is_symlink(dir_fd: int, name: bytes) -> bool:
         return False
 
 
-def _not_found(parts: list[bytes]) -> RpcError:
-    return RpcError(protocol.NOT_FOUND, f"no such path in the snapshot: /{os.fsdecode(b'/'.join(parts))}")
+def _not_found(parts: list[bytes]) -> NotFound:
+    return NotFound(f"no such path in the snapshot: /{os.fsdecode(b'/'.join(parts))}")
 
 
 def entry_of(name: bytes, st: os.stat_result, dir_fd: int) -> dict:
@@ -112,11 +109,11 @@ def snapshot_root(host_dir: HostDir, snapshot: str | None) -> tuple[str, Path]:
     if snapshot in (None, "", "latest"):
         name = host_dir.latest_snapshot()
         if name is None:
-            raise RpcError(protocol.NOT_FOUND, f"{host_dir.root.name} has no snapshot yet")
+            raise NotFound(f"{host_dir.root.name} has no snapshot yet")
     else:
         name = SnapshotName.parse(snapshot)
         if name is None or not (host_dir.hourly / snapshot).is_dir():
-            raise RpcError(protocol.NOT_FOUND, f"{host_dir.root.name} has no snapshot {snapshot!r}")
+            raise NotFound(f"{host_dir.root.name} has no snapshot {snapshot!r}")
     return str(name), host_dir.hourly / str(name)
 
 
@@ -127,9 +124,7 @@ def history(host_dir: HostDir, path: str) -> list[dict]:
     for name in host_dir.snapshots():
         try:
             entry = lookup(host_dir.hourly / str(name), path)
-        except RpcError as e:
-            if e.code in (protocol.NOT_FOUND, protocol.INVALID_PARAMS):
-                continue  # not there, or not reachable without following a symlink
-            raise
+        except (NotFound, InvalidArgument):
+            continue  # not there, or not reachable without following a symlink
         found.append({"snapshot": str(name), "time": clock.iso(name.time), **entry})
     return found

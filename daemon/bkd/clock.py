@@ -25,3 +25,10 @@ def iso(time: datetime | None) -> str | None:
     if time is None:
         return None
     return time.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def iso_ms(time: datetime | None) -> str | None:
+    """ISO-8601 UTC with milliseconds: job and run records, where order matters."""
+    if time is None:
+        return None
+    return time.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

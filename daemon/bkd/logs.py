@@ -105,10 +105,14 @@ def configure(level: str = "info", stream=None) -> None:
         processors = [*common, structlog.processors.format_exc_info, _to_journal]
         factory = JournalLogger
     elif stream.isatty():
-        processors = [*common, structlog.dev.ConsoleRenderer(colors=True)]
+        processors = [*common, structlog.dev.ConsoleRenderer(colors=True,
+                                                              exception_formatter=structlog.dev.plain_traceback)]
         factory = structlog.PrintLoggerFactory(stream)
     else:
-        processors = [*common, structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        # Tracebacks without local variables: those hold configs and hook command lines.
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        processors = [*common, tracebacks, structlog.processors.JSONRenderer()]
         factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(
         processors=processors,

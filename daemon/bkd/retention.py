@@ -22,11 +22,13 @@ class Decision:
         return {"snapshot": self.snapshot, "action": self.action, "tier": self.tier, "reason": self.reason}
 
 
-def plan(names: list[str], now: datetime, policy: Retention, latest: str | None = None) -> list[Decision]:
+def plan(names: list[str], now: datetime, policy: Retention, latest: str | None = None,
+         pinned: set[str] = frozenset()) -> list[Decision]:
     """Decide every name in one oldest-first pass. Names that are not snapshot
     names are kept untouched; snapshots dated after now are kept (and should be
     alerted on) without counting against anything; the newest snapshot that is
-    not in the future, and whatever `latest` points at, are always kept."""
+    not in the future, and whatever `latest` points at, are always kept; so is
+    a pinned snapshot (running work reads it) until that work ends."""
     parsed = {name: SnapshotName.parse(name) for name in names}
     decisions: dict[str, Decision] = {}
     for name, snap in parsed.items():
@@ -67,6 +69,12 @@ def plan(names: list[str], now: datetime, policy: Retention, latest: str | None 
         else:
             decisions[name] = Decision(name, "delete", "expired",
                                        f"older than {policy.monthly_months} months")
+    for name in pinned:
+        decision = decisions.get(name)
+        if decision and decision.action == "delete":
+            decisions[name] = Decision(name, "keep", decision.tier,
+                                       "in use by running work (archive, monthly copy or restore); "
+                                       "a later prune deletes it")
     return [decisions[name] for name in sorted(names, key=_order)]
 
 

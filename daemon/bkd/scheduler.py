@@ -1,4 +1,7 @@
-"""When each host's next snapshot is due, and the loop that starts it."""
+"""When work is due (pure functions of times), and the loop that starts it.
+
+Times dated in the future (a clock that stepped back) never count: they
+must not hold backups off, make a host look fresh or an archive recent."""
 
 from __future__ import annotations
 
@@ -8,13 +11,17 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from bkctl.protocol import Kind
+
 from . import clock
-from .config.models import format_duration
-from .layout import HostDir
-from .pipeline.archive import archives, month_name, monthly_copies, monthly_due
+from .layout import SnapshotName
+from .plan import LANES, Trigger
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .jobs import Jobs
+    from .readmodel import ReadModel
+    from .runs import Registry
+    from .runtime import Runtime
 
 log = structlog.get_logger()
 
@@ -28,102 +35,96 @@ def next_run(last_snapshot: datetime | None, last_attempt: datetime | None,
     return max(max(known) + every, now) if known else now
 
 
-def is_stale(last_snapshot: datetime | None, settings, now: datetime) -> bool:
-    """Older than stale_factor intervals (or none at all)."""
+def is_stale(last_snapshot: datetime | None, added: datetime | None, settings, now: datetime) -> bool:
+    """Older than stale_factor intervals; a host that never succeeded counts
+    from when it was added."""
     limit = settings.schedule.snapshot_every * settings.schedule.stale_factor
-    return last_snapshot is None or now - last_snapshot > limit
+    since = last_snapshot if last_snapshot is not None and last_snapshot <= now else None
+    if since is None:
+        since = added if added is not None and added <= now else None
+    return since is not None and now - since > limit
 
 
-async def watch_freshness(engine: Engine) -> None:
-    """Raise a `stale` alert for a host whose last good snapshot is too old, once
-    per episode (while one is open, no second one)."""
-    while not engine.stopping:
-        now = clock.now()
-        open_stale = {a["host"] for a in await engine.store.list_alerts() if a["kind"] == "stale"}
-        intervals = []
-        for host in engine.config.host:
-            settings = engine.config.settings(host)
-            intervals.append(settings.schedule.snapshot_every.total_seconds())
-            last = HostDir.of(engine.config.backup_root, host.name).latest_snapshot()
-            if last and is_stale(last.time, settings, now) and host.name not in open_stale:
-                age = int((now - last.time).total_seconds())
-                await engine.alert(host.name, "stale", f"last good snapshot {last} is {age}s old "
-                                   f"(more than {settings.schedule.stale_factor:g} x "
-                                   f"{format_duration(settings.schedule.snapshot_every)})")
-        await asyncio.sleep(max(1.0, min([60.0, *[i / 2 for i in intervals]])))
+def archive_due_at(latest: SnapshotName | None, newest_archive: SnapshotName | None,
+                   last_attempt: datetime | None, every: timedelta, now: datetime) -> datetime | None:
+    """An archive of the newest snapshot is due `every` after the newest
+    archive's snapshot (at once if there is none), unless that snapshot is
+    already archived; a failed attempt is retried after `every`."""
+    if latest is None or (newest_archive is not None and newest_archive >= latest):
+        return None
+    due = newest_archive.time + every if newest_archive else now
+    if last_attempt is not None and last_attempt <= now:
+        due = max(due, last_attempt + every)
+    return max(due, now)
 
 
-def next_runs(engine: Engine, now: datetime) -> dict[str, datetime]:
-    """Each scheduled host's next snapshot time."""
-    config = engine.config
-    due = {}
-    for host in config.host:
-        settings = config.settings(host)
-        if not settings.schedule.enabled:
-            continue
-        last = HostDir.of(config.backup_root, host.name).latest_snapshot()
-        due[host.name] = next_run(last.time if last else None, engine.last_attempt.get(host.name),
-                                  settings.schedule.snapshot_every, now)
-    return due
+def month_name(time: datetime) -> str:
+    return f"{time.year:04d}-{time.month:02d}"
 
 
-def _next_monthly(host_dir: HostDir, monthly_day: int, now: datetime) -> datetime:
-    """The start of the next day on which a monthly copy becomes due."""
-    if monthly_due(host_dir, monthly_day, now):
-        return now
-    year, month = (now.year, now.month + 1) if now.month < 12 else (now.year + 1, 1)
-    if month_name(now) not in monthly_copies(host_dir):  # this month's day is still ahead
-        year, month = now.year, now.month
-    return now.replace(year=year, month=month, day=min(monthly_day, clock.days_in_month(year, month)),
-                       hour=0, minute=0, second=0, microsecond=0)
+def monthly_due_at(latest: SnapshotName | None, copies: tuple[str, ...], monthly_day: int,
+                   last_attempt: datetime | None, retry: timedelta, now: datetime) -> datetime | None:
+    """The golden copy is due on monthly_day (the month's last day if shorter)
+    when the month has none yet, at once when the host has none at all."""
+    if latest is None:
+        return None
+    this_month = month_name(now)
+    if not copies:
+        due = now
+    else:
+        year, month = (now.year, now.month) if this_month not in copies else \
+            ((now.year, now.month + 1) if now.month < 12 else (now.year + 1, 1))
+        day = min(monthly_day, clock.days_in_month(year, month))
+        due = now.replace(year=year, month=month, day=day, hour=0, minute=0, second=0, microsecond=0)
+    if last_attempt is not None and last_attempt <= now:
+        due = max(due, last_attempt + retry)
+    return max(due, now)
 
 
-def schedule_entries(engine: Engine, now: datetime) -> list[dict]:
-    """Every host's scheduled work. Archives and monthly copies are made right
-    after a snapshot, so they are never due before the host's next snapshot."""
-    config = engine.config
-    snapshot_due = next_runs(engine, now)
-    entries = []
-    for host in config.host:
-        settings = config.settings(host)
-        host_dir = HostDir.of(config.backup_root, host.name)
-        next_snapshot = snapshot_due.get(host.name)
-        work = [("snapshot", format_duration(settings.schedule.snapshot_every), next_snapshot)]
-        if settings.archive.enabled:
-            existing = archives(host_dir)
-            due = existing[-1].snapshot.time + settings.schedule.archive_every if existing else now
-            work.append(("archive", format_duration(settings.schedule.archive_every), due))
-        if config.monthly.enabled:
-            day = settings.schedule.monthly_day
-            work.append(("monthly", f"monthly on day {day}", _next_monthly(host_dir, day, now)))
-        for kind, every, due in work:
-            when = max(due, next_snapshot) if due and next_snapshot else None
-            entries.append({"host": host.name, "kind": kind, "every": every, "next_run": clock.iso(when),
-                            "enabled": settings.schedule.enabled})
-    return entries
+class Scheduler:
+    """Starts due work; a slot that falls due while the host is still busy
+    with that kind of work is coalesced into it, and the log says so."""
 
+    def __init__(self, runtime: Runtime, readmodel: ReadModel, registry: Registry, jobs: Jobs):
+        self.runtime = runtime
+        self.readmodel = readmodel
+        self.registry = registry
+        self.jobs = jobs
+        self.wake = asyncio.Event()
+        self._coalesced: dict[tuple[str, Kind], int] = {}  # (host, kind) → the job a slot was folded into
 
-async def run_schedule(engine: Engine) -> None:
-    coalesced: set[tuple[str, datetime]] = set()
-    while not engine.stopping:
-        now = clock.now()
-        due = next_runs(engine, now)
-        for host, when in due.items():
-            # Still busy with the previous run: this slot folds into it.
-            if when <= now and host in engine.runs and (host, when) not in coalesced:
-                coalesced.add((host, when))
-                log.info("schedule.coalesced", host=host, due=clock.iso(when),
-                         running_job=engine.runs[host].job_id)
-        ready = [host for host, when in due.items() if when <= now and host not in engine.runs]
+    async def run(self) -> None:
+        while True:
+            self.wake.clear()
+            soonest = await self.pass_(clock.now())
+            timeout = None if soonest is None else max(0.0, (soonest - clock.now()).total_seconds())
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def pass_(self, now: datetime) -> datetime | None:
+        """Start what is due now; return when the next thing falls due."""
+        ready: dict[Kind, dict[str, str | None]] = {}
+        soonest = None
+        for host in self.runtime.config.host:
+            name = host.name
+            due = [(Kind.SNAPSHOT, when) for when in [self.readmodel.snapshot_due(name, now)] if when]
+            due += self.readmodel.heavy_due(name, now)
+            for kind, when in due:
+                if when > now:
+                    soonest = when if soonest is None else min(soonest, when)
+                    continue
+                busy = self.registry.busy_run(name, LANES[kind][0])
+                if busy is None:
+                    latest = self.readmodel.facts_of(name).latest
+                    ready.setdefault(kind, {})[name] = str(latest) if kind is not Kind.SNAPSHOT and latest else None
+                elif self._coalesced.get((name, kind)) != busy.job_id:
+                    self._coalesced[(name, kind)] = busy.job_id
+                    log.info("schedule.coalesced", host=name, kind=str(kind), due=clock.iso(when),
+                             running_job=busy.job_id)
+        for kind, hosts in ready.items():
+            await self.jobs.start(list(hosts), kind, Trigger.SCHEDULE, snapshots=hosts)
         if ready:
-            await engine.start_job(ready, trigger="schedule")
-            continue
-        # Busy hosts count too, so that a slot falling due during a long run is
-        # noticed (and logged as coalesced) when it falls due, not afterwards.
-        waiting = [when for host, when in due.items() if when > now]
-        timeout = (min(waiting) - now).total_seconds() if waiting else None
-        engine.changed.clear()
-        try:
-            await asyncio.wait_for(engine.changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+            return clock.now()  # look again at once: starting work moved the times
+        return soonest

@@ -24,7 +24,7 @@ def test_archives_extract_with_plain_tar_and_equal_latest(tmp_path, daemon_facto
     (source / "dir0" / "link").symlink_to("file0.txt")
     daemon = daemon_factory([{"name": "web1", "source": str(source)}],
                             archive={"compression": compression, "level": 5}, monthly={"enabled": False}).start()
-    job = daemon.run_snapshot("web1")
+    job = daemon.wait_job(daemon.call("job.start", hosts=["web1"], kind="all")["job_id"])  # snapshot, then archive
     assert job["status"] == "ok", job
     snapshot = job["hosts"][0]["snapshot"]
     archive = daemon.workdir / "backup/web1/archives" / f"web1_{snapshot}{suffix}"
@@ -40,8 +40,9 @@ def test_archives_extract_with_plain_tar_and_equal_latest(tmp_path, daemon_facto
     assert same_tree(out, daemon.workdir / "backup/web1/latest")
     assert os.readlink(out / "dir0" / "link") == "file0.txt"
 
-    again = daemon.run_snapshot("web1")  # archive_every (4h) has not passed: no second archive
+    again = daemon.run_snapshot("web1")  # a snapshot run is only a snapshot: archives are their own work
     assert "archive" not in again["hosts"][0]["stats"]
+    assert len([p for p in archive.parent.iterdir() if not p.name.endswith(".sha256")]) == 1
     forced = daemon.bkctl("run", "web1", "--kind", "archive", "--wait")
     assert forced.returncode == 0, forced.stdout
     assert len([p for p in archive.parent.iterdir() if not p.name.endswith(".sha256")]) == 2
@@ -50,7 +51,7 @@ def test_archives_extract_with_plain_tar_and_equal_latest(tmp_path, daemon_facto
 def test_monthly_copy_is_made_at_once_hardlinked_and_only_once_a_month(tmp_path, daemon_factory):
     source = make_tree(tmp_path / "src", 5)
     daemon = daemon_factory([{"name": "web1", "source": str(source)}], archive={"enabled": False}).start()
-    first = daemon.run_snapshot("web1")
+    first = daemon.wait_job(daemon.call("job.start", hosts=["web1"], kind="all")["job_id"])
     monthly_name = first["hosts"][0]["stats"]["monthly"]
     monthly = daemon.workdir / "backup/web1/monthly" / monthly_name
     latest = daemon.workdir / "backup/web1/hourly" / first["hosts"][0]["snapshot"]
@@ -67,7 +68,7 @@ def test_monthly_copy_is_made_at_once_hardlinked_and_only_once_a_month(tmp_path,
 def test_archive_and_monthly_without_a_snapshot_fail_clearly(tmp_path, daemon_factory):
     daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "src", 2))}]).start()
     result = daemon.bkctl("run", "--kind", "archive", "--wait")
-    assert result.returncode == 1 and "no complete snapshot to archive yet" in result.stdout
+    assert result.returncode == 1 and "no complete snapshot yet" in result.stdout
 
 
 def test_schedule_lists_each_hosts_work_and_its_next_run(tmp_path, daemon_factory):
@@ -78,6 +79,11 @@ def test_schedule_lists_each_hosts_work_and_its_next_run(tmp_path, daemon_factor
     from conftest import wait_until
     wait_until(lambda: all(h["last_result"] == "ok" for h in daemon.call("status")["hosts"].values()),
                30, what="the first scheduled snapshots")
+    # Archives and monthly copies are their own scheduled work, due at once after a first snapshot.
+    backup = daemon.workdir / "backup"
+    wait_until(lambda: all(list((backup / h / "archives").glob("*.tar.zst")) and list((backup / h).glob("monthly/20*"))
+                           for h in ("web1", "db1")) and not any(
+        h["heavy"] for h in daemon.call("status")["hosts"].values()), 30, what="the scheduled heavy work")
     entries = {(e["host"], e["kind"]): e for e in daemon.bkctl_json("schedule")["entries"]}
     assert set(entries) == {(h, k) for h in ("web1", "db1") for k in ("snapshot", "archive", "monthly")}
     assert entries[("web1", "snapshot")]["every"] == "1h" and entries[("db1", "snapshot")]["every"] == "6h"

@@ -117,17 +117,21 @@ def test_json_output_of_schedule_prune_and_cancel(tmp_path, daemon_factory):
 
 def test_metrics_exposition_and_textfile(tmp_path, daemon_factory):
     textfile = tmp_path / "bkd.prom"
+    # "never" never succeeds: it is stale once 2 x 1s have passed since it was added.
     daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 4))},
-                             {"name": "never", "source": str(tmp_path / "missing")}],
+                             {"name": "never", "source": str(tmp_path / "missing"),
+                              "schedule": {"snapshot_every": "1s"}}],
                             metrics={"textfile": str(textfile)}).start()
     daemon.run_snapshot()
-    text = daemon.call("metrics")["text"]
-    lines = text.splitlines()
+    lines = wait_until(lambda: (lines := daemon.call("metrics")["text"].splitlines())
+                       and 'bkd_stale{host="never"} 1' in lines and lines, 10, what="never to go stale")
     assert "# TYPE bkd_failures_total counter" in lines
     assert 'bkd_last_files{host="web1"} 4' in lines
-    assert 'bkd_stale{host="web1"} 0' in lines and 'bkd_stale{host="never"} 1' in lines
+    assert 'bkd_stale{host="web1"} 0' in lines
     assert 'bkd_failures_total{host="never"} 1' in lines
     assert any(line.startswith('bkd_last_success_timestamp_seconds{host="web1"} ') for line in lines)
     assert any(line.startswith("bkd_disk_free_bytes ") for line in lines)
-    written = textfile.read_text().splitlines()  # rewritten after the run, atomically
-    assert 'bkd_last_files{host="web1"} 4' in written and 'bkd_stale{host="never"} 1' in written
+    # Rewritten atomically within a few seconds of a change (at most every 5 s).
+    written = wait_until(lambda: textfile.exists() and (text := textfile.read_text().splitlines())
+                         and 'bkd_last_files{host="web1"} 4' in text and text, 15, what="the textfile")
+    assert 'bkd_failures_total{host="never"} 1' in written

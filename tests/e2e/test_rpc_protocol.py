@@ -26,22 +26,22 @@ def exchange(path, payload: bytes) -> list[dict]:
 
 
 @pytest.mark.parametrize("payload,code,request_id", [
-    (b"this is not json\n", protocol.PARSE_ERROR, None),
-    (b'{"jsonrpc": "2.0", "method": "status", "id": 1\n', protocol.PARSE_ERROR, None),
-    (b"[1, 2]\n", protocol.INVALID_REQUEST, None),
-    (b'[{"jsonrpc": "2.0", "method": "status", "id": 1}]\n', protocol.INVALID_REQUEST, None),
-    (b'"just a string"\n', protocol.INVALID_REQUEST, None),
-    (b'{"jsonrpc": "1.0", "method": "status", "id": 4}\n', protocol.INVALID_REQUEST, 4),
-    (b'{"jsonrpc": "2.0", "method": 5, "id": 5}\n', protocol.INVALID_REQUEST, 5),
-    (b'{"jsonrpc": "2.0", "method": "rm -rf", "id": 6}\n', protocol.METHOD_NOT_FOUND, 6),
-    (b'{"jsonrpc": "2.0", "method": "__class__", "id": 7}\n', protocol.METHOD_NOT_FOUND, 7),
-    (b'{"jsonrpc": "2.0", "method": "job.get", "params": {"job_id": "x"}, "id": 8}\n', protocol.INVALID_PARAMS, 8),
-    (b'{"jsonrpc": "2.0", "method": "job.get", "params": {}, "id": 9}\n', protocol.INVALID_PARAMS, 9),
-    (b'{"jsonrpc": "2.0", "method": "status", "params": [1], "id": 10}\n', protocol.INVALID_PARAMS, 10),
-    (b'{"jsonrpc": "2.0", "method": "job.start", "params": {"hostz": []}, "id": 11}\n', protocol.INVALID_PARAMS, 11),
-    (b'{"jsonrpc": "2.0", "method": "job.get", "params": {"job_id": 999}, "id": 12}\n', protocol.NOT_FOUND, 12),
-    (b'{"jsonrpc": "2.0", "method": "job.start", "params": {"hosts": ["nope"]}, "id": 13}\n', protocol.NOT_FOUND, 13),
-    (b'\xff\xfe\n', protocol.PARSE_ERROR, None),
+    (b"this is not json\n", protocol.ErrorCode.PARSE_ERROR, None),
+    (b'{"jsonrpc": "2.0", "method": "status", "id": 1\n', protocol.ErrorCode.PARSE_ERROR, None),
+    (b"[1, 2]\n", protocol.ErrorCode.INVALID_REQUEST, None),
+    (b'[{"jsonrpc": "2.0", "method": "status", "id": 1}]\n', protocol.ErrorCode.INVALID_REQUEST, None),
+    (b'"just a string"\n', protocol.ErrorCode.INVALID_REQUEST, None),
+    (b'{"jsonrpc": "1.0", "method": "status", "id": 4}\n', protocol.ErrorCode.INVALID_REQUEST, 4),
+    (b'{"jsonrpc": "2.0", "method": 5, "id": 5}\n', protocol.ErrorCode.INVALID_REQUEST, 5),
+    (b'{"jsonrpc": "2.0", "method": "rm -rf", "id": 6}\n', protocol.ErrorCode.METHOD_NOT_FOUND, 6),
+    (b'{"jsonrpc": "2.0", "method": "__class__", "id": 7}\n', protocol.ErrorCode.METHOD_NOT_FOUND, 7),
+    (b'{"jsonrpc": "2.0", "method": "job.get", "params": {"job_id": "x"}, "id": 8}\n', protocol.ErrorCode.INVALID_PARAMS, 8),
+    (b'{"jsonrpc": "2.0", "method": "job.get", "params": {}, "id": 9}\n', protocol.ErrorCode.INVALID_PARAMS, 9),
+    (b'{"jsonrpc": "2.0", "method": "status", "params": [1], "id": 10}\n', protocol.ErrorCode.INVALID_PARAMS, 10),
+    (b'{"jsonrpc": "2.0", "method": "job.start", "params": {"hostz": []}, "id": 11}\n', protocol.ErrorCode.INVALID_PARAMS, 11),
+    (b'{"jsonrpc": "2.0", "method": "job.get", "params": {"job_id": 999}, "id": 12}\n', protocol.ErrorCode.NOT_FOUND, 12),
+    (b'{"jsonrpc": "2.0", "method": "job.start", "params": {"hosts": ["nope"]}, "id": 13}\n', protocol.ErrorCode.NOT_FOUND, 13),
+    (b'\xff\xfe\n', protocol.ErrorCode.PARSE_ERROR, None),
 ])
 def test_malformed_requests_get_their_error_code_and_the_daemon_keeps_serving(daemon, payload, code, request_id):
     (response,) = exchange(daemon.socket, payload)
@@ -61,7 +61,7 @@ def test_a_line_over_one_mebibyte_is_refused_and_the_connection_closed(daemon):
     huge = b'{"jsonrpc":"2.0","method":"status","id":1,"pad":"' + b"x" * protocol.MAX_LINE + b'"}\n'
     responses = exchange(daemon.socket, huge + b'{"jsonrpc":"2.0","method":"status","id":2}\n')
     assert len(responses) == 1
-    assert responses[0]["error"]["code"] == protocol.INVALID_REQUEST
+    assert responses[0]["error"]["code"] == protocol.ErrorCode.INVALID_REQUEST
     assert "too large" in responses[0]["error"]["message"]
     assert "hosts" in daemon.call("status")
 

@@ -153,6 +153,10 @@ class Metrics(Section):
     textfile: str = ""  # node-exporter textfile (.prom), rewritten atomically after every run
 
 
+class Alerts(Section):
+    failures_before_alert: int = Field(1, ge=1, le=10000)  # consecutive failed runs before run_failed opens
+
+
 class Access(Section):
     viewers: list[str] = Field(default_factory=lambda: ["bkd"])
     operators: list[str] = Field(default_factory=lambda: ["bkd-operator"])
@@ -209,6 +213,7 @@ class Config(Section):
     state_dir: AbsolutePath = Path("/var/lib/bkd")
     socket: AbsolutePath = Path("/run/bkd/bkd.sock")
     max_parallel_hosts: int = Field(4, ge=1)
+    max_parallel_heavy: int = Field(1, ge=1)
     schedule: Schedule = Field(default_factory=Schedule)
     retention: Retention = Field(default_factory=Retention)
     archive: Archive = Field(default_factory=Archive)
@@ -217,6 +222,7 @@ class Config(Section):
     ssh: Ssh = Field(default_factory=Ssh)
     verify: Verify = Field(default_factory=Verify)
     metrics: Metrics = Field(default_factory=Metrics)
+    alerts: Alerts = Field(default_factory=Alerts)
     access: Access = Field(default_factory=Access)
     host: list[Host] = Field(default_factory=list)
 

@@ -67,16 +67,16 @@ def archives(host_dir: HostDir) -> list[ArchiveFile]:
     return sorted(found, key=lambda a: a.snapshot)
 
 
-def archive_due(host_dir: HostDir, every: timedelta, now: datetime) -> bool:
-    existing = archives(host_dir)
-    return not existing or existing[-1].snapshot.time + every <= now
+def past_archives(host_dir: HostDir, now: datetime) -> list[ArchiveFile]:
+    """Archives of snapshots not dated in the future (a clock that stepped
+    back must not make an archive look recent)."""
+    return [a for a in archives(host_dir) if a.snapshot.time <= now]
 
 
-async def make_archive(host_dir: HostDir, archive: Archive) -> dict:
-    """Archive what `latest` points at, under a partial name renamed when complete."""
-    snapshot = host_dir.latest_snapshot()
-    if snapshot is None:
-        raise StageFailed("no complete snapshot to archive yet")
+async def make_archive(host_dir: HostDir, snapshot: SnapshotName, archive: Archive) -> dict:
+    """Archive the complete snapshot, under a partial name renamed when complete."""
+    if not (host_dir.hourly / str(snapshot)).is_dir():
+        raise StageFailed(f"snapshot {snapshot} is gone")
     make_private_dir(host_dir.archives)
     name = f"{host_dir.root.name}_{snapshot}{EXTENSIONS[archive.compression]}"
     final = host_dir.archives / name
@@ -110,8 +110,9 @@ def _commit_file(partial: Path, final: Path) -> None:
 
 
 def expire_archives(host_dir: HostDir, keep_days: int, now: datetime) -> list[str]:
-    """Remove archives older than keep_days; the newest is always kept."""
-    existing = archives(host_dir)
+    """Remove archives older than keep_days; the newest is always kept, and
+    one dated in the future is never counted as the newest."""
+    existing = past_archives(host_dir, now)
     doomed = [a for a in existing[:-1] if a.snapshot.time < now - timedelta(days=keep_days)]
     for archive in doomed:
         archive.path.unlink(missing_ok=True)
@@ -142,11 +143,10 @@ def monthly_due(host_dir: HostDir, monthly_day: int, now: datetime) -> bool:
     return month_name(now) not in copies and now.day >= min(monthly_day, days_in_month(now.year, now.month))
 
 
-async def make_monthly(host_dir: HostDir, now: datetime) -> dict:
-    """A hardlinked copy of `latest` as monthly/YYYY-MM, made whole by one rename."""
-    snapshot = host_dir.latest_snapshot()
-    if snapshot is None:
-        raise StageFailed("no complete snapshot for a monthly copy yet")
+async def make_monthly(host_dir: HostDir, snapshot: SnapshotName, now: datetime) -> dict:
+    """A hardlinked copy of the complete snapshot as monthly/YYYY-MM, made whole by one rename."""
+    if not (host_dir.hourly / str(snapshot)).is_dir():
+        raise StageFailed(f"snapshot {snapshot} is gone")
     name = month_name(now)
     if (host_dir.monthly / name).exists():
         return {"monthly": name, "skipped": "this month's copy exists"}
@@ -166,12 +166,26 @@ async def make_monthly(host_dir: HostDir, now: datetime) -> dict:
 
 
 def expire_monthly(host_dir: HostDir, keep_months: int, now: datetime) -> list[str]:
-    """Move copies older than keep_months into the trash (the newest is kept)."""
+    """Move copies older than keep_months into the trash. The newest copy not
+    dated in the future is always kept."""
     cutoff = month_name(months_before(now, keep_months))
-    doomed = [name for name in monthly_copies(host_dir)[:-1] if name < cutoff]
+    past = [name for name in monthly_copies(host_dir) if name <= month_name(now)]
+    doomed = [name for name in past[:-1] if name < cutoff]
     if doomed:
         make_private_dir(host_dir.trash)
         for name in doomed:
             os.rename(host_dir.monthly / name, host_dir.trash / f"monthly-{name}")
         fsync_dir(host_dir.monthly)
     return doomed
+
+
+def heavy_leftovers(host_dir: HostDir) -> list[Path]:
+    """Partial archives and monthly copies: left by a crash or a kill, never
+    by running work when the host's heavy lane is idle."""
+    found = []
+    for directory in (host_dir.archives, host_dir.monthly):
+        try:
+            found += [Path(e.path) for e in os.scandir(directory) if e.name.startswith(PARTIAL_PREFIX)]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return found

@@ -29,7 +29,7 @@ async def run_hook(which: str, command: str, timeout: float, env: dict[str, str]
             bkexec.run(["/bin/sh", "-c", command], on_stdout=output, on_stderr=output,
                        env={**os.environ, **env}), timeout)
     except asyncio.TimeoutError:
-        raise HookFailed(f"{which} hook timed out after {int(timeout)}s: {command}") from None
+        raise HookFailed(f"{which} hook timed out after {int(timeout)}s") from None
     if result.returncode != 0:
         last = f": {result.stderr_tail[-1]}" if result.stderr_tail else ""
         raise HookFailed(f"{which} hook exited with code {result.returncode}{last}")

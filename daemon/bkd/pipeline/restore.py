@@ -8,10 +8,9 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from bkctl import protocol
 from .. import exec as bkexec
 from ..config.models import Config
-from ..errors import RpcError
+from ..errors import InvalidArgument
 from . import rsync
 
 _REMOTE = re.compile(r"(?:[^@/:\s]+@)?[^@/:\s]+:.*")
@@ -24,8 +23,7 @@ def check_destination(dest: str) -> bool:
         return False
     if _REMOTE.fullmatch(dest):
         return True
-    raise RpcError(protocol.INVALID_PARAMS,
-                   f"invalid params: dest: use an absolute local path or host:path, not {dest!r}")
+    raise InvalidArgument(f"invalid params: dest: use an absolute local path or host:path, not {dest!r}")
 
 
 def local_conflict(dest: str, relative: bytes) -> str | None:

@@ -1,6 +1,7 @@
-"""THE method table: every RPC method, its params and its handler, in one place.
-
-Dispatch looks names up here and nowhere else (no getattr on request data)."""
+"""THE method table: every RPC method, its params, its role and its handler,
+in one place. Dispatch looks names up here and nowhere else (no getattr on
+request data). Every parameter is validated here, at the edge: host names
+by the host-name rule, paths as file names, ids within SQLite's range."""
 
 from __future__ import annotations
 
@@ -8,27 +9,51 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from bkctl import protocol
-from .. import __version__, browse, clock, metrics
-from ..engine import KINDS
-from ..errors import RpcError
+from bkctl.protocol import RUN_KINDS, Kind, Method as M
+
+from .. import __version__, browse, catalog, clock, metrics
+from ..alerts import AlertKind
+from ..config.models import HOST_NAME
+from ..errors import Conflict, Denied, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
 from ..layout import HostDir
-from ..pipeline import archive, manifest, restore
-from ..scheduler import next_runs, schedule_entries
+from ..pipeline import restore
+from ..plan import RestoreTarget, Trigger
 
 if TYPE_CHECKING:
-    from ..app import Daemon
-
+    from ..app import Services
+    from .server import Call
 
 log = structlog.get_logger()
 
 SUBSCRIBER_BUFFER = 8 * 1024  # bytes the kernel and transport each hold for one subscriber
+MAX_ID = 2**63 - 1  # SQLite's integers
+
+
+def _host_name(name: str) -> str:
+    if not (HOST_NAME.fullmatch(name) and len(name) <= 64 and not name.startswith(".")):
+        raise ValueError("not a host name (1-64 of A-Z a-z 0-9 . _ -, not starting with '.')")
+    return name
+
+
+def _file_name(path: str) -> str:
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:
+        raise ValueError("contains a character that cannot be part of a file name (a lone surrogate)") from None
+    if b"\0" in raw:
+        raise ValueError("contains a NUL byte")
+    return path
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
+FsPath = Annotated[str, AfterValidator(_file_name)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class Params(BaseModel):
@@ -40,14 +65,14 @@ class NoParams(Params):
 
 
 class JobStart(Params):
-    hosts: Optional[list[str]] = None
-    kind: Literal[KINDS] = "snapshot"
+    hosts: Optional[list[HostName]] = None
+    kind: Literal[RUN_KINDS] = Kind.SNAPSHOT
     dry_run: bool = False
 
 
 class JobCancel(Params):
-    hosts: Optional[list[str]] = None
-    job_id: Optional[int] = None
+    hosts: Optional[list[HostName]] = None
+    job_id: Optional[Id] = None
 
     @model_validator(mode="after")
     def _one_target(self):
@@ -57,43 +82,45 @@ class JobCancel(Params):
 
 
 class JobGet(Params):
-    job_id: int
+    job_id: Id
 
 
 class JobsList(Params):
-    host: Optional[str] = None
+    host: Optional[HostName] = None
     limit: int = Field(20, ge=1, le=10000)
 
 
 class SnapshotsList(Params):
-    host: str
+    host: HostName
+    limit: Optional[int] = Field(None, ge=1, le=1_000_000)
+    before: Optional[str] = Field(None, max_length=64)
 
 
 class SnapshotsBrowse(Params):
-    host: str
-    snapshot: Optional[str] = None
-    path: str = "/"
-    offset: int = Field(0, ge=0)
+    host: HostName
+    snapshot: Optional[str] = Field(None, max_length=64)
+    path: FsPath = "/"
+    offset: int = Field(0, ge=0, le=MAX_ID)
     limit: int = Field(browse.DEFAULT_PAGE, ge=1, le=100_000)
 
 
 class SnapshotsHistory(Params):
-    host: str
-    path: str
+    host: HostName
+    path: FsPath
 
 
 class Restore(Params):
-    host: str
-    snapshot: str
-    path: str
-    dest: str
+    host: HostName
+    snapshot: str = Field(max_length=64)
+    path: FsPath
+    dest: FsPath
     overwrite: bool = False
     dry_run: bool = False
 
 
 class Verify(Params):
-    host: str
-    snapshot: Optional[str] = None
+    host: HostName
+    snapshot: Optional[str] = Field(None, max_length=64)
     all: bool = False
     sample: bool = False  # run the background pass's sample now
 
@@ -108,16 +135,26 @@ class AlertsList(Params):
 
 
 class AlertsAck(Params):
-    id: int
+    ids: Optional[list[Id]] = None
+    host: Optional[HostName] = None
+    kind: Optional[AlertKind] = None
+    all: bool = False
+    note: Optional[str] = Field(None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _some_target(self):
+        if not (self.ids or self.host or self.kind or self.all):
+            raise ValueError("give ids, host, kind or all")
+        return self
 
 
 class Prune(Params):
-    hosts: Optional[list[str]] = None
+    hosts: Optional[list[HostName]] = None
     dry_run: bool = False
 
 
 class HostsTest(Params):
-    hosts: Optional[list[str]] = None
+    hosts: Optional[list[HostName]] = None
 
 
 class EventsSubscribe(Params):
@@ -125,171 +162,167 @@ class EventsSubscribe(Params):
     max_queue: int = Field(DEFAULT_QUEUE, ge=1, le=10000)
 
 
+Role = Literal["viewer", "operator", "admin"]
+
+
 @dataclass(frozen=True)
 class Method:
     params: type[Params]
-    handler: Callable[..., Awaitable]
-    role: Literal["viewer", "operator", "admin"]
-    streams: bool = False  # handler(params, connection) -> (result, start the stream)
+    handler: Callable[..., Awaitable]  # handler(params, call) -> result
+    role: Role
+    streams: bool = False  # the handler returns (result, start the stream)
     mutating: bool = False  # changes something: every call goes to the audit log
 
 
+def _public(job: dict, call: Call) -> dict:
+    """A job record as the caller may see it: `detail` (file names, command
+    output) is for admins only."""
+    if call.role == "admin":
+        return job
+    return {**job, "hosts": [{k: v for k, v in run.items() if k != "detail"} for run in job["hosts"]]}
+
+
 class Api:
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
+    def __init__(self, services: Services | None):
+        self.s = services
 
-    @property
-    def engine(self):
-        return self.daemon.engine
+    def host_dir(self, host: str) -> HostDir:
+        """A configured host's directory, or one a removed host left behind."""
+        config = self.s.runtime.config
+        host_dir = HostDir.of(config.backup_root, host)
+        if not config.find_host(host) and not host_dir.root.is_dir():
+            raise NotFound(f"unknown host: {host}")
+        return host_dir
 
-    async def daemon_info(self, _: NoParams) -> dict:
-        d = self.daemon
-        return {
-            "version": __version__, "protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid(),
-            "started": clock.iso(d.started), "config_path": str(d.config_path),
-            "backup_root": str(d.config.backup_root), "rsync": d.rsync_version,
-        }
+    async def daemon_info(self, _: NoParams, call: Call) -> dict:
+        info = self.s.info
+        return {"version": __version__, "protocol": info.protocol, "pid": os.getpid(),
+                "started": clock.iso(info.started), "config_path": str(self.s.runtime.config_path),
+                "backup_root": str(self.s.runtime.config.backup_root), "rsync": info.rsync_version}
 
-    async def status(self, _: NoParams) -> dict:
-        engine = self.engine
-        config = engine.config
-        now = clock.now()
-        due = next_runs(engine, now)
-        last_runs = await engine.store.last_runs()
-        hosts = {}
-        for host in config.host:
-            run = engine.runs.get(host.name)
-            latest = HostDir.of(config.backup_root, host.name).latest_snapshot()
-            last = last_runs.get(host.name)
-            hosts[host.name] = {
-                "state": run.state if run else "idle",
-                "job_id": run.job_id if run else None,
-                "stage": run.stage if run else None,
-                "progress": run.progress if run else None,
-                "last_snapshot": str(latest) if latest else None,
-                "last_snapshot_time": clock.iso(latest.time) if latest else None,
-                "age_s": int((now - latest.time).total_seconds()) if latest else None,
-                "last_result": last["status"] if last else None,
-                "last_error": last["error"] if last else None,
-                "next_run": clock.iso(due.get(host.name)),
-            }
-        disk = os.statvfs(config.backup_root)
-        return {"job_running": bool(engine.runs), "hosts": hosts,
-                "deletion_queue": engine.collector.pending(),
-                "subscribers": len(engine.bus.subscriptions),
-                "disk": {"path": str(config.backup_root), "free_bytes": disk.f_bavail * disk.f_frsize,
-                         "total_bytes": disk.f_blocks * disk.f_frsize},
-                "started": clock.iso(self.daemon.started), "version": __version__}
+    async def status(self, _: NoParams, call: Call) -> dict:
+        result = self.s.readmodel.status(clock.now())
+        alerts = self.s.alerts
+        for name, host in result["hosts"].items():
+            host["alerts"] = alerts.open_for(name)
+        return {**result, "deletion_queue": self.s.housekeeping.collector.pending(),
+                "subscribers": len(self.s.bus.subscriptions),
+                "alerts": {"open": sum(alerts.open_by_kind().values()), "by_kind": alerts.open_by_kind()}}
 
-    async def job_start(self, p: JobStart) -> dict:
-        job_id = await self.engine.start_job(p.hosts, p.kind, p.dry_run, trigger="manual")
-        return {"job_id": job_id}
+    async def job_start(self, p: JobStart, call: Call) -> dict:
+        return {"job_id": await self.s.jobs.start(p.hosts, Kind(p.kind), Trigger.MANUAL, dry_run=p.dry_run)}
 
-    async def job_cancel(self, p: JobCancel) -> dict:
-        return {"cancelled": await self.engine.cancel(p.hosts, p.job_id)}
+    async def job_cancel(self, p: JobCancel, call: Call) -> dict:
+        return {"cancelled": await self.s.jobs.cancel(p.hosts, p.job_id)}
 
-    async def job_get(self, p: JobGet) -> dict:
-        job = await self.engine.store.get_job(p.job_id)
+    async def job_get(self, p: JobGet, call: Call) -> dict:
+        job = await self.s.jobs.get(p.job_id)
         if job is None:
-            raise RpcError(protocol.NOT_FOUND, f"no job {p.job_id}")
-        return {"job": job}
+            raise NotFound(f"no job {p.job_id}")
+        return {"job": _public(job, call)}
 
-    async def jobs_list(self, p: JobsList) -> dict:
-        return {"jobs": await self.engine.store.list_jobs(p.host, p.limit)}
+    async def jobs_list(self, p: JobsList, call: Call) -> dict:
+        return {"jobs": [_public(job, call) for job in await self.s.jobs.list(p.host, p.limit)]}
 
-    async def snapshots_list(self, p: SnapshotsList) -> dict:
-        return {"host": p.host, "snapshots": await self.engine.snapshot_list(p.host)}
+    async def snapshots_list(self, p: SnapshotsList, call: Call) -> dict:
+        config = self.s.runtime.config
+        host_dir = self.host_dir(p.host)
+        host = config.find_host(p.host)
+        policy = config.settings(host).retention if host else config.retention
+        page = await catalog.list_snapshots(self.s.store, host_dir, policy, p.limit, p.before)
+        return {"host": p.host, **page}
 
-    async def schedule_list(self, _: NoParams) -> dict:
-        return {"entries": schedule_entries(self.engine, clock.now())}
+    async def schedule_list(self, _: NoParams, call: Call) -> dict:
+        return {"entries": self.s.readmodel.schedule_entries(clock.now())}
 
-    async def snapshots_browse(self, p: SnapshotsBrowse) -> dict:
-        name, root = browse.snapshot_root(self.engine.known_host_dir(p.host), p.snapshot)
+    async def snapshots_browse(self, p: SnapshotsBrowse, call: Call) -> dict:
+        name, root = browse.snapshot_root(self.host_dir(p.host), p.snapshot)
         page = await asyncio.to_thread(browse.list_dir, root, p.path, p.offset, p.limit)
         return {"host": p.host, "snapshot": name, "path": p.path, **page}
 
-    async def snapshots_history(self, p: SnapshotsHistory) -> dict:
-        found = await asyncio.to_thread(browse.history, self.engine.known_host_dir(p.host), p.path)
+    async def snapshots_history(self, p: SnapshotsHistory, call: Call) -> dict:
+        found = await asyncio.to_thread(browse.history, self.host_dir(p.host), p.path)
         return {"host": p.host, "path": p.path, "entries": found}
 
-    async def restore(self, p: Restore) -> dict:
+    async def restore(self, p: Restore, call: Call) -> dict:
         """Check everything that can be checked before starting: the snapshot, the
         path inside it, the destination and what is already there."""
-        name, root = browse.snapshot_root(self.engine.known_host_dir(p.host), p.snapshot)
+        name, root = browse.snapshot_root(self.host_dir(p.host), p.snapshot)
         await asyncio.to_thread(browse.lookup, root, p.path)
         relative = b"/".join(browse.components(p.path))
         remote = restore.check_destination(p.dest)
         if not remote and not p.overwrite:
             existing = await asyncio.to_thread(restore.local_conflict, p.dest, relative)
             if existing:
-                raise RpcError(protocol.CONFLICT, f"{existing} exists; use --overwrite to replace it",
-                               {"path": existing})
-        params = {"snapshot": name, "root": str(root), "relative": os.fsdecode(relative), "dest": p.dest,
-                  "overwrite": p.overwrite, "path": p.path}
-        job_id = await self.engine.start_job([p.host], "restore", p.dry_run, params=params)
-        return {"job_id": job_id}
+                raise Conflict(f"{existing} exists; use --overwrite to replace it", {"path": existing})
+        target = RestoreTarget(name, relative, p.path, p.dest, p.overwrite, call.uid, call.gid)
+        return {"job_id": await self.s.jobs.start([p.host], Kind.RESTORE, Trigger.MANUAL, restore=target,
+                                                  dry_run=p.dry_run)}
 
-    async def verify(self, p: Verify) -> dict:
-        host_dir = self.engine.known_host_dir(p.host)
+    async def verify(self, p: Verify, call: Call) -> dict:
+        host_dir = self.host_dir(p.host)
+        integrity = self.s.integrity
         if p.sample:
-            result = await self.engine.verify_sample(p.host)
+            result = await integrity.sample(host_dir, self.s.runtime.config.verify.sample_percent)
             return {**result, "ok": not result["mismatches"], "snapshots": [result["snapshot"]], "archives": []}
         if p.all:
             names = [str(n) for n in host_dir.snapshots()]
         else:
             names = [browse.snapshot_root(host_dir, p.snapshot)[0]]
-        archive_files = [a.path for a in archive.archives(host_dir) if p.all or str(a.snapshot) in names]
-        result = await asyncio.to_thread(manifest.verify_snapshots, host_dir.hourly, host_dir.meta,
-                                         names, archive_files)
-        log.log(40 if result["mismatches"] else 20, "verify.done", host=p.host, ok=result["ok"],
-                checked=result["checked"], mismatches=len(result["mismatches"]))
-        return {"host": p.host, **result}
+        return {"host": p.host, **await integrity.verify(host_dir, names, p.all)}
 
-    async def metrics(self, _: NoParams) -> dict:
-        return {"text": await metrics.exposition(self.engine)}
+    async def metrics(self, _: NoParams, call: Call) -> dict:
+        return {"text": await metrics.exposition(self.s)}
 
-    async def audit_list(self, p: AuditList) -> dict:
-        store = self.engine.store
-        chain_ok, broken_at = await store.verify_audit() if p.verify else (None, None)
-        return {"entries": await store.audit_entries(p.limit), "chain_ok": chain_ok, "broken_at": broken_at}
+    async def audit_list(self, p: AuditList, call: Call) -> dict:
+        audit = self.s.store.audit
+        chain_ok, broken_at = await audit.verify() if p.verify else (None, None)
+        return {"entries": await audit.entries(p.limit), "chain_ok": chain_ok, "broken_at": broken_at}
 
-    async def alerts_list(self, p: AlertsList) -> dict:
-        return {"alerts": await self.engine.store.list_alerts(p.all)}
+    async def alerts_list(self, p: AlertsList, call: Call) -> dict:
+        return {"alerts": await self.s.alerts.list(p.all)}
 
-    async def alerts_ack(self, p: AlertsAck) -> dict:
-        if not await self.engine.store.ack_alert(p.id):
-            raise RpcError(protocol.NOT_FOUND, f"no unacknowledged alert {p.id}")
-        return {"acked": p.id}
+    async def alerts_ack(self, p: AlertsAck, call: Call) -> dict:
+        acked = await self.s.alerts.ack(p.ids, p.host, p.kind and str(p.kind), call.user, p.note)
+        if not acked and p.ids:
+            raise NotFound(f"no open alert with id {', '.join(map(str, p.ids))}")
+        return {"acked": [episode["id"] for episode in acked]}
 
-    async def prune(self, p: Prune) -> dict:
-        hosts = self.engine.host_names(p.hosts)
-        return {"dry_run": p.dry_run,
-                "plan": {host: await self.engine.prune_host(host, p.dry_run) for host in hosts}}
+    async def prune(self, p: Prune, call: Call) -> dict:
+        config = self.s.runtime.config
+        plan = {}
+        for host in self.s.jobs.host_names(p.hosts):
+            policy = config.settings(config.find_host(host)).retention
+            plan[host] = await self.s.housekeeping.prune(HostDir.of(config.backup_root, host), policy, p.dry_run)
+        return {"dry_run": p.dry_run, "plan": plan}
 
-
-    async def hosts_list(self, _: NoParams) -> dict:
-        config = self.engine.config
+    async def hosts_list(self, _: NoParams, call: Call) -> dict:
+        config = self.s.runtime.config
         hosts = []
         for host in config.host:
             settings = config.settings(host)
             hosts.append({"name": host.name, "source": host.source, "remote": host.is_remote,
                           "schedule": settings.schedule.model_dump(mode="json"),
-                          "excludes": len(settings.excludes)})
+                          "excludes": settings.excludes})
         return {"hosts": hosts}
 
-    async def hosts_test(self, p: HostsTest) -> dict:
-        return {"results": await self.engine.test_hosts(p.hosts)}
+    async def hosts_test(self, p: HostsTest, call: Call) -> dict:
+        return {"results": await self.s.hosts.test(self.s.jobs.host_names(p.hosts))}
 
-    async def config_reload(self, _: NoParams) -> dict:
-        return await self.daemon.reload()
+    async def config_reload(self, _: NoParams, call: Call) -> dict:
+        return await self.s.runtime.reload()
 
-    async def events_subscribe(self, p: EventsSubscribe, conn) -> tuple[dict, Callable[[], None]]:
-        bus = self.engine.bus
-        topics = set(p.topics) if p.topics else None
+    async def events_subscribe(self, p: EventsSubscribe, call: Call) -> tuple[dict, Callable[[], None]]:
+        """Viewers and operators get every topic but `log` (it quotes file
+        names and hook command lines): asking for it is refused."""
+        allowed = set(TOPICS) if call.role == "admin" else set(TOPICS) - {"log"}
+        topics = set(p.topics) if p.topics else allowed
+        if topics - allowed:
+            raise Denied(f"permission denied: the {', '.join(sorted(topics - allowed))} topic needs the admin role")
+        bus, conn = self.s.bus, call.conn
 
         def on_drop() -> None:
-            log.warning("events.subscriber_dropped", uid=conn.peer.uid, pid=conn.peer.pid,
-                        max_queue=p.max_queue)
+            log.warning("events.subscriber_dropped", uid=call.uid, pid=call.pid, max_queue=p.max_queue)
             conn.drop({"jsonrpc": "2.0", "method": "event",
                        "params": {"topic": "dropped", "time": clock.iso(clock.now()),
                                   "reason": f"too slow: more than {p.max_queue} events behind"}})
@@ -309,30 +342,30 @@ class Api:
             conn.limit_buffering(SUBSCRIBER_BUFFER)
             conn.stream(pump(), on_close=lambda: bus.unsubscribe(subscription))
 
-        return {"subscribed": sorted(topics or TOPICS), "max_queue": p.max_queue}, start
+        return {"subscribed": sorted(topics), "max_queue": p.max_queue}, start
 
 
 def method_table(api: Api) -> dict[str, Method]:
     return {
-        "daemon.info": Method(NoParams, api.daemon_info, "viewer"),
-        "status": Method(NoParams, api.status, "viewer"),
-        "job.start": Method(JobStart, api.job_start, "operator", mutating=True),
-        "job.cancel": Method(JobCancel, api.job_cancel, "operator", mutating=True),
-        "job.get": Method(JobGet, api.job_get, "viewer"),
-        "jobs.list": Method(JobsList, api.jobs_list, "viewer"),
-        "snapshots.list": Method(SnapshotsList, api.snapshots_list, "viewer"),
-        "snapshots.browse": Method(SnapshotsBrowse, api.snapshots_browse, "admin"),
-        "snapshots.history": Method(SnapshotsHistory, api.snapshots_history, "admin"),
-        "schedule.list": Method(NoParams, api.schedule_list, "viewer"),
-        "prune": Method(Prune, api.prune, "admin", mutating=True),
-        "restore": Method(Restore, api.restore, "admin", mutating=True),
-        "verify": Method(Verify, api.verify, "operator"),
-        "alerts.list": Method(AlertsList, api.alerts_list, "viewer"),
-        "alerts.ack": Method(AlertsAck, api.alerts_ack, "operator", mutating=True),
-        "audit.list": Method(AuditList, api.audit_list, "admin"),
-        "metrics": Method(NoParams, api.metrics, "viewer"),
-        "hosts.list": Method(NoParams, api.hosts_list, "viewer"),
-        "hosts.test": Method(HostsTest, api.hosts_test, "operator"),
-        "config.reload": Method(NoParams, api.config_reload, "admin", mutating=True),
-        "events.subscribe": Method(EventsSubscribe, api.events_subscribe, "viewer", streams=True),
+        M.DAEMON_INFO: Method(NoParams, api.daemon_info, "viewer"),
+        M.STATUS: Method(NoParams, api.status, "viewer"),
+        M.JOB_START: Method(JobStart, api.job_start, "operator", mutating=True),
+        M.JOB_CANCEL: Method(JobCancel, api.job_cancel, "operator", mutating=True),
+        M.JOB_GET: Method(JobGet, api.job_get, "viewer"),
+        M.JOBS_LIST: Method(JobsList, api.jobs_list, "viewer"),
+        M.SNAPSHOTS_LIST: Method(SnapshotsList, api.snapshots_list, "viewer"),
+        M.SNAPSHOTS_BROWSE: Method(SnapshotsBrowse, api.snapshots_browse, "admin"),
+        M.SNAPSHOTS_HISTORY: Method(SnapshotsHistory, api.snapshots_history, "admin"),
+        M.SCHEDULE_LIST: Method(NoParams, api.schedule_list, "viewer"),
+        M.PRUNE: Method(Prune, api.prune, "admin", mutating=True),
+        M.RESTORE: Method(Restore, api.restore, "admin", mutating=True),
+        M.VERIFY: Method(Verify, api.verify, "operator"),
+        M.ALERTS_LIST: Method(AlertsList, api.alerts_list, "viewer"),
+        M.ALERTS_ACK: Method(AlertsAck, api.alerts_ack, "operator", mutating=True),
+        M.AUDIT_LIST: Method(AuditList, api.audit_list, "admin"),
+        M.METRICS: Method(NoParams, api.metrics, "viewer"),
+        M.HOSTS_LIST: Method(NoParams, api.hosts_list, "viewer"),
+        M.HOSTS_TEST: Method(HostsTest, api.hosts_test, "operator"),
+        M.CONFIG_RELOAD: Method(NoParams, api.config_reload, "admin", mutating=True),
+        M.EVENTS_SUBSCRIBE: Method(EventsSubscribe, api.events_subscribe, "viewer", streams=True),
     }

@@ -24,9 +24,10 @@ import structlog
 from pydantic import ValidationError
 
 from bkctl import protocol
+from bkctl.protocol import ErrorCode
 from .. import access
 from ..config.models import Access
-from ..errors import RpcError
+from ..errors import Busy, Conflict, Denied, DomainError, InvalidArgument, NotFound, ShuttingDown
 from .methods import Method
 
 log = structlog.get_logger()
@@ -35,11 +36,34 @@ WRITE_TIMEOUT = 30.0  # a client that does not read its answers for this long is
 DROP_GRACE = 30.0  # seconds a dropped client gets to read what is buffered and its last notice
 
 
+# The one table from domain errors to wire codes.
+WIRE_CODES: dict[type[DomainError], ErrorCode] = {
+    NotFound: ErrorCode.NOT_FOUND,
+    Busy: ErrorCode.BUSY,
+    Conflict: ErrorCode.CONFLICT,
+    InvalidArgument: ErrorCode.INVALID_PARAMS,
+    Denied: ErrorCode.PERMISSION_DENIED,
+    ShuttingDown: ErrorCode.SHUTTING_DOWN,
+}
+
+
 @dataclass(frozen=True)
 class Peer:
     pid: int
     uid: int
     gid: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """Who is calling, as a handler sees it."""
+
+    uid: int
+    gid: int
+    pid: int
+    user: str
+    role: str
+    conn: "Connection"
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -93,7 +117,7 @@ class Connection:
 
 
 def _error(request_id, code: int, message: str, data: dict | None = None) -> dict:
-    error = {"code": code, "message": message}
+    error = {"code": int(code), "message": message}
     if data is not None:
         error["data"] = data
     return {"jsonrpc": "2.0", "id": request_id, "error": error}
@@ -151,6 +175,7 @@ class RpcServer:
         self.audit = audit
         self._server: asyncio.base_events.Server | None = None
         self.closing = False
+        self._clients: set[asyncio.Task] = set()
 
     async def start(self, sock: socket.socket | None = None) -> None:
         sock = sock or bind_socket(self.path)
@@ -158,15 +183,35 @@ class RpcServer:
         self._server = await asyncio.start_unix_server(self._serve_client, sock=sock,
                                                        limit=protocol.MAX_LINE + 1)
 
+    async def serve(self) -> None:
+        """The supervised loop: serve until cancelled; a failure rebinds."""
+        if self._server is None or not self._server.is_serving():
+            await self.start()
+        await self._server.serve_forever()
+
     async def close(self) -> None:
+        """Stop listening, end every connection and wait for its handlers, so
+        that nothing runs against the state store once it is closed."""
         self.closing = True
         if self._server:
             self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(self.path.lstat().st_mode):
                     self.path.unlink()
+        for task in list(self._clients):
+            task.cancel()
+        if self._clients:
+            await asyncio.gather(*self._clients, return_exceptions=True)
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._clients.add(task)
+        try:
+            await self._serve_connection(reader, writer)
+        finally:
+            self._clients.discard(task)
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(writer, peer_of(writer.get_extra_info("socket")))
         pending: set[asyncio.Task] = set()
         try:
@@ -174,7 +219,7 @@ class RpcServer:
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
-                    await conn.send(_error(None, protocol.INVALID_REQUEST,
+                    await conn.send(_error(None, ErrorCode.INVALID_REQUEST,
                                            f"request too large (limit {protocol.MAX_LINE} bytes)"))
                     break
                 if not line:
@@ -189,6 +234,9 @@ class RpcServer:
         finally:
             conn.close_streams()
             if pending:
+                if self.closing:
+                    for task in pending:
+                        task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
             writer.close()
             with contextlib.suppress(Exception):
@@ -198,11 +246,7 @@ class RpcServer:
         try:
             response, then = await self.dispatch(line, conn)
         except Exception:  # a bug in the plumbing still gets an answer, never silence
-            incident = uuid.uuid4().hex[:12]
-            log.exception("rpc.internal_error", incident=incident)
-            response, then = _error(None, protocol.INTERNAL_ERROR,
-                                    f"internal error (incident {incident}; see the daemon's log)",
-                                    {"incident": incident}), None
+            response, then = _internal(_request_id(line), "rpc.internal_error"), None
         if response is not None:
             try:
                 await conn.send(response)
@@ -217,17 +261,19 @@ class RpcServer:
         try:
             message = json.loads(line)
         except (ValueError, UnicodeDecodeError) as e:
-            return _error(None, protocol.PARSE_ERROR, f"parse error: {e}"), None
+            return _error(None, ErrorCode.PARSE_ERROR, f"parse error: {e}"), None
+        except RecursionError:
+            return _error(None, ErrorCode.PARSE_ERROR, "parse error: nested too deeply"), None
         if isinstance(message, list):
-            return _error(None, protocol.INVALID_REQUEST, "batches are not supported"), None
+            return _error(None, ErrorCode.INVALID_REQUEST, "batches are not supported"), None
         if not isinstance(message, dict):
-            return _error(None, protocol.INVALID_REQUEST, "a request must be a JSON object"), None
+            return _error(None, ErrorCode.INVALID_REQUEST, "a request must be a JSON object"), None
         request_id = message.get("id")
         if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
-            return _error(None, protocol.INVALID_REQUEST, "id must be a string, a number or null"), None
+            return _error(None, ErrorCode.INVALID_REQUEST, "id must be a string, a number or null"), None
         method_name = message.get("method")
         if message.get("jsonrpc") != "2.0" or not isinstance(method_name, str):
-            return _error(request_id, protocol.INVALID_REQUEST,
+            return _error(request_id, ErrorCode.INVALID_REQUEST,
                           'a request needs "jsonrpc": "2.0" and a string "method"'), None
         is_notification = "id" not in message
         response, then = await self._call(method_name, message.get("params"), request_id, conn)
@@ -236,27 +282,28 @@ class RpcServer:
     async def _call(self, method_name: str, raw_params, request_id, conn: Connection):
         method = self.methods.get(method_name)
         if method is None:
-            return _error(request_id, protocol.METHOD_NOT_FOUND, f"unknown method: {method_name}"), None
+            return _error(request_id, ErrorCode.METHOD_NOT_FOUND, f"unknown method: {method_name}"), None
         if self.closing:
-            return _error(request_id, protocol.SHUTTING_DOWN, "the daemon is shutting down"), None
+            return _error(request_id, ErrorCode.SHUTTING_DOWN, "the daemon is shutting down"), None
         peer = conn.peer
         role = access.role_of(peer.uid, peer.gid, peer.pid, self.access())
         if not access.allowed(role, method.role):
             who = f"{access.user_name(peer.uid)} (uid {peer.uid})"
-            error = _error(request_id, protocol.PERMISSION_DENIED,
+            error = _error(request_id, ErrorCode.PERMISSION_DENIED,
                            f"permission denied: {method_name} needs the {method.role} role; "
                            f"{who} has {'the ' + role + ' role' if role else 'no role'}")
             return await self._audited(method, method_name, raw_params, conn, error), None
         if raw_params is None:
             raw_params = {}
         if not isinstance(raw_params, dict):
-            return _error(request_id, protocol.INVALID_PARAMS,
+            return _error(request_id, ErrorCode.INVALID_PARAMS,
                           "invalid params: params must be an object (named parameters)"), None
         try:
             params = method.params.model_validate(raw_params)
         except ValidationError as e:
-            return _error(request_id, protocol.INVALID_PARAMS, _params_error(e)), None
-        response, then = await self._invoke(method, method_name, params, request_id, conn)
+            return _error(request_id, ErrorCode.INVALID_PARAMS, _params_error(e)), None
+        call = Call(peer.uid, peer.gid, peer.pid, access.user_name(peer.uid), role, conn)
+        response, then = await self._invoke(method, method_name, params, request_id, call)
         return await self._audited(method, method_name, raw_params, conn, response), then
 
     async def _audited(self, method: Method, name: str, params, conn: Connection, response: dict) -> dict:
@@ -265,23 +312,40 @@ class RpcServer:
             error = response.get("error")
             outcome = f"error {error['code']}: {error['message']}" if error else "ok"
             peer = conn.peer
-            await self.audit(peer.uid, access.user_name(peer.uid), peer.pid, name,
-                             params if isinstance(params, dict) else {"params": params}, outcome)
+            try:
+                await self.audit(peer.uid, access.user_name(peer.uid), peer.pid, name,
+                                 params if isinstance(params, dict) else {"params": params}, outcome)
+            except Exception as e:  # the journal still has it; the caller still gets the answer
+                log.error("audit.unrecorded", method=name, uid=peer.uid, outcome=outcome, error=str(e))
         return response
 
-    async def _invoke(self, method: Method, method_name: str, params, request_id, conn: Connection):
+    async def _invoke(self, method: Method, method_name: str, params, request_id, call: Call):
         then = None
         try:
             if method.streams:
-                result, then = await method.handler(params, conn)
+                result, then = await method.handler(params, call)
             else:
-                result = await method.handler(params)
-        except RpcError as e:
-            return _error(request_id, e.code, e.message, e.data), None
+                result = await method.handler(params, call)
+        except DomainError as e:
+            return _error(request_id, WIRE_CODES[type(e)], e.message, e.data), None
         except Exception:
-            incident = uuid.uuid4().hex[:12]
-            log.exception("rpc.internal_error", method=method_name, incident=incident, uid=conn.peer.uid)
-            return _error(request_id, protocol.INTERNAL_ERROR,
-                          f"internal error (incident {incident}; see the daemon's log)",
-                          {"incident": incident}), None
+            return _internal(request_id, "rpc.internal_error", method=method_name, uid=call.uid), None
         return {"jsonrpc": "2.0", "id": request_id, "result": result}, then
+
+
+def _internal(request_id, event: str, **fields) -> dict:
+    """-32603 with an incident id that is in the log (with the traceback, no locals)."""
+    incident = uuid.uuid4().hex[:12]
+    log.exception(event, incident=incident, **fields)
+    return _error(request_id, ErrorCode.INTERNAL_ERROR, f"internal error (incident {incident}; see the daemon's log)",
+                  {"incident": incident})
+
+
+def _request_id(line: bytes):
+    """The id of a request line, if it can be read at all: errors keep it."""
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else None

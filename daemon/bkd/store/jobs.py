@@ -1,0 +1,137 @@
+"""Job history, per-host state and the run counters metrics need."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from bkctl.protocol import FINAL_STATUSES, Kind
+
+from .. import clock
+
+if TYPE_CHECKING:
+    from . import Store
+
+# The runs that move a host's "last result" and its failure streak.
+BACKUP_KINDS = (Kind.SNAPSHOT, Kind.ALL)
+_FINAL = tuple(sorted(FINAL_STATUSES))
+
+
+class JobStore:
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def next_job_id(self) -> int:
+        rows = await self.store.fetch(
+            "SELECT MAX(COALESCE((SELECT MAX(job_id) FROM jobs), 0), "
+            "COALESCE((SELECT seq FROM sqlite_sequence WHERE name='jobs'), 0)) + 1 AS next")
+        return rows[0]["next"]
+
+    async def save(self, job: dict) -> None:
+        """Write a job's whole record (idempotent: saving it again changes
+        nothing). A host run that becomes final here is counted exactly once
+        and moves that host's state."""
+        async with self.store.transaction() as db:
+            await db.execute(
+                "INSERT INTO jobs (job_id, kind, status, trigger, dry_run, started, finished) "
+                "VALUES (:job_id, :kind, :status, :trigger, :dry_run, :started, :finished) "
+                "ON CONFLICT(job_id) DO UPDATE SET status=excluded.status, finished=excluded.finished",
+                {**job, "dry_run": int(job["dry_run"])})
+            for run in job["hosts"]:
+                rows = await db.execute_fetchall(
+                    "SELECT status FROM job_hosts WHERE job_id=? AND host=?", (job["job_id"], run["host"]))
+                was_final = bool(rows) and rows[0]["status"] in FINAL_STATUSES
+                await db.execute(
+                    "INSERT INTO job_hosts (job_id, host, status, stage, started, finished, snapshot, stats, "
+                    "error, detail) VALUES (:job_id, :host, :status, :stage, :started, :finished, :snapshot, "
+                    ":stats, :error, :detail) ON CONFLICT(job_id, host) DO UPDATE SET status=excluded.status, "
+                    "stage=excluded.stage, started=excluded.started, finished=excluded.finished, "
+                    "snapshot=excluded.snapshot, stats=excluded.stats, error=excluded.error, "
+                    "detail=excluded.detail",
+                    {**run, "job_id": job["job_id"], "stats": json.dumps(run["stats"]) if run["stats"] else None})
+                if run["status"] in FINAL_STATUSES and not was_final and not job["dry_run"]:
+                    await self._count(db, job, run)
+
+    async def _count(self, db, job: dict, run: dict) -> None:
+        await db.execute(
+            "INSERT INTO run_counts (host, kind, status, count) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT(host, kind, status) DO UPDATE SET count = count + 1",
+            (run["host"], job["kind"], run["status"]))
+        if job["kind"] not in BACKUP_KINDS:
+            return
+        failed = run["status"] == "failed"
+        await db.execute(
+            "INSERT INTO host_state (host, added, last_job_id, last_status, last_error, last_finished, "
+            "last_attempt, consecutive_failures) VALUES (:host, :now, :job_id, :status, :error, :finished, "
+            ":started, :failed) ON CONFLICT(host) DO UPDATE SET last_job_id=excluded.last_job_id, "
+            "last_status=excluded.last_status, last_error=excluded.last_error, "
+            "last_finished=excluded.last_finished, last_attempt=COALESCE(excluded.last_attempt, last_attempt), "
+            "consecutive_failures = CASE WHEN :failed THEN consecutive_failures + 1 "
+            "WHEN :status IN ('ok', 'warning') THEN 0 ELSE consecutive_failures END",
+            {**run, "job_id": job["job_id"], "failed": int(failed), "now": clock.iso_ms(clock.now())})
+
+    async def ensure_hosts(self, hosts: list[str]) -> None:
+        """Remember when each host was first seen (a host that never succeeded
+        is stale counted from then)."""
+        now = clock.iso_ms(clock.now())
+        async with self.store.transaction() as db:
+            await db.executemany("INSERT OR IGNORE INTO host_state (host, added) VALUES (?, ?)",
+                                 [(host, now) for host in hosts])
+
+    async def host_states(self) -> dict[str, dict]:
+        rows = await self.store.fetch("SELECT * FROM host_state")
+        return {row["host"]: dict(row) for row in rows}
+
+    async def run_counts(self) -> list[dict]:
+        return [dict(row) for row in await self.store.fetch("SELECT * FROM run_counts")]
+
+    async def mark_interrupted(self) -> int:
+        """Runs left unfinished by a previous daemon (stopped or crashed) become interrupted."""
+        unfinished = await self.store.fetch(
+            "SELECT job_id FROM jobs WHERE status IN ('queued', 'running') "
+            "UNION SELECT job_id FROM job_hosts WHERE status IN ('queued', 'running')")
+        now = clock.iso_ms(clock.now())
+        for row in unfinished:
+            job = await self.get(row["job_id"])
+            if job is None:
+                continue
+            for run in job["hosts"]:
+                if run["status"] not in FINAL_STATUSES:
+                    run.update(status="interrupted", finished=run["finished"] or now,
+                               error=run["error"] or "the daemon stopped during this run")
+            job.update(status="interrupted", finished=job["finished"] or now)
+            await self.save(job)
+        return len(unfinished)
+
+    async def get(self, job_id: int) -> dict | None:
+        rows = await self.store.fetch("SELECT * FROM jobs WHERE job_id=?", (job_id,))
+        return (await self._with_hosts(rows))[0] if rows else None
+
+    async def list(self, host: str | None = None, limit: int = 20) -> list[dict]:
+        if host:
+            rows = await self.store.fetch(
+                "SELECT jobs.* FROM job_hosts JOIN jobs USING (job_id) WHERE host=? "
+                "ORDER BY job_id DESC LIMIT ?", (host, limit))
+        else:
+            rows = await self.store.fetch("SELECT * FROM jobs ORDER BY job_id DESC LIMIT ?", (limit,))
+        return await self._with_hosts(rows)
+
+    async def _with_hosts(self, job_rows) -> list[dict]:
+        if not job_rows:
+            return []
+        ids = [row["job_id"] for row in job_rows]
+        marks = ",".join("?" * len(ids))
+        host_rows = await self.store.fetch(
+            f"SELECT * FROM job_hosts WHERE job_id IN ({marks}) ORDER BY job_id, host", ids)
+        by_job: dict[int, list[dict]] = {}
+        for row in host_rows:
+            record = dict(row)
+            record["stats"] = json.loads(record["stats"]) if record["stats"] else None
+            by_job.setdefault(record.pop("job_id"), []).append(record)
+        jobs = []
+        for row in job_rows:
+            job = dict(row)
+            job["dry_run"] = bool(job["dry_run"])
+            job["hosts"] = by_job.get(job["job_id"], [])
+            jobs.append(job)
+        return jobs

@@ -1,0 +1,50 @@
+"""Per-snapshot statistics: a cache of each host's meta/ records (the
+filesystem is the truth about which snapshots exist)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import Store
+
+
+class SnapshotStore:
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def record(self, host: str, rows: list[tuple[str, str, dict, int | None]]) -> None:
+        """(name, time, stats, job id) of each snapshot, in one transaction."""
+        async with self.store.transaction() as db:
+            await db.executemany(
+                "INSERT OR REPLACE INTO snapshots (host, name, time, stats, job_id) VALUES (?, ?, ?, ?, ?)",
+                [(host, name, time, json.dumps(stats), job_id) for name, time, stats, job_id in rows])
+
+    async def forget(self, host: str, names: list[str]) -> None:
+        async with self.store.transaction() as db:
+            await db.executemany("DELETE FROM snapshots WHERE host=? AND name=?",
+                                 [(host, name) for name in names])
+
+    async def stats(self, host: str) -> dict[str, dict]:
+        rows = await self.store.fetch("SELECT name, stats FROM snapshots WHERE host=?", (host,))
+        return {row["name"]: json.loads(row["stats"]) for row in rows}
+
+    async def stats_of(self, host: str, name: str) -> dict | None:
+        rows = await self.store.fetch("SELECT stats FROM snapshots WHERE host=? AND name=?", (host, name))
+        return json.loads(rows[0]["stats"]) if rows else None
+
+    async def stats_between(self, host: str, first: str, last: str) -> dict[str, dict]:
+        rows = await self.store.fetch(
+            "SELECT name, stats FROM snapshots WHERE host=? AND name BETWEEN ? AND ?", (host, first, last))
+        return {row["name"]: json.loads(row["stats"]) for row in rows}
+
+    async def stats_of_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """Stats of (host, name) pairs, in one query."""
+        if not pairs:
+            return {}
+        values = ",".join("(?, ?)" for _ in pairs)
+        rows = await self.store.fetch(
+            f"SELECT host, name, stats FROM snapshots WHERE (host, name) IN (VALUES {values})",
+            [part for pair in pairs for part in pair])
+        return {(row["host"], row["name"]): json.loads(row["stats"]) for row in rows}

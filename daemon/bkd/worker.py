@@ -1,0 +1,233 @@
+"""Executing one run: wait for a slot of its lane, plan it from the config of
+that moment, run its stages, and leave the outcome on the run.
+
+Everything a stage needs comes from the frozen plan; nothing here reads the
+live config after planning."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from bkctl.protocol import Kind, Status
+
+from . import clock
+from .housekeeping import Housekeeping
+from .layout import HostDir, SnapshotName
+from .pipeline import archive, hooks, restore
+from .pipeline.snapshot import SnapshotFailed, take_snapshot
+from .plan import Lane, Phase, Stage, plan_run
+from .readmodel import ReadModel
+from .runs import Limit, Registry, Run
+from .runtime import Runtime
+from .store import STORE_ERRORS, Store
+
+log = structlog.get_logger()
+
+PROGRESS_EVERY = 0.5  # seconds between progress events of one run: at most two a second
+
+# What a stage may fail with: the run fails with the message; anything else is a bug.
+STAGE_ERRORS = (SnapshotFailed, archive.StageFailed, restore.RestoreFailed, hooks.HookFailed, OSError)
+
+Changed = Callable[[Run], Awaitable[None]]
+
+
+class Worker:
+    def __init__(self, runtime: Runtime, registry: Registry, limits: dict[Lane, Limit | None],
+                 housekeeping: Housekeeping, store: Store, readmodel: ReadModel, publish: Callable[..., None]):
+        self.runtime = runtime
+        self.registry = registry
+        self.limits = limits  # None: that lane is not limited (restores)
+        self.housekeeping = housekeeping
+        self.store = store
+        self.readmodel = readmodel
+        self.publish = publish
+        self._stages: dict[Stage, Callable[[Run], Awaitable[None]]] = {
+            Stage.PRE: self._pre, Stage.SNAPSHOT: self._snapshot, Stage.PRUNE: self._prune,
+            Stage.POST: self._post, Stage.ARCHIVE: self._archive, Stage.MONTHLY: self._monthly,
+            Stage.RESTORE: self._restore,
+        }
+
+    async def execute(self, run: Run, changed: Changed) -> None:
+        """Run to its outcome (run.status stays running; the caller concludes it)."""
+        with structlog.contextvars.bound_contextvars(host=run.host, job_id=run.job_id):
+            lane = run.lanes[0]
+            async with _slot(self.limits[lane]):
+                plan = plan_run(run.job_id, run.request, self.runtime.config)
+                if plan is None:
+                    run.result = Status.SKIPPED
+                    run.error = "the host was removed from the config before the run started"
+                    log.info("run.skipped", reason=run.error)
+                    return
+                run.plan = plan
+                run.status, run.started = Status.RUNNING, clock.now()
+                log.info("run.start", kind=str(run.kind), stages=[str(s) for s in plan.stages],
+                         trigger=str(run.request.trigger), dry_run=run.request.dry_run)
+                await changed(run)
+                await self._phase(run, plan.phases[0], changed)
+            for phase in plan.phases[1:]:
+                # The snapshot is done: the host's next snapshot need not wait for the heavy work.
+                self.registry.release(run, lane)
+                lane = phase.lane
+                if run.result is Status.FAILED:
+                    break
+                async with _slot(self.limits[lane]):
+                    await self._phase(run, phase, changed)
+
+    async def _phase(self, run: Run, phase: Phase, changed: Changed) -> None:
+        for stage in phase.stages:
+            if run.result is Status.FAILED and stage is not Stage.POST:
+                continue  # after a failure only the post hook runs (it gets the result)
+            run.stage, run.progress = stage, None
+            await changed(run)
+            try:
+                await self._stages[stage](run)
+            except STAGE_ERRORS as e:
+                message = _message(stage, e)
+                if stage is Stage.POST and run.result is not Status.FAILED:
+                    run.result = Status.WARNING  # the backup itself is fine
+                else:
+                    run.result = Status.FAILED
+                run.detail = "; ".join(filter(None, [run.detail, message]))
+                run.error = "; ".join(filter(None, [run.error, message]))
+                log.error("stage.failed", stage=str(stage), error=message)
+            finally:
+                self._flush_progress(run)
+
+    # ---- the stages -------------------------------------------------------------
+
+    def _hook_env(self, run: Run) -> dict[str, str]:
+        settings = run.plan.settings
+        return {"BKD_HOST": run.host, "BKD_JOB_ID": str(run.job_id), "BKD_SOURCE": settings.host.source}
+
+    async def _pre(self, run: Run) -> None:
+        host = run.plan.settings.host
+        await hooks.run_hook("pre", host.pre, host.hook_timeout.total_seconds(), self._hook_env(run))
+
+    async def _post(self, run: Run) -> None:
+        host = run.plan.settings.host
+        env = {**self._hook_env(run), "BKD_STATUS": str(run.result), "BKD_SNAPSHOT": run.snapshot or "",
+               "BKD_ERROR": run.error or ""}
+        await hooks.run_hook("post", host.post, host.hook_timeout.total_seconds(), env)
+
+    async def _snapshot(self, run: Run) -> None:
+        plan = run.plan
+        host_dir = HostDir.of(plan.config.backup_root, run.host)
+        previous = await asyncio.to_thread(host_dir.latest_snapshot)
+        previous_files = None
+        if previous:
+            try:
+                previous_files = ((await self.store.snapshots.stats_of(run.host, str(previous))) or {}).get("files")
+            except STORE_ERRORS as e:
+                log.warning("store.read_failed", error=str(e))
+        result = await take_snapshot(plan.config, plan.settings, dry_run=run.request.dry_run, control=run,
+                                     previous_files=previous_files,
+                                     on_progress=lambda progress: self._progress(run, progress))
+        run.snapshot = result.name
+        run.stats.update(result.stats)
+        if result.status == "warning":
+            run.result = Status.WARNING
+            run.error = run.detail = result.warning
+        if result.name:
+            self.readmodel.refresh(run.host)
+            name = SnapshotName.parse(result.name)
+            try:
+                await self.store.snapshots.record(run.host, [(result.name, clock.iso(name.time), result.stats,
+                                                              run.job_id)])
+            except STORE_ERRORS as e:  # meta/ has the record; the database is rebuilt from it
+                log.warning("store.snapshot_unrecorded", snapshot=result.name, error=str(e))
+
+    async def _prune(self, run: Run) -> None:
+        await self.housekeeping.prune(HostDir.of(run.plan.config.backup_root, run.host), run.plan.settings.retention,
+                                      dry_run=False)
+
+    def _heavy_source(self, run: Run) -> str:
+        """The complete snapshot heavy work reads: the one this run made (kind
+        all), or the one pinned when the job was claimed."""
+        name = run.snapshot if run.kind is Kind.ALL else run.request.snapshot
+        if name is None:
+            raise archive.StageFailed("no complete snapshot yet")
+        return name
+
+    async def _archive(self, run: Run) -> None:
+        plan = run.plan
+        host_dir = HostDir.of(plan.config.backup_root, run.host)
+        await self.housekeeping.clear_heavy_leftovers(host_dir)
+        stats = await archive.make_archive(host_dir, SnapshotName.parse(self._heavy_source(run)),
+                                           plan.settings.archive)
+        run.stats.update(stats)
+        await asyncio.to_thread(archive.expire_archives, host_dir, plan.settings.archive.keep_days, clock.now())
+        self.readmodel.refresh(run.host)
+
+    async def _monthly(self, run: Run) -> None:
+        plan = run.plan
+        host_dir = HostDir.of(plan.config.backup_root, run.host)
+        await self.housekeeping.clear_heavy_leftovers(host_dir)
+        stats = await archive.make_monthly(host_dir, SnapshotName.parse(self._heavy_source(run)), clock.now())
+        run.stats.update(stats)
+        await self.housekeeping.expire_monthly(host_dir, plan.config.monthly.keep_months)
+        self.readmodel.refresh(run.host)
+
+    async def _restore(self, run: Run) -> None:
+        plan, target = run.plan, run.request.restore
+        root = HostDir.of(plan.config.backup_root, run.host).hourly / target.snapshot
+        argv = restore.restore_command(plan.config, target.relative, target.dest, overwrite=target.overwrite,
+                                       dry_run=run.request.dry_run)
+        run.snapshot = target.snapshot
+        run.stats.update(await restore.run_restore(argv, Path(root), lambda p: self._progress(run, p)))
+
+    # ---- progress: at most two events a second per run ------------------------------
+
+    def _progress(self, run: Run, progress: dict) -> None:
+        run.progress = progress
+        now = time.monotonic()
+        wait = run.progress_published + PROGRESS_EVERY - now
+        if wait <= 0:
+            self._publish_progress(run)
+        elif run.progress_timer is None:  # the newest value goes out when its turn comes
+            run.progress_timer = asyncio.get_running_loop().call_later(wait, self._publish_progress, run)
+
+    def _publish_progress(self, run: Run) -> None:
+        run.progress_timer = None
+        run.progress_published = time.monotonic()
+        if run.progress is not None and not run.final:
+            self.publish("progress", job_id=run.job_id, host=run.host, stage=run.stage and str(run.stage),
+                         progress=run.progress)
+
+    def forget(self, run: Run) -> None:
+        """The run ended: a progress value still waiting is dropped, not sent late."""
+        self._flush_progress(run)
+
+    def _flush_progress(self, run: Run) -> None:
+        """A stage ended: a progress value still waiting is dropped, not sent late."""
+        if run.progress_timer is not None:
+            run.progress_timer.cancel()
+            run.progress_timer = None
+
+
+def _message(stage: Stage, error: Exception) -> str:
+    if isinstance(error, OSError):
+        where = f"{os.fsdecode(error.filename)}: " if error.filename else ""
+        return f"{stage}: {where}{error.strerror or error}"
+    text = str(error)
+    return text if text.startswith(f"{stage}") else f"{stage}: {text}"
+
+
+class _slot:
+    """`async with` a lane's limit, or nothing for an unlimited lane."""
+
+    def __init__(self, limit: Limit | None):
+        self.limit = limit
+
+    async def __aenter__(self):
+        if self.limit is not None:
+            await self.limit.acquire()
+
+    async def __aexit__(self, *exc):
+        if self.limit is not None:
+            self.limit.release()
