@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -93,7 +94,9 @@ def open_private_dir(path: Path, under: Path | None = None, mode: int = 0o700) -
             try:
                 child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as e:
-                if e.errno == errno.ELOOP:
+                # O_DIRECTORY wins over O_NOFOLLOW: a symlink gives ENOTDIR, not ELOOP.
+                if e.errno in (errno.ELOOP, errno.ENOTDIR) and \
+                        stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
                     raise OSError(errno.ELOOP, "is a symlink", str(current)) from None
                 raise OSError(e.errno, e.strerror, str(current)) from None
             os.close(fd)
