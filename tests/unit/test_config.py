@@ -136,6 +136,24 @@ def test_the_default_report_validates_without_sinks_but_an_enabled_one_needs_a_s
         "report.notify: the daily report is enabled but sent to no sink: name one here, or set enabled = false"]
 
 
+def test_report_at_is_hh_mm_as_a_string_or_a_toml_local_time(tmp_path):
+    assert load_text(tmp_path, 'backup_root = "/r"\n[report]\nat = 06:30:00\n').report.at == time(6, 30)
+    assert load_text(tmp_path, 'backup_root = "/r"\n[report]\nat = "23:59"\n').report.at == time(23, 59)
+    for bad in ('"7:00"', '"24:00"', '"12:60"', "07:00:30", '"07:00:00"'):
+        path = tmp_path / "bkd.toml"
+        path.write_text(f'backup_root = "/r"\n[report]\nat = {bad}\n')
+        with pytest.raises(ConfigError, match="report.at: invalid time of day"):
+            load_config(path)
+
+
+def test_server_name_is_one_line_of_at_most_253_characters(tmp_path):
+    assert problems_of(tmp_path, {"backup_root": "/r", "server_name": "b" * 253}) == []
+    assert problems_of(tmp_path, {"backup_root": "/r", "server_name": "b" * 254}) == [
+        "server_name: at most 253 characters, not 254"]
+    assert problems_of(tmp_path, {"backup_root": "/r", "server_name": "b\r\nBcc: x@y.z"}) == [
+        "server_name: control characters are not allowed: 'b\\r\\nBcc: x@y.z'"]
+
+
 def test_strings_are_not_numbers_and_numbers_are_not_booleans(tmp_path):
     assert problems_of(tmp_path, {"backup_root": "/r", "max_parallel_hosts": "4",
                                   "schedule": {"enabled": 1}}) == [

@@ -172,6 +172,12 @@ def _check_one_line(text: str) -> str:
     return text
 
 
+def _check_server_name(text: str) -> str:
+    if len(text) > 253:  # a DNS name's limit; it goes into mail subjects
+        raise ValueError(f"at most 253 characters, not {len(text)}")
+    return _check_one_line(text)
+
+
 # Paths accept TOML strings even though the models are strict.
 AbsolutePath = Annotated[Path, Field(strict=False), AfterValidator(_check_absolute)]
 # "" (unset) or an absolute path; kept a string so `if value:` reads naturally.
@@ -245,11 +251,12 @@ AlertKind = Annotated[str, AfterValidator(_check_kind)]
 
 
 def _check_time_of_day(value: object) -> time:
-    if isinstance(value, time):
-        return value
+    if isinstance(value, time) and value.second == value.microsecond == 0 and value.tzinfo is None:
+        return value  # a TOML local time, 07:00:00
     match = re.fullmatch(r"(\d\d):(\d\d)", value) if isinstance(value, str) else None
     if not match or int(match[1]) > 23 or int(match[2]) > 59:
-        raise ValueError(f"invalid time of day {value!r}: use HH:MM, 00:00 to 23:59")
+        shown = value.isoformat() if isinstance(value, time) else value
+        raise ValueError(f"invalid time of day {shown!r}: use HH:MM, 00:00 to 23:59")
     return time(int(match[1]), int(match[2]))
 
 
@@ -494,7 +501,7 @@ class Config(Section):
     socket: AbsolutePath = Path("/run/bkd/bkd.sock")
     max_parallel_hosts: ranged(int, 1, 1000) = 4
     max_parallel_heavy: ranged(int, 1, 1000) = 1
-    server_name: Annotated[OneLine, Field(max_length=253)] = ""  # "" = the machine's hostname
+    server_name: Annotated[str, AfterValidator(_check_server_name)] = ""  # "" = the machine's hostname
     history: History = Field(default_factory=History)
     rpc: Rpc = Field(default_factory=Rpc)
     schedule: Schedule = Field(default_factory=Schedule)
