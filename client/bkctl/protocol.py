@@ -79,6 +79,21 @@ class Kind(StrEnum):
     RESTORE = "restore"
 
 
+class AlertKind(StrEnum):
+    """What an alert episode is about (SPEC §8)."""
+
+    RUN_FAILED = "run_failed"
+    STALE = "stale"
+    HUNG = "hung"
+    AUTH = "auth"
+    INTEGRITY = "integrity"
+    ANOMALY = "anomaly"
+    DISK = "disk"
+    CLOCK = "clock"
+    NOTIFY = "notify"
+    INTERNAL = "internal"
+
+
 METHODS = tuple(Method)
 STATUSES = tuple(Status)
 FINAL_STATUSES = frozenset(Status) - {Status.QUEUED, Status.RUNNING}

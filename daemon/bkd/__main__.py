@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import tomli_w
-from pydantic import ValidationError
 
 from . import __version__
-from .config import ConfigError, Problem, config_path, load_config, to_toml
-from .config.load import error_message
-from .config.models import Config, Retention, Schedule
+from .config import ConfigError, Problem, check_config, config_path, load_config, to_toml
+from .config.load import validate
+from .config.models import Retention, Schedule
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +23,10 @@ def _parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"], help="(serve) log level")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="run the daemon in the foreground (the default)")
-    commands.add_parser("check-config", help="validate the config; print every problem")
+    check = commands.add_parser("check-config", help="validate the config; print every problem")
+    check.add_argument("--no-dirs", action="store_true",
+                       help="skip the checks of backup_root, state_dir and host directories "
+                            "(for a config meant for another machine)")
     init = commands.add_parser("init", help="write a starter config")
     init.add_argument("--backup-root", required=True, help="where snapshots go")
     init.add_argument("--host", action="append", default=[], metavar="NAME=SOURCE",
@@ -60,11 +62,9 @@ def _init(args, path: Path) -> int:
         "host": hosts,
     }
     target = "-" if args.output == "-" else Path(args.output) if args.output else path
-    try:
-        Config.model_validate(starter)
-    except ValidationError as e:
-        return _print_problems([Problem(Path(str(target)), err["loc"], error_message(err))
-                                for err in e.errors()])
+    _, problems = validate(starter, {}, Path(str(target)))
+    if problems:
+        return _print_problems(problems)
     text = tomli_w.dumps(starter)
     if target == "-":
         sys.stdout.write(text)
@@ -84,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "init":
         return _init(args, path)
+    if command == "check-config":
+        problems = check_config(path, directories=not args.no_dirs)
+        return _print_problems(problems) if problems else 0
     try:
         config = load_config(path)
     except ConfigError as e:
         return _print_problems(e.problems)
-    if command == "check-config":
-        return 0
     if command == "config":
         sys.stdout.write(to_toml(config))
         return 0

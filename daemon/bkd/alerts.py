@@ -4,28 +4,15 @@ state store is down, the alert is logged and the caller carries on."""
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import structlog
+
+from bkctl.protocol import AlertKind
 
 from . import clock
 from .events import EventBus
 from .store import STORE_ERRORS, Store
 
 log = structlog.get_logger()
-
-
-class AlertKind(StrEnum):
-    RUN_FAILED = "run_failed"
-    STALE = "stale"
-    HUNG = "hung"
-    AUTH = "auth"
-    INTEGRITY = "integrity"
-    ANOMALY = "anomaly"
-    DISK = "disk"
-    CLOCK = "clock"
-    NOTIFY = "notify"
-    INTERNAL = "internal"
 
 
 class Alerts:

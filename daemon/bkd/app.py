@@ -21,13 +21,13 @@ from .alerts import AlertKind, Alerts
 from .config import Config
 from .events import EventBus
 from .freshness import Freshness
-from .fsutil import make_private_dir
 from .hosts import Hosts
 from .housekeeping import Housekeeping
 from .integrity import Integrity
 from .jobs import Jobs
 from .layout import HostDir
 from .metrics import Textfile
+from .ownership import DirError, check_dir, prepare_dir
 from .pipeline.rsync import check_rsync
 from .plan import Lane
 from .readmodel import ReadModel
@@ -55,17 +55,19 @@ def _why(e: OSError) -> str:
     return (e.strerror or str(e)).lower()
 
 
-def prepare_dir(path: Path, what: str) -> None:
-    """Create (0700) or check a directory the daemon owns; one line if it cannot."""
+def prepare_dirs(config: Config) -> None:
+    """The backup root, state_dir and every host directory belong to the
+    daemon (SPEC §7): create them without following planted symlinks, and
+    refuse, in one line, whatever another user owns or could change."""
     try:
-        make_private_dir(path)
-        probe = path / f".bkd-write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        hint = " (is it in ReadWritePaths=?)" if e.errno in (30, 13, 1) else ""
-        where = f" ({os.fsdecode(e.filename)})" if e.filename and Path(os.fsdecode(e.filename)) != path else ""
-        raise StartupError(f"cannot use {what} {path}: {_why(e)}{where}{hint}") from None
+        prepare_dir(config.backup_root, "backup root")
+        prepare_dir(config.state_dir, "state_dir")
+        for host in config.host:
+            problem = check_dir(config.backup_root / host.name, "host directory", follow_symlinks=False)
+            if problem:
+                raise DirError(problem)
+    except DirError as e:
+        raise StartupError(str(e)) from None
 
 
 def lock_dir(path: Path, what: str) -> int:
@@ -123,8 +125,7 @@ class Daemon:
             rsync_version = await asyncio.to_thread(check_rsync)
         except RuntimeError as e:
             raise StartupError(str(e)) from None
-        prepare_dir(config.backup_root, "backup root")
-        prepare_dir(config.state_dir, "state_dir")
+        prepare_dirs(config)
         locks = [lock_dir(config.backup_root, "backup root"), lock_dir(config.state_dir, "state_dir")]
         try:
             try:

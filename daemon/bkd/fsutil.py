@@ -1,10 +1,13 @@
-"""Write-then-rename helpers: anything that must appear whole goes through here."""
+"""Write-then-rename helpers (anything that must appear whole goes through
+here) and creating directories without following planted symlinks."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -61,6 +64,51 @@ def replace_symlink(link: Path, target: str) -> None:
     fsync_dir(link.parent)
 
 
-def make_private_dir(path: Path) -> None:
-    """Create path (and parents) as 0700 if missing; an existing directory is left as it is."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def open_private_dir(path: Path, under: Path | None = None, mode: int = 0o700) -> int:
+    """Open directory `path` (an O_DIRECTORY descriptor), creating what is
+    missing with `mode`. Every component below `under` is created and opened
+    relative to its parent's descriptor with O_NOFOLLOW, so a symlink planted
+    there (h1 -> /root-owned-dir) is refused with ELOOP instead of followed.
+    `under` itself, and without it the part of `path` that exists already, is
+    the admin's configured path and may contain symlinks."""
+    path = Path(path)
+    if under is None:
+        under = path
+        while not under.exists() and under != under.parent:
+            under = under.parent
+    parts = path.relative_to(under).parts
+    if ".." in parts:
+        raise ValueError(f"{path} is not a plain path below {under}")
+    fd = os.open(under, _DIR_FLAGS)
+    current = under
+    try:
+        for part in parts:
+            current = current / part
+            try:
+                os.mkdir(part, mode, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as e:
+                # O_DIRECTORY wins over O_NOFOLLOW: a symlink gives ENOTDIR, not ELOOP.
+                if e.errno in (errno.ELOOP, errno.ENOTDIR) and \
+                        stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, "is a symlink", str(current)) from None
+                raise OSError(e.errno, e.strerror, str(current)) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private_dir(path: Path, under: Path | None = None) -> None:
+    """Create path (and parents) as 0700 if missing; an existing directory is
+    left as it is. Pass `under` (the backup root) for anything inside bkd's
+    own directories: see open_private_dir."""
+    os.close(open_private_dir(path, under))

@@ -94,7 +94,7 @@ class Housekeeping:
 
 
 def _trash(host_dir: HostDir, path) -> None:
-    make_private_dir(host_dir.trash)
+    make_private_dir(host_dir.trash, under=host_dir.root.parent)
     try:
         path.rename(host_dir.trash / f"leftover-{path.parent.name}-{path.name}")
     except OSError:

@@ -11,9 +11,13 @@ from pathlib import Path
 import tomli_w
 from pydantic import ValidationError
 
-from .models import Config
+from .. import ownership
+from .models import SINK_TYPES, Config, cross_check, format_key, valid_host_name
 
 DEFAULT_PATH = Path("/etc/bkd/bkd.toml")
+
+# Arrays of tables that drop-ins extend instead of replacing.
+CONCATENATED = ("host", "notify")
 
 # Where each merged key came from: merged path prefix -> (file, path within that file).
 Origins = dict[tuple, tuple[Path, tuple]]
@@ -40,13 +44,6 @@ def config_path(cli_path: str | None = None) -> Path:
     return Path(cli_path or os.environ.get("BKD_CONFIG") or DEFAULT_PATH)
 
 
-def format_key(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def drop_in_files(main: Path) -> list[Path]:
     conf_d = main.parent / "conf.d"
     return sorted(conf_d.glob("*.toml")) if conf_d.is_dir() else []
@@ -63,15 +60,16 @@ def _read_toml(path: Path) -> dict:
 
 
 def _merge(into: dict, data: dict, file: Path, origins: Origins, prefix: tuple = ()) -> None:
-    """Tables merge key by key, later files win; [[host]] arrays are concatenated
-    so a drop-in can add hosts."""
+    """Tables merge key by key, later files win; [[host]] and [[notify]] arrays
+    are concatenated so a drop-in can add hosts and sinks."""
     for key, value in data.items():
         path = prefix + (key,)
-        if path == ("host",) and isinstance(value, list) and isinstance(into.get(key, []), list):
-            hosts = into.setdefault(key, [])
+        if len(path) == 1 and key in CONCATENATED and isinstance(value, list) \
+                and isinstance(into.get(key, []), list):
+            items = into.setdefault(key, [])
             for local_index, item in enumerate(value):
-                origins[("host", len(hosts))] = (file, ("host", local_index))
-                hosts.append(item)
+                origins[(key, len(items))] = (file, (key, local_index))
+                items.append(item)
         elif isinstance(value, dict) and isinstance(into.get(key), dict):
             _merge(into[key], value, file, origins, path)
         else:
@@ -79,24 +77,46 @@ def _merge(into: dict, data: dict, file: Path, origins: Origins, prefix: tuple =
             origins[path] = (file, path)
 
 
-def _locate(loc: tuple, origins: Origins, main: Path) -> tuple[Path, tuple]:
+def locate(loc: tuple, origins: Origins, main: Path, message: str) -> Problem:
+    """The problem at merged location loc, named by the file and local path that set it."""
     for length in range(len(loc), 0, -1):
         if loc[:length] in origins:
             file, local = origins[loc[:length]]
-            return file, local + loc[length:]
-    return main, loc
+            return Problem(file, local + loc[length:], message)
+    return Problem(main, loc, message)
 
 
-def error_message(error: dict) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key"
-    if error["type"] == "missing":
-        return "required key is missing"
-    return error["msg"].removeprefix("Value error, ")
+def _value_text(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
-def load_config(path: Path) -> Config:
-    """Read, merge and validate; raise ConfigError listing every problem."""
+def describe_error(error: dict) -> tuple[tuple, str]:
+    """A pydantic error as (location in the merged TOML, message)."""
+    loc, kind, msg = tuple(error["loc"]), error["type"], error["msg"]
+    # A [[notify]] sink's errors carry its type as an extra location part.
+    if len(loc) >= 3 and loc[0] == "notify" and loc[2] in SINK_TYPES:
+        loc = loc[:2] + loc[3:]
+    if kind == "extra_forbidden":
+        return loc, "unknown key"
+    if kind == "missing":
+        return loc, "required key is missing"
+    if kind == "union_tag_not_found":
+        return loc + ("type",), "required key is missing: 'email' or 'webhook'"
+    if kind == "union_tag_invalid":
+        return loc + ("type",), f"must be 'email' or 'webhook', not {error['ctx']['tag']!r}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return loc, f"must be a table, not {_value_text(error['input'])}"
+    if kind == "too_short" and error.get("ctx", {}).get("min_length") == 1:
+        return loc, "must not be empty"
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+        msg = f"{msg}, not {_value_text(error['input'])}"
+    msg = msg.removeprefix("Value error, ")
+    return loc, msg.replace("Input should be", "must be", 1).replace("String should", "must", 1)
+
+
+def read_merged(path: Path) -> tuple[dict, Origins]:
+    """The main file and its drop-ins merged; ConfigError for any unreadable file."""
     merged: dict = {}
     origins: Origins = {}
     problems: list[Problem] = []
@@ -107,18 +127,97 @@ def load_config(path: Path) -> Config:
             problems += e.problems
     if problems:
         raise ConfigError(problems)
+    return merged, origins
+
+
+def validate(merged: dict, origins: Origins, main: Path) -> tuple[Config | None, list[Problem]]:
+    """Per-key and cross-field checks in one pass: every problem, not the first kind only."""
+    found: list[tuple[tuple, str]] = []
+    config = None
+
+    def refer(ref: tuple, at: tuple) -> str:
+        """Another key named in a message: with its file when that is not the problem's file."""
+        there, here = locate(ref, origins, main, ""), locate(at, origins, main, "")
+        key = format_key(there.key)
+        return key if there.file == here.file else f"{there.file}:{key}"
+
     try:
-        config = Config.model_validate(merged)
+        config = Config.model_validate(merged, context={"cross_checked": True})
     except ValidationError as e:
-        raise ConfigError(
-            [Problem(*_locate(err["loc"], origins, path), error_message(err)) for err in e.errors()]
-        ) from None
-    cross = config.cross_check()
-    if cross:
-        raise ConfigError([Problem(*_locate(loc, origins, path), msg) for loc, msg in cross])
+        found += [describe_error(err) for err in e.errors()]
+    # A key whose own value is wrong is reported once, by its per-key check.
+    per_key = {loc for loc, _ in found}
+    found += [(loc, msg) for loc, msg in cross_check(merged, refer) if loc not in per_key]
+    return (None if found else config), [locate(loc, origins, main, msg) for loc, msg in found]
+
+
+def load_config(path: Path) -> Config:
+    """Read, merge and validate; raise ConfigError listing every problem."""
+    config, problems = validate(*read_merged(path), path)
+    if problems:
+        raise ConfigError(problems)
     return config
 
 
+DIRECTORIES = (("backup_root", "backup root"), ("state_dir", "state directory"))
+
+
+def check_config(path: Path, directories: bool = True) -> list[Problem]:
+    """Everything `bkd check-config` reports: the config's problems and, for
+    each directory whose key has a valid value, whether this effective uid
+    can use it (SPEC §7). Creates nothing."""
+    try:
+        merged, origins = read_merged(path)
+    except ConfigError as e:
+        return e.problems
+    _, problems = validate(merged, origins, path)
+    if not directories:
+        return problems
+    reported = {(p.file, p.key) for p in problems}
+
+    def valid(key: str) -> bool:
+        where = locate((key,), origins, path, "")
+        return (where.file, where.key) not in reported
+
+    for key, what in DIRECTORIES:
+        if not valid(key):
+            continue
+        directory = Path(merged.get(key, Config.model_fields[key].default))
+        problem = ownership.check_dir(directory, what)
+        if problem:
+            problems.append(locate((key,), origins, path, problem))
+        elif key == "backup_root":
+            problems += _check_host_dirs(directory, merged, origins, path)
+    return problems
+
+
+def _check_host_dirs(backup_root: Path, merged: dict, origins: Origins, main: Path) -> list[Problem]:
+    """Existing host directories must be real directories of ours: a symlink
+    planted there would make bkd write wherever it points."""
+    problems = []
+    hosts = merged.get("host") if isinstance(merged.get("host"), list) else []
+    for index, host in enumerate(hosts):
+        name = host.get("name") if isinstance(host, dict) else None
+        if valid_host_name(name):
+            problem = ownership.check_dir(backup_root / name, "host directory", follow_symlinks=False)
+            if problem:
+                problems.append(locate(("host", index, "name"), origins, main, problem))
+    return problems
+
+
+def _drop_none(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def to_dict(config: Config) -> dict:
+    """The effective config as TOML-ready data: defaults filled in, URLs
+    redacted, absent host overrides left out."""
+    return _drop_none(config.model_dump(mode="json", by_alias=True))
+
+
 def to_toml(config: Config) -> str:
-    """The effective config (defaults filled in) as TOML; absent host overrides are left out."""
-    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
+    return tomli_w.dumps(to_dict(config))

@@ -1,12 +1,21 @@
-"""The configuration schema (SPEC §3): pydantic models with the defaults."""
+"""The configuration schema (SPEC §3): pydantic models with the defaults and
+the ranges. Models are strict (a TOML string is not a number), closed
+(unknown keys are errors) and frozen (a run keeps the snapshot it started
+with; reload swaps the whole object)."""
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import timedelta
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import time, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
+from urllib.parse import urlsplit
 
+from bkctl import protocol
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -14,25 +23,39 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     create_model,
+    model_validator,
 )
+
+# ---------------------------------------------------------------- durations
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MIN_DURATION = timedelta(seconds=1)
+MAX_DURATION = timedelta(days=3650)  # "10 years"; far below timedelta's own limit
 
 
 def parse_duration(value: object) -> timedelta:
+    """'90s', '15m', '1h30m', '7d', '2w' -> timedelta, within 1s ... 3650d.
+    Any other input is a ValueError (never an OverflowError)."""
     if isinstance(value, timedelta):
-        return value
-    text = value.strip() if isinstance(value, str) else None
-    if text and _DURATION_PART.sub("", text) == "":
-        seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
-        if seconds > 0:
-            return timedelta(seconds=seconds)
-    raise ValueError(
-        f"invalid duration {value!r}: use a number and a unit (s, m, h, d, w), "
-        "e.g. '90s', '15m', '1h', '7d'"
-    )
+        seconds = value.total_seconds()
+    else:
+        text = value.strip() if isinstance(value, str) else None
+        if not (text and _DURATION_PART.sub("", text) == ""):
+            raise ValueError(
+                f"invalid duration {value!r}: use a number and a unit (s, m, h, d, w), "
+                "e.g. '90s', '15m', '1h', '7d'"
+            )
+        # Exact Python ints, so no overflow; a number longer than 12 digits is
+        # out of range anyway (and int() refuses more than 4300).
+        parts = [(n.lstrip("0") or "0", u) for n, u in _DURATION_PART.findall(text)]
+        seconds = math.inf if any(len(n) > 12 for n, _ in parts) else \
+            sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not MIN_DURATION.total_seconds() <= seconds <= MAX_DURATION.total_seconds():
+        raise ValueError(f"invalid duration {_shorten(value)!r}: must be from 1s to 10 years (3650d)")
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:
@@ -43,43 +66,244 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds}s"
 
 
+def _parse_optional_duration(value: object) -> timedelta | None:
+    return None if value == "" or value is None else parse_duration(value)
+
+
 Duration = Annotated[
     timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
 ]
+# "" (stored as None) means "not set"; the key's documentation says what that does.
+OptionalDuration = Annotated[
+    Optional[timedelta],
+    BeforeValidator(_parse_optional_duration),
+    PlainSerializer(lambda v: "" if v is None else format_duration(v), return_type=str),
+]
+
+# ------------------------------------------------------------------ numbers
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive bounds of a number (low excluded when low_open). Kept in the
+    field's metadata so docs/configuration.md can be checked against it."""
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def __call__(self, value: float) -> float:
+        low_ok = value > self.low if self.low_open else value >= self.low
+        if not (low_ok and value <= self.high):  # also false for nan
+            raise ValueError(f"must be {self.describe()}, not {value!r}")
+        return value
+
+    def describe(self) -> str:
+        if self.low_open:
+            return f"more than {self.low:g} and at most {self.high:g}"
+        return f"from {self.low:g} to {self.high:g}"
+
+
+def ranged(kind: type, low: float, high: float, low_open: bool = False):
+    bounds = Range(low, high, low_open)
+    return Annotated[kind, bounds, AfterValidator(bounds)]
+
+
+# ------------------------------------------------------------------ strings
+
+
+def _shorten(value: object, limit: int = 40) -> object:
+    return value[:limit] + "…" if isinstance(value, str) and len(value) > limit else value
+
 
 HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
-# [user@]host:path — host may not contain '/' (that would be a local path) or ':'.
-_REMOTE_SOURCE = re.compile(r"(?:[^@/:\s]+@)?(?:[^@/:\s\[\]]+|\[[0-9A-Fa-f:.]+\]):.+")
+HOST_NAME_MAX = 64  # it names directories and archive files; 250 broke every archive
 
 
-def _check_host_name(name: str) -> str:
+def _check_name(name: str, what: str = "host name") -> str:
+    if not name:
+        raise ValueError(f"a {what} cannot be empty")
     if not HOST_NAME.fullmatch(name):
-        raise ValueError(f"invalid host name {name!r}: use only letters, digits, '.', '_' and '-'")
+        raise ValueError(f"invalid {what} {_shorten(name)!r}: use only letters, digits, '.', '_' and '-'")
     if name.startswith("."):
-        raise ValueError(f"invalid host name {name!r}: names starting with '.' are reserved for bkd")
+        raise ValueError(f"invalid {what} {name!r}: names starting with '.' are reserved for bkd")
+    if len(name) > HOST_NAME_MAX:
+        raise ValueError(f"invalid {what} {_shorten(name)!r}: at most {HOST_NAME_MAX} characters, "
+                         f"not {len(name)}")
     return name
 
 
+def valid_host_name(name: object) -> bool:
+    """The host-name rule of the config, for every host parameter that arrives over RPC."""
+    try:
+        return isinstance(name, str) and _check_name(name) == name
+    except ValueError:
+        return False
+
+
+HostName = Annotated[str, AfterValidator(_check_name)]
+SinkName = Annotated[str, AfterValidator(lambda n: _check_name(n, "sink name"))]
+
+# [user@]host:path — host may not contain '/' (that would be a local path) or ':'.
+_REMOTE_SOURCE = re.compile(r"(?:[^@/:\s]+@)?(?:[^@/:\s\[\]]+|\[[0-9A-Fa-f:.]+\]):.+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _check_source(source: str) -> str:
-    if source.startswith("/") or _REMOTE_SOURCE.fullmatch(source):
+    if _CONTROL.search(source) is None and (source.startswith("/") or _REMOTE_SOURCE.fullmatch(source)):
         return source
-    raise ValueError(
-        f"invalid source {source!r}: use an absolute local path or [user@]host:path"
-    )
+    raise ValueError(f"invalid source {source!r}: use an absolute local path or [user@]host:path")
 
 
 def _check_absolute(path: Path) -> Path:
     if not path.is_absolute():
         raise ValueError(f"must be an absolute path, not {str(path)!r}")
+    if "\0" in str(path):
+        raise ValueError("a path cannot contain a NUL character")
     return path
 
 
-AbsolutePath = Annotated[Path, AfterValidator(_check_absolute)]
+def _check_optional_path(text: str) -> str:
+    return text and str(_check_absolute(Path(text)))
 
-# Excluded from every host unless [rsync].exclude is set. Patterns anchored
-# with '/' are relative to the source root; 'dir/***'-free forms keep the
-# directory itself (a mount point) while skipping its contents.
-DEFAULT_EXCLUDES = [
+
+def _check_one_line(text: str) -> str:
+    if _CONTROL.search(text):
+        raise ValueError(f"control characters are not allowed: {text!r}")
+    return text
+
+
+def _check_server_name(text: str) -> str:
+    if len(text) > 253:  # a DNS name's limit; it goes into mail subjects
+        raise ValueError(f"at most 253 characters, not {len(text)}")
+    return _check_one_line(text)
+
+
+# Paths accept TOML strings even though the models are strict.
+AbsolutePath = Annotated[Path, Field(strict=False), AfterValidator(_check_absolute)]
+# "" (unset) or an absolute path; kept a string so `if value:` reads naturally.
+OptionalPath = Annotated[str, AfterValidator(_check_optional_path)]
+OneLine = Annotated[str, AfterValidator(_check_one_line)]
+
+
+# --------------------------------------------------------------------- URLs
+
+REDACTED = "...redacted..."
+
+
+def redact_url(url: str) -> str:
+    """A URL that may carry a token in its path, query or userinfo, safe to
+    show: scheme, host and port kept, everything after replaced by REDACTED,
+    still a valid URL (so `config show` output loads again). '' stays ''."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    host = parts.netloc.rpartition("@")[2]
+    if not parts.scheme or not host:
+        return REDACTED
+    has_secret = parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc
+    return f"{parts.scheme}://{host}/{REDACTED}" if has_secret else f"{parts.scheme}://{host}"
+
+
+def _check_url(url: str) -> str:
+    if url == "":
+        return url
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if _CONTROL.search(url) or " " in url:
+        problem = "it contains spaces or control characters"
+    elif parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        problem = "use http://HOST/PATH or https://HOST/PATH"
+    else:
+        return url
+    # The URL itself may hold a token: the message shows it redacted.
+    raise ValueError(f"invalid URL {redact_url(url)!r}: {problem}")
+
+
+# Shown redacted wherever the config is dumped (config show, hosts, logs).
+Url = Annotated[str, AfterValidator(_check_url), PlainSerializer(redact_url, return_type=str)]
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+# ------------------------------------------------------------------- alerts
+
+ALERT_KINDS = tuple(str(kind) for kind in protocol.AlertKind)
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in ALERT_KINDS:
+        raise ValueError(f"unknown alert kind {kind!r}: use one of {', '.join(ALERT_KINDS)}")
+    return kind
+
+
+AlertKind = Annotated[str, AfterValidator(_check_kind)]
+
+
+def _check_time_of_day(value: object) -> time:
+    if isinstance(value, time) and value.second == value.microsecond == 0 and value.tzinfo is None:
+        return value  # a TOML local time, 07:00:00
+    match = re.fullmatch(r"(\d\d):(\d\d)", value) if isinstance(value, str) else None
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        shown = value.isoformat() if isinstance(value, time) else value
+        raise ValueError(f"invalid time of day {shown!r}: use HH:MM, 00:00 to 23:59")
+    return time(int(match[1]), int(match[2]))
+
+
+TimeOfDay = Annotated[
+    time, BeforeValidator(_check_time_of_day), PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str)
+]
+
+
+def zone(name: str) -> tzinfo:
+    """The time zone of a valid name. UTC needs no tzdata (minimal systems lack it)."""
+    if name == "UTC":
+        return timezone.utc
+    return zoneinfo.ZoneInfo(name)
+
+
+def _check_zone(name: str) -> str:
+    try:
+        zone(name)
+    except (ValueError, KeyError, OSError):  # KeyError: ZoneInfoNotFoundError
+        raise ValueError(f"unknown time zone {name!r}: use a name like 'UTC' or 'Europe/Berlin'") from None
+    return name
+
+
+_ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")
+
+
+def _check_address(address: str) -> str:
+    if not _ADDRESS.fullmatch(address):
+        raise ValueError(f"invalid mail address {address!r}: use user@domain")
+    return address
+
+
+_BWLIMIT = re.compile(r"(\d+(\.\d+)?|\.\d+)([kmgtp](i?b)?|b)?", re.IGNORECASE)
+
+
+def _check_bwlimit(value: str) -> str:
+    if value and not _BWLIMIT.fullmatch(value):
+        raise ValueError(f"invalid bandwidth limit {value!r}: use a number with an optional unit, e.g. '10m'")
+    return value
+
+
+# ----------------------------------------------------------------- defaults
+
+# Added to every host's excludes while [rsync] exclude_defaults is true.
+# Patterns anchored with '/' are relative to the source root; 'dir/*' forms
+# keep the directory itself (a mount point) while skipping its contents.
+DEFAULT_EXCLUDES = (
     # pseudo-filesystems and mount points (when the source is '/')
     "/proc/*", "/sys/*", "/dev/*", "/run/*", "/mnt/*", "/media/*", "/lost+found",
     # temporary files and logs
@@ -91,76 +315,138 @@ DEFAULT_EXCLUDES = [
     ".git/", ".hg/", ".svn/",
     # virtual machine and container images
     "*.qcow2", "*.vmdk", "*.vdi", "*.vhdx", "/var/lib/docker/*", "/var/lib/libvirt/images/*",
-]
+)
 
-DEFAULT_SSH_OPTIONS = [
+DEFAULT_SSH_OPTIONS = (
     "ConnectTimeout=10",
     "ServerAliveInterval=15",
     "ServerAliveCountMax=3",
     "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com",
-]
+)
+
+# ----------------------------------------------------------------- sections
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class History(Section):
+    keep: Duration = timedelta(days=400)
+
+
+class Rpc(Section):
+    max_connections: ranged(int, 1, 65536) = 256
+    max_connections_per_uid: ranged(int, 1, 65536) = 32
+    idle_timeout: Duration = timedelta(minutes=10)
 
 
 class Schedule(Section):
     enabled: bool = True
     snapshot_every: Duration = timedelta(hours=1)
     archive_every: Duration = timedelta(hours=4)
-    monthly_day: int = Field(1, ge=1, le=31)
-    stale_factor: float = Field(2.0, gt=1)  # stale: newest snapshot older than this many intervals
+    monthly_day: ranged(int, 1, 31) = 1
+    stale_factor: ranged(float, 1, 1000) = 2.0  # stale: newest snapshot older than this many intervals
 
 
 class Retention(Section):
-    hourly_hours: int = Field(720, ge=0)
-    daily_days: int = Field(180, ge=0)
-    monthly_months: int = Field(24, ge=0)
+    hourly_hours: ranged(int, 0, 876000) = 720
+    daily_days: ranged(int, 0, 36500) = 180
+    monthly_months: ranged(int, 0, 1200) = 24
 
 
 class Archive(Section):
     enabled: bool = True
     compression: Literal["gzip", "pigz", "zstd"] = "zstd"
-    level: int = Field(3, ge=1, le=19)
-    keep_days: int = Field(5, ge=0)
+    level: ranged(int, 1, 19) = 3  # gzip and pigz: 1-9, a cross-field check
+    keep_days: ranged(int, 0, 36500) = 5
 
 
 class Monthly(Section):
     enabled: bool = True
-    keep_months: int = Field(24, ge=0)
+    keep_months: ranged(int, 0, 1200) = 24
 
 
 class Rsync(Section):
-    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDES))
-    bwlimit: str = ""
+    exclude_defaults: bool = True  # add DEFAULT_EXCLUDES
+    exclude: list[str] = Field(default_factory=list)  # the user's own, added to the defaults
+    bwlimit: Annotated[str, AfterValidator(_check_bwlimit)] = ""
     timeout: Duration = timedelta(minutes=5)
 
 
 class Ssh(Section):
-    config_file: str = ""
-    identity_file: str = ""
-    known_hosts_file: str = ""
-    options: list[str] = Field(default_factory=lambda: list(DEFAULT_SSH_OPTIONS))
+    config_file: OptionalPath = ""
+    identity_file: OptionalPath = ""
+    known_hosts_file: OptionalPath = ""
+    options: list[OneLine] = Field(default_factory=lambda: list(DEFAULT_SSH_OPTIONS))
 
 
 class Verify(Section):
     every: Duration = timedelta(days=1)  # the background pass over a sample of each host's latest snapshot
-    sample_percent: float = Field(1.0, gt=0, le=100)  # of the files, least recently verified first
+    sample_percent: ranged(float, 0, 100, low_open=True) = 1.0  # of the files, least recently verified first
 
 
 class Metrics(Section):
-    textfile: str = ""  # node-exporter textfile (.prom), rewritten atomically after every run
+    textfile: OptionalPath = ""  # node-exporter textfile (.prom), rewritten atomically after every run
 
 
 class Alerts(Section):
-    failures_before_alert: int = Field(1, ge=1, le=10000)  # consecutive failed runs before run_failed opens
+    failures_before_alert: ranged(int, 1, 1000) = 1
+    hung_after: OptionalDuration = None  # None: a run is hung once it is past its next slot
+    disk_free_percent: ranged(float, 0, 100) = 10.0
+    disk_full_days: ranged(int, 1, 3650) = 14
+    remind_every: Duration = timedelta(days=1)
+
+
+class Sink(Section):
+    name: SinkName
+    type: str
+    kinds: list[AlertKind] = Field(default_factory=list)  # [] = every kind
+    hosts: list[HostName] = Field(default_factory=list)  # [] = every host
+
+
+class EmailSink(Sink):
+    type: Literal["email"]
+    smtp_host: Annotated[OneLine, AfterValidator(_nonempty)] = "localhost"
+    smtp_port: ranged(int, 1, 65535) = 25
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: OneLine = ""
+    password_file: OptionalPath = ""
+    from_: Annotated[str, AfterValidator(lambda a: a and _check_address(a))] = Field("", alias="from")
+    to: list[Annotated[str, AfterValidator(_check_address)]] = Field(min_length=1)
+
+
+class WebhookSink(Sink):
+    type: Literal["webhook"]
+    url: Annotated[Url, AfterValidator(_nonempty)]
+    secret_file: OptionalPath = ""  # HMAC-SHA256 key for X-Bkd-Signature; "" = unsigned
+
+
+NotifySink = Annotated[Union[EmailSink, WebhookSink], Field(discriminator="type")]
+SINK_TYPES = ("email", "webhook")
+
+
+class Heartbeat(Section):
+    url: Url = ""
+    every: Duration = timedelta(minutes=5)
+
+
+class Report(Section):
+    enabled: bool = False
+    at: TimeOfDay = time(7, 0)
+    timezone: Annotated[str, AfterValidator(_check_zone)] = "UTC"
+    notify: list[str] = Field(default_factory=list)  # sink names
+
+    @property
+    def zone(self) -> tzinfo:
+        return zone(self.timezone)
 
 
 class Access(Section):
     viewers: list[str] = Field(default_factory=lambda: ["bkd"])
     operators: list[str] = Field(default_factory=lambda: ["bkd-operator"])
     admins: list[str] = Field(default_factory=lambda: ["bkd-admin"])
+    remote_restorers: list[str] = Field(default_factory=list)
 
 
 def _override_of(model: type[Section]) -> type[Section]:
@@ -181,9 +467,10 @@ OVERRIDABLE = ("schedule", "retention", "archive", "rsync")
 
 
 class Host(Section):
-    name: Annotated[str, AfterValidator(_check_host_name)]
+    name: HostName
     source: Annotated[str, AfterValidator(_check_source)]
     exclude: list[str] = Field(default_factory=list)
+    ping_url: Url = ""  # healthchecks-style: URL/start, URL, URL/fail
     pre: str = ""  # shell command run before the snapshot; failing or timing out fails the run
     post: str = ""  # shell command run after the run, with its result in BKD_STATUS etc.
     hook_timeout: Duration = timedelta(minutes=15)
@@ -197,7 +484,7 @@ class Host(Section):
         return not self.source.startswith("/")
 
 
-class HostSettings(BaseModel):
+class HostSettings(Section):
     """One host's effective settings: the global sections with its overrides applied."""
 
     host: Host
@@ -205,15 +492,18 @@ class HostSettings(BaseModel):
     retention: Retention
     archive: Archive
     rsync: Rsync
-    excludes: list[str]
+    excludes: list[str]  # what rsync gets: the defaults (if enabled), rsync.exclude, the host's exclude
 
 
 class Config(Section):
     backup_root: AbsolutePath
     state_dir: AbsolutePath = Path("/var/lib/bkd")
     socket: AbsolutePath = Path("/run/bkd/bkd.sock")
-    max_parallel_hosts: int = Field(4, ge=1)
-    max_parallel_heavy: int = Field(1, ge=1)
+    max_parallel_hosts: ranged(int, 1, 1000) = 4
+    max_parallel_heavy: ranged(int, 1, 1000) = 1
+    server_name: Annotated[str, AfterValidator(_check_server_name)] = ""  # "" = the machine's hostname
+    history: History = Field(default_factory=History)
+    rpc: Rpc = Field(default_factory=Rpc)
     schedule: Schedule = Field(default_factory=Schedule)
     retention: Retention = Field(default_factory=Retention)
     archive: Archive = Field(default_factory=Archive)
@@ -223,8 +513,22 @@ class Config(Section):
     verify: Verify = Field(default_factory=Verify)
     metrics: Metrics = Field(default_factory=Metrics)
     alerts: Alerts = Field(default_factory=Alerts)
+    notify: list[NotifySink] = Field(default_factory=list)
+    heartbeat: Heartbeat = Field(default_factory=Heartbeat)
+    report: Report = Field(default_factory=Report)
     access: Access = Field(default_factory=Access)
     host: list[Host] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_fields(self, info: ValidationInfo) -> Config:
+        # load_config runs cross_check on the raw data itself, so that these
+        # problems are reported together with per-key ones; anyone else
+        # building a Config gets them here.
+        if not (info.context or {}).get("cross_checked"):
+            problems = cross_check(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+            if problems:
+                raise ValueError("; ".join(f"{format_key(loc)}: {msg}" for loc, msg in problems))
+        return self
 
     def settings(self, host: Host) -> HostSettings:
         merged = {}
@@ -234,35 +538,109 @@ class Config(Section):
             # Iterate, not model_dump(): dumping would serialise durations to strings.
             update = {k: v for k, v in override if v is not None} if override else {}
             merged[section] = base.model_copy(update=update)
-        return HostSettings(host=host, excludes=merged["rsync"].exclude + host.exclude, **merged)
+        rsync = merged["rsync"]
+        defaults = list(DEFAULT_EXCLUDES) if rsync.exclude_defaults else []
+        return HostSettings(host=host, excludes=defaults + rsync.exclude + host.exclude, **merged)
 
     def find_host(self, name: str) -> Host | None:
         return next((h for h in self.host if h.name == name), None)
 
-    def cross_check(self) -> list[tuple[tuple, str]]:
-        """Checks that span fields: (location, message) for each problem."""
-        problems: list[tuple[tuple, str]] = []
-        first_index: dict[str, int] = {}
-        for index, host in enumerate(self.host):
-            if host.name in first_index:
-                problems.append(
-                    (("host", index, "name"),
-                     f"duplicate host name {host.name!r} (first defined at host[{first_index[host.name]}])")
-                )
-            else:
-                first_index[host.name] = index
-        # A host's archive is checked only where it overrides it, so a bad
-        # global level is reported once, not once per host.
-        scopes = [((), self.archive)] + [
-            (("host", i), self.settings(h).archive) for i, h in enumerate(self.host) if h.archive
-        ]
-        for prefix, archive in scopes:
-            if archive.compression in ("gzip", "pigz") and archive.level > 9:
-                problems.append(
-                    (prefix + ("archive", "level"),
-                     f"{archive.compression} levels are 1-9, not {archive.level}")
-                )
-        return problems
+    def find_sink(self, name: str) -> EmailSink | WebhookSink | None:
+        return next((s for s in self.notify if s.name == name), None)
+
+
+def format_key(loc: tuple) -> str:
+    """('host', 1, 'name') -> 'host[1].name'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _table(data: Mapping, key: str) -> Mapping:
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _tables(data: Mapping, key: str) -> list[tuple[int, Mapping]]:
+    value = data.get(key)
+    items = value if isinstance(value, list) else []
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, Mapping)]
+
+
+def _strings(value: object) -> list[tuple[int, str]]:
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _duplicates(items: list[tuple[int, Mapping]], prefix: str, what: str, valid, refer) -> list[tuple[tuple, str]]:
+    problems, first = [], {}
+    for index, item in items:
+        name = item.get("name")
+        if not valid(name):
+            continue  # reported by the per-key check
+        if name in first:
+            here = (prefix, index, "name")
+            problems.append((here, f"duplicate {what} {name!r} "
+                                   f"(first defined at {refer((prefix, first[name]), here)})"))
+        else:
+            first.setdefault(name, index)
+    return problems
+
+
+def _same_file(ref: tuple, at: tuple) -> str:
+    return format_key(ref)
+
+
+def cross_check(data: Mapping, refer=_same_file) -> list[tuple[tuple, str]]:
+    """Checks that span keys, as (location, message). They read the raw
+    merged TOML and skip values of the wrong type (the per-key checks report
+    those), so both kinds of problem are reported in one pass. A message that
+    points at another key names it with refer(that key, location), which the
+    loader makes name the file too when it differs."""
+    problems: list[tuple[tuple, str]] = []
+    hosts = _tables(data, "host")
+    sinks = _tables(data, "notify")
+    problems += _duplicates(hosts, "host", "host name", valid_host_name, refer)
+    problems += _duplicates(sinks, "notify", "sink name", valid_host_name, refer)
+
+    # gzip and pigz take levels 1-9. A host is checked only where it sets the
+    # compression or the level, so a bad global level is reported once.
+    archive = _table(data, "archive")
+    scopes = [((), archive, archive)] + [
+        (("host", i), {**archive, **_table(h, "archive")}, _table(h, "archive")) for i, h in hosts
+    ]
+    for prefix, effective, own in scopes:
+        compression, level = effective.get("compression"), effective.get("level")
+        if (compression in ("gzip", "pigz") and type(level) is int and 9 < level <= 19
+                and ("level" in own or "compression" in own)):
+            key = "level" if "level" in own else "compression"
+            problems.append((prefix + ("archive", key), f"{compression} levels are 1-9, not {level}"))
+
+    rpc = _table(data, "rpc")
+    total, per_uid = rpc.get("max_connections", 256), rpc.get("max_connections_per_uid", 32)
+    if type(total) is int and type(per_uid) is int and 1 <= total < per_uid:
+        key = "max_connections_per_uid" if "max_connections_per_uid" in rpc else "max_connections"
+        problems.append((("rpc", key), f"max_connections_per_uid ({per_uid}) is more than "
+                                       f"max_connections ({total})"))
+
+    host_names = {h.get("name") for _, h in hosts}
+    for index, sink in sinks:
+        for j, name in _strings(sink.get("hosts")):
+            if valid_host_name(name) and name not in host_names:
+                problems.append((("notify", index, "hosts", j), f"no host is named {name!r}"))
+        if sink.get("type") == "email" and sink.get("username") and not sink.get("password_file"):
+            problems.append((("notify", index, "password_file"),
+                             "username is set, so the SMTP login needs a password_file"))
+
+    report = _table(data, "report")
+    sink_names = {s.get("name") for _, s in sinks}
+    for j, name in _strings(report.get("notify")):
+        if name not in sink_names:
+            problems.append((("report", "notify", j), f"no [[notify]] sink is named {name!r}"))
+    if report.get("enabled") is True and report.get("notify", []) == []:
+        problems.append((("report", "notify"), "the daily report is enabled but sent to no sink: "
+                                               "name one here, or set enabled = false"))
+    return problems
 
 
 RESTART_ONLY = ("backup_root", "state_dir", "socket")

@@ -77,7 +77,7 @@ async def make_archive(host_dir: HostDir, snapshot: SnapshotName, archive: Archi
     """Archive the complete snapshot, under a partial name renamed when complete."""
     if not (host_dir.hourly / str(snapshot)).is_dir():
         raise StageFailed(f"snapshot {snapshot} is gone")
-    make_private_dir(host_dir.archives)
+    make_private_dir(host_dir.archives, under=host_dir.root.parent)
     name = f"{host_dir.root.name}_{snapshot}{EXTENSIONS[archive.compression]}"
     final = host_dir.archives / name
     if final.exists():
@@ -150,7 +150,7 @@ async def make_monthly(host_dir: HostDir, snapshot: SnapshotName, now: datetime)
     name = month_name(now)
     if (host_dir.monthly / name).exists():
         return {"monthly": name, "skipped": "this month's copy exists"}
-    make_private_dir(host_dir.monthly)
+    make_private_dir(host_dir.monthly, under=host_dir.root.parent)
     partial = host_dir.monthly / f"{PARTIAL_PREFIX}{name}-{secrets.token_hex(4)}"
     try:
         failure = await link_tree(host_dir.hourly / str(snapshot), partial)
@@ -172,7 +172,7 @@ def expire_monthly(host_dir: HostDir, keep_months: int, now: datetime) -> list[s
     past = [name for name in monthly_copies(host_dir) if name <= month_name(now)]
     doomed = [name for name in past[:-1] if name < cutoff]
     if doomed:
-        make_private_dir(host_dir.trash)
+        make_private_dir(host_dir.trash, under=host_dir.root.parent)
         for name in doomed:
             os.rename(host_dir.monthly / name, host_dir.trash / f"monthly-{name}")
         fsync_dir(host_dir.monthly)

@@ -35,7 +35,7 @@ def move_to_trash(host_dir: HostDir, decisions: list[Decision]) -> list[str]:
     doomed = [d.snapshot for d in decisions if d.action == "delete"]
     if not doomed:
         return []
-    make_private_dir(host_dir.trash)
+    make_private_dir(host_dir.trash, under=host_dir.root.parent)
     moved = []
     for name in doomed:
         try:

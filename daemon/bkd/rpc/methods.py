@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Literal, Optional
 import structlog
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from bkctl.protocol import RUN_KINDS, Kind, Method as M
+from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
 from .. import __version__, browse, catalog, clock, metrics
-from ..alerts import AlertKind
-from ..config.models import HOST_NAME
+from ..config.models import HostName, redact_url
 from ..errors import Conflict, Denied, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
 from ..layout import HostDir
@@ -35,12 +34,6 @@ SUBSCRIBER_BUFFER = 8 * 1024  # bytes the kernel and transport each hold for one
 MAX_ID = 2**63 - 1  # SQLite's integers
 
 
-def _host_name(name: str) -> str:
-    if not (HOST_NAME.fullmatch(name) and len(name) <= 64 and not name.startswith(".")):
-        raise ValueError("not a host name (1-64 of A-Z a-z 0-9 . _ -, not starting with '.')")
-    return name
-
-
 def _file_name(path: str) -> str:
     try:
         raw = os.fsencode(path)
@@ -51,7 +44,6 @@ def _file_name(path: str) -> str:
     return path
 
 
-HostName = Annotated[str, AfterValidator(_host_name)]
 FsPath = Annotated[str, AfterValidator(_file_name)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
@@ -303,7 +295,7 @@ class Api:
             settings = config.settings(host)
             hosts.append({"name": host.name, "source": host.source, "remote": host.is_remote,
                           "schedule": settings.schedule.model_dump(mode="json"),
-                          "excludes": settings.excludes})
+                          "excludes": list(settings.excludes), "ping_url": redact_url(host.ping_url)})
         return {"hosts": hosts}
 
     async def hosts_test(self, p: HostsTest, call: Call) -> dict:
