@@ -180,6 +180,7 @@ class Daemon:
             readmodel.config = new
             limits[Lane.SNAPSHOT].resize(new.max_parallel_hosts)
             limits[Lane.HEAVY].resize(new.max_parallel_heavy)
+            log.info("limits.set", snapshot=new.max_parallel_hosts, heavy=new.max_parallel_heavy)
             added = [h.name for h in new.host if not old.find_host(h.name)]
             for name in added:
                 readmodel.record(name)
