@@ -21,6 +21,7 @@ from .alerts import AlertKind, Alerts
 from .config import Config
 from .events import EventBus
 from .freshness import Freshness
+from .history import prune_history
 from .hosts import Hosts
 from .housekeeping import Housekeeping
 from .integrity import Integrity
@@ -222,6 +223,7 @@ class Daemon:
             "trash": housekeeping.collector.run,
             "store-sync": recorder.run,
             "metrics-textfile": textfile.run,
+            "history": lambda: prune_history(runtime, store),
             "watchdog": lambda: keep_alive(readmodel.status_line, watchdog_interval(), supervisor.healthy),
         }
         try:

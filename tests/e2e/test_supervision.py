@@ -15,7 +15,8 @@ import pytest
 
 from conftest import make_tree, wait_until
 
-LOOPS = ["rpc", "scheduler", "freshness", "sampler", "trash", "store-sync", "metrics-textfile", "watchdog"]
+LOOPS = ["rpc", "scheduler", "freshness", "sampler", "trash", "store-sync", "metrics-textfile", "history",
+         "watchdog"]
 
 
 def log_events(daemon, name: str) -> list[dict]:
