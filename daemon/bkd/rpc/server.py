@@ -214,6 +214,7 @@ class RpcServer:
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(writer, peer_of(writer.get_extra_info("socket")))
         pending: set[asyncio.Task] = set()
+        handed_over = False
         try:
             while True:
                 try:
@@ -225,6 +226,17 @@ class RpcServer:
                 if not line:
                     break
                 if not line.strip():
+                    continue
+                if self._takes_over(line):
+                    # Answered here, in order: once it succeeds the connection is no longer ours.
+                    response, then = await self.dispatch(line, conn)
+                    if response is not None:
+                        await conn.send(response)
+                    if then is not None:
+                        await asyncio.gather(*pending, return_exceptions=True)
+                        handed_over = True
+                        then(reader, writer)
+                        return
                     continue
                 task = asyncio.create_task(self._answer(line, conn))
                 pending.add(task)
@@ -238,9 +250,21 @@ class RpcServer:
                     for task in pending:
                         task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            if not handed_over:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+    def _takes_over(self, line: bytes) -> bool:
+        """A request for a method that takes the connection over (restore.stream)."""
+        names = [name for name, method in self.methods.items() if method.takes_over]
+        if not any(name.encode() in line for name in names):  # cheap: most lines are not
+            return False
+        try:
+            message = json.loads(line)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return False
+        return isinstance(message, dict) and message.get("method") in names
 
     async def _answer(self, line: bytes, conn: Connection) -> None:
         try:
@@ -322,7 +346,7 @@ class RpcServer:
     async def _invoke(self, method: Method, method_name: str, params, request_id, call: Call):
         then = None
         try:
-            if method.streams:
+            if method.streams or method.takes_over:
                 result, then = await method.handler(params, call)
             else:
                 result = await method.handler(params, call)
