@@ -19,6 +19,7 @@ from bkctl.protocol import PROTOCOL_VERSION
 from . import __version__, clock, logs
 from .alerts import AlertKind, Alerts
 from .config import Config
+from .disk import DiskWatch
 from .events import EventBus
 from .freshness import Freshness
 from .hosts import Hosts
@@ -27,6 +28,8 @@ from .integrity import Integrity
 from .jobs import Jobs
 from .layout import HostDir
 from .metrics import Textfile
+from .notify.outbox import Notifier
+from .notify.ping import Pinger, heartbeat
 from .ownership import DirError, check_dir, prepare_dir
 from .pipeline.rsync import check_rsync
 from .plan import Lane
@@ -112,6 +115,7 @@ class Services:
     jobs: Jobs
     integrity: Integrity
     hosts: Hosts
+    notifier: Notifier | None = None
 
 
 class Daemon:
@@ -160,7 +164,12 @@ class Daemon:
         readmodel = ReadModel(config, registry, info.started)
         readmodel.load_records(host_rows)
         alerts = Alerts(store, bus)
-        await alerts.load()
+        try:
+            await alerts.load()
+            notifier = await Notifier.create(runtime, store, alerts)
+        except STORE_ERRORS as e:
+            raise StartupError(f"cannot use the state database {config.state_dir / DATABASE_NAME}: {e}") from None
+        alerts.listeners.append(notifier.on_alert)
         housekeeping = Housekeeping(config.backup_root, store, registry, readmodel.refresh)
         limits = {Lane.SNAPSHOT: Limit(config.max_parallel_hosts), Lane.HEAVY: Limit(config.max_parallel_heavy),
                   Lane.RESTORE: None}
@@ -169,11 +178,19 @@ class Daemon:
         jobs = Jobs(runtime, registry, worker, recorder, readmodel, alerts, bus.publish)
         scheduler = Scheduler(runtime, readmodel, registry, jobs)
         integrity = Integrity(runtime, store, alerts)
-        freshness = Freshness(runtime, readmodel, alerts, housekeeping)
+        freshness = Freshness(runtime, readmodel, alerts, housekeeping, DiskWatch(runtime, store, alerts))
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
-                                     integrity, Hosts(runtime))
+                                     integrity, Hosts(runtime), notifier)
         textfile = Textfile(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
+        pinger = Pinger()  # per-host dead-man pings, sent directly (never through the outbox)
+        jobs.on_started.append(pinger.run_started)
+        jobs.on_finished.append(pinger.run_finished)
+
+        async def alerts_changed(event: str, episode: dict) -> None:
+            textfile.changed.set()
+
+        alerts.listeners.append(alerts_changed)
         textfile.changed.set()
 
         def reloaded(old: Config, new: Config) -> None:
@@ -188,6 +205,8 @@ class Daemon:
             scheduler.wake.set()
             integrity.wake.set()
             textfile.changed.set()
+            notifier.wake_reminders.set()  # sinks or their filters may have changed
+            notifier.wake_outbox.set()
             notify(f"STATUS={readmodel.status_line()}")
 
         runtime.on_reload(reloaded)
@@ -222,6 +241,9 @@ class Daemon:
             "store-sync": recorder.run,
             "metrics-textfile": textfile.run,
             "watchdog": lambda: keep_alive(readmodel.status_line, watchdog_interval(), supervisor.healthy),
+            "outbox": notifier.outbox,
+            "reminders": notifier.reminders,
+            "heartbeat": lambda: heartbeat(runtime, supervisor.healthy),
         }
         try:
             async with asyncio.TaskGroup() as group:
