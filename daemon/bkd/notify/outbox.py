@@ -126,11 +126,11 @@ class Notifier:
                  for sink in targets]
         if not items:
             return
-        log.info("notify.queued", alert_id=episode["id"], event=event, sinks=[i["sink"] for i in items])
+        log.info("notify.queued", alert_id=episode["id"], notification=event, sinks=[i["sink"] for i in items])
         try:
             await self.store.outbox.enqueue(items, update)
         except STORE_ERRORS as e:
-            log.error("notify.queue_unsaved", alert_id=episode["id"], event=event, error=str(e))
+            log.error("notify.queue_unsaved", alert_id=episode["id"], notification=event, error=str(e))
             self.unsaved.append((items, update))
         self.wake_outbox.set()
 
@@ -142,7 +142,7 @@ class Notifier:
             except STORE_ERRORS:
                 return  # still refused: the next look tries again
             self.unsaved.pop(0)
-            log.info("notify.queue_saved", alert_id=items[0]["episode_id"], event=items[0]["event"])
+            log.info("notify.queue_saved", alert_id=items[0]["episode_id"], notification=items[0]["event"])
 
     async def reminders(self) -> None:
         """The reminders loop (supervised)."""
@@ -218,7 +218,7 @@ class Notifier:
     async def _finish(self, row: dict, sink, outcome: Outcome) -> None:
         attempts = row["attempts"] + 1
         now = clock.iso(clock.now())
-        fields = {"sink": row["sink"], "event": row["event"], "alert_id": row["episode_id"], "attempts": attempts}
+        fields = {"sink": row["sink"], "notification": row["event"], "alert_id": row["episode_id"], "attempts": attempts}
         if outcome.delivered:
             await self.store.outbox.delivered(row["id"], row["sink"], attempts, now)
             log.info("notify.delivered", **fields)
@@ -228,6 +228,8 @@ class Notifier:
         retry_after = self.runtime.config.alerts.retry_after.total_seconds()
         next_attempt = None if give_up else time.time() + backoff(attempts, retry_after)
         failing = await self.store.outbox.failed(row["id"], row["sink"], attempts, outcome.error, now, next_attempt)
+        if sink is not None:
+            fields["target"] = sinkmod.describe(sink)  # URLs redacted: they may carry a token
         if give_up:
             log.error("notify.given_up", error=outcome.error, permanent=outcome.permanent, **fields)
         else:

@@ -35,8 +35,8 @@ class OutboxStore:
         """The oldest pending notification of each (sink, episode) — later ones
         wait for it, so each alert's notifications arrive in order — soonest
         due first, leaving out those in flight and sinks at their limit."""
-        ids = ",".join("?" * len(exclude_ids)) or "NULL"
-        sinks = ",".join("?" * len(exclude_sinks)) or "NULL"
+        ids = ",".join("?" * len(exclude_ids))
+        sinks = ",".join("?" * len(exclude_sinks))
         rows = await self.store.fetch(
             f"SELECT * FROM outbox AS o WHERE state='pending' AND id NOT IN ({ids}) AND sink NOT IN ({sinks}) "
             "AND id = (SELECT MIN(id) FROM outbox WHERE state='pending' AND sink=o.sink "
