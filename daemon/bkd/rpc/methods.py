@@ -46,6 +46,7 @@ def _file_name(path: str) -> str:
 
 FsPath = Annotated[str, AfterValidator(_file_name)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+KindOfAlert = Literal[tuple(AlertKind)]  # strict params take the wire's string, not an enum instance
 
 
 class Params(BaseModel):
@@ -129,7 +130,7 @@ class AlertsList(Params):
 class AlertsAck(Params):
     ids: Optional[list[Id]] = None
     host: Optional[HostName] = None
-    kind: Optional[AlertKind] = None
+    kind: Optional[KindOfAlert] = None
     all: bool = False
     note: Optional[str] = Field(None, max_length=1000)
 
@@ -142,7 +143,7 @@ class AlertsAck(Params):
 
 class AlertsSilence(Params):
     host: Optional[HostName] = None
-    kind: Optional[AlertKind] = None
+    kind: Optional[KindOfAlert] = None
     for_: Duration = Field(alias="for")
     note: Optional[str] = Field(None, max_length=1000)
 
@@ -155,7 +156,7 @@ class AlertsSilence(Params):
 
 class AlertsUnsilence(Params):
     host: Optional[HostName] = None
-    kind: Optional[AlertKind] = None
+    kind: Optional[KindOfAlert] = None
 
     @model_validator(mode="after")
     def _some_target(self):
