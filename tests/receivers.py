@@ -81,17 +81,18 @@ class HttpReceiver:
                         status = None
                     else:
                         status = 200
-                try:
-                    time.sleep(receiver.delay if status is not None else receiver.stall)
-                    if status is not None:
+                time.sleep(receiver.delay if status is not None else receiver.stall)
+                with receiver.lock:  # done before answering: the client may go on at the status line
+                    receiver.in_flight -= 1
+                    request.answer = status
+                if status is not None:
+                    try:
                         self.send_response(status)
                         self.send_header("Content-Length", "2")
                         self.end_headers()
                         self.wfile.write(b"OK")
-                        request.answer = status
-                finally:
-                    with receiver.lock:
-                        receiver.in_flight -= 1
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # bkd reads the status line and hangs up
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
