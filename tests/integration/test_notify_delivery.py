@@ -206,3 +206,22 @@ def test_heartbeat_stops_while_a_supervised_loop_keeps_failing(tmp_path, daemon_
     assert len(hc.requests) == count
     assert daemon.call("status")["alerts"]["by_kind"] == {"internal": 1}
     hc.stop()
+
+
+def test_a_ping_that_cannot_be_sent_in_time_is_dropped_not_sent_late():
+    import asyncio
+
+    from bkd.notify.ping import ping
+    hc = HttpReceiver()
+    url = hc.url("/late/uuid")
+    hc.stop()  # down
+    started = time.monotonic()
+    error = asyncio.run(ping(url, b"", started + 1.5, delays=(0.0, 1.0, 3.0, 10.0)))
+    took = time.monotonic() - started
+    assert "dropped" in error and 1.4 < took < 3
+    hc.start()
+    time.sleep(3)
+    assert hc.requests == []  # nothing arrives after its time
+    assert asyncio.run(ping(hc.url("/late/uuid"), b"", time.monotonic() + 5)) is None
+    assert [r.path for r in hc.requests] == ["/late/uuid"]
+    hc.stop()

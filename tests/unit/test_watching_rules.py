@@ -141,3 +141,11 @@ def test_the_webhook_body_carries_event_alert_server_version_and_key_and_is_sign
 ])
 def test_ping_urls_follow_the_healthchecks_convention(url, suffix, expected):
     assert ping_url(url, suffix) == expected
+
+
+@pytest.mark.parametrize("status, delivered, permanent", [
+    (200, True, False), (204, True, False), (400, False, True), (403, False, True), (404, False, True),
+    (408, False, False), (429, False, False), (500, False, False), (503, False, False), (301, False, False)])
+def test_2xx_is_delivered_4xx_but_408_and_429_is_permanent_the_rest_is_retried(status, delivered, permanent):
+    from bkd.notify import http
+    assert (http.delivered(status), http.permanent(status)) == (delivered, permanent)

@@ -64,6 +64,16 @@ async def request(url: str, method: str = "GET", body: bytes = b"", headers: dic
     return int(fields[1])
 
 
+def delivered(status: int) -> bool:
+    return 200 <= status < 300
+
+
+def permanent(status: int) -> bool:
+    """A refusal that asking again will not change: 4xx, except 408 (request
+    timeout) and 429 (too many requests), which say "later"."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
 def _reason(error: Exception) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()

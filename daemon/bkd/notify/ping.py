@@ -108,11 +108,11 @@ async def ping(url: str, body: bytes, deadline: float, delays=RETRY_DELAYS) -> s
         except http.HttpError as e:
             error = str(e)
             continue
-        if 200 <= status < 300:
+        if http.delivered(status):
             return None
         error = f"HTTP {status}"
-        if 400 <= status < 500 and status not in (408, 429):
-            return error  # asking again will not help
+        if http.permanent(status):
+            return error
     return error
 
 

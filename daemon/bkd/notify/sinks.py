@@ -148,11 +148,9 @@ async def _webhook(sink: WebhookSink, n: Notification) -> Outcome:
         status = await http.request(sink.url, "POST", body, headers, TIMEOUT)
     except http.HttpError as e:
         return Outcome(False, str(e))
-    if 200 <= status < 300:
+    if http.delivered(status):
         return Outcome(True)
-    # 408 (timeout) and 429 (too many requests) say "later"; other 4xx say "never like this".
-    permanent = 400 <= status < 500 and status not in (408, 429)
-    return Outcome(False, f"HTTP {status}", permanent)
+    return Outcome(False, f"HTTP {status}", http.permanent(status))
 
 
 def _email(sink: EmailSink, n: Notification) -> Outcome:
