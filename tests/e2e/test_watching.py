@@ -156,6 +156,9 @@ def test_disk_alerts_for_free_space_and_for_the_growth_trend(tmp_path, daemon_fa
     wait_until(lambda: _alert(daemon, None, "disk"), 15, what="the trend alert")
     trend = _alert(daemon, None, "disk")
     assert trend["subject"] == "trend" and "full in about 4" in trend["message"]
+    import sqlite3
+    with sqlite3.connect(daemon.workdir / "state" / DATABASE_NAME) as db:  # one sample an hour, no more
+        assert db.execute("SELECT COUNT(*) FROM disk_samples").fetchone() == (1 + 21,)
     assert [(a["subject"], a["state"]) for a in daemon.bkctl_json("alerts", "--all")["alerts"]] == [
         ("trend", "open"), ("inodes", "resolved"), ("space", "resolved")]  # 0% free is never under
 

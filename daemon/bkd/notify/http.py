@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import socket
 import ssl
 from urllib.parse import unquote, urlsplit
 
@@ -75,6 +77,9 @@ def permanent(status: int) -> bool:
 
 
 def _reason(error: Exception) -> str:
+    """Why, without addresses (asyncio's "Connect call failed ('10.0.0.5', 443)" names them)."""
+    if isinstance(error, OSError) and not isinstance(error, socket.gaierror) and error.errno and error.errno > 0:
+        return os.strerror(error.errno).lower()
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return str(error) or type(error).__name__
