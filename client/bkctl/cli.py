@@ -36,11 +36,14 @@ def cmd_status(client: Client, args) -> int:
             name, colour(state, state), host["stage"] or "-", progress_text(host["progress"]),
             host["last_snapshot"] or "-", relative(host.get("last_snapshot_time")),
             colour(host["last_result"] or "-", host["last_result"]), relative(host["next_run"]),
+            ",".join(host.get("alert_kinds") or []) or "-",
         ])
     if not rows:
         print("no hosts configured")
+        print(alerts_summary(result.get("alerts")))
         return EXIT_OK
-    print(table(["HOST", "STATE", "STAGE", "PROGRESS", "LAST SNAPSHOT", "AGE", "RESULT", "NEXT RUN"], rows))
+    print(table(["HOST", "STATE", "STAGE", "PROGRESS", "LAST SNAPSHOT", "AGE", "RESULT", "NEXT RUN", "ALERTS"], rows))
+    print(alerts_summary(result.get("alerts")))
     if result.get("deletion_queue"):
         print(f"deleting in the background: {len(result['deletion_queue'])} "
               f"({', '.join(result['deletion_queue'][:3])}{' …' if len(result['deletion_queue']) > 3 else ''})")
@@ -48,6 +51,16 @@ def cmd_status(client: Client, args) -> int:
         if host["last_result"] in ("failed", "warning") and host.get("last_error"):
             print(f"{name}: {host['last_error']}")
     return EXIT_OK
+
+
+def alerts_summary(alerts: dict | None) -> str:
+    """One line: `alerts: 3 current (2 unacknowledged, 1 silenced): run_failed 2, stale 1`."""
+    if not alerts or not alerts.get("open"):
+        return "alerts: none"
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(alerts["by_kind"].items()))
+    extra = [f"{alerts[k]} {k}" for k in ("unacknowledged", "silenced") if alerts.get(k)]
+    return f"alerts: {alerts['open']} current" + (f" ({', '.join(extra)})" if extra else "") + f": {kinds}" + \
+        " (bkctl alerts)"
 
 
 def cmd_run(client: Client, args) -> int:
@@ -407,7 +420,45 @@ def cmd_verify(client: Client, args) -> int:
     return EXIT_OK if result["ok"] else EXIT_FAILED
 
 
+def _alert_ids(targets: list[str]) -> list[int]:
+    try:
+        return [int(target) for target in targets]
+    except ValueError:
+        raise UsageError(f"bkctl alerts ack: alert ids are numbers, not {' '.join(targets)!r}") from None
+
+
+def _silence(client: Client, args) -> int:
+    host = args.targets[0] if args.targets else None
+    if len(args.targets) > 1 or not (host or args.kind):
+        raise UsageError(f"bkctl alerts {args.action} HOST | --kind K" +
+                         (" --for DURATION [--note TEXT]" if args.action == "silence" else ""))
+    params = {k: v for k, v in (("host", host), ("kind", args.kind)) if v}
+    if args.action == "silence":
+        if not args.for_:
+            raise UsageError("bkctl alerts silence: give --for DURATION, e.g. --for 2h")
+        params["for"] = args.for_
+        if args.note:
+            params["note"] = args.note
+    result = client.call(f"alerts.{args.action}", params)
+    if args.json:
+        return _print_json(result)
+    if args.action == "silence":
+        print(f"silenced {_silence_text(result['silence'])}: recorded, not notified")
+    else:
+        print(f"unsilenced {' and '.join(f'{k} {v}' for k, v in params.items())}")
+    return EXIT_OK
+
+
+def _silence_text(silence: dict) -> str:
+    what = " and ".join(f"{k} {silence[k]}" for k in ("host", "kind") if silence.get(k))
+    note = f" ({silence['note']})" if silence.get("note") else ""
+    return f"{what} until {silence['until']} by {silence['by']}{note}"
+
+
 def cmd_alerts(client: Client, args) -> int:
+    if args.action in ("silence", "unsilence"):
+        return _silence(client, args)
+    args.ids = _alert_ids(args.targets) if args.action == "ack" else args.targets
     if args.action == "ack":
         params = {"ids": args.ids} if args.ids else {}
         for key in ("host", "kind", "note"):
@@ -429,11 +480,42 @@ def cmd_alerts(client: Client, args) -> int:
     if args.json:
         return _print_json(result)
     rows = [[str(a["id"]), a["host"] or "-", a["kind"], str(a["count"]), relative(a["first_seen"]),
-             relative(a["last_seen"]), colour(a["state"], "failed" if a["state"] == "open" else a["state"]),
+             relative(a["last_seen"]),
+             colour(a["state"], "failed" if a["state"] == "open" else a["state"])
+             + (" (silenced)" if a.get("silenced") else ""),
              display_name(a["message"])]
             for a in result["alerts"]]
     print(table(["ID", "HOST", "KIND", "COUNT", "SINCE", "LAST", "STATE", "MESSAGE"], rows)
           if rows else "no open alerts")
+    for silence in result.get("silences", []):
+        print(f"silenced: {_silence_text(silence)}")
+    return EXIT_OK
+
+
+def cmd_notify(client: Client, args) -> int:
+    if args.action == "test":
+        params = {"sink": args.sink} if args.sink else {}
+        client.set_timeout(None)  # each sink has its own timeout
+        result = client.call("notify.test", params)
+        if args.json:
+            _print_json(result)
+        else:
+            for name, outcome in result["results"].items():
+                verdict = colour("delivered", "ok") if outcome["ok"] else colour("failed", "failed")
+                print(f"{name}: {verdict} ({outcome['seconds']}s)" + (f": {outcome['error']}" if outcome["error"] else ""))
+            if not result["results"]:
+                print("no [[notify]] sinks are configured")
+        return EXIT_OK if all(o["ok"] for o in result["results"].values()) and result["results"] else EXIT_FAILED
+    if args.sink:
+        raise UsageError("bkctl notify takes no sink name; did you mean `bkctl notify test SINK`?")
+    result = client.call("notify.status")
+    if args.json:
+        return _print_json(result)
+    rows = [[s["name"], s["type"], colour("ok", "ok") if s["ok"] else colour(f"failing ({s['failing']}x)", "failed"),
+             relative(s["last_delivery"]), s["last_error"] or "-", number(s["queued"]), number(s["delivered"]),
+             number(s["failed"])] for s in result["sinks"]]
+    print(table(["SINK", "TYPE", "STATE", "LAST DELIVERY", "LAST ERROR", "QUEUED", "DELIVERED", "GIVEN UP"], rows)
+          if rows else "no [[notify]] sinks are configured")
     return EXIT_OK
 
 
@@ -526,13 +608,20 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--verify", action="store_true")
     audit.add_argument("--limit", type=int, default=50)
     alerts = add("alerts", cmd_alerts, "open alerts (--all: resolved ones too); "
-                 "alerts ack ID... | --host H | --kind K | --all [--note TEXT]")
-    alerts.add_argument("action", nargs="?", choices=["ack"])
-    alerts.add_argument("ids", nargs="*", type=int, metavar="ID")
+                 "alerts ack ID... | --host H | --kind K | --all [--note TEXT]; "
+                 "alerts silence HOST | --kind K --for DURATION [--note TEXT]; alerts unsilence HOST | --kind K")
+    alerts.add_argument("action", nargs="?", choices=["ack", "silence", "unsilence"])
+    alerts.add_argument("targets", nargs="*", metavar="ID|HOST")
     alerts.add_argument("--all", action="store_true", help="list: resolved ones too; ack: every open alert")
     alerts.add_argument("--host", help="ack: the open alerts of this host")
-    alerts.add_argument("--kind", help="ack: the open alerts of this kind")
-    alerts.add_argument("--note", help="ack: a note kept with the acknowledgement")
+    alerts.add_argument("--kind", choices=[str(k) for k in protocol.AlertKind],
+                        help="ack: the open alerts of this kind; silence: alerts of this kind")
+    alerts.add_argument("--note", help="ack, silence: a note kept with it")
+    alerts.add_argument("--for", dest="for_", metavar="DURATION",
+                        help="silence: for how long, e.g. 2h, 1d (recorded, not notified)")
+    notify = add("notify", cmd_notify, "each notification sink's state; `notify test [SINK]` sends a test message")
+    notify.add_argument("action", nargs="?", choices=["test"])
+    notify.add_argument("sink", nargs="?", metavar="SINK")
     hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing")
     hosts.add_argument("action", nargs="?", choices=["test"], help="test reachability")
     hosts.add_argument("names", nargs="*", metavar="HOST")

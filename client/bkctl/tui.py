@@ -22,6 +22,7 @@ HELP = [
     "up/down, j/k   select a host",
     "r              run a snapshot of the selected host now",
     "c              cancel the selected host's run (asks first)",
+    "a              acknowledge the selected host's open alerts (asks first)",
     "/              filter hosts by name (empty: all)",
     "?              this help",
     "q              quit",
@@ -37,7 +38,19 @@ class ViewModel:
     message: str = ""
     connected: bool = False
     detail: dict = field(default_factory=dict)  # the selected host's recent runs and snapshots
-    alerts: dict[str, int] = field(default_factory=dict)
+    alert_records: dict[int, dict] = field(default_factory=dict)  # current episodes by id
+
+    @property
+    def alerts(self) -> dict[str, int]:
+        """Current alerts per host."""
+        counts: dict[str, int] = {}
+        for alert in self.alert_records.values():
+            if alert.get("host"):
+                counts[alert["host"]] = counts.get(alert["host"], 0) + 1
+        return counts
+
+    def apply_alerts(self, alerts: list[dict]) -> None:
+        self.alert_records = {alert["id"]: alert for alert in alerts}
 
     # ---- what changes the model ----
 
@@ -64,9 +77,12 @@ class ViewModel:
                 return True
         elif topic == "job" and event.get("status") in protocol.FINAL_STATUSES:
             return True
-        elif topic == "alert" and event.get("host"):
-            change = {"opened": 1, "resolved": -1}.get(event.get("event"), 0)
-            self.alerts[event["host"]] = max(0, self.alerts.get(event["host"], 0) + change)
+        elif topic == "alert" and event.get("id") is not None:
+            if event.get("event") == "resolved":
+                self.alert_records.pop(event["id"], None)
+            elif event.get("event") in ("opened", "repeated", "acked"):
+                self.alert_records[event["id"]] = {k: v for k, v in event.items()
+                                                   if k not in ("topic", "seq", "time", "event")}
         return False
 
     # ---- navigation ----
@@ -118,6 +134,24 @@ class ViewModel:
                          f"{bar:<{bar_width + 7}} {rate:>9} {eta:>5} {age:>5} "
                          f"{str(self.alerts.get(name, 0) or '-'):<6} {host.get('last_result') or '-'}")
         return lines
+
+    def alert_lines(self, now: datetime, limit: int = 6) -> list[str]:
+        """The alerts pane: current alerts, unacknowledged first, newest first."""
+        if not self.alert_records:
+            return ["alerts: none"]
+        ordered = sorted(self.alert_records.values(), key=lambda a: (a["state"] != "open", -a["id"]))
+        lines = [f"alerts: {len(ordered)} current, {sum(a['state'] == 'open' for a in ordered)} unacknowledged"]
+        for alert in ordered[:limit]:
+            state = alert["state"] + (", silenced" if alert.get("silenced") else "")
+            lines.append(f"  {alert['id']:<5} {(alert.get('host') or '-')[:12]:<12} {alert['kind']:<10} "
+                         f"{alert['count']:>4}x {state:<16} {relative(alert.get('last_seen'), now):>8}  "
+                         f"{alert.get('message', '')}")
+        if len(ordered) > limit:
+            lines.append(f"  … {len(ordered) - limit} more (bkctl alerts)")
+        return lines
+
+    def open_alert_ids(self, host: str) -> list[int]:
+        return sorted(a["id"] for a in self.alert_records.values() if a.get("host") == host and a["state"] == "open")
 
     def detail_lines(self) -> list[str]:
         name = self.current()
@@ -211,11 +245,7 @@ class _Screen:
             self.calls = Client(self.path, self.timeout)
             self.check(self.calls)
             self.model.apply_status(self.calls.call("status"))
-            open_alerts = self.calls.call("alerts.list")["alerts"]
-            self.model.alerts = {}
-            for alert in open_alerts:
-                if alert["host"]:
-                    self.model.alerts[alert["host"]] = self.model.alerts.get(alert["host"], 0) + 1
+            self.model.apply_alerts(self.calls.call("alerts.list")["alerts"])
             self.model.message = ""
             self.detail_for = None
         except (Unreachable, RemoteError) as e:
@@ -312,6 +342,14 @@ class _Screen:
                 result = self.call("job.cancel", {"hosts": [model.current()]})
                 if result is not None:
                     model.message = f"cancelled: {', '.join(result['cancelled']) or 'nothing was running'}"
+        elif key == ord("a") and model.current():
+            ids = model.open_alert_ids(model.current())
+            if not ids:
+                model.message = f"{model.current()} has no unacknowledged alerts"
+            elif self.ask(screen, f"acknowledge {len(ids)} alert(s) of {model.current()}? (y/n) ") == "y":
+                result = self.call("alerts.ack", {"ids": ids})
+                if result is not None:
+                    model.message = f"acknowledged: {', '.join(map(str, result['acked']))}"
         elif key == ord("/"):
             model.filter = self.ask(screen, "filter: ", line=True)
             model.selected = 0
@@ -363,14 +401,14 @@ class _Screen:
         lines.append("  " + rows[0])
         for index, row in enumerate(rows[1:]):
             lines.append(("> " if index == self.model.selected else "  ") + row)
-        lines += ["", *self.model.detail_lines()]
+        lines += ["", *self.model.alert_lines(now), "", *self.model.detail_lines()]
         for y, text in enumerate(lines[: max(0, height - 1)]):
             attr = curses.A_REVERSE if y == 3 + self.model.selected and len(rows) > 1 else 0
             try:
                 screen.addnstr(y, 0, text, max(1, width - 1), attr)
             except curses.error:
                 pass  # a terminal too small for even this: draw what fits
-        footer = self.model.message or "q quit  r run  c cancel  / filter  ? help"
+        footer = self.model.message or "q quit  r run  c cancel  a ack alerts  / filter  ? help"
         try:
             screen.addnstr(height - 1, 0, footer, max(1, width - 1), curses.A_DIM)
         except curses.error:

@@ -19,6 +19,7 @@ from bkctl.protocol import PROTOCOL_VERSION
 from . import __version__, clock, logs
 from .alerts import AlertKind, Alerts
 from .config import Config
+from .disk import DiskWatch
 from .events import EventBus
 from .freshness import Freshness
 from .history import prune_history
@@ -28,6 +29,8 @@ from .integrity import Integrity
 from .jobs import Jobs
 from .layout import HostDir
 from .metrics import Textfile
+from .notify.outbox import Notifier
+from .notify.ping import Pinger, heartbeat
 from .ownership import DirError, check_dir, prepare_dir
 from .pipeline.rsync import check_rsync
 from .plan import Lane
@@ -115,6 +118,7 @@ class Services:
     integrity: Integrity
     hosts: Hosts
     receivers: Receivers
+    notifier: Notifier | None = None
 
 
 class Daemon:
@@ -163,7 +167,12 @@ class Daemon:
         readmodel = ReadModel(config, registry, info.started)
         readmodel.load_records(host_rows)
         alerts = Alerts(store, bus)
-        await alerts.load()
+        try:
+            await alerts.load()
+            notifier = await Notifier.create(runtime, store, alerts)
+        except STORE_ERRORS as e:
+            raise StartupError(f"cannot use the state database {config.state_dir / DATABASE_NAME}: {e}") from None
+        alerts.listeners.append(notifier.on_alert)
         housekeeping = Housekeeping(config.backup_root, store, registry, readmodel.refresh)
         limits = {Lane.SNAPSHOT: Limit(config.max_parallel_hosts), Lane.HEAVY: Limit(config.max_parallel_heavy),
                   Lane.RESTORE: None}
@@ -173,11 +182,19 @@ class Daemon:
         jobs = Jobs(runtime, registry, worker, recorder, readmodel, alerts, bus.publish)
         scheduler = Scheduler(runtime, readmodel, registry, jobs)
         integrity = Integrity(runtime, store, alerts)
-        freshness = Freshness(runtime, readmodel, alerts, housekeeping)
+        freshness = Freshness(runtime, readmodel, alerts, housekeeping, DiskWatch(runtime, store, alerts))
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
-                                     integrity, Hosts(runtime), receivers)
+                                     integrity, Hosts(runtime), receivers, notifier)
         textfile = Textfile(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
+        pinger = Pinger()  # per-host dead-man pings, sent directly (never through the outbox)
+        jobs.on_started.append(pinger.run_started)
+        jobs.on_finished.append(pinger.run_finished)
+
+        async def alerts_changed(event: str, episode: dict) -> None:
+            textfile.changed.set()
+
+        alerts.listeners.append(alerts_changed)
         textfile.changed.set()
 
         def reloaded(old: Config, new: Config) -> None:
@@ -193,6 +210,8 @@ class Daemon:
             scheduler.wake.set()
             integrity.wake.set()
             textfile.changed.set()
+            notifier.wake_reminders.set()  # sinks or their filters may have changed
+            notifier.wake_outbox.set()
             notify(f"STATUS={readmodel.status_line()}")
 
         runtime.on_reload(reloaded)
@@ -228,6 +247,9 @@ class Daemon:
             "metrics-textfile": textfile.run,
             "history": lambda: prune_history(runtime, store),
             "watchdog": lambda: keep_alive(readmodel.status_line, watchdog_interval(), supervisor.healthy),
+            "outbox": notifier.outbox,
+            "reminders": notifier.reminders,
+            "heartbeat": lambda: heartbeat(runtime, supervisor.healthy),
         }
         try:
             async with asyncio.TaskGroup() as group:

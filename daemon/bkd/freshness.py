@@ -1,17 +1,21 @@
 """The freshness loop: re-reads every host's directory (the filesystem is the
-truth), keeps the `stale` and `clock` episodes in step with it, and expires
-old archives and monthly copies on schedule."""
+truth), keeps the `stale`, `clock`, `hung` and `disk` episodes in step with
+it, and expires old archives and monthly copies on schedule."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timedelta
 
 import structlog
 
+from bkctl.protocol import Kind, Status
+
 from . import clock
 from .alerts import AlertKind, Alerts
-from .config.models import format_duration
+from .config.models import Schedule, format_duration
+from .disk import DiskWatch
 from .housekeeping import Housekeeping
 from .layout import HostDir
 from .readmodel import ReadModel, read_facts
@@ -24,11 +28,13 @@ EXPIRE_EVERY = 600.0  # seconds between expiry passes
 
 
 class Freshness:
-    def __init__(self, runtime: Runtime, readmodel: ReadModel, alerts: Alerts, housekeeping: Housekeeping):
+    def __init__(self, runtime: Runtime, readmodel: ReadModel, alerts: Alerts, housekeeping: Housekeeping,
+                 disk: DiskWatch | None = None):
         self.runtime = runtime
         self.readmodel = readmodel
         self.alerts = alerts
         self.housekeeping = housekeeping
+        self.disk = disk
         self._expired_at = 0.0
 
     async def run(self) -> None:
@@ -39,6 +45,8 @@ class Freshness:
                 self._expired_at = time.monotonic()
                 await self.housekeeping.expire(config)
             intervals = [config.settings(h).schedule.snapshot_every.total_seconds() / 2 for h in config.host]
+            if config.alerts.hung_after:
+                intervals.append(config.alerts.hung_after.total_seconds() / 2)
             await asyncio.sleep(max(1.0, min([60.0, *intervals])))
 
     async def pass_(self) -> None:
@@ -69,6 +77,40 @@ class Freshness:
                         "freshness, schedule and retention until their time comes")
             else:
                 await self.alerts.resolve(AlertKind.CLOCK, name)
+        await self._hung(config.alerts.hung_after, clock.now())
+        if self.disk is not None:
+            await self.disk.check()
+
+    async def _hung(self, hung_after: timedelta | None, now: datetime) -> None:
+        """A run still going past its next slot (or hung_after) is `hung`; the
+        episode resolves when the run ends."""
+        hung: dict[tuple[str, str | None], str] = {}
+        for run in self.readmodel.registry.runs():
+            if run.status is not Status.RUNNING or run.started is None or run.plan is None:
+                continue
+            limit = hung_limit(run.kind, run.plan.settings.schedule, hung_after)
+            if limit is not None and now - run.started > limit:
+                subject = None if run.kind in (Kind.SNAPSHOT, Kind.ALL) else str(run.kind)
+                hung[(run.host, subject)] = (f"the {run.kind} run of job {run.job_id} is still going after "
+                                             f"{_age(now - run.started)} (more than {format_duration(limit)})")
+        for (host, subject), message in hung.items():
+            if not self.alerts.is_current(AlertKind.HUNG, host, subject):
+                await self.alerts.raise_(AlertKind.HUNG, host, message, subject)
+        for episode in list(self.alerts.current.values()):
+            if episode["kind"] == AlertKind.HUNG and (episode["host"], episode["subject"]) not in hung:
+                await self.alerts.resolve(AlertKind.HUNG, episode["host"], episode["subject"])
+
+
+def hung_limit(kind: Kind, schedule: Schedule, hung_after: timedelta | None) -> timedelta | None:
+    """How long a run may go before it is hung: hung_after when set, else until
+    its next slot (restores have none)."""
+    if hung_after is not None:
+        return hung_after
+    if kind in (Kind.SNAPSHOT, Kind.ALL):
+        return schedule.snapshot_every
+    if kind in (Kind.ARCHIVE, Kind.MONTHLY):
+        return schedule.archive_every
+    return None
 
 
 def _age(delta) -> str:

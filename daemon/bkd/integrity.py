@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 from datetime import datetime, timedelta
 
 import structlog
@@ -17,6 +16,7 @@ from .layout import HostDir
 from .pipeline import archive, manifest
 from .runtime import Runtime
 from .store import Store
+from .threads import in_own_thread
 
 log = structlog.get_logger()
 
@@ -66,7 +66,7 @@ class Integrity:
             return {"host": host, "snapshot": str(latest) if latest else None, "checked": 0, "mismatches": []}
         count = max(1, math.ceil(len(recorded) * percent / 100))
         paths = await self.store.least_recently_verified(host, list(recorded), count)
-        mismatches = await _in_own_thread(manifest.hash_sample_idle, host_dir.hourly / str(latest), recorded, paths)
+        mismatches = await in_own_thread(manifest.hash_sample_idle, host_dir.hourly / str(latest), recorded, paths)
         await self.store.mark_verified(host, paths, clock.iso(clock.now()))
         await self._report(host, str(latest), mismatches, False)
         return {"host": host, "snapshot": str(latest), "checked": len(paths), "mismatches": mismatches}
@@ -101,25 +101,3 @@ class Integrity:
 
 def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-async def _in_own_thread(func, *args):
-    """Run func on a thread of its own (not the shared pool), for work that
-    changes per-thread settings such as the I/O priority."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def settle(result, error) -> None:
-        if not done.done():
-            done.set_exception(error) if error else done.set_result(result)
-
-    def target():
-        try:
-            result = func(*args)
-        except BaseException as error:  # handed to the waiting coroutine
-            loop.call_soon_threadsafe(settle, None, error)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=target, daemon=True, name="idle-io").start()
-    return await done

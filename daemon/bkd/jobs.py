@@ -18,7 +18,7 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from . import clock
+from . import clock, failures
 from .alerts import AlertKind, Alerts
 from .errors import InvalidArgument, NotFound
 from .plan import Request, RestoreTarget, Trigger
@@ -44,6 +44,7 @@ class Jobs:
         self.alerts = alerts
         self.publish = publish
         self.on_finished: list[Callable[[Run], None]] = []  # e.g. wake the scheduler
+        self.on_started: list[Callable[[Run], None]] = []  # e.g. the host's `/start` ping; must not block
         self._aftermath: set[asyncio.Task] = set()
 
     def host_names(self, requested: list[str] | None, allow_running: bool = False) -> list[str]:
@@ -96,6 +97,9 @@ class Jobs:
 
     async def _changed(self, run: Run) -> None:
         """A run moved on (started, entered a stage): tell subscribers, record it."""
+        if run.status is Status.RUNNING and run.stage is None:  # the worker's first word: the run started
+            for callback in self.on_started:
+                callback(run)
         self._publish_host(run)
         job = self.registry.jobs.get(run.job_id)
         if job is not None:
@@ -152,14 +156,21 @@ class Jobs:
         if run.request.dry_run or run.kind is Kind.RESTORE:
             return
         subject = None if run.kind in BACKUP_KINDS else str(run.kind)
-        if run.status is Status.FAILED:
-            failures = self.readmodel.record(run.host).consecutive_failures if subject is None else 1
+        refusal = failures.ssh_refusal(run.detail or run.error or "") if run.status is Status.FAILED else None
+        if refusal and subject is None:
+            # A refused login or host key needs a person: `auth` at once, instead of run_failed.
+            await self.alerts.raise_(AlertKind.AUTH, run.host, failures.auth_message(refusal))
+        elif run.status is Status.FAILED:
+            streak = self.readmodel.record(run.host).consecutive_failures if subject is None else 1
             threshold = self.runtime.config.alerts.failures_before_alert if subject is None else 1
-            if failures >= threshold:
-                what = f"{run.kind} run failed" + (f" ({failures} in a row)" if failures > 1 else "")
-                await self.alerts.raise_(AlertKind.RUN_FAILED, run.host, f"{what}: {run.error}", subject)
+            if streak >= threshold:
+                what = f"{run.kind} run failed" + (f" ({streak} in a row)" if streak > 1 else "")
+                await self.alerts.raise_(AlertKind.RUN_FAILED, run.host, f"{what}: {run.error}", subject,
+                                         count=streak if subject is None else None)
         elif run.status in (Status.OK, Status.WARNING):
             await self.alerts.resolve(AlertKind.RUN_FAILED, run.host, subject)
+            if subject is None:
+                await self.alerts.resolve(AlertKind.AUTH, run.host)
 
     async def cancel(self, hosts: list[str] | None = None, job_id: int | None = None) -> list[str]:
         """Stop the matching runs and wait until they have cleaned up (partials removed)."""

@@ -38,6 +38,11 @@ HELP = {
     "bkd_deletion_queue": ("gauge", "Pruned snapshots still being deleted."),
     "bkd_disk_free_bytes": ("gauge", "Free space on the backup root."),
     "bkd_open_alerts": ("gauge", "Alert episodes open or acknowledged, by kind."),
+    "bkd_unacknowledged_alerts": ("gauge", "Alert episodes open and not acknowledged, by kind."),
+    "bkd_notifications_delivered_total": ("counter", "Notifications delivered, by sink."),
+    "bkd_notifications_failed_total": ("counter", "Notifications given up (refused, or undeliverable for a day), by sink."),
+    "bkd_notification_sink_failing": ("gauge", "Delivery attempts of the sink that failed in a row (0: it works)."),
+    "bkd_outbox_depth": ("gauge", "Notifications queued for delivery, by sink."),
 }
 
 
@@ -97,6 +102,19 @@ async def exposition(s: Services) -> str:
         pass
     for kind, count in sorted(s.alerts.open_by_kind().items()):
         samples["bkd_open_alerts"].append((_labels(kind=kind), count))
+    unacknowledged: dict[str, int] = {}
+    for episode in s.alerts.current.values():
+        if episode["state"] == "open":
+            unacknowledged[episode["kind"]] = unacknowledged.get(episode["kind"], 0) + 1
+    for kind, count in sorted(unacknowledged.items()):
+        samples["bkd_unacknowledged_alerts"].append((_labels(kind=kind), count))
+    if s.notifier is not None:
+        for sink in await s.notifier.status():
+            labels = _labels(sink=sink["name"])
+            samples["bkd_notifications_delivered_total"].append((labels, sink["delivered"]))
+            samples["bkd_notifications_failed_total"].append((labels, sink["failed"]))
+            samples["bkd_notification_sink_failing"].append((labels, sink["failing"]))
+            samples["bkd_outbox_depth"].append((labels, sink["queued"]))
     lines = []
     for name, values in samples.items():
         kind, text = HELP[name]
@@ -120,6 +138,10 @@ class Textfile:
             self.changed.clear()
             path = self.s.runtime.config.metrics.textfile
             if path:
-                text = await exposition(self.s)
-                await asyncio.to_thread(write_atomic, Path(path), text.encode(), 0o644)
+                try:
+                    text = await exposition(self.s)
+                    await asyncio.to_thread(write_atomic, Path(path), text.encode(), 0o644)
+                except Exception:
+                    self.changed.set()  # not written: the restarted loop tries again
+                    raise
             await asyncio.sleep(TEXTFILE_EVERY)

@@ -108,3 +108,25 @@ def test_top_refuses_a_daemon_that_speaks_another_protocol(tmp_path, short_tmp, 
     listener.close()
     assert marker.read_text().strip() == "1"
     assert "speaks protocol 999" in (tmp_path / "err").read_text()
+
+
+def test_top_shows_open_alerts_in_a_pane_and_a_acknowledges_the_selected_hosts(tmp_path, daemon_factory, tmux):
+    daemon = daemon_factory([{"name": "db1", "source": str(make_tree(tmp_path / "db", 2))},
+                             {"name": "web1", "source": str(tmp_path / "missing")}]).start()
+    tmux("new-session", "-d", "-x", "140", "-y", "40", f"{BIN / 'bkctl'} --socket {daemon.socket} top")
+    wait_screen(tmux, lambda: "alerts: none" in screen(tmux), "the empty alerts pane")
+    daemon.run_snapshot()  # web1 fails: the alert arrives as an event
+    wait_screen(tmux, lambda: "alerts: 1 current, 1 unacknowledged" in screen(tmux), "the alert in the pane")
+    assert "web1" in screen(tmux) and "run_failed" in screen(tmux)
+    assert host_row(tmux, "web1").split()[-2:] == ["1", "failed"]  # the ALERTS column
+
+    tmux("send-keys", "a")  # db1 is selected: nothing of its own to acknowledge
+    wait_screen(tmux, lambda: "db1 has no unacknowledged alerts" in screen(tmux), "the refusal")
+    tmux("send-keys", "j")
+    tmux("send-keys", "a")
+    wait_screen(tmux, lambda: "acknowledge 1 alert(s) of web1? (y/n)" in screen(tmux), "the question")
+    tmux("send-keys", "y")
+    wait_screen(tmux, lambda: "alerts: 1 current, 0 unacknowledged" in screen(tmux), "the acknowledgement")
+    (alert,) = daemon.bkctl_json("alerts")["alerts"]
+    assert (alert["state"], alert["acked_by"]) == ("acked", "root")
+    tmux("send-keys", "q")

@@ -243,7 +243,8 @@ DURATIONS = list(_duration_fields())
 def test_the_duration_keys_are_found():
     assert {".".join(k) for k in DURATIONS} == {
         "history.keep", "rpc.idle_timeout", "schedule.snapshot_every", "schedule.archive_every",
-        "rsync.timeout", "verify.every", "alerts.hung_after", "alerts.remind_every", "heartbeat.every"}
+        "rsync.timeout", "verify.every", "alerts.hung_after", "alerts.remind_every", "alerts.retry_after",
+        "heartbeat.every"}
 
 
 @pytest.mark.parametrize("key", DURATIONS, ids=[".".join(k) for k in DURATIONS])

@@ -8,3 +8,12 @@ def test_the_method_table_matches_the_protocol_list():
     table = method_table(Api(None))
     assert sorted(table) == sorted(protocol.METHODS)
     assert {m.role for m in table.values()} <= {"viewer", "operator", "admin"}
+
+
+def test_the_roles_of_the_watching_methods():
+    table = method_table(Api(None))
+    roles = {name: (table[name].role, table[name].mutating) for name in
+             ("alerts.ack", "alerts.silence", "alerts.unsilence", "notify.status", "notify.test")}
+    assert roles == {"alerts.ack": ("operator", True), "alerts.silence": ("operator", True),
+                     "alerts.unsilence": ("operator", True), "notify.status": ("viewer", False),
+                     "notify.test": ("operator", True)}

@@ -58,3 +58,19 @@ def test_progress_bar():
     assert progress_bar(0, 10) == "[..........]"
     assert progress_bar(55, 10) == "[######....]"
     assert progress_bar(150, 4) == "[####]"
+
+
+def test_the_alerts_pane_follows_alert_events_unacknowledged_first():
+    model = ViewModel()
+    model.apply_alerts([{"id": 1, "host": "web1", "kind": "stale", "count": 1, "state": "acked",
+                         "last_seen": None, "message": "old"}])
+    base = {"topic": "alert", "host": "db1", "kind": "run_failed", "state": "open", "last_seen": None,
+            "message": "snapshot run failed"}
+    model.apply_event({**base, "event": "opened", "id": 2, "count": 1})
+    model.apply_event({**base, "event": "repeated", "id": 2, "count": 3})
+    lines = model.alert_lines(datetime(2024, 1, 1, tzinfo=timezone.utc))
+    assert lines[0] == "alerts: 2 current, 1 unacknowledged"
+    assert lines[1].split()[:5] == ["2", "db1", "run_failed", "3x", "open"] and "web1" in lines[2]
+    assert model.alerts == {"web1": 1, "db1": 1} and model.open_alert_ids("db1") == [2]
+    model.apply_event({**base, "event": "resolved", "id": 2, "state": "resolved"})
+    assert model.alerts == {"web1": 1} and model.open_alert_ids("web1") == []

@@ -396,6 +396,7 @@ class Alerts(Section):
     disk_free_percent: ranged(float, 0, 100) = 10.0
     disk_full_days: ranged(int, 1, 3650) = 14
     remind_every: Duration = timedelta(days=1)
+    retry_after: Duration = timedelta(seconds=30)  # a failed delivery's first retry; doubled up to 1h, for a day
 
 
 class Sink(Section):

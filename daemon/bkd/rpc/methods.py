@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
 from .. import __version__, browse, catalog, clock, metrics
-from ..config.models import HostName, redact_url
+from ..config.models import Duration, HostName, SinkName, redact_url
 from ..errors import Denied, InvalidArgument, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
 from ..layout import HostDir
@@ -46,6 +46,7 @@ def _file_name(path: str) -> str:
 
 FsPath = Annotated[str, AfterValidator(_file_name)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+KindOfAlert = Literal[tuple(AlertKind)]  # strict params take the wire's string, not an enum instance
 
 
 class Params(BaseModel):
@@ -149,7 +150,7 @@ class AlertsList(Params):
 class AlertsAck(Params):
     ids: Optional[list[Id]] = None
     host: Optional[HostName] = None
-    kind: Optional[AlertKind] = None
+    kind: Optional[KindOfAlert] = None
     all: bool = False
     note: Optional[str] = Field(None, max_length=1000)
 
@@ -158,6 +159,34 @@ class AlertsAck(Params):
         if not (self.ids or self.host or self.kind or self.all):
             raise ValueError("give ids, host, kind or all")
         return self
+
+
+class AlertsSilence(Params):
+    host: Optional[HostName] = None
+    kind: Optional[KindOfAlert] = None
+    for_: Duration = Field(alias="for")
+    note: Optional[str] = Field(None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _some_target(self):
+        if not (self.host or self.kind):
+            raise ValueError("give host, kind or both")
+        return self
+
+
+class AlertsUnsilence(Params):
+    host: Optional[HostName] = None
+    kind: Optional[KindOfAlert] = None
+
+    @model_validator(mode="after")
+    def _some_target(self):
+        if not (self.host or self.kind):
+            raise ValueError("give host, kind or both")
+        return self
+
+
+class NotifyTest(Params):
+    sink: Optional[SinkName] = None
 
 
 class Prune(Params):
@@ -226,9 +255,10 @@ class Api:
         alerts = self.s.alerts
         for name, host in result["hosts"].items():
             host["alerts"] = alerts.open_for(name)
+            host["alert_kinds"] = sorted({e["kind"] for e in alerts.current.values() if e["host"] == name})
         return {**result, "deletion_queue": self.s.housekeeping.collector.pending(),
                 "subscribers": len(self.s.bus.subscriptions),
-                "alerts": {"open": sum(alerts.open_by_kind().values()), "by_kind": alerts.open_by_kind()}}
+                "alerts": alerts.summary()}
 
     async def job_start(self, p: JobStart, call: Call) -> dict:
         return {"job_id": await self.s.jobs.start(p.hosts, Kind(p.kind), Trigger.MANUAL, dry_run=p.dry_run)}
@@ -333,13 +363,35 @@ class Api:
         return {"entries": await audit.entries(p.limit), "chain_ok": chain_ok, "broken_at": broken_at}
 
     async def alerts_list(self, p: AlertsList, call: Call) -> dict:
-        return {"alerts": await self.s.alerts.list(p.all)}
+        return {"alerts": await self.s.alerts.list(p.all), "silences": self.s.alerts.silences_in_force()}
 
     async def alerts_ack(self, p: AlertsAck, call: Call) -> dict:
         acked = await self.s.alerts.ack(p.ids, p.host, p.kind and str(p.kind), call.user, p.note)
         if not acked and p.ids:
             raise NotFound(f"no open alert with id {', '.join(map(str, p.ids))}")
         return {"acked": [episode["id"] for episode in acked]}
+
+    async def alerts_silence(self, p: AlertsSilence, call: Call) -> dict:
+        """Maintenance: alerts of the host and/or kind are still recorded, not notified, until `for` is over."""
+        if p.host:
+            self.s.jobs.host_names([p.host])
+        silence = await self.s.alerts.silence(p.host, p.kind and str(p.kind), clock.now() + p.for_, p.note,
+                                              call.user)
+        return {"silence": silence, "silences": self.s.alerts.silences_in_force()}
+
+    async def alerts_unsilence(self, p: AlertsUnsilence, call: Call) -> dict:
+        ended = await self.s.alerts.unsilence(p.host, p.kind and str(p.kind), call.user)
+        if not ended:
+            what = " and ".join(filter(None, [p.host and f"host {p.host}", p.kind and f"kind {p.kind}"]))
+            raise NotFound(f"no silence of {what} is in force")
+        return {"ended": ended, "silences": self.s.alerts.silences_in_force()}
+
+    async def notify_status(self, _: NoParams, call: Call) -> dict:
+        return {"sinks": await self.s.notifier.status()}
+
+    async def notify_test(self, p: NotifyTest, call: Call) -> dict:
+        results = await self.s.notifier.test(p.sink)
+        return {"results": results, "sinks": await self.s.notifier.status()}
 
     async def prune(self, p: Prune, call: Call) -> dict:
         config = self.s.runtime.config
@@ -417,6 +469,10 @@ def method_table(api: Api) -> dict[str, Method]:
         M.VERIFY: Method(Verify, api.verify, "operator"),
         M.ALERTS_LIST: Method(AlertsList, api.alerts_list, "viewer"),
         M.ALERTS_ACK: Method(AlertsAck, api.alerts_ack, "operator", mutating=True),
+        M.ALERTS_SILENCE: Method(AlertsSilence, api.alerts_silence, "operator", mutating=True),
+        M.ALERTS_UNSILENCE: Method(AlertsUnsilence, api.alerts_unsilence, "operator", mutating=True),
+        M.NOTIFY_STATUS: Method(NoParams, api.notify_status, "viewer"),
+        M.NOTIFY_TEST: Method(NotifyTest, api.notify_test, "operator", mutating=True),
         M.AUDIT_LIST: Method(AuditList, api.audit_list, "admin"),
         M.METRICS: Method(NoParams, api.metrics, "viewer"),
         M.HOSTS_LIST: Method(NoParams, api.hosts_list, "viewer"),

@@ -1,6 +1,7 @@
 """bkd's state in SQLite (aiosqlite): job history, snapshot records, alert
-episodes, the audit log. One connection; writes that span statements run as
-one transaction under one lock, so coroutines never interleave inside one.
+episodes and silences, the notification outbox, disk samples, the audit
+log. One connection; writes that span statements run as one transaction
+under one lock, so coroutines never interleave inside one.
 
 Every method may raise sqlite3.Error or OSError (a full disk, a broken
 file); callers decide what that costs — never a stranded run."""
@@ -16,7 +17,9 @@ import aiosqlite
 
 from .alerts import AlertStore
 from .audit import AuditStore
+from .disk import DiskStore
 from .jobs import JobStore
+from .outbox import OutboxStore
 from .schema import MIGRATIONS
 from .snapshots import SnapshotStore
 
@@ -36,6 +39,8 @@ class Store:
         self.alerts = AlertStore(self)
         self.audit = AuditStore(self)
         self.snapshots = SnapshotStore(self)
+        self.outbox = OutboxStore(self)
+        self.disk = DiskStore(self)
 
     @classmethod
     async def open(cls, path: Path) -> Store:

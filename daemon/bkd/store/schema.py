@@ -144,4 +144,55 @@ MIGRATIONS = [
     ALTER TABLE job_hosts ADD COLUMN detail TEXT;
     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    """
+    -- Notifications (SPEC §8): what each episode has told the sinks, silences,
+    -- the persistent outbox, each sink's state, and samples of the backup
+    -- root's disk for the growth trend.
+    ALTER TABLE episodes ADD COLUMN notified TEXT;
+    ALTER TABLE episodes ADD COLUMN reminded TEXT;
+    ALTER TABLE episodes ADD COLUMN reminders INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE silences (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        host    TEXT,
+        kind    TEXT,
+        until   TEXT NOT NULL,
+        note    TEXT,
+        by      TEXT NOT NULL,
+        created TEXT NOT NULL,
+        ended   TEXT
+    );
+    CREATE TABLE outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        key          TEXT NOT NULL UNIQUE,
+        sink         TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        episode_id   INTEGER,
+        alert        TEXT NOT NULL,
+        created      TEXT NOT NULL,
+        created_s    REAL NOT NULL,
+        state        TEXT NOT NULL DEFAULT 'pending',
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_error   TEXT,
+        finished     TEXT
+    );
+    CREATE INDEX outbox_heads ON outbox(sink, episode_id, id) WHERE state = 'pending';
+    CREATE INDEX outbox_finished ON outbox(state, finished);
+    CREATE TABLE sinks (
+        name          TEXT PRIMARY KEY,
+        last_delivery TEXT,
+        last_error    TEXT,
+        last_error_at TEXT,
+        failing       INTEGER NOT NULL DEFAULT 0,
+        delivered     INTEGER NOT NULL DEFAULT 0,
+        failed        INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE disk_samples (
+        time        TEXT PRIMARY KEY,
+        used_bytes  INTEGER NOT NULL,
+        free_bytes  INTEGER NOT NULL,
+        used_inodes INTEGER NOT NULL,
+        free_inodes INTEGER NOT NULL
+    );
+    """,
 ]

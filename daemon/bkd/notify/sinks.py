@@ -1,0 +1,193 @@
+"""What a notification looks like on each kind of sink, and delivering one.
+
+A delivery ends in an Outcome: delivered, or failed with an error fit for
+every role (a status code or a reason; never a URL, a file name, a secret
+or a server's own text) and whether trying again could help."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import json
+import smtplib
+import socket
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+
+import structlog
+
+from .. import __version__
+from ..threads import in_own_thread
+from ..config.models import EmailSink, WebhookSink, redact_url
+from . import http
+
+log = structlog.get_logger()
+
+TIMEOUT = 10.0  # seconds for one delivery attempt: connecting, sending, the answer
+
+WHAT = {
+    "run_failed": "run failed", "stale": "no recent snapshot", "hung": "run hung",
+    "auth": "SSH login refused", "integrity": "snapshot damaged", "anomaly": "unusual changes",
+    "disk": "backup disk", "clock": "snapshots dated in the future", "notify": "notifications failing",
+    "internal": "internal error",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    error: str | None = None
+    permanent: bool = False  # retrying cannot help (e.g. 4xx): a person must look
+
+
+@dataclass(frozen=True)
+class Notification:
+    key: str  # the idempotency key
+    event: str  # opened | reminder | resolved | test
+    alert: dict  # the record alerts.list shows
+    server: str
+
+
+def server_name(configured: str) -> str:
+    return configured or socket.gethostname()
+
+
+def subject_line(n: Notification) -> str:
+    """One line a person can triage from a phone: `[bkd backup1] web1: run failed (3×)`."""
+    if n.event == "test":
+        return f"[bkd {n.server}] test notification"
+    alert = n.alert
+    what = WHAT.get(alert["kind"], alert["kind"])
+    if alert.get("subject"):
+        what += f": {alert['subject']}"
+    if alert.get("count", 1) > 1:
+        what += f" ({alert['count']}×)"
+    line = f"[bkd {n.server}] {alert['host'] or 'bkd'}: "
+    if n.event == "resolved":
+        return line + f"resolved: {what}"
+    return line + what + (", still open" if n.event == "reminder" else "")
+
+
+def webhook_body(n: Notification) -> bytes:
+    return json.dumps({"event": n.event, "alert": n.alert, "server": n.server, "version": __version__,
+                       "idempotency_key": n.key, "text": subject_line(n)}, separators=(",", ":")).encode()
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def _details(n: Notification) -> list[tuple[str, str]]:
+    alert = n.alert
+    if n.event == "test":
+        return [("message", f"a test message from bkd on {n.server}: this sink works")]
+    rows = [("message", alert["message"]), ("host", alert["host"] or "-"), ("kind", alert["kind"]),
+            ("state", alert["state"]), ("count", str(alert["count"])), ("since", alert["first_seen"]),
+            ("last seen", alert["last_seen"])]
+    if alert.get("resolved"):
+        rows.append(("resolved", alert["resolved"]))
+    if alert.get("acked_by"):
+        rows.append(("acknowledged", f"by {alert['acked_by']} at {alert['acked_at']}"
+                                     + (f": {alert['note']}" if alert.get("note") else "")))
+    if n.event != "resolved" and alert.get("id") is not None:
+        rows.append(("acknowledge", f"bkctl alerts ack {alert['id']}"))
+    return rows
+
+
+def email_message(sink: EmailSink, n: Notification) -> EmailMessage:
+    message = EmailMessage()
+    message["Subject"] = subject_line(n)
+    message["From"] = sink.from_ or f"bkd@{n.server}"
+    message["To"] = ", ".join(sink.to)
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = f"<{n.key}@bkd>"  # the idempotency key: receivers can deduplicate
+    rows = _details(n)
+    message.set_content("\n".join(f"{name}: {value}" for name, value in rows) + "\n")
+    cells = "".join(f"<tr><th style=\"text-align:left;padding-right:1em\">{html.escape(name)}</th>"
+                    f"<td>{html.escape(value)}</td></tr>" for name, value in rows)
+    message.add_alternative(f"<html><body><h3>{html.escape(subject_line(n))}</h3>"
+                            f"<table>{cells}</table></body></html>\n", subtype="html")
+    return message
+
+
+def read_secret(path: str, what: str) -> bytes:
+    """A secret from its file (read at each use, so a rotated secret is taken
+    at once), without its trailing newline. The error names neither the file
+    nor the secret."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().rstrip(b"\r\n")
+    except OSError as e:
+        log.error("notify.secret_unreadable", file=path, error=e.strerror)
+        raise _Undeliverable(f"cannot read the {what} file ({(e.strerror or 'error').lower()})") from None
+
+
+class _Undeliverable(Exception):
+    """Failed before anything was sent; may be fixed by the admin, so retried."""
+
+
+async def deliver(sink: EmailSink | WebhookSink, n: Notification) -> Outcome:
+    try:
+        if isinstance(sink, WebhookSink):
+            return await _webhook(sink, n)
+        return await in_own_thread(_email, sink, n)  # smtplib blocks
+    except _Undeliverable as e:
+        return Outcome(False, str(e))
+
+
+async def _webhook(sink: WebhookSink, n: Notification) -> Outcome:
+    body = webhook_body(n)
+    headers = {"Content-Type": "application/json", "Idempotency-Key": n.key}
+    if sink.secret_file:
+        headers["X-Bkd-Signature"] = signature(read_secret(sink.secret_file, "secret"), body)
+    try:
+        status = await http.request(sink.url, "POST", body, headers, TIMEOUT)
+    except http.HttpError as e:
+        return Outcome(False, str(e))
+    if http.delivered(status):
+        return Outcome(True)
+    return Outcome(False, f"HTTP {status}", http.permanent(status))
+
+
+def _email(sink: EmailSink, n: Notification) -> Outcome:
+    """Blocking (smtplib): runs on a thread of its own."""
+    password = read_secret(sink.password_file, "password") if sink.username else None
+    context = ssl.create_default_context()
+    try:
+        if sink.security == "tls":
+            smtp = smtplib.SMTP_SSL(sink.smtp_host, sink.smtp_port, timeout=TIMEOUT, context=context)
+        else:
+            smtp = smtplib.SMTP(sink.smtp_host, sink.smtp_port, timeout=TIMEOUT)
+        with smtp:
+            if sink.security == "starttls":
+                smtp.starttls(context=context)
+            if sink.username:
+                smtp.login(sink.username, password.decode())
+            smtp.send_message(email_message(sink, n))
+    except smtplib.SMTPAuthenticationError as e:
+        return Outcome(False, f"SMTP login refused ({e.smtp_code})", permanent=True)
+    except smtplib.SMTPRecipientsRefused as e:
+        codes = sorted({code for code, _ in e.recipients.values()})
+        return Outcome(False, f"SMTP refused the recipients ({', '.join(map(str, codes))})",
+                       permanent=all(code >= 500 for code in codes))
+    except smtplib.SMTPResponseException as e:
+        return Outcome(False, f"SMTP error {e.smtp_code}", permanent=e.smtp_code >= 500)
+    except smtplib.SMTPNotSupportedError:
+        return Outcome(False, "the SMTP server does not offer STARTTLS or login", permanent=True)
+    except ssl.SSLError as e:
+        return Outcome(False, f"TLS failed: {e.reason or 'error'}")
+    except (OSError, smtplib.SMTPException) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        return Outcome(False, f"SMTP: {reason}")
+    return Outcome(True)
+
+
+def describe(sink: EmailSink | WebhookSink) -> str:
+    """Where a sink delivers, safe for logs (URLs redacted)."""
+    if isinstance(sink, WebhookSink):
+        return redact_url(sink.url)
+    return f"smtp://{sink.smtp_host}:{sink.smtp_port}"
