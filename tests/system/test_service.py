@@ -5,28 +5,19 @@ systemctl and read with journalctl (TESTING.md's recipe)."""
 import json
 import os
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import RUN_ID, wait_until
+from conftest import wait_until
+from nspawn import Container, cached_tarball, sh
 
 ROOT = Path(__file__).parents[2]
-CACHE = Path(os.environ.get("BKD_TEST_CACHE", "/var/cache/bkd-tests"))
-# What the tree has besides minbase: systemd to boot, and exactly the package's Depends.
-INCLUDE = "systemd,systemd-sysv,dbus,python3,rsync,openssh-client,zstd"
+# The releases the package must install and run on.
+RELEASES = ["bookworm"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root (CI runs as root)")
-
-
-def sh(*argv, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{argv} exited {result.returncode}: {result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -37,64 +28,13 @@ def deb(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def debian_tree(tmp_path_factory) -> Path:
-    """A bookworm minbase tree, made once with mmdebstrap and kept as a tarball."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE / f"bookworm-{INCLUDE.replace(',', '_')}.tar"
-    if not tarball.exists():
-        partial = tarball.with_suffix(f".partial-{RUN_ID}")
-        sh("mmdebstrap", "--quiet", "--variant=minbase", f"--include={INCLUDE}", "bookworm", str(partial),
-           "/etc/apt/sources.list.d/debian.sources", timeout=1200)
-        partial.rename(tarball)
-    root = tmp_path_factory.mktemp("debian")
-    sh("tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root))
-    return root
-
-
-class Container:
-    """One boot of the tree; changes live in a tmpfs overlay and vanish at poweroff."""
-
-    def __init__(self, root: Path, debs: Path, log: Path):
-        self.name = f"bkd-test-{RUN_ID}-{os.urandom(2).hex()}"
-        self.log = log
-        self.nspawn = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(root), "--register=no", "--keep-unit", "--private-network",
-             "--volatile=overlay", f"--bind-ro={debs}:/mnt/debs", f"--machine={self.name}", "-b"],
-            stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        self.pid1 = wait_until(self._pid1, 60, 0.2, what="the container's PID 1")
-        wait_until(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip()
-                   in ("running", "degraded"), 60, 0.5, what=f"the container to boot: {self.log.read_text()[-2000:]}")
-
-    def _pid1(self):
-        if self.nspawn.poll() is not None:
-            raise AssertionError(f"systemd-nspawn exited: {self.log.read_text()[-2000:]}")
-        children = sh("pgrep", "-P", str(self.nspawn.pid), check=False).stdout.split()
-        return children[0] if children else None
-
-    def run(self, *argv, check=True, timeout=120, **kwargs) -> subprocess.CompletedProcess:
-        return sh("nsenter", "-t", self.pid1, "-a", *argv, check=check, timeout=timeout, **kwargs)
-
-    def write(self, path: str, text: str) -> None:
-        self.run("sh", "-c", f"mkdir -p \"$(dirname '{path}')\" && cat > '{path}'", input=text)
-
-    def rsync_running(self) -> bool:
-        return self.run("sh", "-c", "grep -lx rsync /proc/[0-9]*/comm", check=False).returncode == 0
-
-    def main_pid(self) -> str:
-        return self.run("systemctl", "show", "-p", "MainPID", "--value", "bkd").stdout.strip()
-
-    def journal(self, *args) -> list[dict]:
-        out = self.run("journalctl", "-u", "bkd", "-o", "json", "--no-pager", *args, check=False).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def poweroff(self) -> None:
-        self.run("systemctl", "poweroff", check=False)
-        try:
-            self.nspawn.wait(60)
-        except subprocess.TimeoutExpired:
-            self.nspawn.send_signal(signal.SIGKILL)
-            self.nspawn.wait()
+@pytest.fixture(scope="module", params=RELEASES)
+def debian_tree(request, tmp_path_factory) -> Path:
+    """A minbase tree of one release, extracted from the cache (about 250 MB: removed after use)."""
+    root = tmp_path_factory.mktemp(request.param)
+    sh("tar", "--numeric-owner", "-xpf", str(cached_tarball(request.param)), "-C", str(root))
+    yield root
+    sh("rm", "-rf", "--one-file-system", str(root))
 
 
 @pytest.fixture
