@@ -1,9 +1,10 @@
-"""The .deb under real systemd: a minimal Debian 12 tree booted with
+"""The .deb under real systemd: minimal Debian 12 and 13 trees booted with
 systemd-nspawn, the package installed with dpkg, the service driven with
 systemctl and read with journalctl (TESTING.md's recipe)."""
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -14,8 +15,8 @@ from conftest import wait_until
 from nspawn import Container, cached_tarball, sh
 
 ROOT = Path(__file__).parents[2]
-# The releases the package must install and run on.
-RELEASES = ["bookworm"]
+# The releases the package must install and run on (docs/packaging.md).
+RELEASES = ["bookworm", "trixie"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root (CI runs as root)")
 
@@ -49,6 +50,19 @@ def container(debian_tree, deb, tmp_path):
 def test_lintian_accepts_the_package(deb):
     result = sh("lintian", "--fail-on", "error", str(deb), check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_package_depends_on_a_python3_it_carries_a_build_for(deb):
+    trees = sorted(set(re.findall(r"\./usr/lib/bkd/(python3\.\d+)/", sh("dpkg-deb", "-c", str(deb)).stdout)))
+    assert trees == ["python3.11", "python3.13"]  # Debian 12 and 13
+    relations = [r for r in sh("dpkg-deb", "-f", str(deb), "Depends").stdout.split(",") if "python3" in r]
+
+    def installable(version: str) -> bool:
+        return all(any(sh("dpkg", "--compare-versions", version, op, bound, check=False).returncode == 0
+                       for op, bound in re.findall(r"python3 \((\S+) (\S+)\)", relation)) for relation in relations)
+
+    versions = ["3.10.6-1", "3.11.2-1+b1", "3.12.3-0ubuntu2", "3.13.5-1", "3.14.0-1"]
+    assert [v for v in versions if installable(v)] == ["3.11.2-1+b1", "3.13.5-1"]
 
 
 def test_the_service_under_real_systemd(container, deb):
