@@ -2,6 +2,7 @@
 systemd-nspawn, the package installed with dpkg, the service driven with
 systemctl and read with journalctl (TESTING.md's recipe)."""
 
+import email.parser
 import json
 import os
 import re
@@ -63,6 +64,99 @@ def test_the_package_depends_on_a_python3_it_carries_a_build_for(deb):
 
     versions = ["3.10.6-1", "3.11.2-1+b1", "3.12.3-0ubuntu2", "3.13.5-1", "3.14.0-1"]
     assert [v for v in versions if installable(v)] == ["3.11.2-1+b1", "3.13.5-1"]
+
+
+# SPDX identifiers under the names debian/copyright gives them (DEP-5 calls MIT "Expat"),
+# and the SPDX identifiers of licence classifiers (for wheels without License-Expression).
+DEP5_NAMES = {"MIT": "Expat"}
+SPDX_NAMES = {dep5: spdx for spdx, dep5 in DEP5_NAMES.items()}
+CLASSIFIERS = {"MIT License": "MIT"}
+
+
+def copyright_paragraphs(text: str) -> list[dict]:
+    """The paragraphs of a DEP-5 file, each as {field: value} (continuation lines joined)."""
+    paragraphs = []
+    for block in text.strip().split("\n\n"):
+        fields, key = {}, None
+        for line in block.splitlines():
+            if line.startswith(" ") and key:
+                fields[key] += "\n" + line.strip()
+            else:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        paragraphs.append(fields)
+    return paragraphs
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared_licence(metadata) -> str:
+    """A distribution's licence in DEP-5 terms, from License-Expression or else its classifier."""
+    expression = metadata["License-Expression"]
+    if not expression:
+        (classifier,) = [c.rsplit(" :: ", 1)[1] for c in metadata.get_all("Classifier", [])
+                         if c.startswith("License :: ")]
+        expression = CLASSIFIERS.get(classifier, classifier)
+    words = re.findall(r"[()]|[^\s()]+", expression)
+    return " ".join({"OR": "or", "AND": "and"}.get(w, DEP5_NAMES.get(w, w)) for w in words)
+
+
+def satisfied(expression: str, granted: set[str]) -> bool:
+    """Whether an SPDX licence expression is met by the licences granted."""
+    tokens = re.findall(r"[()]|[^\s()]+", expression)
+
+    def either(i):
+        value, i = both(i)
+        while i < len(tokens) and tokens[i] == "OR":
+            other, i = both(i + 1)
+            value = value or other
+        return value, i
+
+    def both(i):
+        value, i = single(i)
+        while i < len(tokens) and tokens[i] == "AND":
+            other, i = single(i + 1)
+            value = value and other
+        return value, i
+
+    def single(i):
+        if tokens[i] == "(":
+            value, i = either(i + 1)
+            return value, i + 1
+        if i + 1 < len(tokens) and tokens[i + 1] == "WITH":
+            return f"{tokens[i]} WITH {tokens[i + 2]}" in granted, i + 3
+        return tokens[i] in granted, i + 1
+
+    return either(0)[0]
+
+
+def test_debian_copyright_names_every_bundled_distribution_and_its_licence(deb, tmp_path):
+    sh("dpkg-deb", "-x", str(deb), str(tmp_path))
+    paragraphs = copyright_paragraphs((tmp_path / "usr/share/doc/bkd/copyright").read_text())
+    listed = {}
+    for paragraph in paragraphs:
+        if match := re.fullmatch(r"(\S+) (\S+) from PyPI", paragraph.get("Comment", "")):
+            listed[canonical(match[1])] = (match[2], paragraph["License"])
+    bundled = {}
+    for dist in (tmp_path / "usr/lib/bkd").glob("*/*.dist-info"):
+        metadata = email.parser.Parser().parsestr((dist / "METADATA").read_text())
+        if canonical(metadata["Name"]) != "bkd":  # Files: *
+            bundled[canonical(metadata["Name"])] = (metadata["Version"], declared_licence(metadata))
+    assert len(bundled) >= 9
+    assert bundled == listed, "debian/copyright must list each bundled distribution: NAME VERSION from PyPI"
+
+    # Statically linked code named by an SBOM in a wheel: its paragraph grants what each part needs.
+    sboms = list((tmp_path / "usr/lib/bkd").glob("*/*.dist-info/sboms/*.json"))
+    assert sboms
+    for sbom in sboms:
+        (paragraph,) = [p for p in paragraphs if f"sboms/{sbom.name}" in p.get("Comment", "")]
+        granted = {SPDX_NAMES.get(name, name) for name in paragraph["License"].split(" and ")}
+        for component in json.loads(sbom.read_text())["components"]:
+            if component.get("scope") != "excluded":  # build-time only
+                (licence,) = [entry.get("expression") or entry["license"]["id"] for entry in component["licenses"]]
+                assert satisfied(licence, granted), f"{component['name']} is under {licence}: {sbom.name}"
 
 
 def test_the_service_under_real_systemd(container, deb):
