@@ -99,21 +99,44 @@ class Container:
             ["systemd-nspawn", "-D", str(root), "--register=no", "--keep-unit", "--private-network",
              "--volatile=overlay", f"--bind-ro={debs}:/mnt/debs", f"--machine={self.name}", "-b"],
             stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        self.pid1: str | None = None
         try:
-            self.pid1 = wait_until(self._pid1, 60, 0.2, what="the container's PID 1")
-            wait_until(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip()
-                       in ("running", "degraded"), 60, 0.5,
-                       what=f"the container to boot: {self.log.read_text()[-2000:]}")
-        except BaseException:
-            self.nspawn.kill()
-            self.nspawn.wait()
+            wait_until(self._booted, 60, 0.2, what="the container to boot")
+        except BaseException as e:
+            self._kill()
+            if isinstance(e, AssertionError):
+                raise AssertionError(f"{e}; systemd-nspawn said: {self.log.read_text()[-2000:]}") from None
             raise
 
-    def _pid1(self):
+    def _booted(self) -> bool:
         if self.nspawn.poll() is not None:
-            raise AssertionError(f"systemd-nspawn exited: {self.log.read_text()[-2000:]}")
-        children = sh("pgrep", "-P", str(self.nspawn.pid), check=False).stdout.split()
-        return children[0] if children else None
+            raise AssertionError(f"systemd-nspawn exited with {self.nspawn.returncode}")
+        # Looked up again until booted: nspawn also forks short-lived helpers.
+        self.pid1 = self._pid1()
+        return bool(self.pid1) and self.run("systemctl", "is-system-running", check=False).stdout.strip() in (
+            "running", "degraded")
+
+    def _pid1(self) -> str | None:
+        """The child of nspawn that is PID 1 in a PID namespace of its own."""
+        for child in sh("pgrep", "-P", str(self.nspawn.pid), check=False).stdout.split():
+            try:
+                status = Path(f"/proc/{child}/status").read_text()
+            except FileNotFoundError:
+                continue
+            nspid = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:"))
+            if len(nspid) > 1 and nspid[-1] == "1":
+                return child
+        return None
+
+    def _kill(self) -> None:
+        """Killing the container's PID 1 ends everything in it; nspawn then exits."""
+        if self.pid1:
+            try:
+                os.kill(int(self.pid1), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.nspawn.kill()
+        self.nspawn.wait()
 
     def run(self, *argv, check=True, timeout=120, **kwargs) -> subprocess.CompletedProcess:
         return sh("nsenter", "-t", self.pid1, "-a", *argv, check=check, timeout=timeout, **kwargs)
@@ -149,5 +172,4 @@ class Container:
         try:
             self.nspawn.wait(60)
         except subprocess.TimeoutExpired:
-            self.nspawn.send_signal(signal.SIGKILL)
-            self.nspawn.wait()
+            self._kill()

@@ -290,14 +290,16 @@ def test_the_package_as_installed(container, deb):
     assert 'bkd_last_success_timestamp_seconds{host="local"}' in c.run("cat", TEXTFILE).stdout
 
 
-@pytest.mark.xfail(strict=True, reason="daemon: fsutil.write_atomic applies its mode through the umask, "
-                   "and the unit's UMask=0077 makes the textfile 0600 (needs an fchmod; the lead wires it)")
 @pytest.mark.parametrize("debian_tree", ["bookworm"], indirect=True)
 def test_node_exporter_may_read_the_metrics_textfile(container, deb):
     install_with_a_textfile(container, deb)
     wait_textfile(container)
     # node-exporter runs as its own user (prometheus).
-    assert container.run("stat", "-c", "%a", TEXTFILE).stdout.strip() == "644"
+    mode = container.run("stat", "-c", "%a", TEXTFILE).stdout.strip()
+    if mode == "600":  # only this known defect is excused, nothing before it
+        pytest.xfail("daemon: fsutil.write_atomic applies its mode through the umask, and the unit's "
+                     "UMask=0077 makes the textfile 0600 (needs an fchmod; the lead wires it)")
+    assert mode == "644"
 
 
 def test_the_unit_file_verifies_and_is_hardened(tmp_path):
