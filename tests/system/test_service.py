@@ -284,6 +284,8 @@ def test_the_package_as_installed(container, deb):
     python = c.run("python3", "-c", "import sys; print('python%d.%d' % sys.version_info[:2])").stdout.strip()
     assert c.run("readlink", f"/proc/{pid}/exe").stdout.strip() == f"/usr/bin/{python}"
     assert f"/usr/lib/bkd/{python}/pydantic_core/" in c.run("cat", f"/proc/{pid}/maps").stdout
+    for package in ("site-packages/bkd", f"{python}/pydantic_core"):  # compiled by postinst: /usr is read-only
+        assert c.run("test", "-d", f"/usr/lib/bkd/{package}/__pycache__", check=False).returncode == 0, package
     assert c.run("bkctl", "--json", "status").returncode == 0
 
     wait_textfile(c)
