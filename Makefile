@@ -27,7 +27,7 @@ demo: venv
 	$(VENV)/bin/python demo/make_demo.py $(DEMO)
 
 deb:
-	scripts/install-deps dpkg-dev debhelper python3-venv python3-pip
+	scripts/install-deps dpkg-dev debhelper python3-pip
 	scripts/build-deb dist
 
 clean:

@@ -1,32 +1,25 @@
-"""The .deb under real systemd: a minimal Debian 12 tree booted with
+"""The .deb under real systemd: minimal Debian 12 and 13 trees booted with
 systemd-nspawn, the package installed with dpkg, the service driven with
 systemctl and read with journalctl (TESTING.md's recipe)."""
 
+import email.parser
 import json
 import os
+import re
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import RUN_ID, wait_until
+from conftest import wait_until
+from nspawn import Container, cached_tarball, sh
 
 ROOT = Path(__file__).parents[2]
-CACHE = Path(os.environ.get("BKD_TEST_CACHE", "/var/cache/bkd-tests"))
-# What the tree has besides minbase: systemd to boot, and exactly the package's Depends.
-INCLUDE = "systemd,systemd-sysv,dbus,python3,rsync,openssh-client,zstd"
+# The releases the package must install and run on (docs/packaging.md).
+RELEASES = ["bookworm", "trixie"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root (CI runs as root)")
-
-
-def sh(*argv, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{argv} exited {result.returncode}: {result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -37,64 +30,13 @@ def deb(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def debian_tree(tmp_path_factory) -> Path:
-    """A bookworm minbase tree, made once with mmdebstrap and kept as a tarball."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE / f"bookworm-{INCLUDE.replace(',', '_')}.tar"
-    if not tarball.exists():
-        partial = tarball.with_suffix(f".partial-{RUN_ID}")
-        sh("mmdebstrap", "--quiet", "--variant=minbase", f"--include={INCLUDE}", "bookworm", str(partial),
-           "/etc/apt/sources.list.d/debian.sources", timeout=1200)
-        partial.rename(tarball)
-    root = tmp_path_factory.mktemp("debian")
-    sh("tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root))
-    return root
-
-
-class Container:
-    """One boot of the tree; changes live in a tmpfs overlay and vanish at poweroff."""
-
-    def __init__(self, root: Path, debs: Path, log: Path):
-        self.name = f"bkd-test-{RUN_ID}-{os.urandom(2).hex()}"
-        self.log = log
-        self.nspawn = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(root), "--register=no", "--keep-unit", "--private-network",
-             "--volatile=overlay", f"--bind-ro={debs}:/mnt/debs", f"--machine={self.name}", "-b"],
-            stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        self.pid1 = wait_until(self._pid1, 60, 0.2, what="the container's PID 1")
-        wait_until(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip()
-                   in ("running", "degraded"), 60, 0.5, what=f"the container to boot: {self.log.read_text()[-2000:]}")
-
-    def _pid1(self):
-        if self.nspawn.poll() is not None:
-            raise AssertionError(f"systemd-nspawn exited: {self.log.read_text()[-2000:]}")
-        children = sh("pgrep", "-P", str(self.nspawn.pid), check=False).stdout.split()
-        return children[0] if children else None
-
-    def run(self, *argv, check=True, timeout=120, **kwargs) -> subprocess.CompletedProcess:
-        return sh("nsenter", "-t", self.pid1, "-a", *argv, check=check, timeout=timeout, **kwargs)
-
-    def write(self, path: str, text: str) -> None:
-        self.run("sh", "-c", f"mkdir -p \"$(dirname '{path}')\" && cat > '{path}'", input=text)
-
-    def rsync_running(self) -> bool:
-        return self.run("sh", "-c", "grep -lx rsync /proc/[0-9]*/comm", check=False).returncode == 0
-
-    def main_pid(self) -> str:
-        return self.run("systemctl", "show", "-p", "MainPID", "--value", "bkd").stdout.strip()
-
-    def journal(self, *args) -> list[dict]:
-        out = self.run("journalctl", "-u", "bkd", "-o", "json", "--no-pager", *args, check=False).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def poweroff(self) -> None:
-        self.run("systemctl", "poweroff", check=False)
-        try:
-            self.nspawn.wait(60)
-        except subprocess.TimeoutExpired:
-            self.nspawn.send_signal(signal.SIGKILL)
-            self.nspawn.wait()
+@pytest.fixture(scope="module", params=RELEASES)
+def debian_tree(request, tmp_path_factory) -> Path:
+    """A minbase tree of one release, extracted from the cache (about 250 MB: removed after use)."""
+    root = tmp_path_factory.mktemp(request.param)
+    sh("tar", "--numeric-owner", "-xpf", str(cached_tarball(request.param)), "-C", str(root))
+    yield root
+    sh("rm", "-rf", "--one-file-system", str(root))
 
 
 @pytest.fixture
@@ -109,6 +51,112 @@ def container(debian_tree, deb, tmp_path):
 def test_lintian_accepts_the_package(deb):
     result = sh("lintian", "--fail-on", "error", str(deb), check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_package_depends_on_a_python3_it_carries_a_build_for(deb):
+    trees = sorted(set(re.findall(r"\./usr/lib/bkd/(python3\.\d+)/", sh("dpkg-deb", "-c", str(deb)).stdout)))
+    assert trees == ["python3.11", "python3.13"]  # Debian 12 and 13
+    relations = [r for r in sh("dpkg-deb", "-f", str(deb), "Depends").stdout.split(",") if "python3" in r]
+
+    def installable(version: str) -> bool:
+        return all(any(sh("dpkg", "--compare-versions", version, op, bound, check=False).returncode == 0
+                       for op, bound in re.findall(r"python3 \((\S+) (\S+)\)", relation)) for relation in relations)
+
+    versions = ["3.10.6-1", "3.11.2-1+b1", "3.12.3-0ubuntu2", "3.13.5-1", "3.14.0-1"]
+    assert [v for v in versions if installable(v)] == ["3.11.2-1+b1", "3.13.5-1"]
+
+
+# SPDX identifiers under the names debian/copyright gives them (DEP-5 calls MIT "Expat"),
+# and the SPDX identifiers of licence classifiers (for wheels without License-Expression).
+DEP5_NAMES = {"MIT": "Expat"}
+SPDX_NAMES = {dep5: spdx for spdx, dep5 in DEP5_NAMES.items()}
+CLASSIFIERS = {"MIT License": "MIT"}
+
+
+def copyright_paragraphs(text: str) -> list[dict]:
+    """The paragraphs of a DEP-5 file, each as {field: value} (continuation lines joined)."""
+    paragraphs = []
+    for block in text.strip().split("\n\n"):
+        fields, key = {}, None
+        for line in block.splitlines():
+            if line.startswith(" ") and key:
+                fields[key] += "\n" + line.strip()
+            else:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        paragraphs.append(fields)
+    return paragraphs
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared_licence(metadata) -> str:
+    """A distribution's licence in DEP-5 terms, from License-Expression or else its classifier."""
+    expression = metadata["License-Expression"]
+    if not expression:
+        (classifier,) = [c.rsplit(" :: ", 1)[1] for c in metadata.get_all("Classifier", [])
+                         if c.startswith("License :: ")]
+        expression = CLASSIFIERS.get(classifier, classifier)
+    words = re.findall(r"[()]|[^\s()]+", expression)
+    return " ".join({"OR": "or", "AND": "and"}.get(w, DEP5_NAMES.get(w, w)) for w in words)
+
+
+def satisfied(expression: str, granted: set[str]) -> bool:
+    """Whether an SPDX licence expression is met by the licences granted."""
+    tokens = re.findall(r"[()]|[^\s()]+", expression)
+
+    def either(i):
+        value, i = both(i)
+        while i < len(tokens) and tokens[i] == "OR":
+            other, i = both(i + 1)
+            value = value or other
+        return value, i
+
+    def both(i):
+        value, i = single(i)
+        while i < len(tokens) and tokens[i] == "AND":
+            other, i = single(i + 1)
+            value = value and other
+        return value, i
+
+    def single(i):
+        if tokens[i] == "(":
+            value, i = either(i + 1)
+            return value, i + 1
+        if i + 1 < len(tokens) and tokens[i + 1] == "WITH":
+            return f"{tokens[i]} WITH {tokens[i + 2]}" in granted, i + 3
+        return tokens[i] in granted, i + 1
+
+    return either(0)[0]
+
+
+def test_debian_copyright_names_every_bundled_distribution_and_its_licence(deb, tmp_path):
+    sh("dpkg-deb", "-x", str(deb), str(tmp_path))
+    paragraphs = copyright_paragraphs((tmp_path / "usr/share/doc/bkd/copyright").read_text())
+    listed = {}
+    for paragraph in paragraphs:
+        if match := re.fullmatch(r"(\S+) (\S+) from PyPI", paragraph.get("Comment", "")):
+            listed[canonical(match[1])] = (match[2], paragraph["License"])
+    bundled = {}
+    for dist in (tmp_path / "usr/lib/bkd").glob("*/*.dist-info"):
+        metadata = email.parser.Parser().parsestr((dist / "METADATA").read_text())
+        if canonical(metadata["Name"]) != "bkd":  # Files: *
+            bundled[canonical(metadata["Name"])] = (metadata["Version"], declared_licence(metadata))
+    assert len(bundled) >= 9
+    assert bundled == listed, "debian/copyright must list each bundled distribution: NAME VERSION from PyPI"
+
+    # Statically linked code named by an SBOM in a wheel: its paragraph grants what each part needs.
+    sboms = list((tmp_path / "usr/lib/bkd").glob("*/*.dist-info/sboms/*.json"))
+    assert sboms
+    for sbom in sboms:
+        (paragraph,) = [p for p in paragraphs if f"sboms/{sbom.name}" in p.get("Comment", "")]
+        granted = {SPDX_NAMES.get(name, name) for name in paragraph["License"].split(" and ")}
+        for component in json.loads(sbom.read_text())["components"]:
+            if component.get("scope") != "excluded":  # build-time only
+                (licence,) = [entry.get("expression") or entry["license"]["id"] for entry in component["licenses"]]
+                assert satisfied(licence, granted), f"{component['name']} is under {licence}: {sbom.name}"
 
 
 def test_the_service_under_real_systemd(container, deb):
@@ -190,6 +238,70 @@ def test_the_service_under_real_systemd(container, deb):
     assert c.run("test", "-e", "/etc/bkd", check=False).returncode != 0
     assert c.run("test", "-e", "/var/lib/bkd", check=False).returncode != 0
     assert c.run("cat", "/srv/bkd/local/latest/sub/f7").stdout == "7\n"
+
+
+TEXTFILE = "/var/lib/prometheus/node-exporter/bkd.prom"
+
+
+def install_with_a_textfile(c: Container, deb: Path) -> None:
+    """The package installed where node-exporter's textfile directory exists,
+    configured beforehand with one local host and [metrics] textfile."""
+    c.run("mkdir", "-p", os.path.dirname(TEXTFILE), "/srv/data")
+    c.write("/srv/data/f1", "1\n")
+    c.write("/etc/bkd/conf.d/10-local.toml",
+            f'[metrics]\ntextfile = "{TEXTFILE}"\n\n[[host]]\nname = "local"\nsource = "/srv/data"\n')
+    c.run("dpkg", "-i", "--force-confdef", "--force-confold", f"/mnt/debs/{deb.name}")
+
+
+def wait_textfile(c: Container) -> None:
+    """The host is overdue, so it runs at start; after the run the textfile is written (or an error logged)."""
+    written = lambda: c.run("test", "-f", TEXTFILE, check=False).returncode == 0  # noqa: E731
+    wait_until(lambda: written() or c.journal("-p", "err"), 60, 0.5, what=f"{TEXTFILE} or an error")
+    assert written(), [e.get("MESSAGE") for e in c.journal("-p", "err")]
+
+
+def test_the_package_as_installed(container, deb):
+    """The unit's documentation exists, the metrics directory is writable,
+    descriptors suffice for many clients, and bkd runs on the release's
+    own python3 with the compiled tree built for it."""
+    c = container
+    install_with_a_textfile(c, deb)
+    wait_until(c.is_active, 30, what="bkd to be active (READY=1)")
+    pid = c.main_pid()
+
+    documentation = c.show("Documentation").split()
+    assert documentation
+    for url in documentation:
+        assert url.startswith("file:///"), f"only file: links can be checked here: {url}"
+        assert c.run("test", "-f", url.removeprefix("file://"), check=False).returncode == 0, f"{url} is not installed"
+
+    # The service gets 65,536 descriptors, or as many as the container's PID 1 may hand out
+    # (this machine caps it at 20,000), never systemd's default soft limit of 1,024.
+    assert c.show("LimitNOFILE") == "65536"
+    expected = min(65536, c.open_files_limit("1")[1])
+    assert c.open_files_limit(pid) == (expected, expected) and expected > 1024
+
+    python = c.run("python3", "-c", "import sys; print('python%d.%d' % sys.version_info[:2])").stdout.strip()
+    assert c.run("readlink", f"/proc/{pid}/exe").stdout.strip() == f"/usr/bin/{python}"
+    assert f"/usr/lib/bkd/{python}/pydantic_core/" in c.run("cat", f"/proc/{pid}/maps").stdout
+    for package in ("site-packages/bkd", f"{python}/pydantic_core"):  # compiled by postinst: /usr is read-only
+        assert c.run("test", "-d", f"/usr/lib/bkd/{package}/__pycache__", check=False).returncode == 0, package
+    assert c.run("bkctl", "--json", "status").returncode == 0
+
+    wait_textfile(c)
+    assert 'bkd_last_success_timestamp_seconds{host="local"}' in c.run("cat", TEXTFILE).stdout
+
+
+@pytest.mark.parametrize("debian_tree", ["bookworm"], indirect=True)
+def test_node_exporter_may_read_the_metrics_textfile(container, deb):
+    install_with_a_textfile(container, deb)
+    wait_textfile(container)
+    # node-exporter runs as its own user (prometheus).
+    mode = container.run("stat", "-c", "%a", TEXTFILE).stdout.strip()
+    if mode == "600":  # only this known defect is excused, nothing before it
+        pytest.xfail("daemon: fsutil.write_atomic applies its mode through the umask, and the unit's "
+                     "UMask=0077 makes the textfile 0600 (needs an fchmod; the lead wires it)")
+    assert mode == "644"
 
 
 def test_the_unit_file_verifies_and_is_hardened(tmp_path):
