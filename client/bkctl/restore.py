@@ -50,6 +50,15 @@ def probe(dest: str, parts: list[bytes]) -> dict:
     return {"kinds": kinds, "dest_empty": empty, "realpath": os.path.realpath(dest)}
 
 
+def _bkctl() -> list[str]:
+    """This very bkctl, as rsync's remote shell: the command it was started as
+    (the package's launcher sets up its private tree), else this Python."""
+    started_as = os.path.abspath(sys.argv[0])
+    if os.path.basename(started_as) == "bkctl" and os.access(started_as, os.X_OK):
+        return [started_as]
+    return [sys.executable, "-m", "bkctl"]
+
+
 def receive(socket_path: str, receive_spec: dict, dest: str) -> dict:
     """Run the receiving rsync; return what restore.finish reports."""
     into = os.path.join(os.fsencode(dest), os.fsencode(receive_spec["into"])) if receive_spec["into"] \
@@ -58,8 +67,7 @@ def receive(socket_path: str, receive_spec: dict, dest: str) -> dict:
         before = os.lstat(into)  # creating entries changes its mtime: it is put back afterwards
     except FileNotFoundError:
         before = None
-    transport = shlex.join([sys.executable, "-m", "bkctl", "--socket", socket_path,
-                            "restore-transport", receive_spec["token"]])
+    transport = shlex.join([*_bkctl(), "--socket", socket_path, "restore-transport", receive_spec["token"]])
     argv = ["rsync", *receive_spec["options"], "-e", transport, "--",
             *(f"bkd:{source}" for source in receive_spec["sources"]), os.fsdecode(into).rstrip("/") + "/"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
