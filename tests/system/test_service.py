@@ -323,7 +323,7 @@ def test_callers_and_supervision_under_the_units_sandbox(container, deb):
     c.run("dpkg", "-i", "--force-confdef", "--force-confold", f"/mnt/debs/{deb.name}")
     wait_until(c.is_active, 30, what="bkd to be active (READY=1)")
     c.run("useradd", "-m", "-G", "bkd,bkd-operator", "oper")
-    c.run("useradd", "-m", "-G", "bkd,bkd-admin", "adm")
+    c.run("useradd", "-m", "-G", "bkd,bkd-admin", "ann")
 
     def as_user(user, *args, check=True):
         return c.run("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "bkctl", *args, check=check)
@@ -339,10 +339,10 @@ def test_callers_and_supervision_under_the_units_sandbox(container, deb):
         assert restored.returncode == 0, restored.stdout + restored.stderr
         assert c.run("cat", f"{dest}/sub/f7").stdout == "7\n"
     # A non-root admin writes only where they may, as themself.
-    refused = as_user("adm", "restore", "local", "latest", "/sub", "--to", "/srv/not-yours", check=False)
+    refused = as_user("ann", "restore", "local", "latest", "/sub", "--to", "/srv/not-yours", check=False)
     assert refused.returncode == 1 and c.run("test", "-e", "/srv/not-yours/sub", check=False).returncode != 0
-    assert as_user("adm", "restore", "local", "latest", "/sub", "--to", "/home/adm/r").returncode == 0
-    assert c.run("stat", "-c", "%U", "/home/adm/r/sub/f7").stdout.strip() == "adm"
+    assert as_user("ann", "restore", "local", "latest", "/sub", "--to", "/home/ann/r").returncode == 0
+    assert c.run("stat", "-c", "%U", "/home/ann/r/sub/f7").stdout.strip() == "ann"
 
     # A loop that keeps failing: the daemon stops pinging and systemd restarts it.
     c.write("/etc/systemd/system/bkd.service.d/faults.conf",
