@@ -42,6 +42,7 @@ from .rpc.server import RpcServer
 from .runs import Limit, Registry
 from .runtime import Runtime
 from .scheduler import Scheduler
+from .selfguard import SelfGuard
 from .store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
 from .supervise import Supervisor
 from .worker import Worker
@@ -118,6 +119,7 @@ class Services:
     integrity: Integrity
     hosts: Hosts
     receivers: Receivers
+    guard: SelfGuard
     notifier: Notifier | None = None
 
 
@@ -177,14 +179,15 @@ class Daemon:
         limits = {Lane.SNAPSHOT: Limit(config.max_parallel_hosts), Lane.HEAVY: Limit(config.max_parallel_heavy),
                   Lane.RESTORE: None}
         receivers = Receivers()
-        worker = Worker(runtime, registry, limits, housekeeping, store, readmodel, bus.publish, receivers)
+        guard = SelfGuard(config)
+        worker = Worker(runtime, registry, limits, housekeeping, store, readmodel, bus.publish, receivers, guard)
         recorder = Recorder(store, registry)
         jobs = Jobs(runtime, registry, worker, recorder, readmodel, alerts, bus.publish)
         scheduler = Scheduler(runtime, readmodel, registry, jobs)
         integrity = Integrity(runtime, store, alerts)
         freshness = Freshness(runtime, readmodel, alerts, housekeeping, DiskWatch(runtime, store, alerts))
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
-                                     integrity, Hosts(runtime), receivers, notifier)
+                                     integrity, Hosts(runtime, guard), receivers, guard, notifier)
         textfile = Textfile(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
         pinger = Pinger()  # per-host dead-man pings, sent directly (never through the outbox)
@@ -199,6 +202,7 @@ class Daemon:
 
         def reloaded(old: Config, new: Config) -> None:
             readmodel.config = new
+            guard.reloaded(new)
             limits[Lane.SNAPSHOT].resize(new.max_parallel_hosts)
             limits[Lane.HEAVY].resize(new.max_parallel_heavy)
             log.info("limits.set", snapshot=new.max_parallel_hosts, heavy=new.max_parallel_heavy)

@@ -1,5 +1,6 @@
 """Testing hosts' reachability: SSH, the remote rsync and read access of the
-source, in parallel, writing nothing anywhere."""
+source, in parallel, writing nothing anywhere (and whether each is this
+machine, see selfguard.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import time
 from . import exec as bkexec
 from .pipeline import rsync
 from .runtime import Runtime
+from .selfguard import SelfGuard
 
 
 class Hosts:
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, guard: SelfGuard):
         self.runtime = runtime
+        self.guard = guard
 
     async def test(self, names: list[str]) -> dict[str, dict]:
         config = self.runtime.config
@@ -23,9 +26,11 @@ class Hosts:
             started = time.monotonic()
             result = await bkexec.run(rsync.reachability_command(config, settings))
             seconds = round(time.monotonic() - started, 2)
+            verdict = await self.guard.verdict(settings, fresh=True)  # and whether it is this machine
+            identity = {"this_machine": verdict.same, "identity": verdict.how}
             if result.returncode == 0:
-                return {"ok": True, "error": None, "seconds": seconds}
+                return {"ok": True, "error": None, "seconds": seconds, **identity}
             return {"ok": False, "error": rsync.describe_failure(result.returncode, result.stderr_tail),
-                    "seconds": seconds}
+                    "seconds": seconds, **identity}
 
         return dict(zip(names, await asyncio.gather(*(test_one(n) for n in names)), strict=True))

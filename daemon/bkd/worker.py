@@ -23,6 +23,7 @@ from .pipeline import archive, hooks, restore, rsync
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
 from .readmodel import ReadModel
+from .selfguard import SelfGuard
 from .receivers import Receivers
 from .runs import Limit, Registry, Run
 from .runtime import Runtime
@@ -42,7 +43,7 @@ Changed = Callable[[Run], Awaitable[None]]
 class Worker:
     def __init__(self, runtime: Runtime, registry: Registry, limits: dict[Lane, Limit | None],
                  housekeeping: Housekeeping, store: Store, readmodel: ReadModel, publish: Callable[..., None],
-                 receivers: Receivers):
+                 receivers: Receivers, guard: SelfGuard):
         self.runtime = runtime
         self.registry = registry
         self.limits = limits  # None: that lane is not limited (restores)
@@ -51,6 +52,7 @@ class Worker:
         self.readmodel = readmodel
         self.publish = publish
         self.receivers = receivers
+        self.guard = guard
         self._stages: dict[Stage, Callable[[Run], Awaitable[None]]] = {
             Stage.PRE: self._pre, Stage.SNAPSHOT: self._snapshot, Stage.PRUNE: self._prune,
             Stage.POST: self._post, Stage.ARCHIVE: self._archive, Stage.MONTHLY: self._monthly,
@@ -129,7 +131,12 @@ class Worker:
                 previous_files = ((await self.store.snapshots.stats_of(run.host, str(previous))) or {}).get("files")
             except STORE_ERRORS as e:
                 log.warning("store.read_failed", error=str(e))
-        result = await take_snapshot(plan.config, plan.settings, dry_run=run.request.dry_run, control=run,
+        settings = plan.settings
+        own = await self.guard.excludes(settings)  # bkd's own directories, when the source holds them
+        if own:
+            log.info("selfguard.excluded", paths=own)
+            settings = settings.model_copy(update={"excludes": (*settings.excludes, *own)})
+        result = await take_snapshot(plan.config, settings, dry_run=run.request.dry_run, control=run,
                                      previous_files=previous_files,
                                      on_progress=lambda progress: self._progress(run, progress))
         run.snapshot = result.name

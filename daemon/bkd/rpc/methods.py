@@ -9,6 +9,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import structlog
@@ -16,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, browse, catalog, clock, metrics
+from .. import __version__, browse, catalog, clock, metrics, selfguard
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..errors import Denied, InvalidArgument, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
@@ -218,10 +219,10 @@ class Method:
 
 def _outside_state(config, dest: str) -> None:
     """A restore never writes into bkd's own directories."""
-    path = os.path.normpath(dest)
-    for own, what in ((config.backup_root, "the backup root"), (config.state_dir, "state_dir")):
-        if path == str(own) or path.startswith(str(own).rstrip("/") + "/"):
-            raise InvalidArgument(f"invalid params: dest: {dest} is inside {what} ({own}); restore elsewhere")
+    own = selfguard.inside_own(config, dest)
+    if own is not None:
+        what = "state_dir" if own in (config.state_dir, Path(os.path.realpath(config.state_dir))) else "the backup root"
+        raise InvalidArgument(f"invalid params: dest: {dest} is inside {what} ({own}); restore elsewhere")
 
 
 def _public(job: dict, call: Call) -> dict:
@@ -307,6 +308,9 @@ class Api:
         if remote:
             if p.receiver is not None:
                 raise InvalidArgument("invalid params: receiver: a host:path DEST is written by the daemon")
+            destination, remote_path = restore.split_remote(p.dest)
+            if (await self.s.guard.verdict_of(destination)).same:  # this very machine, over SSH
+                _outside_state(config, remote_path)
             where = await restore.remote_where(config, p.dest, parts)
         else:
             if p.receiver is None:
@@ -406,9 +410,16 @@ class Api:
         hosts = []
         for host in config.host:
             settings = config.settings(host)
+            verdict = self.s.guard.known(settings)
+            own = selfguard.excludes_for(selfguard.split_source(host.source)[1], selfguard.own_dirs(config)) \
+                if verdict and verdict.same else []
             hosts.append({"name": host.name, "source": host.source, "remote": host.is_remote,
                           "schedule": settings.schedule.model_dump(mode="json"),
-                          "excludes": list(settings.excludes), "ping_url": redact_url(host.ping_url)})
+                          "excludes": [*settings.excludes, *own], "ping_url": redact_url(host.ping_url),
+                          "this_machine": verdict.same if verdict else None,
+                          "self_excluded": own,
+                          "identity": verdict.how if verdict else
+                          "not known yet: found out before its next run, or by `bkctl hosts test`"})
         return {"hosts": hosts}
 
     async def hosts_test(self, p: HostsTest, call: Call) -> dict:
