@@ -155,3 +155,31 @@ def test_a_restore_to_host_path_leaves_dest_alone_and_never_replaces_silently(tm
     replaced = daemon.bkctl("restore", "web1", "latest", "/dir0/file0.txt", "--to", f"web1:{dest}", "--overwrite")
     assert replaced.returncode == 0
     assert (dest / "dir0/file0.txt").read_text() == (source / "dir0/file0.txt").read_text()
+
+
+def test_a_local_restore_without_waiting_and_one_cancelled_half_way(tmp_path, daemon_factory):
+    from conftest import wait_until
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(160 * 1024 * 1024))
+    (source / "small.txt").write_text("small\n")
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
+    daemon.run_snapshot()
+
+    detached = daemon.bkctl("--json", "restore", "web1", "latest", "/small.txt", "--to", str(tmp_path / "later"),
+                            "--no-wait")
+    assert detached.returncode == 0, detached.stderr
+    job_id = json.loads(detached.stdout)["job_id"]  # a detached bkctl receives it
+    assert daemon.wait_job(job_id)["status"] == "ok"
+    assert (tmp_path / "later/small.txt").read_text() == "small\n"
+
+    started = subprocess.Popen([str(BIN / "bkctl"), "--socket", str(daemon.socket), "--json", "restore", "web1",
+                                "latest", "/big.bin", "--to", str(tmp_path / "half")], stdout=subprocess.PIPE,
+                               text=True)
+    first = json.loads(started.stdout.readline())
+    wait_until(lambda: daemon.call("status")["hosts"]["web1"], 5)
+    job_id = first["job_id"] if "job_id" in first else first["job"]["job_id"]
+    assert daemon.call("job.cancel", job_id=job_id)["cancelled"] == ["web1"]
+    assert started.wait(30) == 1
+    assert daemon.wait_job(job_id)["status"] == "cancelled"
+    assert not (tmp_path / "half/big.bin").exists()
