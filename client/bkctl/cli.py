@@ -83,9 +83,8 @@ def follow_job(client: Client, job_id: int, as_json: bool) -> int:
         elif event["topic"] == "host":
             print(_host_line(event), flush=True)
         if event["topic"] == "job" and event["status"] in protocol.FINAL_STATUSES:
-            job = event["job"]
             break
-    while job is None:
+    while job is None:  # the record as this caller may see it (with the detail, for admins)
         candidate = client.call("job.get", {"job_id": job_id})["job"]
         if candidate["status"] in protocol.FINAL_STATUSES:
             job = candidate
@@ -94,8 +93,17 @@ def follow_job(client: Client, job_id: int, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"job": job}), flush=True)
     else:
+        for host in job["hosts"]:
+            _print_detail(host)
         print(f"job {job_id}: {colour(job['status'])}")
     return EXIT_OK if job["status"] in protocol.SUCCESS_STATUSES else EXIT_FAILED
+
+
+def _print_detail(host: dict) -> None:
+    """A run's full message, indented under it (the daemon sends it to admins only)."""
+    if host.get("detail") and host["detail"] != host.get("error"):
+        for line in host["detail"].split("\n"):
+            print(f"    {display_name(line)}")
 
 
 def _progress_line(event: dict) -> str:
@@ -160,6 +168,7 @@ def cmd_job(client: Client, args) -> int:
     print(f"started {job['started']}, finished {job['finished'] or '-'}")
     for host in job["hosts"]:
         print("  " + _host_line(host) + (f" (took {_duration(host)})" if host.get("finished") else ""))
+        _print_detail(host)
     return EXIT_OK if job["status"] in protocol.SUCCESS_STATUSES | {"running", "queued"} else EXIT_FAILED
 
 
@@ -343,8 +352,8 @@ def cmd_restore(client: Client, args) -> int:
     code = follow_job(client, job_id, args.json)
     if args.dry_run and not args.json:
         job = client.call("job.get", {"job_id": job_id})["job"]
-        stats = job["hosts"][0].get("stats") or {}
-        for name in stats.get("would_write", []):
+        listing = (job["hosts"][0].get("detail") or "").split("\n")  # "would write:", then a name a line
+        for name in listing[1:] if listing[0] == "would write:" else []:
             print(f"would write {display_name(name)}")
     return code
 

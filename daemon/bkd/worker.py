@@ -19,6 +19,7 @@ from bkctl.protocol import Kind, Status
 from . import clock
 from .housekeeping import Housekeeping
 from .layout import HostDir, SnapshotName
+from .outcomes import public_error, public_warning
 from .pipeline import archive, hooks, restore
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
@@ -93,8 +94,9 @@ class Worker:
                     run.result = Status.WARNING  # the backup itself is fine
                 else:
                     run.result = Status.FAILED
+                # error: the category, for every role; detail: the whole message, for admins.
                 run.detail = "; ".join(filter(None, [run.detail, message]))
-                run.error = "; ".join(filter(None, [run.error, message]))
+                run.error = "; ".join(filter(None, [run.error, public_error(str(stage), e)]))
                 log.error("stage.failed", stage=str(stage), error=message)
             finally:
                 self._flush_progress(run)
@@ -132,7 +134,7 @@ class Worker:
         run.stats.update(result.stats)
         if result.status == "warning":
             run.result = Status.WARNING
-            run.error = run.detail = result.warning
+            run.error, run.detail = public_warning(result.warning), result.warning
         if result.name:
             self.readmodel.refresh(run.host)
             name = SnapshotName.parse(result.name)
@@ -179,7 +181,10 @@ class Worker:
         argv = restore.restore_command(plan.config, target.relative, target.dest, overwrite=target.overwrite,
                                        dry_run=run.request.dry_run)
         run.snapshot = target.snapshot
-        run.stats.update(await restore.run_restore(argv, Path(root), lambda p: self._progress(run, p)))
+        stats, would_write = await restore.run_restore(argv, Path(root), lambda p: self._progress(run, p))
+        run.stats.update(stats)
+        if would_write is not None:  # file names: the detail, which only admins get
+            run.detail = restore.listing(would_write)
 
     # ---- progress: at most two events a second per run ------------------------------
 

@@ -52,7 +52,19 @@ def restore_command(config: Config, relative: bytes, dest: str, *, overwrite: bo
     return [*argv, "--", source, dest.rstrip("/") + "/"]
 
 
-async def run_restore(argv: list[str], snapshot_root: Path, on_progress: Callable[[dict], None] | None) -> dict:
+WOULD_WRITE = "would write:"
+
+
+def listing(names: list[str]) -> str:
+    """A dry run's list of entries as the run's detail: a heading, then one name a line
+    (rsync escapes a newline in a name as \\#012)."""
+    return "\n".join([WOULD_WRITE, *names])
+
+
+async def run_restore(argv: list[str], snapshot_root: Path,
+                      on_progress: Callable[[dict], None] | None) -> tuple[dict, list[str] | None]:
+    """The restore's counts, and for a dry run the entries it would write
+    (file names: kept out of the counts, which every role sees)."""
     lines: list[str] = []
 
     def on_stdout(line: str) -> None:
@@ -68,9 +80,7 @@ async def run_restore(argv: list[str], snapshot_root: Path, on_progress: Callabl
     written, stats_lines = rsync.split_output(lines)
     stats = rsync.parse_stats(stats_lines)
     stats["entries_written"] = len(written)
-    if "--dry-run" in argv:
-        stats["would_write"] = written[:MAX_LISTED]
-    return stats
+    return stats, written[:MAX_LISTED] if "--dry-run" in argv else None
 
 
 class RestoreFailed(Exception):
