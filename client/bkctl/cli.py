@@ -415,9 +415,12 @@ def cmd_audit(client: Client, args) -> int:
                  json.dumps(e["params"], ensure_ascii=False)[:60], e["outcome"][:60]]
                 for e in reversed(result["entries"])]
         print(table(["ID", "TIME", "WHO", "METHOD", "PARAMS", "OUTCOME"], rows) if rows else "no audit entries")
-        if args.verify:
-            print("hash chain: intact" if result["chain_ok"]
-                  else f"hash chain: BROKEN at entry {result['broken_at']} (the log was altered)")
+        if args.verify and result["chain_ok"]:
+            print("hash chain: intact")
+        elif args.verify and result.get("broken_at") is not None:
+            print(f"hash chain: BROKEN at entry {result['broken_at']} (the log was altered)")
+        elif args.verify:
+            print(f"hash chain: BROKEN: {result.get('problem')}")
     return EXIT_FAILED if args.verify and not result["chain_ok"] else EXIT_OK
 
 

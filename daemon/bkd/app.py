@@ -38,6 +38,7 @@ from .runs import Limit, Registry
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
+from .store.audit import HEAD_NAME
 from .supervise import Supervisor
 from .worker import Worker
 from .systemd import keep_alive, notify, watchdog_interval
@@ -151,6 +152,7 @@ class Daemon:
             next_job_id = await store.jobs.next_job_id()
             await store.jobs.ensure_hosts([h.name for h in config.host])
             host_rows = await store.jobs.host_states()
+            await store.audit.anchor(config.backup_root / HEAD_NAME)  # a mismatch is logged and kept as evidence
         except STORE_ERRORS as e:
             raise StartupError(f"cannot use the state database {config.state_dir / DATABASE_NAME}: {e}") from None
         if interrupted:

@@ -268,8 +268,9 @@ class Api:
 
     async def audit_list(self, p: AuditList, call: Call) -> dict:
         audit = self.s.store.audit
-        chain_ok, broken_at = await audit.verify() if p.verify else (None, None)
-        return {"entries": await audit.entries(p.limit), "chain_ok": chain_ok, "broken_at": broken_at}
+        verdict = await audit.verify() if p.verify else None
+        return {"entries": await audit.entries(p.limit), "chain_ok": verdict and verdict.chain_ok,
+                "broken_at": verdict and verdict.broken_at, "problem": verdict and verdict.problem}
 
     async def alerts_list(self, p: AlertsList, call: Call) -> dict:
         return {"alerts": await self.s.alerts.list(p.all)}
