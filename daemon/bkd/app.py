@@ -201,7 +201,8 @@ class Daemon:
                 log.warning("heavy.leftovers_unreadable", host=host.name, error=str(e))
         logs.forward_to(bus.publish)
         server = RpcServer(config.socket, method_table(Api(s)), access=lambda: runtime.config.access,
-                           audit=lambda *a: store.audit.append(clock.iso(clock.now()), *a))
+                           audit=lambda *a: store.audit.append(clock.iso(clock.now()), *a),
+                           limits=lambda: runtime.config.rpc)
         try:
             await server.start()
         except (RuntimeError, OSError) as e:
