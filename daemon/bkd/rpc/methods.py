@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, browse, catalog, clock, metrics
+from .. import __version__, access, browse, catalog, clock, metrics
 from ..config.models import HostName, redact_url
 from ..errors import Conflict, Denied, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
@@ -243,6 +243,10 @@ class Api:
         await asyncio.to_thread(browse.lookup, root, p.path)
         relative = b"/".join(browse.components(p.path))
         remote = restore.check_destination(p.dest)
+        if remote and not access.may_restore_remotely(call.uid, call.gid, call.pid, self.s.runtime.config.access):
+            raise Denied(f"permission denied: a restore to host:path writes with the daemon's own SSH identity; "
+                         f"it needs root or a group in [access] remote_restorers, and {call.user} (uid {call.uid}) "
+                         "is in none")
         if not remote and not p.overwrite:
             existing = await asyncio.to_thread(restore.local_conflict, p.dest, relative)
             if existing:
