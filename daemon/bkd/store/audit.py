@@ -51,9 +51,6 @@ class Head:
     id: int
     hash: str
 
-    def describe(self) -> str:
-        return f"entry {self.id}" if self.id else "an empty log"
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -79,20 +76,21 @@ def write_head(path: Path, head: Head, time: str) -> None:
     write_atomic(path, (json.dumps({"id": head.id, "hash": head.hash, "time": time}) + "\n").encode())
 
 
-def compare(head: Head | None, last: Head, path: Path) -> str | None:
-    """What is wrong when the database's newest entry is `last` and the head
-    record says `head` (None: the file is missing), or None."""
+def compare(head: Head | None, last: Head, at_head: Head | None, path: Path) -> str | None:
+    """What is wrong when the head record says `head` (None: the file is
+    missing), the database's newest entry is `last` and its entry with the
+    head's id is `at_head` (None: there is none); or None."""
     if head is None:
         return f"the audit head record {path} is missing; {REANCHOR_HINT}"
     if head == last:
         return None
-    if last.id < head.id:
-        return (f"the newest audit entries were removed: the head record {path} says the log ends at "
-                f"{head.describe()}, the database ends at {last.describe()}; {REANCHOR_HINT}")
-    if last.id == head.id:
-        return f"audit entry {head.id} is not the one the head record {path} names; {REANCHOR_HINT}"
-    return (f"audit entries after {head.describe()} are not anchored by the head record {path} "
-            f"(the log ends at {last.describe()}); {REANCHOR_HINT}")
+    newest = f"its newest is entry {last.id}" if last.id else "it holds no entries"
+    if at_head is None and head.id:
+        return (f"the newest audit entries were removed: the head record {path} names entry {head.id}, which "
+                f"the database does not hold ({newest}); {REANCHOR_HINT}")
+    if at_head != head:
+        return f"audit entry {head.id} is not the one the head record {path} names ({newest}); {REANCHOR_HINT}"
+    return f"audit entries after entry {head.id} are not anchored by the head record {path} ({newest}); {REANCHOR_HINT}"
 
 
 class AuditStore:
@@ -105,6 +103,12 @@ class AuditStore:
     async def _last(self, db=None) -> Head:
         rows = await (db or self.store.db).execute_fetchall("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
         return Head(rows[0]["id"], rows[0]["hash"]) if rows else EMPTY
+
+    async def _entry(self, entry_id: int, db=None) -> Head | None:
+        if entry_id == 0:
+            return EMPTY
+        rows = await (db or self.store.db).execute_fetchall("SELECT id, hash FROM audit WHERE id = ?", (entry_id,))
+        return Head(rows[0]["id"], rows[0]["hash"]) if rows else None
 
     async def anchor(self, path: Path) -> str | None:
         """At start: check the database against the head record at path and
@@ -133,7 +137,7 @@ class AuditStore:
                     await self._write_head(last)
                     log.warning("audit.head_advanced", id=last.id, hash=last.hash)
                     return None
-            problem = compare(head, last, path)
+            problem = compare(head, last, head and await self._entry(head.id), path)
             if problem is None:
                 self._head = last
             else:
@@ -162,7 +166,8 @@ class AuditStore:
                      outcome=readable[:200])
             if self.head_path is not None and self._head is not None:
                 if prev != self._head:  # someone changed the table under the running daemon
-                    log.error("audit.head_mismatch", problem=compare(self._head, prev, self.head_path))
+                    at_head = await self._entry(self._head.id)
+                    log.error("audit.head_mismatch", problem=compare(self._head, prev, at_head, self.head_path))
                     self._head = None
                 else:
                     try:
@@ -196,7 +201,7 @@ class AuditStore:
                 head = await asyncio.to_thread(read_head, self.head_path)
             except ValueError as e:
                 return Verdict(False, None, str(e))
-            problem = compare(head, last, self.head_path)
+            problem = compare(head, last, head and await self._entry(head.id), self.head_path)
             return Verdict(problem is None, None, problem)
 
     async def reanchor(self, path: Path, uid: int, user: str, pid: int, time: str) -> dict:
