@@ -4,6 +4,7 @@ run; each is removed again, and only what was made here."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -24,6 +25,9 @@ for index, (method, params) in enumerate(calls):
         answers.append(json.loads(sock.makefile("rb").readline()))
 print(json.dumps(answers))
 """
+
+
+_runs = itertools.count()  # names unique to the run and to each use within it
 
 
 class Users:
@@ -57,18 +61,24 @@ class Users:
         return json.loads(result.stdout)
 
     def remove(self) -> None:
+        """Remove what was made; a user that cannot be removed (a process of
+        it still runs) is an error of the test, not something to leave behind quietly."""
+        problems = []
         for name in reversed(self.users):
-            subprocess.run(["userdel", name], capture_output=True)
+            removed = subprocess.run(["userdel", name], capture_output=True, text=True)
+            if removed.returncode:
+                problems.append(f"userdel {name}: {removed.stderr.strip()}")
             subprocess.run(["groupdel", name], capture_output=True)  # its own group, if userdel left it
         for name in reversed(self.groups):
             subprocess.run(["groupdel", name], capture_output=True)
+        assert not problems, problems
 
 
 @contextmanager
 def unix_users():
     if os.geteuid() != 0:
         raise AssertionError("making users needs root; CI runs as root")
-    users = Users(f"bkt{os.getpid() % 100000}")
+    users = Users(f"bkt{os.getpid() % 100000}{next(_runs)}")
     try:
         yield users
     finally:

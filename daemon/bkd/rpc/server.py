@@ -48,7 +48,7 @@ WRITE_TIMEOUT = 30.0  # a client that does not read its answers for this long is
 DROP_GRACE = 30.0  # seconds a dropped client gets to read what is buffered and its last notice
 RESERVED_FDS = 256  # descriptors the backup path keeps (rsync and ssh pipes, hooks, SQLite, manifest walks)
 MIN_CONNECTIONS = 16  # even under a tiny descriptor limit, an admin can still connect
-PRIVILEGED_EXTRA = 8  # connections root and the daemon's own uid get beyond max_connections
+PRIVILEGED_EXTRA = 8  # connections root and the daemon's own uid get beyond the total cap
 ACCEPT_RETRY = 1.0  # seconds to wait when accept() finds no descriptor free
 BURST_WINDOW = 60.0  # seconds: one audit entry or log line per uid and method (or reason) per window
 AUDIT_PARAMS_MAX = 1024  # bytes of params JSON an audit entry keeps; longer ones are kept as a digest
@@ -310,7 +310,7 @@ class RpcServer:
     def _refusal(self, uid: int) -> str | None:
         """Why a new connection of uid is refused now, or None. Root and the
         daemon's own uid have no per-uid cap and PRIVILEGED_EXTRA connections
-        beyond max_connections, so an admin gets in while others fill it."""
+        beyond the total cap, so an admin gets in while others fill it."""
         limits = self.limits()
         privileged = uid in (0, os.getuid())
         per_uid = self._open.get(uid, 0)
@@ -319,9 +319,9 @@ class RpcServer:
                     f"(max_connections_per_uid = {limits.max_connections_per_uid}); close some and try again")
         total = sum(self._open.values())
         budget, soft = descriptor_budget()
-        cap = limits.max_connections + (PRIVILEGED_EXTRA if privileged else 0)
-        if total >= min(cap, budget):
-            if budget <= cap:
+        cap = min(limits.max_connections, budget) + (PRIVILEGED_EXTRA if privileged else 0)
+        if total >= cap:
+            if budget < limits.max_connections:
                 return (f"too many connections: {total} open, as many as the descriptor limit allows "
                         f"(RLIMIT_NOFILE {soft}, {RESERVED_FDS} kept for backups); try again later")
             return f"too many connections: {total} open (max_connections = {limits.max_connections}); try again later"
@@ -479,7 +479,7 @@ class RpcServer:
             error = response.get("error")
             peer = conn.peer
             if error and error["code"] == ErrorCode.PERMISSION_DENIED:
-                if not self._denials.hit((peer.uid, name), (peer.pid, audit_params(params))):
+                if not self._denials.hit((peer.uid, name), (peer.pid, params)):
                     return response  # counted: the minute's summary entry records it
             outcome = f"error {error['code']}: {error['message']}" if error else "ok"
             await self._record(peer.uid, peer.pid, name, audit_params(params), outcome)
@@ -495,7 +495,7 @@ class RpcServer:
         uid, name = key
         pid, params = burst.data
         summary = {"repeated": burst.count, "first": clock.iso(burst.first), "last": clock.iso(burst.last),
-                   "last_params": params}
+                   "last_params": audit_params(params)}
         outcome = (f"error {int(ErrorCode.PERMISSION_DENIED)}: permission denied, {burst.count} more time(s) "
                    f"within {int(BURST_WINDOW)} s of the entry before")
         task = asyncio.create_task(self._record(uid, pid, name, summary, outcome))
