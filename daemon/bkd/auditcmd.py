@@ -19,6 +19,12 @@ from .store.audit import HEAD_NAME
 
 async def reanchor(config: Config) -> str:
     """Re-anchor; the line to print. Raises StartupError with one line on failure."""
+    for directory in (config.state_dir, config.backup_root):
+        # As anyone else, the files it writes (the head record, SQLite's WAL) would lock the daemon out.
+        owner = directory.stat().st_uid if directory.exists() else os.geteuid()
+        if owner != os.geteuid():
+            raise StartupError(f"{directory} belongs to {access.user_name(owner)}: run this as the user bkd runs "
+                               f"as (sudo -u {access.user_name(owner)} bkd audit reanchor)")
     locks = [lock_dir(config.backup_root, "backup root")]  # the daemon must be stopped
     try:
         locks.append(lock_dir(config.state_dir, "state_dir"))

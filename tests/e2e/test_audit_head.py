@@ -4,6 +4,7 @@ the 5 newest rows deleted while the daemon was stopped, `audit --verify`
 still said the chain was intact."""
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -122,3 +123,13 @@ def test_a_changed_entry_still_names_the_entry(daemon):
     assert refused.returncode == 1
     assert refused.stderr.strip() == ("bkd audit reanchor: the hash chain breaks at entry 2 (an entry was "
                                       "changed, removed or inserted); not re-anchoring a changed log")
+
+
+def test_reanchor_runs_only_as_the_user_the_daemon_runs_as(daemon, tmp_path):
+    daemon.stop()
+    for directory in ("state", "backup"):
+        os.chown(daemon.workdir / directory, 65534, 65534)  # as if bkd ran as nobody
+    wrong = reanchor(daemon)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip() == (f"bkd audit reanchor: {daemon.workdir / 'state'} belongs to nobody: run this as "
+                                    "the user bkd runs as (sudo -u nobody bkd audit reanchor)")

@@ -333,12 +333,10 @@ class RpcServer:
         except OSError:
             sock.close()
             return
-        refusal = None if not self.closing else "the daemon is shutting down"
-        refusal = refusal or self._refusal(peer.uid)
+        refusal = self._refusal(peer.uid)
         if refusal:
-            code = ErrorCode.SHUTTING_DOWN if self.closing else ErrorCode.BUSY
-            with contextlib.suppress(OSError):
-                sock.send(protocol.encode(_error(None, code, refusal)))  # a few hundred bytes: never blocks
+            with contextlib.suppress(OSError):  # a few hundred bytes: never blocks
+                sock.send(protocol.encode(_error(None, ErrorCode.BUSY, refusal)))
             sock.close()
             if self._refusals.hit(("connection", peer.uid), refusal):
                 log.warning("rpc.connection_refused", uid=peer.uid, reason=refusal)
