@@ -152,9 +152,13 @@ class Daemon:
             next_job_id = await store.jobs.next_job_id()
             await store.jobs.ensure_hosts([h.name for h in config.host])
             host_rows = await store.jobs.host_states()
-            await store.audit.anchor(config.backup_root / HEAD_NAME)  # a mismatch is logged and kept as evidence
         except STORE_ERRORS as e:
             raise StartupError(f"cannot use the state database {config.state_dir / DATABASE_NAME}: {e}") from None
+        head = config.backup_root / HEAD_NAME
+        try:
+            await store.audit.anchor(head)  # a mismatch is logged, and the head kept as evidence
+        except STORE_ERRORS as e:
+            raise StartupError(f"cannot anchor the audit log in {head}: {e}") from None
         if interrupted:
             log.warning("daemon.recovered", interrupted_runs=interrupted)
         bus = EventBus()
