@@ -40,6 +40,8 @@ def reanchor(daemon) -> subprocess.CompletedProcess:
 def test_removing_the_newest_entries_is_detected_until_an_admin_reanchors(daemon):
     audited_calls(daemon, 8)
     assert head(daemon)["id"] == 8
+    journal = [json.loads(line) for line in daemon.log().splitlines() if '"audit.entry"' in line]
+    assert [(e["id"], e["hash"]) for e in journal][-1] == (8, head(daemon)["hash"])  # the journal's copy
     assert daemon.bkctl("audit", "--verify").returncode == 0
     daemon.stop()
     with database(daemon) as db:
