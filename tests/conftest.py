@@ -31,6 +31,31 @@ def make_tree(root: Path, files: int = 40) -> Path:
     return root
 
 
+def slow_source(root: Path, megabytes: int = 8) -> Path:
+    """A source that takes a while with a low bwlimit: one big random file."""
+    root.mkdir(parents=True)
+    (root / "big.bin").write_bytes(os.urandom(megabytes * 1024 * 1024))
+    (root / "small.txt").write_text("small\n")
+    return root
+
+
+def exchange(path, payload: bytes, timeout: float = 30) -> list[dict]:
+    """Send payload (any number of request lines, in one write) on one
+    connection; return every answer line until the daemon closes."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return [json.loads(line) for line in sock.makefile("rb")]
+
+
+def requests_line(*calls: tuple) -> bytes:
+    """(id, method, params) → request lines for exchange()."""
+    return b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}).encode() + b"\n"
+                    for i, m, p in calls)
+
+
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from .alerts import AlertKind, Alerts
 from .config import Config
 from .events import EventBus
 from .freshness import Freshness
+from .history import prune_history
 from .hosts import Hosts
 from .housekeeping import Housekeeping
 from .integrity import Integrity
@@ -186,6 +187,7 @@ class Daemon:
             readmodel.config = new
             limits[Lane.SNAPSHOT].resize(new.max_parallel_hosts)
             limits[Lane.HEAVY].resize(new.max_parallel_heavy)
+            log.info("limits.set", snapshot=new.max_parallel_hosts, heavy=new.max_parallel_heavy)
             added = [h.name for h in new.host if not old.find_host(h.name)]
             for name in added:
                 readmodel.record(name)
@@ -228,6 +230,7 @@ class Daemon:
             "trash": housekeeping.collector.run,
             "store-sync": recorder.run,
             "metrics-textfile": textfile.run,
+            "history": lambda: prune_history(runtime, store),
             "watchdog": lambda: keep_alive(readmodel.status_line, watchdog_interval(), supervisor.healthy),
         }
         try:

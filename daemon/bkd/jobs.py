@@ -120,7 +120,7 @@ class Jobs:
             run.error = run.detail = f"internal error (incident {incident}; see the daemon's log)"
         self.worker.forget(run)
         self.registry.release_all(run)
-        run.status, run.finished, run.progress = run.result, clock.now(), None
+        run.status, run.finished, run.progress = run.result, run.finished or clock.now(), None
         log.info("run.done", host=run.host, job_id=run.job_id, status=str(run.status), snapshot=run.snapshot,
                  **({"error": run.detail} if run.detail else {}))
         self._publish_host(run)

@@ -10,6 +10,7 @@ systemd restarts the daemon."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections import deque
@@ -25,6 +26,23 @@ FIRST_DELAY = 1.0
 MAX_DELAY = 60.0
 RECOVERED_AFTER = 60.0  # seconds without a failure before the internal alert resolves
 
+# For tests of this machinery: BKD_TEST_FAIL_LOOPS="scheduler=2,trash=1" makes
+# those loops raise at their first N starts, as a bug would.
+TEST_FAULTS = "BKD_TEST_FAIL_LOOPS"
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def _faults() -> dict[str, int]:
+    faults = {}
+    for item in filter(None, os.environ.get(TEST_FAULTS, "").split(",")):
+        name, _, count = item.partition("=")
+        faults[name.strip()] = int(count or 1)
+    return faults
+
+
 Incident = Callable[[str, str, BaseException], Awaitable[None]]
 Recovery = Callable[[str], Awaitable[None]]
 
@@ -35,6 +53,7 @@ class Supervisor:
         self.on_recovery = on_recovery
         self.failures: dict[str, deque[float]] = {}
         self.loops: list[str] = []
+        self._faults = _faults()
 
     def healthy(self) -> bool:
         now = time.monotonic()
@@ -53,6 +72,9 @@ class Supervisor:
         while True:
             started = time.monotonic()
             try:
+                if self._faults.get(name, 0) > 0:
+                    self._faults[name] -= 1
+                    raise InjectedFault(f"{TEST_FAULTS} broke the {name} loop")
                 await _until_failure(loop, name, failed_since_recovery, self.on_recovery)
                 failed_since_recovery = False
                 raise RuntimeError(f"the {name} loop returned; loops run until the daemon stops")

@@ -58,7 +58,7 @@ class Worker:
         """Run to its outcome (run.status stays running; the caller concludes it)."""
         with structlog.contextvars.bound_contextvars(host=run.host, job_id=run.job_id):
             lane = run.lanes[0]
-            async with _slot(self.limits[lane]):
+            async with _slot(self.limits[lane], run):
                 plan = plan_run(run.job_id, run.request, self.runtime.config)
                 if plan is None:
                     run.result = Status.SKIPPED
@@ -77,7 +77,7 @@ class Worker:
                 lane = phase.lane
                 if run.result is Status.FAILED:
                     break
-                async with _slot(self.limits[lane]):
+                async with _slot(self.limits[lane], run):
                     await self._phase(run, phase, changed)
 
     async def _phase(self, run: Run, phase: Phase, changed: Changed) -> None:
@@ -224,15 +224,18 @@ def _message(stage: Stage, error: Exception) -> str:
 
 
 class _slot:
-    """`async with` a lane's limit, or nothing for an unlimited lane."""
+    """`async with` a lane's limit (or nothing for an unlimited lane). The run's
+    finish time is taken as the slot is given back, so that no run can look
+    as if it started while the one it replaced was still running."""
 
-    def __init__(self, limit: Limit | None):
-        self.limit = limit
+    def __init__(self, limit: Limit | None, run: Run):
+        self.limit, self.run = limit, run
 
     async def __aenter__(self):
         if self.limit is not None:
             await self.limit.acquire()
 
     async def __aexit__(self, *exc):
+        self.run.finished = clock.now()
         if self.limit is not None:
             self.limit.release()

@@ -3,8 +3,7 @@
 import os
 import textwrap
 
-from conftest import make_tree, wait_until
-from test_lifecycle import slow_source
+from conftest import make_tree, slow_source, wait_until
 
 
 def _alive(pid: int) -> bool:

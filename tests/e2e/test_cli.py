@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import BIN, make_tree, wait_until
-from test_lifecycle import slow_source
+from conftest import BIN, make_tree, slow_source, wait_until
+
 
 CLIENT_DIR = Path(__file__).parents[2] / "client"
 

@@ -89,3 +89,26 @@ def test_watch_streams_event_lines_and_json(tmp_path, daemon_factory):
     events = [json.loads(line) for line in as_json.splitlines()]
     assert {"job", "host", "log"} <= {e["topic"] for e in events}
     assert ("ok", job["job_id"]) in [(e.get("status"), e.get("job_id")) for e in events if e["topic"] == "job"]
+
+
+def test_progress_events_come_at_most_twice_a_second_per_run_to_the_very_end(tmp_path, daemon_factory):
+    source = tmp_path / "src"
+    source.mkdir()
+    for index in range(400):  # many files, so rsync prints progress many times a second
+        (source / f"f{index}").write_bytes(bytes(index % 256 for _ in range(4096)) * 4)
+    daemon = daemon_factory([{"name": "web1", "source": str(source), "rsync": {"bwlimit": "2000"}}]).start()
+    subscriber = Subscriber(daemon.socket, topics=["progress", "job"])
+    job_id = daemon.call("job.start")["job_id"]
+    daemon.wait_job(job_id)
+    wait_until(lambda: (job_id, "ok") in subscriber.job_events(), 10, what="the job's final event")
+    progress = [e for e in subscriber.events if e["topic"] == "progress"]
+    assert len(progress) >= 2
+    # Event times have seconds only: count per second of the daemon's clock.
+    per_second = {}
+    for event in progress:
+        per_second[event["time"]] = per_second.get(event["time"], 0) + 1
+    assert max(per_second.values()) <= 2, per_second
+    # And nothing arrives for the run after its final host event.
+    order = [e["topic"] for e in subscriber.events]
+    assert "progress" not in order[order.index("job", 1):]
+    subscriber.close()

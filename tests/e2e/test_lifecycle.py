@@ -10,14 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from bkctl.client import Client
-from conftest import BIN, make_tree, wait_until
-
-
-def slow_source(root, megabytes=8):
-    root.mkdir(parents=True)
-    (root / "big.bin").write_bytes(os.urandom(megabytes * 1024 * 1024))
-    (root / "small.txt").write_text("small\n")
-    return root
+from conftest import slow_source, BIN, make_tree, wait_until
 
 
 def rsync_pids(marker: str) -> list[int]:
@@ -145,3 +138,46 @@ def test_a_scheduled_run_that_finds_the_host_busy_is_coalesced_and_logged(tmp_pa
     jobs = daemon.call("jobs.list")["jobs"]
     assert len(jobs) == 1 and jobs[0]["trigger"] == "schedule"  # the slot folded into the running job
     daemon.stop()
+
+
+def test_the_status_line_counts_running_runs_not_queued_ones(tmp_path, daemon_factory, notify_socket):
+    sock, path = notify_socket
+    daemon = daemon_factory([{"name": f"h{i}", "source": str(slow_source(tmp_path / f"s{i}", 2))} for i in (1, 2)],
+                            rsync={"bwlimit": "500"}, max_parallel_hosts=1)
+    daemon.start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}, wait=False)
+    receive_until(sock, "READY=1")
+    daemon.call("job.start")
+    wait_until(lambda: daemon.call("status")["queued"] == 1, 10, what="one run to queue")
+    seen = receive_until(sock, "STATUS=2 hosts, 1 running")  # not "2 running": one of them waits
+    assert not any("2 running" in m for m in seen)
+    daemon.call("job.cancel", hosts=["h1", "h2"])
+
+
+def test_shutdown_waits_for_requests_in_flight_before_closing_the_store(tmp_path, daemon_factory):
+    source = make_tree(tmp_path / "src", 300)
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
+    for _ in range(3):
+        daemon.run_snapshot()
+    calls = []
+
+    def busy_client():  # keeps requests that touch the store in flight
+        try:
+            with Client(str(daemon.socket), timeout=10) as client:
+                while True:
+                    calls.append(client.call("jobs.list", {"limit": 100}))
+                    client.call("snapshots.list", {"host": "web1"})
+        except Exception as e:  # the daemon goes away: that is the point
+            calls.append(e)
+
+    import threading
+    threads = [threading.Thread(target=busy_client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(calls) > 20, 10, what="requests in flight")
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    for thread in threads:
+        thread.join(10)
+    log = daemon.log()
+    for trouble in ("Task exception was never retrieved", "closed database", "Traceback", "internal error"):
+        assert trouble not in log

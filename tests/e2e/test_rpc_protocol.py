@@ -8,21 +8,12 @@ import time
 import pytest
 
 from bkctl import protocol
-from conftest import make_tree
+from conftest import exchange, make_tree, requests_line
 
 
 @pytest.fixture
 def daemon(tmp_path, daemon_factory):
     return daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "src", 3))}]).start()
-
-
-def exchange(path, payload: bytes) -> list[dict]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        return [json.loads(line) for line in sock.makefile("rb")]
 
 
 @pytest.mark.parametrize("payload,code,request_id", [
@@ -87,3 +78,28 @@ def test_a_silent_half_sent_client_does_not_stall_others(daemon):
 
 def test_the_socket_is_created_0660(daemon):
     assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o660
+
+
+@pytest.mark.parametrize("request_line", [
+    rb'{"jsonrpc":"2.0","id":1,"method":"snapshots.browse","params":{"host":"web1","path":"/a\ud800b"}}',
+    rb'{"jsonrpc":"2.0","id":1,"method":"snapshots.browse","params":{"host":"web1","path":"/a\u0000b"}}',
+    rb'{"jsonrpc":"2.0","id":1,"method":"restore","params":{"host":"web1","snapshot":"latest","path":"/",'
+    rb'"dest":"/tmp/x\u0000y"}}',
+    rb'{"jsonrpc":"2.0","id":1,"method":"restore","params":{"host":"web1","snapshot":"latest","path":"/\udbff",'
+    rb'"dest":"/tmp/x"}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"job.get","params":{"job_id":9223372036854775808}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"alerts.ack","params":{"ids":[18446744073709551616]}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"snapshots.list","params":{"host":"../../../../root/secret"}}',
+])
+def test_parameters_that_cannot_be_file_names_or_ids_are_invalid_params(daemon, request_line):
+    (response,) = exchange(daemon.socket, request_line + b"\n")
+    assert response["id"] == 1
+    assert response["error"]["code"] == protocol.ErrorCode.INVALID_PARAMS, response
+    assert response["error"]["message"].startswith("invalid params: ")
+
+
+def test_a_request_nested_a_hundred_thousand_deep_is_a_parse_error(daemon):
+    deep = b'{"jsonrpc":"2.0","id":1,"method":"status","params":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}}\n"
+    (response,) = exchange(daemon.socket, deep)
+    assert response["error"]["code"] in (protocol.ErrorCode.PARSE_ERROR, protocol.ErrorCode.INVALID_REQUEST)
+    assert "hosts" in daemon.call("status")

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, RUN_ID, make_tree, wait_until
-from test_lifecycle import slow_source
+from conftest import BIN, RUN_ID, make_tree, slow_source, wait_until
+
 
 
 @pytest.fixture
@@ -76,3 +76,35 @@ def test_top_refuses_to_start_without_a_terminal(daemon_factory):
     result = daemon.bkctl("top")
     assert result.returncode == 2
     assert "needs a terminal" in result.stderr and "status --json" in result.stderr
+
+
+def test_top_refuses_a_daemon_that_speaks_another_protocol(tmp_path, short_tmp, tmux):
+    import json
+    import socket
+    import threading
+
+    path = short_tmp / "other.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+
+    def serve():  # answers every request as a bkd of a future protocol would
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as lines:
+                for line in lines:
+                    request = json.loads(line)
+                    conn.sendall(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": {
+                        "version": "9.0", "protocol": 999, "pid": 1, "hosts": {}}}).encode() + b"\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    marker = tmp_path / "exit"
+    tmux("new-session", "-d", "-x", "120", "-y", "20",
+         f"{BIN / 'bkctl'} --socket {path} top 2>{tmp_path / 'err'}; echo $? > {marker}; sleep 30")
+    wait_until(lambda: marker.exists() and marker.read_text().strip(), 15, what="top to exit")
+    listener.close()
+    assert marker.read_text().strip() == "1"
+    assert "speaks protocol 999" in (tmp_path / "err").read_text()

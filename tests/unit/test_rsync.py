@@ -82,3 +82,16 @@ def test_progress2_lines():
     assert rsync.parse_progress(" 26,214,400 100%    9.90MB/s    0:00:02 (xfr#2, to-chk=0/3)")["eta_s"] == 0
     assert rsync.parse_progress("         32,768   0%    0.00kB/s    0:00:00  ")["eta_s"] is None
     assert rsync.parse_progress("Number of files: 3 (reg: 2, dir: 1)") is None
+
+
+def test_an_ssh_failure_is_named_whatever_exit_code_rsync_chose():
+    from bkd.pipeline.rsync import describe_failure
+    refused = ["ssh: connect to host 127.0.0.9 port 2222: Connection refused",
+               "rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]",
+               "rsync error: error in rsync protocol data stream (code 12) at io.c(232) [Receiver=3.5.0]"]
+    for code in (12, 255):
+        message = describe_failure(code, refused)
+        assert message.startswith(f"rsync exited with code {code} (the SSH connection failed): ")
+        assert message.endswith("Connection refused")
+    assert describe_failure(12, ["rsync: read error: Connection reset"]).startswith(
+        "rsync exited with code 12 (error in rsync protocol data stream)")

@@ -207,8 +207,20 @@ def parse_progress(line: str) -> dict | None:
     return {"percent": percent, "bytes": done, "rate": round(rate), "eta_s": eta}
 
 
+# ssh's own words for a link that never came up, and for a login refused.
+_SSH_FAILURE = re.compile(r"^ssh: |Connection (refused|timed out|closed by)|No route to host|"
+                          r"Could not resolve hostname|Host key verification failed|Permission denied \(|"
+                          r"REMOTE HOST IDENTIFICATION HAS CHANGED")
+
+
+def ssh_failed(returncode: int, stderr_tail: list[str]) -> bool:
+    """rsync's exit code alone does not tell (it may be 255, 12 or 5): ssh's messages do."""
+    return returncode == 255 or any(_SSH_FAILURE.search(line) for line in stderr_tail)
+
+
 def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
-    meaning = EXIT_CODES.get(returncode, "unknown error")
+    meaning = "the SSH connection failed" if ssh_failed(returncode, stderr_tail) and returncode != 255 \
+        else EXIT_CODES.get(returncode, "unknown error")
     boilerplate = ("rsync error:", "rsync: connection unexpectedly closed")
     detail = [line.strip() for line in stderr_tail
               if line.strip() and not line.strip().startswith(boilerplate)]

@@ -103,6 +103,25 @@ class JobStore:
             await self.save(job)
         return len(unfinished)
 
+    async def prune_before(self, cutoff: str, batch: int = 5000) -> int:
+        """Delete finished jobs that ended before cutoff, a batch per
+        transaction so that other writers never wait long. The counters
+        (run_counts, host_state) are kept."""
+        total = 0
+        while True:
+            async with self.store.transaction() as db:
+                rows = await db.execute_fetchall(
+                    f"SELECT job_id FROM jobs WHERE finished < ? AND status IN ({','.join('?' * len(_FINAL))}) "
+                    "ORDER BY job_id LIMIT ?", (cutoff, *_FINAL, batch))
+                ids = [row["job_id"] for row in rows]
+                if ids:
+                    marks = ",".join("?" * len(ids))
+                    await db.execute(f"DELETE FROM job_hosts WHERE job_id IN ({marks})", ids)
+                    await db.execute(f"DELETE FROM jobs WHERE job_id IN ({marks})", ids)
+            total += len(ids)
+            if len(ids) < batch:
+                return total
+
     async def get(self, job_id: int) -> dict | None:
         rows = await self.store.fetch("SELECT * FROM jobs WHERE job_id=?", (job_id,))
         return (await self._with_hosts(rows))[0] if rows else None

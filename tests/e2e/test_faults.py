@@ -1,0 +1,141 @@
+"""When the state store or a directory fails: runs still end and say so, the
+schedule goes on, and start-up problems end the process with one line."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, make_tree, wait_until
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "bkd-test-state", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk):
+    """Take every free byte of disk; returns the filler to delete."""
+    filler = disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+    return filler
+
+
+@ROOT_ONLY
+def test_a_full_state_dir_never_strands_a_run_and_the_schedule_goes_on(tmp_path, small_disk, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "src", 20)),
+                              "schedule": {"snapshot_every": "2s"}}],
+                            state_dir=str(small_disk / "state"), schedule={"enabled": True},
+                            archive={"enabled": False}, monthly={"enabled": False}).start()
+    wait_until(lambda: daemon.call("status")["hosts"]["web1"]["last_result"] == "ok", 30, what="a first snapshot")
+    filler = fill(small_disk)
+    hourly = daemon.workdir / "backup/web1/hourly"
+    before = len(list(hourly.iterdir()))
+
+    result = daemon.bkctl("--json", "run", "web1", "--wait")  # job.start answers with its id, the run ends
+    assert result.returncode == 0, result.stdout + result.stderr
+    final = [line for line in result.stdout.splitlines() if '"job"' in line][-1]
+    import json
+    job = json.loads(final)["job"]
+    assert job["status"] == "ok" and job["hosts"][0]["snapshot"]
+    assert daemon.call("job.get", job_id=job["job_id"])["job"]["status"] == "ok"  # from memory
+    # The scheduler keeps going while the store refuses writes.
+    wait_until(lambda: len(list(hourly.iterdir())) >= before + 3, 30, what="scheduled snapshots on a full state_dir")
+    assert "store.write_failed" in daemon.log()
+
+    filler.unlink()
+    wait_until(lambda: "store.recovered" in daemon.log(), 30, what="the records to catch up")
+    daemon.stop()
+    daemon.start()
+    assert daemon.call("job.get", job_id=job["job_id"])["job"]["status"] == "ok"  # written, not "interrupted"
+
+
+def test_a_host_whose_directory_is_broken_fails_alone(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "good", "source": str(make_tree(tmp_path / "good", 3)),
+                              "schedule": {"snapshot_every": "2s"}},
+                             {"name": "bad", "source": str(make_tree(tmp_path / "bad", 3))}],
+                            schedule={"enabled": True}, archive={"enabled": False}, monthly={"enabled": False})
+    (daemon.workdir / "backup/bad").mkdir(parents=True, mode=0o700)
+    (daemon.workdir / "backup").chmod(0o700)
+    (daemon.workdir / "backup/bad/hourly").write_text("not a directory\n")
+    daemon.start()
+    good = daemon.workdir / "backup/good/hourly"
+    wait_until(lambda: good.exists() and len(list(good.iterdir())) >= 2, 30, what="good's scheduled snapshots")
+    status = daemon.call("status")
+    assert status["hosts"]["good"]["error"] is None
+    assert "bad/hourly" in status["hosts"]["bad"]["error"] and "Not a directory" in status["hosts"]["bad"]["error"]
+    wait_until(lambda: daemon.call("status")["hosts"]["bad"]["last_result"] == "failed", 30, what="bad to fail")
+    assert "bkd_host_error{host=\"bad\"} 1" in daemon.call("metrics")["text"]
+    assert {e["host"] for e in daemon.call("schedule.list")["entries"]} == {"good", "bad"}
+
+
+def _serve(config_path, timeout=20):
+    return subprocess.run([str(BIN / "bkd"), "--config", str(config_path), "serve"], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _one_line(result) -> str:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bkd: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_corrupt_database_ends_start_up_with_one_line_and_releases_the_lock(tmp_path, daemon_factory):
+    daemon = daemon_factory([])
+    state = daemon.workdir / "state"
+    state.mkdir(mode=0o700)
+    (state / "bkd.sqlite").write_bytes(b"this is not a database" * 100)
+    line = _one_line(_serve(daemon.config_path))
+    assert f"{state / 'bkd.sqlite'}" in line and "move it aside" in line
+    (state / "bkd.sqlite").unlink()
+    daemon.start()  # nothing held the lock
+    assert "hosts" in daemon.call("status")
+
+
+def test_a_state_dir_that_is_a_file_ends_start_up_with_one_line(tmp_path, daemon_factory):
+    daemon = daemon_factory([])
+    (daemon.workdir / "state").write_text("oops\n")
+    line = _one_line(_serve(daemon.config_path))
+    assert "state_dir" in line and "not a directory" in line
+
+
+def test_an_impossible_backup_root_ends_start_up_with_one_line(tmp_path, daemon_factory):
+    (tmp_path / "file").write_text("a file\n")
+    daemon = daemon_factory([], backup_root=str(tmp_path / "file" / "backup"))
+    line = _one_line(_serve(daemon.config_path))
+    assert "backup root" in line and "is not a directory" in line
+
+
+@ROOT_ONLY
+def test_a_read_only_backup_root_says_which_and_why(tmp_path, daemon_factory):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,mode=0700", "bkd-test-ro", str(read_only)], check=True)
+    try:
+        daemon = daemon_factory([], backup_root=str(read_only / "backup"))
+        line = _one_line(_serve(daemon.config_path))
+        assert line == (f"bkd: cannot use backup root {read_only / 'backup'}: does not exist and cannot be "
+                        "created: read-only file system (is it in ReadWritePaths=?)")
+        check = subprocess.run([str(BIN / "bkd"), "--config", str(daemon.config_path), "check-config"],
+                               capture_output=True, text=True)
+        assert check.returncode == 1 and "read-only file system" in check.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+
+
+def test_two_daemons_never_share_a_state_dir(tmp_path, daemon_factory):
+    first = daemon_factory([], name="one").start()
+    second = daemon_factory([], name="two", state_dir=first.config["state_dir"])
+    line = _one_line(_serve(second.config_path))
+    assert f"already running on state_dir {first.config['state_dir']}" in line
+    time.sleep(0.2)
+    assert "hosts" in first.call("status")

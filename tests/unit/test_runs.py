@@ -1,0 +1,90 @@
+"""The registry (busy is decided and registered in one step) and the resizable limit."""
+
+import asyncio
+
+import pytest
+
+from bkctl.protocol import Kind
+from bkd.errors import Busy, ShuttingDown
+from bkd.plan import Lane, Request, Trigger
+from bkd.runs import Limit, Registry
+
+
+def requests(kind, *hosts, snapshot=None):
+    return [Request(h, kind, Trigger.MANUAL, snapshot=snapshot) for h in hosts]
+
+
+def test_a_second_claim_of_the_same_lane_is_refused_or_coalesced():
+    registry = Registry(next_job_id=10)
+    first = registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "a", "b"))
+    assert first.job_id == 10 and registry.busy_run("a", Lane.SNAPSHOT) is first.runs["a"]
+    with pytest.raises(Busy) as refused:
+        registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "b", "c"))
+    assert refused.value.data == {"hosts": ["b"], "job_ids": [10]}
+    # A scheduled claim leaves the busy host out.
+    scheduled = registry.claim(Kind.SNAPSHOT, Trigger.SCHEDULE,
+                               [Request(h, Kind.SNAPSHOT, Trigger.SCHEDULE) for h in ("b", "c")])
+    assert list(scheduled.runs) == ["c"] and scheduled.job_id == 11
+    assert registry.claim(Kind.SNAPSHOT, Trigger.SCHEDULE, [Request("a", Kind.SNAPSHOT, Trigger.SCHEDULE)]) is None
+
+
+def test_lanes_are_independent_and_kind_all_holds_both_until_it_frees_the_snapshot_lane():
+    registry = Registry(1)
+    heavy = registry.claim(Kind.ARCHIVE, Trigger.MANUAL, requests(Kind.ARCHIVE, "a", snapshot="2026-01-01_000000"))
+    registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "a"))  # beside the archive
+    with pytest.raises(Busy):
+        registry.claim(Kind.MONTHLY, Trigger.MANUAL, requests(Kind.MONTHLY, "a"))
+    assert registry.pinned("a") == {"2026-01-01_000000"}
+    registry.release_all(heavy.runs["a"])
+    both = registry.claim(Kind.ALL, Trigger.MANUAL, requests(Kind.ALL, "b"))
+    run = both.runs["b"]
+    with pytest.raises(Busy):
+        registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "b"))
+    registry.release(run, Lane.SNAPSHOT)  # its snapshot is done
+    registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "b"))
+    with pytest.raises(Busy):
+        registry.claim(Kind.ARCHIVE, Trigger.MANUAL, requests(Kind.ARCHIVE, "b"))
+
+
+def test_nothing_is_claimed_while_stopping():
+    registry = Registry(1)
+    registry.stopping = True
+    with pytest.raises(ShuttingDown):
+        registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "a"))
+
+
+async def test_a_lowered_limit_lets_nothing_start_until_fewer_than_it_run():
+    limit = Limit(2)
+    await limit.acquire()
+    await limit.acquire()
+    order = []
+
+    async def waiter(name):
+        await limit.acquire()
+        order.append(name)
+
+    tasks = [asyncio.create_task(waiter(n)) for n in ("x", "y")]
+    await asyncio.sleep(0)
+    limit.resize(1)  # two hold it; the new limit is one
+    limit.release()
+    await asyncio.sleep(0)
+    assert order == [] and limit.in_use == 1  # one still running: at the limit, nothing starts
+    limit.release()
+    await asyncio.sleep(0)
+    assert order == ["x"] and limit.in_use == 1  # FIFO
+    limit.resize(3)
+    await asyncio.sleep(0)
+    assert order == ["x", "y"] and limit.in_use == 2
+    await asyncio.gather(*tasks)
+
+
+async def test_a_cancelled_waiter_gives_back_a_slot_it_was_just_granted():
+    limit = Limit(1)
+    await limit.acquire()
+    task = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0)
+    limit.release()  # grants the slot to the waiter ...
+    task.cancel()  # ... which is cancelled in the same instant
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert limit.in_use == 0

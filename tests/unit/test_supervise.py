@@ -1,0 +1,54 @@
+"""The supervisor's pure bookkeeping: restart with back-off, health, recovery."""
+
+import asyncio
+
+from bkd import supervise
+
+
+async def test_a_loop_that_fails_is_restarted_reported_and_recovers(monkeypatch):
+    monkeypatch.setattr(supervise, "FIRST_DELAY", 0.01)
+    monkeypatch.setattr(supervise, "RECOVERED_AFTER", 0.05)
+    failures, recoveries, runs = [], [], []
+
+    async def failed(name, incident, error):
+        failures.append((name, incident, str(error)))
+
+    async def recovered(name):
+        recoveries.append(name)
+
+    async def loop():
+        runs.append(len(runs))
+        if len(runs) <= 2:
+            raise ValueError(f"bug {len(runs)}")
+        await asyncio.sleep(10)
+
+    supervisor = supervise.Supervisor(failed, recovered)
+    task = asyncio.create_task(supervisor.supervise("demo", loop))
+    await asyncio.sleep(0.3)
+    assert [(n, e) for n, _, e in failures] == [("demo", "bug 1"), ("demo", "bug 2")]
+    assert len({incident for _, incident, _ in failures}) == 2
+    assert recoveries == ["demo"] and supervisor.healthy()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_five_failures_within_the_window_make_the_daemon_unhealthy(monkeypatch):
+    monkeypatch.setattr(supervise, "FIRST_DELAY", 0.001)
+    monkeypatch.setattr(supervise, "MAX_DELAY", 0.001)
+
+    async def ignore(*args):
+        pass
+
+    async def broken():
+        raise RuntimeError("always")
+
+    supervisor = supervise.Supervisor(ignore, ignore)
+    task = asyncio.create_task(supervisor.supervise("broken", broken))
+    while len(supervisor.failures.get("broken", ())) < 4:
+        await asyncio.sleep(0.001)
+    assert supervisor.healthy()
+    while supervisor.healthy():
+        await asyncio.sleep(0.001)
+    assert supervisor.failing() == ["broken"]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
