@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 
 from . import protocol
@@ -338,24 +339,63 @@ def _history(client: Client, args, path: str) -> int:
 
 
 def cmd_restore(client: Client, args) -> int:
-    params = {"host": args.host, "snapshot": args.snapshot, "path": args.path, "dest": args.to,
+    from . import restore
+    remote = not args.to.startswith("/") and ":" in args.to.split("/", 1)[0]
+    dest = args.to if remote else os.path.abspath(args.to)
+    params = {"host": args.host, "snapshot": args.snapshot, "path": args.path, "dest": dest,
               "overwrite": args.overwrite, "dry_run": args.dry_run}
+    if not remote:
+        try:
+            params["receiver"] = restore.probe(dest, restore.components(args.path))
+        except OSError as e:
+            print(f"bkctl: cannot look at {display_name(dest)}: {e.strerror}", file=sys.stderr)
+            return EXIT_FAILED
     if not args.no_wait:
         client.subscribe(["job", "host", "progress"])
-    job_id = client.call("restore", params)["job_id"]
-    if args.no_wait:
+    answer = client.call("restore", params)
+    job_id = answer["job_id"]
+    receiving, received = None, {}
+    if "receive" in answer:  # a local DEST: this process receives, as the caller
+        if args.no_wait and os.fork() != 0:
+            print(json.dumps({"job_id": job_id}) if args.json else job_id)
+            return EXIT_OK
+        receiving = threading.Thread(target=_receive, args=(client.path, answer["receive"], dest, received),
+                                     daemon=not args.no_wait)
+        receiving.start()
+        if args.no_wait:  # the detached child: receive, report, and say nothing
+            os.setsid()
+            receiving.join()
+            return EXIT_OK
+    elif args.no_wait:
         print(json.dumps({"job_id": job_id}) if args.json else job_id)
         return EXIT_OK
     if not args.json:
         print(f"job {job_id}: restoring {args.host} {args.snapshot}:{display_name(args.path)} "
-              f"to {display_name(args.to)}", flush=True)
+              f"to {display_name(dest)}", flush=True)
     code = follow_job(client, job_id, args.json)
+    if receiving is not None:
+        receiving.join()
     if args.dry_run and not args.json:
-        job = client.call("job.get", {"job_id": job_id})["job"]
-        listing = (job["hosts"][0].get("detail") or "").split("\n")  # "would write:", then a name a line
-        for name in listing[1:] if listing[0] == "would write:" else []:
+        names = received.get("names") if receiving is not None else \
+            next((h.get("listing") for h in client.call("job.get", {"job_id": job_id})["job"]["hosts"]), None)
+        for name in names or []:
             print(f"would write {display_name(name)}")
     return code
+
+
+def _receive(socket_path: str, spec: dict, dest: str, received: dict) -> None:
+    """Run the receiving rsync and tell the daemon how it went (its job's outcome)."""
+    from . import restore
+    received.update(restore.receive(socket_path, spec, dest))
+    try:
+        restore.report(socket_path, 30.0, received)
+    except (Unreachable, RemoteError) as e:
+        print(f"bkctl: could not report the restore's outcome: {e}", file=sys.stderr)
+
+
+def cmd_restore_transport(args) -> int:
+    from . import restore
+    return restore.transport(getattr(args, "socket", None) or protocol.default_socket(), args.token)
 
 
 def cmd_verify(client: Client, args) -> int:
@@ -483,7 +523,11 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--to", required=True, metavar="DEST", help="local directory or host:path")
     restore.add_argument("--overwrite", action="store_true", help="replace files that exist in DEST")
     restore.add_argument("--dry-run", action="store_true", help="list what would be written")
-    restore.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    restore.add_argument("--no-wait", action="store_true", help="print the job id and return "
+                         "(a local DEST is then received by a detached bkctl)")
+    transport = commands.add_parser("restore-transport", parents=[common], help=argparse.SUPPRESS)
+    transport.add_argument("token")
+    transport.add_argument("rsync_args", nargs=argparse.REMAINDER)  # what rsync asks its remote shell to run: ignored
     verify = add("verify", cmd_verify, "check snapshots (and their archives) against their checksums")
     verify.add_argument("host", metavar="HOST")
     verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="default: latest")
@@ -527,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("bkctl: error: a command is required", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "restore-transport":
+        return cmd_restore_transport(args)
     if args.command == "top":
         from .tui import run_top
         return run_top(path, timeout, check=_check_protocol)

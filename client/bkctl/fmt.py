@@ -56,7 +56,9 @@ def number(value) -> str:
 def progress_text(progress: dict | None) -> str:
     if not progress:
         return "-"
-    return f"{progress.get('percent', 0):.0f}%"
+    if progress.get("percent") is None:  # the total is not known: only how much so far
+        return size(progress.get("bytes"))
+    return f"{progress['percent']:.0f}%"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

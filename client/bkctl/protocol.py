@@ -45,6 +45,8 @@ class Method(StrEnum):
     SNAPSHOTS_HISTORY = "snapshots.history"
     PRUNE = "prune"
     RESTORE = "restore"
+    RESTORE_STREAM = "restore.stream"
+    RESTORE_FINISH = "restore.finish"
     VERIFY = "verify"
     ALERTS_LIST = "alerts.list"
     ALERTS_ACK = "alerts.ack"

@@ -32,6 +32,7 @@ from .ownership import DirError, check_dir, prepare_dir
 from .pipeline.rsync import check_rsync
 from .plan import Lane
 from .readmodel import ReadModel
+from .receivers import Receivers
 from .recorder import Recorder
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
@@ -114,6 +115,7 @@ class Services:
     jobs: Jobs
     integrity: Integrity
     hosts: Hosts
+    receivers: Receivers
 
 
 class Daemon:
@@ -171,14 +173,15 @@ class Daemon:
         housekeeping = Housekeeping(config.backup_root, store, registry, readmodel.refresh)
         limits = {Lane.SNAPSHOT: Limit(config.max_parallel_hosts), Lane.HEAVY: Limit(config.max_parallel_heavy),
                   Lane.RESTORE: None}
-        worker = Worker(runtime, registry, limits, housekeeping, store, readmodel, bus.publish)
+        receivers = Receivers()
+        worker = Worker(runtime, registry, limits, housekeeping, store, readmodel, bus.publish, receivers)
         recorder = Recorder(store, registry)
         jobs = Jobs(runtime, registry, worker, recorder, readmodel, alerts, bus.publish)
         scheduler = Scheduler(runtime, readmodel, registry, jobs)
         integrity = Integrity(runtime, store, alerts)
         freshness = Freshness(runtime, readmodel, alerts, housekeeping)
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
-                                     integrity, Hosts(runtime))
+                                     integrity, Hosts(runtime), receivers)
         textfile = Textfile(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
         textfile.changed.set()

@@ -128,3 +128,9 @@ def history(host_dir: HostDir, path: str) -> list[dict]:
             continue  # not there, or not reachable without following a symlink
         found.append({"snapshot": str(name), "time": clock.iso(name.time), **entry})
     return found
+
+
+def top_level(root: Path) -> list[bytes]:
+    """The names in a snapshot's root, sorted."""
+    with open_dir(root, []) as fd:
+        return sorted(os.fsencode(name) for name in os.listdir(fd))

@@ -100,3 +100,49 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
         pumps.cancel()
         raise
     return Result(argv, returncode, list(tail))
+
+
+async def relay(argv: Sequence[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                cwd: str | None = None, on_bytes: Callable[[int], None] | None = None,
+                grace: float = GRACE_SECONDS) -> Result:
+    """Run argv with its stdin fed from reader and its stdout sent to writer
+    (a byte stream, e.g. an rsync protocol connection), counting what it
+    sends. Cancelling the calling task stops the process group."""
+    argv = [str(a) for a in argv]
+    log.debug("exec.relay", argv=argv)
+    proc = await asyncio.create_subprocess_exec(
+        *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, process_group=0, cwd=cwd,
+    )
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+
+    async def upstream() -> None:
+        try:
+            while chunk := await reader.read(65536):
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
+        except (ConnectionError, BrokenPipeError):
+            pass
+        finally:
+            proc.stdin.close()
+
+    async def downstream() -> None:
+        while chunk := await proc.stdout.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+            if on_bytes:
+                on_bytes(len(chunk))
+        if writer.can_write_eof():
+            writer.write_eof()
+
+    pumps = asyncio.gather(upstream(), downstream(), _pump(proc.stderr, None, tail))
+    try:
+        await pumps
+        returncode = await proc.wait()
+    except BaseException:
+        await stop_group(proc, grace)
+        pumps.cancel()
+        raise
+    finally:
+        writer.close()
+    return Result(argv, returncode, list(tail))

@@ -11,6 +11,7 @@ from enum import StrEnum
 from bkctl.protocol import Kind
 
 from .config.models import Config, HostSettings
+from .pipeline.restore import Where
 
 
 class Stage(StrEnum):
@@ -50,15 +51,18 @@ HEAVY_STAGES = frozenset({Stage.ARCHIVE, Stage.MONTHLY})
 
 @dataclass(frozen=True)
 class RestoreTarget:
-    """What a restore copies: checked at the RPC edge before the job exists."""
+    """What a restore copies and where: checked at the RPC edge before the job exists."""
 
     snapshot: str
-    relative: bytes  # PATH inside the snapshot, as components joined by '/'
     path: str  # PATH as the caller wrote it
     dest: str
     overwrite: bool
-    caller_uid: int = 0
-    caller_gid: int = 0
+    sources: tuple[bytes, ...]  # source arguments relative to the snapshot's root (see pipeline/restore.py)
+    into: bytes  # the directory under DEST they are received into
+    options: tuple[str, ...]  # the receiving rsync's options
+    where: Where  # what exists under DEST along PATH
+    token: str | None = None  # a local DEST: the caller's receiver attaches with this
+    total_bytes: int | None = None  # what PATH holds, for progress
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class Run:
     stats: dict = field(default_factory=dict)
     error: str | None = None  # what went wrong, fit for every role (no file names, no command output)
     detail: str | None = None  # the full message (may quote file names): admins only
+    listing: list[str] | None = None  # a dry-run restore's file names: admins only
     keep_partial: bool = False  # set by a shutdown: the next run resumes from the partial
     plan: RunPlan | None = None
     task: asyncio.Task | None = None
@@ -62,6 +63,8 @@ class Run:
                 "snapshot": self.snapshot, "stats": self.stats or None, "error": self.error}
         if detail:
             record["detail"] = self.detail
+            if self.listing is not None:
+                record["listing"] = self.listing
         return record
 
 

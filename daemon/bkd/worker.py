@@ -20,16 +20,18 @@ from . import clock
 from .housekeeping import Housekeeping
 from .layout import HostDir, SnapshotName
 from .outcomes import public_error, public_warning
-from .pipeline import archive, hooks, restore
+from .pipeline import archive, hooks, restore, rsync
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
 from .readmodel import ReadModel
+from .receivers import Receivers
 from .runs import Limit, Registry, Run
 from .runtime import Runtime
 from .store import STORE_ERRORS, Store
 
 log = structlog.get_logger()
 
+MAX_LISTED = 10_000  # file names a dry-run restore reports
 PROGRESS_EVERY = 0.5  # seconds between progress events of one run: at most two a second
 
 # What a stage may fail with: the run fails with the message; anything else is a bug.
@@ -40,7 +42,8 @@ Changed = Callable[[Run], Awaitable[None]]
 
 class Worker:
     def __init__(self, runtime: Runtime, registry: Registry, limits: dict[Lane, Limit | None],
-                 housekeeping: Housekeeping, store: Store, readmodel: ReadModel, publish: Callable[..., None]):
+                 housekeeping: Housekeeping, store: Store, readmodel: ReadModel, publish: Callable[..., None],
+                 receivers: Receivers):
         self.runtime = runtime
         self.registry = registry
         self.limits = limits  # None: that lane is not limited (restores)
@@ -48,6 +51,7 @@ class Worker:
         self.store = store
         self.readmodel = readmodel
         self.publish = publish
+        self.receivers = receivers
         self._stages: dict[Stage, Callable[[Run], Awaitable[None]]] = {
             Stage.PRE: self._pre, Stage.SNAPSHOT: self._snapshot, Stage.PRUNE: self._prune,
             Stage.POST: self._post, Stage.ARCHIVE: self._archive, Stage.MONTHLY: self._monthly,
@@ -178,13 +182,50 @@ class Worker:
     async def _restore(self, run: Run) -> None:
         plan, target = run.plan, run.request.restore
         root = HostDir.of(plan.config.backup_root, run.host).hourly / target.snapshot
-        argv = restore.restore_command(plan.config, target.relative, target.dest, overwrite=target.overwrite,
-                                       dry_run=run.request.dry_run)
         run.snapshot = target.snapshot
-        stats, would_write = await restore.run_restore(argv, Path(root), lambda p: self._progress(run, p))
-        run.stats.update(stats)
-        if would_write is not None:  # file names: the detail, which only admins get
-            run.detail = restore.listing(would_write)
+        if target.token is None:  # host:path, written by the daemon's rsync over SSH
+            stats, names = await restore.restore_remote(
+                plan.config, root, target.dest, list(target.sources), target.into, target.where,
+                list(target.options), run.request.dry_run, lambda p: self._progress(run, p))
+            run.stats.update(stats)
+            if run.request.dry_run:
+                run.listing = names[:MAX_LISTED]
+            return
+        try:
+            await self._restore_to_receiver(run, target, root)
+        finally:
+            self.receivers.forget(target.token)
+
+    async def _restore_to_receiver(self, run: Run, target, root: Path) -> None:
+        """A local DEST: the caller's bkctl receives; this end only sends."""
+        try:
+            reader, writer = await self.receivers.connection(target.token)
+        except asyncio.TimeoutError:
+            raise restore.RestoreFailed("no receiver connected: a local restore is received by the caller's "
+                                        "bkctl (bkctl restore ... --to DEST)") from None
+        argv = await restore.sender_argv(list(target.options), list(target.sources))
+        started, sent = time.monotonic(), 0
+
+        def on_bytes(count: int) -> None:
+            nonlocal sent
+            sent += count
+            elapsed = max(time.monotonic() - started, 1e-3)
+            percent = min(99, sent * 100 // target.total_bytes) if target.total_bytes else None
+            rate = sent / elapsed
+            eta = round((target.total_bytes - sent) / rate) if target.total_bytes and sent < target.total_bytes \
+                else None
+            self._progress(run, {"percent": percent, "bytes": sent, "rate": round(rate), "eta_s": eta})
+
+        await restore.send(argv, root, reader, writer, on_bytes)
+        try:
+            report = await self.receivers.reported(target.token)
+        except asyncio.TimeoutError:
+            raise restore.RestoreFailed("the receiver did not report how the restore went") from None
+        run.stats.update({"bytes_sent": sent, "entries_written" if not run.request.dry_run else "entries_to_write":
+                          report["written"]})
+        if report["returncode"] not in (0, rsync.VANISHED):
+            raise restore.RestoreFailed(rsync.describe_failure(report["returncode"], report["stderr"])
+                                        .replace("rsync exited", "the receiving rsync exited", 1))
 
     # ---- progress: at most two events a second per run ------------------------------
 

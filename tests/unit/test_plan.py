@@ -4,6 +4,7 @@ import pytest
 
 from bkctl.protocol import Kind
 from bkd.config.models import Config
+from bkd.pipeline.restore import Where
 from bkd.plan import Lane, Phase, Request, RestoreTarget, Stage, Trigger, plan_run, stages_for
 
 S = Stage
@@ -44,6 +45,7 @@ def test_a_host_removed_before_its_run_starts_has_no_plan_but_its_snapshots_can_
     empty = config()
     assert plan_run(1, Request("gone", Kind.SNAPSHOT, Trigger.MANUAL), empty) is None
     assert plan_run(1, Request("gone", Kind.ARCHIVE, Trigger.SCHEDULE), empty) is None
-    target = RestoreTarget("2026-01-01_000000", b"etc", "/etc", "/tmp/x", False)
+    target = RestoreTarget("2026-01-01_000000", "/etc", "/tmp/x", False, (b"etc",), b"", ("--archive",),
+                           Where(("N", "N")))
     restore = plan_run(1, Request("gone", Kind.RESTORE, Trigger.MANUAL, restore=target), empty)
     assert restore.settings is None and restore.stages == (S.RESTORE,)

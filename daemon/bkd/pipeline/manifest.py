@@ -226,3 +226,15 @@ def verify_archive(archive: Path) -> dict | None:
     if actual != expected:
         return {"path": f"archives/{archive.name}", "problem": "changed", "expected": expected, "actual": actual}
     return None
+
+
+def bytes_under(path: Path, prefix: bytes) -> int | None:
+    """Total size of the regular files at or under prefix ('' is everything),
+    from a manifest; None without one."""
+    recorded = read(path)
+    if recorded is None:
+        return None
+    if not prefix:
+        return sum(size for _digest, size in recorded.values())
+    inside = prefix + b"/"
+    return sum(size for name, (_digest, size) in recorded.items() if name == prefix or name.startswith(inside))

@@ -18,10 +18,10 @@ from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
 from .. import __version__, access, browse, catalog, clock, metrics
 from ..config.models import HostName, redact_url
-from ..errors import Conflict, Denied, NotFound
+from ..errors import Denied, InvalidArgument, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
 from ..layout import HostDir
-from ..pipeline import restore
+from ..pipeline import manifest, restore
 from ..plan import RestoreTarget, Trigger
 
 if TYPE_CHECKING:
@@ -101,6 +101,14 @@ class SnapshotsHistory(Params):
     path: FsPath
 
 
+class Receiver(Params):
+    """What a caller's bkctl found under DEST (as the caller) before it receives a local restore."""
+
+    kinds: list[Literal["D", "F", "L", "N"]] = Field(min_length=1, max_length=4096)
+    dest_empty: bool
+    realpath: FsPath  # DEST with symlinks resolved in the caller's view
+
+
 class Restore(Params):
     host: HostName
     snapshot: str = Field(max_length=64)
@@ -108,6 +116,18 @@ class Restore(Params):
     dest: FsPath
     overwrite: bool = False
     dry_run: bool = False
+    receiver: Optional[Receiver] = None  # a local DEST: the caller receives (bkctl does)
+
+
+class RestoreStream(Params):
+    token: str = Field(max_length=64)
+
+
+class RestoreFinish(Params):
+    token: str = Field(max_length=64)
+    returncode: int = Field(ge=-255, le=255)
+    written: int = Field(ge=0, le=MAX_ID)
+    stderr: list[str] = Field(default_factory=list, max_length=40)
 
 
 class Verify(Params):
@@ -164,6 +184,15 @@ class Method:
     role: Role
     streams: bool = False  # the handler returns (result, start the stream)
     mutating: bool = False  # changes something: every call goes to the audit log
+    takes_over: bool = False  # after the answer, handler's second value gets the raw connection
+
+
+def _outside_state(config, dest: str) -> None:
+    """A restore never writes into bkd's own directories."""
+    path = os.path.normpath(dest)
+    for own, what in ((config.backup_root, "the backup root"), (config.state_dir, "state_dir")):
+        if path == str(own) or path.startswith(str(own).rstrip("/") + "/"):
+            raise InvalidArgument(f"invalid params: dest: {dest} is inside {what} ({own}); restore elsewhere")
 
 
 def _public(job: dict, call: Call) -> dict:
@@ -171,7 +200,7 @@ def _public(job: dict, call: Call) -> dict:
     output) is for admins only."""
     if call.role == "admin":
         return job
-    return {**job, "hosts": [{k: v for k, v in run.items() if k != "detail"} for run in job["hosts"]]}
+    return {**job, "hosts": [{k: v for k, v in run.items() if k not in ("detail", "listing")} for run in job["hosts"]]}
 
 
 class Api:
@@ -239,21 +268,53 @@ class Api:
     async def restore(self, p: Restore, call: Call) -> dict:
         """Check everything that can be checked before starting: the snapshot, the
         path inside it, the destination and what is already there."""
-        name, root = browse.snapshot_root(self.host_dir(p.host), p.snapshot)
+        config = self.s.runtime.config
+        host_dir = self.host_dir(p.host)
+        name, root = browse.snapshot_root(host_dir, p.snapshot)
         await asyncio.to_thread(browse.lookup, root, p.path)
-        relative = b"/".join(browse.components(p.path))
+        parts = browse.components(p.path)
         remote = restore.check_destination(p.dest)
-        if remote and not access.may_restore_remotely(call.uid, call.gid, call.pid, self.s.runtime.config.access):
+        if remote and not access.may_restore_remotely(call.uid, call.gid, call.pid, config.access):
             raise Denied(f"permission denied: a restore to host:path writes with the daemon's own SSH identity; "
                          f"it needs root or a group in [access] remote_restorers, and {call.user} (uid {call.uid}) "
                          "is in none")
-        if not remote and not p.overwrite:
-            existing = await asyncio.to_thread(restore.local_conflict, p.dest, relative)
-            if existing:
-                raise Conflict(f"{existing} exists; use --overwrite to replace it", {"path": existing})
-        target = RestoreTarget(name, relative, p.path, p.dest, p.overwrite, call.uid, call.gid)
-        return {"job_id": await self.s.jobs.start([p.host], Kind.RESTORE, Trigger.MANUAL, restore=target,
-                                                  dry_run=p.dry_run)}
+        if remote:
+            if p.receiver is not None:
+                raise InvalidArgument("invalid params: receiver: a host:path DEST is written by the daemon")
+            where = await restore.remote_where(config, p.dest, parts)
+        else:
+            if p.receiver is None:
+                raise InvalidArgument("invalid params: receiver: a local DEST is received by the caller "
+                                      "(bkctl restore does this)")
+            if len(p.receiver.kinds) != len(parts) + 1:
+                raise InvalidArgument("invalid params: receiver.kinds: one per directory of DEST/PATH")
+            where = restore.Where(tuple(p.receiver.kinds), p.receiver.dest_empty)
+            for dest in {p.dest, p.receiver.realpath}:
+                _outside_state(config, dest)
+        restore.conflict(where, p.dest, parts, p.overwrite)
+        top_level = await asyncio.to_thread(browse.top_level, root) if not parts else []
+        source_args, into = restore.sources(parts, where, top_level)
+        options = restore.receiver_options(p.overwrite, p.dry_run)
+        token = None if remote else self.s.receivers.expect(call.uid)
+        total = await asyncio.to_thread(manifest.bytes_under, host_dir.manifest_file(name), b"/".join(parts))
+        target = RestoreTarget(name, p.path, p.dest, p.overwrite, tuple(source_args), into, tuple(options), where,
+                               token, total)
+        job_id = await self.s.jobs.start([p.host], Kind.RESTORE, Trigger.MANUAL, restore=target, dry_run=p.dry_run)
+        answer = {"job_id": job_id}
+        if token:
+            answer["receive"] = {"token": token, "options": options, "sources": [os.fsdecode(a) for a in source_args],
+                                 "into": os.fsdecode(into)}
+        return answer
+
+    async def restore_stream(self, p: RestoreStream, call: Call) -> tuple[dict, Callable]:
+        """The caller's receiver attaches: after this answer the connection
+        carries the rsync protocol to and from the restore's sender."""
+        self.s.receivers.check(p.token, call.uid)
+        return {"attached": True}, lambda reader, writer: self.s.receivers.hand_over(p.token, (reader, writer))
+
+    async def restore_finish(self, p: RestoreFinish, call: Call) -> dict:
+        self.s.receivers.report(p.token, call.uid, p.model_dump())
+        return {"reported": True}
 
     async def verify(self, p: Verify, call: Call) -> dict:
         host_dir = self.host_dir(p.host)
@@ -356,6 +417,8 @@ def method_table(api: Api) -> dict[str, Method]:
         M.SCHEDULE_LIST: Method(NoParams, api.schedule_list, "viewer"),
         M.PRUNE: Method(Prune, api.prune, "admin", mutating=True),
         M.RESTORE: Method(Restore, api.restore, "admin", mutating=True),
+        M.RESTORE_STREAM: Method(RestoreStream, api.restore_stream, "admin", takes_over=True),
+        M.RESTORE_FINISH: Method(RestoreFinish, api.restore_finish, "admin"),
         M.VERIFY: Method(Verify, api.verify, "operator"),
         M.ALERTS_LIST: Method(AlertsList, api.alerts_list, "viewer"),
         M.ALERTS_ACK: Method(AlertsAck, api.alerts_ack, "operator", mutating=True),

@@ -123,10 +123,10 @@ class Connection:
         if self._idle_timeout and not self.requests and not self._streams and not self.writer.is_closing():
             self._idle = asyncio.get_running_loop().call_later(self._idle_timeout(), self.writer.close)
 
-    def stop_timer(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+    def detach(self) -> None:
+        """The connection ends, or is handed over (restore.stream): no idle timer any more."""
+        self._idle_timeout = None
+        self.settle()
 
     async def send(self, message: dict) -> None:
         async with self._write_lock:
@@ -378,6 +378,7 @@ class RpcServer:
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                 peer: Peer) -> None:
         conn = Connection(writer, peer, self._idle_timeout)
+        handed_over = False
         try:
             while True:
                 try:
@@ -390,6 +391,18 @@ class RpcServer:
                     break
                 if not line.strip():
                     continue
+                if self._takes_over(line):
+                    # Answered here, in order: once it succeeds the connection is no longer ours.
+                    response, then = await self.dispatch(line, conn)
+                    if response is not None:
+                        await conn.send(response)
+                    if then is not None:
+                        await asyncio.gather(*conn.requests, return_exceptions=True)
+                        handed_over = True
+                        conn.detach()
+                        then(reader, writer)
+                        return
+                    continue
                 conn.track(asyncio.create_task(self._answer(line, conn)))
         except (ConnectionError, asyncio.TimeoutError):
             pass
@@ -400,10 +413,22 @@ class RpcServer:
                     for task in conn.requests:
                         task.cancel()
                 await asyncio.gather(*conn.requests, return_exceptions=True)
-            conn.stop_timer()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            conn.detach()
+            if not handed_over:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+    def _takes_over(self, line: bytes) -> bool:
+        """A request for a method that takes the connection over (restore.stream)."""
+        names = [name for name, method in self.methods.items() if method.takes_over]
+        if not any(name.encode() in line for name in names):  # cheap: most lines are not
+            return False
+        try:
+            message = json.loads(line)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return False
+        return isinstance(message, dict) and message.get("method") in names
 
     async def _answer(self, line: bytes, conn: Connection) -> None:
         try:
@@ -503,7 +528,7 @@ class RpcServer:
     async def _invoke(self, method: Method, method_name: str, params, request_id, call: Call):
         then = None
         try:
-            if method.streams:
+            if method.streams or method.takes_over:
                 result, then = await method.handler(params, call)
             else:
                 result = await method.handler(params, call)
