@@ -24,14 +24,20 @@ _PHRASES = ("cannot checksum the new snapshot", "cannot complete the snapshot",
             "cannot hardlink the previous snapshot", "monthly copy failed", "no complete snapshot yet")
 
 
-def _rsync(match: re.Match) -> str:
+# The meanings bkd itself gives an exit code: rsync's table, with any code (describe_failure says
+# "the SSH connection failed" whatever code rsync chose); a meaning not among them is not repeated.
+_MEANINGS = sorted({*EXIT_CODES.values(), "unknown error"}, key=len, reverse=True)
+
+
+def _rsync(message: str, match: re.Match) -> str:
     code = int(match[1])
-    return f"rsync exited with code {code} ({EXIT_CODES.get(code, 'unknown error')})"
+    said = next((m for m in _MEANINGS if message.startswith(f" ({m})", match.end())), None)
+    return f"rsync exited with code {code} ({said or EXIT_CODES.get(code, 'unknown error')})"
 
 
 def categories(message: str) -> list[str]:
     """The known failures a message reports, rebuilt from what was matched."""
-    found = [_rsync(m) for m in _RSYNC.finditer(message)]
+    found = [_rsync(message, m) for m in _RSYNC.finditer(message)]
     found += [f"{m[1]} hook {m[2]}" for m in _HOOK.finditer(message)]
     found += [f"archive failed (exit {m[1]})" for m in _ARCHIVE.finditer(message)]
     found += [f"snapshot {m[1]} is gone" for m in _SNAPSHOT_GONE.finditer(message)]

@@ -29,6 +29,11 @@ def _chained(error: Exception, cause: Exception) -> Exception:
      "snapshot: rsync exited with code 11 (error in file I/O (is the backup disk full?))"),
     ("snapshot", SnapshotFailed(f"rsync exited with code 255 (the SSH connection failed): {SECRET}"),
      "snapshot: rsync exited with code 255 (the SSH connection failed)"),
+    ("snapshot", SnapshotFailed("rsync exited with code 12 (the SSH connection failed): ssh: connect to host "
+                                f"10.0.0.1 port 22: Connection refused {SECRET}"),
+     "snapshot: rsync exited with code 12 (the SSH connection failed)"),
+    ("snapshot", SnapshotFailed(f"rsync exited with code 12 ({SECRET}): a meaning bkd never wrote"),
+     "snapshot: rsync exited with code 12 (error in rsync protocol data stream)"),
     ("snapshot", SnapshotFailed("rsync exited with code 77 (unknown error): whatever it said"),
      "snapshot: rsync exited with code 77 (unknown error)"),
     ("pre", HookFailed("pre hook exited with code 3: PGPASSWORD=hunter2 pg_dumpall: connection refused"),
