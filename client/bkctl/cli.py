@@ -97,9 +97,8 @@ def follow_job(client: Client, job_id: int, as_json: bool) -> int:
         elif event["topic"] == "host":
             print(_host_line(event), flush=True)
         if event["topic"] == "job" and event["status"] in protocol.FINAL_STATUSES:
-            job = event["job"]
             break
-    while job is None:
+    while job is None:  # the record as this caller may see it (with the detail, for admins)
         candidate = client.call("job.get", {"job_id": job_id})["job"]
         if candidate["status"] in protocol.FINAL_STATUSES:
             job = candidate
@@ -108,8 +107,17 @@ def follow_job(client: Client, job_id: int, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"job": job}), flush=True)
     else:
+        for host in job["hosts"]:
+            _print_detail(host)
         print(f"job {job_id}: {colour(job['status'])}")
     return EXIT_OK if job["status"] in protocol.SUCCESS_STATUSES else EXIT_FAILED
+
+
+def _print_detail(host: dict) -> None:
+    """A run's full message, indented under it (the daemon sends it to admins only)."""
+    if host.get("detail") and host["detail"] != host.get("error"):
+        for line in host["detail"].split("\n"):
+            print(f"    {display_name(line)}")
 
 
 def _progress_line(event: dict) -> str:
@@ -174,6 +182,7 @@ def cmd_job(client: Client, args) -> int:
     print(f"started {job['started']}, finished {job['finished'] or '-'}")
     for host in job["hosts"]:
         print("  " + _host_line(host) + (f" (took {_duration(host)})" if host.get("finished") else ""))
+        _print_detail(host)
     return EXIT_OK if job["status"] in protocol.SUCCESS_STATUSES | {"running", "queued"} else EXIT_FAILED
 
 
@@ -528,9 +537,12 @@ def cmd_audit(client: Client, args) -> int:
                  json.dumps(e["params"], ensure_ascii=False)[:60], e["outcome"][:60]]
                 for e in reversed(result["entries"])]
         print(table(["ID", "TIME", "WHO", "METHOD", "PARAMS", "OUTCOME"], rows) if rows else "no audit entries")
-        if args.verify:
-            print("hash chain: intact" if result["chain_ok"]
-                  else f"hash chain: BROKEN at entry {result['broken_at']} (the log was altered)")
+        if args.verify and result["chain_ok"]:
+            print("hash chain: intact")
+        elif args.verify and result.get("broken_at") is not None:
+            print(f"hash chain: BROKEN at entry {result['broken_at']} (the log was altered)")
+        elif args.verify:
+            print(f"hash chain: BROKEN: {result.get('problem')}")
     return EXIT_FAILED if args.verify and not result["chain_ok"] else EXIT_OK
 
 

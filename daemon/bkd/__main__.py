@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     show = commands.add_parser("config", help="config tools")
     show.add_argument("action", choices=["show"], help="show: print the effective config")
+    audit = commands.add_parser("audit", help="audit log tools (with the daemon stopped)")
+    audit.add_argument("action", choices=["reanchor"],
+                       help="reanchor: after rebuilding the state database on purpose, make the audit "
+                            "head record name its newest entry (recorded as an audit entry)")
     return parser
 
 
@@ -93,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         return _print_problems(e.problems)
     if command == "config":
         sys.stdout.write(to_toml(config))
+        return 0
+    if command == "audit":
+        from . import logs
+        from .app import StartupError
+        from .auditcmd import reanchor
+        logs.configure(args.log_level)  # the new entry goes to the journal like every other
+        try:
+            print(asyncio.run(reanchor(config)))
+        except StartupError as e:
+            print(f"bkd audit reanchor: {e}", file=sys.stderr)
+            return 1
         return 0
 
     from . import logs

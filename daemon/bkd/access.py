@@ -54,5 +54,14 @@ def role_of(uid: int, gid: int, pid: int, access: Access) -> str | None:
     return None
 
 
+def may_restore_remotely(uid: int, gid: int, pid: int, access: Access) -> bool:
+    """A restore to host:path writes with the daemon's own SSH identity (root
+    on the sources, as a rule): root, the daemon's uid, or a member of a group
+    in `remote_restorers` (SPEC §5) — not every admin."""
+    if uid in (0, os.getuid()):
+        return True
+    return bool(group_names(group_ids(pid, gid)) & set(access.remote_restorers))
+
+
 def allowed(role: str | None, needed: str) -> bool:
     return role is not None and RANKS[role] >= RANKS[needed]

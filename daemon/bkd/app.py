@@ -44,6 +44,7 @@ from .runtime import Runtime
 from .scheduler import Scheduler
 from .selfguard import SelfGuard
 from .store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
+from .store.audit import HEAD_NAME
 from .supervise import Supervisor
 from .worker import Worker
 from .systemd import keep_alive, notify, watchdog_interval
@@ -162,6 +163,11 @@ class Daemon:
             host_rows = await store.jobs.host_states()
         except STORE_ERRORS as e:
             raise StartupError(f"cannot use the state database {config.state_dir / DATABASE_NAME}: {e}") from None
+        head = config.backup_root / HEAD_NAME
+        try:
+            await store.audit.anchor(head)  # a mismatch is logged, and the head kept as evidence
+        except STORE_ERRORS as e:
+            raise StartupError(f"cannot anchor the audit log in {head}: {e}") from None
         if interrupted:
             log.warning("daemon.recovered", interrupted_runs=interrupted)
         bus = EventBus()
@@ -227,7 +233,8 @@ class Daemon:
                 log.warning("heavy.leftovers_unreadable", host=host.name, error=str(e))
         logs.forward_to(bus.publish)
         server = RpcServer(config.socket, method_table(Api(s)), access=lambda: runtime.config.access,
-                           audit=lambda *a: store.audit.append(clock.iso(clock.now()), *a))
+                           audit=lambda *a: store.audit.append(clock.iso(clock.now()), *a),
+                           limits=lambda: runtime.config.rpc)
         try:
             await server.start()
         except (RuntimeError, OSError) as e:

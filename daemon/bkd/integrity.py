@@ -61,7 +61,12 @@ class Integrity:
         first, re-hashed at idle I/O priority."""
         host = host_dir.root.name
         latest = host_dir.latest_snapshot()
-        recorded = manifest.read(host_dir.manifest_file(latest)) if latest else None
+        try:
+            recorded = manifest.read(host_dir.manifest_file(latest)) if latest else None
+        except manifest.ManifestRefused as e:
+            mismatch = {"path": "/", "problem": str(e)}
+            await self._report(host, str(latest), [mismatch], False)
+            return {"host": host, "snapshot": str(latest), "checked": 0, "mismatches": [mismatch]}
         if not recorded:
             return {"host": host, "snapshot": str(latest) if latest else None, "checked": 0, "mismatches": []}
         count = max(1, math.ceil(len(recorded) * percent / 100))

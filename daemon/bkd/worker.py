@@ -19,6 +19,7 @@ from bkctl.protocol import Kind, Status
 from . import clock
 from .housekeeping import Housekeeping
 from .layout import HostDir, SnapshotName
+from .outcomes import public_error, public_warning
 from .pipeline import archive, hooks, restore, rsync
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
@@ -99,8 +100,9 @@ class Worker:
                     run.result = Status.WARNING  # the backup itself is fine
                 else:
                     run.result = Status.FAILED
+                # error: the category, for every role; detail: the whole message, for admins.
                 run.detail = "; ".join(filter(None, [run.detail, message]))
-                run.error = "; ".join(filter(None, [run.error, message]))
+                run.error = "; ".join(filter(None, [run.error, public_error(str(stage), e)]))
                 log.error("stage.failed", stage=str(stage), error=message)
             finally:
                 self._flush_progress(run)
@@ -143,7 +145,7 @@ class Worker:
         run.stats.update(result.stats)
         if result.status == "warning":
             run.result = Status.WARNING
-            run.error = run.detail = result.warning
+            run.error, run.detail = public_warning(result.warning), result.warning
         if result.name:
             self.readmodel.refresh(run.host)
             name = SnapshotName.parse(result.name)

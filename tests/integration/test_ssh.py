@@ -63,7 +63,8 @@ def test_a_host_that_accepts_but_never_answers_fails_within_the_connect_timeout(
     finally:
         listener.close()
     assert job["status"] == "failed"
-    assert "timed out" in job["hosts"][0]["error"]
+    assert job["hosts"][0]["error"].endswith("(the SSH connection failed)")  # for every role
+    assert "timed out" in job["hosts"][0]["detail"]  # the full message: admins (root here)
     assert took < 15
 
 
@@ -80,6 +81,7 @@ def test_a_changed_host_key_fails_loudly_and_is_never_accepted(tmp_path, daemon_
 
     job = daemon.run_snapshot("web1")
     assert job["status"] == "failed"
-    assert "Host key verification failed" in job["hosts"][0]["error"]
+    assert job["hosts"][0]["error"].endswith("(the SSH connection failed)")  # 255, or 12 when rsync notices first
+    assert "Host key verification failed" in job["hosts"][0]["detail"]
     assert ssh_fleet.known_hosts.read_text() == known_before
     assert not (daemon.workdir / "backup" / "web1" / "latest").exists()

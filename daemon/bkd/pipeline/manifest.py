@@ -14,6 +14,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+from .. import relpath
 from ..fsutil import write_atomic
 
 CHUNK = 1024 * 1024
@@ -63,6 +64,10 @@ def _unescape(path: bytes) -> bytes:
     return _ESCAPED.sub(lambda m: b"\n" if m[1] == b"n" else m[1], path) if b"\\" in path else path
 
 
+class ManifestRefused(ValueError):
+    """A manifest bkd will not use: a line it did not write, or a path outside the snapshot."""
+
+
 def read(path: Path) -> Manifest | None:
     """A plain line format, not JSON: a 100,000-file manifest is read and
     written on every snapshot, and this is several times faster."""
@@ -71,10 +76,15 @@ def read(path: Path) -> Manifest | None:
     except FileNotFoundError:
         return None
     manifest = {}
-    for line in data.split(b"\n"):
+    for number, line in enumerate(data.split(b"\n"), 1):
         if line and not line.startswith(b"#"):
-            digest, size, name = line.split(b" ", 2)
-            manifest[_unescape(name)] = (digest.decode(), int(size))
+            try:
+                digest, size, name = line.split(b" ", 2)
+                name = relpath.check(_unescape(name), f"{path.name} line {number}")
+                manifest[name] = (digest.decode(), int(size))
+            except ValueError as e:  # a line that is not ours, or names something outside the snapshot
+                raise ManifestRefused(str(e) if "refusing" in str(e) else
+                                      f"{path.name} line {number}: not a manifest line") from None
     return manifest
 
 
@@ -169,7 +179,11 @@ def verify_snapshots(hourly: Path, meta: Path, names: list[str], archive_files: 
     """Every named snapshot against its manifest, and the archives against their checksums."""
     checked, mismatches = 0, []
     for name in names:
-        recorded = read(meta / f"{name}.manifest")
+        try:
+            recorded = read(meta / f"{name}.manifest")
+        except ManifestRefused as e:
+            mismatches.append({"snapshot": name, "path": "/", "problem": str(e)})
+            continue
         if recorded is None:
             mismatches.append({"snapshot": name, "path": "/", "problem": "no manifest recorded"})
             continue

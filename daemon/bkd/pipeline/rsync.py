@@ -209,7 +209,8 @@ def parse_progress(line: str) -> dict | None:
 
 # ssh's own words for a link that never came up, and for a login refused.
 _SSH_FAILURE = re.compile(r"^ssh: |Connection (refused|timed out|closed by)|No route to host|"
-                          r"Could not resolve hostname|Host key verification failed|Permission denied \(|"
+                          r"Could not resolve hostname|Host key verification failed|"
+                          r"Permission denied \((publickey|password|keyboard-interactive|gssapi)|"
                           r"REMOTE HOST IDENTIFICATION HAS CHANGED")
 
 

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, browse, catalog, clock, metrics, selfguard
+from .. import __version__, access, browse, catalog, clock, metrics, selfguard
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..errors import Denied, InvalidArgument, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
@@ -305,6 +305,10 @@ class Api:
         await asyncio.to_thread(browse.lookup, root, p.path)
         parts = browse.components(p.path)
         remote = restore.check_destination(p.dest)
+        if remote and not access.may_restore_remotely(call.uid, call.gid, call.pid, config.access):
+            raise Denied(f"permission denied: a restore to host:path writes with the daemon's own SSH identity; "
+                         f"it needs root or a group in [access] remote_restorers, and {call.user} (uid {call.uid}) "
+                         "is in none")
         if remote:
             if p.receiver is not None:
                 raise InvalidArgument("invalid params: receiver: a host:path DEST is written by the daemon")
@@ -363,8 +367,9 @@ class Api:
 
     async def audit_list(self, p: AuditList, call: Call) -> dict:
         audit = self.s.store.audit
-        chain_ok, broken_at = await audit.verify() if p.verify else (None, None)
-        return {"entries": await audit.entries(p.limit), "chain_ok": chain_ok, "broken_at": broken_at}
+        verdict = await audit.verify() if p.verify else None
+        return {"entries": await audit.entries(p.limit), "chain_ok": verdict and verdict.chain_ok,
+                "broken_at": verdict and verdict.broken_at, "problem": verdict and verdict.problem}
 
     async def alerts_list(self, p: AlertsList, call: Call) -> dict:
         return {"alerts": await self.s.alerts.list(p.all), "silences": self.s.alerts.silences_in_force()}

@@ -3,15 +3,26 @@
 Each request runs as its own task, so a slow call never blocks a fast one on
 the same connection; a client that sends garbage or stops reading only ever
 hurts its own connection.
+
+No client can starve the daemon: connections are capped per uid and in
+total (`[rpc]`), and the total never exceeds what the descriptor limit
+leaves after a reserve for the backup path; one over the cap is answered
+with one error line and closed at once. A connection with no request in
+flight and no subscription is closed after `idle_timeout`. Bursts of the
+same refusal are coalesced: one audit entry (or log line) per uid and
+method per minute, with a count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
+import hashlib
 import json
 import os
+import resource
 import socket
 import stat
 import struct
@@ -25,8 +36,9 @@ from pydantic import ValidationError
 
 from bkctl import protocol
 from bkctl.protocol import ErrorCode
-from .. import access
-from ..config.models import Access
+from .. import access, clock
+from ..bursts import Burst, Bursts
+from ..config.models import Access, Rpc
 from ..errors import Busy, Conflict, Denied, DomainError, InvalidArgument, NotFound, ShuttingDown
 from .methods import Method
 
@@ -34,6 +46,13 @@ log = structlog.get_logger()
 
 WRITE_TIMEOUT = 30.0  # a client that does not read its answers for this long is dropped
 DROP_GRACE = 30.0  # seconds a dropped client gets to read what is buffered and its last notice
+RESERVED_FDS = 256  # descriptors the backup path keeps (rsync and ssh pipes, hooks, SQLite, manifest walks)
+MIN_CONNECTIONS = 16  # even under a tiny descriptor limit, an admin can still connect
+PRIVILEGED_EXTRA = 8  # connections root and the daemon's own uid get beyond the total cap
+ACCEPT_RETRY = 1.0  # seconds to wait when accept() finds no descriptor free
+BURST_WINDOW = 60.0  # seconds: one audit entry or log line per uid and method (or reason) per window
+AUDIT_PARAMS_MAX = 1024  # bytes of params JSON an audit entry keeps; longer ones are kept as a digest
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 # The one table from domain errors to wire codes.
@@ -72,14 +91,42 @@ def peer_of(sock: socket.socket) -> Peer:
 
 
 class Connection:
-    """One client connection: serialised writes, and the event streams it owns."""
+    """One client connection: serialised writes, the requests in flight, the
+    event streams it owns, and the idle timer that closes it when it has
+    neither."""
 
-    def __init__(self, writer: asyncio.StreamWriter, peer: Peer):
+    def __init__(self, writer: asyncio.StreamWriter, peer: Peer, idle_timeout: Callable[[], float] | None = None):
         self.writer = writer
         self.peer = peer
+        self.requests: set[asyncio.Task] = set()
         self._write_lock = asyncio.Lock()
         self._streams: set[asyncio.Task] = set()
         self._on_close: list[Callable[[], None]] = []
+        self._idle_timeout = idle_timeout
+        self._idle: asyncio.TimerHandle | None = None
+        self.settle()
+
+    def track(self, request: asyncio.Task) -> None:
+        self.requests.add(request)
+        request.add_done_callback(self._request_done)
+        self.settle()
+
+    def _request_done(self, request: asyncio.Task) -> None:
+        self.requests.discard(request)
+        self.settle()
+
+    def settle(self) -> None:
+        """(Re)start the idle timer when nothing is in flight and nothing streams; else stop it."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._idle_timeout and not self.requests and not self._streams and not self.writer.is_closing():
+            self._idle = asyncio.get_running_loop().call_later(self._idle_timeout(), self.writer.close)
+
+    def detach(self) -> None:
+        """The connection ends, or is handed over (restore.stream): no idle timer any more."""
+        self._idle_timeout = None
+        self.settle()
 
     async def send(self, message: dict) -> None:
         async with self._write_lock:
@@ -90,8 +137,13 @@ class Connection:
         """Run coroutine (an event pump) for as long as the connection lives."""
         task = asyncio.create_task(coroutine)
         self._streams.add(task)
-        task.add_done_callback(self._streams.discard)
+        task.add_done_callback(self._stream_done)
         self._on_close.append(on_close)
+        self.settle()
+
+    def _stream_done(self, task: asyncio.Task) -> None:
+        self._streams.discard(task)
+        self.settle()
 
     def limit_buffering(self, size: int) -> None:
         """Keep what the kernel and the transport buffer small, so that a client
@@ -166,35 +218,81 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
+def descriptor_budget() -> tuple[int, int]:
+    """(connections the descriptor limit allows, that limit): what is left of
+    RLIMIT_NOFILE after RESERVED_FDS for the backup path."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 2**31, soft
+    return max(soft - RESERVED_FDS, MIN_CONNECTIONS), soft
+
+
+def audit_params(params) -> dict:
+    """Params as an audit entry keeps them: whole when small, else their size,
+    SHA-256 and first 200 characters (a refused call must not be able to grow
+    the database by what it sends)."""
+    params = params if isinstance(params, dict) else {"params": params}
+    text = json.dumps(params, sort_keys=True, ensure_ascii=True)
+    if len(text) <= AUDIT_PARAMS_MAX:
+        return params
+    return {"truncated": {"bytes": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                          "head": text[:200]}}
+
+
 class RpcServer:
     def __init__(self, path: Path, methods: dict[str, Method], access: Callable[[], Access],
-                 audit: Callable[..., Awaitable[None]]):
+                 audit: Callable[..., Awaitable[None]], limits: Callable[[], Rpc] = Rpc):
         self.path = path
         self.methods = methods
         self.access = access  # the current [access] section: it changes on reload
         self.audit = audit
-        self._server: asyncio.base_events.Server | None = None
+        self.limits = limits  # the current [rpc] section
+        self._sock: socket.socket | None = None
+        self._serving: asyncio.Task | None = None  # the task that accepts
         self.closing = False
         self._clients: set[asyncio.Task] = set()
+        self._open: dict[int, int] = {}  # connections per uid
+        self._writes: set[asyncio.Task] = set()  # audit entries being written
+        self._denials = Bursts(BURST_WINDOW, self._denials_summary)
+        self._refusals = Bursts(BURST_WINDOW, self._refusals_summary)
 
     async def start(self, sock: socket.socket | None = None) -> None:
-        sock = sock or bind_socket(self.path)
-        # +1 for the newline: a line of exactly MAX_LINE bytes is allowed.
-        self._server = await asyncio.start_unix_server(self._serve_client, sock=sock,
-                                                       limit=protocol.MAX_LINE + 1)
+        """Listen (connections wait in the backlog until `serve` accepts them)."""
+        self._sock = sock or bind_socket(self.path)
+        budget, soft = descriptor_budget()
+        if budget < self.limits().max_connections:
+            log.warning("rpc.connections_capped", max_connections=self.limits().max_connections, allowed=budget,
+                        nofile=soft, reserved_for_backups=RESERVED_FDS)
 
     async def serve(self) -> None:
-        """The supervised loop: serve until cancelled; a failure rebinds."""
-        if self._server is None or not self._server.is_serving():
+        """The supervised loop: accept until cancelled; a failure rebinds."""
+        if self._sock is None or self._sock.fileno() < 0:
             await self.start()
-        await self._server.serve_forever()
+        self._serving = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as e:
+                if e.errno not in _OUT_OF_RESOURCES:
+                    raise
+                # Out of descriptors: wait (the backlog holds new clients) and say so once a minute.
+                if self._refusals.hit(("accept", e.errno)):
+                    log.error("rpc.accept_failed", error=e.strerror, retry_s=ACCEPT_RETRY)
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            self._admit(conn)
 
     async def close(self) -> None:
         """Stop listening, end every connection and wait for its handlers, so
-        that nothing runs against the state store once it is closed."""
+        that nothing runs against the state store once it is closed; counts
+        of coalesced refusals are written first."""
         self.closing = True
-        if self._server:
-            self._server.close()
+        if self._serving is not None:
+            self._serving.cancel()
+            await asyncio.sleep(0)  # the cancelled accept unregisters the socket before it is closed
+        if self._sock is not None:
+            self._sock.close()
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(self.path.lstat().st_mode):
                     self.path.unlink()
@@ -202,18 +300,84 @@ class RpcServer:
             task.cancel()
         if self._clients:
             await asyncio.gather(*self._clients, return_exceptions=True)
+        self._refusals.flush()
+        self._denials.flush()
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._clients.add(task)
+    # ---- admission ----------------------------------------------------------------
+
+    def _refusal(self, uid: int) -> str | None:
+        """Why a new connection of uid is refused now, or None. Root and the
+        daemon's own uid have no per-uid cap and PRIVILEGED_EXTRA connections
+        beyond the total cap, so an admin gets in while others fill it."""
+        limits = self.limits()
+        privileged = uid in (0, os.getuid())
+        per_uid = self._open.get(uid, 0)
+        if not privileged and per_uid >= limits.max_connections_per_uid:
+            return (f"too many connections: uid {uid} has {per_uid} open "
+                    f"(max_connections_per_uid = {limits.max_connections_per_uid}); close some and try again")
+        total = sum(self._open.values())
+        budget, soft = descriptor_budget()
+        cap = min(limits.max_connections, budget) + (PRIVILEGED_EXTRA if privileged else 0)
+        if total >= cap:
+            if budget < limits.max_connections:
+                return (f"too many connections: {total} open, as many as the descriptor limit allows "
+                        f"(RLIMIT_NOFILE {soft}, {RESERVED_FDS} kept for backups); try again later")
+            return f"too many connections: {total} open (max_connections = {limits.max_connections}); try again later"
+        return None
+
+    def _admit(self, sock: socket.socket) -> None:
         try:
-            await self._serve_connection(reader, writer)
-        finally:
-            self._clients.discard(task)
+            peer = peer_of(sock)
+        except OSError:
+            sock.close()
+            return
+        refusal = self._refusal(peer.uid)
+        if refusal:
+            with contextlib.suppress(OSError):  # a few hundred bytes: never blocks
+                sock.send(protocol.encode(_error(None, ErrorCode.BUSY, refusal)))
+            sock.close()
+            if self._refusals.hit(("connection", peer.uid), refusal):
+                log.warning("rpc.connection_refused", uid=peer.uid, reason=refusal)
+            return
+        self._open[peer.uid] = self._open.get(peer.uid, 0) + 1
+        task = asyncio.create_task(self._serve_socket(sock, peer))
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(writer, peer_of(writer.get_extra_info("socket")))
-        pending: set[asyncio.Task] = set()
+    def _refusals_summary(self, key, burst: Burst) -> None:
+        what, detail = key
+        if what == "accept":
+            log.error("rpc.accept_failed", error=os.strerror(detail), repeated=burst.count,
+                      first=clock.iso(burst.first), last=clock.iso(burst.last))
+        else:
+            log.warning("rpc.connections_refused", uid=detail, count=burst.count, reason=burst.data,
+                        first=clock.iso(burst.first), last=clock.iso(burst.last))
+
+    async def _serve_socket(self, sock: socket.socket, peer: Peer) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=protocol.MAX_LINE + 1)
+        except BaseException:
+            sock.close()
+            self._release(peer.uid)
+            raise
+        try:
+            await self._serve_connection(reader, writer, peer)
+        finally:
+            self._release(peer.uid)
+
+    def _release(self, uid: int) -> None:
+        self._open[uid] -= 1
+        if not self._open[uid]:
+            del self._open[uid]
+
+    def _idle_timeout(self) -> float:
+        return self.limits().idle_timeout.total_seconds()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                peer: Peer) -> None:
+        conn = Connection(writer, peer, self._idle_timeout)
         handed_over = False
         try:
             while True:
@@ -233,23 +397,23 @@ class RpcServer:
                     if response is not None:
                         await conn.send(response)
                     if then is not None:
-                        await asyncio.gather(*pending, return_exceptions=True)
+                        await asyncio.gather(*conn.requests, return_exceptions=True)
                         handed_over = True
+                        conn.detach()
                         then(reader, writer)
                         return
                     continue
-                task = asyncio.create_task(self._answer(line, conn))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+                conn.track(asyncio.create_task(self._answer(line, conn)))
         except (ConnectionError, asyncio.TimeoutError):
             pass
         finally:
             conn.close_streams()
-            if pending:
+            if conn.requests:
                 if self.closing:
-                    for task in pending:
+                    for task in conn.requests:
                         task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.gather(*conn.requests, return_exceptions=True)
+            conn.detach()
             if not handed_over:
                 writer.close()
                 with contextlib.suppress(Exception):
@@ -331,17 +495,35 @@ class RpcServer:
         return await self._audited(method, method_name, raw_params, conn, response), then
 
     async def _audited(self, method: Method, name: str, params, conn: Connection, response: dict) -> dict:
-        """Every call that changes something is written to the audit log, refused ones too."""
+        """Every call that changes something is written to the audit log, refused
+        ones too: a refusal by role at once the first time in a minute, its
+        repeats in that minute as one entry with their count."""
         if method.mutating:
             error = response.get("error")
-            outcome = f"error {error['code']}: {error['message']}" if error else "ok"
             peer = conn.peer
-            try:
-                await self.audit(peer.uid, access.user_name(peer.uid), peer.pid, name,
-                                 params if isinstance(params, dict) else {"params": params}, outcome)
-            except Exception as e:  # the journal still has it; the caller still gets the answer
-                log.error("audit.unrecorded", method=name, uid=peer.uid, outcome=outcome, error=str(e))
+            if error and error["code"] == ErrorCode.PERMISSION_DENIED:
+                if not self._denials.hit((peer.uid, name), (peer.pid, params)):
+                    return response  # counted: the minute's summary entry records it
+            outcome = f"error {error['code']}: {error['message']}" if error else "ok"
+            await self._record(peer.uid, peer.pid, name, audit_params(params), outcome)
         return response
+
+    async def _record(self, uid: int, pid: int, name: str, params: dict, outcome: str) -> None:
+        try:
+            await self.audit(uid, access.user_name(uid), pid, name, params, outcome)
+        except Exception as e:  # the journal still has it; the caller still gets the answer
+            log.error("audit.unrecorded", method=name, uid=uid, outcome=outcome, error=str(e))
+
+    def _denials_summary(self, key, burst: Burst) -> None:
+        uid, name = key
+        pid, params = burst.data
+        summary = {"repeated": burst.count, "first": clock.iso(burst.first), "last": clock.iso(burst.last),
+                   "last_params": audit_params(params)}
+        outcome = (f"error {int(ErrorCode.PERMISSION_DENIED)}: permission denied, {burst.count} more time(s) "
+                   f"within {int(BURST_WINDOW)} s of the entry before")
+        task = asyncio.create_task(self._record(uid, pid, name, summary, outcome))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def _invoke(self, method: Method, method_name: str, params, request_id, call: Call):
         then = None

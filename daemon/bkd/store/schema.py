@@ -195,4 +195,25 @@ MIGRATIONS = [
         free_inodes INTEGER NOT NULL
     );
     """,
+    """
+    -- Viewers see outcomes and counts only (SPEC §5). A run's error is now a
+    -- category and exit code for every role, its detail the full message for
+    -- admins. Errors recorded before the split may quote file names or
+    -- command output: they move to `detail`, and what every role sees becomes
+    -- the status alone. The same for each host's last error and for the
+    -- run_failed alerts that quoted it (their message keeps the part before
+    -- the quote, "snapshot run failed (3 in a row)", or says it is old). A dry-run restore's
+    -- list of file names leaves its stats.
+    UPDATE job_hosts SET stats = json_remove(stats, '$.would_write')
+        WHERE stats IS NOT NULL AND json_valid(stats) AND json_type(stats, '$.would_write') IS NOT NULL;
+    UPDATE job_hosts SET detail = COALESCE(detail, error),
+                         error = status || ' (recorded by an earlier bkd; admins see the detail)'
+        WHERE error IS NOT NULL AND (detail IS NULL OR detail = error);
+    UPDATE host_state SET last_error = last_status || ' (recorded by an earlier bkd)'
+        WHERE last_error IS NOT NULL;
+    UPDATE episodes SET message = CASE WHEN message LIKE '% run failed%'
+                                       THEN substr(message, 1, instr(message, ': ') - 1)
+                                       ELSE 'run failed (recorded by an earlier bkd)' END
+        WHERE kind = 'run_failed' AND instr(message, ': ') > 0;
+    """,
 ]

@@ -1,0 +1,75 @@
+"""What every role may read about a run that went wrong (SPEC §5): the
+category and the exit code, never a file name, a hook's command line or
+its output. The full message stays in the run's `detail` (admins only).
+
+Pure functions. They recognise the known kinds of failure in a stage's
+message and rebuild the text from what they matched — never by cutting the
+message, whose tail may quote anything. A message they do not recognise
+becomes "STAGE failed": safe by default, more specific as kinds are added."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .pipeline.rsync import EXIT_CODES
+
+_RSYNC = re.compile(r"\brsync exited with code (-?\d+)")
+_HOOK = re.compile(r"\b(pre|post) hook (exited with code -?\d+|timed out after \d+s)")
+_ARCHIVE = re.compile(r"\barchive failed \(exit (-?\d+)\)")
+_SNAPSHOT_GONE = re.compile(r"\bsnapshot (\d{4}-\d\d-\d\d_\d{6}(?:-\d+)?) is gone")
+_RACED = re.compile(r"\bmetadata of (\d+) file\(s\) changed during the snapshot")
+# Failures named by a fixed phrase (the message goes on with an OS error or a tool's words).
+_PHRASES = ("cannot checksum the new snapshot", "cannot complete the snapshot",
+            "cannot hardlink the previous snapshot", "monthly copy failed", "no complete snapshot yet")
+
+
+# The meanings bkd itself gives an exit code: rsync's table, with any code (describe_failure says
+# "the SSH connection failed" whatever code rsync chose); a meaning not among them is not repeated.
+_MEANINGS = sorted({*EXIT_CODES.values(), "unknown error"}, key=len, reverse=True)
+
+
+def _rsync(message: str, match: re.Match) -> str:
+    code = int(match[1])
+    said = next((m for m in _MEANINGS if message.startswith(f" ({m})", match.end())), None)
+    return f"rsync exited with code {code} ({said or EXIT_CODES.get(code, 'unknown error')})"
+
+
+def categories(message: str) -> list[str]:
+    """The known failures a message reports, rebuilt from what was matched."""
+    found = [_rsync(message, m) for m in _RSYNC.finditer(message)]
+    found += [f"{m[1]} hook {m[2]}" for m in _HOOK.finditer(message)]
+    found += [f"archive failed (exit {m[1]})" for m in _ARCHIVE.finditer(message)]
+    found += [f"snapshot {m[1]} is gone" for m in _SNAPSHOT_GONE.finditer(message)]
+    found += [f"metadata of {m[1]} file(s) changed during the snapshot and was applied to inodes shared "
+              "with older snapshots" for m in _RACED.finditer(message)]
+    found += [phrase for phrase in _PHRASES if phrase in message]
+    return list(dict.fromkeys(found))
+
+
+def _os_reason(error: BaseException | None) -> str | None:
+    """An OS error as its reason alone ("permission denied"), without the file name."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno:
+            return os.strerror(error.errno).lower()
+        error = error.__cause__
+    return None
+
+
+def public_error(stage: str, error: BaseException) -> str:
+    """One stage's failure as every role may see it."""
+    reason = _os_reason(error)
+    if isinstance(error, OSError):
+        text = f"file system error ({reason})" if reason else "file system error"
+    else:
+        found = categories(str(error))
+        if found and reason:
+            found[-1] += f" ({reason})"
+        text = "; ".join(found) or "failed"
+    # "pre hook …" already names its stage; anything else is prefixed with it.
+    return text if text.startswith(stage) else f"{stage}: {text}" if text != "failed" else f"{stage} failed"
+
+
+def public_warning(message: str) -> str:
+    """A completed run's warning (vanished files, metadata that changed) as every role may see it."""
+    return "; ".join(categories(message)) or "completed with warnings"
