@@ -140,9 +140,10 @@ async def relay(argv: Sequence[str], reader: asyncio.StreamReader, writer: async
         await pumps
         returncode = await proc.wait()
     except BaseException:
+        # Cut the connection at once: close() would wait for a peer that may never read again.
+        writer.transport.abort()
         await stop_group(proc, grace)
         pumps.cancel()
         raise
-    finally:
-        writer.close()
+    writer.close()
     return Result(argv, returncode, list(tail))

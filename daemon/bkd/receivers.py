@@ -48,7 +48,7 @@ class Receivers:
         """The answered connection's (reader, writer) now carry the rsync protocol."""
         expected = self._expected.get(token)
         if expected is None or expected.connection.done():
-            streams[1].close()
+            streams[1].transport.abort()
             return
         expected.connection.set_result(streams)
 
@@ -67,4 +67,4 @@ class Receivers:
         expected = self._expected.pop(token, None)
         if expected and expected.connection.done() and not expected.connection.cancelled():
             _reader, writer = expected.connection.result()
-            writer.close()
+            writer.transport.abort()  # ended, cancelled or failed: nothing more to say to the receiver
