@@ -10,7 +10,7 @@ import json
 import os
 from enum import IntEnum, StrEnum
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: restores received by the caller, alert episodes, paged snapshot listings
 DEFAULT_SOCKET = "/run/bkd/bkd.sock"
 MAX_LINE = 1024 * 1024  # a request line longer than this is refused
 
