@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bkctl import protocol
 from conftest import BIN, make_tree, slow_source, wait_until
 
 
@@ -84,7 +85,7 @@ def test_version_shows_client_and_daemon(daemon_factory, short_tmp):
     result = daemon.bkctl("--version")
     assert result.returncode == 0
     client_line, daemon_line = result.stdout.splitlines()
-    assert client_line.startswith("bkctl ") and "(protocol 1)" in client_line
+    assert client_line.startswith("bkctl ") and f"(protocol {protocol.PROTOCOL_VERSION})" in client_line
     assert daemon_line.startswith("bkd ") and f"pid {daemon.proc.pid}" in daemon_line
     alone = subprocess.run([str(BIN / "bkctl"), "--socket", str(short_tmp / "none"), "--version"],
                            capture_output=True, text=True)
@@ -97,7 +98,7 @@ def test_a_protocol_mismatch_is_named_clearly(daemon_factory):
               f"sys.exit(cli.main(['--socket', {str(daemon.socket)!r}, 'status']))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert "bkctl speaks protocol 99 but bkd" in result.stderr and "speaks protocol 1" in result.stderr
+    assert "bkctl speaks protocol 99 but bkd" in result.stderr and f"speaks protocol {protocol.PROTOCOL_VERSION}" in result.stderr
 
 
 def test_json_output_of_schedule_prune_and_cancel(tmp_path, daemon_factory):
