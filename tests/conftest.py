@@ -135,6 +135,24 @@ class Daemon:
 
 
 @pytest.fixture
+def small_tmpfs(tmp_path):
+    """small_tmpfs(size) mounts a tmpfs of that size (e.g. "8m") for this test: a disk that fills."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"small-{len(mounted)}"
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", f"bkd-test-{RUN_ID}", str(point)],
+                       check=True)
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
 def short_tmp():
     """A short directory for sockets (AF_UNIX paths are limited to 108 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="bkd-t-", dir="/tmp"))

@@ -11,12 +11,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpf
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "bkd-test-enospc", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_disk(small_tmpfs):
+    return small_tmpfs("8m")
 
 
 def test_a_full_backup_disk_fails_the_run_clearly_and_keeps_the_previous_snapshot(tmp_path, small_disk,

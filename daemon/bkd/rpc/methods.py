@@ -162,19 +162,6 @@ class AlertsAck(Params):
         return self
 
 
-class AlertsSilence(Params):
-    host: Optional[HostName] = None
-    kind: Optional[KindOfAlert] = None
-    for_: Duration = Field(alias="for")
-    note: Optional[str] = Field(None, max_length=1000)
-
-    @model_validator(mode="after")
-    def _some_target(self):
-        if not (self.host or self.kind):
-            raise ValueError("give host, kind or both")
-        return self
-
-
 class AlertsUnsilence(Params):
     host: Optional[HostName] = None
     kind: Optional[KindOfAlert] = None
@@ -184,6 +171,11 @@ class AlertsUnsilence(Params):
         if not (self.host or self.kind):
             raise ValueError("give host, kind or both")
         return self
+
+
+class AlertsSilence(AlertsUnsilence):
+    for_: Duration = Field(alias="for")
+    note: Optional[str] = Field(None, max_length=1000)
 
 
 class NotifyTest(Params):
