@@ -1,6 +1,5 @@
 """Malformed input on the socket gets the SPEC's error codes and never hurts the daemon."""
 
-import json
 import socket
 import stat
 import time
@@ -8,7 +7,7 @@ import time
 import pytest
 
 from bkctl import protocol
-from conftest import exchange, make_tree, requests_line
+from conftest import exchange, make_tree
 
 
 @pytest.fixture

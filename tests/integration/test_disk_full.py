@@ -1,7 +1,6 @@
 """A full backup disk: a clear error, the previous snapshot intact, no partial left."""
 
 import os
-import subprocess
 
 import pytest
 

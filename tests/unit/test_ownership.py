@@ -3,7 +3,6 @@ following planted symlinks. Real directories in tmp_path."""
 
 import errno
 import os
-from pathlib import Path
 
 import pytest
 

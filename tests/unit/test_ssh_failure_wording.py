@@ -4,7 +4,6 @@ Found by the role-matrix test: a local source with an unreadable file was
 reported to every role as "rsync exited with code 23 (the SSH connection failed)",
 because rsync's "Permission denied (13)" matches ssh's "Permission denied (publickey)"."""
 
-import pytest
 
 from bkd.pipeline import rsync
 

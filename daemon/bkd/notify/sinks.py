@@ -6,7 +6,6 @@ or a server's own text) and whether trying again could help."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import html
