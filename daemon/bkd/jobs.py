@@ -122,7 +122,7 @@ class Jobs:
                       exc_info=(type(error), error, error.__traceback__))
             run.result = Status.FAILED
             run.error = run.detail = f"internal error (incident {incident}; see the daemon's log)"
-        self.worker.forget(run)
+        self.worker.forget(run)  # also a restore's receiver, even one cancelled before it started
         self.registry.release_all(run)
         run.status, run.finished, run.progress = run.result, run.finished or clock.now(), None
         log.info("run.done", host=run.host, job_id=run.job_id, status=str(run.status), snapshot=run.snapshot,

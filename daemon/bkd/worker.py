@@ -198,10 +198,7 @@ class Worker:
             if run.request.dry_run:
                 run.listing = names[:MAX_LISTED]
             return
-        try:
-            await self._restore_to_receiver(run, target, root)
-        finally:
-            self.receivers.forget(target.token)
+        await self._restore_to_receiver(run, target, root)
 
     async def _restore_to_receiver(self, run: Run, target, root: Path) -> None:
         """A local DEST: the caller's bkctl receives; this end only sends."""
@@ -253,8 +250,12 @@ class Worker:
                          progress=run.progress)
 
     def forget(self, run: Run) -> None:
-        """The run ended: a progress value still waiting is dropped, not sent late."""
+        """The run ended: a progress value still waiting is dropped, not sent late,
+        and a restore's receiver is let go."""
         self._flush_progress(run)
+        target = run.request.restore
+        if target is not None and target.token is not None:
+            self.receivers.forget(target.token)
 
     def _flush_progress(self, run: Run) -> None:
         """A stage ended: a progress value still waiting is dropped, not sent late."""
