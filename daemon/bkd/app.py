@@ -8,6 +8,7 @@ import asyncio
 import fcntl
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from .plan import Lane
 from .readmodel import ReadModel
 from .receivers import Receivers
 from .recorder import Recorder
+from .report import Reporter
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
 from .runs import Limit, Registry
@@ -119,6 +121,7 @@ class Services:
     hosts: Hosts
     receivers: Receivers
     notifier: Notifier | None = None
+    healthy: Callable[[], bool] = lambda: True  # the supervisor's verdict, once it exists
 
 
 class Daemon:
@@ -237,6 +240,7 @@ class Daemon:
             await alerts.resolve(AlertKind.INTERNAL, None, subject=name)
 
         supervisor = Supervisor(failed, recovered)
+        s.healthy = supervisor.healthy
         loops = {
             "rpc": server.serve,
             "scheduler": scheduler.run,
@@ -250,6 +254,7 @@ class Daemon:
             "outbox": notifier.outbox,
             "reminders": notifier.reminders,
             "heartbeat": lambda: heartbeat(runtime, supervisor.healthy),
+            "report": Reporter(s).run,
         }
         try:
             async with asyncio.TaskGroup() as group:
