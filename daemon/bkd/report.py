@@ -91,8 +91,10 @@ def trend(rows: list[dict], days: list[date], zone: tzinfo) -> list[dict]:
 
 
 def _tiers(host_dir: HostDir, policy, now: datetime) -> dict[str, int]:
+    """How many complete snapshots are in each retention tier now (`expired`:
+    the next prune deletes them), from one listing of hourly/."""
     try:
-        return dict(Counter(d.tier for d in host_plan(host_dir, policy, now) if d.action == "keep"))
+        return dict(Counter(d.tier for d in host_plan(host_dir, policy, now) if d.tier != "unknown"))
     except OSError:
         return {}
 
@@ -168,7 +170,7 @@ async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str]
             "readable": facts.error is None,
             "bytes": recorded.get("bytes"), "files": recorded.get("files"),
             "changed_files": recorded.get("changed_files"), "duration_s": recorded.get("duration_s"),
-            "snapshots": facts.snapshots, "tiers": tiers[name], "archives": facts.archives,
+            "snapshots": sum(tiers[name].values()), "tiers": tiers[name], "archives": facts.archives,
             "monthly": len(facts.monthly),
             "period": {"runs": results.get(name, {}), "snapshots": len(in_period),
                        "changed_files": sum(r["changed_files"] or 0 for r in in_period)},
