@@ -84,9 +84,9 @@ def evaluate(digest: dict, named: bool, warn_age: float | None = None,
     hosts = digest["hosts"]
     if code == OK:
         ages = [h["age_s"] for h in hosts if h["age_s"] is not None]
-        what = f"{len(hosts)} host{'s' * (len(hosts) != 1)} backed up"
+        what = f"{len(hosts)} host{'s' * (len(hosts) != 1)} ok"
         if ages:
-            what += f", newest {span(min(ages))} ago, oldest {span(max(ages))} ago"
+            what += f", newest snapshot {span(min(ages))} old, oldest {span(max(ages))} old"
     else:
         parts = [f"{len(problems[level])} {NAMES[level].lower()}: {', '.join(problems[level])}"
                  for level in (CRITICAL, WARNING) if problems[level]]

@@ -189,6 +189,7 @@ class Daemon:
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
                                      integrity, Hosts(runtime), receivers, notifier)
         textfile = Textfile(s)
+        reporter = Reporter(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
         pinger = Pinger()  # per-host dead-man pings, sent directly (never through the outbox)
         jobs.on_started.append(pinger.run_started)
@@ -215,6 +216,7 @@ class Daemon:
             textfile.changed.set()
             notifier.wake_reminders.set()  # sinks or their filters may have changed
             notifier.wake_outbox.set()
+            reporter.wake.set()
             notify(f"STATUS={readmodel.status_line()}")
 
         runtime.on_reload(reloaded)
@@ -254,7 +256,7 @@ class Daemon:
             "outbox": notifier.outbox,
             "reminders": notifier.reminders,
             "heartbeat": lambda: heartbeat(runtime, supervisor.healthy),
-            "report": Reporter(s).run,
+            "report": reporter.run,
         }
         try:
             async with asyncio.TaskGroup() as group:

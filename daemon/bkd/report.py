@@ -205,9 +205,11 @@ class Reporter:
 
     def __init__(self, services: Services):
         self.s = services
+        self.wake = asyncio.Event()  # set by a reload: [report] may have changed
 
     async def run(self) -> None:
         while True:
+            self.wake.clear()
             config = self.s.runtime.config.report
             now = clock.now()
             if config.enabled and config.notify:
@@ -216,7 +218,10 @@ class Reporter:
                     await self.send(day, now)
                     continue
             wait = (next_time(now, config.at, config.zone) - now).total_seconds()
-            await asyncio.sleep(min(LOOK_EVERY, max(1.0, wait)))
+            try:
+                await asyncio.wait_for(self.wake.wait(), min(LOOK_EVERY, max(1.0, wait)))
+            except TimeoutError:
+                pass
 
     async def send(self, day: str, now: datetime) -> None:
         digest = await gather(self.s, DAILY_PERIOD, now=now)
