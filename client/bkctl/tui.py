@@ -19,7 +19,7 @@ from .fmt import number, parse_time, relative, size, span, sparkline
 
 REDRAW_EVERY = 0.25  # seconds: at most four redraws a second, however fast events come
 RECONNECT_EVERY = 1.0
-REPORT_EVERY = 60.0  # seconds: the cards' digest is fetched again at least this often (and after runs)
+REPORT_EVERY = 60.0  # seconds: the cards' digest (a month of statistics) is fetched again this often
 CARD_WIDTH = 42
 HELP = [
     "up/down, j/k   select a host",
@@ -394,7 +394,6 @@ class _Screen:
             status = self.call("status")
             if status:
                 self.model.apply_status(status)
-            self.refresh_report()
             self.detail_for = None
         return changed
 
@@ -429,6 +428,8 @@ class _Screen:
             model.clamp()
         elif key == ord("v"):
             model.view = "cards" if model.view == "table" else "table"
+            if time.monotonic() - self.report_at >= REPORT_EVERY / 6:
+                self.refresh_report()
         elif key == ord("?"):
             model.message = " | ".join(HELP)
         elif key == curses.KEY_RESIZE:

@@ -21,7 +21,9 @@ key per day and sink)."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
+import re
 from collections import Counter
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from . import __version__, clock, disk, episodes
-from .layout import TIME_FORMAT, HostDir, SnapshotName
+from .layout import TIME_FORMAT, HostDir
 from .notify.sinks import server_name
 from .pipeline.prune import host_plan
 from .scheduler import is_stale
@@ -43,6 +45,7 @@ TREND_DAYS = 30
 DAILY_PERIOD = timedelta(days=1)
 MAX_PERIOD = timedelta(days=366)
 LAST_SENT = "report.last"  # kv: the local day of the last daily report queued
+_SNAPSHOT = re.compile(r"\d{4}-\d\d-\d\d_\d{6}(-\d+)?")
 LOOK_EVERY = 60.0  # seconds: the loop looks at the clock (and a reloaded [report]) at least this often
 
 
@@ -72,14 +75,19 @@ def next_time(now: datetime, at: time, zone: tzinfo) -> datetime:
 
 def trend(rows: list[dict], days: list[date], zone: tzinfo) -> list[dict]:
     """One entry per day (in the report's zone): snapshots made, the size of
-    the day's last snapshot, files changed over the day, the slowest run."""
-    by_day: dict[date, dict] = {day: {"day": day.isoformat(), "snapshots": 0, "bytes": None,
-                                      "changed_files": None, "duration_s": None} for day in days}
+    the day's last snapshot, files changed over the day, the slowest run.
+    rows are sorted by name; a name's day is found by comparing it with the
+    names of the days' first instants (names sort as their times do), so a
+    month of hourly snapshots is a few string comparisons each."""
+    bounds = [_name_at(datetime.combine(day, time(0), tzinfo=zone)) for day in days]
+    bounds.append(_name_at(datetime.combine(days[-1] + timedelta(days=1), time(0), tzinfo=zone)))
+    entries = [{"day": day.isoformat(), "snapshots": 0, "bytes": None, "changed_files": None, "duration_s": None}
+               for day in days]
     for row in rows:  # oldest first: the last one of a day sets its size
-        name = SnapshotName.parse(row["name"])
-        entry = by_day.get(name.time.astimezone(zone).date()) if name else None
-        if entry is None:
+        index = bisect.bisect_right(bounds, row["name"]) - 1
+        if not 0 <= index < len(days) or not _SNAPSHOT.fullmatch(row["name"]):
             continue
+        entry = entries[index]
         entry["snapshots"] += 1
         if row["bytes"] is not None:
             entry["bytes"] = row["bytes"]
@@ -87,7 +95,12 @@ def trend(rows: list[dict], days: list[date], zone: tzinfo) -> list[dict]:
             entry["changed_files"] = (entry["changed_files"] or 0) + row["changed_files"]
         if row["duration_s"] is not None:
             entry["duration_s"] = max(entry["duration_s"] or 0, row["duration_s"])
-    return list(by_day.values())
+    return entries
+
+
+def _period(rows: list[dict], start: str) -> dict:
+    made = rows[bisect.bisect_left([r["name"] for r in rows], start):]
+    return {"snapshots": len(made), "changed_files": sum(r["changed_files"] or 0 for r in made)}
 
 
 def _tiers(host_dir: HostDir, policy, now: datetime) -> dict[str, int]:
@@ -144,10 +157,21 @@ async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str]
     latest = {name: readmodel.facts_of(name).latest for name in names}
     stats = await store.snapshots.stats_of_many([(h, str(n)) for h, n in latest.items() if n])
     results = await store.jobs.results_since(clock.iso_ms(since))
-    rows = await store.snapshots.trend(names, _name_at(min(first, since)))
+    start = _name_at(since)
+    rows = await store.snapshots.trend(names, _name_at(min(first, since)) if trends else start)
     policies = {name: config.settings(config.find_host(name)).retention for name in names}
-    tiers = await asyncio.to_thread(
-        lambda: {name: _tiers(HostDir.of(config.backup_root, name), policies[name], now) for name in names})
+
+    def per_host() -> dict[str, dict]:
+        """The listing of hourly/ and the arithmetic over rows, off the event loop."""
+        found = {}
+        for name in names:
+            found[name] = {"period": _period(rows[name], start)}
+            if trends:
+                tiers = _tiers(HostDir.of(config.backup_root, name), policies[name], now)
+                found[name].update(snapshots=sum(tiers.values()), tiers=tiers, trend=trend(rows[name], days, zone))
+        return found
+
+    computed = await asyncio.to_thread(per_host)
     current = sorted(s.alerts.current.values(), key=lambda e: e["id"])
     silenced = {e["id"]: s.alerts.is_silenced(e["kind"], e["host"], now) for e in current}
     digest_hosts = []
@@ -156,7 +180,6 @@ async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str]
         facts, record, snapshot = readmodel.facts_of(name), readmodel.record(name), latest[name]
         recorded = stats.get((name, str(snapshot)), {}) if snapshot else {}
         settings = config.settings(host)
-        in_period = [r for r in rows[name] if r["name"] >= _name_at(since)]
         entry = {
             "name": name,
             "last_snapshot": str(snapshot) if snapshot else None,
@@ -170,14 +193,11 @@ async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str]
             "readable": facts.error is None,
             "bytes": recorded.get("bytes"), "files": recorded.get("files"),
             "changed_files": recorded.get("changed_files"), "duration_s": recorded.get("duration_s"),
-            "snapshots": sum(tiers[name].values()), "tiers": tiers[name], "archives": facts.archives,
-            "monthly": len(facts.monthly),
-            "period": {"runs": results.get(name, {}), "snapshots": len(in_period),
-                       "changed_files": sum(r["changed_files"] or 0 for r in in_period)},
+            "snapshots": facts.snapshots, "archives": facts.archives, "monthly": len(facts.monthly),
+            "period": {"runs": results.get(name, {}), **computed[name].pop("period")},
             "alerts": [_alert(e, silenced[e["id"]]) for e in current if e["host"] == name],
+            **computed[name],  # with trends: the snapshots counted in this listing, tiers, trend
         }
-        if trends:
-            entry["trend"] = trend(rows[name], days, zone)
         digest_hosts.append(entry)
     samples = await store.disk.samples() if trends else []
     by_kind = Counter(e["kind"] for e in current)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import doctables
 import exposition
 from conftest import make_tree, wait_until
 from receivers import HttpReceiver
@@ -89,6 +90,11 @@ def test_every_metric_the_rules_and_the_dashboard_use_exists(watched, tmp_path):
     assert len(used) >= 15
     missing = sorted(name for name in used if name not in families or not families[name].samples)
     assert missing == [], f"the rules or the dashboard use metrics bkd does not write: {missing}"
+    # docs/watching.md names each metric's labels as they are.
+    for name, kind, labels, _ in doctables.table("watching.md", "## Metrics and Prometheus"):
+        documented = set() if labels == "—" else set(labels.split(", "))
+        assert families[name].type == kind and families[name].samples, name
+        assert all(set(sample[0]) == documented for sample in families[name].samples), name
     # The textfile node-exporter reads is the same exposition.
     textfile = tmp_path / "bkd.prom"
     wait_until(textfile.exists, 15, what="the textfile")

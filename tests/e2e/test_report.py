@@ -7,7 +7,10 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 from datetime import datetime, timedelta, timezone
+
+import pytest
 
 import browser
 import png
@@ -82,6 +85,7 @@ def test_the_report_shows_every_host_a_month_of_trends_and_nothing_a_viewer_may_
     assert trend[0]["duration_s"] == max(p["duration_s"] for p in first_day)
     assert all(day["snapshots"] == 0 for day in hosts["db1"]["trend"])
     assert digest["disk"]["total_bytes"] > 0 and digest["disk"]["trend"][-1]["used_bytes"] > 0
+    assert digest["disk"]["days_to_full"] is None  # no growth to speak of yet
 
     text = daemon.bkctl("report")
     assert text.returncode == 0 and all(name in text.stdout for name in hosts)
@@ -142,6 +146,27 @@ def test_report_since_sets_the_period_and_bad_input_is_named(tmp_path, daemon_fa
     unwritable = daemon.bkctl("report", "--html", str(tmp_path / "no" / "such" / "dir.html"))
     assert unwritable.returncode == 1 and "cannot write" in unwritable.stderr
     assert daemon.bkctl("report", "--bogus").returncode == 2
+
+
+def test_the_report_forecasts_when_the_backup_root_fills_as_the_disk_alert_does(tmp_path, daemon_factory):
+    from bkd import disk
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 2))}]).start()
+    used = daemon.bkctl_json("report")["disk"]["used_bytes"]
+    now = datetime.now(timezone.utc)
+    samples = [{"time": (now - timedelta(days=n)).strftime("%Y-%m-%dT%H:%M:%SZ"), "used_bytes": used - n * 2**30,
+                "free_bytes": 0, "used_inodes": 0, "free_inodes": 0} for n in (12, 8, 4)]
+    with sqlite3.connect(daemon.workdir / "state" / "bkd.sqlite") as db:  # as the hourly sampler keeps them
+        db.executemany("INSERT INTO disk_samples VALUES (:time, :used_bytes, :free_bytes, :used_inodes, "
+                       ":free_inodes)", samples)
+    report = daemon.bkctl_json("report")["disk"]
+    current = {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "used_bytes": report["used_bytes"],
+               "free_bytes": report["free_bytes"]}
+    expected = disk.days_to_full(samples + [current], now)
+    assert report["days_to_full"] == pytest.approx(expected, abs=0.2) and report["days_to_full"] > 0
+    assert report["full_by"] == (now + timedelta(days=report["days_to_full"])).date().isoformat()
+    days = {day["day"]: day["used_bytes"] for day in report["trend"]}
+    assert days[samples[0]["time"][:10]] == samples[0]["used_bytes"]
+    assert f"full in about {report['days_to_full']:g} days" in daemon.bkctl("report").stdout
 
 
 def test_report_statistics_come_from_the_database(tmp_path, daemon_factory):
