@@ -2,8 +2,12 @@
 plugin exit code, against fresh, stale, failing and hung hosts and a
 daemon that is not there."""
 
+import json
+import os
 import re
 import time
+
+import pytest
 
 from conftest import make_tree, slow_source, wait_until
 
@@ -97,3 +101,19 @@ def test_unknown_when_it_cannot_tell(tmp_path, daemon_factory):
     # Other commands keep their own exit codes for the same mistakes.
     assert daemon.bkctl("status", "--bogus").returncode == 2
     assert daemon.bkctl("status").returncode == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as other users needs root (CI runs as root)")
+def test_a_viewer_may_report_read_metrics_and_check_and_a_stranger_gets_unknown(tmp_path, short_tmp, daemon_factory):
+    from test_access import as_user
+    short_tmp.chmod(0o711)  # let the other uid reach the socket in it
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 3))}],
+                            access={"viewers": ["audio"], "operators": [], "admins": []}).start()
+    daemon.run_snapshot()
+    report = as_user(daemon, ["audio"], "--json", "report")
+    assert report.returncode == 0 and json.loads(report.stdout)["hosts"][0]["last_result"] == "ok"
+    assert as_user(daemon, ["audio"], "metrics").stdout.startswith("# HELP bkd_build_info")
+    viewer = as_user(daemon, ["audio"], "check")
+    assert viewer.returncode == 0 and viewer.stdout.startswith("BKD OK - 1 host ok")
+    stranger = as_user(daemon, [], "check")
+    assert stranger.returncode == 3 and stranger.stdout.startswith("BKD UNKNOWN - ") and "has no role" in stranger.stdout
