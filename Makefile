@@ -3,7 +3,7 @@ PYTHON  := /usr/bin/python3
 VENV    := .venv
 DEMO    := demo/run
 RUN_DEPS  := rsync python3-venv
-TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client tmux zstd pigz acl attr procps \
+TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client tmux zstd pigz acl attr procps chromium prometheus \
              python3-pip dpkg-dev debhelper lintian mmdebstrap systemd-container
 
 .PHONY: run test venv demo deb clean

@@ -13,7 +13,7 @@ import time
 
 from . import protocol
 from .client import Client, RemoteError, Unreachable
-from .fmt import colour, number, parse_time, progress_text, relative, size, span, table
+from .fmt import can_print, colour, number, parse_span, parse_time, progress_text, relative, size, span, table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 POLL_SECONDS = 0.5
@@ -21,6 +21,20 @@ POLL_SECONDS = 0.5
 
 class UsageError(Exception):
     """A command line that parses but does not make sense (exit code 2)."""
+
+
+class _ArgumentError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises instead of exiting, so that `bkctl check` can say UNKNOWN (3)
+    where every other command exits 2."""
+
+    def error(self, message: str):
+        raise _ArgumentError(self, message)
 
 
 # ---- commands ---------------------------------------------------------------
@@ -546,6 +560,61 @@ def cmd_audit(client: Client, args) -> int:
     return EXIT_FAILED if args.verify and not result["chain_ok"] else EXIT_OK
 
 
+def cmd_report(client: Client, args) -> int:
+    from . import report
+    params = {"since": args.since} if args.since else {}
+    result = client.call("report", params)
+    if args.html:
+        try:
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write(report.page_html(result))
+        except OSError as e:
+            print(f"bkctl: cannot write {display_name(args.html)}: {e.strerror}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.json:
+        return _print_json(result)
+    if args.html:
+        print(f"report written to {display_name(args.html)}")
+    else:
+        rendered = report.text(result)
+        print(rendered if can_print(rendered) else report.text(result, ascii=True), end="")
+    return EXIT_OK
+
+
+def cmd_metrics(client: Client, args) -> int:
+    result = client.call("metrics")
+    if args.json:
+        return _print_json(result)
+    print(result["text"], end="")
+    return EXIT_OK
+
+
+def run_check(path: str, timeout: float, args) -> int:
+    """`bkctl check`: every outcome is one line on stdout and a plugin exit code."""
+    from . import check
+    try:
+        warn_age = parse_span(args.warn_age) if args.warn_age else None
+        crit_age = parse_span(args.crit_age) if args.crit_age else None
+    except ValueError as e:
+        code, line = check.unknown(f"usage: {e}")
+    else:
+        if warn_age is not None and crit_age is not None and warn_age > crit_age:
+            code, line = check.unknown("usage: --warn-age is longer than --crit-age")
+        else:
+            try:
+                with Client(path, timeout) as client:
+                    _check_protocol(client)
+                    params = {"trends": False, **({"hosts": args.hosts} if args.hosts else {})}
+                    digest = client.call("report", params)
+                code, line = check.evaluate(digest, bool(args.hosts), warn_age, crit_age)
+            except Unreachable as e:
+                code, line = check.unknown(str(e))
+            except RemoteError as e:
+                code, line = check.unknown(e.message)
+    print(line)
+    return code
+
+
 def _print_json(result: dict) -> int:
     print(json.dumps(result, indent=None))
     return EXIT_OK
@@ -563,7 +632,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="print the daemon's answer as JSON")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="S",
                         help="seconds to wait for each answer (default 30)")
-    parser = argparse.ArgumentParser(prog="bkctl", parents=[common],
+    parser = _Parser(prog="bkctl", parents=[common],
                                      description="control and query the bkd backup daemon")
     parser.add_argument("--version", action="store_true", help="print the client version")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -642,15 +711,47 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--topic", action="append", choices=["job", "host", "progress", "log", "alert"],
                        help="only these topics (repeatable)")
     commands.add_parser("top", parents=[common], help="full-screen live status (curses)")
+    report = add("report", cmd_report, "the fleet digest the daily report sends (--html FILE: a page with charts)")
+    report.add_argument("--since", metavar="DURATION", help="runs of this last period (default 1d), e.g. 7d")
+    report.add_argument("--html", metavar="FILE", help="write the report as a self-contained HTML page")
+    add("metrics", cmd_metrics, "the Prometheus exposition")
+    check = commands.add_parser("check", parents=[common], help="a monitoring-plugin check: exit 0 OK, 1 WARNING, "
+                                "2 CRITICAL, 3 UNKNOWN, one line with perfdata",
+                                description="a monitoring-plugin check (Nagios, Icinga, Checkmk)")
+    check.add_argument("hosts", nargs="*", metavar="HOST", help="only these hosts (default: every host, and "
+                       "alerts about no host)")
+    check.add_argument("--warn-age", metavar="DURATION", help="WARNING when a host's newest snapshot is older")
+    check.add_argument("--crit-age", metavar="DURATION", help="CRITICAL when a host's newest snapshot is older "
+                       "(default: the daemon's stale rule)")
     prune = add("prune", cmd_prune, "apply retention now (deleted snapshots go to the trash first)")
     prune.add_argument("hosts", nargs="*", metavar="HOST")
     prune.add_argument("--dry-run", action="store_true", help="print the plan: keep/delete, tier and reason")
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of a command line (after the global options)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--socket", "--timeout"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parser.parse_args(argv)
+    except _ArgumentError as e:
+        if _command_of(argv) == "check":
+            print(f"BKD UNKNOWN - usage: {e}")
+            return 3
+        e.parser.print_usage(sys.stderr)
+        print(f"{e.parser.prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     args.json = getattr(args, "json", False)
     path = getattr(args, "socket", None) or protocol.default_socket()
     timeout = getattr(args, "timeout", 30.0)
@@ -662,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "restore-transport":
         return cmd_restore_transport(args)
+    if args.command == "check":
+        return run_check(path, timeout, args)
     if args.command == "top":
         from .tui import run_top
         return run_top(path, timeout, check=_check_protocol)

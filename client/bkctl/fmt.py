@@ -75,3 +75,36 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def strip_colour(text: str) -> str:
     return re.sub(r"\033\[[0-9;]*m", "", text)
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+SPARK_ASCII = "_.-=+*#@"
+
+
+def sparkline(values: list, ascii: bool = False) -> str:
+    """One character per value, scaled to the largest; a gap for a missing one."""
+    marks = SPARK_ASCII if ascii else SPARK
+    top = max((v for v in values if v is not None), default=0)
+    return "".join(" " if v is None else marks[min(len(marks) - 1, int(len(marks) * v / top)) if top else 0]
+                   for v in values)
+
+
+def can_print(text: str, stream=None) -> bool:
+    encoding = getattr(stream or sys.stdout, "encoding", None) or "ascii"
+    try:
+        text.encode(encoding)
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+_SPAN_PART = re.compile(r"(\d+)([smhdw])")
+_SPAN_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_span(text: str) -> int:
+    """'90s', '2h', '1h30m', '7d' → seconds, as the config's durations are written."""
+    text = text.strip()
+    if not text or _SPAN_PART.sub("", text):
+        raise ValueError(f"invalid duration {text!r}: use a number and a unit (s, m, h, d, w), e.g. '2h'")
+    return sum(int(n) * _SPAN_UNITS[unit] for n, unit in _SPAN_PART.findall(text))

@@ -54,6 +54,7 @@ class Method(StrEnum):
     ALERTS_UNSILENCE = "alerts.unsilence"
     NOTIFY_STATUS = "notify.status"
     NOTIFY_TEST = "notify.test"
+    REPORT = "report"
     AUDIT_LIST = "audit.list"
     METRICS = "metrics"
     HOSTS_LIST = "hosts.list"

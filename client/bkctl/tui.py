@@ -4,6 +4,7 @@ fed by pushed events, and a thin curses shell around it."""
 from __future__ import annotations
 
 import curses
+import locale
 import os
 import queue
 import sys
@@ -14,15 +15,18 @@ from datetime import datetime, timezone
 
 from . import protocol
 from .client import Client, RemoteError, Unreachable
-from .fmt import parse_time, relative, size, span
+from .fmt import number, parse_time, relative, size, span, sparkline
 
 REDRAW_EVERY = 0.25  # seconds: at most four redraws a second, however fast events come
 RECONNECT_EVERY = 1.0
+REPORT_EVERY = 60.0  # seconds: the cards' digest (a month of statistics) is fetched again this often
+CARD_WIDTH = 42
 HELP = [
     "up/down, j/k   select a host",
     "r              run a snapshot of the selected host now",
     "c              cancel the selected host's run (asks first)",
     "a              acknowledge the selected host's open alerts (asks first)",
+    "v              host cards (tiers, archives, size and its 30 days) / the table",
     "/              filter hosts by name (empty: all)",
     "?              this help",
     "q              quit",
@@ -39,6 +43,9 @@ class ViewModel:
     connected: bool = False
     detail: dict = field(default_factory=dict)  # the selected host's recent runs and snapshots
     alert_records: dict[int, dict] = field(default_factory=dict)  # current episodes by id
+    cards: dict[str, dict] = field(default_factory=dict)  # each host's part of the `report` digest
+    view: str = "table"  # or "cards"
+    unicode: bool = True  # the terminal shows block characters (sparklines, borders)
 
     @property
     def alerts(self) -> dict[str, int]:
@@ -48,6 +55,9 @@ class ViewModel:
             if alert.get("host"):
                 counts[alert["host"]] = counts.get(alert["host"], 0) + 1
         return counts
+
+    def apply_report(self, digest: dict) -> None:
+        self.cards = {host["name"]: host for host in digest["hosts"]}
 
     def apply_alerts(self, alerts: list[dict]) -> None:
         self.alert_records = {alert["id"]: alert for alert in alerts}
@@ -150,6 +160,48 @@ class ViewModel:
             lines.append(f"  … {len(ordered) - limit} more (bkctl alerts)")
         return lines
 
+    def card_facts(self, name: str) -> list[str]:
+        """What a host's card says beyond the table: its snapshots by retention
+        tier, archives and monthly copies, size, and the last 30 days' sizes."""
+        card = self.cards.get(name)
+        if card is None:
+            return ["(no digest yet)"]
+        tiers = " ".join(f"{tier} {card['tiers'].get(tier, 0)}" for tier in ("hourly", "daily", "monthly"))
+        extra = " ".join(f"{tier} {count}" for tier, count in sorted(card["tiers"].items())
+                         if tier not in ("latest", "hourly", "daily", "monthly"))
+        sizes = [day["bytes"] for day in card.get("trend", [])][-30:]
+        return [f"tiers: {tiers}" + (f" {extra}" if extra else ""),
+                f"archives {card['archives']}, monthly copies {card['monthly']}",
+                f"size {size(card['bytes'])}, {number(card['files'])} files",
+                f"30d {sparkline(sizes, ascii=not self.unicode) if sizes else '-'}"]
+
+    def card_lines(self, now: datetime, width: int) -> list[str]:
+        """Every visible host as a card, as many side by side as fit."""
+        inner = CARD_WIDTH - 4
+        across = max(1, (width + 1) // (CARD_WIDTH + 1))
+        rule, side = ("─", "│") if self.unicode else ("-", "|")
+        corners = ("┌┐└┘" if self.unicode else "++++")
+        boxes = []
+        for index, name in enumerate(self.visible()):
+            host = self.hosts[name]
+            mark = ">" if index == self.selected else " "
+            result = host.get("last_result") or "-"
+            title = f"{mark}{name[:inner - len(result) - 3]} "
+            top = corners[0] + rule + title + rule * (CARD_WIDTH - 5 - len(title) - len(result)) + f" {result}" + \
+                rule + corners[1]
+            age = relative(host.get("last_snapshot_time"), now)
+            alerts = self.alerts.get(name, 0)
+            body = [f"{host['state']}, last snapshot {age}" + (f", {alerts} alert(s)" if alerts else ""),
+                    *self.card_facts(name)]
+            boxes.append([top] + [f"{side} {line[:inner]:<{inner}} {side}" for line in body]
+                         + [corners[2] + rule * (CARD_WIDTH - 2) + corners[3]])
+        lines = []
+        for start in range(0, len(boxes), across):
+            row = boxes[start:start + across]
+            for i in range(max(len(box) for box in row)):
+                lines.append(" ".join(box[i] if i < len(box) else " " * CARD_WIDTH for box in row))
+        return lines or ["no hosts" + (f" match /{self.filter}" if self.filter else "")]
+
     def open_alert_ids(self, host: str) -> list[int]:
         return sorted(a["id"] for a in self.alert_records.values() if a.get("host") == host and a["state"] == "open")
 
@@ -159,6 +211,8 @@ class ViewModel:
             return ["no hosts" + (f" match /{self.filter}" if self.filter else "")]
         host = self.hosts[name]
         lines = [f"{name}: last snapshot {host.get('last_snapshot') or '-'}"]
+        if name in self.cards:
+            lines.append("  " + "; ".join(self.card_facts(name)))
         if host.get("last_error"):
             lines.append(f"  last error: {host['last_error']}")
         if self.detail.get("host") == name:
@@ -222,8 +276,14 @@ def run_top(path: str, timeout: float, check) -> int:
     curses.use_env(False)
     for stale in ("LINES", "COLUMNS"):
         os.environ.pop(stale, None)
+    try:  # the user's locale, so that curses draws the cards' block characters
+        locale.setlocale(locale.LC_ALL, "")
+    except locale.Error:
+        pass
+    screen = _Screen(path, timeout, check)
+    screen.model.unicode = locale.nl_langinfo(locale.CODESET).upper().replace("-", "") == "UTF8"
     try:
-        return curses.wrapper(_Screen(path, timeout, check).loop)
+        return curses.wrapper(screen.loop)
     except KeyboardInterrupt:
         return 0
 
@@ -236,6 +296,7 @@ class _Screen:
         self.feed: Feed | None = None
         self.last_attempt = 0.0
         self.detail_for: str | None = None
+        self.report_at = 0.0
 
     def connect(self) -> None:
         self.disconnect()
@@ -246,6 +307,7 @@ class _Screen:
             self.check(self.calls)
             self.model.apply_status(self.calls.call("status"))
             self.model.apply_alerts(self.calls.call("alerts.list")["alerts"])
+            self.refresh_report()
             self.model.message = ""
             self.detail_for = None
         except (Unreachable, RemoteError) as e:
@@ -269,6 +331,13 @@ class _Screen:
             self.disconnect()
         return None
 
+    def refresh_report(self) -> None:
+        """The digest behind the host cards (tiers, archives, sizes over 30 days)."""
+        self.report_at = time.monotonic()
+        digest = self.call("report")
+        if digest:
+            self.model.apply_report(digest)
+
     def refresh_detail(self) -> None:
         name = self.model.current()
         if not name or not self.calls:
@@ -291,6 +360,9 @@ class _Screen:
             dirty |= self.drain()
             if self.model.current() != self.detail_for and self.model.connected:
                 self.refresh_detail()
+                dirty = True
+            if self.model.connected and time.monotonic() - self.report_at >= REPORT_EVERY:
+                self.refresh_report()
                 dirty = True
             dirty |= self.follow_terminal_size(screen)
             key = screen.getch()
@@ -354,6 +426,10 @@ class _Screen:
             model.filter = self.ask(screen, "filter: ", line=True)
             model.selected = 0
             model.clamp()
+        elif key == ord("v"):
+            model.view = "cards" if model.view == "table" else "table"
+            if time.monotonic() - self.report_at >= REPORT_EVERY / 6:
+                self.refresh_report()
         elif key == ord("?"):
             model.message = " | ".join(HELP)
         elif key == curses.KEY_RESIZE:
@@ -397,10 +473,14 @@ class _Screen:
         screen.erase()
         height, width = screen.getmaxyx()
         lines = [self.model.header(now), ""]
-        rows = self.model.rows(now, width - 3)
-        lines.append("  " + rows[0])
-        for index, row in enumerate(rows[1:]):
-            lines.append(("> " if index == self.model.selected else "  ") + row)
+        if self.model.view == "cards":
+            rows = []
+            lines += self.model.card_lines(now, width - 1)
+        else:
+            rows = self.model.rows(now, width - 3)
+            lines.append("  " + rows[0])
+            for index, row in enumerate(rows[1:]):
+                lines.append(("> " if index == self.model.selected else "  ") + row)
         lines += ["", *self.model.alert_lines(now), "", *self.model.detail_lines()]
         for y, text in enumerate(lines[: max(0, height - 1)]):
             attr = curses.A_REVERSE if y == 3 + self.model.selected and len(rows) > 1 else 0
@@ -408,7 +488,7 @@ class _Screen:
                 screen.addnstr(y, 0, text, max(1, width - 1), attr)
             except curses.error:
                 pass  # a terminal too small for even this: draw what fits
-        footer = self.model.message or "q quit  r run  c cancel  a ack alerts  / filter  ? help"
+        footer = self.model.message or "q quit  r run  c cancel  a ack alerts  v cards/table  / filter  ? help"
         try:
             screen.addnstr(height - 1, 0, footer, max(1, width - 1), curses.A_DIM)
         except curses.error:

@@ -8,6 +8,7 @@ import asyncio
 import fcntl
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from .plan import Lane
 from .readmodel import ReadModel
 from .receivers import Receivers
 from .recorder import Recorder
+from .report import Reporter
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
 from .runs import Limit, Registry
@@ -122,6 +124,7 @@ class Services:
     receivers: Receivers
     guard: SelfGuard
     notifier: Notifier | None = None
+    healthy: Callable[[], bool] = lambda: True  # the supervisor's verdict, once it exists
 
 
 class Daemon:
@@ -195,6 +198,7 @@ class Daemon:
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
                                      integrity, Hosts(runtime, guard), receivers, guard, notifier)
         textfile = Textfile(s)
+        reporter = Reporter(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
         pinger = Pinger()  # per-host dead-man pings, sent directly (never through the outbox)
         jobs.on_started.append(pinger.run_started)
@@ -222,6 +226,7 @@ class Daemon:
             textfile.changed.set()
             notifier.wake_reminders.set()  # sinks or their filters may have changed
             notifier.wake_outbox.set()
+            reporter.wake.set()
             notify(f"STATUS={readmodel.status_line()}")
 
         runtime.on_reload(reloaded)
@@ -248,6 +253,7 @@ class Daemon:
             await alerts.resolve(AlertKind.INTERNAL, None, subject=name)
 
         supervisor = Supervisor(failed, recovered)
+        s.healthy = supervisor.healthy
         loops = {
             "rpc": server.serve,
             "scheduler": scheduler.run,
@@ -261,6 +267,7 @@ class Daemon:
             "outbox": notifier.outbox,
             "reminders": notifier.reminders,
             "heartbeat": lambda: heartbeat(runtime, supervisor.healthy),
+            "report": reporter.run,
         }
         try:
             async with asyncio.TaskGroup() as group:

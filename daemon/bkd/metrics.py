@@ -1,14 +1,18 @@
-"""The Prometheus exposition (SPEC §8): the `metrics` RPC and, when
-[metrics].textfile is set, a node-exporter textfile rewritten atomically
-at most every TEXTFILE_EVERY seconds after a change.
+"""The Prometheus exposition (SPEC §8): the `metrics` RPC, `bkctl metrics`
+and, when [metrics].textfile is set, a node-exporter textfile rewritten
+atomically at most every TEXTFILE_EVERY seconds after a change, and at
+least every HEARTBEAT_EVERY seconds so that its heartbeat stays fresh.
 
-Built from the read model and a few small tables, never from the job
-history, so it costs the same on the first day and after years. Values are
-exact: integers as integers, timestamps to the second they name."""
+Two steps: `gather` collects the samples (from the read model and a few
+small tables, never from the job history, so it costs the same on the
+first day and after years); `render` formats them in the text format,
+exactly: integers as integers, timestamps to the second they name, HELP
+and TYPE before each family, label values escaped."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,112 +25,171 @@ if TYPE_CHECKING:
     from .app import Services
 
 TEXTFILE_EVERY = 5.0
+HEARTBEAT_EVERY = 60.0  # the textfile is rewritten at least this often, so a stale one means bkd is down
 
+# Every family, in the order it is written: name → (type, help).
 HELP = {
     "bkd_build_info": ("gauge", "bkd's version, as a label; always 1."),
-    "bkd_last_success_timestamp_seconds": ("gauge", "Time of the newest complete snapshot (Unix seconds)."),
+    "bkd_start_time_seconds": ("gauge", "When the daemon started (Unix seconds)."),
+    "bkd_heartbeat_timestamp_seconds": ("gauge", "When this exposition was made (Unix seconds); the textfile "
+                                                 "is rewritten at least every minute while bkd runs."),
+    "bkd_healthy": ("gauge", "1 while every supervised loop runs (as for the systemd watchdog), else 0."),
+    "bkd_last_success_timestamp_seconds": ("gauge", "Time of the newest complete snapshot (its name, Unix seconds)."),
+    "bkd_last_attempt_timestamp_seconds": ("gauge", "Start of the newest snapshot run, whatever its result "
+                                                    "(Unix seconds)."),
     "bkd_last_duration_seconds": ("gauge", "Duration of the newest snapshot's run."),
     "bkd_last_bytes": ("gauge", "Bytes in the newest snapshot (regular files)."),
     "bkd_last_files": ("gauge", "Regular files in the newest snapshot."),
     "bkd_last_changed_files": ("gauge", "Files created or modified by the newest snapshot."),
+    "bkd_snapshots": ("gauge", "Complete snapshots of the host."),
+    "bkd_archives": ("gauge", "Archives of the host."),
+    "bkd_monthly_copies": ("gauge", "Monthly (golden) copies of the host."),
     "bkd_runs_total": ("counter", "Finished runs by host, kind and status (survives history pruning)."),
     "bkd_failures_total": ("counter", "Backup runs that failed."),
+    "bkd_consecutive_failures": ("gauge", "Backup runs of the host that failed in a row (0: the last one worked)."),
     "bkd_stale": ("gauge", "1 when the newest snapshot is older than stale_factor times the interval."),
     "bkd_host_error": ("gauge", "1 when the host's directory cannot be read."),
     "bkd_running": ("gauge", "Runs in progress."),
     "bkd_queued": ("gauge", "Runs waiting for a free slot."),
     "bkd_deletion_queue": ("gauge", "Pruned snapshots still being deleted."),
-    "bkd_disk_free_bytes": ("gauge", "Free space on the backup root."),
+    "bkd_disk_size_bytes": ("gauge", "Size of the backup root's filesystem."),
+    "bkd_disk_free_bytes": ("gauge", "Free space on the backup root (for bkd's user)."),
+    "bkd_disk_inodes": ("gauge", "Inodes of the backup root's filesystem."),
+    "bkd_disk_free_inodes": ("gauge", "Free inodes on the backup root (for bkd's user)."),
     "bkd_open_alerts": ("gauge", "Alert episodes open or acknowledged, by kind."),
     "bkd_unacknowledged_alerts": ("gauge", "Alert episodes open and not acknowledged, by kind."),
     "bkd_notifications_delivered_total": ("counter", "Notifications delivered, by sink."),
-    "bkd_notifications_failed_total": ("counter", "Notifications given up (refused, or undeliverable for a day), by sink."),
+    "bkd_notifications_failed_total": ("counter", "Notifications given up (refused, or undeliverable for a day), "
+                                                  "by sink."),
     "bkd_notification_sink_failing": ("gauge", "Delivery attempts of the sink that failed in a row (0: it works)."),
     "bkd_outbox_depth": ("gauge", "Notifications queued for delivery, by sink."),
 }
 
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+Samples = dict[str, list[tuple[dict[str, str], object]]]  # family → [(labels, value)]
 
 
-def _labels(**labels: str) -> str:
-    return "{" + ",".join(f'{key}="{_label(str(value))}"' for key, value in labels.items()) + "}" if labels else ""
+def _seconds(time) -> int | None:
+    return int(time.timestamp()) if time is not None else None
 
 
-def _value(value) -> str:
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-        return str(int(value))
-    return repr(float(value))
-
-
-async def exposition(s: Services) -> str:
+async def gather(s: Services) -> Samples:
     config = s.runtime.config
     now = clock.now()
-    samples: dict[str, list[tuple[str, object]]] = {name: [] for name in HELP}
-    samples["bkd_build_info"].append((_labels(version=__version__), 1))
+    samples: Samples = {name: [] for name in HELP}
+
+    def add(name: str, value, **labels: str) -> None:
+        if value is not None:
+            samples[name].append((labels, value))
+
+    add("bkd_build_info", 1, version=__version__)
+    add("bkd_start_time_seconds", _seconds(s.info.started))
+    add("bkd_heartbeat_timestamp_seconds", _seconds(now))
+    add("bkd_healthy", s.healthy())
     readmodel = s.readmodel
     latest = {host.name: readmodel.facts_of(host.name).latest for host in config.host}
     stats = await s.store.snapshots.stats_of_many([(h, str(n)) for h, n in latest.items() if n])
     failures: dict[str, int] = {}
     for row in await s.store.jobs.run_counts():
-        samples["bkd_runs_total"].append((_labels(host=row["host"], kind=row["kind"], status=row["status"]),
-                                          row["count"]))
+        add("bkd_runs_total", row["count"], host=row["host"], kind=row["kind"], status=row["status"])
         if row["status"] == "failed" and row["kind"] in ("snapshot", "all"):
             failures[row["host"]] = failures.get(row["host"], 0) + row["count"]
     for host in config.host:
         name, snapshot = host.name, latest[host.name]
-        labels = _labels(host=name)
+        facts, record = readmodel.facts_of(name), readmodel.record(name)
         if snapshot:
-            samples["bkd_last_success_timestamp_seconds"].append((labels, int(snapshot.time.timestamp())))
+            add("bkd_last_success_timestamp_seconds", _seconds(snapshot.time), host=name)
+        add("bkd_last_attempt_timestamp_seconds", _seconds(record.last_attempt), host=name)
+        if snapshot:
             recorded = stats.get((name, str(snapshot)), {})
             for metric, key in (("bkd_last_duration_seconds", "duration_s"), ("bkd_last_bytes", "bytes"),
                                 ("bkd_last_files", "files"), ("bkd_last_changed_files", "changed_files")):
-                if recorded.get(key) is not None:
-                    samples[metric].append((labels, recorded[key]))
-        stale = is_stale(snapshot.time if snapshot else None, readmodel.record(name).added,
-                         config.settings(host), now)
-        samples["bkd_stale"].append((labels, stale))
-        samples["bkd_host_error"].append((labels, readmodel.facts_of(name).error is not None))
-        samples["bkd_failures_total"].append((labels, failures.get(name, 0)))
+                add(metric, recorded.get(key), host=name)
+        if facts.error is None:
+            add("bkd_snapshots", facts.snapshots, host=name)
+            add("bkd_archives", facts.archives, host=name)
+            add("bkd_monthly_copies", len(facts.monthly), host=name)
+        stale = is_stale(snapshot.time if snapshot else None, record.added, config.settings(host), now)
+        add("bkd_stale", stale, host=name)
+        add("bkd_host_error", facts.error is not None, host=name)
+        add("bkd_failures_total", failures.get(name, 0), host=name)
+        add("bkd_consecutive_failures", record.consecutive_failures, host=name)
     runs = s.registry.runs()
-    samples["bkd_running"].append(("", sum(run.status.value == "running" for run in runs)))
-    samples["bkd_queued"].append(("", sum(run.status.value == "queued" for run in runs)))
-    samples["bkd_deletion_queue"].append(("", len(s.housekeeping.collector.pending())))
+    add("bkd_running", sum(run.status.value == "running" for run in runs))
+    add("bkd_queued", sum(run.status.value == "queued" for run in runs))
+    add("bkd_deletion_queue", len(s.housekeeping.collector.pending()))
     try:
         disk = os.statvfs(config.backup_root)
-        samples["bkd_disk_free_bytes"].append(("", disk.f_bavail * disk.f_frsize))
     except OSError:
         pass
+    else:
+        add("bkd_disk_size_bytes", disk.f_blocks * disk.f_frsize)
+        add("bkd_disk_free_bytes", disk.f_bavail * disk.f_frsize)
+        add("bkd_disk_inodes", disk.f_files)
+        add("bkd_disk_free_inodes", disk.f_favail)
     for kind, count in sorted(s.alerts.open_by_kind().items()):
-        samples["bkd_open_alerts"].append((_labels(kind=kind), count))
+        add("bkd_open_alerts", count, kind=kind)
     unacknowledged: dict[str, int] = {}
     for episode in s.alerts.current.values():
         if episode["state"] == "open":
             unacknowledged[episode["kind"]] = unacknowledged.get(episode["kind"], 0) + 1
     for kind, count in sorted(unacknowledged.items()):
-        samples["bkd_unacknowledged_alerts"].append((_labels(kind=kind), count))
+        add("bkd_unacknowledged_alerts", count, kind=kind)
     if s.notifier is not None:
         for sink in await s.notifier.status():
-            labels = _labels(sink=sink["name"])
-            samples["bkd_notifications_delivered_total"].append((labels, sink["delivered"]))
-            samples["bkd_notifications_failed_total"].append((labels, sink["failed"]))
-            samples["bkd_notification_sink_failing"].append((labels, sink["failing"]))
-            samples["bkd_outbox_depth"].append((labels, sink["queued"]))
+            add("bkd_notifications_delivered_total", sink["delivered"], sink=sink["name"])
+            add("bkd_notifications_failed_total", sink["failed"], sink=sink["name"])
+            add("bkd_notification_sink_failing", sink["failing"], sink=sink["name"])
+            add("bkd_outbox_depth", sink["queued"], sink=sink["name"])
+    return samples
+
+
+# ---- the text format (version 0.0.4) ---------------------------------------------
+
+def _escape(text: str, quote: bool) -> str:
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if quote else text
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{key}="{_escape(str(value), True)}"' for key, value in labels.items()) + "}"
+
+
+def format_value(value) -> str:
+    """Integers exactly (a timestamp is never rounded), floats as Python's
+    shortest round-tripping repr, and the special values Prometheus spells."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
+def render(samples: Samples) -> str:
     lines = []
     for name, values in samples.items():
         kind, text = HELP[name]
-        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-        lines += [f"{name}{labels} {_value(value)}" for labels, value in values]
+        lines += [f"# HELP {name} {_escape(text, False)}", f"# TYPE {name} {kind}"]
+        lines += [f"{name}{_labels(labels)} {format_value(value)}" for labels, value in values]
     return "\n".join(lines) + "\n"
+
+
+async def exposition(s: Services) -> str:
+    return render(await gather(s))
 
 
 class Textfile:
     """Rewrites [metrics].textfile after changes, at most every TEXTFILE_EVERY
     seconds however many runs end, so a round of many hosts costs one write
-    every few seconds, not one full rebuild per host."""
+    every few seconds, not one full rebuild per host; and every
+    HEARTBEAT_EVERY seconds in any case, which keeps
+    bkd_heartbeat_timestamp_seconds moving while the daemon runs."""
 
     def __init__(self, services: Services):
         self.s = services
@@ -134,7 +197,10 @@ class Textfile:
 
     async def run(self) -> None:
         while True:
-            await self.changed.wait()
+            try:
+                await asyncio.wait_for(self.changed.wait(), HEARTBEAT_EVERY)
+            except TimeoutError:
+                pass
             self.changed.clear()
             path = self.s.runtime.config.metrics.textfile
             if path:

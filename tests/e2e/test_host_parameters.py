@@ -123,6 +123,7 @@ HOST_CALLS = {
     "alerts.ack": lambda h, tmp: {"host": h},
     "alerts.silence": lambda h, tmp: {"host": h, "for": "1h"},
     "alerts.unsilence": lambda h, tmp: {"host": h},
+    "report": lambda h, tmp: {"hosts": [h]},
     "prune": lambda h, tmp: {"hosts": [h], "dry_run": True},
     "hosts.test": lambda h, tmp: {"hosts": [h]},
 }

@@ -52,6 +52,7 @@ def matrix_params(tmp) -> dict[str, dict]:
         "alerts.unsilence": {"host": "web1"},
         "notify.status": {},
         "notify.test": {},
+        "report": {},
         "audit.list": {"verify": True},
         "hosts.test": {"hosts": ["web1"]},
         "config.reload": {},

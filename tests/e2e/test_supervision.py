@@ -16,7 +16,7 @@ import pytest
 from conftest import make_tree, wait_until
 
 LOOPS = ["rpc", "scheduler", "freshness", "sampler", "trash", "store-sync", "metrics-textfile", "history",
-         "watchdog"]
+         "watchdog", "report"]
 
 
 def log_events(daemon, name: str) -> list[dict]:

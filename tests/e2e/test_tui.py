@@ -130,3 +130,35 @@ def test_top_shows_open_alerts_in_a_pane_and_a_acknowledges_the_selected_hosts(t
     (alert,) = daemon.bkctl_json("alerts")["alerts"]
     assert (alert["state"], alert["acked_by"]) == ("acked", "root")
     tmux("send-keys", "q")
+
+
+@pytest.mark.parametrize("locale, block, corner", [("LANG=C.UTF-8", "▁", "┌"), ("LC_ALL=C", "_", "+")])
+def test_v_shows_host_cards_with_tiers_archives_and_a_month_of_sizes(tmp_path, daemon_factory, tmux,
+                                                                      locale, block, corner):
+    from test_report import plant_history
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "web1", 4))},
+                             {"name": "db1", "source": str(tmp_path / "missing")}]).start()
+    daemon.run_snapshot()
+    assert daemon.call("job.start", hosts=["web1"], kind="archive")["job_id"]
+    wait_until(lambda: daemon.call("status")["hosts"]["web1"]["state"] == "idle"
+               and (daemon.workdir / "backup/web1/archives").exists(), 30, what="the archive")
+    plant_history(daemon, "web1")
+    tmux("-u", "new-session", "-d", "-x", "130", "-y", "40",
+         f"env {locale} {BIN / 'bkctl'} --socket {daemon.socket} top")
+    wait_screen(tmux, lambda: "web1" in host_row(tmux, "web1"), "the host table")
+    tmux("send-keys", "v")
+    wait_screen(tmux, lambda: any(line.startswith(corner) for line in screen(tmux).splitlines()), "the host cards")
+    lines = screen(tmux).splitlines()
+    top = next((line for line in lines if " web1 " in line and line.startswith(corner)), None)
+    assert top, screen(tmux)
+    column = top.index(" web1 ") - 2  # the web1 card's left edge
+    card = [line[column:column + 42] for line in lines[lines.index(top):lines.index(top) + 7]]
+    text = "\n".join(card)
+    assert "tiers: hourly 29 daily 0 monthly 0" in text and "archives 1, monthly copies 0" in text  # + latest
+    assert "4 files" in text  # the newest snapshot's
+    spark = next(line for line in card if "30d " in line).split("30d ", 1)[1]
+    assert spark.count(block) >= 1 and len(spark.rstrip(" |│")) == 30  # a mark for each of the 30 days
+    assert "> db1" in top or ">db1" in " ".join(lines[:4])  # the selection is marked
+    tmux("send-keys", "v")
+    wait_screen(tmux, lambda: host_row(tmux, "web1"), "the table again")
+    tmux("send-keys", "q")

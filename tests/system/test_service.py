@@ -53,6 +53,15 @@ def test_lintian_accepts_the_package(deb):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_package_ships_the_prometheus_rules_the_grafana_dashboard_and_the_watching_docs(deb, tmp_path):
+    sh("dpkg-deb", "-x", str(deb), str(tmp_path))
+    for shipped, source in (("usr/share/bkd/prometheus/bkd.rules.yml", "contrib/prometheus/bkd.rules.yml"),
+                            ("usr/share/bkd/grafana/bkd-dashboard.json", "contrib/grafana/bkd-dashboard.json"),
+                            ("usr/share/doc/bkd/watching.md", "docs/watching.md"),
+                            ("usr/share/doc/bkd/images/report.png", "docs/images/report.png")):
+        assert (tmp_path / shipped).read_bytes() == (ROOT / source).read_bytes(), shipped
+
+
 def test_the_package_depends_on_a_python3_it_carries_a_build_for(deb):
     trees = sorted(set(re.findall(r"\./usr/lib/bkd/(python3\.\d+)/", sh("dpkg-deb", "-c", str(deb)).stdout)))
     assert trees == ["python3.11", "python3.13"]  # Debian 12 and 13
@@ -287,9 +296,13 @@ def test_the_package_as_installed(container, deb):
     for package in ("site-packages/bkd", f"{python}/pydantic_core"):  # compiled by postinst: /usr is read-only
         assert c.run("test", "-d", f"/usr/lib/bkd/{package}/__pycache__", check=False).returncode == 0, package
     assert c.run("bkctl", "--json", "status").returncode == 0
+    assert json.loads(c.run("bkctl", "--json", "report").stdout)["hosts"][0]["name"] == "local"
+    assert c.run("bkctl", "check", check=False).stdout.startswith("BKD ")
 
     wait_textfile(c)
-    assert 'bkd_last_success_timestamp_seconds{host="local"}' in c.run("cat", TEXTFILE).stdout
+    # Written at start, then again within 5 s of the run's end.
+    wait_until(lambda: 'bkd_last_success_timestamp_seconds{host="local"}' in c.run("cat", TEXTFILE).stdout, 15,
+               what="the textfile after the run")
 
 
 @pytest.mark.parametrize("debian_tree", ["bookworm"], indirect=True)

@@ -17,3 +17,10 @@ def test_the_roles_of_the_watching_methods():
     assert roles == {"alerts.ack": ("operator", True), "alerts.silence": ("operator", True),
                      "alerts.unsilence": ("operator", True), "notify.status": ("viewer", False),
                      "notify.test": ("operator", True)}
+
+
+def test_the_fleet_methods_are_for_viewers():
+    """`bkctl report`, `metrics` and `check` (daemon.info, then report) need no more than the viewer role."""
+    table = method_table(Api(None))
+    for name in ("report", "metrics", "daemon.info"):
+        assert (table[name].role, table[name].mutating) == ("viewer", False), name

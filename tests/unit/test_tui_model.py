@@ -74,3 +74,36 @@ def test_the_alerts_pane_follows_alert_events_unacknowledged_first():
     assert model.alerts == {"web1": 1, "db1": 1} and model.open_alert_ids("db1") == [2]
     model.apply_event({**base, "event": "resolved", "id": 2, "state": "resolved"})
     assert model.alerts == {"web1": 1} and model.open_alert_ids("web1") == []
+
+
+def digest():
+    trend = [{"day": f"2026-04-{d:02d}", "snapshots": 24, "bytes": d * 100, "changed_files": 1, "duration_s": 1.0}
+             for d in range(2, 31)] + [{"day": "2026-05-01", "snapshots": 0, "bytes": None, "changed_files": None,
+                                        "duration_s": None}]
+    web1 = {"name": "web1", "snapshots": 212, "tiers": {"latest": 1, "hourly": 180, "daily": 30, "monthly": 1},
+            "archives": 3, "monthly": 2, "bytes": 5 * 2**30, "files": 123456, "trend": trend}
+    db1 = {**web1, "name": "db1", "tiers": {"expired": 2}, "archives": 0, "monthly": 0, "bytes": None,
+           "files": None, "trend": [{**day, "snapshots": 0, "bytes": None} for day in trend]}
+    return {"hosts": [web1, db1]}
+
+
+def test_host_cards_show_tiers_archives_size_and_30_days_of_sizes():
+    model = ViewModel()
+    model.apply_status(status())
+    model.apply_report(digest())
+    *facts, spark = model.card_facts("web1")
+    assert facts == ["tiers: hourly 180 daily 30 monthly 1", "archives 3, monthly copies 2", "size 5.0 GiB, 123,456 files"]
+    # one mark a day, growing with the size, a gap for today (no snapshot yet)
+    assert spark.startswith("30d ▁") and spark.endswith("█ ") and len(spark) == 4 + 30
+    assert list(spark[4:-1]) == sorted(spark[4:-1])
+    assert model.card_facts("db1")[0] == "tiers: hourly 0 daily 0 monthly 0 expired 2"
+    assert model.card_facts("web2") == ["(no digest yet)"]
+    cards = model.card_lines(NOW, 130)
+    assert len(cards) == 7 and all(len(line) <= 130 for line in cards)  # three cards side by side
+    assert cards[0].startswith("┌─>db1 ") and " web1 " in cards[0] and " web2 " in cards[0]
+    assert "tiers: hourly 180 daily 30 monthly 1" in cards[2]
+    assert len(model.card_lines(NOW, 50)) == 7 + 7 + 4  # one a row on a narrow screen (web2: no digest yet)
+    model.unicode = False
+    ascii_cards = model.card_lines(NOW, 130)
+    assert ascii_cards[0].startswith("+->db1 ") and all(ord(c) < 128 for line in ascii_cards for c in line)
+    assert "db1: last snapshot" in model.detail_lines()[0] and "tiers:" in "".join(model.detail_lines())

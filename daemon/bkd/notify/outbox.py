@@ -134,6 +134,20 @@ class Notifier:
             self.unsaved.append((items, update))
         self.wake_outbox.set()
 
+    async def queue_report(self, digest: dict, day: str) -> list[str]:
+        """Queue the daily digest for the [report] notify sinks; one key per
+        day and sink, so a report queued twice (a restart) is sent once."""
+        config = self.runtime.config
+        targets = [sink for name in config.report.notify if (sink := config.find_sink(name))]
+        now = clock.now()
+        items = [{"key": f"bkd-{self.instance}-report-{day}-{sink.name}", "sink": sink.name,
+                  "event": sinkmod.REPORT, "episode_id": None, "alert": digest, "created": clock.iso(now),
+                  "created_s": time.time(), "next_attempt": time.time()} for sink in targets]
+        if items:
+            await self.store.outbox.enqueue(items)
+            self.wake_outbox.set()
+        return [sink.name for sink in targets]
+
     async def _save_unsaved(self) -> None:
         while self.unsaved:
             items, update = self.unsaved[0]

@@ -19,6 +19,8 @@ from email.utils import formatdate
 
 import structlog
 
+from bkctl import report as digest_view
+
 from .. import __version__
 from ..threads import in_own_thread
 from ..config.models import EmailSink, WebhookSink, redact_url
@@ -43,11 +45,14 @@ class Outcome:
     permanent: bool = False  # retrying cannot help (e.g. 4xx): a person must look
 
 
+REPORT = "report"  # the daily digest: not about one alert
+
+
 @dataclass(frozen=True)
 class Notification:
     key: str  # the idempotency key
-    event: str  # opened | reminder | resolved | test
-    alert: dict  # the record alerts.list shows
+    event: str  # opened | reminder | resolved | test | report
+    alert: dict  # the record alerts.list shows; for a report, the digest (the `report` RPC's result)
     server: str
 
 
@@ -59,6 +64,8 @@ def subject_line(n: Notification) -> str:
     """One line a person can triage from a phone: `[bkd backup1] web1: run failed (3×)`."""
     if n.event == "test":
         return f"[bkd {n.server}] test notification"
+    if n.event == REPORT:
+        return digest_view.summary(n.alert)
     alert = n.alert
     what = WHAT.get(alert["kind"], alert["kind"])
     if alert.get("subject"):
@@ -72,6 +79,9 @@ def subject_line(n: Notification) -> str:
 
 
 def webhook_body(n: Notification) -> bytes:
+    if n.event == REPORT:  # the digest as `bkctl report --json` prints it, under `report`
+        return json.dumps({"event": n.event, "report": n.alert, "server": n.server, "version": __version__,
+                           "idempotency_key": n.key, "text": subject_line(n)}, separators=(",", ":")).encode()
     return json.dumps({"event": n.event, "alert": n.alert, "server": n.server, "version": __version__,
                        "idempotency_key": n.key, "text": subject_line(n)}, separators=(",", ":")).encode()
 
@@ -104,6 +114,10 @@ def email_message(sink: EmailSink, n: Notification) -> EmailMessage:
     message["To"] = ", ".join(sink.to)
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = f"<{n.key}@bkd>"  # the idempotency key: receivers can deduplicate
+    if n.event == REPORT:
+        message.set_content(digest_view.text(n.alert))
+        message.add_alternative(digest_view.mail_html(n.alert), subtype="html")
+        return message
     rows = _details(n)
     message.set_content("\n".join(f"{name}: {value}" for name, value in rows) + "\n")
     cells = "".join(f"<tr><th style=\"text-align:left;padding-right:1em\">{html.escape(name)}</th>"

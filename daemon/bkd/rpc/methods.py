@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, access, browse, catalog, clock, metrics, selfguard
+from .. import __version__, access, browse, catalog, clock, metrics, report, selfguard
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..errors import Denied, InvalidArgument, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
@@ -176,6 +176,18 @@ class AlertsUnsilence(Params):
 class AlertsSilence(AlertsUnsilence):
     for_: Duration = Field(alias="for")
     note: Optional[str] = Field(None, max_length=1000)
+
+
+class Report(Params):
+    since: Optional[Duration] = None  # the period the digest's run counts cover (default: a day)
+    hosts: Optional[list[HostName]] = None
+    trends: bool = True  # the per-day series (bkctl check needs none)
+
+    @model_validator(mode="after")
+    def _period(self):
+        if self.since is not None and self.since > report.MAX_PERIOD:
+            raise ValueError(f"since: at most {report.MAX_PERIOD.days}d")
+        return self
 
 
 class NotifyTest(Params):
@@ -394,6 +406,11 @@ class Api:
         results = await self.s.notifier.test(p.sink)
         return {"results": results, "sinks": await self.s.notifier.status()}
 
+    async def report(self, p: Report, call: Call) -> dict:
+        """The fleet digest: counts and outcomes only, so it is for viewers too."""
+        hosts = self.s.jobs.host_names(p.hosts) if p.hosts else None
+        return await report.gather(self.s, p.since or report.DAILY_PERIOD, hosts, p.trends)
+
     async def prune(self, p: Prune, call: Call) -> dict:
         config = self.s.runtime.config
         plan = {}
@@ -481,6 +498,7 @@ def method_table(api: Api) -> dict[str, Method]:
         M.ALERTS_UNSILENCE: Method(AlertsUnsilence, api.alerts_unsilence, "operator", mutating=True),
         M.NOTIFY_STATUS: Method(NoParams, api.notify_status, "viewer"),
         M.NOTIFY_TEST: Method(NotifyTest, api.notify_test, "operator", mutating=True),
+        M.REPORT: Method(Report, api.report, "viewer"),
         M.AUDIT_LIST: Method(AuditList, api.audit_list, "admin"),
         M.METRICS: Method(NoParams, api.metrics, "viewer"),
         M.HOSTS_LIST: Method(NoParams, api.hosts_list, "viewer"),

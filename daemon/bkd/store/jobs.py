@@ -85,6 +85,17 @@ class JobStore:
     async def run_counts(self) -> list[dict]:
         return [dict(row) for row in await self.store.fetch("SELECT * FROM run_counts")]
 
+    async def results_since(self, since: str) -> dict[str, dict[str, int]]:
+        """host → {status: runs} of the backup runs (not dry runs) started since `since`."""
+        rows = await self.store.fetch(
+            "SELECT h.host, h.status, COUNT(*) AS n FROM jobs AS j JOIN job_hosts AS h USING (job_id) "
+            "WHERE j.started >= ? AND j.dry_run = 0 AND j.kind IN ('snapshot', 'all') "
+            "GROUP BY h.host, h.status", (since,))
+        found: dict[str, dict[str, int]] = {}
+        for row in rows:
+            found.setdefault(row["host"], {})[row["status"]] = row["n"]
+        return found
+
     async def mark_interrupted(self) -> int:
         """Runs left unfinished by a previous daemon (stopped or crashed) become interrupted."""
         unfinished = await self.store.fetch(

@@ -1,0 +1,283 @@
+"""The fleet digest as people read it: a terminal summary, a web page with
+inline SVG charts (`bkctl report --html FILE`) and a mail body with HTML/CSS
+bar charts (mail clients strip SVG and block remote content). One module,
+standard library only: bkctl renders the page, the daemon the mail.
+
+Both HTML forms are self-contained: no script, no stylesheet, font, image
+or link to anywhere, and the page carries a Content-Security-Policy that
+forbids loading anything, so opening it makes no network request."""
+
+from __future__ import annotations
+
+from html import escape
+
+from .fmt import number, size, span, sparkline
+
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+BAR = "#3b7dd8"  # host trend bars (the rendering test counts them: used for nothing else)
+DISK = "#8e6bbf"
+LEVELS = {"ok": "#2e8540", "warn": "#c7811c", "bad": "#c62828"}
+
+
+def seconds(value: float | None) -> str:
+    """A run's duration: tenths below ten seconds (most incremental runs), else as span does."""
+    if value is None:
+        return "-"
+    return f"{value:.1f}s" if value < 10 else span(value)
+
+
+METRICS = (("bytes", "size", size), ("changed_files", "changed files", number),
+           ("duration_s", "slowest run", seconds))
+
+
+def verdict(host: dict) -> tuple[str, str]:
+    """(what to call the host's state, ok|warn|bad)."""
+    if not host.get("readable", True):
+        return "unreadable", "bad"
+    if host["stale"]:
+        return "stale", "bad"
+    if host["last_result"] == "failed":
+        return "failing", "bad"
+    if any(a["state"] == "open" for a in host["alerts"]):
+        return "alert", "warn"
+    if host["last_result"] == "warning":
+        return "warning", "warn"
+    if host["last_snapshot"] is None:
+        return "no snapshot yet", "warn"
+    return "ok", "ok"
+
+
+def _runs(host: dict) -> str:
+    runs = host["period"]["runs"]
+    good = runs.get("ok", 0) + runs.get("warning", 0)
+    return f"{good}/{runs.get('failed', 0)}"
+
+
+def _age(host: dict) -> str:
+    return span(host["age_s"]) if host["age_s"] is not None else "-"
+
+
+def _took(host: dict) -> str:
+    return seconds(host["duration_s"])
+
+
+def summary(digest: dict) -> str:
+    """One line: the mail's subject, the webhook's `text`."""
+    levels = [verdict(h)[1] for h in digest["hosts"]]
+    line = f"[bkd {digest['server']}] report: {len(levels)} host{'s' * (len(levels) != 1)}"
+    problems = [f"{levels.count(level)} {word}" for level, word in (("bad", "failing or stale"),
+                                                                     ("warn", "to look at")) if levels.count(level)]
+    line += ", " + (", ".join(problems) if problems else "all ok")
+    if digest["alerts"]["open"]:
+        line += f", {digest['alerts']['open']} alert{'s' * (digest['alerts']['open'] != 1)}"
+    return line
+
+
+def _disk_line(disk: dict) -> str:
+    if "error" in disk:
+        return f"backup root: cannot read it ({disk['error']})"
+    line = (f"backup root: {disk['used_percent']}% used, {size(disk['free_bytes'])} of "
+            f"{size(disk['total_bytes'])} free, {number(disk['free_inodes'])} inodes free")
+    if disk.get("days_to_full") is not None:
+        line += f"; at the growth of the last weeks full in about {disk['days_to_full']:g} days ({disk['full_by']})"
+    else:
+        line += "; not filling up"
+    return line
+
+
+def _alert_text(alert: dict) -> str:
+    subject = f" ({alert['subject']})" if alert.get("subject") else ""
+    silenced = ", silenced" if alert.get("silenced") else ""
+    return (f"{alert['host'] or '-'} {alert['kind']}{subject}: {alert['state']}{silenced}, "
+            f"{alert['count']}x since {alert['first_seen']}")
+
+
+def _period(digest: dict) -> str:
+    return span(digest["period_s"])
+
+
+def text(digest: dict, ascii: bool = False) -> str:
+    from .fmt import table
+    lines = [f"bkd report for {digest['server']} at {digest['generated']} "
+             f"(runs of the last {_period(digest)}; trends over {digest['trend_days']} days, {digest['timezone']})"]
+    rows = []
+    for host in digest["hosts"]:
+        sizes = [d["bytes"] for d in host.get("trend", [])]
+        rows.append([host["name"], verdict(host)[0], host["last_snapshot"] or "-", _age(host), size(host["bytes"]),
+                     number(host["changed_files"]), _took(host), _runs(host),
+                     ",".join(sorted({a["kind"] for a in host["alerts"]})) or "-",
+                     sparkline(sizes, ascii) if sizes else "-"])
+    lines.append(table(["HOST", "STATE", "LAST SNAPSHOT", "AGE", "SIZE", "CHANGED", "TOOK", "RUNS OK/FAILED",
+                        "ALERTS", f"SIZE ({digest['trend_days']}d)"], rows) if rows else "no hosts configured")
+    lines.append(_disk_line(digest["disk"]))
+    alerts = digest["alerts"]
+    lines.append(f"alerts: {alerts['open']} current, {alerts['unacknowledged']} unacknowledged"
+                 if alerts["open"] else "alerts: none")
+    lines += [f"  {_alert_text(a)}" for a in alerts["current"]]
+    return "\n".join(lines) + "\n"
+
+
+# ---- HTML, shared by the page and the mail ---------------------------------------
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;margin:16px;background:#fff}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 6px}h3{font-size:15px;margin:0 0 6px}
+.sub{color:#666;font-size:13px}
+table.t{border-collapse:collapse;font-size:13px}
+table.t th{text-align:left;border-bottom:1px solid #ccc;padding:3px 10px 3px 0}
+table.t td{padding:3px 10px 3px 0;border-bottom:1px solid #eee}
+.badge{display:inline-block;padding:1px 6px;border-radius:3px;color:#fff;font-size:12px}
+.card{border:1px solid #ddd;border-radius:6px;padding:10px 12px;margin:10px 0}
+.facts{font-size:13px;color:#444;margin-bottom:6px}
+.charts{display:flex;flex-wrap:wrap;gap:18px}
+.chart{font-size:12px;color:#555}
+.meter{background:#eee;width:300px;height:12px;border-radius:3px;overflow:hidden}
+"""
+
+
+def _badge(host: dict) -> str:
+    word, level = verdict(host)
+    return f'<span class="badge" style="background:{LEVELS[level]}">{escape(word)}</span>'
+
+
+def _header(digest: dict) -> str:
+    disk = digest["disk"]
+    meter = ""
+    if "error" not in disk and disk["used_percent"] is not None:
+        meter = (f'<div class="meter"><div style="width:{min(100.0, disk["used_percent"])}%;height:12px;'
+                 f'background:{DISK}"></div></div>')
+    return (f"<h1>bkd report: {escape(digest['server'])}</h1>"
+            f'<div class="sub">{escape(digest["generated"])} &middot; runs of the last {escape(_period(digest))}'
+            f" &middot; trends over {digest['trend_days']} days ({escape(digest['timezone'])}) &middot; "
+            f"bkd {escape(digest['version'])}</div>"
+            f"<h2>Backup root</h2>{meter}<div class=\"facts\">{escape(_disk_line(disk))}</div>")
+
+
+def _overview(digest: dict) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("host", "state", "last snapshot", "age", "size", "changed",
+                                             "took", "runs ok/failed", "alerts"))
+    rows = "".join(
+        f"<tr><td>{escape(h['name'])}</td><td>{_badge(h)}</td><td>{escape(h['last_snapshot'] or '-')}</td>"
+        f"<td>{_age(h)}</td><td>{size(h['bytes'])}</td><td>{number(h['changed_files'])}</td>"
+        f"<td>{_took(h)}</td><td>{_runs(h)}</td>"
+        f"<td>{escape(', '.join(sorted({a['kind'] for a in h['alerts']})) or '-')}</td></tr>"
+        for h in digest["hosts"])
+    return f'<h2>Hosts</h2><table class="t"><tr>{head}</tr>{rows}</table>' if rows else "<p>No hosts.</p>"
+
+
+def _alerts(digest: dict) -> str:
+    current = digest["alerts"]["current"]
+    if not current:
+        return "<h2>Alerts</h2><p>None.</p>"
+    rows = "".join(f"<tr><td>{escape(a['host'] or '-')}</td><td>{escape(a['kind'])}</td>"
+                   f"<td>{escape(a['subject'] or '')}</td><td>{escape(a['state'])}"
+                   f"{' (silenced)' if a['silenced'] else ''}</td><td>{a['count']}</td>"
+                   f"<td>{escape(a['first_seen'])}</td></tr>" for a in current)
+    return ('<h2>Alerts</h2><table class="t"><tr><th>host</th><th>kind</th><th>subject</th><th>state</th>'
+            f"<th>count</th><th>since</th></tr>{rows}</table>")
+
+
+def _facts(host: dict) -> str:
+    tiers = ", ".join(f"{count} {tier}" for tier, count in sorted(host["tiers"].items())) or "none"
+    newest = (f"last snapshot {escape(host['last_snapshot'])} ({_age(host)} ago), {size(host['bytes'])}, "
+              f"{number(host['files'])} files, {number(host['changed_files'])} changed, took {_took(host)}"
+              if host["last_snapshot"] else "no snapshot yet")
+    return (f'<div class="facts">{newest}<br>{host["snapshots"]} snapshots ({escape(tiers)}), '
+            f"{host['archives']} archives, {host['monthly']} monthly copies; runs of the period: "
+            f"{_runs(host)} ok/failed</div>")
+
+
+def _has_history(host: dict) -> bool:
+    return any(d["snapshots"] for d in host.get("trend", []))
+
+
+class Series:
+    """One chart: a value per day, what it is called and how to show a value."""
+
+    def __init__(self, label: str, days: list[str], values: list, show, colour: str = BAR,
+                 top: float | None = None, **attrs: str):
+        self.label, self.days, self.values, self.show, self.colour = label, days, values, show, colour
+        self.top = top if top is not None else max((v for v in values if v is not None), default=0)
+        self.attrs = attrs
+
+    def height(self, value, full: int) -> int:
+        return max(1, round(full * value / self.top)) if value and self.top else 0
+
+    def caption(self) -> str:
+        latest = next((v for v in reversed(self.values) if v is not None), None)
+        return f"{escape(self.label)}: {escape(self.show(latest))} (peak {escape(self.show(self.top))})"
+
+    def tip(self, i: int) -> str:
+        return f"{escape(self.days[i])}: {escape(self.show(self.values[i]))}"
+
+
+def _host_series(host: dict) -> list[Series]:
+    days = [d["day"] for d in host["trend"]]
+    return [Series(label, days, [d[key] for d in host["trend"]], show, host=host["name"], metric=key)
+            for key, label, show in METRICS]
+
+
+def _disk_series(disk: dict) -> Series | None:
+    if not disk.get("trend") or not any(d["used_bytes"] for d in disk["trend"]):
+        return None
+    return Series("used", [d["day"] for d in disk["trend"]], [d["used_bytes"] for d in disk["trend"]], size,
+                  DISK, top=disk.get("total_bytes"), metric="disk")
+
+
+def _page(digest: dict, chart, head: str) -> str:
+    cards = []
+    for host in digest["hosts"]:
+        charts = ("".join(chart(series) for series in _host_series(host)) if _has_history(host)
+                  else f"<div class=\"sub\">no snapshots in the last {digest['trend_days']} days</div>")
+        cards.append(f'<div class="card"><h3>{escape(host["name"])} {_badge(host)}</h3>{_facts(host)}'
+                     f'<div class="charts">{charts}</div></div>')
+    disk = _disk_series(digest["disk"])
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{head}"
+            f"<title>{escape(summary(digest))}</title><style>{STYLE}</style></head><body>"
+            f"{_header(digest)}{chart(disk) if disk else ''}{_overview(digest)}{_alerts(digest)}"
+            f"<h2>Trends</h2>{''.join(cards)}</body></html>\n")
+
+
+# ---- the page: inline SVG ------------------------------------------------------------
+
+def _svg_chart(series: Series) -> str:
+    width, height, gap = 300, 60, 1
+    step = width / len(series.days)
+    bars = []
+    for i, value in enumerate(series.values):
+        h = series.height(value, height)
+        if not h:
+            continue
+        x = round(i * step)
+        w = max(1, round((i + 1) * step) - x - gap)
+        bars.append(f'<rect x="{x}" y="{height - h}" width="{w}" height="{h}" fill="{series.colour}">'
+                    f"<title>{series.tip(i)}</title></rect>")
+    attrs = "".join(f' data-{key}="{escape(value)}"' for key, value in series.attrs.items())
+    return (f'<div class="chart"><div>{series.caption()}</div>'
+            f'<svg class="trend"{attrs} width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+            f'shape-rendering="crispEdges" role="img" aria-label="{escape(series.label)} per day">'
+            f'<rect x="0" y="0" width="{width}" height="{height}" fill="#f6f6f6"/>{"".join(bars)}</svg>'
+            f"<div>{escape(series.days[0])} &ndash; {escape(series.days[-1])}</div></div>")
+
+
+def page_html(digest: dict) -> str:
+    return _page(digest, _svg_chart, f'<meta http-equiv="Content-Security-Policy" content="{CSP}">')
+
+
+# ---- the mail: tables and CSS, no SVG --------------------------------------------------
+
+def _mail_chart(series: Series) -> str:
+    height = 40
+    cells = []
+    for i, value in enumerate(series.values):
+        h = series.height(value, height)
+        bar = f'<div style="height:{h}px;background:{series.colour}"></div>' if h else ""
+        cells.append(f'<td title="{series.tip(i)}" style="vertical-align:bottom;width:5px;padding:0 1px 0 0">'
+                     f"{bar}</td>")
+    return (f'<div class="chart"><div>{series.caption()}</div>'
+            f'<table cellpadding="0" cellspacing="0" style="height:{height}px;background:#f6f6f6;'
+            f'border-collapse:collapse"><tr>{"".join(cells)}</tr></table></div>')
+
+
+def mail_html(digest: dict) -> str:
+    return _page(digest, _mail_chart, "")
