@@ -112,7 +112,7 @@ class JobStore:
             async with self.store.transaction() as db:
                 rows = await db.execute_fetchall(
                     f"SELECT job_id FROM jobs WHERE finished < ? AND status IN ({','.join('?' * len(_FINAL))}) "
-                    "ORDER BY job_id LIMIT ?", (cutoff, *_FINAL, batch))
+                    "ORDER BY finished LIMIT ?", (cutoff, *_FINAL, batch))  # jobs_by_finished: no table scan
                 ids = [row["job_id"] for row in rows]
                 if ids:
                     marks = ",".join("?" * len(ids))
@@ -130,7 +130,9 @@ class JobStore:
         if host:
             rows = await self.store.fetch(
                 "SELECT jobs.* FROM job_hosts JOIN jobs USING (job_id) WHERE host=? "
-                "ORDER BY job_id DESC LIMIT ?", (host, limit))
+                # job_hosts.job_id, not job_id: walks job_hosts_by_host backwards instead of
+                # sorting every run the host ever had.
+                "ORDER BY job_hosts.job_id DESC LIMIT ?", (host, limit))
         else:
             rows = await self.store.fetch("SELECT * FROM jobs ORDER BY job_id DESC LIMIT ?", (limit,))
         return await self._with_hosts(rows)
