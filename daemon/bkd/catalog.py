@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+from datetime import datetime
 
 import structlog
 
@@ -28,18 +29,23 @@ def read_meta(host_dir: HostDir, name: SnapshotName) -> dict:
     return {k: v for k, v in record.items() if k not in ("name", "time")} if isinstance(record, dict) else {}
 
 
+def _listing(host_dir: HostDir, policy: Retention, now: datetime) -> tuple[list[SnapshotName], dict[str, str]]:
+    """The host's complete snapshots, oldest first, and each one's retention
+    tier, in a worker thread: the retention plan of a thousand snapshots
+    takes milliseconds that the event loop should spend answering others."""
+    return host_dir.snapshots(), {d.snapshot: d.tier for d in host_plan(host_dir, policy, now)}
+
+
 async def list_snapshots(store: Store, host_dir: HostDir, policy: Retention, limit: int | None,
                          before: str | None) -> dict:
     """The newest `limit` complete snapshots older than `before` (all when no
     limit), oldest first, with `next_before` to ask for the page before them."""
     host = host_dir.root.name
-    names = await asyncio.to_thread(host_dir.snapshots)
-    end = len(names)
-    if before is not None:
-        parsed = SnapshotName.parse(before)
-        if parsed is None:
-            raise InvalidArgument(f"invalid params: before: {before!r} is not a snapshot name")
-        end = bisect.bisect_left(names, parsed)
+    parsed = None if before is None else SnapshotName.parse(before)
+    if before is not None and parsed is None:
+        raise InvalidArgument(f"invalid params: before: {before!r} is not a snapshot name")
+    names, tiers = await asyncio.to_thread(_listing, host_dir, policy, clock.now())
+    end = len(names) if parsed is None else bisect.bisect_left(names, parsed)
     start = max(0, end - limit) if limit else 0
     page = names[start:end]
     try:
@@ -57,7 +63,6 @@ async def list_snapshots(store: Store, host_dir: HostDir, policy: Retention, lim
             except STORE_ERRORS as e:
                 log.warning("store.write_failed", host=host, error=str(e))
         recorded = {**(recorded or {}), **found}
-    tiers = {d.snapshot: d.tier for d in host_plan(host_dir, policy, clock.now())}
     entries = []
     for name in page:
         stats = recorded.get(str(name), {})
