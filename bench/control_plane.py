@@ -49,6 +49,7 @@ import tomli_w
 
 from bkd.config.models import Retention
 from bkd.layout import TIME_FORMAT
+from bkd.metrics import TEXTFILE_EVERY
 from bkd.retention import plan
 from bkd.store import DATABASE_NAME
 
@@ -451,21 +452,30 @@ def one_round(state: State, client: Raw) -> float:
 
 
 def measure_rounds(state: State, client: Raw, pairs: int, report: Report) -> None:
+    """Rounds with the textfile off and on, interleaved. The daemon's own CPU
+    time per round (the textfile's last write, up to TEXTFILE_EVERY after the
+    round, included) is the ratio the machine's load hardly moves."""
     times: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     for index in range(pairs * 2):
-        textfile = index % 2 == 1  # off, on, off, on, ...: interleaved
+        textfile = index % 2 == 1  # off, on, off, on, ...
         state.write_config(textfile=textfile)
         client.call("config.reload")
         settle(state, client, 0.5)
+        before = cpu_seconds(state.proc.pid)
         times[textfile].append(one_round(state, client))
+        time.sleep(TEXTFILE_EVERY + 1)
+        cpu[textfile].append(cpu_seconds(state.proc.pid) - before)
     off, on = statistics.median(times[False]), statistics.median(times[True])
+    cpu_off, cpu_on = statistics.median(cpu[False]), statistics.median(cpu[True])
     for textfile in (False, True):
         values = times[textfile]
         report.add(f"round of {len(state.hosts)} hosts, textfile {'on' if textfile else 'off'}",
                    f"{statistics.median(values):.2f} s", "-", "on ≤ 1.1 × off" if textfile else "-",
                    (on <= 1.1 * off) if textfile else None,
-                   f"{len(values)} rounds, min {min(values):.2f} s, max {max(values):.2f} s"
-                   + (f"; on/off {on / off:.2f}" if textfile else ""))
+                   f"{len(values)} rounds, min {min(values):.2f} s, max {max(values):.2f} s; "
+                   f"daemon CPU {statistics.median(cpu[textfile]):.2f} s/round"
+                   + (f"; on/off {on / off:.2f} (CPU {cpu_on / cpu_off:.2f})" if textfile else ""))
     deadline = time.monotonic() + 15  # it is written at most every few seconds
     while not state.textfile.exists():
         if time.monotonic() > deadline:
@@ -563,7 +573,7 @@ def main() -> None:
         measure_idle(state, 2 if quick else 10, report, "after start")
         measure_queries(state, client, calls, report)
         measure_bkctl(state, calls, report)
-        measure_idle(state, 2 if quick else 10, report, "after the calls above")
+        measure_idle(state, 2 if quick else 65, report, "after the calls above")  # a freshness pass in it
         print(f"load after the calls: {load()}", flush=True)
         measure_rounds(state, client, pairs, report)
         wide = pairs * 2
