@@ -1,5 +1,6 @@
 """The store's answers for the control plane cost the same however long the
-job history is, and a read never sees half of a write transaction.
+job history is, saving a job writes only what moved, and a read never sees
+half of a write transaction.
 
 Cost is counted in SQLite virtual-machine steps (a progress handler), not
 timed: the same queries on ten times the history must take about the same
@@ -7,7 +8,10 @@ number of steps."""
 
 import asyncio
 import json
+import sqlite3
 from datetime import datetime, timedelta, timezone
+
+import pytest
 
 from bkd.store import Store
 
@@ -116,5 +120,73 @@ async def test_a_read_never_sees_half_of_a_write_transaction(tmp_path):
         job = await reader
         assert (job["finished"], [h["status"] for h in job["hosts"]]) in (
             (None, ["running", "running"]), (started, ["ok", "ok"]))
+    finally:
+        await store.close()
+
+
+def many_hosts_job(hosts: int) -> dict:
+    started = "2026-01-01T00:00:00.000Z"
+    return {"job_id": 7, "kind": "snapshot", "status": "running", "trigger": "manual", "dry_run": False,
+            "started": started, "finished": None,
+            "hosts": [{"host": f"h{i:03d}", "status": "queued", "stage": None, "started": None, "finished": None,
+                       "snapshot": None, "stats": None, "error": None, "detail": None} for i in range(hosts)]}
+
+
+async def statements(store: Store, work) -> list[str]:
+    seen = []
+    await store.db.set_trace_callback(seen.append)
+    try:
+        await work()
+    finally:
+        await store.db.set_trace_callback(None)
+    return [s for s in seen if s.split()[0] in ("SELECT", "INSERT", "UPDATE", "DELETE")]
+
+
+async def test_saving_a_many_host_job_writes_only_the_hosts_that_moved(tmp_path):
+    # Every stage of every host saved the whole job: a round of 100 hosts
+    # wrote 100 rows (and read 100) at each of ~400 saves.
+    store = await Store.open(tmp_path / "bkd.sqlite")
+    try:
+        job = many_hosts_job(100)
+        assert len(await statements(store, lambda: store.jobs.save(job))) == 1 + 2 * 100
+        run = job["hosts"][42]
+        run.update(status="running", stage="snapshot", started="2026-01-01T00:00:01.000Z")
+        assert len(await statements(store, lambda: store.jobs.save(job))) == 2  # the job and that host
+        run["stats"] = {"files": 1}
+        await store.jobs.save(job)
+        run["stats"]["files"] = 2  # the same dict, changed in place: still seen as a change
+        await store.jobs.save(job)
+        assert (await store.jobs.get(7))["hosts"][42]["stats"] == {"files": 2}
+        for run in job["hosts"]:
+            run.update(status="ok", finished="2026-01-01T00:01:00.000Z")
+        job.update(status="ok", finished="2026-01-01T00:01:00.000Z")
+        await store.jobs.save(job)
+        await store.jobs.save(job)  # idempotent: counted once
+        counts = await store.jobs.run_counts()
+        assert len(counts) == 100 and {c["count"] for c in counts} == {1}
+        assert {h["status"] for h in (await store.jobs.get(7))["hosts"]} == {"ok"}
+    finally:
+        await store.close()
+
+
+async def test_a_save_that_fails_is_written_whole_by_the_next_one(tmp_path):
+    store = await Store.open(tmp_path / "bkd.sqlite")
+    try:
+        job = many_hosts_job(3)
+        await store.jobs.save(job)
+        job["hosts"][0].update(status="running", stage="snapshot")
+        job["hosts"][1].update(status="ok", finished="2026-01-01T00:01:00.000Z")  # and its count
+
+        def no_counting(action, table, *rest):
+            return sqlite3.SQLITE_DENY if table == "run_counts" else sqlite3.SQLITE_OK
+
+        await store.db.set_authorizer(no_counting)
+        with pytest.raises(sqlite3.DatabaseError):
+            await store.jobs.save(job)  # rolled back after h000's row was written in it
+        await store.db.set_authorizer(None)
+        await store.jobs.save(job)
+        hosts = (await store.jobs.get(7))["hosts"]
+        assert [(h["status"], h["stage"]) for h in hosts] == [("running", "snapshot"), ("ok", None), ("queued", None)]
+        assert [(c["host"], c["count"]) for c in await store.jobs.run_counts()] == [("h001", 1)]
     finally:
         await store.close()

@@ -17,9 +17,16 @@ BACKUP_KINDS = (Kind.SNAPSHOT, Kind.ALL)
 _FINAL = tuple(sorted(FINAL_STATUSES))
 
 
+_ROW = ("status", "stage", "started", "finished", "snapshot", "stats", "error", "detail")
+
+
 class JobStore:
     def __init__(self, store: Store):
         self.store = store
+        # (job_id, host) → that job_hosts row as last committed, while the job
+        # runs: a save writes only the rows that moved, not all of a 100-host
+        # job's rows at every stage of every host (quadratic in a round).
+        self._committed: dict[tuple[int, str], tuple] = {}
 
     async def next_job_id(self) -> int:
         rows = await self.store.fetch(
@@ -31,6 +38,7 @@ class JobStore:
         """Write a job's whole record (idempotent: saving it again changes
         nothing). A host run that becomes final here is counted exactly once
         and moves that host's state."""
+        job_id, written = job["job_id"], {}
         async with self.store.transaction() as db:
             await db.execute(
                 "INSERT INTO jobs (job_id, kind, status, trigger, dry_run, started, finished) "
@@ -38,9 +46,16 @@ class JobStore:
                 "ON CONFLICT(job_id) DO UPDATE SET status=excluded.status, finished=excluded.finished",
                 {**job, "dry_run": int(job["dry_run"])})
             for run in job["hosts"]:
-                rows = await db.execute_fetchall(
-                    "SELECT status FROM job_hosts WHERE job_id=? AND host=?", (job["job_id"], run["host"]))
-                was_final = bool(rows) and rows[0]["status"] in FINAL_STATUSES
+                key, row = (job_id, run["host"]), tuple(run[column] for column in _ROW)
+                previous = self._committed.get(key)
+                if previous == row:
+                    continue
+                if previous is None:
+                    rows = await db.execute_fetchall(
+                        "SELECT status FROM job_hosts WHERE job_id=? AND host=?", key)
+                    was_final = bool(rows) and rows[0]["status"] in FINAL_STATUSES
+                else:
+                    was_final = previous[0] in FINAL_STATUSES
                 await db.execute(
                     "INSERT INTO job_hosts (job_id, host, status, stage, started, finished, snapshot, stats, "
                     "error, detail) VALUES (:job_id, :host, :status, :stage, :started, :finished, :snapshot, "
@@ -48,9 +63,17 @@ class JobStore:
                     "stage=excluded.stage, started=excluded.started, finished=excluded.finished, "
                     "snapshot=excluded.snapshot, stats=excluded.stats, error=excluded.error, "
                     "detail=excluded.detail",
-                    {**run, "job_id": job["job_id"], "stats": json.dumps(run["stats"]) if run["stats"] else None})
+                    {**run, "job_id": job_id, "stats": json.dumps(run["stats"]) if run["stats"] else None})
                 if run["status"] in FINAL_STATUSES and not was_final and not job["dry_run"]:
                     await self._count(db, job, run)
+                # A copy: the caller's stats dict may change after this.
+                written[key] = row[:5] + (dict(row[5]) if row[5] else row[5],) + row[6:]
+        # Remembered only once committed; a finished job is forgotten (saving it again reads its rows).
+        if all(run["status"] in FINAL_STATUSES for run in job["hosts"]):
+            for run in job["hosts"]:
+                self._committed.pop((job_id, run["host"]), None)
+        else:
+            self._committed.update(written)
 
     async def _count(self, db, job: dict, run: dict) -> None:
         await db.execute(
