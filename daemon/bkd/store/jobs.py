@@ -167,10 +167,13 @@ class JobStore:
         marks = ",".join("?" * len(ids))
         host_rows = await self.store.fetch(
             f"SELECT * FROM job_hosts WHERE job_id IN ({marks}) ORDER BY job_id, host", ids)
+        # Every row's stats in one json.loads: a thousand calls (a few jobs of
+        # a hundred hosts) cost more than the parsing itself.
+        stats = json.loads("[" + ",".join(row["stats"] or "null" for row in host_rows) + "]")
         by_job: dict[int, list[dict]] = {}
-        for row in host_rows:
+        for row, decoded in zip(host_rows, stats):
             record = dict(row)
-            record["stats"] = json.loads(record["stats"]) if record["stats"] else None
+            record["stats"] = decoded
             by_job.setdefault(record.pop("job_id"), []).append(record)
         jobs = []
         for row in job_rows:
