@@ -1,7 +1,7 @@
 """Benchmark: bkd's control plane on the state of a server that has run for a
 year, measured on the real daemon over its real socket.
 
-    .venv/bin/python bench/control_plane.py [--hosts 100] [--quick] [--workdir DIR] [--keep]
+    .venv/bin/python bench/control_plane.py [--hosts 100] [--calls 100] [--quick] [--workdir DIR] [--keep]
 
 It builds the state (untimed): every host with a real local source of a few
 files and the hourly snapshots a year of runs leaves under the default
@@ -13,13 +13,16 @@ itself created, with its snapshot rows, host_state and run_counts consistent
 with that history. Then it starts `bkd serve` (schedule disabled) and times,
 one method at a time:
 
-- status, metrics, snapshots.list (limit 50) and jobs.list (limit 50)
-  through a raw socket client (one connection, `--calls` calls each);
+- status, metrics, snapshots.list (limit 50), jobs.list (limit 50, all
+  hosts and one host) and schedule.list through a raw socket client (one
+  connection, `--calls` calls each, medians and p99, and the daemon's CPU
+  time per call);
 - `bkctl status`, `bkctl snapshots HOST` and `bkctl jobs --limit 50`, wall
   time including process start, next to a bare `python -c pass`;
 - the daemon's RSS and CPU while idle with that state;
 - rounds of `job.start` of every host until done, [metrics] textfile on and
-  off, interleaved;
+  off, interleaved; then jobs.list again, now that the newest jobs ran all
+  hosts each;
 - a prune of a host holding 2,000 snapshots until its trash is empty.
 
 The machine is shared and noisy: the load (`uptime`) is printed with the
@@ -533,6 +536,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a small state (10 hosts × 200 snapshots, 10,000 job rows) and few calls: "
                              "checks that the script works, measures little")
+    parser.add_argument("--calls", type=int, default=None,
+                        help="timed calls per method (default 100; 20 with --quick)")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                         help="where to build the state (a new directory inside it; default /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the state directory at the end")
@@ -541,7 +546,7 @@ def main() -> None:
     hosts = args.hosts or (10 if quick else 100)
     hours = 1000 if quick else 8760  # hourly runs per host: 10,000 job rows / a year
     snapshot_limit = 200 if quick else None
-    calls = 20 if quick else 100
+    calls = args.calls or (20 if quick else 100)
     pairs = 1 if quick else 5
     prune_snapshots, prune_trials = (1000, 1) if quick else (2000, 3)
 
