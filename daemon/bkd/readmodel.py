@@ -65,7 +65,9 @@ class _Listing:
 # burst that slowed every call made during it. A directory whose mtime has not
 # moved holds the same entries, so its listing is reused.
 _listings: dict[Path, _Listing] = {}
-RACY_NS = 1_000_000_000  # a directory changed this recently may change again within the same mtime tick
+# A directory changed this recently may change again within the same mtime
+# tick, unseen: more than the coarsest timestamps a backup root may have (2 s).
+RACY_NS = 3_000_000_000
 
 
 def _stamp(host_dir: HostDir) -> tuple[int | None, ...]:
