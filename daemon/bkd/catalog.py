@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+from datetime import datetime
 
 import structlog
 
@@ -15,12 +16,13 @@ from .config.models import Retention
 from .errors import InvalidArgument
 from .layout import HostDir, SnapshotName
 from .pipeline.prune import host_plan
+from .retention import Decision
 from .store import STORE_ERRORS, Store
 
 log = structlog.get_logger()
 
 
-def read_meta(host_dir: HostDir, name: SnapshotName) -> dict:
+def read_meta(host_dir: HostDir, name: SnapshotName | str) -> dict:
     try:
         record = json.loads(host_dir.meta_file(name).read_text())
     except (OSError, ValueError):
@@ -28,28 +30,36 @@ def read_meta(host_dir: HostDir, name: SnapshotName) -> dict:
     return {k: v for k, v in record.items() if k not in ("name", "time")} if isinstance(record, dict) else {}
 
 
+def _listing(host_dir: HostDir, policy: Retention, now: datetime) -> list[Decision]:
+    """Every complete snapshot of the host, oldest first, with its retention
+    tier: one read of hourly/, in a worker thread (the retention plan of a
+    thousand snapshots takes milliseconds the event loop should spend
+    answering others)."""
+    return [d for d in host_plan(host_dir, policy, now) if d.tier != "unknown"]  # unknown: not a snapshot name
+
+
 async def list_snapshots(store: Store, host_dir: HostDir, policy: Retention, limit: int | None,
                          before: str | None) -> dict:
     """The newest `limit` complete snapshots older than `before` (all when no
     limit), oldest first, with `next_before` to ask for the page before them."""
     host = host_dir.root.name
-    names = await asyncio.to_thread(host_dir.snapshots)
-    end = len(names)
-    if before is not None:
-        parsed = SnapshotName.parse(before)
-        if parsed is None:
-            raise InvalidArgument(f"invalid params: before: {before!r} is not a snapshot name")
-        end = bisect.bisect_left(names, parsed)
+    parsed = None if before is None else SnapshotName.parse(before)
+    if before is not None and parsed is None:
+        raise InvalidArgument(f"invalid params: before: {before!r} is not a snapshot name")
+    listing = await asyncio.to_thread(_listing, host_dir, policy, clock.now())
+    end = len(listing) if parsed is None else \
+        bisect.bisect_left(listing, parsed, key=lambda d: SnapshotName.parse(d.snapshot))
     start = max(0, end - limit) if limit else 0
-    page = names[start:end]
+    page = listing[start:end]
+    names = [d.snapshot for d in page]
     try:
-        recorded = await store.snapshots.stats_between(host, str(page[0]), str(page[-1])) if page else {}
+        recorded = await store.snapshots.stats_between(host, names[0], names[-1]) if page else {}
     except STORE_ERRORS as e:
         log.warning("store.read_failed", host=host, error=str(e))
         recorded = None
-    missing = [name for name in page if recorded is None or str(name) not in recorded]
+    missing = [name for name in names if recorded is None or name not in recorded]
     if missing:  # the database lost them (restored, rebuilt): meta/ is the source
-        found = await asyncio.to_thread(lambda: {str(n): read_meta(host_dir, n) for n in missing})
+        found = await asyncio.to_thread(lambda: {n: read_meta(host_dir, n) for n in missing})
         if recorded is not None:
             try:
                 await store.snapshots.record(host, [(name, clock.iso(SnapshotName.parse(name).time), stats, None)
@@ -57,15 +67,15 @@ async def list_snapshots(store: Store, host_dir: HostDir, policy: Retention, lim
             except STORE_ERRORS as e:
                 log.warning("store.write_failed", host=host, error=str(e))
         recorded = {**(recorded or {}), **found}
-    tiers = {d.snapshot: d.tier for d in host_plan(host_dir, policy, clock.now())}
     entries = []
-    for name in page:
-        stats = recorded.get(str(name), {})
+    for decision in page:
+        name = decision.snapshot
+        stats = recorded.get(name, {})
         entries.append({
-            "name": str(name), "time": clock.iso(name.time), "tier": tiers.get(str(name)),
+            "name": name, "time": clock.iso(SnapshotName.parse(name).time), "tier": decision.tier,
             "files": stats.get("files"), "bytes": stats.get("bytes"),
             "changed_files": stats.get("changed_files"), "deleted_files": stats.get("deleted_files"),
             "transferred_bytes": stats.get("transferred_bytes"), "duration_s": stats.get("duration_s"),
         })
-    return {"snapshots": entries, "total": len(names),
-            "next_before": str(page[0]) if page and start > 0 else None}
+    return {"snapshots": entries, "total": len(listing),
+            "next_before": names[0] if page and start > 0 else None}

@@ -330,6 +330,24 @@ def test_host_overrides_merge_over_the_global_sections():
     assert web.excludes == [*DEFAULT_EXCLUDES, ".cache/", "*.tmp", "*.iso"]
 
 
+def test_host_settings_are_built_once_per_config_and_never_go_stale_in_a_copy():
+    # `status` asked for every host's settings several times per call, each a
+    # model_copy of four sections; a config is frozen, so once is enough.
+    config = load_config(FIXTURES / "valid" / "full.toml")
+    db = config.find_host("db.example-2")
+    assert config.find_host("db.example-2") is db and config.find_host("nope") is None
+    assert config.settings(db) is config.settings(db)
+    assert config.model_dump() == load_config(FIXTURES / "valid" / "full.toml").model_dump()
+    assert config == load_config(FIXTURES / "valid" / "full.toml")  # the cache is not part of the value
+    # A copy shares the cache dict: it must still see its own sections and hosts.
+    copy = config.model_copy(update={"retention": config.retention.model_copy(update={"hourly_hours": 5}),
+                                     "host": [db.model_copy(update={"name": "renamed"})]})
+    assert copy.find_host("db.example-2") is None and copy.find_host("renamed").name == "renamed"
+    assert copy.settings(copy.find_host("renamed")).retention.hourly_hours == 5
+    assert config.settings(db).retention.hourly_hours == 720
+    assert config.find_host("db.example-2") is db
+
+
 # ------------------------------------------------------ drop-ins, show, init
 
 def test_drop_ins_merge_in_name_order_and_errors_name_their_file(tmp_path):

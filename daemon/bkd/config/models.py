@@ -5,6 +5,7 @@ with; reload swaps the whole object)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zoneinfo
@@ -531,7 +532,19 @@ class Config(Section):
                 raise ValueError("; ".join(f"{format_key(loc)}: {msg}" for loc, msg in problems))
         return self
 
+    @functools.cached_property
+    def _derived(self) -> dict:
+        """What settings() and find_host() compute, kept after the first call:
+        a config never changes (it is frozen), and `status` asks for every
+        host's settings on every call. Each entry remembers the objects it was
+        built from, because model_copy() shares this dict with the copy."""
+        return {}
+
     def settings(self, host: Host) -> HostSettings:
+        sources = (host, *(getattr(self, section) for section in OVERRIDABLE))
+        cached = self._derived.get(("settings", host.name))
+        if cached and all(a is b for a, b in zip(cached[0], sources)):
+            return cached[1]
         merged = {}
         for section in OVERRIDABLE:
             base = getattr(self, section)
@@ -541,10 +554,15 @@ class Config(Section):
             merged[section] = base.model_copy(update=update)
         rsync = merged["rsync"]
         defaults = list(DEFAULT_EXCLUDES) if rsync.exclude_defaults else []
-        return HostSettings(host=host, excludes=defaults + rsync.exclude + host.exclude, **merged)
+        settings = HostSettings(host=host, excludes=defaults + rsync.exclude + host.exclude, **merged)
+        self._derived[("settings", host.name)] = (sources, settings)
+        return settings
 
     def find_host(self, name: str) -> Host | None:
-        return next((h for h in self.host if h.name == name), None)
+        cached = self._derived.get("hosts")
+        if cached is None or cached[0] is not self.host:
+            cached = self._derived["hosts"] = (self.host, {h.name: h for h in self.host})
+        return cached[1].get(name)
 
     def find_sink(self, name: str) -> EmailSink | WebhookSink | None:
         return next((s for s in self.notify if s.name == name), None)

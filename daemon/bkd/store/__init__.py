@@ -80,7 +80,11 @@ class Store:
             await self.db.execute("COMMIT")
 
     async def fetch(self, sql: str, params=()) -> list[aiosqlite.Row]:
-        return list(await self.db.execute_fetchall(sql, params))
+        # Under the writers' lock: on this one connection a read that slipped in
+        # between a transaction's statements would see its uncommitted half
+        # (a job finished while one of its hosts still runs).
+        async with self._lock:
+            return list(await self.db.execute_fetchall(sql, params))
 
     async def _migrate(self) -> None:
         (version,) = await (await self.db.execute("PRAGMA user_version")).fetchone()

@@ -17,9 +17,16 @@ BACKUP_KINDS = (Kind.SNAPSHOT, Kind.ALL)
 _FINAL = tuple(sorted(FINAL_STATUSES))
 
 
+_ROW = ("status", "stage", "started", "finished", "snapshot", "stats", "error", "detail")
+
+
 class JobStore:
     def __init__(self, store: Store):
         self.store = store
+        # (job_id, host) → that job_hosts row as last committed, while the job
+        # runs: a save writes only the rows that moved, not all of a 100-host
+        # job's rows at every stage of every host (quadratic in a round).
+        self._committed: dict[tuple[int, str], tuple] = {}
 
     async def next_job_id(self) -> int:
         rows = await self.store.fetch(
@@ -31,6 +38,7 @@ class JobStore:
         """Write a job's whole record (idempotent: saving it again changes
         nothing). A host run that becomes final here is counted exactly once
         and moves that host's state."""
+        job_id, written = job["job_id"], {}
         async with self.store.transaction() as db:
             await db.execute(
                 "INSERT INTO jobs (job_id, kind, status, trigger, dry_run, started, finished) "
@@ -38,9 +46,16 @@ class JobStore:
                 "ON CONFLICT(job_id) DO UPDATE SET status=excluded.status, finished=excluded.finished",
                 {**job, "dry_run": int(job["dry_run"])})
             for run in job["hosts"]:
-                rows = await db.execute_fetchall(
-                    "SELECT status FROM job_hosts WHERE job_id=? AND host=?", (job["job_id"], run["host"]))
-                was_final = bool(rows) and rows[0]["status"] in FINAL_STATUSES
+                key, row = (job_id, run["host"]), tuple(run[column] for column in _ROW)
+                previous = self._committed.get(key)
+                if previous == row:
+                    continue
+                if previous is None:
+                    rows = await db.execute_fetchall(
+                        "SELECT status FROM job_hosts WHERE job_id=? AND host=?", key)
+                    was_final = bool(rows) and rows[0]["status"] in FINAL_STATUSES
+                else:
+                    was_final = previous[0] in FINAL_STATUSES
                 await db.execute(
                     "INSERT INTO job_hosts (job_id, host, status, stage, started, finished, snapshot, stats, "
                     "error, detail) VALUES (:job_id, :host, :status, :stage, :started, :finished, :snapshot, "
@@ -48,9 +63,17 @@ class JobStore:
                     "stage=excluded.stage, started=excluded.started, finished=excluded.finished, "
                     "snapshot=excluded.snapshot, stats=excluded.stats, error=excluded.error, "
                     "detail=excluded.detail",
-                    {**run, "job_id": job["job_id"], "stats": json.dumps(run["stats"]) if run["stats"] else None})
+                    {**run, "job_id": job_id, "stats": json.dumps(run["stats"]) if run["stats"] else None})
                 if run["status"] in FINAL_STATUSES and not was_final and not job["dry_run"]:
                     await self._count(db, job, run)
+                # A copy: the caller's stats dict may change after this.
+                written[key] = row[:5] + (dict(row[5]) if row[5] else row[5],) + row[6:]
+        # Remembered only once committed; a finished job is forgotten (saving it again reads its rows).
+        if all(run["status"] in FINAL_STATUSES for run in job["hosts"]):
+            for run in job["hosts"]:
+                self._committed.pop((job_id, run["host"]), None)
+        else:
+            self._committed.update(written)
 
     async def _count(self, db, job: dict, run: dict) -> None:
         await db.execute(
@@ -123,7 +146,7 @@ class JobStore:
             async with self.store.transaction() as db:
                 rows = await db.execute_fetchall(
                     f"SELECT job_id FROM jobs WHERE finished < ? AND status IN ({','.join('?' * len(_FINAL))}) "
-                    "ORDER BY job_id LIMIT ?", (cutoff, *_FINAL, batch))
+                    "ORDER BY finished LIMIT ?", (cutoff, *_FINAL, batch))  # jobs_by_finished: no table scan
                 ids = [row["job_id"] for row in rows]
                 if ids:
                     marks = ",".join("?" * len(ids))
@@ -141,7 +164,9 @@ class JobStore:
         if host:
             rows = await self.store.fetch(
                 "SELECT jobs.* FROM job_hosts JOIN jobs USING (job_id) WHERE host=? "
-                "ORDER BY job_id DESC LIMIT ?", (host, limit))
+                # job_hosts.job_id, not job_id: walks job_hosts_by_host backwards instead of
+                # sorting every run the host ever had.
+                "ORDER BY job_hosts.job_id DESC LIMIT ?", (host, limit))
         else:
             rows = await self.store.fetch("SELECT * FROM jobs ORDER BY job_id DESC LIMIT ?", (limit,))
         return await self._with_hosts(rows)
@@ -153,10 +178,13 @@ class JobStore:
         marks = ",".join("?" * len(ids))
         host_rows = await self.store.fetch(
             f"SELECT * FROM job_hosts WHERE job_id IN ({marks}) ORDER BY job_id, host", ids)
+        # Every row's stats in one json.loads: a thousand calls (a few jobs of
+        # a hundred hosts) cost more than the parsing itself.
+        stats = json.loads("[" + ",".join(row["stats"] or "null" for row in host_rows) + "]")
         by_job: dict[int, list[dict]] = {}
-        for row in host_rows:
+        for row, decoded in zip(host_rows, stats):
             record = dict(row)
-            record["stats"] = json.loads(record["stats"]) if record["stats"] else None
+            record["stats"] = decoded
             by_job.setdefault(record.pop("job_id"), []).append(record)
         jobs = []
         for row in job_rows:

@@ -216,4 +216,11 @@ MIGRATIONS = [
                                        ELSE 'run failed (recorded by an earlier bkd)' END
         WHERE kind = 'run_failed' AND instr(message, ': ') > 0;
     """,
+    """
+    -- Queries that must not grow with the job history: the history pass finds
+    -- old jobs by when they finished, and start-up looks for unfinished runs.
+    CREATE INDEX jobs_by_finished ON jobs(finished);
+    CREATE INDEX jobs_unfinished ON jobs(job_id) WHERE status IN ('queued', 'running');
+    CREATE INDEX job_hosts_unfinished ON job_hosts(job_id) WHERE status IN ('queued', 'running');
+    """,
 ]

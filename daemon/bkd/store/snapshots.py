@@ -40,12 +40,14 @@ class SnapshotStore:
         return {row["name"]: json.loads(row["stats"]) for row in rows}
 
     async def stats_of_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-        """Stats of (host, name) pairs, in one query."""
+        """Stats of (host, name) pairs, in one query: a lookup in the primary key
+        per pair (`(host, name) IN (VALUES …)` would scan the whole table)."""
         if not pairs:
             return {}
         values = ",".join("(?, ?)" for _ in pairs)
         rows = await self.store.fetch(
-            f"SELECT host, name, stats FROM snapshots WHERE (host, name) IN (VALUES {values})",
+            f"WITH wanted (host, name) AS (VALUES {values}) SELECT s.host, s.name, s.stats "
+            "FROM wanted JOIN snapshots AS s ON s.host = wanted.host AND s.name = wanted.name",
             [part for pair in pairs for part in pair])
         return {(row["host"], row["name"]): json.loads(row["stats"]) for row in rows}
 
