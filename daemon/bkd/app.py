@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import os
 import signal
 from collections.abc import Callable
@@ -273,6 +274,7 @@ class Daemon:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(supervisor.supervise(name, loop), name=name)
                          for name, loop in loops.items()]
+                gc.freeze()  # what start-up built stays: keep it out of every full collection
                 notify("READY=1", f"STATUS={readmodel.status_line()}")
                 log.info("daemon.ready", version=__version__, socket=str(config.socket),
                          backup_root=str(config.backup_root), hosts=len(config.host))

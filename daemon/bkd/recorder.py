@@ -29,8 +29,9 @@ class Recorder:
 
     async def save(self, job: Job) -> bool:
         """Write job's current record; False (and dirty) if the store refused."""
+        record = job.record()  # what this save writes; memory may move on while it waits
         try:
-            await self.store.jobs.save(job.record())
+            await self.store.jobs.save(record)
         except STORE_ERRORS as e:
             if job.job_id not in self.dirty or not self._failing:
                 log.error("store.write_failed", job_id=job.job_id, error=str(e),
@@ -40,8 +41,11 @@ class Recorder:
             self._wake.set()
             return False
         self.dirty.discard(job.job_id)
-        if all(run.final for run in job.runs.values()):
-            self.registry.forget(job.job_id)
+        if record["finished"] and all(run.final for run in job.runs.values()):
+            # Let go only once the record written is the final one: an earlier save
+            # that ends after the job did must not drop it before its end is stored.
+            if job.record() == record:
+                self.registry.forget(job.job_id)
         if self._failing and not self.dirty:
             self._failing = False
             log.info("store.recovered")
