@@ -75,9 +75,6 @@ def plan(names: list[str], now: datetime, policy: Retention, latest: str | None 
             decisions[name] = Decision(name, "keep", decision.tier,
                                        "in use by running work (archive, monthly copy or restore); "
                                        "a later prune deletes it")
-    return [decisions[name] for name in sorted(names, key=_order)]
-
-
-def _order(name: str):
-    snap = SnapshotName.parse(name)
-    return (0, snap, "") if snap else (1, None, name)
+    # Snapshots oldest first, then other names by name (each parsed once, above).
+    order = lambda name: (0, parsed[name], "") if parsed[name] else (1, None, name)  # noqa: E731
+    return [decisions[name] for name in sorted(names, key=order)]
