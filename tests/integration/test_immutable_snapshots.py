@@ -2,12 +2,14 @@
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from bkd.config.models import Config
 from bkd.layout import HostDir
+from bkd.pipeline import linktree
 from bkd.pipeline.snapshot import take_snapshot
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
@@ -95,3 +97,76 @@ async def test_deletions_are_counted_and_do_not_reach_the_older_snapshot(tmp_pat
     assert second.stats["deleted_files"] == 2 and second.stats["files"] == 3
     assert sorted(p.name for p in (hourly / first.name).iterdir()) == ["f0", "f1", "f2", "f3", "f4"]
     assert sorted(p.name for p in (hourly / second.name).iterdir()) == ["f0", "f3", "f4"]
+
+
+@ROOT_ONLY
+async def test_metadata_changing_during_the_runs_never_changes_a_complete_snapshot(tmp_path):
+    # Modes, owners and xattrs flip while snapshots are taken back to back;
+    # whatever rsync sees, a snapshot is exactly as it was when it completed.
+    source = tmp_path / "src"
+    files = []
+    for index in range(600):
+        path = source / f"d{index % 6}" / f"f{index}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"file {index}\n")
+        files.append(path)
+    config = Config.model_validate({"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
+                                    "host": [{"name": "h", "source": str(source)}]})
+    hourly = HostDir.of(config.backup_root, "h").hourly
+    stop = threading.Event()
+
+    def flip():
+        turn = 0
+        while not stop.is_set():
+            turn += 1
+            # Each file has two states, so that it often matches the previous
+            # snapshot when one pass of rsync looks and differs when the next does.
+            for path in files[0::3]:
+                os.chmod(path, 0o600 if turn % 2 else 0o644)
+            for path in files[1::3]:
+                os.chown(path, turn % 2, turn % 2)
+            for path in files[2::3]:
+                os.setxattr(path, "user.turn", str(turn % 2).encode())
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    captured = {}
+    try:
+        for _ in range(6):
+            result = await take_snapshot(config, config.settings(config.host[0]))
+            captured[result.name] = state(hourly / result.name)
+            for name, before in captured.items():
+                assert state(hourly / name) == before, f"{name} changed after it completed"
+    finally:
+        stop.set()
+        flipper.join()
+
+
+@ROOT_ONLY
+def test_unsharing_copies_a_file_exactly_and_leaves_the_shared_inode_alone(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    data = old / "file"
+    data.write_bytes(os.urandom(100_000))
+    os.chown(data, 1234, 5678)
+    os.chmod(data, 0o4751)  # set-uid survives only if the mode is set after the owner
+    os.setxattr(data, "user.note", b"kept")
+    subprocess.run(["setfacl", "-m", "u:nobody:r", str(data)], check=True)
+    os.utime(data, ns=(1_000_000_000_123_456_789, 1_100_000_000_987_654_321))
+    os.symlink("file", old / "link")
+    subprocess.run(["cp", "-al", str(old), str(new)], check=True)
+    before = state(old)
+
+    assert linktree.unshare(new, [b"file", b"link", b"missing"]) == 2
+
+    assert state(old) == before
+    copy, original = (new / "file").lstat(), data.lstat()
+    assert copy.st_ino != original.st_ino and original.st_nlink == 1
+    for field in ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns"):
+        assert getattr(copy, field) == getattr(original, field), field
+    assert (new / "file").read_bytes() == data.read_bytes()
+    assert {n: os.getxattr(new / "file", n) for n in os.listxattr(new / "file")} == \
+        {n: os.getxattr(data, n) for n in os.listxattr(data)}
+    assert acl(new / "file") == acl(data)
+    assert not (new / "link").exists() and not (new / "link").is_symlink()  # rsync recreates it
+    assert sorted(p.name for p in new.iterdir()) == ["file"]  # no temporary name left

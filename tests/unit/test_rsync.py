@@ -54,6 +54,9 @@ def test_failures_name_the_cause():
         "rsync exited with code 255 (the SSH connection failed): "
         "ssh: connect to host 127.0.0.9 port 22: Connection refused")
     assert rsync.describe_failure(11, []) == "rsync exited with code 11 (error in file I/O (is the backup disk full?))"
+    enospc = ["rsync: [sender] safe_write failed to write 26002 bytes to batch file: No space left on device (28)"]
+    assert rsync.describe_failure(12, enospc) == (
+        "rsync exited with code 12 (the backup disk is full): " + enospc[0])
 
 
 def test_ssh_command_is_batch_mode_with_strict_host_keys_and_the_configured_options():
@@ -82,3 +85,46 @@ def test_progress2_lines():
     assert rsync.parse_progress(" 26,214,400 100%    9.90MB/s    0:00:02 (xfr#2, to-chk=0/3)")["eta_s"] == 0
     assert rsync.parse_progress("         32,768   0%    0.00kB/s    0:00:00  ")["eta_s"] is None
     assert rsync.parse_progress("Number of files: 3 (reg: 2, dir: 1)") is None
+
+
+def test_itemized_lines_from_stdout_and_from_a_log_file():
+    assert rsync.parse_item(">f+++++++++ dir/new file") == rsync.Item(">", "f", "+" * 9, b"dir/new file")
+    assert rsync.parse_item("2026/11/29 03:27:31 [21029] .f...p..... d1/f1") == rsync.Item(".", "f", "...p.....",
+                                                                                          b"d1/f1")
+    assert rsync.parse_item("cd+++++++++ t/file2dir/").name == b"t/file2dir"
+    assert rsync.parse_item("*deleting    lead").name == b" lead"  # a name starting with a space
+    assert rsync.parse_item("*deleting   gone/").update == "*"
+    assert rsync.parse_item(">f+++++++++ a\\#134#012b").name == b"a\\#012b"  # rsync escapes the backslash
+    assert rsync.parse_item(">f+++++++++ nl\\#012x\\#377").name == b"nl\nx\xff"
+    assert rsync.parse_item("hf          d2/same") == rsync.Item("h", "f", " " * 9, b"d2/same")
+    for noise in ("receiving file list", "Number of files: 52 (reg: 44, dir: 5)", "file has vanished: \"/x\"",
+                  "2026/11/29 03:27:31 [21029] sent 193 bytes  received 1,285 bytes  total size 269", ""):
+        assert rsync.parse_item(noise) is None
+
+
+@pytest.mark.parametrize("line,wrote,in_place", [
+    (">f.st...... changed", True, False),
+    (">f+++++++++ new", True, False),
+    ("hf+++++++++ new-link", True, False),
+    (".f...p..... chmod", False, True),
+    (".f....og... chown", False, True),
+    (".f........x xattr", False, True),
+    (".f...p...a. acl", False, True),
+    (".L....og... symlink-owner", False, True),
+    ("hf...p..... linked-chmod", True, True),
+    (".d..t...... dir", False, False),  # directories are never shared
+    ("cL+++++++++ new-link", False, False),
+    ("*deleting   gone", False, False),
+])
+def test_which_items_write_a_file_and_which_change_an_inode_in_place(line, wrote, in_place):
+    item = rsync.parse_item(line)
+    assert (item.wrote_file, item.in_place) == (wrote, in_place)
+
+
+def test_the_itemized_list_of_a_real_run_accounts_for_its_statistics():
+    items = [rsync.parse_item(line) for line in (FIXTURES / "read_batch.log").read_text().splitlines()]
+    items = [item for item in items if item]
+    stats = rsync.parse_stats((FIXTURES / "read_batch_stdout.txt").read_text().splitlines())
+    assert len(items) == 19 and rsync.items_match_stats(items, stats)
+    assert not rsync.items_match_stats(items[:-1], stats)  # one line lost: noticed
+    assert not rsync.items_match_stats([i for i in items if i.update != "*"], stats)

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.models import Config, HostSettings
@@ -37,9 +38,12 @@ EXIT_CODES = {
 VANISHED = 24
 SUCCESS_CODES = (0, VANISHED)
 
-# One line per changed entry: its itemize flags, then its name.
-ITEMIZE = ("--out-format=%i %n",)
-_ITEM_LINE = re.compile(r"(?P<update>[.<>ch*])(?P<type>[fdLDS])(?P<flags>[^ ]{9}) (?P<name>.*)")
+# One line per changed entry: its 11-character itemize string, a space, its name.
+ITEM_FORMAT = "%i %n"
+ITEMS_ON_STDOUT = (f"--out-format={ITEM_FORMAT}",)
+_ITEM_LINE = re.compile(r"(?P<update>[<>ch.])(?P<type>[fdLDS])(?P<flags>.{9}) (?P<name>.+)", re.DOTALL)
+_DELETED_LINE = re.compile(r"\*deleting   (?P<name>.+)", re.DOTALL)
+_LOG_PREFIX = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[\d+\] ")
 _ESCAPE = re.compile(rb"\\#([0-7]{3})")
 
 _STATS = {
@@ -112,15 +116,17 @@ def reachability_command(config: Config, settings: HostSettings) -> list[str]:
             "--", source_of(settings)]
 
 
+# What every snapshot transfer preserves and removes.
+_MIRROR = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "--delete", "--delete-excluded"]
+
+
 def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_dests: list[Path], *,
-                     dry_run: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
+                     dry_run: bool = False, progress: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
     """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
     rsync = settings.rsync
-    argv = [
-        "rsync", "--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids",
-        "--delete", "--delete-excluded", "--stats", "--info=progress2",
-        f"--timeout={int(rsync.timeout.total_seconds())}",
-    ]
+    argv = ["rsync", *_MIRROR, "--stats", f"--timeout={int(rsync.timeout.total_seconds())}"]
+    if progress:
+        argv.append("--info=progress2")
     if dry_run:
         argv.append("--dry-run")
     if rsync.bwlimit:
@@ -133,39 +139,88 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_de
     return argv
 
 
+def write_batch_command(config: Config, settings: HostSettings, previous: Path, batch: Path) -> list[str]:
+    """Compare the source with the previous snapshot and record the whole
+    change in a batch file, touching nothing. Its stdout is the itemized list
+    alone (no progress is interleaved), one line per change."""
+    # A local copy would send whole files anyway; say so, or the batch gets deltas.
+    whole = () if settings.host.is_remote else ("--whole-file",)
+    return snapshot_command(config, settings, previous, [], progress=False,
+                            extra=(f"--only-write-batch={batch}", *ITEMS_ON_STDOUT, *whole))
+
+
+# rsync 3.5 --read-batch with incremental recursion deadlocks at the end when
+# the last file the batch was to carry vanished from the source; with a
+# --timeout its keep-alive (every timeout/2) breaks the deadlock and it
+# finishes normally. Local I/O never pauses this long otherwise.
+APPLY_TIMEOUT_S = 20
+
+
+def read_batch_command(settings: HostSettings, batch: Path, dest: Path, item_log: str) -> list[str]:
+    """Apply a batch to dest (local, reads no source); itemized to item_log."""
+    return ["rsync", *_MIRROR, "--stats", "--info=progress2", f"--timeout={APPLY_TIMEOUT_S}",
+            f"--read-batch={batch}", *log_items(item_log),
+            *[f"--exclude={pattern}" for pattern in settings.excludes], "--", f"{dest}/"]
+
+
+def log_items(path: str) -> tuple[str, ...]:
+    """Itemize into a log file of its own (a Channel's pipe): each entry rsync's
+    local processes handle, one whole line each, apart from the progress on stdout."""
+    return (f"--log-file={path}", f"--log-file-format={ITEM_FORMAT}")
+
+
 _REGULAR_COUNTS = {"entries": "files", "created": "created_files", "deleted": "deleted_files"}
 
 
-def unescape_name(name: str) -> str:
+def unescape_name(name: str) -> bytes:
     """rsync writes unprintable bytes of a name as \\#ooo (octal)."""
-    raw = _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), os.fsencode(name))
-    return os.fsdecode(raw)
+    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), os.fsencode(name))
 
 
-def attribute_only_changes(lines: list[str]) -> list[str]:
-    """Entries (not directories) whose itemized change is to attributes only:
-    no data sent (update '.'), but permissions, owner, group, times, ACLs or
-    xattrs differ. rsync would apply those in place."""
-    changed = []
-    for line in lines:
-        match = _ITEM_LINE.fullmatch(line)
-        if match and match["update"] == "." and match["type"] != "d" and match["flags"].strip("."):
-            changed.append(unescape_name(match["name"]))
-    return changed
+@dataclass(frozen=True)
+class Item:
+    """One itemized entry. update: '>' received, 'c' created locally, 'h' hard
+    link, '.' attributes only, '*' deleted; type: f d L D S ('' when deleted)."""
+
+    update: str
+    type: str
+    flags: str
+    name: bytes  # relative, raw, without a directory's trailing slash
+
+    @property
+    def wrote_file(self) -> bool:
+        """A regular file whose path now names a new inode (sent, copied or linked)."""
+        return self.update in "<>ch" and self.type == "f"
+
+    @property
+    def is_new(self) -> bool:
+        return self.flags == "+" * 9
+
+    @property
+    def in_place(self) -> bool:
+        """rsync changes this existing non-directory entry's attributes where it
+        is: in a tree linked to another, on the inode both share."""
+        return (self.update in ".h" and self.type not in ("d", "")
+                and not self.is_new and bool(self.flags.strip(". ")))
 
 
-def written_and_deleted(lines: list[str]) -> tuple[list[str], list[str]]:
-    """From itemized output: regular files rsync wrote (new, changed, or
-    hardlinked within the transfer), and entries it deleted."""
-    written, deleted = [], []
-    for line in lines:
-        if line.startswith("*deleting "):
-            deleted.append(unescape_name(line[len("*deleting"):].lstrip(" ")))
-            continue
-        match = _ITEM_LINE.fullmatch(line)
-        if match and match["update"] in ">ch" and match["type"] == "f":
-            written.append(unescape_name(match["name"]))
-    return written, deleted
+def parse_item(line: str) -> Item | None:
+    """An --out-format / --log-file-format line of ITEM_FORMAT, or None."""
+    line = _LOG_PREFIX.sub("", line, count=1)
+    if match := _ITEM_LINE.fullmatch(line):
+        return Item(match["update"], match["type"], match["flags"], unescape_name(match["name"]).rstrip(b"/"))
+    if match := _DELETED_LINE.fullmatch(line):
+        return Item("*", "", "", unescape_name(match["name"]).rstrip(b"/"))
+    return None
+
+
+def items_match_stats(items: list[Item], stats: dict) -> bool:
+    """Whether the itemized list accounts for what rsync's --stats counted:
+    every regular file transferred, every entry created and deleted."""
+    transferred = sum(1 for item in items if item.update in "<>" and item.type == "f")
+    created = sum(1 for item in items if item.is_new)
+    deleted = sum(1 for item in items if item.update == "*")
+    return (transferred, created, deleted) == (stats.get("changed_files"), stats.get("created"), stats.get("deleted"))
 
 
 def split_output(lines: list[str]) -> tuple[list[str], list[str]]:
@@ -212,5 +267,8 @@ def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
     boilerplate = ("rsync error:", "rsync: connection unexpectedly closed")
     detail = [line.strip() for line in stderr_tail
               if line.strip() and not line.strip().startswith(boilerplate)]
+    if any("No space left on device" in line for line in detail):
+        # rsync's exit code then depends on which of its processes hit it first.
+        meaning = "the backup disk is full"
     message = f"rsync exited with code {returncode} ({meaning})"
     return f"{message}: {'; '.join(detail[-3:])}" if detail else message

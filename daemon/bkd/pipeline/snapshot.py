@@ -8,9 +8,9 @@ import json
 import os
 import secrets
 import shutil
-import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from ..config.models import Config, HostSettings
 from ..fsutil import fsync_dir, make_private_dir, replace_symlink, syncfs, write_atomic
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
 from . import manifest, rsync
-from .linktree import link_tree
+from .linktree import link_tree, unshare
 
 log = structlog.get_logger()
 
@@ -70,10 +70,10 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
-    transfer = _Transfer(config, settings, staging, on_progress)
+    transfer = _Transfer(config, settings, host_dir, staging, on_progress)
 
     if dry_run:
-        result, lines = await transfer.rsync([previous_dir] if previous_dir else [], dry_run=True)
+        lines = await transfer.dry_run([previous_dir] if previous_dir else [])
         stats = rsync.parse_stats(lines)
         stats["deleted_files"] = _deleted_files(previous_files, stats)
         return SnapshotResult("warning" if transfer.warning else "ok", None, stats, transfer.warning)
@@ -81,38 +81,32 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     make_private_dir(config.backup_root)
     for directory in (host_dir.root, host_dir.hourly, host_dir.meta):
         make_private_dir(directory)
+    _remove_batches(host_dir)  # left by a run that died; only one run per host at a time
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
              resume_from=[p.name for p in interrupted])
     t0 = time.monotonic()
     try:
-        if previous_dir and not interrupted:
-            stats = await transfer.from_linked_copy(previous_dir)
+        if previous and not interrupted:
+            stats, checksums = await transfer.incremental(previous)
         else:
             # First snapshot, or resuming: --link-dest against the last complete
             # snapshot and every interrupted partial (slower, but rare).
             link_dests = ([previous_dir] if previous_dir else []) + interrupted
-            _, lines = await transfer.rsync(link_dests[:MAX_LINK_DESTS])
-            stats = rsync.parse_stats(lines)
-            stats["deleted_files"] = _deleted_files(previous_files, stats)
+            stats, checksums = await transfer.pull(link_dests[:MAX_LINK_DESTS], previous)
     except asyncio.CancelledError:
         if not control.keep_partial:
             await _remove(staging)
         raise
+    except OSError as e:
+        await _remove(staging)
+        raise SnapshotFailed(f"cannot build the new snapshot: {e}") from e
     except BaseException:
         await _remove(staging)
         raise
-    hashing_started = time.monotonic()
-    try:
-        new_manifest, stats["hashed_files"] = await asyncio.to_thread(
-            _manifest_of, staging, host_dir, previous, transfer.itemized)
-        stats["manifest_s"] = round(time.monotonic() - hashing_started, 3)
-    except OSError as e:
-        await _remove(staging)
-        raise SnapshotFailed(f"cannot checksum the new snapshot: {e}") from e
     stats["duration_s"] = round(time.monotonic() - t0, 3)
 
     try:
-        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, new_manifest)
+        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, checksums)
     except OSError as e:
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
@@ -121,102 +115,275 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     return SnapshotResult(status, str(name), stats, transfer.warning)
 
 
+BATCH_PREFIX = ".batch-"
+
+
 class _Transfer:
     """The rsync runs of one snapshot into one staging directory."""
 
-    def __init__(self, config, settings, staging: Path, on_progress):
-        self.config, self.settings, self.staging = config, settings, staging
+    def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress):
+        self.config, self.settings, self.host_dir, self.staging = config, settings, host_dir, staging
         self.on_progress = on_progress
         self.warnings: list[str] = []
-        self.itemized: list[str] | None = None  # the incremental run's changes, for the manifest
 
     @property
     def warning(self) -> str | None:
         return "; ".join(self.warnings) or None
 
-    async def rsync(self, link_dests: list[Path], *, dry_run: bool = False, dest: Path | None = None,
-                    extra: tuple[str, ...] = (), progress: bool = True) -> tuple[bkexec.Result, list[str]]:
-        """Run rsync into dest (the staging directory); fail unless it exits 0 or 24."""
-        argv = rsync.snapshot_command(self.config, self.settings, dest or self.staging, link_dests,
-                                      dry_run=dry_run, extra=extra)
-        lines: list[str] = []
-
+    def _progress_and_stats(self, lines: list[str]) -> Callable[[str], None]:
+        """stdout of a run with --info=progress2: progress to on_progress, the rest (--stats) to lines."""
         def on_stdout(line: str) -> None:
             parsed = rsync.parse_progress(line)
             if parsed is None:
                 lines.append(line)
-            elif progress and self.on_progress:
+            elif self.on_progress:
                 self.on_progress(parsed)
+        return on_stdout
 
-        result = await bkexec.run(argv, on_stdout=on_stdout)
-        if result.returncode not in rsync.SUCCESS_CODES:
+    async def _rsync(self, argv: list[str], *, allow: tuple[int, ...] = rsync.SUCCESS_CODES,
+                     **kwargs) -> bkexec.Result:
+        """Run an rsync; fail unless it exits with a code in allow; exit 24 is a warning."""
+        result = await bkexec.run(argv, **kwargs)
+        if result.returncode not in allow:
             raise SnapshotFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
-        if result.returncode == rsync.VANISHED and not dry_run:
+        if result.returncode == rsync.VANISHED and "--dry-run" not in argv:
             self.warnings.append(rsync.describe_failure(result.returncode, result.stderr_tail))
-        return result, lines
+        return result
 
-    async def from_linked_copy(self, previous: Path) -> dict:
-        """The fast incremental path: `cp -al` of the previous snapshot, then a
-        plain rsync --delete into it — with one difference that keeps the
-        previous snapshot immutable. rsync applies a permission-, owner-, xattr-
-        or ACL-only change in place, i.e. to the inode the previous snapshot
-        shares, so a dry run against the previous snapshot (in parallel with the
-        copy: two cores, two walks) finds those entries first and they get an
-        inode of their own before the real run."""
-        probe = self.rsync([], dry_run=True, dest=previous, extra=rsync.ITEMIZE, progress=False)
-        failure, (_, probe_lines) = await asyncio.gather(link_tree(previous, self.staging), probe)
-        if failure:
-            raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
-        private = rsync.attribute_only_changes(probe_lines)
-        if private:
-            await asyncio.to_thread(_give_own_inodes, self.staging, private)
-        _, lines = await self.rsync([], extra=rsync.ITEMIZE)
-        raced = sorted(set(rsync.attribute_only_changes(lines)) - set(private))
-        if raced:
-            # The source's metadata changed between the probe and the real run:
-            # rsync updated those shared inodes in place. Say so loudly.
-            self.warnings.append(
-                f"metadata of {len(raced)} file(s) changed during the snapshot and was applied to inodes "
-                f"shared with older snapshots: {', '.join(raced[:5])}")
-        stats = rsync.parse_stats(lines)
-        stats["private_copies"] = len(private)
-        self.itemized = lines
-        return stats
+    async def dry_run(self, link_dests: list[Path]) -> list[str]:
+        lines: list[str] = []
+        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, dry_run=True)
+        await self._rsync(argv, on_stdout=self._progress_and_stats(lines))
+        return lines
 
-
-def _give_own_inodes(root: Path, paths: list[str]) -> None:
-    """Replace each hardlinked entry with a private copy before rsync touches it.
-    Regular files are copied locally (content and mtime, so rsync only updates
-    their attributes); anything else is removed for rsync to recreate."""
-    for relative in paths:
-        path = root / relative
+    async def pull(self, link_dests: list[Path], previous: SnapshotName | None) -> tuple[dict, list[bytes]]:
+        """rsync into the empty staging directory (--link-dest when there is
+        anything to link against). Files are hashed while rsync transfers the
+        next ones; a walk by inode afterwards makes the manifest exact."""
+        hasher = _Hasher(self.staging)
+        channel = bkexec.Channel(hasher.on_item)
+        lines: list[str] = []
+        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests,
+                                      extra=rsync.log_items(channel.path))
         try:
-            st = path.lstat()
+            await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel)
+            known = await hasher.finish()
+        finally:
+            hasher.close()
+        stats = rsync.parse_stats(lines)
+        started = time.monotonic()
+        previous_dir = self.host_dir.hourly / str(previous) if previous else None
+        old = await asyncio.to_thread(manifest.read, self.host_dir.manifest_file(previous)) if previous else None
+        checksums, hashed_now = await asyncio.to_thread(manifest.by_inode, self.staging, previous_dir, old, known)
+        stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
+                     deleted_files=len(set(old or ()) - set(checksums)),
+                     manifest_s=round(time.monotonic() - started, 3))
+        return stats, manifest.sorted_lines(checksums)
+
+    async def incremental(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
+        """The usual case, in three steps that never change the previous snapshot:
+
+        1. rsync compares the source with the previous snapshot and writes the
+           whole change to a batch file (--only-write-batch), touching nothing;
+           at the same time `cp -al` links a copy of the previous snapshot.
+        2. Every entry whose attributes the batch changes in place gets an
+           inode of its own in the copy (the itemized list says which).
+        3. rsync applies the batch to the copy (--read-batch). The source is
+           read once, in step 1, so nothing it does later can reach a shared
+           inode; the batch is applied to exactly what it was made against.
+        """
+        previous_dir = self.host_dir.hourly / str(previous)
+        batch = self.host_dir.meta / f"{BATCH_PREFIX}{self.staging.name}"
+        old_lines = await asyncio.to_thread(manifest.read_lines, self.host_dir.manifest_file(previous))
+        estimate = _Estimate(old_lines or [], batch, self.on_progress)
+        changes: list[rsync.Item] = []
+        unparsed: list[str] = []
+
+        def on_change(line: str) -> None:
+            item = rsync.parse_item(line)
+            if item is None:
+                unparsed.append(line)
+            else:
+                changes.append(item)
+                estimate.at(item.name)
+
+        vanished: list[str] = []
+        try:
+            write = self._rsync(rsync.write_batch_command(self.config, self.settings, previous_dir, batch),
+                                on_stdout=on_change, on_stderr=vanished.append)
+            failure, written = await estimate.during(asyncio.gather(link_tree(previous_dir, self.staging), write))
+            if failure:
+                raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
+            private = [item.name for item in changes if item.in_place]
+            unshared = await asyncio.to_thread(unshare, self.staging, private)
+            applied: list[rsync.Item] = []
+            stdout: list[str] = []
+            complaints: list[str] = []
+            channel = bkexec.Channel(lambda line: (item := rsync.parse_item(line)) and applied.append(item))
+            # A file that vanished while the batch was written has no data in it:
+            # rsync keeps the previous copy and exits 23 saying so, for those files only.
+            read = await self._rsync(rsync.read_batch_command(self.settings, batch, self.staging, channel.path),
+                                     allow=(0, 23) if written.returncode == rsync.VANISHED else (0,),
+                                     on_stdout=self._progress_and_stats(stdout), on_stderr=complaints.append,
+                                     channel=channel)
+            if read.returncode == 23 and not _only_missing_data(complaints):
+                raise SnapshotFailed(rsync.describe_failure(23, complaints))
+        finally:
+            _remove_batches(self.host_dir, batch.name)
+        stats = rsync.parse_stats(stdout)
+        stats["private_copies"] = unshared
+        raced = sorted({item.name for item in applied if item.in_place} - set(private))
+        if raced:  # cannot happen by construction: say so loudly if it ever does
+            names = ", ".join(os.fsdecode(name) for name in raced[:5])
+            log.error("snapshot.shared_inode_changed", files=len(raced), examples=names)
+            self.warnings.append(f"rsync changed the metadata of {len(raced)} file(s) shared with older "
+                                 f"snapshots in place: {names}")
+        started = time.monotonic()
+        checksums = await asyncio.to_thread(self._manifest_of_changes, previous, old_lines, applied, stats)
+        stats["manifest_s"] = round(time.monotonic() - started, 3)
+        return stats, checksums
+
+    def _manifest_of_changes(self, previous: SnapshotName, old_lines: list[bytes] | None,
+                             applied: list[rsync.Item], stats: dict) -> list[bytes]:
+        """The previous manifest updated with what rsync did to the copy, when
+        its itemized list accounts for everything its statistics count; else
+        (a line lost, a file gone) the tree itself, walked by inode."""
+        if old_lines is not None and rsync.items_match_stats(applied, stats):
+            removed, trees, written = [], [], []
+            for item in applied:
+                if item.update == "*":
+                    removed.append(item.name)
+                    trees.append(item.name)
+                elif item.wrote_file:
+                    written.append(item.name)
+                    trees.append(item.name)  # a directory replaced by a file
+                elif item.update in "<>ch" or item.is_new:  # a file replaced by something else
+                    removed.append(item.name)
+                    if item.type != "d":
+                        trees.append(item.name)
+            hashed = manifest.hash_files(self.staging, written)
+            if len(hashed) == len(set(written)):
+                added = {name: (digest, size) for name, (_inode, digest, size) in hashed.items()}
+                lines, gone = manifest.updated(old_lines, removed, trees, added)
+                if len(lines) == stats.get("files"):
+                    stats.update(hashed_files=len(hashed), deleted_files=gone)
+                    return lines
+        log.warning("snapshot.manifest_walk", reason="the itemized list does not account for rsync's statistics")
+        previous_dir = self.host_dir.hourly / str(previous)
+        old = manifest.read(self.host_dir.manifest_file(previous))
+        checksums, hashed_files = manifest.by_inode(self.staging, previous_dir, old)
+        stats.update(files=len(checksums), hashed_files=hashed_files,
+                     deleted_files=len(set(old or ()) - set(checksums)))
+        return manifest.sorted_lines(checksums)
+
+
+def _only_missing_data(complaints: list[str]) -> bool:
+    """rsync --read-batch's stderr names only files the batch has no data for."""
+    return all(line.startswith(("(No batched update for ", "rsync error: some files/attrs were not transferred"))
+               for line in complaints if line.strip())
+
+
+def _remove_batches(host_dir: HostDir, name: str | None = None) -> None:
+    """Remove one batch file (name) or all of them, with rsync's .sh beside each."""
+    try:
+        entries = [e.name for e in os.scandir(host_dir.meta) if e.name.startswith(BATCH_PREFIX)]
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if name is None or entry in (name, f"{name}.sh"):
+            (host_dir.meta / entry).unlink(missing_ok=True)
+
+
+class _Hasher:
+    """Hashes the files rsync writes while it writes the next ones. rsync's
+    receiver logs a file just before renaming it into place, so each file is
+    hashed once the next one is logged; a miss is only work left for the walk."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root_fd: int | None = None  # rsync creates the directory
+        self.pool = ThreadPoolExecutor(1)
+        self.pending: bytes | None = None
+        self.futures: dict[bytes, object] = {}
+
+    def on_item(self, line: str) -> None:
+        item = rsync.parse_item(line)
+        if item is None or item.update not in "<>" or item.type != "f":
+            return
+        if self.pending is not None:
+            self._submit(self.pending)
+        self.pending = item.name
+
+    def _submit(self, name: bytes) -> None:
+        if self.root_fd is None:
+            self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        self.futures[name] = self.pool.submit(manifest.hash_file, self.root_fd, name)
+
+    async def finish(self) -> dict[bytes, manifest.Hashed]:
+        if self.pending is not None:
+            self._submit(self.pending)
+        results = {}
+        for name, future in self.futures.items():
+            result = await asyncio.wrap_future(future)
+            if result is not None:
+                results[name] = result
+        return results
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.root_fd is not None:
+            os.close(self.root_fd)
+
+
+class _Estimate:
+    """Progress while the batch is written, when rsync prints only the itemized
+    list: the share of the previous snapshot's files (in path order) up to the
+    last change rsync listed, and the bytes in the batch file so far."""
+
+    EVERY = 0.5  # seconds between reports
+
+    def __init__(self, old_lines: list[bytes], batch: Path, on_progress):
+        self.old_lines, self.batch, self.on_progress = old_lines, batch, on_progress
+        self.fraction = 0.0
+        self.started = time.monotonic()
+        self.reported = 0.0
+
+    def at(self, name: bytes) -> None:
+        if self.old_lines:
+            self.fraction = max(self.fraction, manifest.position(self.old_lines, name))
+        self.report()
+
+    def report(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.on_progress or (not final and now - self.reported < self.EVERY):
+            return
+        self.reported = now
+        try:
+            done = self.batch.stat().st_size
         except FileNotFoundError:
-            continue
-        if st.st_nlink < 2:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            tmp = path.with_name(f".{path.name[:200]}.bkd-{secrets.token_hex(4)}")
-            shutil.copy2(path, tmp, follow_symlinks=False)
-            os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, path)
-        else:
-            path.unlink()
+            done = 0
+        elapsed = max(now - self.started, 1e-3)
+        percent = 100 if final else min(int(self.fraction * 100), 99)
+        eta = 0 if final else (round(elapsed * (1 / self.fraction - 1)) if self.fraction > 0 else None)
+        self.on_progress({"percent": percent, "bytes": done, "rate": round(done / elapsed), "eta_s": eta})
 
-
-def _manifest_of(staging: Path, host_dir: HostDir, previous: SnapshotName | None,
-                 itemized: list[str] | None) -> tuple[manifest.Manifest, int]:
-    """Checksums for the new tree, hashing only what rsync wrote when it can."""
-    old = manifest.read(host_dir.manifest_file(previous)) if previous else None
-    if itemized is not None and old is not None:
-        written, deleted = rsync.written_and_deleted(itemized)
-        return manifest.from_changes(staging, old, written, deleted)
-    return manifest.by_inode(staging, host_dir.hourly / str(previous) if previous else None, old)
+    async def during(self, work):
+        """Await work, reporting at least every EVERY seconds meanwhile."""
+        async def tick():
+            while True:
+                await asyncio.sleep(self.EVERY)
+                self.report()
+        ticker = asyncio.create_task(tick())
+        try:
+            result = await work
+        finally:
+            ticker.cancel()
+        self.report(final=True)
+        return result
 
 
 def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
-              interrupted: list[Path], checksums: manifest.Manifest) -> SnapshotName:
+              interrupted: list[Path], checksums: list[bytes]) -> SnapshotName:
     """Staging → complete snapshot. The rename is the commit point: before it the
     tree, its manifest and its record are on disk; after it `latest` is switched
     atomically."""
@@ -226,7 +393,7 @@ def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
     manifest_file = host_dir.manifest_file(name)
     try:
         # Not fsynced one by one: the syncfs below flushes them with the tree.
-        manifest.write(manifest_file, checksums, sync=False)
+        manifest.write_lines(manifest_file, checksums, sync=False)
         write_atomic(meta_file, json.dumps(record, indent=1).encode(), sync=False)
         syncfs(staging)
         staging.rename(host_dir.hourly / str(name))
