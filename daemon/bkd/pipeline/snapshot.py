@@ -175,6 +175,7 @@ class _Transfer:
         previous_dir = self.host_dir.hourly / str(previous) if previous else None
         old = await asyncio.to_thread(manifest.read, self.host_dir.manifest_file(previous)) if previous else None
         checksums, hashed_now = await asyncio.to_thread(manifest.by_inode, self.staging, previous_dir, old, known)
+        log.info("snapshot.hashed", while_transferring=len(known), after=hashed_now)
         stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
                      deleted_files=len(set(old or ()) - set(checksums)),
                      manifest_s=round(time.monotonic() - started, 3))
@@ -295,41 +296,61 @@ def _remove_batches(host_dir: HostDir, name: str | None = None) -> None:
 
 
 class _Hasher:
-    """Hashes the files rsync writes while it writes the next ones. rsync's
-    receiver logs a file just before renaming it into place, so each file is
-    hashed once the next one is logged; a miss is only work left for the walk."""
+    """Hashes the files rsync writes while it writes the next ones. A file is
+    logged before it is renamed into place (over SSH just before; from a local
+    sender well before), so each is hashed a moment later and retried if it is
+    not there yet; what is still missing at the end is left to the walk."""
+
+    LAG = 0.25  # seconds
+    TRIES = 3
 
     def __init__(self, root: Path):
         self.root = root
         self.root_fd: int | None = None  # rsync creates the directory
         self.pool = ThreadPoolExecutor(1)
-        self.pending: bytes | None = None
-        self.futures: dict[bytes, object] = {}
+        self.waiting: dict[bytes, asyncio.TimerHandle] = {}
+        self.running: set[asyncio.Future] = set()
+        self.results: dict[bytes, manifest.Hashed] = {}
 
     def on_item(self, line: str) -> None:
         item = rsync.parse_item(line)
-        if item is None or item.update not in "<>" or item.type != "f":
-            return
-        if self.pending is not None:
-            self._submit(self.pending)
-        self.pending = item.name
+        if item is not None and item.update in "<>" and item.type == "f":
+            self._later(item.name, self.TRIES)
 
-    def _submit(self, name: bytes) -> None:
+    def _later(self, name: bytes, tries: int) -> None:
+        self.waiting[name] = asyncio.get_running_loop().call_later(self.LAG, self._submit, name, tries)
+
+    def _submit(self, name: bytes, tries: int) -> None:
+        self.waiting.pop(name, None)
         if self.root_fd is None:
             self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        self.futures[name] = self.pool.submit(manifest.hash_file, self.root_fd, name)
+        future = asyncio.wrap_future(self.pool.submit(manifest.hash_file, self.root_fd, name))
+        self.running.add(future)
+        future.add_done_callback(lambda done: self._done(done, name, tries))
+
+    def _done(self, future: asyncio.Future, name: bytes, tries: int) -> None:
+        self.running.discard(future)
+        result = None if future.cancelled() or future.exception() else future.result()
+        if result is not None:
+            self.results[name] = result
+        elif tries > 1:
+            self._later(name, tries - 1)
 
     async def finish(self) -> dict[bytes, manifest.Hashed]:
-        if self.pending is not None:
-            self._submit(self.pending)
-        results = {}
-        for name, future in self.futures.items():
-            result = await asyncio.wrap_future(future)
-            if result is not None:
-                results[name] = result
-        return results
+        """rsync has ended: what is waiting is hashed by the walk, what runs is awaited."""
+        for handle in self.waiting.values():
+            handle.cancel()
+        self.waiting.clear()
+        while self.running:
+            await asyncio.wait(set(self.running))
+            for handle in self.waiting.values():  # retries scheduled meanwhile
+                handle.cancel()
+            self.waiting.clear()
+        return self.results
 
     def close(self) -> None:
+        for handle in self.waiting.values():
+            handle.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.root_fd is not None:
             os.close(self.root_fd)
