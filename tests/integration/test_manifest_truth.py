@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bkd.config.models import Config
 from bkd.layout import HostDir
-from bkd.pipeline import manifest
+from bkd.pipeline import manifest, rsync
 from bkd.pipeline.snapshot import take_snapshot
 
 
@@ -141,3 +141,75 @@ async def test_a_file_replaced_by_a_directory_symlink_or_fifo_leaves_the_manifes
     # And the next snapshot inherits nothing stale either.
     third = await take_snapshot(config, settings)
     assert sorted(manifest.read(HostDir.of(config.backup_root, "h").manifest_file(third.name))) == sorted(recorded)
+
+
+async def test_a_lost_itemized_line_is_noticed_and_the_manifest_comes_from_the_tree(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    source.mkdir()
+    for index in range(20):
+        (source / f"f{index}").write_text(f"one {index}\n")
+    config = config_for(tmp_path, str(source))
+    settings = config.settings(config.host[0])
+    assert (await take_snapshot(config, settings)).status == "ok"
+    time.sleep(1.1)
+    for index in range(0, 20, 2):
+        (source / f"f{index}").write_text(f"two {index}\n")
+    (source / "f1").unlink()
+    parse_item = rsync.parse_item
+
+    def losing(line: str):  # the apply's line for f4 never arrives
+        item = parse_item(line)
+        return None if item is not None and item.name == b"f4" else item
+
+    monkeypatch.setattr(rsync, "parse_item", losing)
+    second = await take_snapshot(config, settings)
+    assert second.status == "ok", second.warning
+    # The list alone would have hashed 9; the walk hashed every file that is not a previous inode.
+    assert second.stats["hashed_files"] == 10
+    assert second.stats["deleted_files"] == 1 and second.stats["files"] == 19
+    assert_manifest_true_flat(config, second.name, source)
+
+
+def assert_manifest_true_flat(config: Config, name: str, source: Path) -> None:
+    recorded = manifest.read(HostDir.of(config.backup_root, "h").manifest_file(name))
+    assert recorded == {p.name.encode(): (sha256(p), p.stat().st_size) for p in source.iterdir()}
+    result = verify_all(config)
+    assert result["ok"], result["mismatches"]
+
+
+async def test_no_batch_file_outlives_a_run(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("f\n")
+    config = config_for(tmp_path, str(source))
+    settings = config.settings(config.host[0])
+    assert (await take_snapshot(config, settings)).status == "ok"
+    meta = HostDir.of(config.backup_root, "h").meta
+    (meta / ".batch-.partial-crashed").write_bytes(b"left by a run that died")
+    (meta / ".batch-.partial-crashed.sh").write_text("rsync --read-batch …")
+    (source / "f").write_text("changed\n")
+    assert (await take_snapshot(config, settings)).status == "ok"
+    assert [p.name for p in meta.iterdir() if p.name.startswith(".")] == []
+
+
+async def test_an_incremental_reports_the_transfer_then_the_apply(tmp_path):
+    source = tmp_path / "src"
+    for index in range(300):
+        (source / f"d{index % 10}").mkdir(parents=True, exist_ok=True)
+        (source / f"d{index % 10}" / f"f{index}").write_bytes(os.urandom(2000))
+    config = config_for(tmp_path, str(source))
+    settings = config.settings(config.host[0])
+    assert (await take_snapshot(config, settings)).status == "ok"
+    time.sleep(1.1)
+    for index in range(0, 300, 3):
+        (source / f"d{index % 10}" / f"f{index}").write_bytes(os.urandom(3000))
+    seen = []
+    assert (await take_snapshot(config, settings, on_progress=seen.append)).status == "ok"
+    phases = [event["phase"] for event in seen]
+    assert phases == sorted(phases, key=["transfer", "apply"].index) and set(phases) == {"transfer", "apply"}
+    transfer = [event for event in seen if event["phase"] == "transfer"]
+    assert transfer[-1]["percent"] == 100 and transfer[-1]["bytes"] > 100 * 3000  # the batch holds the data
+    assert [e["percent"] for e in transfer] == sorted(e["percent"] for e in transfer)
+    apply = [event for event in seen if event["phase"] == "apply"]
+    assert apply and 0 < apply[-1]["bytes"] <= 100 * 3000  # rsync's own --info=progress2 of the apply
+    assert all(set(event) == {"percent", "bytes", "rate", "eta_s", "phase"} for event in seen)

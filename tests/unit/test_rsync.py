@@ -55,6 +55,9 @@ def test_failures_name_the_cause():
         "ssh: connect to host 127.0.0.9 port 22: Connection refused")
     assert rsync.describe_failure(11, []) == "rsync exited with code 11 (error in file I/O (is the backup disk full?))"
     enospc = ["rsync: [sender] safe_write failed to write 26002 bytes to batch file: No space left on device (28)"]
+    refused = ["ssh: connect to host 127.0.0.59 port 52253: Connection refused"]
+    assert rsync.describe_failure(12, refused) == (
+        "rsync exited with code 12 (the SSH connection failed): " + refused[0])
     assert rsync.describe_failure(12, enospc) == (
         "rsync exited with code 12 (the backup disk is full): " + enospc[0])
 

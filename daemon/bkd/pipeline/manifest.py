@@ -7,6 +7,7 @@ update finds each change by binary search instead of parsing every line."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -39,8 +40,10 @@ def open_parent(root_fd: int, relative: bytes) -> tuple[int, bytes]:
     *dirs, name = relative.split(b"/")
     fd = os.dup(root_fd)
     for part in dirs:
-        child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-        os.close(fd)
+        try:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
         fd = child
     return fd, name
 
@@ -58,20 +61,30 @@ def stat_and_hash(root_fd: int, relative: bytes) -> tuple[os.stat_result, str | 
 Hashed = tuple[int, str, int]  # inode, sha256, size: what one regular file held when it was hashed
 
 
-def hash_file(root_fd: int, relative: bytes) -> Hashed | None:
-    """The inode of root/relative and what it holds, read through one open
-    file, so that the checksum belongs to that inode; None if it is not a
-    regular file (any more)."""
+def _staged_fd(root_fd: int, relative: bytes, flags: int) -> int:
+    """Open a path of a tree rsync has just written: in one call, since rsync
+    puts nothing below a symlink; the last component is never followed, and
+    a path longer than the kernel takes is opened one directory at a time."""
     try:
-        parent, name = open_parent(root_fd, relative)
-    except OSError:
-        return None
+        return os.open(relative, flags | os.O_NOFOLLOW, dir_fd=root_fd)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+    parent, name = open_parent(root_fd, relative)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
-    except OSError:
-        return None
+        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=parent)
     finally:
         os.close(parent)
+
+
+def hash_file(root_fd: int, relative: bytes) -> Hashed | None:
+    """The inode of root/relative (a tree rsync has written) and what it
+    holds, read through one open file, so that the checksum belongs to that
+    inode; None if it is not a regular file (any more)."""
+    try:
+        fd = _staged_fd(root_fd, relative, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
     with open(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -80,6 +93,34 @@ def hash_file(root_fd: int, relative: bytes) -> Hashed | None:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return st.st_ino, digest.hexdigest(), st.st_size
+
+
+def rehash(root: Path, paths: Iterable[bytes], known: dict[bytes, Hashed]) -> dict[bytes, Hashed]:
+    """hash_files, keeping a checksum computed earlier where the path is still
+    the inode it was computed on."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        kept, stale = {}, []
+        for path in dict.fromkeys(paths):
+            try:
+                inode = _inode_of(root_fd, path)
+            except OSError:
+                inode = None
+            if path in known and known[path][0] == inode:
+                kept[path] = known[path]
+            else:
+                stale.append(path)
+    finally:
+        os.close(root_fd)
+    return {**kept, **hash_files(root, stale)}
+
+
+def _inode_of(root_fd: int, relative: bytes) -> int:
+    fd = _staged_fd(root_fd, relative, os.O_PATH)
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
 
 
 def hash_files(root: Path, paths: Iterable[bytes], workers: int = 2) -> dict[bytes, Hashed]:

@@ -262,13 +262,18 @@ def parse_progress(line: str) -> dict | None:
     return {"percent": percent, "bytes": done, "rate": round(rate), "eta_s": eta}
 
 
+_SSH_FAILURES = ("Host key verification failed", "Permission denied (publickey", "kex_exchange_identification")
+
+
 def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
     meaning = EXIT_CODES.get(returncode, "unknown error")
     boilerplate = ("rsync error:", "rsync: connection unexpectedly closed")
     detail = [line.strip() for line in stderr_tail
               if line.strip() and not line.strip().startswith(boilerplate)]
+    # For these rsync's exit code depends on which of its processes notices first.
     if any("No space left on device" in line for line in detail):
-        # rsync's exit code then depends on which of its processes hit it first.
         meaning = "the backup disk is full"
+    elif any(line.startswith("ssh: ") or line.startswith(_SSH_FAILURES) for line in detail):
+        meaning = EXIT_CODES[255]
     message = f"rsync exited with code {returncode} ({meaning})"
     return f"{message}: {'; '.join(detail[-3:])}" if detail else message

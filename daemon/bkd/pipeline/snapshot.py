@@ -130,14 +130,14 @@ class _Transfer:
     def warning(self) -> str | None:
         return "; ".join(self.warnings) or None
 
-    def _progress_and_stats(self, lines: list[str]) -> Callable[[str], None]:
+    def _progress_and_stats(self, lines: list[str], phase: str = "transfer") -> Callable[[str], None]:
         """stdout of a run with --info=progress2: progress to on_progress, the rest (--stats) to lines."""
         def on_stdout(line: str) -> None:
             parsed = rsync.parse_progress(line)
             if parsed is None:
                 lines.append(line)
             elif self.on_progress:
-                self.on_progress(parsed)
+                self.on_progress({**parsed, "phase": phase})
         return on_stdout
 
     async def _rsync(self, argv: list[str], *, allow: tuple[int, ...] = rsync.SUCCESS_CODES,
@@ -195,23 +195,25 @@ class _Transfer:
         """
         previous_dir = self.host_dir.hourly / str(previous)
         batch = self.host_dir.meta / f"{BATCH_PREFIX}{self.staging.name}"
+        started = time.monotonic()
         old_lines = await asyncio.to_thread(manifest.read_lines, self.host_dir.manifest_file(previous))
+        read_s = time.monotonic() - started
         estimate = _Estimate(old_lines or [], batch, self.on_progress)
         changes: list[rsync.Item] = []
-        unparsed: list[str] = []
+        summary: list[str] = []  # --stats
 
         def on_change(line: str) -> None:
             item = rsync.parse_item(line)
             if item is None:
-                unparsed.append(line)
+                summary.append(line)
             else:
                 changes.append(item)
                 estimate.at(item.name)
 
-        vanished: list[str] = []
+        hasher = _Hasher(self.staging)
         try:
             write = self._rsync(rsync.write_batch_command(self.config, self.settings, previous_dir, batch),
-                                on_stdout=on_change, on_stderr=vanished.append)
+                                on_stdout=on_change)
             failure, written = await estimate.during(asyncio.gather(link_tree(previous_dir, self.staging), write))
             if failure:
                 raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
@@ -220,18 +222,27 @@ class _Transfer:
             applied: list[rsync.Item] = []
             stdout: list[str] = []
             complaints: list[str] = []
-            channel = bkexec.Channel(lambda line: (item := rsync.parse_item(line)) and applied.append(item))
+
+            def on_applied(line: str) -> None:
+                if item := rsync.parse_item(line):
+                    applied.append(item)
+                    hasher.on(item)
+
+            channel = bkexec.Channel(on_applied)
             # A file that vanished while the batch was written has no data in it:
             # rsync keeps the previous copy and exits 23 saying so, for those files only.
             read = await self._rsync(rsync.read_batch_command(self.settings, batch, self.staging, channel.path),
                                      allow=(0, 23) if written.returncode == rsync.VANISHED else (0,),
-                                     on_stdout=self._progress_and_stats(stdout), on_stderr=complaints.append,
-                                     channel=channel)
+                                     on_stdout=self._progress_and_stats(stdout, "apply"),
+                                     on_stderr=complaints.append, channel=channel)
             if read.returncode == 23 and not _only_missing_data(complaints):
                 raise SnapshotFailed(rsync.describe_failure(23, complaints))
+            known = await hasher.finish()
         finally:
+            hasher.close()
             _remove_batches(self.host_dir, batch.name)
         stats = rsync.parse_stats(stdout)
+        stats["received_bytes"] = rsync.parse_stats(summary).get("received_bytes", 0)  # over the wire
         stats["private_copies"] = unshared
         raced = sorted({item.name for item in applied if item.in_place} - set(private))
         if raced:  # cannot happen by construction: say so loudly if it ever does
@@ -240,15 +251,18 @@ class _Transfer:
             self.warnings.append(f"rsync changed the metadata of {len(raced)} file(s) shared with older "
                                  f"snapshots in place: {names}")
         started = time.monotonic()
-        checksums = await asyncio.to_thread(self._manifest_of_changes, previous, old_lines, applied, stats)
-        stats["manifest_s"] = round(time.monotonic() - started, 3)
+        checksums = await asyncio.to_thread(self._manifest_of_changes, previous, old_lines, applied, known, stats)
+        stats["manifest_s"] = round(read_s + time.monotonic() - started, 3)
         return stats, checksums
 
     def _manifest_of_changes(self, previous: SnapshotName, old_lines: list[bytes] | None,
-                             applied: list[rsync.Item], stats: dict) -> list[bytes]:
+                             applied: list[rsync.Item], known: dict[bytes, manifest.Hashed],
+                             stats: dict) -> list[bytes]:
         """The previous manifest updated with what rsync did to the copy, when
         its itemized list accounts for everything its statistics count; else
-        (a line lost, a file gone) the tree itself, walked by inode."""
+        (a line lost, a file gone) the tree itself, walked by inode. Files
+        hashed while rsync applied the batch keep that checksum where they
+        are still the inode that was hashed."""
         if old_lines is not None and rsync.items_match_stats(applied, stats):
             removed, trees, written = [], [], []
             for item in applied:
@@ -262,7 +276,7 @@ class _Transfer:
                     removed.append(item.name)
                     if item.type != "d":
                         trees.append(item.name)
-            hashed = manifest.hash_files(self.staging, written)
+            hashed = manifest.rehash(self.staging, written, known)
             if len(hashed) == len(set(written)):
                 added = {name: (digest, size) for name, (_inode, digest, size) in hashed.items()}
                 lines, gone = manifest.updated(old_lines, removed, trees, added)
@@ -272,7 +286,7 @@ class _Transfer:
         log.warning("snapshot.manifest_walk", reason="the itemized list does not account for rsync's statistics")
         previous_dir = self.host_dir.hourly / str(previous)
         old = manifest.read(self.host_dir.manifest_file(previous))
-        checksums, hashed_files = manifest.by_inode(self.staging, previous_dir, old)
+        checksums, hashed_files = manifest.by_inode(self.staging, previous_dir, old, known)
         stats.update(files=len(checksums), hashed_files=hashed_files,
                      deleted_files=len(set(old or ()) - set(checksums)))
         return manifest.sorted_lines(checksums)
@@ -313,8 +327,11 @@ class _Hasher:
         self.results: dict[bytes, manifest.Hashed] = {}
 
     def on_item(self, line: str) -> None:
-        item = rsync.parse_item(line)
-        if item is not None and item.update in "<>" and item.type == "f":
+        if item := rsync.parse_item(line):
+            self.on(item)
+
+    def on(self, item: rsync.Item) -> None:
+        if item.wrote_file:
             self._later(item.name, self.TRIES)
 
     def _later(self, name: bytes, tries: int) -> None:
@@ -386,7 +403,8 @@ class _Estimate:
         elapsed = max(now - self.started, 1e-3)
         percent = 100 if final else min(int(self.fraction * 100), 99)
         eta = 0 if final else (round(elapsed * (1 / self.fraction - 1)) if self.fraction > 0 else None)
-        self.on_progress({"percent": percent, "bytes": done, "rate": round(done / elapsed), "eta_s": eta})
+        self.on_progress({"percent": percent, "bytes": done, "rate": round(done / elapsed), "eta_s": eta,
+                          "phase": "transfer"})
 
     async def during(self, work):
         """Await work, reporting at least every EVERY seconds meanwhile."""
@@ -409,12 +427,14 @@ def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
     tree, its manifest and its record are on disk; after it `latest` is switched
     atomically."""
     name = host_dir.free_name(started)
-    record = {"name": str(name), "time": name.time.isoformat(), **stats}
     meta_file = host_dir.meta_file(name)
     manifest_file = host_dir.manifest_file(name)
     try:
         # Not fsynced one by one: the syncfs below flushes them with the tree.
+        writing = time.monotonic()
         manifest.write_lines(manifest_file, checksums, sync=False)
+        stats["manifest_s"] = round(stats.get("manifest_s", 0) + time.monotonic() - writing, 3)
+        record = {"name": str(name), "time": name.time.isoformat(), **stats}
         write_atomic(meta_file, json.dumps(record, indent=1).encode(), sync=False)
         syncfs(staging)
         staging.rename(host_dir.hourly / str(name))
