@@ -246,6 +246,11 @@ def parse_stats(lines: list[str]) -> dict:
     return stats
 
 
+def looks_like_progress(line: str) -> bool:
+    """A cheap test for an --info=progress2 line (parse_progress is exact)."""
+    return line.endswith((")", "  ")) and "%" in line and "B/s" in line
+
+
 def parse_progress(line: str) -> dict | None:
     """One --info=progress2 line as {percent, bytes, rate, eta_s}; None if it is not one."""
     match = _PROGRESS_LINE.fullmatch(line)

@@ -4,13 +4,14 @@ complete with a single rename (SPEC §4)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from .linktree import link_tree, unshare
 log = structlog.get_logger()
 
 MAX_LINK_DESTS = 20  # rsync's own limit
+PROGRESS_EVERY = 0.2  # seconds; the engine publishes less often still
 
 
 class SnapshotFailed(Exception):
@@ -131,13 +133,24 @@ class _Transfer:
         return "; ".join(self.warnings) or None
 
     def _progress_and_stats(self, lines: list[str], phase: str = "transfer") -> Callable[[str], None]:
-        """stdout of a run with --info=progress2: progress to on_progress, the rest (--stats) to lines."""
+        """stdout of a run with --info=progress2: progress to on_progress (at
+        most every PROGRESS_EVERY seconds, and the last one; rsync prints a
+        line per file), the rest (--stats) to lines."""
+        last = 0.0
+
         def on_stdout(line: str) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < PROGRESS_EVERY and not line.startswith("Number of files"):
+                if rsync.looks_like_progress(line):
+                    return
             parsed = rsync.parse_progress(line)
             if parsed is None:
                 lines.append(line)
-            elif self.on_progress:
-                self.on_progress({**parsed, "phase": phase})
+            else:
+                last = now
+                if self.on_progress:
+                    self.on_progress({**parsed, "phase": phase})
         return on_stdout
 
     async def _rsync(self, argv: list[str], *, allow: tuple[int, ...] = rsync.SUCCESS_CODES,
@@ -286,8 +299,8 @@ class _Transfer:
         log.warning("snapshot.manifest_walk", reason="the itemized list does not account for rsync's statistics")
         previous_dir = self.host_dir.hourly / str(previous)
         old = manifest.read(self.host_dir.manifest_file(previous))
-        checksums, hashed_files = manifest.by_inode(self.staging, previous_dir, old, known)
-        stats.update(files=len(checksums), hashed_files=hashed_files,
+        checksums, hashed_now = manifest.by_inode(self.staging, previous_dir, old, known)
+        stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
                      deleted_files=len(set(old or ()) - set(checksums)))
         return manifest.sorted_lines(checksums)
 
@@ -310,21 +323,23 @@ def _remove_batches(host_dir: HostDir, name: str | None = None) -> None:
 
 
 class _Hasher:
-    """Hashes the files rsync writes while it writes the next ones. A file is
-    logged before it is renamed into place (over SSH just before; from a local
-    sender well before), so each is hashed a moment later and retried if it is
-    not there yet; what is still missing at the end is left to the walk."""
+    """Hashes the files rsync writes while it writes the next ones, on a
+    thread of its own. A file is logged before it is renamed into place (over
+    SSH just before, from a local sender well before), so each is hashed a
+    moment after it was logged, and retried a few times if it is not there
+    yet; what is still missing at the end is left to the walk."""
 
     LAG = 0.25  # seconds
     TRIES = 3
 
     def __init__(self, root: Path):
         self.root = root
-        self.root_fd: int | None = None  # rsync creates the directory
-        self.pool = ThreadPoolExecutor(1)
-        self.waiting: dict[bytes, asyncio.TimerHandle] = {}
-        self.running: set[asyncio.Future] = set()
+        self.queue: collections.deque[tuple[float, bytes, int]] = collections.deque()
         self.results: dict[bytes, manifest.Hashed] = {}
+        self.ended = threading.Event()  # rsync is done: no need to wait any more
+        self.stop = threading.Event()   # give up (the run failed)
+        self.worker = threading.Thread(target=self._work, name="bkd-hasher", daemon=True)
+        self.worker.start()
 
     def on_item(self, line: str) -> None:
         if item := rsync.parse_item(line):
@@ -332,45 +347,47 @@ class _Hasher:
 
     def on(self, item: rsync.Item) -> None:
         if item.wrote_file:
-            self._later(item.name, self.TRIES)
+            self.queue.append((time.monotonic() + self.LAG, item.name, self.TRIES))
 
-    def _later(self, name: bytes, tries: int) -> None:
-        self.waiting[name] = asyncio.get_running_loop().call_later(self.LAG, self._submit, name, tries)
-
-    def _submit(self, name: bytes, tries: int) -> None:
-        self.waiting.pop(name, None)
-        if self.root_fd is None:
-            self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        future = asyncio.wrap_future(self.pool.submit(manifest.hash_file, self.root_fd, name))
-        self.running.add(future)
-        future.add_done_callback(lambda done: self._done(done, name, tries))
-
-    def _done(self, future: asyncio.Future, name: bytes, tries: int) -> None:
-        self.running.discard(future)
-        result = None if future.cancelled() or future.exception() else future.result()
-        if result is not None:
-            self.results[name] = result
-        elif tries > 1:
-            self._later(name, tries - 1)
+    def _work(self) -> None:
+        root_fd = None
+        try:
+            while not self.stop.is_set():
+                if not self.queue:
+                    if self.ended.is_set():
+                        return
+                    time.sleep(0.05)
+                    continue
+                due, name, tries = self.queue[0]
+                wait = due - time.monotonic()
+                if wait > 0 and not self.ended.is_set():
+                    self.ended.wait(min(wait, 0.05))
+                    continue
+                self.queue.popleft()
+                if root_fd is None:
+                    try:
+                        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # rsync creates it
+                    except FileNotFoundError:
+                        continue
+                result = manifest.hash_file(root_fd, name)
+                if result is not None:
+                    self.results[name] = result
+                elif tries > 1 and not self.ended.is_set():
+                    self.queue.append((time.monotonic() + self.LAG, name, tries - 1))
+        finally:
+            if root_fd is not None:
+                os.close(root_fd)
 
     async def finish(self) -> dict[bytes, manifest.Hashed]:
-        """rsync has ended: what is waiting is hashed by the walk, what runs is awaited."""
-        for handle in self.waiting.values():
-            handle.cancel()
-        self.waiting.clear()
-        while self.running:
-            await asyncio.wait(set(self.running))
-            for handle in self.waiting.values():  # retries scheduled meanwhile
-                handle.cancel()
-            self.waiting.clear()
+        """rsync has ended: hash what is queued now, without waiting."""
+        self.ended.set()
+        await asyncio.to_thread(self.worker.join)
         return self.results
 
     def close(self) -> None:
-        for handle in self.waiting.values():
-            handle.cancel()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.root_fd is not None:
-            os.close(self.root_fd)
+        self.stop.set()
+        self.ended.set()
+        self.worker.join()
 
 
 class _Estimate:
