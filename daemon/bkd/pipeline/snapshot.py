@@ -342,7 +342,9 @@ class _Hasher:
         self.worker.start()
 
     def on_item(self, line: str) -> None:
-        if item := rsync.parse_item(line):
+        # A first pull logs a line per entry: skip what is not a written file cheaply.
+        code = line.find("] ") + 2
+        if line[code + 1:code + 2] == "f" and (item := rsync.parse_item(line)):
             self.on(item)
 
     def on(self, item: rsync.Item) -> None:
