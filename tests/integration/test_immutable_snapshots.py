@@ -9,7 +9,8 @@ import pytest
 
 from bkd.config.models import Config
 from bkd.layout import HostDir
-from bkd.pipeline import linktree
+from bkd.pipeline import manifest
+from bkd.pipeline import snapshot as snapshot_module
 from bkd.pipeline.snapshot import take_snapshot
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
@@ -67,7 +68,6 @@ async def test_attribute_only_changes_leave_the_older_snapshot_as_it_was(tmp_pat
 
     assert state(old_dir) == before
     assert acl(old_dir / "acl") == acl_before
-    assert second.stats["private_copies"] >= 4
     # The new snapshot has the new metadata …
     assert (new_dir / "chmod").stat().st_mode & 0o777 == 0o600
     assert ((new_dir / "chown").stat().st_uid, (new_dir / "chown").stat().st_gid) == (1234, 5678)
@@ -142,31 +142,82 @@ async def test_metadata_changing_during_the_runs_never_changes_a_complete_snapsh
         flipper.join()
 
 
+
+async def test_a_new_hard_link_to_an_unchanged_file_stays_one_inode(tmp_path):
+    source = tmp_path / "src"
+    (source / "a").mkdir(parents=True)
+    (source / "a" / "old").write_text("shared\n")
+    config = Config.model_validate({"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
+                                    "host": [{"name": "h", "source": str(source)}]})
+    first = await snapshot(config)
+    os.link(source / "a" / "old", source / "new-link")
+    second = await snapshot(config)
+    hourly = HostDir.of(config.backup_root, "h").hourly
+    inodes = {(hourly / n / p).stat().st_ino for n, p in
+              ((first.name, "a/old"), (second.name, "a/old"), (second.name, "new-link"))}
+    assert len(inodes) == 1
+
+
+async def test_a_source_that_changes_between_the_compare_and_the_copy_is_taken_in_one_pass(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    (source / "d").mkdir(parents=True)
+    (source / "d" / "x").write_text("one\n")
+    (source / "keep").write_text("keep\n")
+    config = Config.model_validate({"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
+                                    "host": [{"name": "h", "source": str(source)}]})
+    first = await snapshot(config)
+    hourly = HostDir.of(config.backup_root, "h").hourly
+    before = state(hourly / first.name)
+    (source / "d" / "x").write_text("two, longer\n")
+    clear = snapshot_module._Plan.clear
+
+    def and_then_the_source_moves(plan, root):  # after the compare listed d/x, before the copy
+        clear(plan, root)
+        (source / "d" / "x").unlink()
+        (source / "d").rmdir()
+        (source / "d").write_text("now a file\n")
+
+    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_the_source_moves)
+    second = await snapshot(config)
+    assert (hourly / second.name / "d").read_text() == "now a file\n"
+    assert (hourly / second.name / "keep").stat().st_ino == (hourly / first.name / "keep").stat().st_ino
+    assert state(hourly / first.name) == before
+    recorded = manifest.read(HostDir.of(config.backup_root, "h").manifest_file(second.name))
+    assert sorted(recorded) == [b"d", b"keep"]
+
+
 @ROOT_ONLY
-def test_unsharing_copies_a_file_exactly_and_leaves_the_shared_inode_alone(tmp_path):
-    old, new = tmp_path / "old", tmp_path / "new"
-    old.mkdir()
-    data = old / "file"
-    data.write_bytes(os.urandom(100_000))
-    os.chown(data, 1234, 5678)
-    os.chmod(data, 0o4751)  # set-uid survives only if the mode is set after the owner
-    os.setxattr(data, "user.note", b"kept")
-    subprocess.run(["setfacl", "-m", "u:nobody:r", str(data)], check=True)
-    os.utime(data, ns=(1_000_000_000_123_456_789, 1_100_000_000_987_654_321))
-    os.symlink("file", old / "link")
-    subprocess.run(["cp", "-al", str(old), str(new)], check=True)
-    before = state(old)
+async def test_an_entry_changed_after_the_compare_listed_the_others_is_left_for_the_next_snapshot(tmp_path,
+                                                                                                  monkeypatch):
+    source = tmp_path / "src"
+    (source / "d").mkdir(parents=True)
+    for name in ("top", "d/inner", "changed"):
+        (source / name).write_text(f"{name}\n")
+    config = Config.model_validate({"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
+                                    "host": [{"name": "h", "source": str(source)}]})
+    first = await snapshot(config)
+    hourly = HostDir.of(config.backup_root, "h").hourly
+    before = state(hourly / first.name)
+    (source / "changed").write_text("changed, and the top directory's time with it\n")
+    os.utime(source, (1_000_000_000, 1_000_000_000))
+    clear = snapshot_module._Plan.clear
 
-    assert linktree.unshare(new, [b"file", b"link", b"missing"]) == 2
+    def and_then_more_changes(plan, root):  # after the compare, before the copy
+        clear(plan, root)
+        os.chmod(source / "top", 0o600)
+        os.chown(source / "d" / "inner", 4321, 4321)
+        (source / "late").write_text("too late for this one\n")
+        os.utime(source, (1_000_000_000, 1_000_000_000))
 
-    assert state(old) == before
-    copy, original = (new / "file").lstat(), data.lstat()
-    assert copy.st_ino != original.st_ino and original.st_nlink == 1
-    for field in ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns"):
-        assert getattr(copy, field) == getattr(original, field), field
-    assert (new / "file").read_bytes() == data.read_bytes()
-    assert {n: os.getxattr(new / "file", n) for n in os.listxattr(new / "file")} == \
-        {n: os.getxattr(data, n) for n in os.listxattr(data)}
-    assert acl(new / "file") == acl(data)
-    assert not (new / "link").exists() and not (new / "link").is_symlink()  # rsync recreates it
-    assert sorted(p.name for p in new.iterdir()) == ["file"]  # no temporary name left
+    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_more_changes)
+    second = await snapshot(config)
+    assert state(hourly / first.name) == before
+    new = hourly / second.name
+    assert (new / "top").stat().st_mode & 0o777 == 0o644 and not (new / "late").exists()
+    assert (new / "top").stat().st_ino == (hourly / first.name / "top").stat().st_ino
+    assert (new / "changed").read_text().startswith("changed, and")
+    assert new.stat().st_mtime == 1_000_000_000  # the top directory's own attributes
+    monkeypatch.undo()
+    third = await snapshot(config)  # the next snapshot has them
+    assert (hourly / third.name / "top").stat().st_mode & 0o777 == 0o600 and (hourly / third.name / "late").exists()
+    assert state(hourly / first.name) == before

@@ -105,8 +105,8 @@ async def test_files_vanishing_during_an_incremental_pull_are_a_warning_and_the_
     assert second.status == "warning" and "vanished" in second.warning
     assert_manifest_true(config, second.name, source)
     host_dir = HostDir.of(config.backup_root, "h")
-    # A vanished file keeps the previous snapshot's copy, as rsync leaves it.
-    assert (host_dir.hourly / second.name / "b" / "f050").read_text() == "version 1 of 50!\n"
+    # A changed file that vanished before it was copied is in neither the snapshot nor the source.
+    assert not (host_dir.hourly / second.name / "b" / "f050").exists()
 
 
 async def test_a_file_replaced_by_a_directory_symlink_or_fifo_leaves_the_manifest(tmp_path):
@@ -157,14 +157,15 @@ async def test_a_lost_itemized_line_is_noticed_and_the_manifest_comes_from_the_t
     (source / "f1").unlink()
     parse_item = rsync.parse_item
 
-    def losing(line: str):  # the apply's line for f4 never arrives
+    def losing(line: str):  # the compare's line for f4 never arrives
         item = parse_item(line)
         return None if item is not None and item.name == b"f4" else item
 
     monkeypatch.setattr(rsync, "parse_item", losing)
     second = await take_snapshot(config, settings)
     assert second.status == "ok", second.warning
-    # The list alone would have hashed 9; the walk hashed every file that is not a previous inode.
+    # The list does not account for rsync's count: the snapshot is taken in
+    # one pass, and every file that is not a previous inode is hashed.
     assert second.stats["hashed_files"] == 10
     assert second.stats["deleted_files"] == 1 and second.stats["files"] == 19
     assert_manifest_true_flat(config, second.name, source)
@@ -177,7 +178,7 @@ def assert_manifest_true_flat(config: Config, name: str, source: Path) -> None:
     assert result["ok"], result["mismatches"]
 
 
-async def test_no_batch_file_outlives_a_run(tmp_path):
+async def test_no_file_list_outlives_a_run(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
     (source / "f").write_text("f\n")
@@ -185,14 +186,13 @@ async def test_no_batch_file_outlives_a_run(tmp_path):
     settings = config.settings(config.host[0])
     assert (await take_snapshot(config, settings)).status == "ok"
     meta = HostDir.of(config.backup_root, "h").meta
-    (meta / ".batch-.partial-crashed").write_bytes(b"left by a run that died")
-    (meta / ".batch-.partial-crashed.sh").write_text("rsync --read-batch …")
+    (meta / ".files-.partial-crashed").write_bytes(b"left by a run that died\0")
     (source / "f").write_text("changed\n")
     assert (await take_snapshot(config, settings)).status == "ok"
     assert [p.name for p in meta.iterdir() if p.name.startswith(".")] == []
 
 
-async def test_an_incremental_reports_the_transfer_then_the_apply(tmp_path):
+async def test_an_incremental_reports_the_compare_then_the_transfer(tmp_path):
     source = tmp_path / "src"
     for index in range(300):
         (source / f"d{index % 10}").mkdir(parents=True, exist_ok=True)
@@ -206,10 +206,10 @@ async def test_an_incremental_reports_the_transfer_then_the_apply(tmp_path):
     seen = []
     assert (await take_snapshot(config, settings, on_progress=seen.append)).status == "ok"
     phases = [event["phase"] for event in seen]
-    assert phases == sorted(phases, key=["transfer", "apply"].index) and set(phases) == {"transfer", "apply"}
+    assert phases == sorted(phases, key=["compare", "transfer"].index) and set(phases) == {"compare", "transfer"}
+    compare = [event for event in seen if event["phase"] == "compare"]
+    assert compare[-1]["percent"] == 100 and compare[-1]["bytes"] == 0
+    assert [e["percent"] for e in compare] == sorted(e["percent"] for e in compare)
     transfer = [event for event in seen if event["phase"] == "transfer"]
-    assert transfer[-1]["percent"] == 100 and transfer[-1]["bytes"] > 100 * 3000  # the batch holds the data
-    assert [e["percent"] for e in transfer] == sorted(e["percent"] for e in transfer)
-    apply = [event for event in seen if event["phase"] == "apply"]
-    assert apply and 0 < apply[-1]["bytes"] <= 100 * 3000  # rsync's own --info=progress2 of the apply
+    assert transfer and 0 < transfer[-1]["bytes"] <= 100 * 3000  # rsync's own --info=progress2
     assert all(set(event) == {"percent", "bytes", "rate", "eta_s", "phase"} for event in seen)

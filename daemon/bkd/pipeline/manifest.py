@@ -95,34 +95,6 @@ def hash_file(root_fd: int, relative: bytes) -> Hashed | None:
     return st.st_ino, digest.hexdigest(), st.st_size
 
 
-def rehash(root: Path, paths: Iterable[bytes], known: dict[bytes, Hashed]) -> dict[bytes, Hashed]:
-    """hash_files, keeping a checksum computed earlier where the path is still
-    the inode it was computed on."""
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        kept, stale = {}, []
-        for path in dict.fromkeys(paths):
-            try:
-                inode = _inode_of(root_fd, path)
-            except OSError:
-                inode = None
-            if path in known and known[path][0] == inode:
-                kept[path] = known[path]
-            else:
-                stale.append(path)
-    finally:
-        os.close(root_fd)
-    return {**kept, **hash_files(root, stale)}
-
-
-def _inode_of(root_fd: int, relative: bytes) -> int:
-    fd = _staged_fd(root_fd, relative, os.O_PATH)
-    try:
-        return os.fstat(fd).st_ino
-    finally:
-        os.close(fd)
-
-
 def hash_files(root: Path, paths: Iterable[bytes], workers: int = 2) -> dict[bytes, Hashed]:
     """hash_file for many paths, on `workers` threads (hashlib releases the GIL)."""
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -185,6 +157,15 @@ def sorted_lines(manifest: Manifest) -> list[bytes]:
 def position(lines: list[bytes], name: bytes) -> float:
     """Where name falls in the sorted manifest lines, from 0 to 1."""
     return bisect_left(lines, name, key=_path_of) / len(lines) if lines else 0.0
+
+
+def lookup(lines: list[bytes], name: bytes) -> tuple[str, int] | None:
+    """The entry of name in sorted manifest lines, if any."""
+    index = bisect_left(lines, name, key=_path_of)
+    if index < len(lines) and _path_of(lines[index]) == name:
+        digest, size, _ = lines[index].split(b" ", 2)
+        return digest.decode(), int(size)
+    return None
 
 
 def read_lines(path: Path) -> list[bytes] | None:
@@ -309,6 +290,32 @@ def _walk_pair(tree: Path, other: Path | None) -> Iterator[tuple[bytes, int, int
             os.close(fd)
             if other_fd is not None:
                 os.close(other_fd)
+
+
+def regular_files_at(tree: Path, other: Path, names: Iterable[bytes]) -> dict[bytes, tuple[int, int | None]]:
+    """Which of names are regular files in tree (a tree rsync has written):
+    name → (inode, inode of the regular file at the same path in other, or None)."""
+    found = {}
+    tree_fd, other_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY), os.open(other, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            inodes = []
+            for root_fd in (tree_fd, other_fd):
+                try:
+                    fd = _staged_fd(root_fd, name, os.O_PATH)
+                    try:
+                        st = os.fstat(fd)
+                    finally:
+                        os.close(fd)
+                    inodes.append(st.st_ino if stat.S_ISREG(st.st_mode) else None)
+                except OSError:  # missing, or under something that is not a directory
+                    inodes.append(None)
+            if inodes[0] is not None:
+                found[name] = (inodes[0], inodes[1])
+    finally:
+        os.close(tree_fd)
+        os.close(other_fd)
+    return found
 
 
 def by_inode(tree: Path, previous_tree: Path | None, previous: Manifest | None,

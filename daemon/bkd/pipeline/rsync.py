@@ -35,12 +35,17 @@ EXIT_CODES = {
     35: "timeout waiting for daemon connection",
     255: "the SSH connection failed",
 }
+PARTIAL = 23
 VANISHED = 24
 SUCCESS_CODES = (0, VANISHED)
 
-# One line per changed entry: its 11-character itemize string, a space, its name.
+# One line per changed entry: its 11-character itemize string, a space, its
+# name, and for a hard link (%L) " => " and the name it is linked to. rsync
+# escapes a control character in its output (\\x01 becomes \\#001) and then
+# also a backslash before "#" in a name (\\#134#), so the separator is unambiguous.
 ITEM_FORMAT = "%i %n"
-ITEMS_ON_STDOUT = (f"--out-format={ITEM_FORMAT}",)
+_TARGET_SEPARATOR = "\\#001"
+ITEMS_ON_STDOUT = ("--out-format=%i %n\x01%L",)
 _ITEM_LINE = re.compile(r"(?P<update>[<>ch.])(?P<type>[fdLDS])(?P<flags>.{9}) (?P<name>.+)", re.DOTALL)
 _DELETED_LINE = re.compile(r"\*deleting   (?P<name>.+)", re.DOTALL)
 _LOG_PREFIX = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[\d+\] ")
@@ -116,15 +121,18 @@ def reachability_command(config: Config, settings: HostSettings) -> list[str]:
             "--", source_of(settings)]
 
 
-# What every snapshot transfer preserves and removes.
-_MIRROR = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "--delete", "--delete-excluded"]
+# What every snapshot transfer preserves; and what a whole-tree one removes.
+_PRESERVE = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids"]
+_MIRROR = ["--delete", "--delete-excluded"]
 
 
 def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_dests: list[Path], *,
-                     dry_run: bool = False, progress: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
+                     dry_run: bool = False, progress: bool = True, mirror: bool = True,
+                     extra: tuple[str, ...] = ()) -> list[str]:
     """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
     rsync = settings.rsync
-    argv = ["rsync", *_MIRROR, "--stats", f"--timeout={int(rsync.timeout.total_seconds())}"]
+    argv = ["rsync", *_PRESERVE, *(_MIRROR if mirror else []), "--stats",
+            f"--timeout={int(rsync.timeout.total_seconds())}"]
     if progress:
         argv.append("--info=progress2")
     if dry_run:
@@ -139,28 +147,30 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_de
     return argv
 
 
-def write_batch_command(config: Config, settings: HostSettings, previous: Path, batch: Path) -> list[str]:
-    """Compare the source with the previous snapshot and record the whole
-    change in a batch file, touching nothing. Its stdout is the itemized list
-    alone (no progress is interleaved), one line per change."""
-    # A local copy would send whole files anyway; say so, or the batch gets deltas.
-    whole = () if settings.host.is_remote else ("--whole-file",)
-    return snapshot_command(config, settings, previous, [], progress=False,
-                            extra=(f"--only-write-batch={batch}", *ITEMS_ON_STDOUT, *whole))
+def compare_command(config: Config, settings: HostSettings, previous: Path) -> list[str]:
+    """A dry run of the source against the previous snapshot: what a snapshot
+    changes, touching nothing and reading no file data. Its stdout is the
+    itemized list alone (no progress is interleaved), one line per change."""
+    return snapshot_command(config, settings, previous, [], dry_run=True, progress=False, extra=ITEMS_ON_STDOUT)
 
 
-# rsync 3.5 --read-batch with incremental recursion deadlocks at the end when
-# the last file the batch was to carry vanished from the source; with a
-# --timeout its keep-alive (every timeout/2) breaks the deadlock and it
-# finishes normally. Local I/O never pauses this long otherwise.
-APPLY_TIMEOUT_S = 20
+def fetch_command(config: Config, settings: HostSettings, dest: Path, previous: Path, files_from: Path,
+                  item_log: str) -> list[str]:
+    """Copy only the listed entries (NUL-separated, relative, none of them a
+    non-directory present in dest) from the source, linking or copying
+    unchanged data from the previous snapshot. Without --delete or recursion
+    it touches nothing else in dest; for an entry missing in dest, --link-dest
+    only links an identical file or writes a new one, never changes the old."""
+    return snapshot_command(config, settings, dest, [previous], mirror=False,
+                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args",
+                                   *log_items(item_log)))
 
 
-def read_batch_command(settings: HostSettings, batch: Path, dest: Path, item_log: str) -> list[str]:
-    """Apply a batch to dest (local, reads no source); itemized to item_log."""
-    return ["rsync", *_MIRROR, "--stats", "--info=progress2", f"--timeout={APPLY_TIMEOUT_S}",
-            f"--read-batch={batch}", *log_items(item_log),
-            *[f"--exclude={pattern}" for pattern in settings.excludes], "--", f"{dest}/"]
+def root_command(config: Config, settings: HostSettings, dest: Path) -> list[str]:
+    """The source's top directory itself (owner, mode, times, xattrs, ACLs) onto
+    dest's, and nothing in it: a --files-from list cannot name it, since
+    rsync copies the contents of a listed "."."""
+    return snapshot_command(config, settings, dest, [], mirror=False, progress=False, extra=("--exclude=*",))
 
 
 def log_items(path: str) -> tuple[str, ...]:
@@ -186,6 +196,7 @@ class Item:
     type: str
     flags: str
     name: bytes  # relative, raw, without a directory's trailing slash
+    linked_to: bytes | None = None  # a hard link's other name (from %L)
 
     @property
     def wrote_file(self) -> bool:
@@ -205,10 +216,12 @@ class Item:
 
 
 def parse_item(line: str) -> Item | None:
-    """An --out-format / --log-file-format line of ITEM_FORMAT, or None."""
-    line = _LOG_PREFIX.sub("", line, count=1)
+    """An itemized line (ITEM_FORMAT in a log file, ITEMS_ON_STDOUT), or None."""
+    line, _, target = _LOG_PREFIX.sub("", line, count=1).partition(_TARGET_SEPARATOR)
     if match := _ITEM_LINE.fullmatch(line):
-        return Item(match["update"], match["type"], match["flags"], unescape_name(match["name"]).rstrip(b"/"))
+        linked = unescape_name(target[4:]) if target.startswith(" => ") else None
+        return Item(match["update"], match["type"], match["flags"], unescape_name(match["name"]).rstrip(b"/"),
+                    linked)
     if match := _DELETED_LINE.fullmatch(line):
         return Item("*", "", "", unescape_name(match["name"]).rstrip(b"/"))
     return None

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from ..config.models import Config, HostSettings
 from ..fsutil import fsync_dir, make_private_dir, replace_symlink, syncfs, write_atomic
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
 from . import manifest, rsync
-from .linktree import link_tree, unshare
+from .linktree import link_tree
 
 log = structlog.get_logger()
 
@@ -83,7 +84,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     make_private_dir(config.backup_root)
     for directory in (host_dir.root, host_dir.hourly, host_dir.meta):
         make_private_dir(directory)
-    _remove_batches(host_dir)  # left by a run that died; only one run per host at a time
+    _remove_lists(host_dir)  # left by a run that died; only one run per host at a time
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
              resume_from=[p.name for p in interrupted])
     t0 = time.monotonic()
@@ -117,7 +118,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     return SnapshotResult(status, str(name), stats, transfer.warning)
 
 
-BATCH_PREFIX = ".batch-"
+LIST_PREFIX = ".files-"
 
 
 class _Transfer:
@@ -153,12 +154,14 @@ class _Transfer:
                     self.on_progress({**parsed, "phase": phase})
         return on_stdout
 
-    async def _rsync(self, argv: list[str], *, allow: tuple[int, ...] = rsync.SUCCESS_CODES,
+    async def _rsync(self, argv: list[str], *, on_failure: type[SnapshotFailed] = SnapshotFailed,
                      **kwargs) -> bkexec.Result:
-        """Run an rsync; fail unless it exits with a code in allow; exit 24 is a warning."""
+        """Run an rsync; fail unless it exits 0 or 24 (a warning); exit 23 (some
+        entries could not be copied) raises on_failure."""
         result = await bkexec.run(argv, **kwargs)
-        if result.returncode not in allow:
-            raise SnapshotFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
+        if result.returncode not in rsync.SUCCESS_CODES:
+            failure = on_failure if result.returncode == rsync.PARTIAL else SnapshotFailed
+            raise failure(rsync.describe_failure(result.returncode, result.stderr_tail))
         if result.returncode == rsync.VANISHED and "--dry-run" not in argv:
             self.warnings.append(rsync.describe_failure(result.returncode, result.stderr_tail))
         return result
@@ -197,21 +200,26 @@ class _Transfer:
     async def incremental(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
         """The usual case, in three steps that never change the previous snapshot:
 
-        1. rsync compares the source with the previous snapshot and writes the
-           whole change to a batch file (--only-write-batch), touching nothing;
-           at the same time `cp -al` links a copy of the previous snapshot.
-        2. Every entry whose attributes the batch changes in place gets an
-           inode of its own in the copy (the itemized list says which).
-        3. rsync applies the batch to the copy (--read-batch). The source is
-           read once, in step 1, so nothing it does later can reach a shared
-           inode; the batch is applied to exactly what it was made against.
-        """
+        1. A dry run lists what changed between the source and the previous
+           snapshot (its stdout is that list alone); at the same time `cp -al`
+           links a copy of the previous snapshot.
+        2. Every listed entry and every deleted one is removed from the copy,
+           so that nothing the next step writes is an inode an older snapshot
+           holds (a directory that stays one is the copy's own and is kept).
+        3. rsync copies only the listed entries (--files-from: no recursion,
+           no --delete) with --link-dest to the previous snapshot; for an entry
+           missing in the copy, rsync only links an identical file or writes a
+           new one. Whatever the source does meanwhile, no step changes an
+           inode that the previous snapshot shares.
+
+        If the source changed so much between 1 and 3 that rsync cannot copy
+        the list (exit 23: a listed file's directory is gone), the snapshot is
+        taken in one pass with --link-dest instead."""
         previous_dir = self.host_dir.hourly / str(previous)
-        batch = self.host_dir.meta / f"{BATCH_PREFIX}{self.staging.name}"
         started = time.monotonic()
         old_lines = await asyncio.to_thread(manifest.read_lines, self.host_dir.manifest_file(previous))
         read_s = time.monotonic() - started
-        estimate = _Estimate(old_lines or [], batch, self.on_progress)
+        estimate = _Estimate(old_lines or [], self.on_progress)
         changes: list[rsync.Item] = []
         summary: list[str] = []  # --stats
 
@@ -223,81 +231,109 @@ class _Transfer:
                 changes.append(item)
                 estimate.at(item.name)
 
-        hasher = _Hasher(self.staging)
+        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir), on_stdout=on_change)
+        failure, _ = await estimate.during(asyncio.gather(link_tree(previous_dir, self.staging), compare))
+        if failure:
+            raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
+        compared = rsync.parse_stats(summary)
+        if not rsync.items_match_stats(changes, compared):
+            # Cannot happen on a channel of its own; if it ever does, one pass.
+            log.error("snapshot.compare_unaccounted", items=len(changes), stats=compared)
+            return await self._in_one_pass(previous)
+        plan = _Plan(changes)
+        await asyncio.to_thread(plan.clear, self.staging)
+        stats = {key: compared.get(key, 0) for key in ("entries", "created", "created_files", "deleted", "bytes")}
+        stats.update(changed_files=0, transferred_bytes=0, received_bytes=0)
+        known: dict[bytes, manifest.Hashed] = {}
+        copied: set[bytes] = set()
         try:
-            write = self._rsync(rsync.write_batch_command(self.config, self.settings, previous_dir, batch),
-                                on_stdout=on_change)
-            failure, written = await estimate.during(asyncio.gather(link_tree(previous_dir, self.staging), write))
-            if failure:
-                raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
-            private = [item.name for item in changes if item.in_place]
-            unshared = await asyncio.to_thread(unshare, self.staging, private)
-            applied: list[rsync.Item] = []
-            stdout: list[str] = []
-            complaints: list[str] = []
-
-            def on_applied(line: str) -> None:
-                if item := rsync.parse_item(line):
-                    applied.append(item)
-                    hasher.on(item)
-
-            channel = bkexec.Channel(on_applied)
-            # A file that vanished while the batch was written has no data in it:
-            # rsync keeps the previous copy and exits 23 saying so, for those files only.
-            read = await self._rsync(rsync.read_batch_command(self.settings, batch, self.staging, channel.path),
-                                     allow=(0, 23) if written.returncode == rsync.VANISHED else (0,),
-                                     on_stdout=self._progress_and_stats(stdout, "apply"),
-                                     on_stderr=complaints.append, channel=channel)
-            if read.returncode == 23 and not _only_missing_data(complaints):
-                raise SnapshotFailed(rsync.describe_failure(23, complaints))
-            known = await hasher.finish()
-        finally:
-            hasher.close()
-            _remove_batches(self.host_dir, batch.name)
-        stats = rsync.parse_stats(stdout)
-        stats["received_bytes"] = rsync.parse_stats(summary).get("received_bytes", 0)  # over the wire
-        stats["private_copies"] = unshared
-        raced = sorted({item.name for item in applied if item.in_place} - set(private))
-        if raced:  # cannot happen by construction: say so loudly if it ever does
-            names = ", ".join(os.fsdecode(name) for name in raced[:5])
-            log.error("snapshot.shared_inode_changed", files=len(raced), examples=names)
-            self.warnings.append(f"rsync changed the metadata of {len(raced)} file(s) shared with older "
-                                 f"snapshots in place: {names}")
+            if plan.fetch:
+                known, copied, fetched = await self._fetch(previous_dir, plan)
+                stats.update({key: fetched.get(key, 0) for key in ("changed_files", "transferred_bytes",
+                                                                     "received_bytes")})
+            if plan.root:
+                await self._rsync(rsync.root_command(self.config, self.settings, self.staging),
+                                  on_failure=_SourceMoved)
+        except _SourceMoved as e:
+            log.warning("snapshot.source_moved", error=str(e), fallback="one pass with --link-dest")
+            return await self._in_one_pass(previous)
         started = time.monotonic()
-        checksums = await asyncio.to_thread(self._manifest_of_changes, previous, old_lines, applied, known, stats)
+        checksums = await asyncio.to_thread(self._manifest_of_changes, previous, old_lines, plan, compared,
+                                            known, copied, stats)
         stats["manifest_s"] = round(read_s + time.monotonic() - started, 3)
         return stats, checksums
 
-    def _manifest_of_changes(self, previous: SnapshotName, old_lines: list[bytes] | None,
-                             applied: list[rsync.Item], known: dict[bytes, manifest.Hashed],
+    async def _fetch(self, previous_dir: Path, plan: _Plan) -> tuple[dict[bytes, manifest.Hashed], set[bytes], dict]:
+        """Step 3: copy the planned entries, hashing files as they arrive.
+        Also returns the files rsync copied from the previous snapshot (same
+        content, other attributes)."""
+        files_from = self.host_dir.meta / f"{LIST_PREFIX}{self.staging.name}"
+        hasher = _Hasher(self.staging)
+        fetched: list[rsync.Item] = []
+
+        def on_fetched(line: str) -> None:
+            if item := rsync.parse_item(line):
+                fetched.append(item)
+                if item.update != "c":  # a local copy of the previous snapshot's file: its checksum is known
+                    hasher.on(item)
+
+        channel = bkexec.Channel(on_fetched)
+        lines: list[str] = []
+        try:
+            await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in plan.fetch))
+            argv = rsync.fetch_command(self.config, self.settings, self.staging, previous_dir, files_from,
+                                       channel.path)
+            await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel,
+                              on_failure=_SourceMoved)
+            known = await hasher.finish()
+        finally:
+            hasher.close()
+            files_from.unlink(missing_ok=True)
+        in_place = sorted({item.name for item in fetched if item.in_place and item.update == "."})
+        if in_place:  # cannot happen by construction: say so loudly if it ever does
+            names = ", ".join(os.fsdecode(name) for name in in_place[:5])
+            log.error("snapshot.shared_inode_changed", files=len(in_place), examples=names)
+            self.warnings.append(f"rsync changed the metadata of {len(in_place)} existing file(s) in place: {names}")
+        copied = {item.name for item in fetched if item.update == "c" and item.type == "f"}
+        return known, copied, rsync.parse_stats(lines)
+
+    async def _in_one_pass(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
+        await _remove(self.staging)
+        return await self.pull([self.host_dir.hourly / str(previous)], previous)
+
+    def _manifest_of_changes(self, previous: SnapshotName, old_lines: list[bytes] | None, plan: _Plan,
+                             compared: dict, known: dict[bytes, manifest.Hashed], copied: set[bytes],
                              stats: dict) -> list[bytes]:
-        """The previous manifest updated with what rsync did to the copy, when
-        its itemized list accounts for everything its statistics count; else
-        (a line lost, a file gone) the tree itself, walked by inode. Files
-        hashed while rsync applied the batch keep that checksum where they
-        are still the inode that was hashed."""
-        if old_lines is not None and rsync.items_match_stats(applied, stats):
-            removed, trees, written = [], [], []
-            for item in applied:
-                if item.update == "*":
-                    removed.append(item.name)
-                    trees.append(item.name)
-                elif item.wrote_file:
-                    written.append(item.name)
-                    trees.append(item.name)  # a directory replaced by a file
-                elif item.update in "<>ch" or item.is_new:  # a file replaced by something else
-                    removed.append(item.name)
-                    if item.type != "d":
-                        trees.append(item.name)
-            hashed = manifest.rehash(self.staging, written, known)
-            if len(hashed) == len(set(written)):
-                added = {name: (digest, size) for name, (_inode, digest, size) in hashed.items()}
-                lines, gone = manifest.updated(old_lines, removed, trees, added)
-                if len(lines) == stats.get("files"):
-                    stats.update(hashed_files=len(hashed), deleted_files=gone)
-                    return lines
-        log.warning("snapshot.manifest_walk", reason="the itemized list does not account for rsync's statistics")
+        """The previous manifest with every changed path taken out and what is
+        there now put in: a file that is the previous snapshot's inode, or
+        rsync's copy of it (an attribute-only change), keeps its checksum; one
+        hashed during the copy keeps that checksum if it is still that inode;
+        any other is hashed. Trusted when it holds as many
+        files as the compare counted; else (the source changed meanwhile) the
+        tree itself, walked by inode."""
         previous_dir = self.host_dir.hourly / str(previous)
+        if old_lines is not None:
+            now = manifest.regular_files_at(self.staging, previous_dir, plan.changed)
+            missing = [name for name in plan.files if name not in now]
+            if missing:  # gone from the source between the compare and the copy
+                self.warnings.append(f"{len(missing)} changed file(s) vanished before they could be copied: "
+                                     + ", ".join(os.fsdecode(name) for name in missing[:5]))
+            added, to_hash = {}, []
+            for name, (inode, previous_inode) in now.items():
+                entry = manifest.lookup(old_lines, name) if inode == previous_inode or name in copied else None
+                if entry is None and name in known and known[name][0] == inode:
+                    entry = known[name][1:]
+                if entry is None:
+                    to_hash.append(name)
+                else:
+                    added[name] = entry
+            hashed = manifest.hash_files(self.staging, to_hash)
+            added.update({name: (digest, size) for name, (_inode, digest, size) in hashed.items()})
+            lines, gone = manifest.updated(old_lines, plan.changed, plan.trees, added)
+            if len(lines) == compared.get("files") and len(hashed) == len(to_hash):
+                stats.update(files=len(lines), hashed_files=len(known) + len(hashed), deleted_files=gone)
+                return lines
+        log.warning("snapshot.manifest_walk", reason="the files do not match the compare's count")
         old = manifest.read(self.host_dir.manifest_file(previous))
         checksums, hashed_now = manifest.by_inode(self.staging, previous_dir, old, known)
         stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
@@ -305,21 +341,83 @@ class _Transfer:
         return manifest.sorted_lines(checksums)
 
 
-def _only_missing_data(complaints: list[str]) -> bool:
-    """rsync --read-batch's stderr names only files the batch has no data for."""
-    return all(line.startswith(("(No batched update for ", "rsync error: some files/attrs were not transferred"))
-               for line in complaints if line.strip())
+class _SourceMoved(SnapshotFailed):
+    """The list could not be copied: the source changed after it was made."""
 
 
-def _remove_batches(host_dir: HostDir, name: str | None = None) -> None:
-    """Remove one batch file (name) or all of them, with rsync's .sh beside each."""
+class _Plan:
+    """What an incremental snapshot changes in the linked copy, from the
+    compare's itemized list."""
+
+    def __init__(self, changes: list[rsync.Item]):
+        self.deleted = [item.name for item in changes if item.update == "*"]
+        kept = [item for item in changes if item.update != "*"]
+        # Entries to copy from the source: every changed one, and the other
+        # name of a new hard link (rsync links only names it transfers).
+        fetch = {item.name for item in kept} | {item.linked_to for item in kept if item.linked_to is not None}
+        self.directories = {item.name for item in kept if item.type == "d"}
+        self.files = [item.name for item in kept if item.type == "f"]
+        # Every path whose manifest entry may change, and the trees under the
+        # ones that are no directory (any more).
+        self.changed = sorted(fetch | set(self.deleted))
+        self.trees = sorted({*self.deleted, *(fetch - self.directories)})
+        # The directories holding what is removed or added, so that rsync sets
+        # their times again; none under something that is no directory now.
+        gone = set(self.trees)
+        parents = set()
+        for name in self.changed:
+            while b"/" in name:
+                name = name.rsplit(b"/", 1)[0]
+                parents.add(name)
+        parents = {p for p in parents if not any(a in gone for a in _self_and_ancestors(p))}
+        # Never ".": rsync would copy what is in it. The top directory gets
+        # its attributes in a pass of its own, when the compare lists it.
+        self.root = b"." in self.directories
+        self.fetch = sorted((fetch | parents) - {b"."})
+        self.changed = [name for name in self.changed if name != b"."]
+
+    def clear(self, root: Path) -> None:
+        """Remove from the linked copy what the fetch replaces and what is gone."""
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in self.changed:
+                _remove_entry(root_fd, name, keep_directory=name in self.directories)
+        finally:
+            os.close(root_fd)
+
+
+def _self_and_ancestors(name: bytes):
+    yield name
+    while b"/" in name:
+        name = name.rsplit(b"/", 1)[0]
+        yield name
+
+
+def _remove_entry(root_fd: int, name: bytes, keep_directory: bool) -> None:
     try:
-        entries = [e.name for e in os.scandir(host_dir.meta) if e.name.startswith(BATCH_PREFIX)]
+        parent, base = manifest.open_parent(root_fd, name)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # under something already removed
+    try:
+        st = os.stat(base, dir_fd=parent, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(base, dir_fd=parent)
+        elif not keep_directory:
+            shutil.rmtree(base, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent)
+
+
+def _remove_lists(host_dir: HostDir) -> None:
+    """Remove --files-from lists left by a run that died."""
+    try:
+        names = [e.name for e in os.scandir(host_dir.meta) if e.name.startswith(LIST_PREFIX)]
     except FileNotFoundError:
         return
-    for entry in entries:
-        if name is None or entry in (name, f"{name}.sh"):
-            (host_dir.meta / entry).unlink(missing_ok=True)
+    for name in names:
+        (host_dir.meta / name).unlink(missing_ok=True)
 
 
 class _Hasher:
@@ -393,14 +491,14 @@ class _Hasher:
 
 
 class _Estimate:
-    """Progress while the batch is written, when rsync prints only the itemized
-    list: the share of the previous snapshot's files (in path order) up to the
-    last change rsync listed, and the bytes in the batch file so far."""
+    """Progress while the compare runs, when rsync prints only its itemized
+    list: the share of the previous snapshot's files (in path order) up to
+    the last change listed. No data moves yet (bytes 0)."""
 
     EVERY = 0.5  # seconds between reports
 
-    def __init__(self, old_lines: list[bytes], batch: Path, on_progress):
-        self.old_lines, self.batch, self.on_progress = old_lines, batch, on_progress
+    def __init__(self, old_lines: list[bytes], on_progress):
+        self.old_lines, self.on_progress = old_lines, on_progress
         self.fraction = 0.0
         self.started = time.monotonic()
         self.reported = 0.0
@@ -415,15 +513,10 @@ class _Estimate:
         if not self.on_progress or (not final and now - self.reported < self.EVERY):
             return
         self.reported = now
-        try:
-            done = self.batch.stat().st_size
-        except FileNotFoundError:
-            done = 0
-        elapsed = max(now - self.started, 1e-3)
+        elapsed = now - self.started
         percent = 100 if final else min(int(self.fraction * 100), 99)
         eta = 0 if final else (round(elapsed * (1 / self.fraction - 1)) if self.fraction > 0 else None)
-        self.on_progress({"percent": percent, "bytes": done, "rate": round(done / elapsed), "eta_s": eta,
-                          "phase": "transfer"})
+        self.on_progress({"percent": percent, "bytes": 0, "rate": 0, "eta_s": eta, "phase": "compare"})
 
     async def during(self, work):
         """Await work, reporting at least every EVERY seconds meanwhile."""
