@@ -184,7 +184,8 @@ _REGULAR_COUNTS = {"entries": "files", "created": "created_files", "deleted": "d
 
 def unescape_name(name: str) -> bytes:
     """rsync writes unprintable bytes of a name as \\#ooo (octal)."""
-    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), os.fsencode(name))
+    raw = os.fsencode(name)
+    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), raw) if b"\\#" in raw else raw
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,8 @@ class _Transfer:
     async def pull(self, link_dests: list[Path], previous: SnapshotName | None) -> tuple[dict, list[bytes]]:
         """rsync into the empty staging directory (--link-dest when there is
         anything to link against). Files are hashed while rsync transfers the
-        next ones; a walk by inode afterwards makes the manifest exact."""
+        next ones; a walk by inode afterwards makes the manifest exact (unless
+        nothing was linked and every file rsync counted was hashed)."""
         hasher = _Hasher(self.staging)
         channel = bkexec.Channel(hasher.on_item)
         lines: list[str] = []
@@ -183,15 +184,22 @@ class _Transfer:
                                       extra=rsync.log_items(channel.path))
         try:
             await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel)
+            started = time.monotonic()
             known = await hasher.finish()
         finally:
             hasher.close()
         stats = rsync.parse_stats(lines)
-        started = time.monotonic()
         previous_dir = self.host_dir.hourly / str(previous) if previous else None
         old = await asyncio.to_thread(manifest.read, self.host_dir.manifest_file(previous)) if previous else None
-        checksums, hashed_now = await asyncio.to_thread(manifest.by_inode, self.staging, previous_dir, old, known)
-        log.info("snapshot.hashed", while_transferring=len(known), after=hashed_now)
+        if not link_dests and len(known) == stats.get("files"):
+            # Into an empty directory rsync writes each path once, so each was
+            # hashed as it stays, and the count says none is missing: no walk.
+            checksums, hashed_now = {name: entry[1:] for name, entry in known.items()}, 0
+        else:
+            checksums, hashed_now = await asyncio.to_thread(manifest.by_inode, self.staging, previous_dir, old,
+                                                            known)
+        log.info("snapshot.hashed", while_transferring=len(known), after=hashed_now,
+                 seconds_after=round(time.monotonic() - started, 3))
         stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
                      deleted_files=len(set(old or ()) - set(checksums)),
                      manifest_s=round(time.monotonic() - started, 3))
@@ -216,10 +224,9 @@ class _Transfer:
         the list (exit 23: a listed file's directory is gone), the snapshot is
         taken in one pass with --link-dest instead."""
         previous_dir = self.host_dir.hourly / str(previous)
-        started = time.monotonic()
-        old_lines = await asyncio.to_thread(manifest.read_lines, self.host_dir.manifest_file(previous))
-        read_s = time.monotonic() - started
-        estimate = _Estimate(old_lines or [], self.on_progress)
+        estimate = _Estimate(self.on_progress)
+        reading = asyncio.create_task(asyncio.to_thread(manifest.read_lines, self.host_dir.manifest_file(previous)))
+        reading.add_done_callback(lambda task: task.cancelled() or task.exception() or estimate.knows(task.result()))
         changes: list[rsync.Item] = []
         summary: list[str] = []  # --stats
 
@@ -235,6 +242,7 @@ class _Transfer:
         failure, _ = await estimate.during(asyncio.gather(link_tree(previous_dir, self.staging), compare))
         if failure:
             raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
+        old_lines = await reading  # read meanwhile
         compared = rsync.parse_stats(summary)
         if not rsync.items_match_stats(changes, compared):
             # Cannot happen on a channel of its own; if it ever does, one pass.
@@ -260,7 +268,7 @@ class _Transfer:
         started = time.monotonic()
         checksums = await asyncio.to_thread(self._manifest_of_changes, previous, old_lines, plan, compared,
                                             known, copied, stats)
-        stats["manifest_s"] = round(read_s + time.monotonic() - started, 3)
+        stats["manifest_s"] = round(time.monotonic() - started, 3)
         return stats, checksums
 
     async def _fetch(self, previous_dir: Path, plan: _Plan) -> tuple[dict[bytes, manifest.Hashed], set[bytes], dict]:
@@ -422,10 +430,11 @@ def _remove_lists(host_dir: HostDir) -> None:
 
 class _Hasher:
     """Hashes the files rsync writes while it writes the next ones, on a
-    thread of its own. A file is logged before it is renamed into place (over
-    SSH just before, from a local sender well before), so each is hashed a
-    moment after it was logged, and retried a few times if it is not there
-    yet; what is still missing at the end is left to the walk."""
+    thread of its own at a lower priority than rsync. A file is logged before
+    it is renamed into place (over SSH just before, from a local sender well
+    before), so each is hashed a moment after it was logged, and retried a
+    few times if it is not there yet. What is queued when rsync ends is
+    hashed then on every core; what is still missing is left to the walk."""
 
     LAG = 0.25  # seconds
     TRIES = 3
@@ -434,34 +443,36 @@ class _Hasher:
         self.root = root
         self.queue: collections.deque[tuple[float, bytes, int]] = collections.deque()
         self.results: dict[bytes, manifest.Hashed] = {}
-        self.ended = threading.Event()  # rsync is done: no need to wait any more
-        self.stop = threading.Event()   # give up (the run failed)
+        self.ended = threading.Event()  # rsync is done (or the run failed): stop
         self.worker = threading.Thread(target=self._work, name="bkd-hasher", daemon=True)
         self.worker.start()
 
     def on_item(self, line: str) -> None:
-        # A first pull logs a line per entry: skip what is not a written file cheaply.
+        """A line of ITEM_FORMAT in rsync's log file. A first pull logs one per
+        entry, so a written file's name is taken without parse_item."""
         code = line.find("] ") + 2
-        if line[code + 1:code + 2] == "f" and (item := rsync.parse_item(line)):
-            self.on(item)
+        if line[code + 1:code + 2] == "f" and line[code:code + 1] in "<>ch" and line[code + 11:code + 12] == " ":
+            self.queue.append((time.monotonic() + self.LAG, rsync.unescape_name(line[code + 12:]), self.TRIES))
 
     def on(self, item: rsync.Item) -> None:
         if item.wrote_file:
             self.queue.append((time.monotonic() + self.LAG, item.name, self.TRIES))
 
     def _work(self) -> None:
+        # Behind rsync for the CPU: what is left when it ends is hashed then, on every core.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:
+            pass
         root_fd = None
         try:
-            while not self.stop.is_set():
+            while not self.ended.is_set():
                 if not self.queue:
-                    if self.ended.is_set():
-                        return
-                    time.sleep(0.05)
+                    self.ended.wait(0.05)
                     continue
                 due, name, tries = self.queue[0]
-                wait = due - time.monotonic()
-                if wait > 0 and not self.ended.is_set():
-                    self.ended.wait(min(wait, 0.05))
+                if due > time.monotonic():
+                    self.ended.wait(min(due - time.monotonic(), 0.05))
                     continue
                 self.queue.popleft()
                 if root_fd is None:
@@ -472,20 +483,23 @@ class _Hasher:
                 result = manifest.hash_file(root_fd, name)
                 if result is not None:
                     self.results[name] = result
-                elif tries > 1 and not self.ended.is_set():
+                elif tries > 1:
                     self.queue.append((time.monotonic() + self.LAG, name, tries - 1))
         finally:
             if root_fd is not None:
                 os.close(root_fd)
 
     async def finish(self) -> dict[bytes, manifest.Hashed]:
-        """rsync has ended: hash what is queued now, without waiting."""
+        """rsync has ended: hash what is still queued, on every core."""
         self.ended.set()
         await asyncio.to_thread(self.worker.join)
+        left = [name for _due, name, _tries in self.queue if name not in self.results]
+        self.queue.clear()
+        if left and self.root.exists():
+            self.results.update(await asyncio.to_thread(manifest.hash_files, self.root, left))
         return self.results
 
     def close(self) -> None:
-        self.stop.set()
         self.ended.set()
         self.worker.join()
 
@@ -497,11 +511,15 @@ class _Estimate:
 
     EVERY = 0.5  # seconds between reports
 
-    def __init__(self, old_lines: list[bytes], on_progress):
-        self.old_lines, self.on_progress = old_lines, on_progress
+    def __init__(self, on_progress):
+        self.old_lines: list[bytes] = []  # the previous manifest, once read
+        self.on_progress = on_progress
         self.fraction = 0.0
         self.started = time.monotonic()
         self.reported = 0.0
+
+    def knows(self, old_lines: list[bytes] | None) -> None:
+        self.old_lines = old_lines or []
 
     def at(self, name: bytes) -> None:
         if self.old_lines:
