@@ -131,3 +131,15 @@ def test_the_itemized_list_of_a_real_run_accounts_for_its_statistics():
     assert len(items) == 19 and rsync.items_match_stats(items, stats)
     assert not rsync.items_match_stats(items[:-1], stats)  # one line lost: noticed
     assert not rsync.items_match_stats([i for i in items if i.update != "*"], stats)
+
+
+def test_progress_is_reported_at_most_five_times_a_second_and_its_last_line_always():
+    from bkd.pipeline.snapshot import _Transfer
+    seen, stats = [], []
+    transfer = _Transfer(None, None, None, None, seen.append)
+    on_stdout = transfer._progress_and_stats(stats)
+    for done in range(1, 1001):  # rsync prints a line per file
+        on_stdout(f"     {done * 1000:,}  {done // 10}%   10.00MB/s    0:00:01 (xfr#{done}, to-chk={1000 - done}/1000)")
+    on_stdout("Number of files: 1,000 (reg: 1,000)")
+    assert 1 <= len(seen) <= 3 and seen[-1]["percent"] == 100 and seen[-1]["phase"] == "transfer"
+    assert stats == ["Number of files: 1,000 (reg: 1,000)"]

@@ -134,24 +134,29 @@ class _Transfer:
         return "; ".join(self.warnings) or None
 
     def _progress_and_stats(self, lines: list[str], phase: str = "transfer") -> Callable[[str], None]:
-        """stdout of a run with --info=progress2: progress to on_progress (at
-        most every PROGRESS_EVERY seconds, and the last one; rsync prints a
-        line per file), the rest (--stats) to lines."""
-        last = 0.0
+        """stdout of a run with --info=progress2: progress to on_progress (rsync
+        prints a line per file: at most one every PROGRESS_EVERY seconds, and
+        the last before the statistics), the rest (--stats) to lines."""
+        last, skipped = 0.0, None
+
+        def report(parsed: dict) -> None:
+            if self.on_progress:
+                self.on_progress({**parsed, "phase": phase})
 
         def on_stdout(line: str) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if now - last < PROGRESS_EVERY and not line.startswith("Number of files"):
-                if rsync.looks_like_progress(line):
-                    return
-            parsed = rsync.parse_progress(line)
-            if parsed is None:
-                lines.append(line)
-            else:
-                last = now
-                if self.on_progress:
-                    self.on_progress({**parsed, "phase": phase})
+            nonlocal last, skipped
+            if rsync.looks_like_progress(line) and (parsed := rsync.parse_progress(line)):
+                now = time.monotonic()
+                if now - last < PROGRESS_EVERY:
+                    skipped = parsed
+                else:
+                    last, skipped = now, None
+                    report(parsed)
+                return
+            if skipped:
+                report(skipped)
+                skipped = None
+            lines.append(line)
         return on_stdout
 
     async def _rsync(self, argv: list[str], *, on_failure: type[SnapshotFailed] = SnapshotFailed,
@@ -316,9 +321,9 @@ class _Transfer:
         there now put in: a file that is the previous snapshot's inode, or
         rsync's copy of it (an attribute-only change), keeps its checksum; one
         hashed during the copy keeps that checksum if it is still that inode;
-        any other is hashed. Trusted when it holds as many
-        files as the compare counted; else (the source changed meanwhile) the
-        tree itself, walked by inode."""
+        any other is hashed. Trusted when it holds as many files as the
+        compare counted; else (the source changed meanwhile) the tree itself,
+        walked by inode."""
         previous_dir = self.host_dir.hourly / str(previous)
         if old_lines is not None:
             now = manifest.regular_files_at(self.staging, previous_dir, plan.changed)
