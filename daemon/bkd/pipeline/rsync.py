@@ -103,9 +103,25 @@ def ssh_command(config: Config) -> list[str]:
     return argv
 
 
-def _remote_shell(config: Config, settings: HostSettings) -> list[str]:
+def _remote_shell(config: Config, settings: HostSettings, shared: str | None = None) -> list[str]:
     # rsync splits -e itself and honours shell-style quoting.
-    return ["-e", shlex.join(ssh_command(config))] if settings.host.is_remote else []
+    if not settings.host.is_remote:
+        return []
+    return ["-e", shlex.join(ssh_command(config) + (share_connection(shared) if shared else []))]
+
+
+def share_connection(control_path: str) -> list[str]:
+    """ssh options to use the connection a master (ssh_master_command) holds
+    open at control_path; ssh connects on its own when there is none."""
+    return ["-o", f"ControlPath={control_path}", "-o", "ControlMaster=no"]
+
+
+def ssh_master_command(config: Config, settings: HostSettings, control_path: str) -> list[str]:
+    """An ssh connection to the source host that runs nothing and lets the
+    runs of one snapshot share it (one key exchange instead of one per run)."""
+    host = settings.host.source.split(":", 1)[0]
+    return [*ssh_command(config), "-M", "-N", "-o", f"ControlPath={control_path}", "-o", "ControlPersist=no",
+            "--", host]
 
 
 def source_of(settings: HostSettings) -> str:
@@ -128,7 +144,7 @@ _MIRROR = ["--delete", "--delete-excluded"]
 
 def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_dests: list[Path], *,
                      dry_run: bool = False, progress: bool = True, mirror: bool = True,
-                     extra: tuple[str, ...] = ()) -> list[str]:
+                     extra: tuple[str, ...] = (), shared: str | None = None) -> list[str]:
     """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
     rsync = settings.rsync
     argv = ["rsync", *_PRESERVE, *(_MIRROR if mirror else []), "--stats",
@@ -142,20 +158,21 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_de
     argv += list(extra)
     argv += [f"--link-dest={path}" for path in link_dests]
     argv += [f"--exclude={pattern}" for pattern in settings.excludes]
-    argv += _remote_shell(config, settings)
+    argv += _remote_shell(config, settings, shared)
     argv += ["--", source_of(settings), f"{dest}/"]
     return argv
 
 
-def compare_command(config: Config, settings: HostSettings, previous: Path) -> list[str]:
+def compare_command(config: Config, settings: HostSettings, previous: Path, shared: str | None = None) -> list[str]:
     """A dry run of the source against the previous snapshot: what a snapshot
     changes, touching nothing and reading no file data. Its stdout is the
     itemized list alone (no progress is interleaved), one line per change."""
-    return snapshot_command(config, settings, previous, [], dry_run=True, progress=False, extra=ITEMS_ON_STDOUT)
+    return snapshot_command(config, settings, previous, [], dry_run=True, progress=False, extra=ITEMS_ON_STDOUT,
+                            shared=shared)
 
 
 def fetch_command(config: Config, settings: HostSettings, dest: Path, previous: Path, files_from: Path,
-                  item_log: str) -> list[str]:
+                  item_log: str, shared: str | None = None) -> list[str]:
     """Copy only the listed entries (NUL-separated, relative, none of them a
     non-directory present in dest) from the source, linking or copying
     unchanged data from the previous snapshot. Without --delete or recursion
@@ -163,14 +180,15 @@ def fetch_command(config: Config, settings: HostSettings, dest: Path, previous: 
     only links an identical file or writes a new one, never changes the old."""
     return snapshot_command(config, settings, dest, [previous], mirror=False,
                             extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args",
-                                   *log_items(item_log)))
+                                   *log_items(item_log)), shared=shared)
 
 
-def root_command(config: Config, settings: HostSettings, dest: Path) -> list[str]:
+def root_command(config: Config, settings: HostSettings, dest: Path, shared: str | None = None) -> list[str]:
     """The source's top directory itself (owner, mode, times, xattrs, ACLs) onto
     dest's, and nothing in it: a --files-from list cannot name it, since
     rsync copies the contents of a listed "."."""
-    return snapshot_command(config, settings, dest, [], mirror=False, progress=False, extra=("--exclude=*",))
+    return snapshot_command(config, settings, dest, [], mirror=False, progress=False, extra=("--exclude=*",),
+                            shared=shared)
 
 
 def log_items(path: str) -> tuple[str, ...]:

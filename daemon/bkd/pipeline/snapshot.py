@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -128,6 +129,7 @@ class _Transfer:
         self.config, self.settings, self.host_dir, self.staging = config, settings, host_dir, staging
         self.on_progress = on_progress
         self.warnings: list[str] = []
+        self.shared: str | None = None  # the ssh master's socket while one runs
 
     @property
     def warning(self) -> str | None:
@@ -211,6 +213,21 @@ class _Transfer:
         return stats, manifest.sorted_lines(checksums)
 
     async def incremental(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
+        """The incremental snapshot over one shared SSH connection (see _compare_and_copy)."""
+        if not self.settings.host.is_remote:
+            return await self._compare_and_copy(previous)
+        directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # private (0700), and short enough for a socket
+        self.shared = os.path.join(directory, "master")
+        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared)))
+        try:
+            return await self._compare_and_copy(previous)
+        finally:
+            self.shared = None
+            master.cancel()  # stops its process group
+            await asyncio.gather(master, return_exceptions=True)
+            shutil.rmtree(directory, ignore_errors=True)
+
+    async def _compare_and_copy(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
         """The usual case, in three steps that never change the previous snapshot:
 
         1. A dry run lists what changed between the source and the previous
@@ -243,7 +260,8 @@ class _Transfer:
                 changes.append(item)
                 estimate.at(item.name)
 
-        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir), on_stdout=on_change)
+        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir, self.shared),
+                              on_stdout=on_change)
         failure, _ = await estimate.during(asyncio.gather(link_tree(previous_dir, self.staging), compare))
         if failure:
             raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
@@ -265,7 +283,7 @@ class _Transfer:
                 stats.update({key: fetched.get(key, 0) for key in ("changed_files", "transferred_bytes",
                                                                      "received_bytes")})
             if plan.root:
-                await self._rsync(rsync.root_command(self.config, self.settings, self.staging),
+                await self._rsync(rsync.root_command(self.config, self.settings, self.staging, self.shared),
                                   on_failure=_SourceMoved)
         except _SourceMoved as e:
             log.warning("snapshot.source_moved", error=str(e), fallback="one pass with --link-dest")
@@ -295,7 +313,7 @@ class _Transfer:
         try:
             await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in plan.fetch))
             argv = rsync.fetch_command(self.config, self.settings, self.staging, previous_dir, files_from,
-                                       channel.path)
+                                       channel.path, self.shared)
             await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel,
                               on_failure=_SourceMoved)
             known = await hasher.finish()
