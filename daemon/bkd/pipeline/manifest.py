@@ -124,8 +124,12 @@ def _escape(path: bytes) -> bytes:
     return path.replace(b"\\", b"\\\\").replace(b"\n", b"\\n") if b"\\" in path or b"\n" in path else path
 
 
+def _unescaped(match: re.Match) -> bytes:
+    return b"\n" if match[1] == b"n" else match[1]
+
+
 def _unescape(path: bytes) -> bytes:
-    return _ESCAPED.sub(lambda m: b"\n" if m[1] == b"n" else m[1], path) if b"\\" in path else path
+    return _ESCAPED.sub(_unescaped, path) if b"\\" in path else path
 
 
 def read(path: Path) -> Manifest | None:
@@ -148,7 +152,10 @@ def _line(name: bytes, digest: str, size: int) -> bytes:
 
 
 def _path_of(line: bytes) -> bytes:
-    return _unescape(line.split(b" ", 2)[2])
+    # "<64 hex digits> <size> <path>": the path starts after the second space.
+    # (Called for every probe of a binary search: _unescape inlined.)
+    path = line[line.index(b" ", 65) + 1:]
+    return _ESCAPED.sub(_unescaped, path) if b"\\" in path else path
 
 
 def write(path: Path, manifest: Manifest, sync: bool = True) -> None:
@@ -156,7 +163,8 @@ def write(path: Path, manifest: Manifest, sync: bool = True) -> None:
 
 
 def write_lines(path: Path, lines: list[bytes], sync: bool = True) -> None:
-    write_atomic(path, HEADER + b"\n".join(lines) + (b"\n" if lines else b""), sync=sync)
+    # One join, no copies of a many-megabyte result.
+    write_atomic(path, b"\n".join([HEADER.rstrip(b"\n"), *lines, b""]), sync=sync)
 
 
 def sorted_lines(manifest: Manifest) -> list[bytes]:
@@ -198,8 +206,8 @@ def updated(lines: list[bytes], removed: Iterable[bytes], removed_trees: Iterabl
     path). Costs a binary search per change, not a pass per change. Returns the
     new lines and how many old paths are gone for good."""
     drops = []  # index ranges of old lines to leave out
-    for name in {*removed, *added}:
-        index = bisect_left(lines, name, key=_path_of)
+    position = {name: bisect_left(lines, name, key=_path_of) for name in {*removed, *added}}
+    for name, index in position.items():
         if index < len(lines) and _path_of(lines[index]) == name:
             drops.append((index, index + 1))
     for tree in removed_trees:
@@ -214,14 +222,14 @@ def updated(lines: list[bytes], removed: Iterable[bytes], removed_trees: Iterabl
             merged.append([low, high])
     gone = sum(1 for low, high in merged for index in range(low, high) if _path_of(lines[index]) not in added)
 
+    starts = [low for low, _high in merged]
+
     def kept_index(index: int) -> int:
         """Where an insertion at old index `index` lands among kept lines."""
-        for low, high in merged:
-            if low <= index < high:
-                return high
-        return index
+        at = bisect_left(starts, index + 1) - 1  # the last dropped range starting at or before index
+        return merged[at][1] if at >= 0 and index < merged[at][1] else index
 
-    inserts = sorted((kept_index(bisect_left(lines, name, key=_path_of)), name) for name in added)
+    inserts = sorted((kept_index(position[name]), name) for name in added)
     result: list[bytes] = []
     keep_start, next_insert = 0, 0
     for low, high in [*merged, [len(lines), len(lines)]]:

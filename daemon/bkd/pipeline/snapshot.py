@@ -130,6 +130,7 @@ class _Transfer:
         self.on_progress = on_progress
         self.warnings: list[str] = []
         self.shared: str | None = None  # the ssh master's socket while one runs
+        self.hashing_after_s = 0.0  # hashing left when the copy ended: part of the manifest step
 
     @property
     def warning(self) -> str | None:
@@ -291,7 +292,7 @@ class _Transfer:
         started = time.monotonic()
         checksums = await asyncio.to_thread(self._manifest_of_changes, previous, old_lines, plan, compared,
                                             known, copied, stats)
-        stats["manifest_s"] = round(time.monotonic() - started, 3)
+        stats["manifest_s"] = round(self.hashing_after_s + time.monotonic() - started, 3)
         return stats, checksums
 
     async def _fetch(self, previous_dir: Path, plan: _Plan) -> tuple[dict[bytes, manifest.Hashed], set[bytes], dict]:
@@ -316,7 +317,9 @@ class _Transfer:
                                        channel.path, self.shared)
             await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel,
                               on_failure=_SourceMoved)
+            finishing = time.monotonic()
             known = await hasher.finish()
+            self.hashing_after_s = time.monotonic() - finishing
         finally:
             hasher.close()
             files_from.unlink(missing_ok=True)
@@ -459,8 +462,8 @@ class _Hasher:
     few times if it is not there yet. What is queued when rsync ends is
     hashed then on every core; what is still missing is left to the walk."""
 
-    LAG = 0.25  # seconds
-    TRIES = 3
+    LAG = 0.05  # seconds between tries; a local sender logs up to a few tenths ahead
+    TRIES = 6
 
     def __init__(self, root: Path):
         self.root = root
