@@ -54,7 +54,7 @@ def test_failures_name_the_cause():
         "rsync exited with code 255 (the SSH connection failed): "
         "ssh: connect to host 127.0.0.9 port 22: Connection refused")
     assert rsync.describe_failure(11, []) == "rsync exited with code 11 (error in file I/O (is the backup disk full?))"
-    enospc = ["rsync: [sender] safe_write failed to write 26002 bytes to batch file: No space left on device (28)"]
+    enospc = ["rsync: [receiver] write failed on \"/srv/bkd/h/hourly/.partial-1/f\": No space left on device (28)"]
     refused = ["ssh: connect to host 127.0.0.59 port 52253: Connection refused"]
     assert rsync.describe_failure(12, refused) == (
         "rsync exited with code 12 (the SSH connection failed): " + refused[0])
@@ -125,9 +125,9 @@ def test_which_items_write_a_file_and_which_change_an_inode_in_place(line, wrote
 
 
 def test_the_itemized_list_of_a_real_run_accounts_for_its_statistics():
-    items = [rsync.parse_item(line) for line in (FIXTURES / "read_batch.log").read_text().splitlines()]
+    items = [rsync.parse_item(line) for line in (FIXTURES / "itemized.log").read_text().splitlines()]
     items = [item for item in items if item]
-    stats = rsync.parse_stats((FIXTURES / "read_batch_stdout.txt").read_text().splitlines())
+    stats = rsync.parse_stats((FIXTURES / "itemized_stats.txt").read_text().splitlines())
     assert len(items) == 19 and rsync.items_match_stats(items, stats)
     assert not rsync.items_match_stats(items[:-1], stats)  # one line lost: noticed
     assert not rsync.items_match_stats([i for i in items if i.update != "*"], stats)
