@@ -2,7 +2,9 @@
 
 Each child gets its own process group, so stopping it stops everything it
 spawned (rsync's ssh, a hook's grandchildren). Output is streamed line by line
-to an optional callback and only a bounded tail of stderr is kept.
+to an optional callback and only a bounded tail of stderr is kept. A tool's
+machine-readable output can have a pipe of its own (a Channel), so that it is
+never interleaved with what the tool prints for humans.
 """
 
 from __future__ import annotations
@@ -59,6 +61,36 @@ def _deliver(raw: bytes, on_line, tail) -> None:
         on_line(line)
 
 
+class Channel:
+    """An extra output pipe for one run: the child writes to `path`
+    (/dev/fd/N, inherited), each line goes to on_line."""
+
+    def __init__(self, on_line: Callable[[str], None]):
+        self.on_line = on_line
+        self._read, self._write = os.pipe()
+        self.path = f"/dev/fd/{self._write}"
+        self._transport: asyncio.BaseTransport | None = None
+
+    def _spawned(self) -> None:
+        # Only the child may hold the write end, so that the pipe ends with it.
+        os.close(self._write)
+        self._write = -1
+
+    async def _pump(self) -> None:
+        reader = asyncio.StreamReader()
+        self._transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), open(self._read, "rb", buffering=0))
+        await _pump(reader, self.on_line, None)
+
+    def _close(self) -> None:
+        if self._write >= 0:
+            os.close(self._write)
+        if self._transport is not None:
+            self._transport.close()  # it owns the read end
+        else:
+            os.close(self._read)
+
+
 async def stop_group(proc: asyncio.subprocess.Process, grace: float = GRACE_SECONDS) -> None:
     """SIGTERM the whole group, SIGKILL it after the grace period, always reap."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -82,16 +114,26 @@ async def stop_group(proc: asyncio.subprocess.Process, grace: float = GRACE_SECO
 
 async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = None,
               on_stderr: Callable[[str], None] | None = None, env: dict | None = None,
-              cwd: str | None = None, grace: float = GRACE_SECONDS) -> Result:
+              cwd: str | None = None, grace: float = GRACE_SECONDS, channel: Channel | None = None) -> Result:
     """Run argv to completion. Cancelling the calling task stops the process group."""
     argv = [str(a) for a in argv]
     log.debug("exec", argv=argv)
-    proc = await asyncio.create_subprocess_exec(
-        *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
+            pass_fds=(channel._write,) if channel else (),
+        )
+    except BaseException:
+        if channel:
+            channel._close()
+        raise
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    pumps = asyncio.gather(_pump(proc.stdout, on_stdout, None), _pump(proc.stderr, on_stderr, tail))
+    streams = [_pump(proc.stdout, on_stdout, None), _pump(proc.stderr, on_stderr, tail)]
+    if channel:
+        channel._spawned()
+        streams.append(channel._pump())
+    pumps = asyncio.gather(*streams)
     try:
         await pumps
         returncode = await proc.wait()
@@ -99,6 +141,9 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
         await stop_group(proc, grace)
         pumps.cancel()
         raise
+    finally:
+        if channel:
+            channel._close()
     return Result(argv, returncode, list(tail))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-from .pipeline.rsync import EXIT_CODES
+from .pipeline.rsync import EXIT_CODES, MEANINGS
 
 _RSYNC = re.compile(r"\brsync exited with code (-?\d+)")
 _HOOK = re.compile(r"\b(pre|post) hook (exited with code -?\d+|timed out after \d+s)")
@@ -26,7 +26,7 @@ _PHRASES = ("cannot checksum the new snapshot", "cannot complete the snapshot",
 
 # The meanings bkd itself gives an exit code: rsync's table, with any code (describe_failure says
 # "the SSH connection failed" whatever code rsync chose); a meaning not among them is not repeated.
-_MEANINGS = sorted({*EXIT_CODES.values(), "unknown error"}, key=len, reverse=True)
+_MEANINGS = sorted(MEANINGS, key=len, reverse=True)
 
 
 def _rsync(message: str, match: re.Match) -> str:

@@ -53,3 +53,18 @@ async def test_output_lines_and_a_bounded_stderr_tail(tmp_path):
     assert result.returncode == 3
     assert out == ["a", "b"]
     assert len(result.stderr_tail) == bkexec.STDERR_TAIL_LINES and result.stderr_tail[-1] == "err 99"
+
+
+async def test_a_channel_carries_its_own_lines_apart_from_stdout(tmp_path):
+    script = ("import os, sys\nfd = int(sys.argv[1].rsplit('/', 1)[1])\n"
+              "print('progress\\r', end='', flush=True)\n"
+              "for i in range(3): os.write(fd, b'item %d\\n' % i)\nprint('stats')")
+    out, items = [], []
+    channel = bkexec.Channel(items.append)
+    result = await bkexec.run(["python3", "-c", script, channel.path], on_stdout=out.append, channel=channel)
+    assert result.returncode == 0
+    assert items == ["item 0", "item 1", "item 2"] and out == ["progress", "stats"]
+    opened = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(FileNotFoundError):  # the child cannot even start
+        await bkexec.run(["true"], cwd=str(tmp_path / "missing"), channel=bkexec.Channel(items.append))
+    assert set(os.listdir("/proc/self/fd")) <= opened  # no descriptor left behind

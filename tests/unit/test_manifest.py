@@ -1,5 +1,11 @@
 """The manifest's line format round-trips any file name."""
 
+import hashlib
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from bkd.pipeline import manifest
 
 
@@ -13,3 +19,56 @@ def test_names_with_newlines_backslashes_spaces_and_invalid_utf8_round_trip(tmp_
     manifest.write(path, {})
     assert manifest.read(path) == {}
     assert manifest.read(tmp_path / "missing") is None
+
+
+names = st.lists(st.sampled_from([b"a", b"a/b", b"a/b/c", b"a.txt", b"a0", b"b", b"b/\n", b"b\\x", b"c/d", b"c/d/e",
+                                  b"c-d", b"z", b"\xff"]), unique=True)
+
+
+def entry(name: bytes) -> tuple[str, int]:
+    return hashlib.sha256(name).hexdigest(), len(name)
+
+
+@given(old=names, removed=names, trees=names, added=names)
+def test_updating_sorted_lines_equals_updating_the_whole_manifest(old, removed, trees, added):
+    before = {name: entry(name) for name in old}
+    new = {name: (hashlib.sha256(b"new" + name).hexdigest(), 7) for name in added}
+    expected = {name: value for name, value in before.items()
+                if name not in removed and not any(name.startswith(tree + b"/") for tree in trees)}
+    expected.update(new)
+    lines, gone = manifest.updated(manifest.sorted_lines(before), removed, trees, new)
+    assert lines == manifest.sorted_lines(expected)
+    assert gone == len(set(before) - set(expected))
+
+
+def test_the_update_reads_lines_as_written(tmp_path):
+    path = tmp_path / "m"
+    manifest.write(path, {b"x": entry(b"x"), b"new\nline": entry(b"y")})
+    lines = manifest.read_lines(path)
+    assert lines == manifest.sorted_lines({b"x": entry(b"x"), b"new\nline": entry(b"y")})
+    manifest.write_lines(path, manifest.updated(lines, [b"x"], [], {})[0])
+    assert manifest.read(path) == {b"new\nline": entry(b"y")}
+    assert manifest.read_lines(tmp_path / "missing") is None
+
+
+def test_a_walk_by_inode_reuses_what_it_can_and_hashes_the_rest(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "d").mkdir(parents=True)
+    (old / "same").write_text("same\n")
+    (old / "d" / "rewritten").write_text("old\n")
+    (old / "gone").write_text("gone\n")
+    recorded = {b"same": ("recorded-same", 5), b"d/rewritten": ("recorded-old", 4), b"gone": ("recorded-gone", 5)}
+    (new / "d").mkdir(parents=True)
+    os.link(old / "same", new / "same")
+    (new / "d" / "rewritten").write_text("new\n")
+    (new / "added").write_text("added\n")
+    os.symlink("same", new / "link")
+    os.mkfifo(new / "fifo")
+    known_inode = (new / "added").stat().st_ino
+    checksums, hashed = manifest.by_inode(new, old, recorded, {b"added": (known_inode, "known-added", 6)})
+    assert checksums == {b"same": ("recorded-same", 5), b"added": ("known-added", 6),
+                         b"d/rewritten": (hashlib.sha256(b"new\n").hexdigest(), 4)}
+    assert hashed == 1
+    # A checksum computed for another inode is not reused.
+    checksums, _ = manifest.by_inode(new, None, None, {b"added": (known_inode + 1, "stale", 6)})
+    assert checksums[b"added"] == (hashlib.sha256(b"added\n").hexdigest(), 6)

@@ -54,6 +54,12 @@ def test_failures_name_the_cause():
         "rsync exited with code 255 (the SSH connection failed): "
         "ssh: connect to host 127.0.0.9 port 22: Connection refused")
     assert rsync.describe_failure(11, []) == "rsync exited with code 11 (error in file I/O (is the backup disk full?))"
+    enospc = ["rsync: [receiver] write failed on \"/srv/bkd/h/hourly/.partial-1/f\": No space left on device (28)"]
+    refused = ["ssh: connect to host 127.0.0.59 port 52253: Connection refused"]
+    assert rsync.describe_failure(12, refused) == (
+        "rsync exited with code 12 (the SSH connection failed): " + refused[0])
+    assert rsync.describe_failure(12, enospc) == (
+        "rsync exited with code 12 (the backup disk is full): " + enospc[0])
 
 
 def test_ssh_command_is_batch_mode_with_strict_host_keys_and_the_configured_options():
@@ -95,3 +101,58 @@ def test_an_ssh_failure_is_named_whatever_exit_code_rsync_chose():
         assert message.endswith("Connection refused")
     assert describe_failure(12, ["rsync: read error: Connection reset"]).startswith(
         "rsync exited with code 12 (error in rsync protocol data stream)")
+
+
+def test_itemized_lines_from_stdout_and_from_a_log_file():
+    assert rsync.parse_item(">f+++++++++ dir/new file") == rsync.Item(">", "f", "+" * 9, b"dir/new file")
+    assert rsync.parse_item("2026/11/29 03:27:31 [21029] .f...p..... d1/f1") == rsync.Item(".", "f", "...p.....",
+                                                                                          b"d1/f1")
+    assert rsync.parse_item("cd+++++++++ t/file2dir/").name == b"t/file2dir"
+    assert rsync.parse_item("*deleting    lead").name == b" lead"  # a name starting with a space
+    assert rsync.parse_item("*deleting   gone/").update == "*"
+    assert rsync.parse_item(">f+++++++++ a\\#134#012b").name == b"a\\#012b"  # rsync escapes the backslash
+    assert rsync.parse_item(">f+++++++++ nl\\#012x\\#377").name == b"nl\nx\xff"
+    assert rsync.parse_item("hf          d2/same") == rsync.Item("h", "f", " " * 9, b"d2/same")
+    for noise in ("receiving file list", "Number of files: 52 (reg: 44, dir: 5)", "file has vanished: \"/x\"",
+                  "2026/11/29 03:27:31 [21029] sent 193 bytes  received 1,285 bytes  total size 269", ""):
+        assert rsync.parse_item(noise) is None
+
+
+@pytest.mark.parametrize("line,wrote,in_place", [
+    (">f.st...... changed", True, False),
+    (">f+++++++++ new", True, False),
+    ("hf+++++++++ new-link", True, False),
+    (".f...p..... chmod", False, True),
+    (".f....og... chown", False, True),
+    (".f........x xattr", False, True),
+    (".f...p...a. acl", False, True),
+    (".L....og... symlink-owner", False, True),
+    ("hf...p..... linked-chmod", True, True),
+    (".d..t...... dir", False, False),  # directories are never shared
+    ("cL+++++++++ new-link", False, False),
+    ("*deleting   gone", False, False),
+])
+def test_which_items_write_a_file_and_which_change_an_inode_in_place(line, wrote, in_place):
+    item = rsync.parse_item(line)
+    assert (item.wrote_file, item.in_place) == (wrote, in_place)
+
+
+def test_the_itemized_list_of_a_real_run_accounts_for_its_statistics():
+    items = [rsync.parse_item(line) for line in (FIXTURES / "itemized.log").read_text().splitlines()]
+    items = [item for item in items if item]
+    stats = rsync.parse_stats((FIXTURES / "itemized_stats.txt").read_text().splitlines())
+    assert len(items) == 19 and rsync.items_match_stats(items, stats)
+    assert not rsync.items_match_stats(items[:-1], stats)  # one line lost: noticed
+    assert not rsync.items_match_stats([i for i in items if i.update != "*"], stats)
+
+
+def test_progress_is_reported_at_most_five_times_a_second_and_its_last_line_always():
+    from bkd.pipeline.snapshot import _Transfer
+    seen, stats = [], []
+    transfer = _Transfer(None, None, None, None, seen.append)
+    on_stdout = transfer._progress_and_stats(stats)
+    for done in range(1, 1001):  # rsync prints a line per file
+        on_stdout(f"     {done * 1000:,}  {done // 10}%   10.00MB/s    0:00:01 (xfr#{done}, to-chk={1000 - done}/1000)")
+    on_stdout("Number of files: 1,000 (reg: 1,000)")
+    assert 1 <= len(seen) <= 3 and seen[-1]["percent"] == 100 and seen[-1]["phase"] == "transfer"
+    assert stats == ["Number of files: 1,000 (reg: 1,000)"]

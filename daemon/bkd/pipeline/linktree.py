@@ -34,3 +34,4 @@ async def link_tree(source: Path, dest: Path) -> str | None:
         return None
     await asyncio.to_thread(shutil.rmtree, dest, True)
     return linked.stderr.strip()[-300:] or cp.stderr.strip()[-300:]
+

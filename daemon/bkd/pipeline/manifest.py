@@ -2,16 +2,21 @@
 
 A new snapshot's manifest is the previous one with only the files rsync
 created or changed re-hashed: an unchanged file is the previous snapshot's
-inode, so it keeps its checksum."""
+inode, so it keeps its checksum. The file is sorted by path, so that the
+update finds each change by binary search instead of parsing every line."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import stat
 import subprocess
 import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import relpath
@@ -30,26 +35,86 @@ def sha256_of(path: Path | bytes, dir_fd: int | None = None) -> str:
     return digest.hexdigest()
 
 
-def _open_parent(root_fd: int, relative: bytes) -> tuple[int, bytes]:
+def open_parent(root_fd: int, relative: bytes) -> tuple[int, bytes]:
     """An fd of relative's directory, reached one component at a time: paths
     in a snapshot may be longer than PATH_MAX allows in one string."""
     *dirs, name = relative.split(b"/")
     fd = os.dup(root_fd)
     for part in dirs:
-        child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-        os.close(fd)
+        try:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
         fd = child
     return fd, name
 
 
 def stat_and_hash(root_fd: int, relative: bytes) -> tuple[os.stat_result, str | None]:
     """lstat of root/relative, and its SHA-256 if it is a regular file."""
-    fd, name = _open_parent(root_fd, relative)
+    fd, name = open_parent(root_fd, relative)
     try:
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         return st, sha256_of(name, dir_fd=fd) if stat.S_ISREG(st.st_mode) else None
     finally:
         os.close(fd)
+
+
+Hashed = tuple[int, str, int]  # inode, sha256, size: what one regular file held when it was hashed
+
+
+def _staged_fd(root_fd: int, relative: bytes, flags: int) -> int:
+    """Open a path of a tree rsync has just written: in one call, since rsync
+    puts nothing below a symlink; the last component is never followed, and
+    a path longer than the kernel takes is opened one directory at a time."""
+    try:
+        return os.open(relative, flags | os.O_NOFOLLOW, dir_fd=root_fd)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+    parent, name = open_parent(root_fd, relative)
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+_buffers = threading.local()
+
+
+def hash_file(root_fd: int, relative: bytes) -> Hashed | None:
+    """The inode of root/relative (a tree rsync has written) and what it
+    holds, read through one open file, so that the checksum belongs to that
+    inode; None if it is not a regular file (any more)."""
+    try:
+        fd = _staged_fd(root_fd, relative, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        # One buffer per thread: most files are small, and a fresh 1 MiB
+        # buffer per read costs more than hashing them.
+        if not hasattr(_buffers, "view"):
+            _buffers.view = memoryview(bytearray(CHUNK))
+        view, digest = _buffers.view, hashlib.sha256()
+        while count := os.readv(fd, [view]):
+            digest.update(view[:count])
+    finally:
+        os.close(fd)
+    return st.st_ino, digest.hexdigest(), st.st_size
+
+
+def hash_files(root: Path, paths: Iterable[bytes], workers: int = 2) -> dict[bytes, Hashed]:
+    """hash_file for many paths, on `workers` threads (hashlib releases the GIL)."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        paths = list(paths)
+        with ThreadPoolExecutor(workers) as pool:
+            results = pool.map(lambda path: hash_file(root_fd, path), paths)
+            return {path: result for path, result in zip(paths, results) if result is not None}
+    finally:
+        os.close(root_fd)
 
 
 HEADER = b"# bkd manifest v1: sha256 size path (backslash and newline escaped)\n"
@@ -60,8 +125,12 @@ def _escape(path: bytes) -> bytes:
     return path.replace(b"\\", b"\\\\").replace(b"\n", b"\\n") if b"\\" in path or b"\n" in path else path
 
 
+def _unescaped(match: re.Match) -> bytes:
+    return b"\n" if match[1] == b"n" else match[1]
+
+
 def _unescape(path: bytes) -> bytes:
-    return _ESCAPED.sub(lambda m: b"\n" if m[1] == b"n" else m[1], path) if b"\\" in path else path
+    return _ESCAPED.sub(_unescaped, path) if b"\\" in path else path
 
 
 class ManifestRefused(ValueError):
@@ -88,10 +157,101 @@ def read(path: Path) -> Manifest | None:
     return manifest
 
 
+def _line(name: bytes, digest: str, size: int) -> bytes:
+    return b"%s %d %s" % (digest.encode(), size, _escape(name))
+
+
+def _path_of(line: bytes) -> bytes:
+    # "<64 hex digits> <size> <path>": the path starts after the second space.
+    # (Called for every probe of a binary search: _unescape inlined.)
+    path = line[line.index(b" ", 65) + 1:]
+    return _ESCAPED.sub(_unescaped, path) if b"\\" in path else path
+
+
 def write(path: Path, manifest: Manifest, sync: bool = True) -> None:
-    lines = [b"%s %d %s" % (digest.encode(), size, _escape(name))
-             for name, (digest, size) in sorted(manifest.items())]
-    write_atomic(path, HEADER + b"\n".join(lines) + (b"\n" if lines else b""), sync=sync)
+    write_lines(path, sorted_lines(manifest), sync)
+
+
+def write_lines(path: Path, lines: list[bytes], sync: bool = True) -> None:
+    # One join, no copies of a many-megabyte result.
+    write_atomic(path, b"\n".join([HEADER.rstrip(b"\n"), *lines, b""]), sync=sync)
+
+
+def sorted_lines(manifest: Manifest) -> list[bytes]:
+    return [_line(name, *entry) for name, entry in sorted(manifest.items())]
+
+
+def position(lines: list[bytes], name: bytes) -> float:
+    """Where name falls in the sorted manifest lines, from 0 to 1."""
+    return bisect_left(lines, name, key=_path_of) / len(lines) if lines else 0.0
+
+
+def lookup(lines: list[bytes], name: bytes) -> tuple[str, int] | None:
+    """The entry of name in sorted manifest lines, if any."""
+    index = bisect_left(lines, name, key=_path_of)
+    if index < len(lines) and _path_of(lines[index]) == name:
+        digest, size, _ = lines[index].split(b" ", 2)
+        return digest.decode(), int(size)
+    return None
+
+
+def read_lines(path: Path) -> list[bytes] | None:
+    """The entries of a manifest as its lines, in their order (sorted by path)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    lines = data.split(b"\n")
+    start = 0
+    while start < len(lines) and lines[start].startswith(b"#"):
+        start += 1
+    end = len(lines) - 1 if lines and not lines[-1] else len(lines)
+    return lines[start:end]
+
+
+def updated(lines: list[bytes], removed: Iterable[bytes], removed_trees: Iterable[bytes],
+            added: dict[bytes, tuple[str, int]]) -> tuple[list[bytes], int]:
+    """The sorted manifest `lines` without the entries `removed` and everything
+    under `removed_trees`, with `added` put in (replacing an entry of the same
+    path). Costs a binary search per change, not a pass per change. Returns the
+    new lines and how many old paths are gone for good."""
+    drops = []  # index ranges of old lines to leave out
+    position = {name: bisect_left(lines, name, key=_path_of) for name in {*removed, *added}}
+    for name, index in position.items():
+        if index < len(lines) and _path_of(lines[index]) == name:
+            drops.append((index, index + 1))
+    for tree in removed_trees:
+        low, high = bisect_left(lines, tree + b"/", key=_path_of), bisect_left(lines, tree + b"0", key=_path_of)
+        if low < high:
+            drops.append((low, high))
+    merged: list[list[int]] = []
+    for low, high in sorted(drops):
+        if merged and low <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    gone = sum(1 for low, high in merged for index in range(low, high) if _path_of(lines[index]) not in added)
+
+    starts = [low for low, _high in merged]
+
+    def kept_index(index: int) -> int:
+        """Where an insertion at old index `index` lands among kept lines."""
+        at = bisect_left(starts, index + 1) - 1  # the last dropped range starting at or before index
+        return merged[at][1] if at >= 0 and index < merged[at][1] else index
+
+    inserts = sorted((kept_index(position[name]), name) for name in added)
+    result: list[bytes] = []
+    keep_start, next_insert = 0, 0
+    for low, high in [*merged, [len(lines), len(lines)]]:
+        start = keep_start
+        while next_insert < len(inserts) and inserts[next_insert][0] <= low:
+            at, name = inserts[next_insert]
+            result += lines[start:at]
+            result.append(_line(name, *added[name]))
+            start, next_insert = at, next_insert + 1
+        result += lines[start:low]
+        keep_start = high
+    return result, gone
 
 
 def regular_files(root: Path, hashing: bool = False):
@@ -106,55 +266,104 @@ def regular_files(root: Path, hashing: bool = False):
                 yield relative, st, sha256_of(name, dir_fd=dir_fd) if hashing else None
 
 
-def from_changes(tree: Path, previous: Manifest, changed: list[str], deleted: list[str]) -> tuple[Manifest, int]:
-    """The previous manifest, minus what rsync deleted, plus what it wrote, re-hashed."""
-    manifest = dict(previous)
-    for name in deleted:
-        raw = os.fsencode(name).rstrip(b"/")
-        manifest.pop(raw, None)
-        prefix = raw + b"/"
-        for path in [p for p in manifest if p.startswith(prefix)]:
-            del manifest[path]
-    hashed = 0
-    root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+def _scan(dir_fd: int | None) -> tuple[dict[str, int], list[str]]:
+    """Regular files (name → inode, from the directory entry: no stat) and
+    subdirectories of an open directory."""
+    files, dirs = {}, []
+    if dir_fd is None:
+        return files, dirs
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                dirs.append(entry.name)
+            elif entry.is_file(follow_symlinks=False):
+                files[entry.name] = entry.inode()
+    return files, dirs
+
+
+def _open_dir(name: str | Path | None, dir_fd: int | None = None) -> int | None:
+    """An fd of the directory, or None where there is none (missing, or not a directory)."""
+    if name is None:
+        return None
     try:
-        for name in changed:
-            raw = os.fsencode(name)
-            st, digest = stat_and_hash(root_fd, raw)
-            if digest is not None:
-                manifest[raw] = (digest, st.st_size)
-                hashed += 1
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
+def _walk_pair(tree: Path, other: Path | None) -> Iterator[tuple[bytes, int, int | None]]:
+    """Every regular file of tree as (relative path, inode, inode of the
+    regular file at the same path in other or None), walked by directory fd."""
+    root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    stack = [(b"", root, _open_dir(other))]
+    try:
+        while stack:
+            prefix, fd, other_fd = stack.pop()
+            try:
+                files, dirs = _scan(fd)
+                other_files, _ = _scan(other_fd)
+                for name, inode in files.items():
+                    yield prefix + os.fsencode(name), inode, other_files.get(name)
+                for name in dirs:
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    stack.append((prefix + os.fsencode(name) + b"/", child,
+                                  _open_dir(name, other_fd) if other_fd is not None else None))
+            finally:
+                os.close(fd)
+                if other_fd is not None:
+                    os.close(other_fd)
     finally:
-        os.close(root_fd)
-    return manifest, hashed
+        for _, fd, other_fd in stack:
+            os.close(fd)
+            if other_fd is not None:
+                os.close(other_fd)
 
 
-def by_inode(tree: Path, previous_tree: Path | None, previous: Manifest | None) -> tuple[Manifest, int]:
-    """Walk the new tree; reuse a checksum where the file is the previous snapshot's inode."""
-    manifest, hashed = {}, 0
-    old_fd = os.open(previous_tree, os.O_RDONLY | os.O_DIRECTORY) if previous and previous_tree else None
-    root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+def regular_files_at(tree: Path, other: Path, names: Iterable[bytes]) -> dict[bytes, tuple[int, int | None]]:
+    """Which of names are regular files in tree (a tree rsync has written):
+    name → (inode, inode of the regular file at the same path in other, or None)."""
+    found = {}
+    tree_fd, other_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY), os.open(other, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for relative, st, _ in regular_files(tree):
-            if old_fd is not None and relative in previous:
+        for name in names:
+            inodes = []
+            for root_fd in (tree_fd, other_fd):
                 try:
-                    fd, name = _open_parent(old_fd, relative)
+                    fd = _staged_fd(root_fd, name, os.O_PATH)
                     try:
-                        old = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        st = os.fstat(fd)
                     finally:
                         os.close(fd)
-                    if (old.st_ino, old.st_dev) == (st.st_ino, st.st_dev):
-                        manifest[relative] = previous[relative]
-                        continue
-                except OSError:
-                    pass
-            manifest[relative] = (stat_and_hash(root_fd, relative)[1], st.st_size)
-            hashed += 1
+                    inodes.append(st.st_ino if stat.S_ISREG(st.st_mode) else None)
+                except OSError:  # missing, or under something that is not a directory
+                    inodes.append(None)
+            if inodes[0] is not None:
+                found[name] = (inodes[0], inodes[1])
     finally:
-        os.close(root_fd)
-        if old_fd is not None:
-            os.close(old_fd)
-    return manifest, hashed
+        os.close(tree_fd)
+        os.close(other_fd)
+    return found
+
+
+def by_inode(tree: Path, previous_tree: Path | None, previous: Manifest | None,
+             known: dict[bytes, Hashed] | None = None) -> tuple[Manifest, int]:
+    """The manifest of tree from the tree itself: a file that is the previous
+    snapshot's inode keeps its checksum, one hashed earlier (known) keeps that
+    checksum if it is still the same inode, and every other file is hashed now.
+    Returns the manifest and the number of files hashed here."""
+    previous, known = previous or {}, known or {}
+    manifest, to_hash = {}, []
+    for relative, inode, previous_inode in _walk_pair(tree, previous_tree if previous else None):
+        if inode == previous_inode and relative in previous:
+            manifest[relative] = previous[relative]
+        elif relative in known and known[relative][0] == inode:
+            manifest[relative] = known[relative][1:]
+        else:
+            to_hash.append(relative)
+    hashed = hash_files(tree, to_hash)
+    for relative, (_inode, digest, size) in hashed.items():
+        manifest[relative] = (digest, size)
+    return manifest, len(hashed)
 
 
 def verify_tree(tree: Path, manifest: Manifest) -> tuple[int, list[dict]]:

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.models import Config, HostSettings
@@ -34,12 +35,20 @@ EXIT_CODES = {
     35: "timeout waiting for daemon connection",
     255: "the SSH connection failed",
 }
+PARTIAL = 23
 VANISHED = 24
 SUCCESS_CODES = (0, VANISHED)
 
-# One line per changed entry: its itemize flags, then its name.
-ITEMIZE = ("--out-format=%i %n",)
-_ITEM_LINE = re.compile(r"(?P<update>[.<>ch*])(?P<type>[fdLDS])(?P<flags>[^ ]{9}) (?P<name>.*)")
+# One line per changed entry: its 11-character itemize string, a space, its
+# name, and for a hard link (%L) " => " and the name it is linked to. rsync
+# escapes a control character in its output (\\x01 becomes \\#001) and then
+# also a backslash before "#" in a name (\\#134#), so the separator is unambiguous.
+ITEM_FORMAT = "%i %n"
+_TARGET_SEPARATOR = "\\#001"
+ITEMS_ON_STDOUT = ("--out-format=%i %n\x01%L",)
+_ITEM_LINE = re.compile(r"(?P<update>[<>ch.])(?P<type>[fdLDS])(?P<flags>.{9}) (?P<name>.+)", re.DOTALL)
+_DELETED_LINE = re.compile(r"\*deleting   (?P<name>.+)", re.DOTALL)
+_LOG_PREFIX = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[\d+\] ")
 _ESCAPE = re.compile(rb"\\#([0-7]{3})")
 
 _STATS = {
@@ -94,9 +103,25 @@ def ssh_command(config: Config) -> list[str]:
     return argv
 
 
-def _remote_shell(config: Config, settings: HostSettings) -> list[str]:
+def _remote_shell(config: Config, settings: HostSettings, shared: str | None = None) -> list[str]:
     # rsync splits -e itself and honours shell-style quoting.
-    return ["-e", shlex.join(ssh_command(config))] if settings.host.is_remote else []
+    if not settings.host.is_remote:
+        return []
+    return ["-e", shlex.join(ssh_command(config) + (share_connection(shared) if shared else []))]
+
+
+def share_connection(control_path: str) -> list[str]:
+    """ssh options to use the connection a master (ssh_master_command) holds
+    open at control_path; ssh connects on its own when there is none."""
+    return ["-o", f"ControlPath={control_path}", "-o", "ControlMaster=no"]
+
+
+def ssh_master_command(config: Config, settings: HostSettings, control_path: str) -> list[str]:
+    """An ssh connection to the source host that runs nothing and lets the
+    runs of one snapshot share it (one key exchange instead of one per run)."""
+    host = settings.host.source.split(":", 1)[0]
+    return [*ssh_command(config), "-M", "-N", "-o", f"ControlPath={control_path}", "-o", "ControlPersist=no",
+            "--", host]
 
 
 def source_of(settings: HostSettings) -> str:
@@ -112,15 +137,20 @@ def reachability_command(config: Config, settings: HostSettings) -> list[str]:
             "--", source_of(settings)]
 
 
+# What every snapshot transfer preserves; and what a whole-tree one removes.
+_PRESERVE = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids"]
+_MIRROR = ["--delete", "--delete-excluded"]
+
+
 def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_dests: list[Path], *,
-                     dry_run: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
+                     dry_run: bool = False, progress: bool = True, mirror: bool = True,
+                     extra: tuple[str, ...] = (), shared: str | None = None) -> list[str]:
     """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
     rsync = settings.rsync
-    argv = [
-        "rsync", "--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids",
-        "--delete", "--delete-excluded", "--stats", "--info=progress2",
-        f"--timeout={int(rsync.timeout.total_seconds())}",
-    ]
+    argv = ["rsync", *_PRESERVE, *(_MIRROR if mirror else []), "--stats",
+            f"--timeout={int(rsync.timeout.total_seconds())}"]
+    if progress:
+        argv.append("--info=progress2")
     if dry_run:
         argv.append("--dry-run")
     if rsync.bwlimit:
@@ -128,44 +158,101 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_de
     argv += list(extra)
     argv += [f"--link-dest={path}" for path in link_dests]
     argv += [f"--exclude={pattern}" for pattern in settings.excludes]
-    argv += _remote_shell(config, settings)
+    argv += _remote_shell(config, settings, shared)
     argv += ["--", source_of(settings), f"{dest}/"]
     return argv
+
+
+def compare_command(config: Config, settings: HostSettings, previous: Path, shared: str | None = None) -> list[str]:
+    """A dry run of the source against the previous snapshot: what a snapshot
+    changes, touching nothing and reading no file data. Its stdout is the
+    itemized list alone (no progress is interleaved), one line per change."""
+    return snapshot_command(config, settings, previous, [], dry_run=True, progress=False, extra=ITEMS_ON_STDOUT,
+                            shared=shared)
+
+
+def fetch_command(config: Config, settings: HostSettings, dest: Path, previous: Path, files_from: Path,
+                  item_log: str, shared: str | None = None) -> list[str]:
+    """Copy only the listed entries (NUL-separated, relative, none of them a
+    non-directory present in dest) from the source, linking or copying
+    unchanged data from the previous snapshot. Without --delete or recursion
+    it touches nothing else in dest; for an entry missing in dest, --link-dest
+    only links an identical file or writes a new one, never changes the old."""
+    return snapshot_command(config, settings, dest, [previous], mirror=False,
+                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args",
+                                   *log_items(item_log)), shared=shared)
+
+
+def root_command(config: Config, settings: HostSettings, dest: Path, shared: str | None = None) -> list[str]:
+    """The source's top directory itself (owner, mode, times, xattrs, ACLs) onto
+    dest's, and nothing in it: a --files-from list cannot name it, since
+    rsync copies the contents of a listed "."."""
+    return snapshot_command(config, settings, dest, [], mirror=False, progress=False, extra=("--exclude=*",),
+                            shared=shared)
+
+
+def log_items(path: str) -> tuple[str, ...]:
+    """Itemize into a log file of its own (a Channel's pipe): each entry rsync's
+    local processes handle, one whole line each, apart from the progress on stdout."""
+    return (f"--log-file={path}", f"--log-file-format={ITEM_FORMAT}")
 
 
 _REGULAR_COUNTS = {"entries": "files", "created": "created_files", "deleted": "deleted_files"}
 
 
-def unescape_name(name: str) -> str:
+def unescape_name(name: str) -> bytes:
     """rsync writes unprintable bytes of a name as \\#ooo (octal)."""
-    raw = _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), os.fsencode(name))
-    return os.fsdecode(raw)
+    raw = os.fsencode(name)
+    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), raw) if b"\\#" in raw else raw
 
 
-def attribute_only_changes(lines: list[str]) -> list[str]:
-    """Entries (not directories) whose itemized change is to attributes only:
-    no data sent (update '.'), but permissions, owner, group, times, ACLs or
-    xattrs differ. rsync would apply those in place."""
-    changed = []
-    for line in lines:
-        match = _ITEM_LINE.fullmatch(line)
-        if match and match["update"] == "." and match["type"] != "d" and match["flags"].strip("."):
-            changed.append(unescape_name(match["name"]))
-    return changed
+@dataclass(frozen=True)
+class Item:
+    """One itemized entry. update: '>' received, 'c' created locally, 'h' hard
+    link, '.' attributes only, '*' deleted; type: f d L D S ('' when deleted)."""
+
+    update: str
+    type: str
+    flags: str
+    name: bytes  # relative, raw, without a directory's trailing slash
+    linked_to: bytes | None = None  # a hard link's other name (from %L)
+
+    @property
+    def wrote_file(self) -> bool:
+        """A regular file whose path now names a new inode (sent, copied or linked)."""
+        return self.update in "<>ch" and self.type == "f"
+
+    @property
+    def is_new(self) -> bool:
+        return self.flags == "+" * 9
+
+    @property
+    def in_place(self) -> bool:
+        """rsync changes this existing non-directory entry's attributes where it
+        is: in a tree linked to another, on the inode both share."""
+        return (self.update in ".h" and self.type not in ("d", "")
+                and not self.is_new and bool(self.flags.strip(". ")))
 
 
-def written_and_deleted(lines: list[str]) -> tuple[list[str], list[str]]:
-    """From itemized output: regular files rsync wrote (new, changed, or
-    hardlinked within the transfer), and entries it deleted."""
-    written, deleted = [], []
-    for line in lines:
-        if line.startswith("*deleting "):
-            deleted.append(unescape_name(line[len("*deleting"):].lstrip(" ")))
-            continue
-        match = _ITEM_LINE.fullmatch(line)
-        if match and match["update"] in ">ch" and match["type"] == "f":
-            written.append(unescape_name(match["name"]))
-    return written, deleted
+def parse_item(line: str) -> Item | None:
+    """An itemized line (ITEM_FORMAT in a log file, ITEMS_ON_STDOUT), or None."""
+    line, _, target = _LOG_PREFIX.sub("", line, count=1).partition(_TARGET_SEPARATOR)
+    if match := _ITEM_LINE.fullmatch(line):
+        linked = unescape_name(target[4:]) if target.startswith(" => ") else None
+        return Item(match["update"], match["type"], match["flags"], unescape_name(match["name"]).rstrip(b"/"),
+                    linked)
+    if match := _DELETED_LINE.fullmatch(line):
+        return Item("*", "", "", unescape_name(match["name"]).rstrip(b"/"))
+    return None
+
+
+def items_match_stats(items: list[Item], stats: dict) -> bool:
+    """Whether the itemized list accounts for what rsync's --stats counted:
+    every regular file transferred, every entry created and deleted."""
+    transferred = sum(1 for item in items if item.update in "<>" and item.type == "f")
+    created = sum(1 for item in items if item.is_new)
+    deleted = sum(1 for item in items if item.update == "*")
+    return (transferred, created, deleted) == (stats.get("changed_files"), stats.get("created"), stats.get("deleted"))
 
 
 def split_output(lines: list[str]) -> tuple[list[str], list[str]]:
@@ -189,6 +276,11 @@ def parse_stats(lines: list[str]) -> dict:
             reg = _REG_COUNT.search(match["rest"])
             stats[_REGULAR_COUNTS[key]] = int(reg[1].replace(",", "")) if reg else 0
     return stats
+
+
+def looks_like_progress(line: str) -> bool:
+    """A cheap test for an --info=progress2 line (parse_progress is exact)."""
+    return line.endswith((")", "  ")) and "%" in line and "B/s" in line
 
 
 def parse_progress(line: str) -> dict | None:
@@ -219,11 +311,20 @@ def ssh_failed(returncode: int, stderr_tail: list[str]) -> bool:
     return returncode == 255 or any(_SSH_FAILURE.search(line) for line in stderr_tail)
 
 
+DISK_FULL = "the backup disk is full"
+# Every meaning describe_failure gives an exit code (outcomes.py rebuilds errors from them).
+MEANINGS = frozenset({*EXIT_CODES.values(), DISK_FULL, "unknown error"})
+
+
 def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
-    meaning = "the SSH connection failed" if ssh_failed(returncode, stderr_tail) and returncode != 255 \
-        else EXIT_CODES.get(returncode, "unknown error")
+    meaning = EXIT_CODES.get(returncode, "unknown error")
     boilerplate = ("rsync error:", "rsync: connection unexpectedly closed")
     detail = [line.strip() for line in stderr_tail
               if line.strip() and not line.strip().startswith(boilerplate)]
+    # For these rsync's exit code depends on which of its processes notices first.
+    if any("No space left on device" in line for line in detail):
+        meaning = DISK_FULL
+    elif ssh_failed(returncode, stderr_tail):
+        meaning = EXIT_CODES[255]
     message = f"rsync exited with code {returncode} ({meaning})"
     return f"{message}: {'; '.join(detail[-3:])}" if detail else message

@@ -4,11 +4,14 @@ complete with a single rename (SPEC §4)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import secrets
 import shutil
 import stat
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from .linktree import link_tree
 log = structlog.get_logger()
 
 MAX_LINK_DESTS = 20  # rsync's own limit
+PROGRESS_EVERY = 0.2  # seconds; the engine publishes less often still
 
 
 class SnapshotFailed(Exception):
@@ -70,10 +74,10 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
-    transfer = _Transfer(config, settings, staging, on_progress)
+    transfer = _Transfer(config, settings, host_dir, staging, on_progress)
 
     if dry_run:
-        result, lines = await transfer.rsync([previous_dir] if previous_dir else [], dry_run=True)
+        lines = await transfer.dry_run([previous_dir] if previous_dir else [])
         stats = rsync.parse_stats(lines)
         stats["deleted_files"] = _deleted_files(previous_files, stats)
         return SnapshotResult("warning" if transfer.warning else "ok", None, stats, transfer.warning)
@@ -81,38 +85,32 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     make_private_dir(config.backup_root)
     for directory in (host_dir.root, host_dir.hourly, host_dir.meta):
         make_private_dir(directory)
+    _remove_lists(host_dir)  # left by a run that died; only one run per host at a time
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
              resume_from=[p.name for p in interrupted])
     t0 = time.monotonic()
     try:
-        if previous_dir and not interrupted:
-            stats = await transfer.from_linked_copy(previous_dir)
+        if previous and not interrupted:
+            stats, checksums = await transfer.incremental(previous)
         else:
             # First snapshot, or resuming: --link-dest against the last complete
             # snapshot and every interrupted partial (slower, but rare).
             link_dests = ([previous_dir] if previous_dir else []) + interrupted
-            _, lines = await transfer.rsync(link_dests[:MAX_LINK_DESTS])
-            stats = rsync.parse_stats(lines)
-            stats["deleted_files"] = _deleted_files(previous_files, stats)
+            stats, checksums = await transfer.pull(link_dests[:MAX_LINK_DESTS], previous)
     except asyncio.CancelledError:
         if not control.keep_partial:
             await _remove(staging)
         raise
+    except OSError as e:
+        await _remove(staging)
+        raise SnapshotFailed(f"cannot build the new snapshot: {e}") from e
     except BaseException:
         await _remove(staging)
         raise
-    hashing_started = time.monotonic()
-    try:
-        new_manifest, stats["hashed_files"] = await asyncio.to_thread(
-            _manifest_of, staging, host_dir, previous, transfer.itemized)
-        stats["manifest_s"] = round(time.monotonic() - hashing_started, 3)
-    except OSError as e:
-        await _remove(staging)
-        raise SnapshotFailed(f"cannot checksum the new snapshot: {e}") from e
     stats["duration_s"] = round(time.monotonic() - t0, 3)
 
     try:
-        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, new_manifest)
+        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, checksums)
     except OSError as e:
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
@@ -121,112 +119,478 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     return SnapshotResult(status, str(name), stats, transfer.warning)
 
 
+LIST_PREFIX = ".files-"
+
+
 class _Transfer:
     """The rsync runs of one snapshot into one staging directory."""
 
-    def __init__(self, config, settings, staging: Path, on_progress):
-        self.config, self.settings, self.staging = config, settings, staging
+    def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress):
+        self.config, self.settings, self.host_dir, self.staging = config, settings, host_dir, staging
         self.on_progress = on_progress
         self.warnings: list[str] = []
-        self.itemized: list[str] | None = None  # the incremental run's changes, for the manifest
+        self.shared: str | None = None  # the ssh master's socket while one runs
+        self.hashing_after_s = 0.0  # hashing left when the copy ended: part of the manifest step
 
     @property
     def warning(self) -> str | None:
         return "; ".join(self.warnings) or None
 
-    async def rsync(self, link_dests: list[Path], *, dry_run: bool = False, dest: Path | None = None,
-                    extra: tuple[str, ...] = (), progress: bool = True) -> tuple[bkexec.Result, list[str]]:
-        """Run rsync into dest (the staging directory); fail unless it exits 0 or 24."""
-        argv = rsync.snapshot_command(self.config, self.settings, dest or self.staging, link_dests,
-                                      dry_run=dry_run, extra=extra)
-        lines: list[str] = []
+    def _progress_and_stats(self, lines: list[str], phase: str = "transfer") -> Callable[[str], None]:
+        """stdout of a run with --info=progress2: progress to on_progress (rsync
+        prints a line per file: at most one every PROGRESS_EVERY seconds, and
+        the last before the statistics), the rest (--stats) to lines."""
+        last, skipped = 0.0, None
+
+        def report(parsed: dict) -> None:
+            if self.on_progress:
+                self.on_progress({**parsed, "phase": phase})
 
         def on_stdout(line: str) -> None:
-            parsed = rsync.parse_progress(line)
-            if parsed is None:
-                lines.append(line)
-            elif progress and self.on_progress:
-                self.on_progress(parsed)
+            nonlocal last, skipped
+            if rsync.looks_like_progress(line) and (parsed := rsync.parse_progress(line)):
+                now = time.monotonic()
+                if now - last < PROGRESS_EVERY:
+                    skipped = parsed
+                else:
+                    last, skipped = now, None
+                    report(parsed)
+                return
+            if skipped:
+                report(skipped)
+                skipped = None
+            lines.append(line)
+        return on_stdout
 
-        result = await bkexec.run(argv, on_stdout=on_stdout)
+    async def _rsync(self, argv: list[str], *, on_failure: type[SnapshotFailed] = SnapshotFailed,
+                     **kwargs) -> bkexec.Result:
+        """Run an rsync; fail unless it exits 0 or 24 (a warning); exit 23 (some
+        entries could not be copied) raises on_failure."""
+        result = await bkexec.run(argv, **kwargs)
         if result.returncode not in rsync.SUCCESS_CODES:
-            raise SnapshotFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
-        if result.returncode == rsync.VANISHED and not dry_run:
+            failure = on_failure if result.returncode == rsync.PARTIAL else SnapshotFailed
+            raise failure(rsync.describe_failure(result.returncode, result.stderr_tail))
+        if result.returncode == rsync.VANISHED and "--dry-run" not in argv:
             self.warnings.append(rsync.describe_failure(result.returncode, result.stderr_tail))
-        return result, lines
+        return result
 
-    async def from_linked_copy(self, previous: Path) -> dict:
-        """The fast incremental path: `cp -al` of the previous snapshot, then a
-        plain rsync --delete into it — with one difference that keeps the
-        previous snapshot immutable. rsync applies a permission-, owner-, xattr-
-        or ACL-only change in place, i.e. to the inode the previous snapshot
-        shares, so a dry run against the previous snapshot (in parallel with the
-        copy: two cores, two walks) finds those entries first and they get an
-        inode of their own before the real run."""
-        probe = self.rsync([], dry_run=True, dest=previous, extra=rsync.ITEMIZE, progress=False)
-        failure, (_, probe_lines) = await asyncio.gather(link_tree(previous, self.staging), probe)
+    async def dry_run(self, link_dests: list[Path]) -> list[str]:
+        lines: list[str] = []
+        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, dry_run=True)
+        await self._rsync(argv, on_stdout=self._progress_and_stats(lines))
+        return lines
+
+    async def pull(self, link_dests: list[Path], previous: SnapshotName | None) -> tuple[dict, list[bytes]]:
+        """rsync into the empty staging directory (--link-dest when there is
+        anything to link against). Files are hashed while rsync transfers the
+        next ones; a walk by inode afterwards makes the manifest exact (unless
+        nothing was linked and every file rsync counted was hashed)."""
+        hasher = _Hasher(self.staging)
+        channel = bkexec.Channel(hasher.on_item)
+        lines: list[str] = []
+        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests,
+                                      extra=rsync.log_items(channel.path))
+        try:
+            await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel)
+            started = time.monotonic()
+            known = await hasher.finish()
+        finally:
+            hasher.close()
+        stats = rsync.parse_stats(lines)
+        previous_dir = self.host_dir.hourly / str(previous) if previous else None
+        old = await asyncio.to_thread(manifest.read, self.host_dir.manifest_file(previous)) if previous else None
+        if not link_dests and len(known) == stats.get("files"):
+            # Into an empty directory rsync writes each path once, so each was
+            # hashed as it stays, and the count says none is missing: no walk.
+            checksums, hashed_now = {name: entry[1:] for name, entry in known.items()}, 0
+        else:
+            checksums, hashed_now = await asyncio.to_thread(manifest.by_inode, self.staging, previous_dir, old,
+                                                            known)
+        log.info("snapshot.hashed", while_transferring=len(known), after=hashed_now,
+                 seconds_after=round(time.monotonic() - started, 3))
+        stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
+                     deleted_files=len(set(old or ()) - set(checksums)),
+                     manifest_s=round(time.monotonic() - started, 3))
+        return stats, manifest.sorted_lines(checksums)
+
+    async def incremental(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
+        """The incremental snapshot over one shared SSH connection (see _compare_and_copy)."""
+        if not self.settings.host.is_remote:
+            return await self._compare_and_copy(previous)
+        directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # private (0700), and short enough for a socket
+        self.shared = os.path.join(directory, "master")
+        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared)))
+        try:
+            return await self._compare_and_copy(previous)
+        finally:
+            self.shared = None
+            master.cancel()  # stops its process group
+            await asyncio.gather(master, return_exceptions=True)
+            shutil.rmtree(directory, ignore_errors=True)
+
+    async def _compare_and_copy(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
+        """The usual case, in three steps that never change the previous snapshot:
+
+        1. A dry run lists what changed between the source and the previous
+           snapshot (its stdout is that list alone); at the same time `cp -al`
+           links a copy of the previous snapshot.
+        2. Every listed entry and every deleted one is removed from the copy,
+           so that nothing the next step writes is an inode an older snapshot
+           holds (a directory that stays one is the copy's own and is kept).
+        3. rsync copies only the listed entries (--files-from: no recursion,
+           no --delete) with --link-dest to the previous snapshot; for an entry
+           missing in the copy, rsync only links an identical file or writes a
+           new one. Whatever the source does meanwhile, no step changes an
+           inode that the previous snapshot shares.
+
+        If the source changed so much between 1 and 3 that rsync cannot copy
+        the list (exit 23: a listed file's directory is gone), the snapshot is
+        taken in one pass with --link-dest instead."""
+        previous_dir = self.host_dir.hourly / str(previous)
+        estimate = _Estimate(self.on_progress)
+        reading = asyncio.create_task(asyncio.to_thread(manifest.read_lines, self.host_dir.manifest_file(previous)))
+        reading.add_done_callback(lambda task: task.cancelled() or task.exception() or estimate.knows(task.result()))
+        changes: list[rsync.Item] = []
+        summary: list[str] = []  # --stats
+
+        def on_change(line: str) -> None:
+            item = rsync.parse_item(line)
+            if item is None:
+                summary.append(line)
+            else:
+                changes.append(item)
+                estimate.at(item.name)
+
+        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir, self.shared),
+                              on_stdout=on_change)
+        failure, _ = await estimate.during(asyncio.gather(link_tree(previous_dir, self.staging), compare))
         if failure:
             raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
-        private = rsync.attribute_only_changes(probe_lines)
-        if private:
-            await asyncio.to_thread(_give_own_inodes, self.staging, private)
-        _, lines = await self.rsync([], extra=rsync.ITEMIZE)
-        raced = sorted(set(rsync.attribute_only_changes(lines)) - set(private))
-        if raced:
-            # The source's metadata changed between the probe and the real run:
-            # rsync updated those shared inodes in place. Say so loudly.
-            self.warnings.append(
-                f"metadata of {len(raced)} file(s) changed during the snapshot and was applied to inodes "
-                f"shared with older snapshots: {', '.join(raced[:5])}")
-        stats = rsync.parse_stats(lines)
-        stats["private_copies"] = len(private)
-        self.itemized = lines
-        return stats
-
-
-def _give_own_inodes(root: Path, paths: list[str]) -> None:
-    """Replace each hardlinked entry with a private copy before rsync touches it.
-    Regular files are copied locally (content and mtime, so rsync only updates
-    their attributes); anything else is removed for rsync to recreate."""
-    for relative in paths:
-        path = root / relative
+        old_lines = await reading  # read meanwhile
+        compared = rsync.parse_stats(summary)
+        if not rsync.items_match_stats(changes, compared):
+            # Cannot happen on a channel of its own; if it ever does, one pass.
+            log.error("snapshot.compare_unaccounted", items=len(changes), stats=compared)
+            return await self._in_one_pass(previous)
+        plan = _Plan(changes)
+        await asyncio.to_thread(plan.clear, self.staging)
+        stats = {key: compared.get(key, 0) for key in ("entries", "created", "created_files", "deleted", "bytes")}
+        stats.update(changed_files=0, transferred_bytes=0, received_bytes=0)
+        known: dict[bytes, manifest.Hashed] = {}
+        copied: set[bytes] = set()
         try:
-            st = path.lstat()
-        except FileNotFoundError:
-            continue
-        if st.st_nlink < 2:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            tmp = path.with_name(f".{path.name[:200]}.bkd-{secrets.token_hex(4)}")
-            shutil.copy2(path, tmp, follow_symlinks=False)
-            os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, path)
-        else:
-            path.unlink()
+            if plan.fetch:
+                known, copied, fetched = await self._fetch(previous_dir, plan)
+                stats.update({key: fetched.get(key, 0) for key in ("changed_files", "transferred_bytes",
+                                                                     "received_bytes")})
+            if plan.root:
+                await self._rsync(rsync.root_command(self.config, self.settings, self.staging, self.shared),
+                                  on_failure=_SourceMoved)
+        except _SourceMoved as e:
+            log.warning("snapshot.source_moved", error=str(e), fallback="one pass with --link-dest")
+            return await self._in_one_pass(previous)
+        started = time.monotonic()
+        checksums = await asyncio.to_thread(self._manifest_of_changes, previous, old_lines, plan, compared,
+                                            known, copied, stats)
+        stats["manifest_s"] = round(self.hashing_after_s + time.monotonic() - started, 3)
+        return stats, checksums
+
+    async def _fetch(self, previous_dir: Path, plan: _Plan) -> tuple[dict[bytes, manifest.Hashed], set[bytes], dict]:
+        """Step 3: copy the planned entries, hashing files as they arrive.
+        Also returns the files rsync copied from the previous snapshot (same
+        content, other attributes)."""
+        files_from = self.host_dir.meta / f"{LIST_PREFIX}{self.staging.name}"
+        hasher = _Hasher(self.staging)
+        fetched: list[rsync.Item] = []
+
+        def on_fetched(line: str) -> None:
+            if item := rsync.parse_item(line):
+                fetched.append(item)
+                if item.update != "c":  # a local copy of the previous snapshot's file: its checksum is known
+                    hasher.on(item)
+
+        channel = bkexec.Channel(on_fetched)
+        lines: list[str] = []
+        try:
+            await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in plan.fetch))
+            argv = rsync.fetch_command(self.config, self.settings, self.staging, previous_dir, files_from,
+                                       channel.path, self.shared)
+            await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel,
+                              on_failure=_SourceMoved)
+            finishing = time.monotonic()
+            known = await hasher.finish()
+            self.hashing_after_s = time.monotonic() - finishing
+        finally:
+            hasher.close()
+            files_from.unlink(missing_ok=True)
+        in_place = sorted({item.name for item in fetched if item.in_place and item.update == "."})
+        if in_place:  # cannot happen by construction: say so loudly if it ever does
+            names = ", ".join(os.fsdecode(name) for name in in_place[:5])
+            log.error("snapshot.shared_inode_changed", files=len(in_place), examples=names)
+            self.warnings.append(f"rsync changed the metadata of {len(in_place)} existing file(s) in place: {names}")
+        copied = {item.name for item in fetched if item.update == "c" and item.type == "f"}
+        return known, copied, rsync.parse_stats(lines)
+
+    async def _in_one_pass(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
+        await _remove(self.staging)
+        return await self.pull([self.host_dir.hourly / str(previous)], previous)
+
+    def _manifest_of_changes(self, previous: SnapshotName, old_lines: list[bytes] | None, plan: _Plan,
+                             compared: dict, known: dict[bytes, manifest.Hashed], copied: set[bytes],
+                             stats: dict) -> list[bytes]:
+        """The previous manifest with every changed path taken out and what is
+        there now put in: a file that is the previous snapshot's inode, or
+        rsync's copy of it (an attribute-only change), keeps its checksum; one
+        hashed during the copy keeps that checksum if it is still that inode;
+        any other is hashed. Trusted when it holds as many files as the
+        compare counted; else (the source changed meanwhile) the tree itself,
+        walked by inode."""
+        previous_dir = self.host_dir.hourly / str(previous)
+        if old_lines is not None:
+            now = manifest.regular_files_at(self.staging, previous_dir, plan.changed)
+            missing = [name for name in plan.files if name not in now]
+            if missing:  # gone from the source between the compare and the copy
+                self.warnings.append(f"{len(missing)} changed file(s) vanished before they could be copied: "
+                                     + ", ".join(os.fsdecode(name) for name in missing[:5]))
+            added, to_hash = {}, []
+            for name, (inode, previous_inode) in now.items():
+                entry = manifest.lookup(old_lines, name) if inode == previous_inode or name in copied else None
+                if entry is None and name in known and known[name][0] == inode:
+                    entry = known[name][1:]
+                if entry is None:
+                    to_hash.append(name)
+                else:
+                    added[name] = entry
+            hashed = manifest.hash_files(self.staging, to_hash)
+            added.update({name: (digest, size) for name, (_inode, digest, size) in hashed.items()})
+            lines, gone = manifest.updated(old_lines, plan.changed, plan.trees, added)
+            if len(lines) == compared.get("files") and len(hashed) == len(to_hash):
+                stats.update(files=len(lines), hashed_files=len(known) + len(hashed), deleted_files=gone)
+                return lines
+        log.warning("snapshot.manifest_walk", reason="the files do not match the compare's count")
+        old = manifest.read(self.host_dir.manifest_file(previous))
+        checksums, hashed_now = manifest.by_inode(self.staging, previous_dir, old, known)
+        stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
+                     deleted_files=len(set(old or ()) - set(checksums)))
+        return manifest.sorted_lines(checksums)
 
 
-def _manifest_of(staging: Path, host_dir: HostDir, previous: SnapshotName | None,
-                 itemized: list[str] | None) -> tuple[manifest.Manifest, int]:
-    """Checksums for the new tree, hashing only what rsync wrote when it can."""
-    old = manifest.read(host_dir.manifest_file(previous)) if previous else None
-    if itemized is not None and old is not None:
-        written, deleted = rsync.written_and_deleted(itemized)
-        return manifest.from_changes(staging, old, written, deleted)
-    return manifest.by_inode(staging, host_dir.hourly / str(previous) if previous else None, old)
+class _SourceMoved(SnapshotFailed):
+    """The list could not be copied: the source changed after it was made."""
+
+
+class _Plan:
+    """What an incremental snapshot changes in the linked copy, from the
+    compare's itemized list."""
+
+    def __init__(self, changes: list[rsync.Item]):
+        self.deleted = [item.name for item in changes if item.update == "*"]
+        kept = [item for item in changes if item.update != "*"]
+        # Entries to copy from the source: every changed one, and the other
+        # name of a new hard link (rsync links only names it transfers).
+        fetch = {item.name for item in kept} | {item.linked_to for item in kept if item.linked_to is not None}
+        self.directories = {item.name for item in kept if item.type == "d"}
+        self.files = [item.name for item in kept if item.type == "f"]
+        # Every path whose manifest entry may change, and the trees under the
+        # ones that are no directory (any more).
+        self.changed = sorted(fetch | set(self.deleted))
+        self.trees = sorted({*self.deleted, *(fetch - self.directories)})
+        # The directories holding what is removed or added, so that rsync sets
+        # their times again; none under something that is no directory now.
+        gone = set(self.trees)
+        parents = set()
+        for name in self.changed:
+            while b"/" in name:
+                name = name.rsplit(b"/", 1)[0]
+                parents.add(name)
+        parents = {p for p in parents if not any(a in gone for a in _self_and_ancestors(p))}
+        # Never ".": rsync would copy what is in it. The top directory gets
+        # its attributes in a pass of its own, when the compare lists it.
+        self.root = b"." in self.directories
+        self.fetch = sorted((fetch | parents) - {b"."})
+        self.changed = [name for name in self.changed if name != b"."]
+
+    def clear(self, root: Path) -> None:
+        """Remove from the linked copy what the fetch replaces and what is gone."""
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in self.changed:
+                _remove_entry(root_fd, name, keep_directory=name in self.directories)
+        finally:
+            os.close(root_fd)
+
+
+def _self_and_ancestors(name: bytes):
+    yield name
+    while b"/" in name:
+        name = name.rsplit(b"/", 1)[0]
+        yield name
+
+
+def _remove_entry(root_fd: int, name: bytes, keep_directory: bool) -> None:
+    try:
+        parent, base = manifest.open_parent(root_fd, name)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # under something already removed
+    try:
+        st = os.stat(base, dir_fd=parent, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(base, dir_fd=parent)
+        elif not keep_directory:
+            shutil.rmtree(base, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent)
+
+
+def _remove_lists(host_dir: HostDir) -> None:
+    """Remove --files-from lists left by a run that died."""
+    try:
+        names = [e.name for e in os.scandir(host_dir.meta) if e.name.startswith(LIST_PREFIX)]
+    except FileNotFoundError:
+        return
+    for name in names:
+        (host_dir.meta / name).unlink(missing_ok=True)
+
+
+class _Hasher:
+    """Hashes the files rsync writes while it writes the next ones, on a
+    thread of its own at a lower priority than rsync. A file is logged before
+    it is renamed into place (over SSH just before, from a local sender well
+    before), so each is hashed a moment after it was logged, and retried a
+    few times if it is not there yet. What is queued when rsync ends is
+    hashed then on every core; what is still missing is left to the walk."""
+
+    LAG = 0.05  # seconds between tries; a local sender logs up to a few tenths ahead
+    TRIES = 6
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.queue: collections.deque[tuple[float, bytes, int]] = collections.deque()
+        self.results: dict[bytes, manifest.Hashed] = {}
+        self.ended = threading.Event()  # rsync is done (or the run failed): stop
+        self.worker = threading.Thread(target=self._work, name="bkd-hasher", daemon=True)
+        self.worker.start()
+
+    def on_item(self, line: str) -> None:
+        """A line of ITEM_FORMAT in rsync's log file. A first pull logs one per
+        entry, so a written file's name is taken without parse_item."""
+        code = line.find("] ") + 2
+        if line[code + 1:code + 2] == "f" and line[code:code + 1] in "<>ch" and line[code + 11:code + 12] == " ":
+            self.queue.append((time.monotonic() + self.LAG, rsync.unescape_name(line[code + 12:]), self.TRIES))
+
+    def on(self, item: rsync.Item) -> None:
+        if item.wrote_file:
+            self.queue.append((time.monotonic() + self.LAG, item.name, self.TRIES))
+
+    def _work(self) -> None:
+        # Behind rsync for the CPU: what is left when it ends is hashed then, on every core.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:
+            pass
+        root_fd = None
+        try:
+            while not self.ended.is_set():
+                if not self.queue:
+                    self.ended.wait(0.05)
+                    continue
+                due, name, tries = self.queue[0]
+                if due > time.monotonic():
+                    self.ended.wait(min(due - time.monotonic(), 0.05))
+                    continue
+                self.queue.popleft()
+                if root_fd is None:
+                    try:
+                        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # rsync creates it
+                    except FileNotFoundError:
+                        continue
+                result = manifest.hash_file(root_fd, name)
+                if result is not None:
+                    self.results[name] = result
+                elif tries > 1:
+                    self.queue.append((time.monotonic() + self.LAG, name, tries - 1))
+        finally:
+            if root_fd is not None:
+                os.close(root_fd)
+
+    async def finish(self) -> dict[bytes, manifest.Hashed]:
+        """rsync has ended: hash what is still queued, on every core."""
+        self.ended.set()
+        await asyncio.to_thread(self.worker.join)
+        left = [name for _due, name, _tries in self.queue if name not in self.results]
+        self.queue.clear()
+        if left and self.root.exists():
+            self.results.update(await asyncio.to_thread(manifest.hash_files, self.root, left))
+        return self.results
+
+    def close(self) -> None:
+        self.ended.set()
+        self.worker.join()
+
+
+class _Estimate:
+    """Progress while the compare runs, when rsync prints only its itemized
+    list: the share of the previous snapshot's files (in path order) up to
+    the last change listed. No data moves yet (bytes 0)."""
+
+    EVERY = 0.5  # seconds between reports
+
+    def __init__(self, on_progress):
+        self.old_lines: list[bytes] = []  # the previous manifest, once read
+        self.on_progress = on_progress
+        self.fraction = 0.0
+        self.started = time.monotonic()
+        self.reported = 0.0
+
+    def knows(self, old_lines: list[bytes] | None) -> None:
+        self.old_lines = old_lines or []
+
+    def at(self, name: bytes) -> None:
+        if self.old_lines:
+            self.fraction = max(self.fraction, manifest.position(self.old_lines, name))
+        self.report()
+
+    def report(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.on_progress or (not final and now - self.reported < self.EVERY):
+            return
+        self.reported = now
+        elapsed = now - self.started
+        percent = 100 if final else min(int(self.fraction * 100), 99)
+        eta = 0 if final else (round(elapsed * (1 / self.fraction - 1)) if self.fraction > 0 else None)
+        self.on_progress({"percent": percent, "bytes": 0, "rate": 0, "eta_s": eta, "phase": "compare"})
+
+    async def during(self, work):
+        """Await work, reporting at least every EVERY seconds meanwhile."""
+        async def tick():
+            while True:
+                await asyncio.sleep(self.EVERY)
+                self.report()
+        ticker = asyncio.create_task(tick())
+        try:
+            result = await work
+        finally:
+            ticker.cancel()
+        self.report(final=True)
+        return result
 
 
 def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
-              interrupted: list[Path], checksums: manifest.Manifest) -> SnapshotName:
+              interrupted: list[Path], checksums: list[bytes]) -> SnapshotName:
     """Staging → complete snapshot. The rename is the commit point: before it the
     tree, its manifest and its record are on disk; after it `latest` is switched
     atomically."""
     name = host_dir.free_name(started)
-    record = {"name": str(name), "time": name.time.isoformat(), **stats}
     meta_file = host_dir.meta_file(name)
     manifest_file = host_dir.manifest_file(name)
     try:
         # Not fsynced one by one: the syncfs below flushes them with the tree.
-        manifest.write(manifest_file, checksums, sync=False)
+        writing = time.monotonic()
+        manifest.write_lines(manifest_file, checksums, sync=False)
+        stats["manifest_s"] = round(stats.get("manifest_s", 0) + time.monotonic() - writing, 3)
+        record = {"name": str(name), "time": name.time.isoformat(), **stats}
         write_atomic(meta_file, json.dumps(record, indent=1).encode(), sync=False)
         syncfs(staging)
         staging.rename(host_dir.hourly / str(name))
