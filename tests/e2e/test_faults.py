@@ -135,3 +135,17 @@ def test_two_daemons_never_share_a_state_dir(tmp_path, daemon_factory):
     assert f"already running on state_dir {first.config['state_dir']}" in line
     time.sleep(0.2)
     assert "hosts" in first.call("status")
+
+
+def test_a_symlink_planted_in_a_host_directory_is_never_followed(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "src", 3))}]).start()
+    assert daemon.run_snapshot()["status"] == "ok"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    meta = daemon.workdir / "backup/web1/meta"
+    subprocess.run(["rm", "-rf", str(meta)], check=True)
+    meta.symlink_to(elsewhere)  # someone with write access to the host directory plants it
+    job = daemon.run_snapshot()
+    assert job["status"] == "failed" and "symbolic links" in job["hosts"][0]["error"], job
+    assert "web1/meta" in job["hosts"][0]["detail"]  # admins see which
+    assert list(elsewhere.iterdir()) == []  # nothing was written through it

@@ -84,7 +84,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
 
     make_private_dir(config.backup_root)
     for directory in (host_dir.root, host_dir.hourly, host_dir.meta):
-        make_private_dir(directory)
+        make_private_dir(directory, under=config.backup_root)  # never through a symlink planted there
     _remove_lists(host_dir)  # left by a run that died; only one run per host at a time
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
              resume_from=[p.name for p in interrupted])
