@@ -137,7 +137,8 @@ def _print_detail(host: dict) -> None:
 def _progress_line(event: dict) -> str:
     progress = event["progress"]
     eta = f", eta {span(progress['eta_s'])}" if progress.get("eta_s") else ""
-    return (f"{event['host']}: {event.get('stage') or ''} {progress_text(progress)} "
+    phase = f" ({progress['phase']})" if progress.get("phase") else ""  # a snapshot compares, then transfers
+    return (f"{event['host']}: {event.get('stage') or ''}{phase} {progress_text(progress)} "
             f"{size(progress['bytes'])} at {size(progress['rate'])}/s{eta}")
 
 
