@@ -85,7 +85,7 @@ class Daemon:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(BIN / "bkd"), "--config", str(self.config_path), "serve"],
-            stdout=log, stderr=log, env={**os.environ, **(env or {})},
+            stdout=log, stderr=log, env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
         )
         log.close()
         if wait:
@@ -130,7 +130,13 @@ class Daemon:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+                self.proc.wait(10)
+                raise AssertionError(f"bkd did not stop within {timeout}s of {signal.Signals(sig).name}; "
+                                     f"its log ends:\n{self.log()[-20000:]}") from None
         return self.proc.returncode if self.proc else 0
 
 

@@ -67,7 +67,12 @@ class Channel:
 
     def __init__(self, on_line: Callable[[str], None]):
         self.on_line = on_line
-        self._read, self._write = os.pipe()
+        read, self._write = os.pipe()
+        # One file object owns the read end, whoever closes it (us, or the
+        # transport, which closes it when connecting is cancelled): closing
+        # it twice is harmless, closing its number twice could close another
+        # run's pipe that reused it.
+        self._read = open(read, "rb", buffering=0)
         self.path = f"/dev/fd/{self._write}"
         self._transport: asyncio.BaseTransport | None = None
 
@@ -79,16 +84,16 @@ class Channel:
     async def _pump(self) -> None:
         reader = asyncio.StreamReader()
         self._transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), open(self._read, "rb", buffering=0))
+            lambda: asyncio.StreamReaderProtocol(reader), self._read)
         await _pump(reader, self.on_line, None)
 
     def _close(self) -> None:
         if self._write >= 0:
             os.close(self._write)
+            self._write = -1
         if self._transport is not None:
-            self._transport.close()  # it owns the read end
-        else:
-            os.close(self._read)
+            self._transport.close()  # stops watching the read end before it is closed
+        self._read.close()
 
 
 async def stop_group(proc: asyncio.subprocess.Process, grace: float = GRACE_SECONDS) -> None:

@@ -68,3 +68,25 @@ async def test_a_channel_carries_its_own_lines_apart_from_stdout(tmp_path):
     with pytest.raises(FileNotFoundError):  # the child cannot even start
         await bkexec.run(["true"], cwd=str(tmp_path / "missing"), channel=bkexec.Channel(items.append))
     assert set(os.listdir("/proc/self/fd")) <= opened  # no descriptor left behind
+
+
+async def test_a_channel_cancelled_while_connecting_closes_its_pipe_once():
+    """Cancelled while its transport connects (a daemon stopping as rsync
+    starts), the channel's read end is closed by the transport; closing it
+    again by number closed whatever pipe had reused that number: another
+    host's snapshot then failed with EBADF."""
+    channel = bkexec.Channel(lambda line: None)
+    pump = asyncio.ensure_future(channel._pump())
+    await asyncio.sleep(0)  # inside connect_read_pipe, waiting for the transport
+    pump.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pump
+    await asyncio.sleep(0)  # the transport's connection_lost closes the read end
+    other_read, other_write = os.pipe()  # may reuse the number just freed
+    try:
+        channel._close()
+        os.fstat(other_read)  # still open: the channel closed only what it owned
+        os.fstat(other_write)
+    finally:
+        os.close(other_read)
+        os.close(other_write)
