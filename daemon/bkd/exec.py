@@ -63,7 +63,9 @@ def _deliver(raw: bytes, on_line, tail) -> None:
 
 class Channel:
     """An extra output pipe for one run: the child writes to `path`
-    (/dev/fd/N, inherited), each line goes to on_line."""
+    (/dev/fd/N, inherited), each line goes to on_line. Use it in a `with`
+    block around everything from its creation to the run, so that a step
+    failing before the child starts does not leak the pipe."""
 
     def __init__(self, on_line: Callable[[str], None]):
         self.on_line = on_line
@@ -87,7 +89,14 @@ class Channel:
             lambda: asyncio.StreamReaderProtocol(reader), self._read)
         await _pump(reader, self.on_line, None)
 
-    def _close(self) -> None:
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Idempotent: run() closes it when the child ends, the `with` block again."""
         if self._write >= 0:
             os.close(self._write)
             self._write = -1
@@ -131,7 +140,7 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
         )
     except BaseException:
         if channel:
-            channel._close()
+            channel.close()
         raise
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     streams = [_pump(proc.stdout, on_stdout, None), _pump(proc.stderr, on_stderr, tail)]
@@ -148,7 +157,7 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
         raise
     finally:
         if channel:
-            channel._close()
+            channel.close()
     return Result(argv, returncode, list(tail))
 
 

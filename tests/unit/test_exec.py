@@ -84,9 +84,20 @@ async def test_a_channel_cancelled_while_connecting_closes_its_pipe_once():
     await asyncio.sleep(0)  # the transport's connection_lost closes the read end
     other_read, other_write = os.pipe()  # may reuse the number just freed
     try:
-        channel._close()
+        channel.close()
         os.fstat(other_read)  # still open: the channel closed only what it owned
         os.fstat(other_write)
     finally:
         os.close(other_read)
         os.close(other_write)
+
+
+def test_a_channel_whose_run_never_starts_leaves_no_descriptor_open():
+    """A step between creating the channel and starting rsync fails (the
+    list of files to fetch cannot be written on a full disk): its pipe is
+    closed all the same, or every such failed run leaked two descriptors."""
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError):
+        with bkexec.Channel(lambda line: None):
+            raise OSError(28, "No space left on device")
+    assert set(os.listdir("/proc/self/fd")) == before

@@ -186,12 +186,12 @@ class _Transfer:
         next ones; a walk by inode afterwards makes the manifest exact (unless
         nothing was linked and every file rsync counted was hashed)."""
         hasher = _Hasher(self.staging)
-        channel = bkexec.Channel(hasher.on_item)
         lines: list[str] = []
-        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests,
-                                      extra=rsync.log_items(channel.path))
         try:
-            await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel)
+            with bkexec.Channel(hasher.on_item) as channel:
+                argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests,
+                                              extra=rsync.log_items(channel.path))
+                await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel)
             started = time.monotonic()
             known = await hasher.finish()
         finally:
@@ -309,14 +309,14 @@ class _Transfer:
                 if item.update != "c":  # a local copy of the previous snapshot's file: its checksum is known
                     hasher.on(item)
 
-        channel = bkexec.Channel(on_fetched)
         lines: list[str] = []
         try:
-            await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in plan.fetch))
-            argv = rsync.fetch_command(self.config, self.settings, self.staging, previous_dir, files_from,
-                                       channel.path, self.shared)
-            await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel,
-                              on_failure=_SourceMoved)
+            with bkexec.Channel(on_fetched) as channel:
+                await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in plan.fetch))
+                argv = rsync.fetch_command(self.config, self.settings, self.staging, previous_dir, files_from,
+                                           channel.path, self.shared)
+                await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel,
+                                  on_failure=_SourceMoved)
             finishing = time.monotonic()
             known = await hasher.finish()
             self.hashing_after_s = time.monotonic() - finishing
