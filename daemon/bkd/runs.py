@@ -187,7 +187,7 @@ class Limit:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # granted and cancelled in the same instant: give it back
-            else:
+            elif waiter in self._waiters:  # a release in the same instant may have passed it over
                 self._waiters.remove(waiter)
             raise
 

@@ -149,3 +149,30 @@ def test_a_symlink_planted_in_a_host_directory_is_never_followed(tmp_path, daemo
     assert job["status"] == "failed" and "symbolic links" in job["hosts"][0]["error"], job
     assert "web1/meta" in job["hosts"][0]["detail"]  # admins see which
     assert list(elsewhere.iterdir()) == []  # nothing was written through it
+
+
+def test_a_compare_that_fails_stops_the_hardlink_copy_beside_it(tmp_path, daemon_factory):
+    """The incremental path links the previous snapshot (cp -al) while rsync
+    compares. When the compare fails at once (here: the source is gone), the
+    copy must be stopped with the run: left running, it outlived the failed
+    run, and its fallback rebuilt a .partial directory after the run had
+    cleaned up, so the next run took the slow resume path."""
+    source = tmp_path / "src"
+    for d in range(100):
+        (source / f"d{d}").mkdir(parents=True)
+        for f in range(300):
+            (source / f"d{d}" / f"f{f}").write_bytes(b"")
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}],
+                            archive={"enabled": False}, monthly={"enabled": False}).start()
+    assert daemon.run_snapshot("web1")["status"] == "ok"
+    source.rename(tmp_path / "gone")
+
+    job = daemon.run_snapshot("web1")
+    assert job["status"] == "failed"
+    hourly = daemon.workdir / "backup/web1/hourly"
+    copying = lambda: subprocess.run(["pgrep", "-f", f"cp -al .*{hourly.name}"],  # noqa: E731
+                                     capture_output=True).returncode == 0
+    for _ in range(30):  # 3 s: what a copy left running would do meanwhile
+        assert not copying(), "cp -al outlived the failed run"
+        time.sleep(0.1)
+    assert [p.name for p in hourly.iterdir() if p.name.startswith(".partial")] == []

@@ -78,6 +78,21 @@ async def test_a_lowered_limit_lets_nothing_start_until_fewer_than_it_run():
     await asyncio.gather(*tasks)
 
 
+async def test_a_waiter_cancelled_just_before_a_release_ends_cancelled():
+    """Cancelled, then passed over by a release in the same instant: the
+    queued run ends interrupted, not failed with a ValueError (which counted
+    as a failure and raised a run_failed alert)."""
+    limit = Limit(1)
+    await limit.acquire()
+    task = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0)
+    task.cancel()  # cancelled first ...
+    limit.release()  # ... then the release pops its (cancelled) waiter
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert limit.in_use == 0 and limit.waiting == 0
+
+
 async def test_a_cancelled_waiter_gives_back_a_slot_it_was_just_granted():
     limit = Limit(1)
     await limit.acquire()

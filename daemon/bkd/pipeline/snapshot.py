@@ -263,7 +263,7 @@ class _Transfer:
 
         compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir, self.shared),
                               on_stdout=on_change)
-        failure, _ = await estimate.during(asyncio.gather(link_tree(previous_dir, self.staging), compare))
+        failure, _ = await estimate.during(_together(link_tree(previous_dir, self.staging), compare))
         if failure:
             raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
         old_lines = await reading  # read meanwhile
@@ -575,6 +575,19 @@ class _Estimate:
             ticker.cancel()
         self.report(final=True)
         return result
+
+
+async def _together(*work):
+    """Await all of work; when one fails, stop the others before raising its
+    error (gather alone would leave them running: a cp -al outliving its
+    failed run, rebuilding the staging directory the run had removed)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()  # nothing for those that have finished
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
