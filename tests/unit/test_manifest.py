@@ -1,5 +1,6 @@
 """The manifest's line format round-trips any file name."""
 
+import asyncio
 import hashlib
 import os
 
@@ -72,3 +73,28 @@ def test_a_walk_by_inode_reuses_what_it_can_and_hashes_the_rest(tmp_path):
     # A checksum computed for another inode is not reused.
     checksums, _ = manifest.by_inode(new, None, None, {b"added": (known_inode + 1, "stale", 6)})
     assert checksums[b"added"] == (hashlib.sha256(b"added\n").hexdigest(), 6)
+
+
+async def test_a_failed_run_lets_its_hasher_go_without_blocking_the_daemon(tmp_path):
+    """A run that fails or is cancelled while a large file is being hashed:
+    closing the hasher returns at once (it used to join the thread on the
+    event loop, freezing RPC and watchdog pings until the file was read to
+    the end) and the thread stops within a chunk."""
+    import time
+
+    from bkd.pipeline.snapshot import _Hasher
+
+    with open(tmp_path / "big", "wb") as f:
+        f.truncate(64 << 30)  # 64 GiB of holes: tens of seconds to hash to the end
+    hasher = _Hasher(tmp_path)
+    hasher.queue.append((0.0, b"big", 1))
+    deadline = time.monotonic() + 30
+    while hasher.queue:  # the thread has taken it and is reading
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    hasher.close()
+    assert time.monotonic() - started < 0.1
+    hasher.worker.join(10)
+    assert not hasher.worker.is_alive() and b"big" not in hasher.results

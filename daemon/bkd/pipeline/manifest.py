@@ -81,10 +81,11 @@ def _staged_fd(root_fd: int, relative: bytes, flags: int) -> int:
 _buffers = threading.local()
 
 
-def hash_file(root_fd: int, relative: bytes) -> Hashed | None:
+def hash_file(root_fd: int, relative: bytes, abandoned: threading.Event | None = None) -> Hashed | None:
     """The inode of root/relative (a tree rsync has written) and what it
     holds, read through one open file, so that the checksum belongs to that
-    inode; None if it is not a regular file (any more)."""
+    inode; None if it is not a regular file (any more), or if `abandoned`
+    was set meanwhile (its run failed: a large file is not read to the end)."""
     try:
         fd = _staged_fd(root_fd, relative, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
@@ -100,6 +101,8 @@ def hash_file(root_fd: int, relative: bytes) -> Hashed | None:
         view, digest = _buffers.view, hashlib.sha256()
         while count := os.readv(fd, [view]):
             digest.update(view[:count])
+            if abandoned is not None and abandoned.is_set():
+                return None
     finally:
         os.close(fd)
     return st.st_ino, digest.hexdigest(), st.st_size

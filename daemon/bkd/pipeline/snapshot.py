@@ -469,7 +469,8 @@ class _Hasher:
         self.root = root
         self.queue: collections.deque[tuple[float, bytes, int]] = collections.deque()
         self.results: dict[bytes, manifest.Hashed] = {}
-        self.ended = threading.Event()  # rsync is done (or the run failed): stop
+        self.ended = threading.Event()  # rsync is done: take nothing new from the queue
+        self.abandoned = threading.Event()  # the run failed: stop, even within a file
         self.worker = threading.Thread(target=self._work, name="bkd-hasher", daemon=True)
         self.worker.start()
 
@@ -506,7 +507,7 @@ class _Hasher:
                         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # rsync creates it
                     except FileNotFoundError:
                         continue
-                result = manifest.hash_file(root_fd, name)
+                result = manifest.hash_file(root_fd, name, self.abandoned)
                 if result is not None:
                     self.results[name] = result
                 elif tries > 1:
@@ -526,8 +527,10 @@ class _Hasher:
         return self.results
 
     def close(self) -> None:
+        """Let the thread go, without waiting for it on the event loop: it
+        stops within a chunk, and what it was doing is no longer wanted."""
         self.ended.set()
-        self.worker.join()
+        self.abandoned.set()
 
 
 class _Estimate:
