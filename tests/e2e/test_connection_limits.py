@@ -207,3 +207,22 @@ def test_refused_calls_are_audited_as_a_digest_and_coalesced_per_uid_and_method(
     assert repeats["repeated"] == 29 and set(repeats["last_params"]) == {"truncated"}
     assert rows[1][3].startswith("error -32003: permission denied, 29 more time(s) within 60 s")
     assert sum(len(row[2]) for row in rows) < 2000
+
+
+def test_a_client_that_stops_reading_does_not_hold_up_a_stop(tmp_path, daemon_factory):
+    """Answers pile up for a client that sent its requests and reads nothing
+    (a `bkctl … | less` left open, a terminal on Ctrl-Z): SIGTERM still stops
+    the daemon at once, its runs recorded, rather than waiting for that
+    client to read until systemd kills it."""
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "src", 3))}]).start()
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.connect(str(daemon.socket))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(b"".join(protocol.encode(protocol.request("hosts.list", None, i)) for i in range(5000)))
+    stuck.shutdown(socket.SHUT_WR)  # all asked: the daemon reads EOF and closes once its answers are read
+    time.sleep(2)  # far more answers than the socket buffers hold
+    started = time.monotonic()
+    assert daemon.stop(timeout=20) == 0
+    assert time.monotonic() - started < 10
+    assert "daemon.stopped" in daemon.log()
+    stuck.close()

@@ -46,6 +46,7 @@ log = structlog.get_logger()
 
 WRITE_TIMEOUT = 30.0  # a client that does not read its answers for this long is dropped
 DROP_GRACE = 30.0  # seconds a dropped client gets to read what is buffered and its last notice
+STOP_GRACE = 2.0  # the same when the daemon stops
 RESERVED_FDS = 256  # descriptors the backup path keeps (rsync and ssh pipes, hooks, SQLite, manifest walks)
 MIN_CONNECTIONS = 16  # even under a tiny descriptor limit, an admin can still connect
 PRIVILEGED_EXTRA = 8  # connections root and the daemon's own uid get beyond the total cap
@@ -415,9 +416,15 @@ class RpcServer:
                 await asyncio.gather(*conn.requests, return_exceptions=True)
             conn.detach()
             if not handed_over:
+                # close() waits for the client to read what is buffered: one that
+                # never does would hold this task, its slot and the daemon's stop.
                 writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                try:
+                    await asyncio.wait_for(writer.wait_closed(), STOP_GRACE if self.closing else DROP_GRACE)
+                except TimeoutError:
+                    writer.transport.abort()
+                except Exception:
+                    pass
 
     def _takes_over(self, line: bytes) -> bool:
         """A request for a method that takes the connection over (restore.stream)."""
