@@ -13,6 +13,7 @@ import asyncio
 import os
 import shutil
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,18 +113,28 @@ async def stop_group(proc: asyncio.subprocess.Process, grace: float = GRACE_SECO
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
-            # The leader is gone; members that outlived it still get the KILL.
-            if sig is signal.SIGTERM:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            return
-        except asyncio.TimeoutError:
-            continue
-    await proc.wait()
+        if await _exited(proc, grace):
+            break
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # members that outlived the leader
+    except ProcessLookupError:
+        pass
+    await _exited(proc, None)
+    # Stop reading its pipes: a child that left the group may hold them open
+    # for as long as it lives. (Process has no public close.)
+    proc._transport.close()
+
+
+async def _exited(proc: asyncio.subprocess.Process, timeout: float | None) -> bool:
+    """Whether proc has exited within timeout. Not proc.wait(): that also waits
+    until its output pipes close, which output nobody reads any more, or a
+    child that left the group holding them, can put off indefinitely."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while proc.returncode is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = None,

@@ -101,3 +101,25 @@ def test_a_channel_whose_run_never_starts_leaves_no_descriptor_open():
         with bkexec.Channel(lambda line: None):
             raise OSError(28, "No space left on device")
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+async def test_stopping_a_tool_whose_child_left_the_group_holding_its_output_ends_at_once(tmp_path):
+    """A hook that starts a daemon of its own (setsid) which keeps stdout open:
+    cancelling the hook ends as soon as the hook's group is dead, instead of
+    waiting out the grace period for pipes that child holds."""
+    pid_file = tmp_path / "escaped"
+    lines = []
+    task = asyncio.create_task(bkexec.run(
+        ["sh", "-c", f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 60' & echo started; exec sleep 300"],
+        on_stdout=lines.append, grace=5))
+    while not lines or not pid_file.exists() or not pid_file.read_text().strip():
+        await asyncio.sleep(0.05)
+    escaped = int(pid_file.read_text())
+    try:
+        started = asyncio.get_running_loop().time()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert asyncio.get_running_loop().time() - started < 2.5  # not the 5 s grace
+    finally:
+        os.kill(escaped, 9)
