@@ -38,9 +38,9 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync: bool = True) 
     caller is about to do anyway (one flush instead of one per file)."""
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    os.fchmod(fd, mode)  # the mode asked for, whatever the umask (the unit's is 0077)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, mode)  # the mode asked for, whatever the umask (the unit's is 0077)
             f.write(data)
             if sync:
                 f.flush()

@@ -47,8 +47,9 @@ class Integrity:
     async def verify(self, host_dir: HostDir, names: list[str], with_archives: bool) -> dict:
         """Re-hash every file of the named snapshots (and their archives)."""
         archive_files = [a.path for a in archive.archives(host_dir) if with_archives or str(a.snapshot) in names]
-        result = await asyncio.to_thread(manifest.verify_snapshots, host_dir.hourly, host_dir.meta, names,
-                                         archive_files)
+        # Its own thread: a stop must not wait for a re-hash of whole snapshots (it only reads).
+        result = await in_own_thread(manifest.verify_snapshots, host_dir.hourly, host_dir.meta, names,
+                                     archive_files)
         host = host_dir.root.name
         for name in names:
             await self._report(host, name, [m for m in result["mismatches"] if m.get("snapshot") == name], True)

@@ -181,3 +181,26 @@ def test_shutdown_waits_for_requests_in_flight_before_closing_the_store(tmp_path
     log = daemon.log()
     for trouble in ("Task exception was never retrieved", "closed database", "Traceback", "internal error"):
         assert trouble not in log
+
+
+def test_sigterm_during_a_long_verify_stops_the_daemon_at_once(tmp_path, daemon_factory):
+    """`bkctl verify` re-hashes whole snapshots; a stop meanwhile must not
+    wait for that to finish (systemd would kill bkd and mark the unit failed)."""
+    from bkd.pipeline import manifest
+
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "src", 3))}]).start()
+    snapshot = daemon.run_snapshot("web1")["hosts"][0]["snapshot"]
+    host = daemon.workdir / "backup" / "web1"
+    with open(host / "hourly" / snapshot / "zzz-big", "wb") as f:
+        f.truncate(64 << 30)  # 64 GiB of holes: a minute or more to re-hash
+    recorded = manifest.read(host / "meta" / f"{snapshot}.manifest")
+    recorded[b"zzz-big"] = ("0" * 64, 64 << 30)
+    manifest.write(host / "meta" / f"{snapshot}.manifest", recorded)
+    verify = subprocess.Popen([str(BIN / "bkctl"), "--socket", str(daemon.socket), "verify", "web1", snapshot],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    assert verify.poll() is None  # still hashing
+    started = time.monotonic()
+    assert daemon.stop(timeout=30) == 0
+    assert time.monotonic() - started < 10
+    verify.wait(10)

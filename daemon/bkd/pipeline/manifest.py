@@ -326,7 +326,12 @@ def regular_files_at(tree: Path, other: Path, names: Iterable[bytes]) -> dict[by
     """Which of names are regular files in tree (a tree rsync has written):
     name → (inode, inode of the regular file at the same path in other, or None)."""
     found = {}
-    tree_fd, other_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY), os.open(other, os.O_RDONLY | os.O_DIRECTORY)
+    tree_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        other_fd = os.open(other, os.O_RDONLY | os.O_DIRECTORY)
+    except BaseException:
+        os.close(tree_fd)
+        raise
     try:
         for name in names:
             inodes = []
