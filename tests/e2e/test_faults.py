@@ -170,7 +170,7 @@ def test_a_compare_that_fails_stops_the_hardlink_copy_beside_it(tmp_path, daemon
     job = daemon.run_snapshot("web1")
     assert job["status"] == "failed"
     hourly = daemon.workdir / "backup/web1/hourly"
-    copying = lambda: subprocess.run(["pgrep", "-f", f"cp -al .*{hourly.name}"],  # noqa: E731
+    copying = lambda: subprocess.run(["pgrep", "-f", r"^cp -al -- .* \.partial-"],  # noqa: E731 (run in hourly/)
                                      capture_output=True).returncode == 0
     for _ in range(30):  # 3 s: what a copy left running would do meanwhile
         assert not copying(), "cp -al outlived the failed run"

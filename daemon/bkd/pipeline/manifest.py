@@ -86,6 +86,8 @@ def hash_file(root_fd: int, relative: bytes, abandoned: threading.Event | None =
     holds, read through one open file, so that the checksum belongs to that
     inode; None if it is not a regular file (any more), or if `abandoned`
     was set meanwhile (its run failed: a large file is not read to the end)."""
+    if abandoned is not None and abandoned.is_set():
+        return None
     try:
         fd = _staged_fd(root_fd, relative, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
@@ -108,13 +110,14 @@ def hash_file(root_fd: int, relative: bytes, abandoned: threading.Event | None =
     return st.st_ino, digest.hexdigest(), st.st_size
 
 
-def hash_files(root: Path, paths: Iterable[bytes], workers: int = 2) -> dict[bytes, Hashed]:
+def hash_files(root: Path, paths: Iterable[bytes], workers: int = 2,
+                abandoned: threading.Event | None = None) -> dict[bytes, Hashed]:
     """hash_file for many paths, on `workers` threads (hashlib releases the GIL)."""
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         paths = list(paths)
         with ThreadPoolExecutor(workers) as pool:
-            results = pool.map(lambda path: hash_file(root_fd, path), paths)
+            results = pool.map(lambda path: hash_file(root_fd, path, abandoned), paths)
             return {path: result for path, result in zip(paths, results) if result is not None}
     finally:
         os.close(root_fd)

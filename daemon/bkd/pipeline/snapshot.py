@@ -523,7 +523,7 @@ class _Hasher:
         left = [name for _due, name, _tries in self.queue if name not in self.results]
         self.queue.clear()
         if left and self.root.exists():
-            self.results.update(await asyncio.to_thread(manifest.hash_files, self.root, left))
+            self.results.update(await asyncio.to_thread(manifest.hash_files, self.root, left, 2, self.abandoned))
         return self.results
 
     def close(self) -> None:

@@ -122,7 +122,13 @@ class Connection:
             self._idle.cancel()
             self._idle = None
         if self._idle_timeout and not self.requests and not self._streams and not self.writer.is_closing():
-            self._idle = asyncio.get_running_loop().call_later(self._idle_timeout(), self.writer.close)
+            self._idle = asyncio.get_running_loop().call_later(self._idle_timeout(), self._close_idle)
+
+    def _close_idle(self) -> None:
+        # close() waits for the client to read what is buffered; one that never
+        # does is cut off after DROP_GRACE, or it would hold its slot.
+        self.writer.close()
+        asyncio.get_running_loop().call_later(DROP_GRACE, self.writer.transport.abort)
 
     def detach(self) -> None:
         """The connection ends, or is handed over (restore.stream): no idle timer any more."""
