@@ -207,7 +207,7 @@ class Worker:
         except asyncio.TimeoutError:
             raise restore.RestoreFailed("no receiver connected: a local restore is received by the caller's "
                                         "bkctl (bkctl restore ... --to DEST)") from None
-        argv = await restore.sender_argv(list(target.options), list(target.sources))
+        argv = await restore.sender_argv(list(target.options), root, list(target.sources))
         started, sent = time.monotonic(), 0
 
         def on_bytes(count: int) -> None:

@@ -108,6 +108,48 @@ def test_hostile_names_and_metadata_round_trip_through_backup_ls_and_restore(tmp
     assert not (tmp_path / "dry").exists()
 
 
+@ROOT_ONLY
+def test_any_name_restores_alone_and_an_existing_dest_keeps_its_own_attributes(tmp_path, daemon_factory):
+    """rsync escapes names for a remote shell (a backslash before a space or a
+    quote, `./` before a leading dash); the sender must get them as they are:
+    restoring `/My Docs/...` alone failed, and a top-level `-dash` made an
+    existing DEST take the snapshot root's owner and mode."""
+    source = tmp_path / "src"
+    (source / "My Docs" / "sub").mkdir(parents=True)
+    (source / "My Docs" / "sub" / "report.txt").write_text("report\n")
+    (source / "-dash" / "sub").mkdir(parents=True)
+    (source / "-dash" / "sub" / "f").write_text("f\n")
+    for name in HOSTILE:
+        with open(os.path.join(os.fsencode(source), name), "wb") as f:
+            f.write(b"content of " + name)
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
+    assert daemon.run_snapshot()["status"] == "ok"
+
+    for index, name in enumerate([b"My Docs/sub/report.txt", b"-dash", *HOSTILE]):
+        dest = tmp_path / f"one-{index}"
+        result = daemon.bkctl("restore", "web1", "latest", os.fsdecode(b"/" + name), "--to", str(dest))
+        assert result.returncode == 0, (name, result.stdout + result.stderr)
+        restored, original = os.path.join(os.fsencode(dest), name), os.path.join(os.fsencode(source), name)
+        if os.path.isdir(original):
+            assert describe(restored) == describe(original) != {}
+        else:
+            with open(restored, "rb") as got, open(original, "rb") as want:
+                assert got.read() == want.read()
+            assert os.lstat(restored).st_mode == os.lstat(original).st_mode
+
+    for what in ("/", "/-dash"):
+        dest = tmp_path / f"existing{what.replace('/', '-')}"
+        dest.mkdir()
+        os.chown(dest, 1000, 1000)
+        dest.chmod(0o700)
+        (dest / "mine").write_text("kept\n")
+        result = daemon.bkctl("restore", "web1", "latest", what, "--to", str(dest), "--overwrite")
+        assert result.returncode == 0, result.stdout + result.stderr
+        st = dest.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 1000, 0o700), what
+        assert (dest / "-dash" / "sub" / "f").read_text() == "f\n" and (dest / "mine").read_text() == "kept\n"
+
+
 def test_browse_and_restore_never_leave_the_snapshot(tmp_path, daemon_factory):
     source = make_tree(tmp_path / "source", 3)
     (source / "escape").symlink_to("/etc")

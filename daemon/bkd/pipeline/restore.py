@@ -123,18 +123,33 @@ def receiver_options(overwrite: bool, dry_run: bool) -> list[str]:
     return [*RECEIVE, *([] if overwrite else ["--ignore-existing"]), *(["--dry-run"] if dry_run else [])]
 
 
-async def sender_argv(options: list[str], source_args: list[bytes]) -> list[str]:
+_PLACEHOLDER = "bkd-sources"
+
+
+async def sender_argv(options: list[str], root: Path, source_args: list[bytes]) -> list[str]:
     """The server half of `rsync OPTIONS bkd:SOURCES DEST`, from this machine's
     own rsync (the receiver runs the same one): it is told to use a remote
-    shell that only writes down the command it was asked to run."""
+    shell that only writes down the command it was asked to run. Only the
+    options are taken from it: rsync escapes file names for a remote shell
+    (a backslash before a space, `./` before a leading dash, which with
+    --relative also sends the root's own attributes), and no shell runs here.
+    The sources are put in as they are, absolute, each with the `/./` marker
+    where its relative part starts, so that none can be read as an option."""
     with tempfile.NamedTemporaryFile(prefix="bkd-rsh-") as captured:
         rsh = f"sh -c 'printf \"%s\\0\" \"$@\" > {shlex.quote(captured.name)}; exit 1' bkd-capture"
-        await bkexec.run(["rsync", *options, "-e", rsh, "--",
-                          *(f"bkd:{os.fsdecode(s)}" for s in source_args), "/nonexistent/"])
+        await bkexec.run(["rsync", *options, "-e", rsh, "--", f"bkd:{_PLACEHOLDER}", "/nonexistent/"])
         argv = [os.fsdecode(a) for a in Path(captured.name).read_bytes().split(b"\0")[:-1]]
-    if argv[1:4] != ["rsync", "--server", "--sender"]:
+    if argv[1:4] != ["rsync", "--server", "--sender"] or argv[-2:] != [".", _PLACEHOLDER]:
         raise RestoreFailed(f"unexpected rsync server command: {argv[:4]}")
-    return argv[1:]
+    return [*argv[1:-1], *(os.fsdecode(_anchored(root, arg)) for arg in source_args)]
+
+
+def _anchored(root: Path, arg: bytes) -> bytes:
+    """arg (relative to the snapshot's root) as an absolute path with the
+    /./ marker: what follows it is the path the receiver gets."""
+    if arg == b"./":
+        return arg  # the root itself, the sender's working directory (a DEST created takes its attributes)
+    return os.fsencode(root) + (b"/" if b"/./" in arg else b"/./") + arg
 
 
 def _stats(lines: list[str], dry_run: bool) -> tuple[dict, list[str]]:
