@@ -150,6 +150,28 @@ def test_any_name_restores_alone_and_an_existing_dest_keeps_its_own_attributes(t
         assert (dest / "-dash" / "sub" / "f").read_text() == "f\n" and (dest / "mine").read_text() == "kept\n"
 
 
+def test_a_sparse_file_stays_sparse_in_every_snapshot(tmp_path, daemon_factory):
+    """A 1 GiB file holding a few bytes (a lastlog with large uids) must not
+    take 1 GiB in each snapshot where it changed."""
+    source = tmp_path / "src"
+    source.mkdir()
+    with open(source / "lastlog", "wb") as f:
+        f.truncate(1 << 30)
+        f.seek(512 << 20)
+        f.write(b"entry")
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
+    assert daemon.run_snapshot()["status"] == "ok"
+    with open(source / "lastlog", "r+b") as f:  # changed: the next snapshot writes a copy of its own
+        f.seek(768 << 20)
+        f.write(b"another")
+    job = daemon.run_snapshot()
+    assert job["status"] == "ok"
+    for snapshot in (daemon.workdir / "backup/web1/hourly").iterdir():
+        st = (snapshot / "lastlog").stat()
+        assert st.st_size == 1 << 30 and st.st_blocks * 512 < (1 << 20), (snapshot.name, st.st_blocks)
+    assert daemon.bkctl("verify", "web1", "--all").returncode == 0
+
+
 def test_browse_and_restore_never_leave_the_snapshot(tmp_path, daemon_factory):
     source = make_tree(tmp_path / "source", 3)
     (source / "escape").symlink_to("/etc")

@@ -138,7 +138,8 @@ def reachability_command(config: Config, settings: HostSettings) -> list[str]:
 
 
 # What every snapshot transfer preserves; and what a whole-tree one removes.
-_PRESERVE = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids"]
+# --sparse: holes stay holes in the snapshot (a sparse lastlog would otherwise fill the disk)
+_PRESERVE = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "--sparse"]
 _MIRROR = ["--delete", "--delete-excluded"]
 
 
