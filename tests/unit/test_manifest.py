@@ -98,3 +98,26 @@ async def test_a_failed_run_lets_its_hasher_go_without_blocking_the_daemon(tmp_p
     assert time.monotonic() - started < 0.1
     hasher.worker.join(10)
     assert not hasher.worker.is_alive() and b"big" not in hasher.results
+
+
+async def test_a_cancelled_manifest_step_stops_hashing_so_a_stop_need_not_wait(tmp_path):
+    """The walk that hashes what the transfer did not (a first pull's, or an
+    incremental's when counts disagree) runs on the shared pool, which the
+    daemon's exit waits for: cancelled, it must stop within a chunk."""
+    import time
+
+    from bkd.pipeline.snapshot import _hashing
+
+    (tmp_path / "tree").mkdir()
+    with open(tmp_path / "tree" / "big", "wb") as f:
+        f.truncate(64 << 30)  # 64 GiB of holes: tens of seconds to hash to the end
+    task = asyncio.ensure_future(_hashing(manifest.by_inode, tmp_path / "tree", None, None, None))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    started = time.monotonic()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    await asyncio.get_running_loop().shutdown_default_executor()  # what asyncio.run does at the daemon's exit
+    assert time.monotonic() - started < 5

@@ -357,7 +357,8 @@ def regular_files_at(tree: Path, other: Path, names: Iterable[bytes]) -> dict[by
 
 
 def by_inode(tree: Path, previous_tree: Path | None, previous: Manifest | None,
-             known: dict[bytes, Hashed] | None = None) -> tuple[Manifest, int]:
+             known: dict[bytes, Hashed] | None = None,
+             abandoned: threading.Event | None = None) -> tuple[Manifest, int]:
     """The manifest of tree from the tree itself: a file that is the previous
     snapshot's inode keeps its checksum, one hashed earlier (known) keeps that
     checksum if it is still the same inode, and every other file is hashed now.
@@ -371,7 +372,7 @@ def by_inode(tree: Path, previous_tree: Path | None, previous: Manifest | None,
             manifest[relative] = known[relative][1:]
         else:
             to_hash.append(relative)
-    hashed = hash_files(tree, to_hash)
+    hashed = hash_files(tree, to_hash, abandoned=abandoned)
     for relative, (_inode, digest, size) in hashed.items():
         manifest[relative] = (digest, size)
     return manifest, len(hashed)

@@ -204,8 +204,7 @@ class _Transfer:
             # hashed as it stays, and the count says none is missing: no walk.
             checksums, hashed_now = {name: entry[1:] for name, entry in known.items()}, 0
         else:
-            checksums, hashed_now = await asyncio.to_thread(manifest.by_inode, self.staging, previous_dir, old,
-                                                            known)
+            checksums, hashed_now = await _hashing(manifest.by_inode, self.staging, previous_dir, old, known)
         log.info("snapshot.hashed", while_transferring=len(known), after=hashed_now,
                  seconds_after=round(time.monotonic() - started, 3))
         stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
@@ -290,8 +289,8 @@ class _Transfer:
             log.warning("snapshot.source_moved", error=str(e), fallback="one pass with --link-dest")
             return await self._in_one_pass(previous)
         started = time.monotonic()
-        checksums = await asyncio.to_thread(self._manifest_of_changes, previous, old_lines, plan, compared,
-                                            known, copied, stats)
+        checksums = await _hashing(self._manifest_of_changes, previous, old_lines, plan, compared, known, copied,
+                                   stats)
         stats["manifest_s"] = round(self.hashing_after_s + time.monotonic() - started, 3)
         return stats, checksums
 
@@ -337,7 +336,7 @@ class _Transfer:
 
     def _manifest_of_changes(self, previous: SnapshotName, old_lines: list[bytes] | None, plan: _Plan,
                              compared: dict, known: dict[bytes, manifest.Hashed], copied: set[bytes],
-                             stats: dict) -> list[bytes]:
+                             stats: dict, abandoned: threading.Event) -> list[bytes]:
         """The previous manifest with every changed path taken out and what is
         there now put in: a file that is the previous snapshot's inode, or
         rsync's copy of it (an attribute-only change), keeps its checksum; one
@@ -361,7 +360,7 @@ class _Transfer:
                     to_hash.append(name)
                 else:
                     added[name] = entry
-            hashed = manifest.hash_files(self.staging, to_hash)
+            hashed = manifest.hash_files(self.staging, to_hash, abandoned=abandoned)
             added.update({name: (digest, size) for name, (_inode, digest, size) in hashed.items()})
             lines, gone = manifest.updated(old_lines, plan.changed, plan.trees, added)
             if len(lines) == compared.get("files") and len(hashed) == len(to_hash):
@@ -369,7 +368,7 @@ class _Transfer:
                 return lines
         log.warning("snapshot.manifest_walk", reason="the files do not match the compare's count")
         old = manifest.read(self.host_dir.manifest_file(previous))
-        checksums, hashed_now = manifest.by_inode(self.staging, previous_dir, old, known)
+        checksums, hashed_now = manifest.by_inode(self.staging, previous_dir, old, known, abandoned)
         stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
                      deleted_files=len(set(old or ()) - set(checksums)))
         return manifest.sorted_lines(checksums)
@@ -578,6 +577,18 @@ class _Estimate:
             ticker.cancel()
         self.report(final=True)
         return result
+
+
+async def _hashing(func, *args):
+    """func(*args, abandoned) on a worker thread. If the run is cancelled
+    meanwhile, the hashing stops within a chunk: a stop does not wait for a
+    result nobody will use."""
+    abandoned = threading.Event()
+    try:
+        return await asyncio.to_thread(func, *args, abandoned)
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise
 
 
 async def _together(*work):
