@@ -350,6 +350,27 @@ def test_host_settings_are_built_once_per_config_and_never_go_stale_in_a_copy():
 
 # ------------------------------------------------------ drop-ins, show, init
 
+def test_a_single_host_table_in_a_drop_in_is_an_error_not_a_silent_loss_of_hosts(tmp_path):
+    """`[host]` instead of `[[host]]` in a drop-in replaced every host defined
+    before it, and a later drop-in's [[host]] hid the error: check-config
+    passed and a reload removed the hosts, whose backups then simply stopped."""
+    main = tmp_path / "bkd.toml"
+    main.write_text('[[host]]\nname = "web1"\nsource = "web1:/"\n')
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "20-typo.toml").write_text('[host]\nname = "t1"\nsource = "t1:/"\n')
+    (conf_d / "30-more.toml").write_text('[[host]]\nname = "db1"\nsource = "db1:/"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(main)
+    assert [str(p) for p in error.value.problems] == [
+        f"{conf_d / '20-typo.toml'}:host: must be an array of tables ([[host]]), not a table ([host])"]
+    (conf_d / "20-typo.toml").write_text('notify = "mail"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(main)
+    assert [str(p) for p in error.value.problems] == [
+        f"{conf_d / '20-typo.toml'}:notify: must be an array of tables ([[notify]]), not 'mail'"]
+
+
 def test_drop_ins_merge_in_name_order_and_errors_name_their_file(tmp_path):
     main = tmp_path / "bkd.toml"
     main.write_text('backup_root = "/srv/bkd"\n[[host]]\nname = "web1"\nsource = "web1:/"\n'

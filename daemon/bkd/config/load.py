@@ -64,8 +64,12 @@ def _merge(into: dict, data: dict, file: Path, origins: Origins, prefix: tuple =
     are concatenated so a drop-in can add hosts and sinks."""
     for key, value in data.items():
         path = prefix + (key,)
-        if len(path) == 1 and key in CONCATENATED and isinstance(value, list) \
-                and isinstance(into.get(key, []), list):
+        if len(path) == 1 and key in CONCATENATED and not isinstance(value, list):
+            # Merged as a table it would replace every host the files before it
+            # defined, and a later [[host]] would hide that: say so at once.
+            given = f"a table ([{key}])" if isinstance(value, dict) else _value_text(value)
+            raise ConfigError([Problem(file, path, f"must be an array of tables ([[{key}]]), not {given}")])
+        if len(path) == 1 and key in CONCATENATED and isinstance(into.get(key, []), list):
             items = into.setdefault(key, [])
             for local_index, item in enumerate(value):
                 origins[(key, len(items))] = (file, (key, local_index))
