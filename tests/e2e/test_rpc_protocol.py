@@ -47,6 +47,17 @@ def test_invalid_params_name_the_field(daemon):
     assert response["error"]["message"].startswith("invalid params: limit:")
 
 
+def test_error_messages_speak_the_protocol_not_python(daemon):
+    """An enum's Python repr and Python's advice about int_max_str_digits
+    leaked into error messages."""
+    (kind,) = exchange(daemon.socket, b'{"jsonrpc":"2.0","method":"job.start","params":{"kind":"bogus"},"id":1}\n')
+    assert kind["error"]["code"] == protocol.ErrorCode.INVALID_PARAMS
+    assert "'snapshot'" in kind["error"]["message"] and "<" not in kind["error"]["message"]
+    (digits,) = exchange(daemon.socket, b'{"jsonrpc":"2.0","method":"status","id":' + b"9" * 5000 + b"}\n")
+    assert digits["error"] == {"code": protocol.ErrorCode.PARSE_ERROR,
+                               "message": "parse error: a number with too many digits"}
+
+
 def test_a_line_over_one_mebibyte_is_refused_and_the_connection_closed(daemon):
     huge = b'{"jsonrpc":"2.0","method":"status","id":1,"pad":"' + b"x" * protocol.MAX_LINE + b'"}\n'
     responses = exchange(daemon.socket, huge + b'{"jsonrpc":"2.0","method":"status","id":2}\n')

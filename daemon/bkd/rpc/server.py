@@ -22,6 +22,7 @@ import grp
 import hashlib
 import json
 import os
+import re
 import resource
 import socket
 import stat
@@ -182,11 +183,14 @@ def _error(request_id, code: int, message: str, data: dict | None = None) -> dic
     return {"jsonrpc": "2.0", "id": request_id, "error": error}
 
 
+_ENUM_REPR = re.compile(r"<\w+\.\w+: ('[^']*')>")  # <Kind.SNAPSHOT: 'snapshot'>: the client knows 'snapshot'
+
+
 def _params_error(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         field = ".".join(str(p) for p in err["loc"]) or "params"
-        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        message = "unknown field" if err["type"] == "extra_forbidden" else _ENUM_REPR.sub(r"\1", err["msg"])
         parts.append(f"{field}: {message}")
     return "invalid params: " + "; ".join(parts)
 
@@ -461,7 +465,11 @@ class RpcServer:
         start once it has been sent (a subscription's event stream)."""
         try:
             message = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
+            return _error(None, ErrorCode.PARSE_ERROR, f"parse error: {e}"), None
+        except ValueError as e:
+            if "int_max_str_digits" in str(e):  # Python's advice to Python programmers, not to clients
+                return _error(None, ErrorCode.PARSE_ERROR, "parse error: a number with too many digits"), None
             return _error(None, ErrorCode.PARSE_ERROR, f"parse error: {e}"), None
         except RecursionError:
             return _error(None, ErrorCode.PARSE_ERROR, "parse error: nested too deeply"), None
