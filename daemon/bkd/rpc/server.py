@@ -123,13 +123,14 @@ class Connection:
             self._idle.cancel()
             self._idle = None
         if self._idle_timeout and not self.requests and not self._streams and not self.writer.is_closing():
-            self._idle = asyncio.get_running_loop().call_later(self._idle_timeout(), self._close_idle)
+            self._idle = asyncio.get_running_loop().call_later(self._idle_timeout(), self.close_within, DROP_GRACE)
 
-    def _close_idle(self) -> None:
-        # close() waits for the client to read what is buffered; one that never
-        # does is cut off after DROP_GRACE, or it would hold its slot.
-        self.writer.close()
-        asyncio.get_running_loop().call_later(DROP_GRACE, self.writer.transport.abort)
+    def close_within(self, grace: float) -> None:
+        """Close once the client has read what is buffered; one that never
+        does is cut off after grace, or it would hold its slot (and a stop)."""
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        asyncio.get_running_loop().call_later(grace, self.writer.transport.abort)
 
     def detach(self) -> None:
         """The connection ends, or is handed over (restore.stream): no idle timer any more."""
@@ -166,8 +167,7 @@ class Connection:
         self.close_streams()
         with contextlib.suppress(Exception):
             self.writer.write(protocol.encode(notice))
-            self.writer.close()
-        asyncio.get_running_loop().call_later(DROP_GRACE, self.writer.transport.abort)
+        self.close_within(DROP_GRACE)
 
     def close_streams(self) -> None:
         for task in list(self._streams):
@@ -426,15 +426,9 @@ class RpcServer:
                 await asyncio.gather(*conn.requests, return_exceptions=True)
             conn.detach()
             if not handed_over:
-                # close() waits for the client to read what is buffered: one that
-                # never does would hold this task, its slot and the daemon's stop.
-                writer.close()
-                try:
-                    await asyncio.wait_for(writer.wait_closed(), STOP_GRACE if self.closing else DROP_GRACE)
-                except TimeoutError:
-                    writer.transport.abort()
-                except Exception:
-                    pass
+                conn.close_within(STOP_GRACE if self.closing else DROP_GRACE)
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
     def _takes_over(self, line: bytes) -> bool:
         """A request for a method that takes the connection over (restore.stream)."""
