@@ -207,9 +207,7 @@ class _Transfer:
             checksums, hashed_now = await _hashing(manifest.by_inode, self.staging, previous_dir, old, known)
         log.info("snapshot.hashed", while_transferring=len(known), after=hashed_now,
                  seconds_after=round(time.monotonic() - started, 3))
-        stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
-                     deleted_files=len(set(old or ()) - set(checksums)),
-                     manifest_s=round(time.monotonic() - started, 3))
+        stats.update(_walked(checksums, old, known, hashed_now), manifest_s=round(time.monotonic() - started, 3))
         return stats, manifest.sorted_lines(checksums)
 
     async def incremental(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
@@ -369,8 +367,7 @@ class _Transfer:
         log.warning("snapshot.manifest_walk", reason="the files do not match the compare's count")
         old = manifest.read(self.host_dir.manifest_file(previous))
         checksums, hashed_now = manifest.by_inode(self.staging, previous_dir, old, known, abandoned)
-        stats.update(files=len(checksums), hashed_files=len(known) + hashed_now,
-                     deleted_files=len(set(old or ()) - set(checksums)))
+        stats.update(_walked(checksums, old, known, hashed_now))
         return manifest.sorted_lines(checksums)
 
 
@@ -577,6 +574,12 @@ class _Estimate:
             ticker.cancel()
         self.report(final=True)
         return result
+
+
+def _walked(checksums: manifest.Manifest, old: manifest.Manifest | None, known: dict, hashed_now: int) -> dict:
+    """The statistics of a manifest made by walking the tree."""
+    return {"files": len(checksums), "hashed_files": len(known) + hashed_now,
+            "deleted_files": sum(path not in checksums for path in old or ())}
 
 
 async def _hashing(func, *args):
