@@ -143,11 +143,16 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
     """Run argv to completion. Cancelling the calling task stops the process group."""
     argv = [str(a) for a in argv]
     log.debug("exec", argv=argv)
-    proc = await asyncio.create_subprocess_exec(
-        *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
-        pass_fds=(channel._write,) if channel else (),
-    )  # a channel that never got its child is closed by the caller's `with`
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
+            pass_fds=(channel._write,) if channel else (),
+        )
+    except BaseException:
+        if channel:
+            channel.close()
+        raise
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     streams = [_pump(proc.stdout, on_stdout, None), _pump(proc.stderr, on_stderr, tail)]
     if channel:
