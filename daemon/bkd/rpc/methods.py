@@ -422,10 +422,11 @@ class Api:
     async def hosts_list(self, _: NoParams, call: Call) -> dict:
         config = self.s.runtime.config
         hosts = []
+        own_dirs = selfguard.own_dirs(config)
         for host in config.host:
             settings = config.settings(host)
             verdict = self.s.guard.known(settings)
-            own = selfguard.excludes_for(selfguard.split_source(host.source)[1], selfguard.own_dirs(config)) \
+            own = selfguard.excludes_for(selfguard.split_source(host.source)[1], own_dirs) \
                 if verdict and verdict.same else []
             hosts.append({"name": host.name, "source": host.source, "remote": host.is_remote,
                           "schedule": settings.schedule.model_dump(mode="json"),

@@ -459,9 +459,7 @@ class RpcServer:
         start once it has been sent (a subscription's event stream)."""
         try:
             message = json.loads(line)
-        except UnicodeDecodeError as e:
-            return _error(None, ErrorCode.PARSE_ERROR, f"parse error: {e}"), None
-        except ValueError as e:
+        except ValueError as e:  # UnicodeDecodeError too
             if "int_max_str_digits" in str(e):  # Python's advice to Python programmers, not to clients
                 return _error(None, ErrorCode.PARSE_ERROR, "parse error: a number with too many digits"), None
             return _error(None, ErrorCode.PARSE_ERROR, f"parse error: {e}"), None
