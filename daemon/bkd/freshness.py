@@ -35,13 +35,13 @@ class Freshness:
         self.alerts = alerts
         self.housekeeping = housekeeping
         self.disk = disk
-        self._expired_at = 0.0
+        self._expired_at: float | None = None  # not 0.0: monotonic time starts at boot
 
     async def run(self) -> None:
         while True:
             config = self.runtime.config
             await self.pass_()
-            if time.monotonic() - self._expired_at >= EXPIRE_EVERY:
+            if self._expired_at is None or time.monotonic() - self._expired_at >= EXPIRE_EVERY:
                 self._expired_at = time.monotonic()
                 await self.housekeeping.expire(config)
             intervals = [config.settings(h).schedule.snapshot_every.total_seconds() / 2 for h in config.host]

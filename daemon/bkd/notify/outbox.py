@@ -72,7 +72,7 @@ class Notifier:
         self.unsaved: list[tuple[list[dict], dict | None]] = []  # queued in memory: the store refused them
         self.wake_outbox = asyncio.Event()
         self.wake_reminders = asyncio.Event()
-        self._pruned = 0.0
+        self._pruned: float | None = None  # not 0.0: monotonic time starts at boot
 
     @classmethod
     async def create(cls, runtime: Runtime, store: Store, alerts: Alerts) -> Notifier:
@@ -258,7 +258,7 @@ class Notifier:
                                      subject=row["sink"])
 
     async def _prune(self) -> None:
-        if time.monotonic() - self._pruned < PRUNE_EVERY:
+        if self._pruned is not None and time.monotonic() - self._pruned < PRUNE_EVERY:
             return
         self._pruned = time.monotonic()
         before = clock.iso(clock.now() - timedelta(seconds=7 * 86400))
