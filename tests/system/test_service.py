@@ -19,7 +19,9 @@ ROOT = Path(__file__).parents[2]
 # The releases the package must install and run on (docs/packaging.md).
 RELEASES = ["bookworm", "trixie"]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root (CI runs as root)")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root (CI runs as root)"),
+              # The first test of a module builds the package and boots trees (downloaded once).
+              pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,7 @@ def test_a_directory_in_the_cache_is_replaced_by_a_tarball_with_a_warning(tmp_pa
 
 
 @needs_root
+@pytest.mark.timeout(900)  # a download of a minimal Debian tree
 @pytest.mark.parametrize("release", ["bookworm", "trixie"])
 def test_mmdebstrap_writes_a_tarball_of_the_release_asked_for(tmp_path, release):
     if not shutil.which("mmdebstrap"):
