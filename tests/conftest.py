@@ -81,10 +81,11 @@ class Daemon:
     def write_config(self) -> None:
         self.config_path.write_text(tomli_w.dumps(self.config))
 
-    def start(self, env: dict | None = None, wait: bool = True) -> Daemon:
+    def start(self, env: dict | None = None, wait: bool = True, wrap: tuple[str, ...] = ()) -> Daemon:
+        """wrap: a command that execs the daemon's command line given after it (same pid)."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "bkd"), "--config", str(self.config_path), "serve"],
+            [*wrap, str(BIN / "bkd"), "--config", str(self.config_path), "serve"],
             stdout=log, stderr=log, env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
         )
         log.close()
@@ -227,16 +228,18 @@ class SshFleet:
         with self.ssh_config.open("a") as f:
             f.write(f"Host {alias}\n  HostName {address}\n  Port {port}\n  User {_user()}\n\n")
 
-    def add_host(self, alias: str) -> tuple[str, int]:
-        """Start an sshd for alias and trust its key."""
-        address = f"127.0.0.{random.randint(20, 250)}"
-        host_key = self.root / f"{alias}_host_key"
+    def add_host(self, alias: str, address: str | None = None) -> tuple[str, int]:
+        """Start an sshd for alias (on address, default a random 127.0.0.N) and trust its key."""
+        address = address or f"127.0.0.{random.randint(20, 250)}"
+        literal = f"[{address}]" if ":" in address else address  # an IPv6 address
+        file_name = alias.replace(":", "_")
+        host_key = self.root / f"{file_name}_host_key"
         _keygen(host_key)
         for _ in range(10):
             port = free_port(address)
-            config = self.root / f"{alias}_sshd_config"
+            config = self.root / f"{file_name}_sshd_config"
             config.write_text(
-                f"ListenAddress {address}:{port}\nHostKey {host_key}\nPidFile none\n"
+                f"ListenAddress {literal}:{port}\nHostKey {host_key}\nPidFile none\n"
                 f"AuthorizedKeysFile {self.authorized_keys}\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
                 "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n"
@@ -295,7 +298,7 @@ def _port_open(address: str, port: int) -> bool:
 
 
 def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
         s.bind((address, 0))
         return s.getsockname()[1]
 

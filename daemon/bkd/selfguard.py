@@ -23,7 +23,9 @@ from pathlib import Path
 import structlog
 
 from . import exec as bkexec
+from .config import patterns
 from .config.models import Config, HostSettings
+from .config.remote import Remote
 from .pipeline import rsync
 
 log = structlog.get_logger()
@@ -44,23 +46,19 @@ def own_dirs(config: Config) -> list[Path]:
     return [Path(os.path.realpath(d)) for d in (config.backup_root, config.state_dir)]
 
 
-def excludes_for(source_path: str, own: list[Path]) -> list[str]:
-    """Anchored rsync excludes for each of bkd's own directories inside the
-    source path (the source's contents are the transfer's root)."""
+def inside_source(source_path: str, own: list[Path]) -> list[str]:
+    """Each of bkd's own directories inside the source path, as a path from
+    the source's root (its contents are the transfer's root): '/bkd' for
+    /srv/bkd in a source /srv/."""
     root = Path(os.path.realpath(source_path))
-    excludes = []
-    for directory in own:
-        if directory != root and root in directory.parents:
-            excludes.append("/" + str(directory.relative_to(root)))
-    return excludes
+    return ["/" + str(directory.relative_to(root)) for directory in own
+            if directory != root and root in directory.parents]
 
 
-def split_source(source: str) -> tuple[str | None, str]:
-    """(ssh destination, path) of a source; no destination for a local path."""
-    if source.startswith("/"):
-        return None, source
-    host, _, path = source.partition(":")
-    return host, path
+def effective_excludes(settings: HostSettings, own_paths: list[str]) -> list[str]:
+    """What rsync gets: the host's excludes, then one pattern matching
+    exactly each of bkd's own directories in its source."""
+    return [*settings.excludes, *(patterns.anchored(path) for path in own_paths)]
 
 
 def inside_own(config: Config, path: str) -> Path | None:
@@ -84,32 +82,33 @@ class SelfGuard:
         self._verdicts.clear()
 
     def known(self, settings: HostSettings) -> Verdict | None:
-        destination, _ = split_source(settings.host.source)
-        return LOCAL if destination is None else self._verdicts.get(destination)
+        remote = settings.host.remote
+        return LOCAL if remote is None else self._verdicts.get(remote.spec)
 
     async def verdict(self, settings: HostSettings, fresh: bool = False) -> Verdict:
-        destination, _ = split_source(settings.host.source)
-        return LOCAL if destination is None else await self.verdict_of(destination, fresh)
+        remote = settings.host.remote
+        return LOCAL if remote is None else await self.verdict_of(remote, fresh)
 
-    async def verdict_of(self, destination: str, fresh: bool = False) -> Verdict:
-        """Whether an ssh destination ([user@]host) is this machine."""
+    async def verdict_of(self, remote: Remote, fresh: bool = False) -> Verdict:
+        """Whether the host of remote ([user@]host) is this machine."""
+        key = remote.spec
         if fresh:
-            self._verdicts.pop(destination, None)
-        if destination not in self._verdicts:
-            probe = self._probes.get(destination)
+            self._verdicts.pop(key, None)
+        if key not in self._verdicts:
+            probe = self._probes.get(key)
             if probe is None or probe.done():  # one probe per host at a time
-                probe = self._probes[destination] = asyncio.ensure_future(self._probe(destination))
-            self._verdicts[destination] = await asyncio.shield(probe)
-        return self._verdicts[destination]
+                probe = self._probes[key] = asyncio.ensure_future(self._probe(remote))
+            self._verdicts[key] = await asyncio.shield(probe)
+        return self._verdicts[key]
 
-    async def excludes(self, settings: HostSettings) -> list[str]:
-        """What to exclude from this host's source so that bkd never copies itself."""
+    async def own_inside(self, settings: HostSettings) -> list[str]:
+        """bkd's own directories in this host's source (paths from its root), to exclude."""
         verdict = await self.verdict(settings)
         if not verdict.same:
             return []
-        return excludes_for(split_source(settings.host.source)[1], own_dirs(self.config))
+        return inside_source(settings.host.path, own_dirs(self.config))
 
-    async def _probe(self, destination: str) -> Verdict:
+    async def _probe(self, remote: Remote) -> Verdict:
         ssh = shlex.join(rsync.ssh_command(self.config))
         try:
             ours = MACHINE_ID.read_text().strip()
@@ -118,11 +117,11 @@ class SelfGuard:
         with tempfile.TemporaryDirectory(prefix="bkd-id-") as scratch:
             fetched = Path(scratch) / "machine-id"
             result = await bkexec.run(["rsync", "--timeout=30", "-e", ssh, "--",
-                                       f"{destination}:{MACHINE_ID}", str(fetched)])
+                                       remote.at(str(MACHINE_ID)), str(fetched)])
             if result.returncode != 0:
                 why = rsync.describe_failure(result.returncode, result.stderr_tail)
-                log.warning("selfguard.unknown", destination=destination, error=why)
-                return Verdict(None, f"cannot tell whether {destination} is this machine ({why}); "
+                log.warning("selfguard.unknown", destination=remote.spec, error=why)
+                return Verdict(None, f"cannot tell whether {remote.spec} is this machine ({why}); "
                                      "nothing of bkd's own is excluded from its source")
             if fetched.read_text().strip() != ours:
                 return Verdict(False, "another machine (its machine-id differs)")
@@ -137,7 +136,7 @@ class SelfGuard:
                                  "nothing of bkd's own is excluded from its source")
         try:
             seen = await bkexec.run(["rsync", "--list-only", "--timeout=30", "-e", ssh, "--",
-                                     f"{destination}:{marker}"])
+                                     remote.at(str(marker))])
         finally:
             marker.unlink(missing_ok=True)
         if seen.returncode == 0:

@@ -24,7 +24,7 @@ from .pipeline import archive, hooks, restore, rsync
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
 from .readmodel import ReadModel
-from .selfguard import SelfGuard
+from .selfguard import SelfGuard, effective_excludes
 from .receivers import Receivers
 from .runs import Limit, Registry, Run
 from .runtime import Runtime
@@ -134,10 +134,10 @@ class Worker:
             except STORE_ERRORS as e:
                 log.warning("store.read_failed", error=str(e))
         settings = plan.settings
-        own = await self.guard.excludes(settings)  # bkd's own directories, when the source holds them
+        own = await self.guard.own_inside(settings)  # bkd's own directories, when the source holds them
         if own:
             log.info("selfguard.excluded", paths=own)
-            settings = settings.model_copy(update={"excludes": (*settings.excludes, *own)})
+            settings = settings.model_copy(update={"excludes": effective_excludes(settings, own)})
         result = await take_snapshot(plan.config, settings, dry_run=run.request.dry_run, control=run,
                                      previous_files=previous_files,
                                      on_progress=lambda progress: self._progress(run, progress))

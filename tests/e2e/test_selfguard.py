@@ -3,8 +3,10 @@
 and a restore never writes into them."""
 
 import json
+import os
+import pwd
 
-from bkd.selfguard import excludes_for
+from bkd.selfguard import inside_source
 from conftest import make_tree
 
 
@@ -15,10 +17,10 @@ def files_in(snapshot) -> set[str]:
 def test_excludes_are_anchored_at_the_source_and_only_for_what_it_holds(tmp_path):
     from pathlib import Path
     own = [Path("/srv/bkd"), Path("/var/lib/bkd")]
-    assert excludes_for("/", own) == ["/srv/bkd", "/var/lib/bkd"]
-    assert excludes_for("/srv/", own) == ["/bkd"]
-    assert excludes_for("/srv/bkd", own) == []  # the backup root itself as a source: not "inside"
-    assert excludes_for("/home", own) == []
+    assert inside_source("/", own) == ["/srv/bkd", "/var/lib/bkd"]
+    assert inside_source("/srv/", own) == ["/bkd"]
+    assert inside_source("/srv/bkd", own) == []  # the backup root itself as a source: not "inside"
+    assert inside_source("/home", own) == []
 
 
 def test_a_local_source_that_holds_bkds_own_directories_never_copies_them(tmp_path, daemon_factory):
@@ -73,3 +75,56 @@ def test_this_machine_over_ssh_is_recognised_and_excluded(tmp_path, daemon_facto
     tested = json.loads(daemon.bkctl("--json", "hosts", "test", "loop").stdout)["results"]["loop"]
     assert not tested["ok"] and tested["this_machine"] is None and "nothing of bkd's own is excluded" in \
         tested["identity"]
+
+
+def test_an_ipv6_literal_source_is_one_host_to_rsync_ssh_and_the_self_check(tmp_path, daemon_factory, ssh_fleet):
+    # Issue 17 item 10: `user@[fe80::1]:/srv` was accepted, but the ssh master
+    # and the self-exclusion check cut it to `user@[fe80`: the shared
+    # connection went to the wrong name and "is it this machine?" had no answer.
+    daemon = daemon_factory([], name="d")
+    workdir = daemon.workdir
+    make_tree(workdir / "data", 6)
+    ssh_fleet.add_host("::1", address="::1")  # sshd on [::1]; the ssh config gives the port for "::1"
+    connections = tmp_path / "connections"
+    with ssh_fleet.ssh_config.open("a") as f:  # runs once per new connection, not for a shared one
+        f.write(f"Host *\n  PermitLocalCommand yes\n  LocalCommand echo connected >> {connections}\n")
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    daemon.config.update(host=[{"name": "v6", "source": f"{user}@[::1]:{workdir}/"}],
+                         ssh=ssh_fleet.ssh_settings(options=["ConnectTimeout=3"]))
+    daemon.write_config()
+    daemon.start()
+
+    first = daemon.run_snapshot()
+    assert first["status"] == "ok", first
+    latest = workdir / "backup/v6/latest"
+    assert not {"backup", "state"} & {p.name for p in latest.iterdir()}  # this machine: bkd's own left out
+    assert (latest / "data/dir0/file0.txt").exists()
+    (host,) = daemon.bkctl_json("hosts")["hosts"]
+    assert host["this_machine"] is True and "marker" in host["identity"]
+    assert host["self_excluded"] == ["/backup", "/state"]
+    before = connections.read_text().count("connected")
+
+    (workdir / "data/dir1/file1.txt").write_text("changed\n")
+    (workdir / "new").write_text("new\n")
+    mtime = (previous := workdir / "backup/v6/hourly" / first["hosts"][0]["snapshot"]).stat().st_mtime + 10
+    os.utime(workdir, (mtime, mtime))  # the top directory surely changed: its own pass runs too
+    second = daemon.run_snapshot()
+    assert second["status"] == "ok", second
+    # Incremental: the compare's own connection, and the master that the copy
+    # and the top directory's pass share (without it: one each).
+    assert connections.read_text().count("connected") - before == 2
+    assert second["hosts"][0]["stats"]["changed_files"] <= 3  # data/dir1/file1.txt, new, daemon.log
+    assert (latest / "new").read_text() == "new\n"
+    assert (latest / "data/dir0/file0.txt").stat().st_ino == (previous / "data/dir0/file0.txt").stat().st_ino
+    assert (latest / "data/dir1/file1.txt").read_text() == "changed\n"
+
+    tested = daemon.bkctl_json("hosts", "test", "v6")["results"]["v6"]
+    assert tested["ok"] and tested["this_machine"] is True, tested
+
+    # A restore to [::1]:DEST goes to the same host, and never into the backup root.
+    restored = tmp_path / "restored"
+    result = daemon.bkctl("restore", "v6", "latest", "/data/dir1", "--to", f"{user}@[::1]:{restored}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (restored / "data/dir1/file1.txt").read_text() == "changed\n"
+    refused = daemon.bkctl("restore", "v6", "latest", "/data", "--to", f"[::1]:{workdir}/backup/v6")
+    assert refused.returncode == 1 and "is inside the backup root" in refused.stderr

@@ -326,8 +326,9 @@ def test_host_overrides_merge_over_the_global_sections():
     assert (db.archive.compression, db.archive.level) == ("gzip", 9)
     assert db.rsync.bwlimit == "1m" and db.rsync.timeout == timedelta(minutes=5)
     assert db.excludes == [".cache/", "*.tmp"]  # exclude_defaults = false for this host
-    web = config.settings(config.find_host("web1"))
-    assert web.excludes == [*DEFAULT_EXCLUDES, ".cache/", "*.tmp", "*.iso"]
+    web = config.settings(config.find_host("web1"))  # web1:/home/ holds none of the host paths of the defaults
+    assert web.excludes == [*models.default_excludes("/home/"), ".cache/", "*.tmp", "*.iso"]
+    assert "/proc/*" not in web.excludes and "*.pyc" in web.excludes
 
 
 def test_host_settings_are_built_once_per_config_and_never_go_stale_in_a_copy():

@@ -29,6 +29,9 @@ from pydantic import (
     model_validator,
 )
 
+from .patterns import on_host
+from .remote import Remote, parse_source
+
 # ---------------------------------------------------------------- durations
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
@@ -145,15 +148,23 @@ def valid_host_name(name: object) -> bool:
 HostName = Annotated[str, AfterValidator(_check_name)]
 SinkName = Annotated[str, AfterValidator(lambda n: _check_name(n, "sink name"))]
 
-# [user@]host:path — host may not contain '/' (that would be a local path) or ':'.
-_REMOTE_SOURCE = re.compile(r"(?:[^@/:\s]+@)?(?:[^@/:\s\[\]]+|\[[0-9A-Fa-f:.]+\]):.+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _check_source(source: str) -> str:
-    if _CONTROL.search(source) is None and (source.startswith("/") or _REMOTE_SOURCE.fullmatch(source)):
+    if _CONTROL.search(source):
+        problem = "it contains control characters"
+    elif source.startswith("/"):
         return source
-    raise ValueError(f"invalid source {source!r}: use an absolute local path or [user@]host:path")
+    elif ":" not in source or "/" in source.partition(":")[0]:  # rsync's rule: a relative local path
+        problem = "use an absolute local path or [user@]host:/path"
+    else:
+        try:
+            Remote.parse(source)
+            return source
+        except ValueError as e:
+            problem = str(e)
+    raise ValueError(f"invalid source {source!r}: {problem}")
 
 
 def _check_absolute(path: Path) -> Path:
@@ -302,8 +313,9 @@ def _check_bwlimit(value: str) -> str:
 # ----------------------------------------------------------------- defaults
 
 # Added to every host's excludes while [rsync] exclude_defaults is true.
-# Patterns anchored with '/' are relative to the source root; 'dir/*' forms
-# keep the directory itself (a mount point) while skipping its contents.
+# Patterns starting with '/' are paths on the host, anchored for each source
+# by default_excludes; the others match at any depth. 'dir/*' forms keep the
+# directory itself (a mount point) while skipping its contents.
 DEFAULT_EXCLUDES = (
     # pseudo-filesystems and mount points (when the source is '/')
     "/proc/*", "/sys/*", "/dev/*", "/run/*", "/mnt/*", "/media/*", "/lost+found",
@@ -317,6 +329,15 @@ DEFAULT_EXCLUDES = (
     # virtual machine and container images
     "*.qcow2", "*.vmdk", "*.vdi", "*.vhdx", "/var/lib/docker/*", "/var/lib/libvirt/images/*",
 )
+
+
+def default_excludes(source_path: str) -> list[str]:
+    """DEFAULT_EXCLUDES as rsync gets them for a source at source_path (on its
+    host): the host paths the source holds anchored at its root, the rest as
+    they are."""
+    patterns = (on_host(p, source_path) if p.startswith("/") else p for p in DEFAULT_EXCLUDES)
+    return [p for p in patterns if p is not None]
+
 
 DEFAULT_SSH_OPTIONS = (
     "ConnectTimeout=10",
@@ -482,8 +503,19 @@ class Host(Section):
     rsync: Optional[RsyncOverride] = None
 
     @property
+    def remote(self) -> Remote | None:
+        """Where the source is over SSH; None for a local path."""
+        return parse_source(self.source)
+
+    @property
     def is_remote(self) -> bool:
-        return not self.source.startswith("/")
+        return self.remote is not None
+
+    @property
+    def path(self) -> str:
+        """The source's path on its host (this machine for a local source)."""
+        remote = self.remote
+        return remote.path if remote else self.source
 
 
 class HostSettings(Section):
@@ -494,7 +526,7 @@ class HostSettings(Section):
     retention: Retention
     archive: Archive
     rsync: Rsync
-    excludes: list[str]  # what rsync gets: the defaults (if enabled), rsync.exclude, the host's exclude
+    excludes: list[str]  # what rsync gets: default_excludes (if enabled), rsync.exclude, the host's exclude
 
 
 class Config(Section):
@@ -553,7 +585,7 @@ class Config(Section):
             update = {k: v for k, v in override if v is not None} if override else {}
             merged[section] = base.model_copy(update=update)
         rsync = merged["rsync"]
-        defaults = list(DEFAULT_EXCLUDES) if rsync.exclude_defaults else []
+        defaults = default_excludes(host.path) if rsync.exclude_defaults else []
         settings = HostSettings(host=host, excludes=defaults + rsync.exclude + host.exclude, **merged)
         self._derived[("settings", host.name)] = (sources, settings)
         return settings

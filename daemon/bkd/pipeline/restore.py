@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shlex
 import tempfile
 from collections.abc import Callable
@@ -32,12 +31,12 @@ import structlog
 
 from .. import exec as bkexec
 from ..config.models import Config
+from ..config.remote import Remote
 from ..errors import Conflict, InvalidArgument
 from . import rsync
 
 log = structlog.get_logger()
 
-_REMOTE = re.compile(r"(?:[^@/:\s]+@)?[^@/:\s]+:/.*")
 MAX_TOP_LEVEL = 10_000  # entries of a snapshot's root restored into an existing DEST by name
 
 # What the receiving rsync runs with, locally (bkctl) or here for a remote DEST.
@@ -49,18 +48,14 @@ class RestoreFailed(Exception):
     pass
 
 
-def check_destination(dest: str) -> bool:
-    """True for host:/path over SSH, False for an absolute local path; else invalid."""
+def check_destination(dest: str) -> Remote | None:
+    """Where a host:/path DEST is over SSH; None for an absolute local path; else invalid."""
     if dest.startswith("/"):
-        return False
-    if _REMOTE.fullmatch(dest):
-        return True
-    raise InvalidArgument(f"invalid params: dest: use an absolute local path or host:/absolute/path, not {dest!r}")
-
-
-def split_remote(dest: str) -> tuple[str, str]:
-    host, _, path = dest.partition(":")
-    return host, path
+        return None
+    try:
+        return Remote.parse(dest)
+    except ValueError as e:
+        raise InvalidArgument(f"invalid params: dest: {dest!r} is not an absolute local path, nor {e}") from None
 
 
 @dataclass(frozen=True)
@@ -174,10 +169,11 @@ def _ssh(config: Config, host: str, *command: str) -> list[str]:
 
 
 async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
-    host, path = split_remote(dest)
-    paths = [os.fsdecode(os.path.join(os.fsencode(path), *parts[:i])) for i in range(len(parts) + 1)]
+    remote = Remote.parse(dest)
+    paths = [os.fsdecode(os.path.join(os.fsencode(remote.path), *parts[:i])) for i in range(len(parts) + 1)]
     lines: list[str] = []
-    result = await bkexec.run(_ssh(config, host, "sh", "-c", _PROBE, "bkd-probe", *paths), on_stdout=lines.append)
+    result = await bkexec.run(_ssh(config, remote.destination, "sh", "-c", _PROBE, "bkd-probe", *paths),
+                              on_stdout=lines.append)
     if result.returncode != 0 or len(lines) < 2:
         raise RestoreFailed(f"cannot look at {dest}: "
                             + rsync.describe_failure(result.returncode, result.stderr_tail).split(": ", 1)[-1])
@@ -191,8 +187,8 @@ async def restore_remote(config: Config, root: Path, dest: str, source_args: lis
                          where: Where, options: list[str], dry_run: bool,
                          on_progress: Callable[[dict], None]) -> tuple[dict, list[str]]:
     """The daemon's rsync sends from the snapshot's root to host:DEST/INTO/."""
-    host, path = split_remote(dest)
-    target = os.fsdecode(os.path.join(os.fsencode(path), into)).rstrip("/") + "/"
+    remote = Remote.parse(dest)
+    target = os.fsdecode(os.path.join(os.fsencode(remote.path), into)).rstrip("/") + "/"
     lines: list[str] = []
 
     def on_stdout(line: str) -> None:
@@ -203,15 +199,16 @@ async def restore_remote(config: Config, root: Path, dest: str, source_args: lis
             on_progress(progress)
 
     argv = ["rsync", *options, "--info=progress2", "-e", shlex.join(rsync.ssh_command(config)), "--",
-            *map(os.fsdecode, source_args), f"{host}:{target}"]
+            *map(os.fsdecode, source_args), remote.at(target)]
     result = await bkexec.run(argv, on_stdout=on_stdout, cwd=str(root))
     if result.returncode not in rsync.SUCCESS_CODES:
         raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
     depth = into.count(b"/") + 1 if into else 0
     mtime = where.mtimes[depth] if depth < len(where.mtimes) else None
     if mtime and not dry_run:  # creating entries in it changed its mtime: put it back
-        directory = os.fsdecode(os.path.join(os.fsencode(path), into))
-        touched = await bkexec.run(_ssh(config, host, "touch", "-m", "-d", f"@{mtime}", "--", directory))
+        directory = os.fsdecode(os.path.join(os.fsencode(remote.path), into))
+        touched = await bkexec.run(_ssh(config, remote.destination, "touch", "-m", "-d", f"@{mtime}", "--",
+                                        directory))
         if touched.returncode != 0:
             log.warning("restore.mtime_not_restored", directory=directory, error=touched.stderr[-300:])
     return _stats(lines, dry_run)

@@ -119,14 +119,14 @@ def share_connection(control_path: str) -> list[str]:
 def ssh_master_command(config: Config, settings: HostSettings, control_path: str) -> list[str]:
     """An ssh connection to the source host that runs nothing and lets the
     runs of one snapshot share it (one key exchange instead of one per run)."""
-    host = settings.host.source.split(":", 1)[0]
     return [*ssh_command(config), "-M", "-N", "-o", f"ControlPath={control_path}", "-o", "ControlPersist=no",
-            "--", host]
+            "--", settings.host.remote.destination]
 
 
 def source_of(settings: HostSettings) -> str:
     """The source with exactly one trailing slash: its contents, not itself."""
-    return settings.host.source.rstrip("/") + "/"
+    remote, path = settings.host.remote, settings.host.path.rstrip("/") + "/"
+    return remote.at(path) if remote else path
 
 
 def reachability_command(config: Config, settings: HostSettings) -> list[str]:

@@ -316,9 +316,8 @@ class Api:
         if remote:
             if p.receiver is not None:
                 raise InvalidArgument("invalid params: receiver: a host:path DEST is written by the daemon")
-            destination, remote_path = restore.split_remote(p.dest)
-            if (await self.s.guard.verdict_of(destination)).same:  # this very machine, over SSH
-                _outside_state(config, remote_path)
+            if (await self.s.guard.verdict_of(remote)).same:  # this very machine, over SSH
+                _outside_state(config, remote.path)
             where = await restore.remote_where(config, p.dest, parts)
         else:
             if p.receiver is None:
@@ -426,11 +425,11 @@ class Api:
         for host in config.host:
             settings = config.settings(host)
             verdict = self.s.guard.known(settings)
-            own = selfguard.excludes_for(selfguard.split_source(host.source)[1], own_dirs) \
-                if verdict and verdict.same else []
+            own = selfguard.inside_source(host.path, own_dirs) if verdict and verdict.same else []
             hosts.append({"name": host.name, "source": host.source, "remote": host.is_remote,
                           "schedule": settings.schedule.model_dump(mode="json"),
-                          "excludes": [*settings.excludes, *own], "ping_url": redact_url(host.ping_url),
+                          "excludes": selfguard.effective_excludes(settings, own),
+                          "ping_url": redact_url(host.ping_url),
                           "this_machine": verdict.same if verdict else None,
                           "self_excluded": own,
                           "identity": verdict.how if verdict else

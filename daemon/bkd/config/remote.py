@@ -1,0 +1,94 @@
+"""`[user@]host:/path` — a place on another machine reached over SSH (a
+source, a restore's DEST). The one parser of that form: the config, the ssh
+master connection, self-exclusion and restore all take it from here, so an
+IPv6 literal (`user@[fe80::1]:/srv`) means the same host to each of them."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+# The host part as rsync reads it: up to the first ':' outside brackets; the
+# user is everything before the last '@' in it (rsync and ssh split there too).
+_FORM = re.compile(r"(?:(?P<user>[^/:\[\]]*)@)?(?:\[(?P<v6>[^\]/]*)\]|(?P<name>[^@/:\[\]]*)):(?P<path>.*)",
+                   re.DOTALL)
+_BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
+FORMS = "[user@]host:/path (an IPv6 address in brackets: [fe80::1]:/path)"
+
+
+@dataclass(frozen=True)
+class Remote:
+    user: str | None
+    host: str  # a name, an ssh_config alias, or an IP address (IPv6 without brackets)
+    path: str  # absolute, as written
+
+    @classmethod
+    def parse(cls, text: str) -> Remote:
+        """The parts of [user@]host:/path, or ValueError saying what is wrong
+        (without quoting text: the caller says where it came from)."""
+        if text[:8].lower() == "rsync://":
+            raise ValueError(f"rsync daemon URLs are not supported, bkd reaches hosts over SSH: use {FORMS}")
+        match = _FORM.fullmatch(text)
+        if match is None:
+            raise ValueError(f"use {FORMS}")
+        user, v6, host, path = match["user"], match["v6"], match["name"], match["path"]
+        if v6 is not None:
+            try:
+                ipaddress.IPv6Address(v6)
+            except ValueError:
+                raise ValueError(f"[{v6}] is not an IPv6 address (brackets are only for those)") from None
+            host = v6
+        elif _looks_like_ipv6(text):
+            raise ValueError("write an IPv6 address in brackets, e.g. [fe80::1]:/path")
+        for what, part in (("user", user), ("host", host)):
+            if part is None:
+                continue
+            if not part:
+                raise ValueError(f"the {what} is empty: use {FORMS}")
+            if part.startswith("-"):
+                raise ValueError(f"the {what} {part!r} starts with '-' (ssh would read it as an option)")
+            if _BAD_CHARS.search(part):
+                raise ValueError(f"the {what} {part!r} contains spaces or control characters")
+        if path.startswith(":"):
+            raise ValueError(f"host::module (an rsync daemon) is not supported, bkd reaches hosts over SSH: "
+                             f"use {FORMS}")
+        if not path.startswith("/"):
+            raise ValueError("the path after ':' must be absolute (start with '/'): bkd must know where on the host "
+                             "it is")
+        return cls(user, host, path)
+
+    @property
+    def destination(self) -> str:
+        """What ssh takes: [user@]host, an IPv6 address without brackets."""
+        return f"{self.user}@{self.host}" if self.user is not None else self.host
+
+    @property
+    def spec(self) -> str:
+        """The host part as rsync takes it: [user@]host, an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}" if self.user is not None else host
+
+    def at(self, path: str) -> str:
+        """rsync's argument for path on this host."""
+        return f"{self.spec}:{path}"
+
+    def __str__(self) -> str:
+        return self.at(self.path)
+
+
+def _looks_like_ipv6(text: str) -> bool:
+    """user@fe80::1:/srv — an address without brackets, whose own colons end the host part early."""
+    host = text.rpartition("@")[2].rpartition(":/")[0]
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_source(source: str) -> Remote | None:
+    """A host's source: None for an absolute local path, else the Remote (ValueError when neither)."""
+    if source.startswith("/"):
+        return None
+    return Remote.parse(source)
