@@ -327,11 +327,14 @@ def test_a_host_whose_last_snapshot_is_too_old_raises_one_stale_alert(tmp_path, 
 def test_the_sample_pass_is_not_skipped_by_a_daemon_restarted_more_often_than_it_is_due(tmp_path, daemon_factory):
     daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "source", 10))}],
                             verify={"every": "3s"}).start()
+    started = time.monotonic()
     daemon.run_snapshot()
     for _ in range(6):  # a restart every second or so: never three seconds in a row
         time.sleep(1)
         daemon.stop()
         daemon.start()
+    elapsed = time.monotonic() - started
     passes = [line for line in daemon.log().splitlines() if '"verify.sampled"' in line]
-    # The first start samples at once (no pass recorded), then once per 3 s across the restarts.
-    assert 2 <= len(passes) <= 4, passes
+    # The first start samples at once (no pass recorded), then once per 3 s across the restarts
+    # (a loaded machine restarts more slowly: the bound is the time that really went by).
+    assert 2 <= len(passes) <= 2 + int(elapsed // 3), (elapsed, passes)
