@@ -15,6 +15,7 @@ that of debian/changelog's newest entry."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
@@ -132,17 +133,18 @@ def italic(text: str) -> str:
 
 
 def prose(text: str) -> list[str]:
-    """Paragraphs of a description or an epilog: indented blocks (examples) kept
-    line by line, the rest filled."""
+    """Paragraphs of a description or an epilog: indented lines (examples) kept
+    line by line, the rest filled; a blank line or a change of indentation
+    starts a new paragraph."""
     lines = []
-    if not text.strip():
-        return lines
-    for paragraph in re.split(r"\n\s*\n", text.strip("\n")):
-        rows = paragraph.split("\n")
-        if all(row[:1].isspace() for row in rows if row.strip()):
-            indent = min(len(row) - len(row.lstrip()) for row in rows if row.strip())
+    blocks = itertools.groupby(text.split("\n"), key=lambda row: "blank" if not row.strip()
+                               else "example" if row[:1].isspace() else "text")
+    for kind, rows in blocks:
+        rows = list(rows)
+        if kind == "example":
+            indent = min(len(row) - len(row.lstrip()) for row in rows)
             lines += [".PP", ".RS 4", ".nf", *(roff(row[indent:]) for row in rows), ".fi", ".RE"]
-        else:
+        elif kind == "text":
             lines += [".PP", roff(" ".join(row.strip() for row in rows))]
     return lines
 

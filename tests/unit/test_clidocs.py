@@ -193,6 +193,22 @@ def test_help_text_is_shown_as_written_never_read_as_roff(tmp_path):
         assert literal in text
 
 
+def test_an_example_in_an_epilog_keeps_its_lines(tmp_path):
+    generator = clidocs.load()
+    parser = argparse.ArgumentParser(prog="demo", formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(metavar="COMMAND")
+    commands.add_parser("run", help="run it", formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="Example:\n  demo run web1 --wait\n  demo run --kind all\nthen\nmore text.")
+    page = generator.command_page(generator.describe(parser), generator.Page(1, "demo", "", {}, ()), "0", "2026-01-01")
+    (tmp_path / "demo.1").write_text(page)
+    result = man(tmp_path / "demo.1")
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert lines[lines.index("Example:") + 2:lines.index("Example:") + 4] == ["demo run web1 --wait",
+                                                                            "demo run --kind all"]
+    assert "then more text." in lines
+
+
 # ---- completion, without a daemon (tests/e2e/test_completion.py asks one for host names) ----
 
 def complete(script: Path, *words: str, env: dict | None = None) -> tuple[list[str], str]:
