@@ -4,9 +4,9 @@ VENV    := .venv
 DEMO    := demo/run
 RUN_DEPS  := rsync python3-venv
 TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client tmux zstd pigz acl attr procps chromium prometheus \
-             python3-pip dpkg-dev debhelper lintian mmdebstrap systemd-container
+             python3-pip dpkg-dev debhelper lintian mmdebstrap systemd-container man-db
 
-.PHONY: run test venv demo deb clean
+.PHONY: run test venv demo deb man clean
 
 run: venv demo
 	$(VENV)/bin/bkd --config $(DEMO)/bkd.toml serve
@@ -29,6 +29,10 @@ demo: venv
 deb:
 	scripts/install-deps dpkg-dev debhelper python3-pip
 	scripts/build-deb dist
+
+# The man pages and bash completion the package ships, from this tree: build/man/.
+man: venv
+	$(VENV)/bin/python scripts/clidocs.py build/man
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -17,9 +17,12 @@ from conftest import RUN_ID, wait_until
 CACHE = Path(os.environ.get("BKD_TEST_CACHE", "/var/cache/bkd-tests"))
 # What a tree has besides minbase: systemd to boot, and exactly the package's Depends.
 INCLUDE = "systemd,systemd-sysv,dbus,python3,rsync,openssh-client,zstd"
+# A tree to run a release's own lintian in (its checks change between releases).
+LINTIAN = "lintian"
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 # Members a usable tree must have (a tarball cut short loses its last ones).
 REQUIRED = ("./usr/lib/os-release", "./usr/bin/python3", "./usr/lib/systemd/systemd")
+MEMBERS = {INCLUDE: REQUIRED, LINTIAN: ("./usr/lib/os-release", "./usr/bin/lintian")}
 
 
 def sh(*argv, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
@@ -29,7 +32,7 @@ def sh(*argv, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-def tarball_problem(tarball: Path, release: str) -> str | None:
+def tarball_problem(tarball: Path, release: str, required: tuple[str, ...] = REQUIRED) -> str | None:
     """Why a cached tree cannot be used, or None when it can."""
     if not tarball.exists():
         return "missing"
@@ -39,7 +42,7 @@ def tarball_problem(tarball: Path, release: str) -> str | None:
     if listing.returncode != 0:
         return f"rejected by tar -tf: {listing.stderr.strip()[-300:]}"
     members = set(listing.stdout.splitlines())
-    if missing := [member for member in REQUIRED if member not in members]:
+    if missing := [member for member in required if member not in members]:
         return f"incomplete: no {', '.join(missing)}"
     os_release = sh("tar", "-xOf", str(tarball), "./usr/lib/os-release").stdout
     if f"VERSION_CODENAME={release}\n" not in os_release:
@@ -72,19 +75,19 @@ def build_tarball(tarball: Path, release: str, include: str = INCLUDE, variant: 
         sources.unlink(missing_ok=True)
 
 
-def cached_tarball(release: str, cache: Path = CACHE) -> Path:
-    """The tarball of a minimal `release` tree, built when the cache has none
-    or a broken one (which is removed, with a warning that says why)."""
+def cached_tarball(release: str, cache: Path = CACHE, include: str = INCLUDE) -> Path:
+    """The tarball of a minimal `release` tree with `include`, built when the
+    cache has none or a broken one (which is removed, with a warning that says why)."""
     cache.mkdir(parents=True, exist_ok=True)
-    tarball = cache / f"{release}-{INCLUDE.replace(',', '_')}.tar"
-    problem = tarball_problem(tarball, release)
+    tarball = cache / f"{release}-{include.replace(',', '_')}.tar"
+    problem = tarball_problem(tarball, release, MEMBERS[include])
     if problem is None:
         return tarball
     if problem != "missing":
         warnings.warn(f"rebuilding the cached {release} tree {tarball}: {problem}", stacklevel=2)
         sh("rm", "-rf", "--one-file-system", str(tarball))
-    build_tarball(tarball, release)
-    if problem := tarball_problem(tarball, release):
+    build_tarball(tarball, release, include)
+    if problem := tarball_problem(tarball, release, MEMBERS[include]):
         raise AssertionError(f"mmdebstrap made an unusable {release} tree {tarball}: {problem}")
     return tarball
 
@@ -92,12 +95,14 @@ def cached_tarball(release: str, cache: Path = CACHE) -> Path:
 class Container:
     """One boot of a tree; changes live in a tmpfs overlay and vanish at poweroff."""
 
-    def __init__(self, root: Path, debs: Path, log: Path):
+    def __init__(self, root: Path, debs: Path, log: Path, binds: dict[str, Path] | None = None):
+        """debs (and each of binds: path in the container -> directory) is seen read-only."""
         self.name = f"bkd-test-{RUN_ID}-{os.urandom(2).hex()}"
         self.log = log
+        more = [f"--bind-ro={source}:{target}" for target, source in (binds or {}).items()]
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", str(root), "--register=no", "--keep-unit", "--private-network",
-             "--volatile=overlay", f"--bind-ro={debs}:/mnt/debs", f"--machine={self.name}", "-b"],
+             "--volatile=overlay", f"--bind-ro={debs}:/mnt/debs", *more, f"--machine={self.name}", "-b"],
             stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         self.pid1: str | None = None
         try:

@@ -59,7 +59,8 @@ def test_a_directory_in_the_cache_is_replaced_by_a_tarball_with_a_warning(tmp_pa
     (tarball / "usr").mkdir(parents=True)
     built = []
     # mmdebstrap itself is tested below; here only what the cache does around it.
-    monkeypatch.setattr(nspawn, "build_tarball", lambda path, release: built.append(fake_tree(path, release)))
+    monkeypatch.setattr(nspawn, "build_tarball",
+                        lambda path, release, include: built.append(fake_tree(path, release)))
     with pytest.warns(UserWarning, match="rebuilding the cached bookworm tree .*not a regular file"):
         assert cached_tarball("bookworm", tmp_path) == tarball
     assert built == [tarball] and tarball.is_file()
