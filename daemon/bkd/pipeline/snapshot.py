@@ -165,8 +165,13 @@ class _Transfer:
     async def _rsync(self, argv: list[str], *, on_failure: type[SnapshotFailed] = SnapshotFailed,
                      **kwargs) -> bkexec.Result:
         """Run an rsync; fail unless it exits 0 or 24 (a warning); exit 23 (some
-        entries could not be copied) raises on_failure."""
-        result = await bkexec.run(argv, **kwargs)
+        entries could not be copied) raises on_failure. rsync's --timeout misses
+        a remote rsync that is frozen while ssh keeps the connection up (both
+        ends still trade keepalives): bkd stops one that moves no data for as long."""
+        try:
+            result = await bkexec.run(argv, stall=self.settings.rsync.timeout.total_seconds(), **kwargs)
+        except bkexec.Stalled as e:
+            raise SnapshotFailed(f"rsync hung: {e} (rsync.timeout); its processes were stopped") from None
         if result.returncode not in rsync.SUCCESS_CODES:
             failure = on_failure if result.returncode == rsync.PARTIAL else SnapshotFailed
             raise failure(rsync.describe_failure(result.returncode, result.stderr_tail))
