@@ -157,7 +157,10 @@ def _settle(host_dir: HostDir, verified: dict[str, list[dict]], hashed: set[byte
         if ledger.problems.get(snapshot):
             found.add(snapshot)
     findings = ledger.findings(names)
-    ledger.save()
+    try:
+        ledger.save()
+    except OSError as e:  # the alerts still say what was found; the next run cannot heal it
+        log.error("damage.unrecorded", host=host_dir.root.name, error=str(e))
     return findings, known, set(names), found
 
 

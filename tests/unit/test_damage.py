@@ -5,6 +5,8 @@ real hard links in a directory tree, no daemon."""
 import os
 import shutil
 
+import pytest
+
 from bkd.layout import HostDir
 from bkd.pipeline.damage import Ledger
 
@@ -117,3 +119,13 @@ def test_many_sharers_are_summed_up_and_a_ledger_bkd_did_not_write_is_started_ag
     assert planted.copies == [] and planted.dirty
     planted.save()
     assert not host_dir.damage_file.exists()
+
+
+def test_a_ledger_that_cannot_be_read_is_empty_and_one_that_cannot_be_written_says_so(tmp_path):
+    host_dir = _host(tmp_path)
+    host_dir.damage_file.mkdir()  # neither readable nor replaceable as a file
+    ledger = Ledger(host_dir)
+    assert ledger.copies == [] and ledger.refetch(NAMES[4]) == {}
+    ledger.record(NAMES[3], _changed(), NAMES)
+    with pytest.raises(OSError):
+        ledger.save()

@@ -114,7 +114,7 @@ class Ledger:
             self.problems = {str(k): int(v) for k, v in data["problems"].items() if SnapshotName.parse(str(k))}
         except FileNotFoundError:
             pass
-        except (ValueError, TypeError, KeyError, AttributeError):  # not what bkd wrote: the next verify says
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):  # not what bkd wrote: start again
             self.copies, self.problems, self.dirty = [], {}, True
 
     def save(self) -> None:
