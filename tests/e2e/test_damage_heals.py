@@ -102,14 +102,15 @@ def test_a_flipped_byte_in_the_newest_snapshot_heals_in_the_next_run(how, tmp_pa
     assert not (daemon.workdir / "backup/web1/meta/damage.json").exists()
 
 
-def test_a_truncated_copy_goes_the_same_way_and_names_its_sharers(tmp_path, daemon_factory):
+def test_a_truncated_copy_found_by_the_sample_pass_goes_the_same_way_and_names_its_sharers(tmp_path,
+                                                                                            daemon_factory):
     source = make_tree(tmp_path / "source", 12)
-    daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}], verify={"sample_percent": 100}).start()
     hourly = daemon.workdir / "backup/web1/hourly"
     names = [daemon.run_snapshot()["hosts"][0]["snapshot"] for _ in range(3)]
     os.truncate(hourly / names[-1] / DAMAGED, 3)
 
-    assert daemon.bkctl("verify", "web1").returncode == 1
+    assert daemon.bkctl("verify", "web1", "--sample").returncode == 1
     (alert,) = _integrity(daemon)
     assert alert["subject"] == names[-1]
     assert alert["message"].endswith(f"also in 2 other snapshot(s): {names[0]}, {names[1]}")
