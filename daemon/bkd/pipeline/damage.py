@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -132,11 +133,8 @@ class Ledger:
 
     def holders(self, copy: Copy, names: list[str]) -> list[str]:
         """The snapshots holding copy now: from its oldest on, while they do."""
-        oldest = SnapshotName.parse(copy.oldest)
         found = []
-        for name in names:
-            if SnapshotName.parse(name) < oldest:
-                continue
+        for name in names[bisect_left(names, SnapshotName.parse(copy.oldest), key=SnapshotName.parse):]:
             if not self._holds(name, copy):
                 break
             found.append(name)
