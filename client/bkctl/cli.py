@@ -439,8 +439,10 @@ def cmd_verify(client: Client, args) -> int:
             where = f"{problem['snapshot']}:" if problem.get("snapshot") else ""
             print(f"{problem['problem']:<10} {where}{display_name(problem['path'])}")
         verdict = "ok" if result["ok"] else f"{len(result['mismatches'])} mismatch(es)"
+        gone = result.get("gone") or []
         print(f"{args.host}: {verdict}; checked {result['checked']} files and archives "
-              f"in {len(result['snapshots'])} snapshot(s)")
+              f"in {len(result['snapshots'])} snapshot(s)"
+              + (f"; {len(gone)} pruned meanwhile, not checked" if gone else ""))
     return EXIT_OK if result["ok"] else EXIT_FAILED
 
 

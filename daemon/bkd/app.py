@@ -195,6 +195,7 @@ class Daemon:
         jobs = Jobs(runtime, registry, worker, recorder, readmodel, alerts, bus.publish)
         scheduler = Scheduler(runtime, readmodel, registry, jobs)
         integrity = Integrity(runtime, store, alerts)
+        housekeeping.on_pruned.append(integrity.settle)  # damage that went with its snapshots
         freshness = Freshness(runtime, readmodel, alerts, housekeeping, DiskWatch(runtime, store, alerts))
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
                                      integrity, Hosts(runtime, guard), receivers, guard, notifier)

@@ -4,7 +4,9 @@ Each child gets its own process group, so stopping it stops everything it
 spawned (rsync's ssh, a hook's grandchildren). Output is streamed line by line
 to an optional callback and only a bounded tail of stderr is kept. A tool's
 machine-readable output can have a pipe of its own (a Channel), so that it is
-never interleaved with what the tool prints for humans.
+never interleaved with what the tool prints for humans. A run may have a stall
+limit: when its processes read and write next to nothing for that long, it is
+stopped (a transfer whose remote end froze while the connection stays up).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import shutil
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -27,6 +29,19 @@ GRACE_SECONDS = 5.0
 # unsupervised: the kernel sends them SIGKILL when their parent dies.
 _DEATH_SIGNAL = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 STDERR_TAIL_LINES = 40
+# Bytes a run's processes must read or write in all within one check to count as
+# progress: more than the keepalives of a frozen transfer (rsync's 4 bytes every
+# few seconds, ssh's few dozen per ServerAliveInterval).
+STALL_NOISE = 1024
+_IO_ACCOUNTING = os.path.exists("/proc/self/io")
+
+
+class Stalled(Exception):
+    """A run made no I/O progress for its stall limit; its processes were stopped."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"no I/O for {seconds:g}s")
+        self.seconds = seconds
 
 
 @dataclass
@@ -137,10 +152,62 @@ async def _exited(proc: asyncio.subprocess.Process, timeout: float | None) -> bo
     return True
 
 
+def _group_io(pgid: int) -> dict[int, int]:
+    """Bytes read plus bytes written (rchar + wchar: files, pipes and sockets
+    alike) by each process of the group, as the kernel counts them."""
+    counts = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+            # The name in parentheses may hold spaces: the fields after it are state, ppid, pgrp.
+            if int(stat[stat.rindex(b")") + 2:].split(b" ", 3)[2]) != pgid:
+                continue
+            with open(f"/proc/{entry.name}/io", "rb") as f:
+                fields = dict(line.split(b": ", 1) for line in f.read().splitlines())
+            counts[int(entry.name)] = int(fields[b"rchar"]) + int(fields[b"wchar"])
+        except (OSError, ValueError, KeyError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+    return counts
+
+
+async def _watched(work: Awaitable, pgid: int, stall: float):
+    """Await work; raise Stalled once the process group has moved no more than
+    STALL_NOISE bytes in any check for `stall` seconds. Its I/O counters, not
+    its output: a compare prints nothing for minutes while it reads."""
+    task = asyncio.ensure_future(work)
+    interval = min(1.0, stall / 4)
+    seen = _group_io(pgid)
+    quiet_since = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=interval)
+            if done:
+                return task.result()
+            now = _group_io(pgid)
+            moved = sum(max(0, count - seen.get(pid, 0)) for pid, count in now.items())
+            seen = now
+            if moved > STALL_NOISE:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= stall:
+                raise Stalled(stall)
+    finally:
+        task.cancel()  # nothing if it finished
+
+
+async def _finish(pumps: asyncio.Future, proc: asyncio.subprocess.Process) -> int:
+    await pumps
+    return await proc.wait()
+
+
 async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = None,
               on_stderr: Callable[[str], None] | None = None, env: dict | None = None,
-              cwd: str | None = None, grace: float = GRACE_SECONDS, channel: Channel | None = None) -> Result:
-    """Run argv to completion. Cancelling the calling task stops the process group."""
+              cwd: str | None = None, grace: float = GRACE_SECONDS, channel: Channel | None = None,
+              stall: float | None = None) -> Result:
+    """Run argv to completion. Cancelling the calling task stops the process
+    group; so does `stall` seconds without I/O progress, raising Stalled."""
     argv = [str(a) for a in argv]
     log.debug("exec", argv=argv)
     try:
@@ -160,8 +227,12 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
         streams.append(channel._pump())
     pumps = asyncio.gather(*streams)
     try:
-        await pumps
-        returncode = await proc.wait()
+        if stall and _IO_ACCOUNTING:
+            returncode = await _watched(_finish(pumps, proc), proc.pid, stall)
+        else:
+            if stall:
+                log.warning("exec.unwatched", reason="this kernel keeps no per-process I/O counters (/proc/PID/io)")
+            returncode = await _finish(pumps, proc)
     except BaseException:
         await stop_group(proc, grace)
         pumps.cancel()

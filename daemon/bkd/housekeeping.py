@@ -30,6 +30,7 @@ class Housekeeping:
         self.refresh = refresh  # refresh(host): the read model re-reads that host's directory
         self.collector = TrashCollector(backup_root)
         self._locks: dict[str, asyncio.Lock] = {}
+        self.on_pruned: list = []  # await listener(host_dir) after snapshots went to the trash
 
     def _lock(self, host: str) -> asyncio.Lock:
         return self._locks.setdefault(host, asyncio.Lock())
@@ -52,6 +53,11 @@ class Housekeeping:
                         await self.store.snapshots.forget(host, doomed)
                     except STORE_ERRORS as e:  # the filesystem is the truth; the rows go next time
                         log.warning("store.forget_failed", host=host, error=str(e))
+                    for listener in self.on_pruned:
+                        try:
+                            await listener(host_dir)
+                        except Exception:  # a listener's failure must not fail the prune
+                            log.exception("prune.listener_failed", host=host)
         return [d.as_dict() for d in decisions]
 
     async def clear_heavy_leftovers(self, host_dir: HostDir) -> None:

@@ -1,6 +1,8 @@
 """Verifying snapshots against their manifests: on request (`verify`), and
 the background sample pass, whose last pass per host is persisted so that a
-daemon restarted more often than `verify.every` still samples."""
+daemon restarted more often than `verify.every` still samples. What they find
+goes into the host's damage ledger (pipeline/damage.py), which the next run
+heals from and the `integrity` alerts are kept in line with."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import structlog
 
 from . import clock
 from .alerts import AlertKind, Alerts
-from .layout import HostDir
-from .pipeline import archive, manifest
+from .layout import HostDir, SnapshotName
+from .pipeline import archive, damage, manifest
 from .runtime import Runtime
 from .store import Store
 from .threads import in_own_thread
@@ -33,28 +35,49 @@ class Integrity:
         self.store = store
         self.alerts = alerts
         self.wake = asyncio.Event()
+        self._locks: dict[str, asyncio.Lock] = {}  # one update of a host's damage ledger at a time
 
-    async def _report(self, host: str, snapshot: str, mismatches: list[dict], complete: bool) -> None:
-        """An integrity episode per snapshot: its subject is the snapshot's
-        name, its message counts files (no file names: every role sees alerts)."""
-        if mismatches:
-            await self.alerts.raise_(AlertKind.INTEGRITY, host,
-                                     f"{len(mismatches)} file(s) of snapshot {snapshot} do not match its manifest "
-                                     f"(bkctl verify {host} {snapshot})", subject=snapshot)
-        elif complete:
-            await self.alerts.resolve(AlertKind.INTEGRITY, host, snapshot)
+    async def settle(self, host_dir: HostDir, verified: dict[str, list[dict]] | None = None,
+                     hashed: set[bytes] | None = None) -> None:
+        """Bring the host's damage ledger and its `integrity` alerts in line
+        with what a verify just found (mismatches by snapshot; `hashed`: the
+        paths a sample hashed) and with the snapshots there are now. Called
+        after every verify and prune, and by the sampler loop: an alert
+        whose snapshot and sharers are all gone resolves."""
+        host = host_dir.root.name
+        verified = verified or {}
+        current = {e["subject"]: e for e in self.alerts.current.values()
+                   if e["kind"] == AlertKind.INTEGRITY and e["host"] == host and e["subject"]}
+        if not verified and not current and not host_dir.damage_file.exists():
+            return  # nothing known, nothing found: no work for a healthy host
+        async with self._locks.setdefault(host, asyncio.Lock()):
+            findings, known, names, found = await asyncio.to_thread(_settle, host_dir, verified, hashed)
+        for subject, finding in findings.items():
+            message = finding.message(host)
+            episode = current.get(subject)
+            if subject in found or episode is None:
+                await self.alerts.raise_(AlertKind.INTEGRITY, host, message, subject=subject)
+            elif episode["message"] != message:  # fewer sharers: the same episode, said anew
+                await self.alerts.raise_(AlertKind.INTEGRITY, host, message, subject=subject,
+                                         count=episode["count"])
+        for subject in current.keys() - findings.keys():
+            # A snapshot that is gone is not damage; nor one verified clean, or whose damage nothing holds any more.
+            if SnapshotName.parse(subject) and (subject not in names or subject in known
+                                                or (subject in verified and hashed is None)):
+                await self.alerts.resolve(AlertKind.INTEGRITY, host, subject)
 
     async def verify(self, host_dir: HostDir, names: list[str], with_archives: bool) -> dict:
         """Re-hash every file of the named snapshots (and their archives)."""
         archive_files = [a.path for a in archive.archives(host_dir) if with_archives or str(a.snapshot) in names]
+        host = host_dir.root.name
+        log.info("verify.start", host=host, snapshots=len(names), archives=len(archive_files))
         # Its own thread: a stop must not wait for a re-hash of whole snapshots (it only reads).
         result = await in_own_thread(manifest.verify_snapshots, host_dir.hourly, host_dir.meta, names,
                                      archive_files)
-        host = host_dir.root.name
-        for name in names:
-            await self._report(host, name, [m for m in result["mismatches"] if m.get("snapshot") == name], True)
+        await self.settle(host_dir, {name: [m for m in result["mismatches"] if m.get("snapshot") == name]
+                                     for name in result["snapshots"]})
         log.log(40 if result["mismatches"] else 20, "verify.done", host=host, ok=result["ok"],
-                checked=result["checked"], mismatches=len(result["mismatches"]))
+                checked=result["checked"], mismatches=len(result["mismatches"]), gone=len(result["gone"]))
         return result
 
     async def sample(self, host_dir: HostDir, percent: float) -> dict:
@@ -62,20 +85,31 @@ class Integrity:
         first, re-hashed at idle I/O priority."""
         host = host_dir.root.name
         latest = host_dir.latest_snapshot()
+        if latest is None:
+            return {"host": host, "snapshot": None, "checked": 0, "mismatches": [], "gone": []}
+        tree = host_dir.hourly / str(latest)
+        before = manifest.identity(tree)
         try:
-            recorded = manifest.read(host_dir.manifest_file(latest)) if latest else None
+            recorded = manifest.read(host_dir.manifest_file(latest))
         except manifest.ManifestRefused as e:
             mismatch = {"path": "/", "problem": str(e)}
-            await self._report(host, str(latest), [mismatch], False)
-            return {"host": host, "snapshot": str(latest), "checked": 0, "mismatches": [mismatch]}
-        if not recorded:
-            return {"host": host, "snapshot": str(latest) if latest else None, "checked": 0, "mismatches": []}
-        count = max(1, math.ceil(len(recorded) * percent / 100))
-        paths = await self.store.least_recently_verified(host, list(recorded), count)
-        mismatches = await in_own_thread(manifest.hash_sample_idle, host_dir.hourly / str(latest), recorded, paths)
-        await self.store.mark_verified(host, paths, clock.iso(clock.now()))
-        await self._report(host, str(latest), mismatches, False)
-        return {"host": host, "snapshot": str(latest), "checked": len(paths), "mismatches": mismatches}
+            await self.settle(host_dir, {str(latest): [mismatch]}, set())
+            return {"host": host, "snapshot": str(latest), "checked": 0, "mismatches": [mismatch], "gone": []}
+        mismatches, paths = [], []
+        if recorded:
+            count = max(1, math.ceil(len(recorded) * percent / 100))
+            paths = await self.store.least_recently_verified(host, list(recorded), count)
+            try:
+                mismatches = await in_own_thread(manifest.hash_sample_idle, tree, recorded, paths)
+            except OSError:
+                if manifest.identity(tree) == before:
+                    raise
+        if before is None or manifest.identity(tree) != before:  # pruned meanwhile: not damage
+            return {"host": host, "snapshot": str(latest), "checked": 0, "mismatches": [], "gone": [str(latest)]}
+        if recorded:
+            await self.store.mark_verified(host, paths, clock.iso(clock.now()))
+            await self.settle(host_dir, {str(latest): mismatches}, set(paths))
+        return {"host": host, "snapshot": str(latest), "checked": len(paths), "mismatches": mismatches, "gone": []}
 
     async def run(self) -> None:
         """The background pass: each host when its last pass is `verify.every` old."""
@@ -85,10 +119,14 @@ class Integrity:
             now = clock.now()
             soonest = now + timedelta(seconds=MAX_SLEEP)
             for host in config.host:
+                host_dir = HostDir.of(config.backup_root, host.name)
+                try:
+                    await self.settle(host_dir)  # damage whose snapshots were pruned meanwhile, alerts after a restart
+                except (OSError, ValueError) as e:
+                    log.warning("verify.settle_failed", host=host.name, error=str(e))
                 last = await self.store.get_value(_key(host.name))
                 due = _parse(last) + every if last else now
                 if due <= now:
-                    host_dir = HostDir.of(config.backup_root, host.name)
                     try:
                         result = await self.sample(host_dir, config.verify.sample_percent)
                         log.info("verify.sampled", host=host.name, snapshot=result["snapshot"],
@@ -103,6 +141,27 @@ class Integrity:
                 await asyncio.wait_for(self.wake.wait(), max(1.0, (soonest - clock.now()).total_seconds()))
             except asyncio.TimeoutError:
                 pass
+
+
+def _settle(host_dir: HostDir, verified: dict[str, list[dict]], hashed: set[bytes] | None):
+    """(findings by subject, subjects the ledger knew before, the snapshots now,
+    subjects a verify found just now): the ledger updated and saved."""
+    ledger = damage.Ledger(host_dir)
+    known = {c.subject for c in ledger.copies} | set(ledger.problems)
+    names = [str(n) for n in host_dir.snapshots()]
+    found = set()
+    for snapshot, mismatches in verified.items():
+        ledger.record(snapshot, mismatches, names, hashed)
+        changed = {m["path"] for m in mismatches if m["problem"] == "changed"}
+        found |= {c.subject for c in ledger.copies if c.path in changed}
+        if ledger.problems.get(snapshot):
+            found.add(snapshot)
+    findings = ledger.findings(names)
+    try:
+        ledger.save()
+    except OSError as e:  # the alerts still say what was found; the next run cannot heal it
+        log.error("damage.unrecorded", host=host_dir.root.name, error=str(e))
+    return findings, known, set(names), found
 
 
 def _parse(text: str) -> datetime:

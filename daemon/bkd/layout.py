@@ -71,6 +71,11 @@ class HostDir:
         """Pruned snapshots wait here (renamed in atomically) until deleted in the background."""
         return self.root / ".trash"
 
+    @property
+    def damage_file(self) -> Path:
+        """The damaged copies and other problems verify found (pipeline/damage.py)."""
+        return self.meta / "damage.json"
+
     def meta_file(self, name: SnapshotName | str) -> Path:
         return self.meta / f"{name}.json"
 

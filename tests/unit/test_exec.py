@@ -123,3 +123,41 @@ async def test_stopping_a_tool_whose_child_left_the_group_holding_its_output_end
         assert asyncio.get_running_loop().time() - started < 2.5  # not the 5 s grace
     finally:
         os.kill(escaped, 9)
+
+
+# ---- the stall watchdog: progress is I/O of the group's processes, not output ------
+
+async def test_a_tool_that_sleeps_without_io_is_stopped_after_its_stall_limit(tmp_path):
+    """rsync whose remote end is frozen prints nothing and moves no data: the
+    group (here a shell and its sleeping grandchild) is stopped, and the run
+    raises Stalled naming the limit."""
+    pid_file = tmp_path / "pid"
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(bkexec.Stalled) as stalled:
+        await bkexec.run(["sh", "-c", f"sh -c 'echo $$ > {pid_file}; exec sleep 300'; sleep 300"], stall=1.5,
+                         grace=0.5)
+    took = asyncio.get_running_loop().time() - started
+    assert 1.5 <= took < 5, took
+    assert str(stalled.value) == "no I/O for 1.5s" and stalled.value.seconds == 1.5
+    assert not _alive(int(pid_file.read_text()))
+
+
+async def test_keepalives_alone_are_no_progress(tmp_path):
+    """A frozen transfer's local processes still trade keepalives (rsync
+    writes 4 bytes every few seconds, ssh a few dozen): that is not progress."""
+    script = "import os, time\nwhile True:\n    os.write(1, b'1234')\n    time.sleep(0.2)"
+    with pytest.raises(bkexec.Stalled):
+        await bkexec.run(["python3", "-c", script], stall=1.5, grace=0.5)
+
+
+async def test_a_tool_that_reads_steadily_without_printing_is_not_stopped(tmp_path):
+    """A compare prints nothing for minutes while it reads: reading is
+    progress, also when a grandchild does it."""
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(64 * 1024))
+    script = (f"import time\nfor _ in range(20):\n    open({str(data)!r}, 'rb').read()\n    time.sleep(0.15)\n"
+              "print('done')")
+    lines = []
+    result = await bkexec.run(["sh", "-c", 'python3 -c "$1"; true', "sh", script], on_stdout=lines.append,
+                              stall=1.0)
+    assert result.returncode == 0 and lines == ["done"]  # 3 s of silence on stdout, never stopped

@@ -49,6 +49,8 @@ def _chained(error: Exception, cause: Exception) -> Exception:
     ("monthly", StageFailed("no complete snapshot yet"), "monthly: no complete snapshot yet"),
     ("restore", RestoreFailed(f'rsync exited with code 23 (partial transfer due to error): mkdir "{SECRET}" failed'),
      "restore: rsync exited with code 23 (partial transfer due to error)"),
+    ("snapshot", SnapshotFailed("rsync hung: no I/O for 300s (rsync.timeout); its processes were stopped"),
+     "snapshot: hung: no I/O for 300s"),
     ("snapshot", SnapshotFailed(f"a message nobody taught this module: {SECRET}"), "snapshot failed"),
 ])
 def test_a_failure_is_its_category_and_exit_code(stage, error, public):

@@ -396,19 +396,44 @@ def verify_tree(tree: Path, manifest: Manifest) -> tuple[int, list[dict]]:
     return checked, mismatches
 
 
+def identity(tree: Path) -> tuple[int, int] | None:
+    """Which directory tree is now (device, inode); None if there is none."""
+    try:
+        st = os.stat(tree, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _verify_one(tree: Path, manifest_file: Path) -> tuple[int, list[dict]]:
+    try:
+        recorded = read(manifest_file)
+    except ManifestRefused as e:
+        return 0, [{"path": "/", "problem": str(e)}]
+    if recorded is None:
+        return 0, [{"path": "/", "problem": "no manifest recorded"}]
+    return verify_tree(tree, recorded)
+
+
 def verify_snapshots(hourly: Path, meta: Path, names: list[str], archive_files: list[Path]) -> dict:
-    """Every named snapshot against its manifest, and the archives against their checksums."""
-    checked, mismatches = 0, []
+    """Every named snapshot against its manifest, and the archives against
+    their checksums. A snapshot pruned meanwhile (its directory gone, or
+    another one by now) is `gone`, not damage: whatever its check saw, a
+    manifest already moved away or files deleted under the walk, is dropped."""
+    checked, mismatches, results = 0, [], {}
     for name in names:
+        tree = hourly / name
+        before = identity(tree)
+        if before is None:
+            continue
         try:
-            recorded = read(meta / f"{name}.manifest")
-        except ManifestRefused as e:
-            mismatches.append({"snapshot": name, "path": "/", "problem": str(e)})
-            continue
-        if recorded is None:
-            mismatches.append({"snapshot": name, "path": "/", "problem": "no manifest recorded"})
-            continue
-        count, found = verify_tree(hourly / name, recorded)
+            results[name] = (before, *_verify_one(tree, meta / f"{name}.manifest"))
+        except OSError:
+            if identity(tree) == before:
+                raise
+    verified = [name for name, (before, _, _) in results.items() if identity(hourly / name) == before]
+    for name in verified:
+        _, count, found = results[name]
         checked += count
         mismatches += [{"snapshot": name, **m} for m in found]
     for archive in archive_files:
@@ -416,7 +441,8 @@ def verify_snapshots(hourly: Path, meta: Path, names: list[str], archive_files: 
         problem = verify_archive(archive)
         if problem:
             mismatches.append({"snapshot": None, **problem})
-    return {"ok": not mismatches, "checked": checked, "snapshots": names,
+    return {"ok": not mismatches, "checked": checked, "snapshots": verified,
+            "gone": [name for name in names if name not in verified],
             "archives": [a.name for a in archive_files], "mismatches": mismatches}
 
 

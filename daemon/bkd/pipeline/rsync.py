@@ -184,6 +184,15 @@ def fetch_command(config: Config, settings: HostSettings, dest: Path, previous: 
                                    *log_items(item_log)), shared=shared)
 
 
+def refetch_command(config: Config, settings: HostSettings, dest: Path, files_from: Path,
+                    shared: str | None = None) -> list[str]:
+    """Fetch the listed files again in full (NUL-separated, relative, none of
+    them present in dest): without --link-dest nothing is linked to, or
+    copied from, the damaged copy an older snapshot holds at that path."""
+    return snapshot_command(config, settings, dest, [], mirror=False, progress=False,
+                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args"), shared=shared)
+
+
 def root_command(config: Config, settings: HostSettings, dest: Path, shared: str | None = None) -> list[str]:
     """The source's top directory itself (owner, mode, times, xattrs, ACLs) onto
     dest's, and nothing in it: a --files-from list cannot name it, since

@@ -13,7 +13,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from .. import exec as bkexec
 from ..config.models import Config, HostSettings
 from ..fsutil import fsync_dir, make_private_dir, replace_symlink, syncfs, write_atomic
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
-from . import manifest, rsync
+from . import damage, manifest, rsync
 from .linktree import link_tree
 
 log = structlog.get_logger()
@@ -75,6 +75,9 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     interrupted = host_dir.partials()
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
     transfer = _Transfer(config, settings, host_dir, staging, on_progress)
+    if previous and not dry_run:
+        # Files verify found damaged in the previous snapshot: fetched again in full, never linked to it.
+        transfer.refetch = await asyncio.to_thread(damage.Ledger(host_dir).refetch, str(previous))
 
     if dry_run:
         lines = await transfer.dry_run([previous_dir] if previous_dir else [])
@@ -87,7 +90,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
         make_private_dir(directory, under=config.backup_root)  # never through a symlink planted there
     _remove_lists(host_dir)  # left by a run that died; only one run per host at a time
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
-             resume_from=[p.name for p in interrupted])
+             resume_from=[p.name for p in interrupted], refetch=len(transfer.refetch))
     t0 = time.monotonic()
     try:
         if previous and not interrupted:
@@ -131,6 +134,7 @@ class _Transfer:
         self.warnings: list[str] = []
         self.shared: str | None = None  # the ssh master's socket while one runs
         self.hashing_after_s = 0.0  # hashing left when the copy ended: part of the manifest step
+        self.refetch: dict[bytes, int] = {}  # path → the damaged inode the previous snapshot holds there
 
     @property
     def warning(self) -> str | None:
@@ -165,8 +169,13 @@ class _Transfer:
     async def _rsync(self, argv: list[str], *, on_failure: type[SnapshotFailed] = SnapshotFailed,
                      **kwargs) -> bkexec.Result:
         """Run an rsync; fail unless it exits 0 or 24 (a warning); exit 23 (some
-        entries could not be copied) raises on_failure."""
-        result = await bkexec.run(argv, **kwargs)
+        entries could not be copied) raises on_failure. rsync's --timeout misses
+        a remote rsync that is frozen while ssh keeps the connection up (both
+        ends still trade keepalives): bkd stops one that moves no data for as long."""
+        try:
+            result = await bkexec.run(argv, stall=self.settings.rsync.timeout.total_seconds(), **kwargs)
+        except bkexec.Stalled as e:
+            raise SnapshotFailed(f"rsync hung: {e} (rsync.timeout); its processes were stopped") from None
         if result.returncode not in rsync.SUCCESS_CODES:
             failure = on_failure if result.returncode == rsync.PARTIAL else SnapshotFailed
             raise failure(rsync.describe_failure(result.returncode, result.stderr_tail))
@@ -192,11 +201,13 @@ class _Transfer:
                 argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests,
                                               extra=rsync.log_items(channel.path))
                 await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel)
+            refetched = await self._refetch_linked() if link_dests else {}
             started = time.monotonic()
             known = await hasher.finish()
         finally:
             hasher.close()
         stats = rsync.parse_stats(lines)
+        _add_refetched(stats, refetched)
         previous_dir = self.host_dir.hourly / str(previous) if previous else None
         old = await asyncio.to_thread(manifest.read, self.host_dir.manifest_file(previous)) if previous else None
         if not link_dests and len(known) == stats.get("files"):
@@ -269,17 +280,20 @@ class _Transfer:
             # Cannot happen on a channel of its own; if it ever does, one pass.
             log.error("snapshot.compare_unaccounted", items=len(changes), stats=compared)
             return await self._in_one_pass(previous)
-        plan = _Plan(changes)
+        plan = _Plan(changes, self.refetch)
         await asyncio.to_thread(plan.clear, self.staging)
         stats = {key: compared.get(key, 0) for key in ("entries", "created", "created_files", "deleted", "bytes")}
         stats.update(changed_files=0, transferred_bytes=0, received_bytes=0)
         known: dict[bytes, manifest.Hashed] = {}
         copied: set[bytes] = set()
         try:
+            if plan.refetch:  # first: the fetch then sets the times of the directories they are in
+                _add_refetched(stats, await self._refetch(plan.refetch))
             if plan.fetch:
                 known, copied, fetched = await self._fetch(previous_dir, plan)
-                stats.update({key: fetched.get(key, 0) for key in ("changed_files", "transferred_bytes",
-                                                                     "received_bytes")})
+                stats.update(changed_files=fetched.get("changed_files", 0),
+                             **{key: stats[key] + fetched.get(key, 0) for key in ("transferred_bytes",
+                                                                                  "received_bytes")})
             if plan.root:
                 await self._rsync(rsync.root_command(self.config, self.settings, self.staging, self.shared),
                                   on_failure=_SourceMoved)
@@ -327,6 +341,38 @@ class _Transfer:
             self.warnings.append(f"rsync changed the metadata of {len(in_place)} existing file(s) in place: {names}")
         copied = {item.name for item in fetched if item.update == "c" and item.type == "f"}
         return known, copied, rsync.parse_stats(lines)
+
+    async def _refetch(self, names: list[bytes]) -> dict:
+        """Fetch names (none of them in the staging directory) again in full,
+        without --link-dest: each is a damaged copy in the previous snapshot
+        (verify found it) that rsync's quick check would link or copy again."""
+        files_from = self.host_dir.meta / f"{LIST_PREFIX}refetch-{self.staging.name}"
+        lines: list[str] = []
+        try:
+            await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in names))
+            await self._rsync(rsync.refetch_command(self.config, self.settings, self.staging, files_from,
+                                                    self.shared), on_stdout=lines.append, on_failure=_SourceMoved)
+        finally:
+            files_from.unlink(missing_ok=True)
+        log.info("snapshot.refetched", files=len(names))
+        return {"refetched_files": len(names), **rsync.parse_stats(lines)}
+
+    async def _refetch_linked(self) -> dict:
+        """After a --link-dest pass, which linked each damaged copy again, or
+        copied it where only attributes changed: those files are removed and
+        fetched again in full."""
+        def remove() -> list[bytes]:
+            found = [path for path in sorted(self.refetch) if damage.inode_at(self.staging, path) is not None]
+            root_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for path in found:
+                    _remove_entry(root_fd, path, keep_directory=True)
+            finally:
+                os.close(root_fd)
+            return found
+
+        found = await asyncio.to_thread(remove)
+        return await self._refetch(found) if found else {}
 
     async def _in_one_pass(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
         await _remove(self.staging)
@@ -379,7 +425,7 @@ class _Plan:
     """What an incremental snapshot changes in the linked copy, from the
     compare's itemized list."""
 
-    def __init__(self, changes: list[rsync.Item]):
+    def __init__(self, changes: list[rsync.Item], refetch: Iterable[bytes] = ()):
         self.deleted = [item.name for item in changes if item.update == "*"]
         kept = [item for item in changes if item.update != "*"]
         # Entries to copy from the source: every changed one, and the other
@@ -391,9 +437,16 @@ class _Plan:
         # ones that are no directory (any more).
         self.changed = sorted(fetch | set(self.deleted))
         self.trees = sorted({*self.deleted, *(fetch - self.directories)})
+        gone = set(self.trees)
+        # Damaged copies of the previous snapshot, fetched again in a pass of
+        # their own (without --link-dest, which would link or copy them
+        # again), unless the source no longer has them where they were.
+        self.refetch = sorted(name for name in set(refetch) - self.directories - set(self.deleted)
+                              if not any(a in gone for a in _ancestors(name)))
+        self.changed = sorted({*self.changed, *self.refetch})
+        self.files += [name for name in self.refetch if name not in fetch]
         # The directories holding what is removed or added, so that rsync sets
         # their times again; none under something that is no directory now.
-        gone = set(self.trees)
         parents = set()
         for name in self.changed:
             while b"/" in name:
@@ -403,7 +456,7 @@ class _Plan:
         # Never ".": rsync would copy what is in it. The top directory gets
         # its attributes in a pass of its own, when the compare lists it.
         self.root = b"." in self.directories
-        self.fetch = sorted((fetch | parents) - {b"."})
+        self.fetch = sorted((fetch | parents) - {b"."} - set(self.refetch))
         self.changed = [name for name in self.changed if name != b"."]
 
     def clear(self, root: Path) -> None:
@@ -421,6 +474,10 @@ def _self_and_ancestors(name: bytes):
     while b"/" in name:
         name = name.rsplit(b"/", 1)[0]
         yield name
+
+
+def _ancestors(name: bytes) -> list[bytes]:
+    return list(_self_and_ancestors(name))[1:]
 
 
 def _remove_entry(root_fd: int, name: bytes, keep_directory: bool) -> None:
@@ -574,6 +631,14 @@ class _Estimate:
             ticker.cancel()
         self.report(final=True)
         return result
+
+
+def _add_refetched(stats: dict, refetched: dict) -> None:
+    """The statistics of a refetch pass into the run's: its bytes moved, and how many files it took."""
+    if refetched:
+        stats["refetched_files"] = refetched["refetched_files"]
+        for key in ("transferred_bytes", "received_bytes"):
+            stats[key] = stats.get(key, 0) + refetched.get(key, 0)
 
 
 def _walked(checksums: manifest.Manifest, old: manifest.Manifest | None, known: dict, hashed_now: int) -> dict:
