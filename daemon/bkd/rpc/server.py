@@ -140,7 +140,8 @@ class Connection:
     async def send(self, message: dict) -> None:
         async with self._write_lock:
             self.writer.write(protocol.encode(message))
-            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await self.writer.drain()
 
     def stream(self, coroutine, on_close: Callable[[], None]) -> None:
         """Run coroutine (an event pump) for as long as the connection lives."""
