@@ -309,7 +309,7 @@ class Api:
         await asyncio.to_thread(browse.lookup, root, p.path)
         parts = browse.components(p.path)
         remote = restore.check_destination(p.dest)
-        if remote and not access.may_restore_remotely(call.uid, call.gid, call.pid, config.access):
+        if remote and not access.may_restore_remotely(call.who, config.access):
             raise Denied(f"permission denied: a restore to host:path writes with the daemon's own SSH identity; "
                          f"it needs root or a group in [access] remote_restorers, and {call.user} (uid {call.uid}) "
                          "is in none")

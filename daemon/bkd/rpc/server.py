@@ -26,7 +26,6 @@ import re
 import resource
 import socket
 import stat
-import struct
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from bkctl import protocol
 from bkctl.protocol import ErrorCode
 from .. import access, clock
 from ..bursts import Burst, Bursts
+from ..access import Identity
 from ..config.models import Access, Rpc
 from ..errors import Busy, Conflict, Denied, DomainError, InvalidArgument, NotFound, ShuttingDown
 from .methods import Method
@@ -69,27 +69,22 @@ WIRE_CODES: dict[type[DomainError], ErrorCode] = {
 
 
 @dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-
-
-@dataclass(frozen=True)
 class Call:
-    """Who is calling, as a handler sees it."""
+    """Who is calling, as a handler sees it: the identity taken when the
+    connection was accepted, and the role [access] gives it now."""
 
-    uid: int
-    gid: int
-    pid: int
+    who: Identity
     user: str
     role: str
     conn: "Connection"
 
+    @property
+    def uid(self) -> int:
+        return self.who.uid
 
-def peer_of(sock: socket.socket) -> Peer:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return Peer(*struct.unpack("3i", creds))
+    @property
+    def pid(self) -> int:
+        return self.who.pid
 
 
 class Connection:
@@ -97,7 +92,7 @@ class Connection:
     event streams it owns, and the idle timer that closes it when it has
     neither."""
 
-    def __init__(self, writer: asyncio.StreamWriter, peer: Peer, idle_timeout: Callable[[], float] | None = None):
+    def __init__(self, writer: asyncio.StreamWriter, peer: Identity, idle_timeout: Callable[[], float] | None = None):
         self.writer = writer
         self.peer = peer
         self.requests: set[asyncio.Task] = set()
@@ -341,7 +336,7 @@ class RpcServer:
 
     def _admit(self, sock: socket.socket) -> None:
         try:
-            peer = peer_of(sock)
+            peer = access.identity_of(sock)  # once, here: never looked up again (SPEC §5)
         except OSError:
             sock.close()
             return
@@ -367,7 +362,7 @@ class RpcServer:
             log.warning("rpc.connections_refused", uid=detail, count=burst.count, reason=burst.data,
                         first=clock.iso(burst.first), last=clock.iso(burst.last))
 
-    async def _serve_socket(self, sock: socket.socket, peer: Peer) -> None:
+    async def _serve_socket(self, sock: socket.socket, peer: Identity) -> None:
         try:
             reader, writer = await asyncio.open_unix_connection(sock=sock, limit=protocol.MAX_LINE + 1)
         except BaseException:
@@ -388,7 +383,7 @@ class RpcServer:
         return self.limits().idle_timeout.total_seconds()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                peer: Peer) -> None:
+                                peer: Identity) -> None:
         conn = Connection(writer, peer, self._idle_timeout)
         handed_over = False
         try:
@@ -488,7 +483,7 @@ class RpcServer:
         if self.closing:
             return _error(request_id, ErrorCode.SHUTTING_DOWN, "the daemon is shutting down"), None
         peer = conn.peer
-        role = access.role_of(peer.uid, peer.gid, peer.pid, self.access())
+        role = access.role_of(peer, self.access())
         if not access.allowed(role, method.role):
             who = f"{access.user_name(peer.uid)} (uid {peer.uid})"
             error = _error(request_id, ErrorCode.PERMISSION_DENIED,
@@ -504,7 +499,7 @@ class RpcServer:
             params = method.params.model_validate(raw_params)
         except ValidationError as e:
             return _error(request_id, ErrorCode.INVALID_PARAMS, _params_error(e)), None
-        call = Call(peer.uid, peer.gid, peer.pid, access.user_name(peer.uid), role, conn)
+        call = Call(peer, access.user_name(peer.uid), role, conn)
         response, then = await self._invoke(method, method_name, params, request_id, call)
         return await self._audited(method, method_name, raw_params, conn, response), then
 
