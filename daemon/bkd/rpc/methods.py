@@ -6,6 +6,7 @@ by the host-name rule, paths as file names, ids within SQLite's range."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import structlog
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
@@ -50,8 +51,40 @@ Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 KindOfAlert = Literal[tuple(AlertKind)]  # strict params take the wire's string, not an enum instance
 
 
+@dataclass(frozen=True)
+class Cap:
+    """A limit's cap: a larger value is clamped to it, and the result says
+    `truncated: true` (SPEC §5) — the cost of one call stays bounded."""
+
+    value: int
+
+
+def capped(cap: int, kind=int):
+    return Annotated[kind, Field(ge=1), Cap(cap)]
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+    _clamped: bool = PrivateAttr(False)
+
+    @model_validator(mode="after")
+    def _clamp(self):
+        for name, cap in self.caps().items():
+            if (value := getattr(self, name)) is not None and value > cap:
+                setattr(self, name, cap)
+                self._clamped = True
+        return self
+
+    @classmethod
+    @functools.cache
+    def caps(cls) -> dict[str, int]:
+        """field → cap, for each capped limit."""
+        return {name: meta.value for name, field in cls.model_fields.items()
+                for meta in field.metadata if isinstance(meta, Cap)}
+
+    @property
+    def clamped(self) -> bool:
+        return self._clamped
 
 
 class NoParams(Params):
@@ -81,12 +114,13 @@ class JobGet(Params):
 
 class JobsList(Params):
     host: Optional[HostName] = None
-    limit: int = Field(20, ge=1, le=10000)
+    limit: capped(1000) = 50
+    before: Optional[Id] = None  # a job_id: the page of older jobs after it
 
 
 class SnapshotsList(Params):
     host: HostName
-    limit: Optional[int] = Field(None, ge=1, le=1_000_000)
+    limit: capped(1_000_000, Optional[int]) = None  # more than retention can ever keep
     before: Optional[str] = Field(None, max_length=64)
 
 
@@ -95,7 +129,7 @@ class SnapshotsBrowse(Params):
     snapshot: Optional[str] = Field(None, max_length=64)
     path: FsPath = "/"
     offset: int = Field(0, ge=0, le=MAX_ID)
-    limit: int = Field(browse.DEFAULT_PAGE, ge=1, le=100_000)
+    limit: capped(100_000) = browse.DEFAULT_PAGE
 
 
 class SnapshotsHistory(Params):
@@ -140,7 +174,7 @@ class Verify(Params):
 
 
 class AuditList(Params):
-    limit: int = Field(50, ge=1, le=100_000)
+    limit: capped(10_000) = 50  # an entry keeps at most about 1 KiB of params
     verify: bool = False
 
 
@@ -278,7 +312,9 @@ class Api:
         return {"job": _public(job, call)}
 
     async def jobs_list(self, p: JobsList, call: Call) -> dict:
-        return {"jobs": [_public(job, call) for job in await self.s.jobs.list(p.host, p.limit)]}
+        """Summaries, the same for every role: no statistics, no detail (job.get has them)."""
+        jobs = await self.s.jobs.list(p.host, p.limit, p.before)
+        return {"jobs": jobs, "next_before": jobs[-1]["job_id"] if len(jobs) == p.limit else None}
 
     async def snapshots_list(self, p: SnapshotsList, call: Call) -> dict:
         config = self.s.runtime.config

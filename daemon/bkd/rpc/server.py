@@ -545,6 +545,8 @@ class RpcServer:
             return _error(request_id, WIRE_CODES[type(e)], e.message, e.data), None
         except Exception:
             return _internal(request_id, "rpc.internal_error", method=method_name, uid=call.uid), None
+        if method.params.caps():  # SPEC §5: a limit above its cap was clamped, and the result says so
+            result["truncated"] = params.clamped or bool(result.get("truncated"))
         return {"jsonrpc": "2.0", "id": request_id, "result": result}, then
 
 
