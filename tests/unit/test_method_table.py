@@ -42,3 +42,10 @@ def test_every_limit_above_its_cap_is_clamped_and_marked_not_refused():
             params = table[name].params.model_validate({**required, field: cap})
             assert (getattr(params, field), params.clamped) == (cap, False), name
     assert table["jobs.list"].params.model_validate({}).limit == 50
+
+
+def test_the_per_method_limits_are_the_ones_docs_design_md_gives():
+    import doctables
+    documented = {row[0]: int(row[1]) for row in doctables.table("design.md", "**Per method.**")}
+    table = method_table(Api(None))
+    assert documented == {name: m.concurrency for name, m in table.items() if m.concurrency is not None}

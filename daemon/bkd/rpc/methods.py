@@ -253,6 +253,7 @@ class Method:
     streams: bool = False  # the handler returns (result, start the stream)
     mutating: bool = False  # changes something: every call goes to the audit log
     takes_over: bool = False  # after the answer, handler's second value gets the raw connection
+    concurrency: int | None = None  # calls answered at once, from every connection; more get -32006
 
 
 def _outside_state(config, dest: str) -> None:
@@ -522,24 +523,24 @@ def method_table(api: Api) -> dict[str, Method]:
         M.JOBS_LIST: Method(JobsList, api.jobs_list, "viewer"),
         M.SNAPSHOTS_LIST: Method(SnapshotsList, api.snapshots_list, "viewer"),
         M.SNAPSHOTS_BROWSE: Method(SnapshotsBrowse, api.snapshots_browse, "admin"),
-        M.SNAPSHOTS_HISTORY: Method(SnapshotsHistory, api.snapshots_history, "admin"),
+        M.SNAPSHOTS_HISTORY: Method(SnapshotsHistory, api.snapshots_history, "admin", concurrency=2),
         M.SCHEDULE_LIST: Method(NoParams, api.schedule_list, "viewer"),
-        M.PRUNE: Method(Prune, api.prune, "admin", mutating=True),
+        M.PRUNE: Method(Prune, api.prune, "admin", mutating=True, concurrency=2),
         M.RESTORE: Method(Restore, api.restore, "admin", mutating=True),
         M.RESTORE_STREAM: Method(RestoreStream, api.restore_stream, "admin", takes_over=True),
         M.RESTORE_FINISH: Method(RestoreFinish, api.restore_finish, "admin"),
-        M.VERIFY: Method(Verify, api.verify, "operator"),
+        M.VERIFY: Method(Verify, api.verify, "operator", concurrency=2),
         M.ALERTS_LIST: Method(AlertsList, api.alerts_list, "viewer"),
         M.ALERTS_ACK: Method(AlertsAck, api.alerts_ack, "operator", mutating=True),
         M.ALERTS_SILENCE: Method(AlertsSilence, api.alerts_silence, "operator", mutating=True),
         M.ALERTS_UNSILENCE: Method(AlertsUnsilence, api.alerts_unsilence, "operator", mutating=True),
         M.NOTIFY_STATUS: Method(NoParams, api.notify_status, "viewer"),
-        M.NOTIFY_TEST: Method(NotifyTest, api.notify_test, "operator", mutating=True),
-        M.REPORT: Method(Report, api.report, "viewer"),
-        M.AUDIT_LIST: Method(AuditList, api.audit_list, "admin"),
+        M.NOTIFY_TEST: Method(NotifyTest, api.notify_test, "operator", mutating=True, concurrency=1),
+        M.REPORT: Method(Report, api.report, "viewer", concurrency=4),
+        M.AUDIT_LIST: Method(AuditList, api.audit_list, "admin", concurrency=2),
         M.METRICS: Method(NoParams, api.metrics, "viewer"),
         M.HOSTS_LIST: Method(NoParams, api.hosts_list, "viewer"),
-        M.HOSTS_TEST: Method(HostsTest, api.hosts_test, "operator"),
+        M.HOSTS_TEST: Method(HostsTest, api.hosts_test, "operator", concurrency=2),
         M.CONFIG_RELOAD: Method(NoParams, api.config_reload, "admin", mutating=True),
         M.EVENTS_SUBSCRIBE: Method(EventsSubscribe, api.events_subscribe, "viewer", streams=True),
     }
