@@ -127,3 +127,27 @@ def test_two_thousand_silences_leave_one_per_host_and_kind(tmp_path, daemon_fact
     pairs = {(s["host"], s["kind"]) for s in listed["silences"]}
     assert len(listed["silences"]) == len(pairs) <= 12, listed["silences"]
     assert len(json.dumps(listed)) < 20_000
+
+
+def test_bkctl_tries_a_busy_method_again(tmp_path, daemon_factory):
+    cert, key = self_signed_certificate(tmp_path)
+    smtp = SmtpReceiver(cert, key, "bkd", "pw", delay=1.0)
+    (tmp_path / "password").write_text("pw\n")
+    daemon = daemon_factory(
+        [{"name": "web1", "source": str(make_tree(tmp_path / "src", 3))}],
+        notify=[{"name": "mail", "type": "email", "smtp_host": "127.0.0.1", "smtp_port": smtp.port,
+                 "security": "starttls", "username": "bkd", "password_file": str(tmp_path / "password"),
+                 "from": "bkd@backup1.example.org", "to": ["ops@example.org"]}])
+    daemon.start(env={"SSL_CERT_FILE": str(cert)})
+    try:
+        results: list = []
+        threads = [threading.Thread(target=lambda: results.append(daemon.bkctl("notify", "test")))
+                   for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        smtp.stop()
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    assert smtp.max_in_flight == 1 and len(smtp.messages) == 2
