@@ -89,7 +89,8 @@ def test_pipelined_hosts_tests_are_refused_beyond_the_limit_and_leave_descriptor
     assert "Too many open files" not in daemon.log()
 
 
-def test_notify_test_makes_at_most_its_limit_of_smtp_connections(tmp_path, daemon_factory):
+def mailing_daemon(tmp_path, daemon_factory):
+    """A daemon with one email sink: an SMTP server that takes a second per message."""
     cert, key = self_signed_certificate(tmp_path)
     smtp = SmtpReceiver(cert, key, "bkd", "pw", delay=1.0)
     (tmp_path / "password").write_text("pw\n")
@@ -98,7 +99,11 @@ def test_notify_test_makes_at_most_its_limit_of_smtp_connections(tmp_path, daemo
         notify=[{"name": "mail", "type": "email", "smtp_host": "127.0.0.1", "smtp_port": smtp.port,
                  "security": "starttls", "username": "bkd", "password_file": str(tmp_path / "password"),
                  "from": "bkd@backup1.example.org", "to": ["ops@example.org"]}])
-    daemon.start(env={"SSL_CERT_FILE": str(cert)})
+    return daemon.start(env={"SSL_CERT_FILE": str(cert)}), smtp
+
+
+def test_notify_test_makes_at_most_its_limit_of_smtp_connections(tmp_path, daemon_factory):
+    daemon, smtp = mailing_daemon(tmp_path, daemon_factory)
     try:
         answers = pipelined(daemon.socket, [("notify.test", {})] * 40, connections=20)
     finally:
@@ -130,15 +135,7 @@ def test_two_thousand_silences_leave_one_per_host_and_kind(tmp_path, daemon_fact
 
 
 def test_bkctl_tries_a_busy_method_again(tmp_path, daemon_factory):
-    cert, key = self_signed_certificate(tmp_path)
-    smtp = SmtpReceiver(cert, key, "bkd", "pw", delay=1.0)
-    (tmp_path / "password").write_text("pw\n")
-    daemon = daemon_factory(
-        [{"name": "web1", "source": str(make_tree(tmp_path / "src", 3))}],
-        notify=[{"name": "mail", "type": "email", "smtp_host": "127.0.0.1", "smtp_port": smtp.port,
-                 "security": "starttls", "username": "bkd", "password_file": str(tmp_path / "password"),
-                 "from": "bkd@backup1.example.org", "to": ["ops@example.org"]}])
-    daemon.start(env={"SSL_CERT_FILE": str(cert)})
+    daemon, smtp = mailing_daemon(tmp_path, daemon_factory)
     try:
         results: list = []
         threads = [threading.Thread(target=lambda: results.append(daemon.bkctl("notify", "test")))
