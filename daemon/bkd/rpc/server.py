@@ -4,13 +4,19 @@ Each request runs as its own task, so a slow call never blocks a fast one on
 the same connection; a client that sends garbage or stops reading only ever
 hurts its own connection.
 
+Who calls is taken once, when the connection is accepted, from the socket
+(access.identity_of); the role is [access]'s for those groups at each call.
+
 No client can starve the daemon: connections are capped per uid and in
 total (`[rpc]`), and the total never exceeds what the descriptor limit
 leaves after a reserve for the backup path; one over the cap is answered
-with one error line and closed at once. A connection with no request in
-flight and no subscription is closed after `idle_timeout`. Bursts of the
-same refusal are coalesced: one audit entry (or log line) per uid and
-method per minute, with a count.
+with one error line and closed at once. One connection has at most
+`max_in_flight` requests being answered (then it is not read), and one
+that leaves its output unread for `unread_grace` is cut off; one with no
+request in flight and no subscription is closed after `idle_timeout`.
+Expensive methods have a concurrency limit of their own (-32006 beyond
+it). Bursts of the same refusal are coalesced: one audit entry (or log
+line) per uid and method per minute, with a count.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ from pydantic import ValidationError
 from bkctl import protocol
 from bkctl.protocol import ErrorCode
 from .. import access, clock
-from ..bursts import Burst, Bursts
 from ..access import Identity
+from ..bursts import Burst, Bursts
 from ..config.models import Access, Rpc
 from ..errors import Busy, Conflict, Denied, DomainError, InvalidArgument, NotFound, ShuttingDown
 from .methods import Method
