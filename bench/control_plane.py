@@ -23,7 +23,11 @@ one method at a time:
 - rounds of `job.start` of every host until done, [metrics] textfile on and
   off, interleaved; then jobs.list again, now that the newest jobs ran all
   hosts each;
-- a prune of a host holding 2,000 snapshots until its trash is empty.
+- a prune of a host holding 2,000 snapshots until its trash is empty;
+- clients that try to starve the daemon (issue 18): connections pipelining
+  `daemon.info` or `jobs.list` without reading, or reading as fast as they
+  can, each for a while: root's `status` latency meanwhile, and how late
+  the scheduled snapshots of one host (every 3 s) start after their slots.
 
 The machine is shared and noisy: the load (`uptime`) is printed with the
 numbers; compare ratios within one run. Everything is created under
@@ -33,6 +37,7 @@ numbers; compare ratios within one run. Everything is created under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -138,12 +144,17 @@ class State:
         self.log_path = root / "daemon.log"
         self.proc: subprocess.Popen | None = None
 
-    def write_config(self, textfile: bool = False) -> None:
+    def write_config(self, textfile: bool = False, scheduled_every: str = "") -> None:
+        """scheduled_every: the first host alone is scheduled, this often (the others never fall due)."""
         config = {
             "backup_root": str(self.backup), "state_dir": str(self.state_dir), "socket": str(self.socket),
             "schedule": {"enabled": False}, "metrics": {"textfile": str(self.textfile) if textfile else ""},
             "host": [{"name": name, "source": str(self.sources / name)} for name in self.hosts],
         }
+        if scheduled_every:
+            config["schedule"] = {"enabled": True, "snapshot_every": "3650d"}
+            config["archive"] = config["monthly"] = {"enabled": False}
+            config["host"][0]["schedule"] = {"snapshot_every": scheduled_every}
         self.config_path.write_text(tomli_w.dumps(config))
 
     def start(self) -> None:
@@ -528,6 +539,101 @@ def measure_prune(state: State, client: Raw, trials: int, snapshots: int, report
                f"the `prune` call alone {ms(statistics.median(calls))}")
 
 
+# ---- clients that try to starve the daemon (issue 18, item 2) --------------------------------------
+
+class Attack:
+    """Connections that send one request line count times (0: until stopped),
+    reading the answers or not, and connect again when the daemon closes them."""
+
+    def __init__(self, path: Path, line: bytes, connections: int, count: int, read: bool):
+        self.path, self.line, self.count, self.read = path, line, count, read
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.sockets: set[socket.socket] = set()
+        self.threads = [threading.Thread(target=self._connection, daemon=True) for _ in range(connections)]
+        for thread in self.threads:
+            thread.start()
+
+    def _connection(self) -> None:
+        while not self.stopped.is_set():
+            sock = socket.socket(socket.AF_UNIX)
+            with self.lock:
+                self.sockets.add(sock)
+            try:
+                sock.connect(str(self.path))
+                if self.read:
+                    threading.Thread(target=lambda: all(iter(lambda: sock.recv(1 << 16), b"")), daemon=True).start()
+                sent = 0
+                while not self.stopped.is_set() and (not self.count or sent < self.count):
+                    sock.sendall(self.line)  # blocks while the daemon does not read: its backpressure
+                    sent += 1
+                self.stopped.wait()
+            except OSError:
+                self.stopped.wait(0.05)  # closed by the daemon (or by stop): again
+            finally:
+                with self.lock:
+                    self.sockets.discard(sock)
+                sock.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self.lock:
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked sendall
+        for thread in self.threads:
+            thread.join(30)
+
+
+ATTACKS = {  # name: (method, params, connections, requests per connection (0: without end), reads answers)
+    "none": None,
+    "4 connections pipelining `daemon.info`, unread": ("daemon.info", {}, 4, 0, False),
+    "200 pipelined `jobs.list` limit 10000, unread": ("jobs.list", {"limit": 10000}, 1, 200, False),
+    "4 connections pipelining `jobs.list` limit 1000, read": ("jobs.list", {"limit": 1000}, 4, 0, True),
+}
+
+
+def measure_attacks(state: State, client: Raw, seconds: float, report: Report) -> None:
+    """Under each attack for `seconds`: root's `status` over a new connection
+    every 0.1 s (p50, p99), and how late the scheduled snapshots of the
+    first host (every 3 s) start after their slots, with the daemon's RSS."""
+    every = 3.0
+    host = state.hosts[0]
+    state.write_config(scheduled_every=f"{every:g}s")
+    client.call("config.reload")
+    for name, attack in ATTACKS.items():
+        time.sleep(1.0)  # the last attack's connections are gone
+        began = time.time()
+        running = None
+        if attack:
+            method, params, connections, count, read = attack
+            line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode() + b"\n"
+            running = Attack(state.socket, line, connections, count, read)
+        latencies, rss = [], []
+        while time.time() - began < seconds:
+            probe = Raw(state.socket)
+            latencies.append(timed(lambda: probe.call("status")))
+            probe.close()
+            rss.append(rss_mb(state.proc.pid))
+            time.sleep(0.1)
+        ended = time.time()
+        if running:
+            running.stop()
+        jobs = client.call("jobs.list", host=host, limit=1000)["jobs"]
+        starts = sorted(datetime.fromisoformat(job["started"]).timestamp() for job in jobs
+                        if job["trigger"] == "schedule" and job["started"] >= iso_ms(
+                            datetime.fromtimestamp(began - every, timezone.utc)))
+        delays = [b - (a + every) for a, b in zip(starts, starts[1:] + [ended])]
+        worst = max(delays, default=float("nan"))
+        report.add(f"`status` during attack: {name}", ms(statistics.median(latencies)),
+                   ms(percentile(latencies, 99)), "p99 < 50 ms", percentile(latencies, 99) < 0.050,
+                   f"{len(latencies)} calls over {seconds:.0f} s; RSS at most {max(rss):.0f} MB")
+        report.add(f"scheduled slot delay during attack: {name}", "-", f"{worst:.2f} s", "max < 1 s", worst < 1.0,
+                   f"{len(starts)} starts of {host}, every {every:g} s")
+    state.write_config()
+    client.call("config.reload")
+
+
 # ---- main ------------------------------------------------------------------------------------
 
 def main() -> None:
@@ -587,6 +693,7 @@ def main() -> None:
                 f"{wide} of the 50 jobs ran all {hosts} hosts: {wide * hosts + 50 - wide:,} host runs")
         settle(state, client, 0.5)
         measure_prune(state, client, prune_trials, prune_snapshots, report)
+        measure_attacks(state, client, 4 if quick else 30, report)
         client.close()
     finally:
         state.stop()

@@ -133,7 +133,9 @@ class SmtpReceiver:
     before mail; records each message with whether it came over TLS and who
     logged in."""
 
-    def __init__(self, cert: Path, key: Path, user: str, password: str):
+    def __init__(self, cert: Path, key: Path, user: str, password: str, delay: float = 0.0):
+        import asyncio
+
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult
 
@@ -141,6 +143,7 @@ class SmtpReceiver:
 
         self.messages: list[dict] = []
         self.logins: list[tuple[str, bool]] = []
+        self.in_flight = self.max_in_flight = 0  # messages being received at once (each takes `delay` s)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         receiver = self
@@ -153,6 +156,10 @@ class SmtpReceiver:
 
         class Handler:
             async def handle_DATA(self, server, session, envelope):
+                receiver.in_flight += 1
+                receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
+                await asyncio.sleep(delay)
+                receiver.in_flight -= 1
                 receiver.messages.append({"tls": session.ssl is not None, "login": session.authenticated,
                                           "from": envelope.mail_from, "to": list(envelope.rcpt_tos),
                                           "data": envelope.original_content})

@@ -172,13 +172,22 @@ def cmd_jobs(client: Client, args) -> int:
     params = {"limit": args.limit}
     if args.host:
         params["host"] = args.host
+    if args.before is not None:
+        params["before"] = args.before
     result = client.call("jobs.list", params)
     if args.json:
         return _print_json(result)
     rows = [[str(j["job_id"]), j["kind"] + (" (dry run)" if j["dry_run"] else ""), colour(j["status"]),
              j["trigger"], relative(j["started"]), _duration(j), ",".join(h["host"] for h in j["hosts"])]
             for j in result["jobs"]]
-    print(table(["ID", "KIND", "STATUS", "TRIGGER", "STARTED", "TOOK", "HOSTS"], rows) if rows else "no jobs yet")
+    print(table(["ID", "KIND", "STATUS", "TRIGGER", "STARTED", "TOOK", "HOSTS"], rows) if rows else
+          ("no older jobs" if args.before is not None else "no jobs yet"))
+    if result.get("truncated"):
+        print(f"(at most {len(result['jobs'])} jobs per page)")
+    if result.get("next_before") is not None:
+        more = ["bkctl", "jobs", *(["--host", args.host] if args.host else []), "--limit", str(len(result["jobs"])),
+                "--before", str(result["next_before"])]
+        print(f"older jobs: {' '.join(more)}")
     return EXIT_OK
 
 
@@ -655,8 +664,9 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("hosts", nargs="*", metavar="HOST")
     cancel.add_argument("--job", type=int, metavar="ID")
     jobs = add("jobs", cmd_jobs, "job history")
-    jobs.add_argument("--host")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--host", help="only this host's runs")
+    jobs.add_argument("--limit", type=int, default=50, help="the newest N (default 50, at most 1000 a page)")
+    jobs.add_argument("--before", type=int, metavar="ID", help="the page of jobs older than job ID")
     job = add("job", cmd_job, "one job in detail")
     job.add_argument("job_id", type=int, metavar="ID")
     snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N)")
@@ -791,11 +801,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_protocol(client: Client) -> dict:
+    """SPEC §5: bkctl refuses a daemon with another protocol, saying which side to upgrade."""
     info = client.call("daemon.info")
-    if info.get("protocol") != protocol.PROTOCOL_VERSION:
-        raise RemoteError(0, f"bkctl speaks protocol {protocol.PROTOCOL_VERSION} but bkd {info.get('version')} "
-                             f"at {client.path} speaks protocol {info.get('protocol')}: "
-                             "install matching versions of bkctl and bkd")
+    theirs, ours = info.get("protocol"), protocol.PROTOCOL_VERSION
+    if theirs != ours:
+        newer = isinstance(theirs, int) and not isinstance(theirs, bool) and theirs > ours
+        upgrade = (f"upgrade bkctl to bkd's version ({info.get('version')})" if newer else
+                   f"upgrade bkd to bkctl's version ({_client_version()})")
+        raise RemoteError(0, f"bkctl {_client_version()} speaks protocol {ours}, but bkd {info.get('version')} "
+                             f"at {client.path} speaks protocol {theirs}: {upgrade}")
     return info
 
 

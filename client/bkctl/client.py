@@ -5,9 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import time
 from collections import deque
 
 from . import protocol
+
+
+BUSY_RETRIES = (0.1, 0.2, 0.5, 1.0, 2.0)  # seconds before each new try of a call refused with -32006
 
 
 class Unreachable(Exception):
@@ -61,6 +65,19 @@ class Client:
         self.close()
 
     def call(self, method: str, params: dict | None = None) -> dict:
+        """The method's result. A call refused because the method's own
+        concurrency limit is reached (-32006: try again) is tried again a few
+        times, a little later each time, before the error is raised."""
+        for delay in BUSY_RETRIES:
+            try:
+                return self._call_once(method, params)
+            except RemoteError as e:
+                if e.code != protocol.ErrorCode.METHOD_BUSY:
+                    raise
+            time.sleep(delay)
+        return self._call_once(method, params)
+
+    def _call_once(self, method: str, params: dict | None) -> dict:
         request_id = next(self._ids)
         try:
             self._sock.sendall(protocol.encode(protocol.request(method, params, request_id)))

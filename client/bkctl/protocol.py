@@ -10,7 +10,8 @@ import json
 import os
 from enum import IntEnum, StrEnum
 
-PROTOCOL_VERSION = 2  # 2: restores received by the caller, alert episodes, paged snapshot listings
+PROTOCOL_VERSION = 3  # 3: jobs.list pages of summaries (before, next_before, truncated); -32006
+# 2: restores received by the caller, alert episodes, paged snapshot listings
 DEFAULT_SOCKET = "/run/bkd/bkd.sock"
 MAX_LINE = 1024 * 1024  # a request line longer than this is refused
 
@@ -28,6 +29,7 @@ class ErrorCode(IntEnum):
     PERMISSION_DENIED = -32003
     CONFLICT = -32004
     SHUTTING_DOWN = -32005
+    METHOD_BUSY = -32006  # the method's own concurrency limit is reached: try again
 
 
 class Method(StrEnum):

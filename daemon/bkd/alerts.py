@@ -16,6 +16,7 @@ import structlog
 from bkctl.protocol import AlertKind
 
 from . import clock, episodes
+from .errors import Conflict
 from .events import EventBus
 from .store import STORE_ERRORS, Store
 
@@ -24,6 +25,7 @@ log = structlog.get_logger()
 # listener(event, episode): event is opened, resolved or acked; called after the store has it.
 Listener = Callable[[str, dict], Awaitable[None]]
 SENT = ("notified", "reminded", "reminders")  # what an episode has told the sinks
+MAX_SILENCES = 1000  # in force at once; each host and kind (or host, or kind) has at most one
 
 
 class Alerts:
@@ -146,10 +148,18 @@ class Alerts:
 
     async def silence(self, host: str | None, kind: str | None, until: datetime, note: str | None,
                       by: str) -> dict:
-        silence = await self.store.alerts.silence(host, kind, clock.iso(until), note, by, clock.iso(clock.now()))
-        self.silences.append(silence)
-        log.info("alert.silenced", silenced_host=host, kind=kind, until=silence["until"], by=by)
-        self.bus.publish("alert", event="silenced", silence=silence)
+        """Silence host and/or kind until then; a silence of the same host and
+        kind in force is replaced. Conflict when MAX_SILENCES others are in force."""
+        made = await self.store.alerts.silence(host, kind, clock.iso(until), note, by, clock.iso(clock.now()),
+                                               MAX_SILENCES)
+        if made is None:
+            raise Conflict(f"too many silences in force ({MAX_SILENCES}, one per host and kind at most): "
+                           "end some with `bkctl alerts unsilence` first")
+        silence, replaced = made
+        self.silences = [s for s in self.silences if s["id"] not in replaced] + [silence]
+        log.info("alert.silenced", silenced_host=host, kind=kind, until=silence["until"], by=by,
+                 **({"replaced": replaced} if replaced else {}))
+        self.bus.publish("alert", event="silenced", silence=silence, replaced=replaced)
         return silence
 
     async def unsilence(self, host: str | None, kind: str | None, by: str) -> list[int]:

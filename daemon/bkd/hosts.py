@@ -12,6 +12,8 @@ from .pipeline import rsync
 from .runtime import Runtime
 from .selfguard import SelfGuard
 
+TESTS_AT_ONCE = 8  # hosts one hosts.test call tests at once (the method itself runs at most twice at once)
+
 
 class Hosts:
     def __init__(self, runtime: Runtime, guard: SelfGuard):
@@ -19,9 +21,16 @@ class Hosts:
         self.guard = guard
 
     async def test(self, names: list[str]) -> dict[str, dict]:
+        """Test hosts, TESTS_AT_ONCE at a time (each is an ssh and an rsync:
+        descriptors and processes, however many hosts are configured)."""
         config = self.runtime.config
+        at_once = asyncio.Semaphore(TESTS_AT_ONCE)
 
         async def test_one(name: str) -> dict:
+            async with at_once:
+                return await tested(name)
+
+        async def tested(name: str) -> dict:
             settings = config.settings(config.find_host(name))
             started = time.monotonic()
             result = await bkexec.run(rsync.reachability_command(config, settings))

@@ -18,6 +18,7 @@ from .layout import HostDir, SnapshotName
 from .pipeline import archive, damage, manifest
 from .runtime import Runtime
 from .store import Store
+from .supervise import woken
 from .threads import in_own_thread
 
 log = structlog.get_logger()
@@ -137,10 +138,7 @@ class Integrity:
                     due = clock.now() + every
                 soonest = min(soonest, due)
             self.wake.clear()
-            try:
-                await asyncio.wait_for(self.wake.wait(), max(1.0, (soonest - clock.now()).total_seconds()))
-            except asyncio.TimeoutError:
-                pass
+            await woken(self.wake, max(1.0, (soonest - clock.now()).total_seconds()))
 
 
 def _settle(host_dir: HostDir, verified: dict[str, list[dict]], hashed: set[bytes] | None):

@@ -193,11 +193,12 @@ class Jobs:
             return job.record()
         return await self.recorder.store.jobs.get(job_id)
 
-    async def list(self, host: str | None, limit: int) -> list[dict]:
-        """Newest first: what memory holds (running, or not yet stored) over what the store holds."""
-        live = {job_id: job.record() for job_id, job in self.registry.jobs.items()
-                if host is None or host in job.runs}
-        stored = await self.recorder.store.jobs.list(host, limit)
+    async def list(self, host: str | None, limit: int, before: int | None = None) -> list[dict]:
+        """Job summaries, newest first, older than job `before`: what memory
+        holds (running, or not yet stored) over what the store holds."""
+        live = {job_id: job.summary(host) for job_id, job in self.registry.jobs.items()
+                if (host is None or host in job.runs) and (before is None or job_id < before)}
+        stored = await self.recorder.store.jobs.page(host, limit, before)
         merged = {job["job_id"]: job for job in stored} | live
         return [merged[job_id] for job_id in sorted(merged, reverse=True)[:limit]]
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from . import __version__, clock
 from .fsutil import write_atomic
 from .scheduler import is_stale
+from .supervise import woken
 
 if TYPE_CHECKING:
     from .app import Services
@@ -197,10 +198,7 @@ class Textfile:
 
     async def run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self.changed.wait(), HEARTBEAT_EVERY)
-            except TimeoutError:
-                pass
+            await woken(self.changed, HEARTBEAT_EVERY)
             self.changed.clear()
             path = self.s.runtime.config.metrics.textfile
             if path:

@@ -58,10 +58,12 @@ class Receivers:
             expected.report.set_result(report)
 
     async def connection(self, token: str) -> tuple:
-        return await asyncio.wait_for(asyncio.shield(self._expected[token].connection), ATTACH_TIMEOUT)
+        async with asyncio.timeout(ATTACH_TIMEOUT):  # not wait_for: it can swallow a cancel (see supervise.woken)
+            return await asyncio.shield(self._expected[token].connection)
 
     async def reported(self, token: str) -> dict:
-        return await asyncio.wait_for(asyncio.shield(self._expected[token].report), REPORT_TIMEOUT)
+        async with asyncio.timeout(REPORT_TIMEOUT):
+            return await asyncio.shield(self._expected[token].report)
 
     def forget(self, token: str) -> None:
         expected = self._expected.pop(token, None)

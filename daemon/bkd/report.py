@@ -35,6 +35,7 @@ from .layout import TIME_FORMAT, HostDir
 from .notify.sinks import server_name
 from .pipeline.prune import host_plan
 from .scheduler import is_stale
+from .supervise import woken
 
 if TYPE_CHECKING:
     from .app import Services
@@ -238,10 +239,7 @@ class Reporter:
                     await self.send(day, now)
                     continue
             wait = (next_time(now, config.at, config.zone) - now).total_seconds()
-            try:
-                await asyncio.wait_for(self.wake.wait(), min(LOOK_EVERY, max(1.0, wait)))
-            except TimeoutError:
-                pass
+            await woken(self.wake, min(LOOK_EVERY, max(1.0, wait)))
 
     async def send(self, day: str, now: datetime) -> None:
         digest = await gather(self.s, DAILY_PERIOD, now=now)

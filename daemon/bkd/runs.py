@@ -18,6 +18,7 @@ from bkctl.protocol import FINAL_STATUSES, Kind, Status
 from . import clock
 from .errors import Busy, ShuttingDown
 from .plan import LANES, Lane, Request, RunPlan, Stage, Trigger
+from .store.jobs import SUMMARY
 
 
 @dataclass
@@ -96,6 +97,12 @@ class Job:
                 "trigger": str(self.trigger), "dry_run": self.dry_run, "started": clock.iso_ms(self.started),
                 "finished": clock.iso_ms(self.finished),
                 "hosts": [self.runs[host].record(detail) for host in sorted(self.runs)]}
+
+    def summary(self, host: str | None = None) -> dict:
+        """As jobs.list shows it: each run's outcome (only host's, when given)."""
+        record = self.record(detail=False)
+        record["hosts"] = [{k: run[k] for k in SUMMARY} for run in record["hosts"] if host in (None, run["host"])]
+        return record
 
 
 class Registry:

@@ -16,6 +16,7 @@ from bkctl.protocol import Kind
 from . import clock
 from .layout import SnapshotName
 from .plan import LANES, Trigger
+from .supervise import woken
 
 if TYPE_CHECKING:
     from .jobs import Jobs
@@ -98,10 +99,7 @@ class Scheduler:
             self.wake.clear()
             soonest = await self.pass_(clock.now())
             timeout = None if soonest is None else max(0.0, (soonest - clock.now()).total_seconds())
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await woken(self.wake, timeout)
 
     async def pass_(self, now: datetime) -> datetime | None:
         """Start what is due now; return when the next thing falls due."""

@@ -43,6 +43,20 @@ def _faults() -> dict[str, int]:
     return faults
 
 
+async def woken(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until event is set (True) or timeout seconds have passed (False;
+    None waits as long as it takes): how every loop sleeps between passes.
+    Not asyncio.wait_for: before Python 3.12 it swallows a cancellation that
+    comes just as the event is set, and a loop woken by the daemon's last
+    work as it stops would then never end, nor the daemon."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 Incident = Callable[[str, str, BaseException], Awaitable[None]]
 Recovery = Callable[[str], Awaitable[None]]
 

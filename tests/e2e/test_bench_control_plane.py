@@ -12,7 +12,10 @@ ROWS = ("`status` (raw socket)", "`metrics` (raw socket)", "`snapshots.list` HOS
         "`jobs.list` limit 50", "`jobs.list` HOST, limit 50", "`python -c pass`", "`bkctl status` wall time",
         "`bkctl snapshots HOST` wall time", "`bkctl jobs --limit 50` wall time", "daemon RSS, idle",
         "round of 10 hosts, textfile off", "round of 10 hosts, textfile on", "`jobs.list` limit 50 after the rounds",
-        "prune of a host with 1,000 snapshots")
+        "prune of a host with 1,000 snapshots", "`status` during attack: none",
+        "`status` during attack: 4 connections pipelining `daemon.info`, unread",
+        "scheduled slot delay during attack: 200 pipelined `jobs.list` limit 10000, unread",
+        "scheduled slot delay during attack: 4 connections pipelining `jobs.list` limit 1000, read")
 
 
 def test_the_control_plane_benchmark_runs_in_quick_mode_and_prints_its_table(tmp_path):

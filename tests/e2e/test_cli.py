@@ -98,7 +98,8 @@ def test_a_protocol_mismatch_is_named_clearly(daemon_factory):
               f"sys.exit(cli.main(['--socket', {str(daemon.socket)!r}, 'status']))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert "bkctl speaks protocol 99 but bkd" in result.stderr and f"speaks protocol {protocol.PROTOCOL_VERSION}" in result.stderr
+    assert "speaks protocol 99, but bkd" in result.stderr
+    assert f"speaks protocol {protocol.PROTOCOL_VERSION}: upgrade bkd to bkctl's version" in result.stderr
 
 
 def test_json_output_of_schedule_prune_and_cancel(tmp_path, daemon_factory):

@@ -42,7 +42,7 @@ def test_dry_run_writes_nothing_and_reports_what_would_change(tmp_path, daemon_f
     daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
     result = daemon.bkctl("run", "--dry-run", "--wait")
     assert result.returncode == 0, result.stdout + result.stderr
-    job = daemon.call("jobs.list")["jobs"][0]
+    job = daemon.call("job.get", job_id=daemon.call("jobs.list")["jobs"][0]["job_id"])["job"]
     assert job["dry_run"] and job["hosts"][0]["stats"]["changed_files"] == 7
     assert not (daemon.workdir / "backup" / "web1").exists()
     assert daemon.call("status")["hosts"]["web1"]["last_result"] is None  # a dry run is not a result

@@ -114,7 +114,8 @@ def test_every_method_for_every_role_and_what_a_viewer_sees(tmp_path, short_tmp,
             remote_restore = {role: users.calls(who[role], daemon.socket, [("restore", remote)])[0]
                               for role in ("admin", "restorer")}  # refused before bkd contacts the host
             viewer_job = users.calls(who["viewer"], daemon.socket, [("job.get", {"job_id": 5})])[0]
-            admin_jobs = json.dumps(daemon.call("jobs.list", limit=50))
+            admin_jobs = json.dumps([daemon.call("job.get", job_id=job["job_id"])  # details: job.get only
+                                     for job in daemon.call("jobs.list", limit=50)["jobs"]])
         finally:
             daemon.stop()
             events, _ = watch.communicate(timeout=30)

@@ -49,7 +49,7 @@ def database_size(daemon) -> int:
 
 
 def scheduled_runs(daemon, after: int) -> list[dict]:
-    jobs = daemon.call("jobs.list", limit=10000)["jobs"]
+    jobs = daemon.call("jobs.list", limit=1000)["jobs"]
     return [job for job in jobs if job["job_id"] > after and job["trigger"] == "schedule"]
 
 
@@ -71,7 +71,7 @@ def test_a_flooding_viewer_stops_no_backup_and_grows_no_database(tmp_path, daemo
             daemon.start()
         short_tmp.chmod(0o711)
         os.chown(daemon.socket, -1, int(subprocess.check_output(["getent", "group", group]).split(b":")[2]))
-        first_job = max(job["job_id"] for job in daemon.call("jobs.list", limit=10000)["jobs"])
+        first_job = max(job["job_id"] for job in daemon.call("jobs.list", limit=1000)["jobs"])
         poller = subprocess.Popen(["setpriv", f"--reuid={other}", f"--regid={other}", "--init-groups", "--",
                                    sys.executable, "-c", POLL_STATUS, str(daemon.socket)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -96,6 +96,7 @@ def test_defaults_are_filled_in():
     assert config.history.keep == timedelta(days=400)
     assert (config.rpc.max_connections, config.rpc.max_connections_per_uid) == (256, 32)
     assert config.rpc.idle_timeout == timedelta(minutes=10)
+    assert (config.rpc.max_in_flight, config.rpc.unread_grace) == (8, timedelta(seconds=30))
     alerts = config.alerts
     assert (alerts.failures_before_alert, alerts.hung_after, alerts.disk_free_percent,
             alerts.disk_full_days, alerts.remind_every) == (1, None, 10, 14, timedelta(days=1))
@@ -198,7 +199,7 @@ def test_every_numeric_key_has_a_range():
     keys = {".".join(k) for k, _, _ in RANGES}
     assert keys == {
         "max_parallel_hosts", "max_parallel_heavy", "rpc.max_connections", "rpc.max_connections_per_uid",
-        "schedule.monthly_day", "schedule.stale_factor", "retention.hourly_hours", "retention.daily_days",
+        "rpc.max_in_flight", "schedule.monthly_day", "schedule.stale_factor", "retention.hourly_hours", "retention.daily_days",
         "retention.monthly_months", "archive.level", "archive.keep_days", "monthly.keep_months",
         "verify.sample_percent", "alerts.failures_before_alert", "alerts.disk_free_percent",
         "alerts.disk_full_days", "notify.smtp_port",
@@ -242,7 +243,7 @@ DURATIONS = list(_duration_fields())
 
 def test_the_duration_keys_are_found():
     assert {".".join(k) for k in DURATIONS} == {
-        "history.keep", "rpc.idle_timeout", "schedule.snapshot_every", "schedule.archive_every",
+        "history.keep", "rpc.idle_timeout", "rpc.unread_grace", "schedule.snapshot_every", "schedule.archive_every",
         "rsync.timeout", "verify.every", "alerts.hung_after", "alerts.remind_every", "alerts.retry_after",
         "heartbeat.every"}
 

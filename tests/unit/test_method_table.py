@@ -24,3 +24,28 @@ def test_the_fleet_methods_are_for_viewers():
     table = method_table(Api(None))
     for name in ("report", "metrics", "daemon.info"):
         assert (table[name].role, table[name].mutating) == ("viewer", False), name
+
+
+def test_every_limit_above_its_cap_is_clamped_and_marked_not_refused():
+    """SPEC §5: a `limit` above a method's cap is clamped and the result says
+    `truncated: true` (the server adds it for every method with a cap)."""
+    table = method_table(Api(None))
+    caps = {name: method.params.caps() for name, method in table.items() if method.params.caps()}
+    assert caps == {"jobs.list": {"limit": 1000}, "snapshots.list": {"limit": 1_000_000},
+                    "snapshots.browse": {"limit": 100_000}, "audit.list": {"limit": 10_000}}
+    for name, fields in caps.items():
+        required = {"host": "web1"} if "host" in table[name].params.model_fields and \
+            table[name].params.model_fields["host"].is_required() else {}
+        for field, cap in fields.items():
+            params = table[name].params.model_validate({**required, field: cap * 10})
+            assert (getattr(params, field), params.clamped) == (cap, True), name
+            params = table[name].params.model_validate({**required, field: cap})
+            assert (getattr(params, field), params.clamped) == (cap, False), name
+    assert table["jobs.list"].params.model_validate({}).limit == 50
+
+
+def test_the_per_method_limits_are_the_ones_docs_design_md_gives():
+    import doctables
+    documented = {row[0]: int(row[1]) for row in doctables.table("design.md", "**Per method.**")}
+    table = method_table(Api(None))
+    assert documented == {name: m.concurrency for name, m in table.items() if m.concurrency is not None}

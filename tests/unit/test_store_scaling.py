@@ -65,8 +65,11 @@ async def costs(store: Store, hours: int) -> dict[str, int]:
     newest = {host: (START + timedelta(hours=hours - 1, minutes=i)).strftime("%Y-%m-%d_%H%M%S")
               for i, host in enumerate(HOSTS)}
     work = {
-        "jobs.list": lambda: store.jobs.list(None, 50),
-        "jobs.list host": lambda: store.jobs.list("web2", 50),
+        "jobs.list": lambda: store.jobs.page(None, 50),
+        "jobs.list host": lambda: store.jobs.page("web2", 50),
+        "jobs.list, a page deep in the history": lambda: store.jobs.page(None, 50, before=hours * len(HOSTS) // 2),
+        "jobs.list host, a page deep in the history": lambda: store.jobs.page("web2", 50,
+                                                                             before=hours * len(HOSTS) // 2),
         "history pass, nothing old enough": lambda: store.jobs.prune_before("2000-01-01T00:00:00.000Z"),
         "unfinished runs at start": store.jobs.mark_interrupted,
         "metrics: newest snapshots' stats": lambda: store.snapshots.stats_of_many(list(newest.items())),
@@ -188,5 +191,30 @@ async def test_a_save_that_fails_is_written_whole_by_the_next_one(tmp_path):
         hosts = (await store.jobs.get(7))["hosts"]
         assert [(h["status"], h["stage"]) for h in hosts] == [("running", "snapshot"), ("ok", None), ("queued", None)]
         assert [(c["host"], c["count"]) for c in await store.jobs.run_counts()] == [("h001", 1)]
+    finally:
+        await store.close()
+
+
+async def test_a_page_of_jobs_is_summaries_newest_first_before_a_job_and_of_one_host(tmp_path):
+    store = await Store.open(tmp_path / "bkd.sqlite")
+    try:
+        await fill(store, 4)  # jobs 1..12, one host each: web1, web2, db1, web1, ...
+        page = await store.jobs.page(None, 5)
+        assert [job["job_id"] for job in page] == [12, 11, 10, 9, 8]
+        assert page[0]["hosts"] == [{"host": "db1", "status": "ok", "snapshot": page[0]["hosts"][0]["snapshot"],
+                                     "error": None}]
+        assert set(page[0]) == {"job_id", "kind", "status", "trigger", "dry_run", "started", "finished", "hosts"}
+        assert [job["job_id"] for job in await store.jobs.page(None, 5, before=8)] == [7, 6, 5, 4, 3]
+        assert [job["job_id"] for job in await store.jobs.page(None, 5, before=3)] == [2, 1]
+        web2 = await store.jobs.page("web2", 2, before=11)
+        assert [(job["job_id"], [run["host"] for run in job["hosts"]]) for job in web2] == [(8, ["web2"]),
+                                                                                          (5, ["web2"])]
+        assert web2[0]["status"] == "ok" and web2[0]["dry_run"] is False
+        wide = {**many_hosts_job(30), "job_id": 13}
+        await store.jobs.save(wide)
+        (newest,) = await store.jobs.page(None, 1)
+        assert [run["host"] for run in newest["hosts"]] == [f"h{i:03d}" for i in range(30)]
+        assert [job["job_id"] for job in await store.jobs.page(None, 3, before=14)] == [13, 12, 11]
+        assert len((await store.jobs.page(None, 3))[0]["hosts"]) == 30
     finally:
         await store.close()

@@ -361,6 +361,8 @@ class Rpc(Section):
     max_connections: ranged(int, 1, 65536) = 256
     max_connections_per_uid: ranged(int, 1, 65536) = 32
     idle_timeout: Duration = timedelta(minutes=10)
+    max_in_flight: ranged(int, 1, 1024) = 8  # requests of one connection answered at once; more wait unread
+    unread_grace: Duration = timedelta(seconds=30)  # output left unread this long closes the connection
 
 
 class Schedule(Section):

@@ -33,6 +33,7 @@ from ..config.models import EmailSink, WebhookSink
 from ..errors import NotFound
 from ..runtime import Runtime
 from ..store import STORE_ERRORS, Store
+from ..supervise import woken
 from . import sinks as sinkmod
 from .sinks import Notification, Outcome
 
@@ -163,11 +164,7 @@ class Notifier:
         while True:
             self.wake_reminders.clear()
             await self.reminders_pass(clock.now())
-            try:
-                await asyncio.wait_for(self.wake_reminders.wait(),
-                                       reminder_period(self.runtime.config.alerts.remind_every))
-            except TimeoutError:
-                pass
+            await woken(self.wake_reminders, reminder_period(self.runtime.config.alerts.remind_every))
 
     # ---- delivering ---------------------------------------------------------------
 
@@ -182,10 +179,7 @@ class Notifier:
                 if self.unsaved:
                     wait = min(wait, 5.0)
                 await self._prune()
-                try:
-                    await asyncio.wait_for(self.wake_outbox.wait(), wait)
-                except TimeoutError:
-                    pass
+                await woken(self.wake_outbox, wait)
         finally:
             for task in tasks:
                 task.cancel()

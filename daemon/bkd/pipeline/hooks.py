@@ -25,10 +25,10 @@ async def run_hook(which: str, command: str, timeout: float, env: dict[str, str]
 
     log.info("hook.start", hook=which, command=command)
     try:
-        result = await asyncio.wait_for(
-            bkexec.run(["/bin/sh", "-c", command], on_stdout=output, on_stderr=output,
-                       env={**os.environ, **env}), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel (see supervise.woken)
+            result = await bkexec.run(["/bin/sh", "-c", command], on_stdout=output, on_stderr=output,
+                                      env={**os.environ, **env})
+    except TimeoutError:
         raise HookFailed(f"{which} hook timed out after {int(timeout)}s") from None
     if result.returncode != 0:
         last = f": {result.stderr_tail[-1]}" if result.stderr_tail else ""

@@ -17,6 +17,7 @@ from ..config.models import Retention
 from ..fsutil import fsync_dir, make_private_dir
 from ..layout import HostDir
 from ..retention import Decision, plan
+from ..supervise import woken
 
 log = structlog.get_logger()
 
@@ -98,7 +99,4 @@ class TrashCollector:
             self.queue = await asyncio.to_thread(self.scan)
             if set(attempted) <= set(self.queue):
                 # Nothing would delete: retry later, not in a busy loop.
-                try:
-                    await asyncio.wait_for(self.wake.wait(), 300)
-                except asyncio.TimeoutError:
-                    pass
+                await woken(self.wake, 300)

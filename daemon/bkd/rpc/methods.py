@@ -6,6 +6,7 @@ by the host-name rule, paths as file names, ids within SQLite's range."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import structlog
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
@@ -50,8 +51,40 @@ Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 KindOfAlert = Literal[tuple(AlertKind)]  # strict params take the wire's string, not an enum instance
 
 
+@dataclass(frozen=True)
+class Cap:
+    """A limit's cap: a larger value is clamped to it, and the result says
+    `truncated: true` (SPEC §5) — the cost of one call stays bounded."""
+
+    value: int
+
+
+def capped(cap: int, kind=int):
+    return Annotated[kind, Field(ge=1), Cap(cap)]
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+    _clamped: bool = PrivateAttr(False)
+
+    @model_validator(mode="after")
+    def _clamp(self):
+        for name, cap in self.caps().items():
+            if (value := getattr(self, name)) is not None and value > cap:
+                setattr(self, name, cap)
+                self._clamped = True
+        return self
+
+    @classmethod
+    @functools.cache
+    def caps(cls) -> dict[str, int]:
+        """field → cap, for each capped limit."""
+        return {name: meta.value for name, field in cls.model_fields.items()
+                for meta in field.metadata if isinstance(meta, Cap)}
+
+    @property
+    def clamped(self) -> bool:
+        return self._clamped
 
 
 class NoParams(Params):
@@ -81,12 +114,13 @@ class JobGet(Params):
 
 class JobsList(Params):
     host: Optional[HostName] = None
-    limit: int = Field(20, ge=1, le=10000)
+    limit: capped(1000) = 50
+    before: Optional[Id] = None  # a job_id: the page of older jobs after it
 
 
 class SnapshotsList(Params):
     host: HostName
-    limit: Optional[int] = Field(None, ge=1, le=1_000_000)
+    limit: capped(1_000_000, Optional[int]) = None  # more than retention can ever keep
     before: Optional[str] = Field(None, max_length=64)
 
 
@@ -95,7 +129,7 @@ class SnapshotsBrowse(Params):
     snapshot: Optional[str] = Field(None, max_length=64)
     path: FsPath = "/"
     offset: int = Field(0, ge=0, le=MAX_ID)
-    limit: int = Field(browse.DEFAULT_PAGE, ge=1, le=100_000)
+    limit: capped(100_000) = browse.DEFAULT_PAGE
 
 
 class SnapshotsHistory(Params):
@@ -140,7 +174,7 @@ class Verify(Params):
 
 
 class AuditList(Params):
-    limit: int = Field(50, ge=1, le=100_000)
+    limit: capped(10_000) = 50  # an entry keeps at most about 1 KiB of params
     verify: bool = False
 
 
@@ -219,6 +253,7 @@ class Method:
     streams: bool = False  # the handler returns (result, start the stream)
     mutating: bool = False  # changes something: every call goes to the audit log
     takes_over: bool = False  # after the answer, handler's second value gets the raw connection
+    concurrency: int | None = None  # calls answered at once, from every connection; more get -32006
 
 
 def _outside_state(config, dest: str) -> None:
@@ -278,7 +313,9 @@ class Api:
         return {"job": _public(job, call)}
 
     async def jobs_list(self, p: JobsList, call: Call) -> dict:
-        return {"jobs": [_public(job, call) for job in await self.s.jobs.list(p.host, p.limit)]}
+        """Summaries, the same for every role: no statistics, no detail (job.get has them)."""
+        jobs = await self.s.jobs.list(p.host, p.limit, p.before)
+        return {"jobs": jobs, "next_before": jobs[-1]["job_id"] if len(jobs) == p.limit else None}
 
     async def snapshots_list(self, p: SnapshotsList, call: Call) -> dict:
         config = self.s.runtime.config
@@ -309,7 +346,7 @@ class Api:
         await asyncio.to_thread(browse.lookup, root, p.path)
         parts = browse.components(p.path)
         remote = restore.check_destination(p.dest)
-        if remote and not access.may_restore_remotely(call.uid, call.gid, call.pid, config.access):
+        if remote and not access.may_restore_remotely(call.who, config.access):
             raise Denied(f"permission denied: a restore to host:path writes with the daemon's own SSH identity; "
                          f"it needs root or a group in [access] remote_restorers, and {call.user} (uid {call.uid}) "
                          "is in none")
@@ -485,24 +522,24 @@ def method_table(api: Api) -> dict[str, Method]:
         M.JOBS_LIST: Method(JobsList, api.jobs_list, "viewer"),
         M.SNAPSHOTS_LIST: Method(SnapshotsList, api.snapshots_list, "viewer"),
         M.SNAPSHOTS_BROWSE: Method(SnapshotsBrowse, api.snapshots_browse, "admin"),
-        M.SNAPSHOTS_HISTORY: Method(SnapshotsHistory, api.snapshots_history, "admin"),
+        M.SNAPSHOTS_HISTORY: Method(SnapshotsHistory, api.snapshots_history, "admin", concurrency=2),
         M.SCHEDULE_LIST: Method(NoParams, api.schedule_list, "viewer"),
-        M.PRUNE: Method(Prune, api.prune, "admin", mutating=True),
+        M.PRUNE: Method(Prune, api.prune, "admin", mutating=True, concurrency=2),
         M.RESTORE: Method(Restore, api.restore, "admin", mutating=True),
         M.RESTORE_STREAM: Method(RestoreStream, api.restore_stream, "admin", takes_over=True),
         M.RESTORE_FINISH: Method(RestoreFinish, api.restore_finish, "admin"),
-        M.VERIFY: Method(Verify, api.verify, "operator"),
+        M.VERIFY: Method(Verify, api.verify, "operator", concurrency=2),
         M.ALERTS_LIST: Method(AlertsList, api.alerts_list, "viewer"),
         M.ALERTS_ACK: Method(AlertsAck, api.alerts_ack, "operator", mutating=True),
         M.ALERTS_SILENCE: Method(AlertsSilence, api.alerts_silence, "operator", mutating=True),
         M.ALERTS_UNSILENCE: Method(AlertsUnsilence, api.alerts_unsilence, "operator", mutating=True),
         M.NOTIFY_STATUS: Method(NoParams, api.notify_status, "viewer"),
-        M.NOTIFY_TEST: Method(NotifyTest, api.notify_test, "operator", mutating=True),
-        M.REPORT: Method(Report, api.report, "viewer"),
-        M.AUDIT_LIST: Method(AuditList, api.audit_list, "admin"),
+        M.NOTIFY_TEST: Method(NotifyTest, api.notify_test, "operator", mutating=True, concurrency=1),
+        M.REPORT: Method(Report, api.report, "viewer", concurrency=4),
+        M.AUDIT_LIST: Method(AuditList, api.audit_list, "admin", concurrency=2),
         M.METRICS: Method(NoParams, api.metrics, "viewer"),
         M.HOSTS_LIST: Method(NoParams, api.hosts_list, "viewer"),
-        M.HOSTS_TEST: Method(HostsTest, api.hosts_test, "operator"),
+        M.HOSTS_TEST: Method(HostsTest, api.hosts_test, "operator", concurrency=2),
         M.CONFIG_RELOAD: Method(NoParams, api.config_reload, "admin", mutating=True),
         M.EVENTS_SUBSCRIBE: Method(EventsSubscribe, api.events_subscribe, "viewer", streams=True),
     }

@@ -4,13 +4,19 @@ Each request runs as its own task, so a slow call never blocks a fast one on
 the same connection; a client that sends garbage or stops reading only ever
 hurts its own connection.
 
+Who calls is taken once, when the connection is accepted, from the socket
+(access.identity_of); the role is [access]'s for those groups at each call.
+
 No client can starve the daemon: connections are capped per uid and in
 total (`[rpc]`), and the total never exceeds what the descriptor limit
 leaves after a reserve for the backup path; one over the cap is answered
-with one error line and closed at once. A connection with no request in
-flight and no subscription is closed after `idle_timeout`. Bursts of the
-same refusal are coalesced: one audit entry (or log line) per uid and
-method per minute, with a count.
+with one error line and closed at once. One connection has at most
+`max_in_flight` requests being answered (then it is not read), and one
+that leaves its output unread for `unread_grace` is cut off; one with no
+request in flight and no subscription is closed after `idle_timeout`.
+Expensive methods have a concurrency limit of their own (-32006 beyond
+it). Bursts of the same refusal are coalesced: one audit entry (or log
+line) per uid and method per minute, with a count.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import re
 import resource
 import socket
 import stat
-import struct
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +43,7 @@ from pydantic import ValidationError
 from bkctl import protocol
 from bkctl.protocol import ErrorCode
 from .. import access, clock
+from ..access import Identity
 from ..bursts import Burst, Bursts
 from ..config.models import Access, Rpc
 from ..errors import Busy, Conflict, Denied, DomainError, InvalidArgument, NotFound, ShuttingDown
@@ -45,9 +51,7 @@ from .methods import Method
 
 log = structlog.get_logger()
 
-WRITE_TIMEOUT = 30.0  # a client that does not read its answers for this long is dropped
-DROP_GRACE = 30.0  # seconds a dropped client gets to read what is buffered and its last notice
-STOP_GRACE = 2.0  # the same when the daemon stops
+STOP_GRACE = 2.0  # seconds a client gets to read what is buffered when the daemon stops
 RESERVED_FDS = 256  # descriptors the backup path keeps (rsync and ssh pipes, hooks, SQLite, manifest walks)
 MIN_CONNECTIONS = 16  # even under a tiny descriptor limit, an admin can still connect
 PRIVILEGED_EXTRA = 8  # connections root and the daemon's own uid get beyond the total cap
@@ -55,6 +59,8 @@ ACCEPT_RETRY = 1.0  # seconds to wait when accept() finds no descriptor free
 BURST_WINDOW = 60.0  # seconds: one audit entry or log line per uid and method (or reason) per window
 AUDIT_PARAMS_MAX = 1024  # bytes of params JSON an audit entry keeps; longer ones are kept as a digest
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# Refusals audited once a minute per uid and method, with a count.
+COALESCED = {ErrorCode.PERMISSION_DENIED: "permission denied", ErrorCode.METHOD_BUSY: "busy"}
 
 
 # The one table from domain errors to wire codes.
@@ -69,44 +75,56 @@ WIRE_CODES: dict[type[DomainError], ErrorCode] = {
 
 
 @dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-
-
-@dataclass(frozen=True)
 class Call:
-    """Who is calling, as a handler sees it."""
+    """Who is calling, as a handler sees it: the identity taken when the
+    connection was accepted, and the role [access] gives it now."""
 
-    uid: int
-    gid: int
-    pid: int
+    who: Identity
     user: str
     role: str
     conn: "Connection"
 
+    @property
+    def uid(self) -> int:
+        return self.who.uid
 
-def peer_of(sock: socket.socket) -> Peer:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return Peer(*struct.unpack("3i", creds))
+    @property
+    def pid(self) -> int:
+        return self.who.pid
 
 
 class Connection:
     """One client connection: serialised writes, the requests in flight, the
     event streams it owns, and the idle timer that closes it when it has
-    neither."""
+    neither. Two limits keep what one client costs bounded ([rpc]): at most
+    `max_in_flight` requests are answered at once — beyond that the
+    connection is not read until answers are taken — and output left unread
+    for `unread_grace` (an answer, an event, a last notice) cuts it off."""
 
-    def __init__(self, writer: asyncio.StreamWriter, peer: Peer, idle_timeout: Callable[[], float] | None = None):
+    def __init__(self, writer: asyncio.StreamWriter, peer: Identity, limits: Callable[[], Rpc] = Rpc,
+                 on_cut_off: Callable[[Connection, str], None] = lambda conn, why: None):
         self.writer = writer
         self.peer = peer
+        self.limits = limits  # the current [rpc] section: a reload applies to open connections
         self.requests: set[asyncio.Task] = set()
+        self._room = asyncio.Event()  # set while fewer than max_in_flight requests are in flight
+        self._room.set()
         self._write_lock = asyncio.Lock()
         self._streams: set[asyncio.Task] = set()
         self._on_close: list[Callable[[], None]] = []
-        self._idle_timeout = idle_timeout
+        self._on_cut_off = on_cut_off
+        self._watch_idle = True
         self._idle: asyncio.TimerHandle | None = None
         self.settle()
+
+    def unread_grace(self) -> float:
+        return self.limits().unread_grace.total_seconds()
+
+    async def room(self) -> None:
+        """Until fewer than max_in_flight requests are being answered: the
+        reader waits here, so a client that sends faster than it reads fills
+        its own socket, not the daemon's memory."""
+        await self._room.wait()
 
     def track(self, request: asyncio.Task) -> None:
         self.requests.add(request)
@@ -118,29 +136,56 @@ class Connection:
         self.settle()
 
     def settle(self) -> None:
-        """(Re)start the idle timer when nothing is in flight and nothing streams; else stop it."""
+        """Open or close the reader's door, and (re)start the idle timer when
+        nothing is in flight and nothing streams; else stop it."""
+        if len(self.requests) < self.limits().max_in_flight:
+            self._room.set()
+        else:
+            self._room.clear()
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        if self._idle_timeout and not self.requests and not self._streams and not self.writer.is_closing():
-            self._idle = asyncio.get_running_loop().call_later(self._idle_timeout(), self.close_within, DROP_GRACE)
+        if self._watch_idle and not self.requests and not self._streams and not self.writer.is_closing():
+            self._idle = asyncio.get_running_loop().call_later(self.limits().idle_timeout.total_seconds(),
+                                                               self.close_within)
 
-    def close_within(self, grace: float) -> None:
-        """Close once the client has read what is buffered; one that never
-        does is cut off after grace, or it would hold its slot (and a stop)."""
+    def close_within(self, grace: float | None = None) -> None:
+        """Close once the client has read what is buffered; one that does not
+        within grace (default unread_grace) is cut off, or it would hold its
+        slot (and a stop)."""
         with contextlib.suppress(Exception):
             self.writer.close()
-        asyncio.get_running_loop().call_later(grace, self.writer.transport.abort)
+        asyncio.get_running_loop().call_later(self.unread_grace() if grace is None else grace,
+                                              self.writer.transport.abort)
 
     def detach(self) -> None:
         """The connection ends, or is handed over (restore.stream): no idle timer any more."""
-        self._idle_timeout = None
+        self._watch_idle = False
         self.settle()
 
     async def send(self, message: dict) -> None:
+        await self.write(protocol.encode(message))
+
+    async def write(self, data: bytes) -> None:
+        """Write data (whole messages); ConnectionError once the connection is
+        closing, or when the client has left output unread for unread_grace
+        (it is then cut off)."""
         async with self._write_lock:
-            self.writer.write(protocol.encode(message))
-            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
+            if self.writer.transport.is_closing():
+                raise ConnectionResetError("the connection is closing")
+            self.writer.write(data)
+            grace = self.unread_grace()
+            try:
+                async with asyncio.timeout(grace):
+                    await self.writer.drain()
+            except TimeoutError:
+                self.cut_off(f"left its output unread for {grace:g} s (unread_grace)")
+                raise ConnectionResetError("cut off: output unread") from None
+
+    def cut_off(self, why: str) -> None:
+        self.close_streams()
+        self.writer.transport.abort()
+        self._on_cut_off(self, why)
 
     def stream(self, coroutine, on_close: Callable[[], None]) -> None:
         """Run coroutine (an event pump) for as long as the connection lives."""
@@ -163,11 +208,11 @@ class Connection:
 
     def drop(self, notice: dict) -> None:
         """Give up on a client: queue a last message and close once it is read;
-        a client that reads nothing more is cut off after DROP_GRACE."""
+        a client that reads nothing more is cut off after unread_grace."""
         self.close_streams()
         with contextlib.suppress(Exception):
             self.writer.write(protocol.encode(notice))
-        self.close_within(DROP_GRACE)
+        self.close_within()
 
     def close_streams(self) -> None:
         for task in list(self._streams):
@@ -265,6 +310,7 @@ class RpcServer:
         self._open: dict[int, int] = {}  # connections per uid
         self._writes: set[asyncio.Task] = set()  # audit entries being written
         self._denials = Bursts(BURST_WINDOW, self._denials_summary)
+        self._running: dict[str, int] = {}  # calls being answered, per method with a concurrency limit
         self._refusals = Bursts(BURST_WINDOW, self._refusals_summary)
 
     async def start(self, sock: socket.socket | None = None) -> None:
@@ -340,7 +386,7 @@ class RpcServer:
 
     def _admit(self, sock: socket.socket) -> None:
         try:
-            peer = peer_of(sock)
+            peer = access.identity_of(sock)  # once, here: never looked up again (SPEC §5)
         except OSError:
             sock.close()
             return
@@ -362,11 +408,14 @@ class RpcServer:
         if what == "accept":
             log.error("rpc.accept_failed", error=os.strerror(detail), repeated=burst.count,
                       first=clock.iso(burst.first), last=clock.iso(burst.last))
+        elif what == "cut_off":
+            log.warning("rpc.clients_cut_off", uid=detail, count=burst.count, reason=burst.data,
+                        first=clock.iso(burst.first), last=clock.iso(burst.last))
         else:
             log.warning("rpc.connections_refused", uid=detail, count=burst.count, reason=burst.data,
                         first=clock.iso(burst.first), last=clock.iso(burst.last))
 
-    async def _serve_socket(self, sock: socket.socket, peer: Peer) -> None:
+    async def _serve_socket(self, sock: socket.socket, peer: Identity) -> None:
         try:
             reader, writer = await asyncio.open_unix_connection(sock=sock, limit=protocol.MAX_LINE + 1)
         except BaseException:
@@ -383,15 +432,19 @@ class RpcServer:
         if not self._open[uid]:
             del self._open[uid]
 
-    def _idle_timeout(self) -> float:
-        return self.limits().idle_timeout.total_seconds()
+    def _cut_off(self, conn: Connection, why: str) -> None:
+        if self._refusals.hit(("cut_off", conn.peer.uid), why):
+            log.warning("rpc.client_cut_off", uid=conn.peer.uid, pid=conn.peer.pid, reason=why)
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                peer: Peer) -> None:
-        conn = Connection(writer, peer, self._idle_timeout)
+                                peer: Identity) -> None:
+        conn = Connection(writer, peer, self.limits, self._cut_off)
         handed_over = False
         try:
             while True:
+                await conn.room()
+                if writer.transport.is_closing():
+                    break  # closed or cut off: what it sent after that is not read, let alone answered
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
@@ -415,7 +468,7 @@ class RpcServer:
                         return
                     continue
                 conn.track(asyncio.create_task(self._answer(line, conn)))
-        except (ConnectionError, asyncio.TimeoutError):
+        except ConnectionError:
             pass
         finally:
             conn.close_streams()
@@ -426,7 +479,7 @@ class RpcServer:
                 await asyncio.gather(*conn.requests, return_exceptions=True)
             conn.detach()
             if not handed_over:
-                conn.close_within(STOP_GRACE if self.closing else DROP_GRACE)
+                conn.close_within(STOP_GRACE if self.closing else None)
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
 
@@ -447,9 +500,11 @@ class RpcServer:
         except Exception:  # a bug in the plumbing still gets an answer, never silence
             response, then = _internal(_request_id(line), "rpc.internal_error"), None
         if response is not None:
+            # An answer waits for its turn as bytes, not as the objects it was made of (several times bigger).
+            data, response = protocol.encode(response), None
             try:
-                await conn.send(response)
-            except (ConnectionError, asyncio.TimeoutError):
+                await conn.write(data)
+            except ConnectionError:
                 return
         if then is not None:
             then()
@@ -487,7 +542,7 @@ class RpcServer:
         if self.closing:
             return _error(request_id, ErrorCode.SHUTTING_DOWN, "the daemon is shutting down"), None
         peer = conn.peer
-        role = access.role_of(peer.uid, peer.gid, peer.pid, self.access())
+        role = access.role_of(peer, self.access())
         if not access.allowed(role, method.role):
             who = f"{access.user_name(peer.uid)} (uid {peer.uid})"
             error = _error(request_id, ErrorCode.PERMISSION_DENIED,
@@ -503,19 +558,30 @@ class RpcServer:
             params = method.params.model_validate(raw_params)
         except ValidationError as e:
             return _error(request_id, ErrorCode.INVALID_PARAMS, _params_error(e)), None
-        call = Call(peer.uid, peer.gid, peer.pid, access.user_name(peer.uid), role, conn)
-        response, then = await self._invoke(method, method_name, params, request_id, call)
+        running = self._running.get(method_name, 0)
+        if method.concurrency is not None and running >= method.concurrency:
+            error = _error(request_id, ErrorCode.METHOD_BUSY,
+                           f"busy: {method_name} is already being answered {running} time(s) at once, its limit; "
+                           "try again shortly", {"limit": method.concurrency})
+            return await self._audited(method, method_name, raw_params, conn, error), None
+        self._running[method_name] = running + 1  # no await since the check: the limit holds
+        try:
+            call = Call(peer, access.user_name(peer.uid), role, conn)
+            response, then = await self._invoke(method, method_name, params, request_id, call)
+        finally:
+            self._running[method_name] -= 1
         return await self._audited(method, method_name, raw_params, conn, response), then
 
     async def _audited(self, method: Method, name: str, params, conn: Connection, response: dict) -> dict:
         """Every call that changes something is written to the audit log, refused
-        ones too: a refusal by role at once the first time in a minute, its
-        repeats in that minute as one entry with their count."""
+        ones too: a refusal (by role, or for the method's own limit) at once the
+        first time in a minute, its repeats in that minute as one entry with
+        their count."""
         if method.mutating:
             error = response.get("error")
             peer = conn.peer
-            if error and error["code"] == ErrorCode.PERMISSION_DENIED:
-                if not self._denials.hit((peer.uid, name), (peer.pid, params)):
+            if error and error["code"] in COALESCED:
+                if not self._denials.hit((peer.uid, name, error["code"]), (peer.pid, params)):
                     return response  # counted: the minute's summary entry records it
             outcome = f"error {error['code']}: {error['message']}" if error else "ok"
             await self._record(peer.uid, peer.pid, name, audit_params(params), outcome)
@@ -528,11 +594,11 @@ class RpcServer:
             log.error("audit.unrecorded", method=name, uid=uid, outcome=outcome, error=str(e))
 
     def _denials_summary(self, key, burst: Burst) -> None:
-        uid, name = key
+        uid, name, code = key
         pid, params = burst.data
         summary = {"repeated": burst.count, "first": clock.iso(burst.first), "last": clock.iso(burst.last),
                    "last_params": audit_params(params)}
-        outcome = (f"error {int(ErrorCode.PERMISSION_DENIED)}: permission denied, {burst.count} more time(s) "
+        outcome = (f"error {int(code)}: {COALESCED[code]}, {burst.count} more time(s) "
                    f"within {int(BURST_WINDOW)} s of the entry before")
         task = asyncio.create_task(self._record(uid, pid, name, summary, outcome))
         self._writes.add(task)
@@ -549,6 +615,8 @@ class RpcServer:
             return _error(request_id, WIRE_CODES[type(e)], e.message, e.data), None
         except Exception:
             return _internal(request_id, "rpc.internal_error", method=method_name, uid=call.uid), None
+        if method.params.caps():  # SPEC §5: a limit above its cap was clamped, and the result says so
+            result["truncated"] = params.clamped or bool(result.get("truncated"))
         return {"jsonrpc": "2.0", "id": request_id, "result": result}, then
 
 

@@ -97,13 +97,26 @@ class AlertStore:
     # ---- silences ---------------------------------------------------------------
 
     async def silence(self, host: str | None, kind: str | None, until: str, note: str | None, by: str,
-                      now: str) -> dict:
+                      now: str, limit: int) -> tuple[dict, list[int]] | None:
+        """A new silence of exactly this host and kind, ending the ones in force
+        (one per host and kind: the new one replaces them). Returns it and the
+        ids it replaced; None when `limit` silences of other host/kind pairs
+        are in force already."""
         async with self.store.transaction() as db:
+            rows = await db.execute_fetchall(
+                "SELECT id, host IS ? AND kind IS ? AS same FROM silences WHERE ended IS NULL AND until > ?",
+                (host, kind, now))
+            replaced = [row["id"] for row in rows if row["same"]]
+            if len(rows) - len(replaced) >= limit:
+                return None
+            if replaced:
+                await db.execute(f"UPDATE silences SET ended=? WHERE id IN ({','.join('?' * len(replaced))})",
+                                 (now, *replaced))
             cursor = await db.execute(
                 "INSERT INTO silences (host, kind, until, note, by, created) VALUES (?, ?, ?, ?, ?, ?)",
                 (host, kind, until, note, by, now))
-        return {"id": cursor.lastrowid, "host": host, "kind": kind, "until": until, "note": note, "by": by,
-                "created": now, "ended": None}
+        return ({"id": cursor.lastrowid, "host": host, "kind": kind, "until": until, "note": note, "by": by,
+                 "created": now, "ended": None}, replaced)
 
     async def unsilence(self, host: str | None, kind: str | None, now: str) -> list[int]:
         """End the active silences naming exactly this host and kind."""

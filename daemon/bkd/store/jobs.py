@@ -18,6 +18,16 @@ _FINAL = tuple(sorted(FINAL_STATUSES))
 
 
 _ROW = ("status", "stage", "started", "finished", "snapshot", "stats", "error", "detail")
+SUMMARY = ("host", "status", "snapshot", "error")  # a run as jobs.list shows it; the rest is in job.get
+MAX_JOB_ID = 2**63 - 1
+
+
+def _job(row) -> dict:
+    job = dict(row)
+    job["dry_run"] = bool(job["dry_run"])
+    for column in ("run_status", "snapshot", "error"):  # the joined run's, when there is one
+        job.pop(column, None)
+    return job
 
 
 class JobStore:
@@ -160,16 +170,31 @@ class JobStore:
         rows = await self.store.fetch("SELECT * FROM jobs WHERE job_id=?", (job_id,))
         return (await self._with_hosts(rows))[0] if rows else None
 
-    async def list(self, host: str | None = None, limit: int = 20) -> list[dict]:
+    async def page(self, host: str | None, limit: int, before: int | None = None) -> list[dict]:
+        """The newest `limit` jobs older than job `before`, newest first, each
+        with its runs' SUMMARY (only host's run, when given): two queries
+        walking indexes backwards, whatever the history holds."""
+        below = MAX_JOB_ID if before is None else before
         if host:
+            # job_hosts_by_host (host, job_id) backwards, each job by its key: no sort, no scan.
             rows = await self.store.fetch(
-                "SELECT jobs.* FROM job_hosts JOIN jobs USING (job_id) WHERE host=? "
-                # job_hosts.job_id, not job_id: walks job_hosts_by_host backwards instead of
-                # sorting every run the host ever had.
-                "ORDER BY job_hosts.job_id DESC LIMIT ?", (host, limit))
-        else:
-            rows = await self.store.fetch("SELECT * FROM jobs ORDER BY job_id DESC LIMIT ?", (limit,))
-        return await self._with_hosts(rows)
+                "SELECT jobs.*, job_hosts.status AS run_status, job_hosts.snapshot, job_hosts.error "
+                "FROM job_hosts JOIN jobs USING (job_id) WHERE host=? AND job_hosts.job_id < ? "
+                "ORDER BY job_hosts.job_id DESC LIMIT ?", (host, below, limit))
+            return [{**_job(row), "hosts": [{"host": host, "status": row["run_status"], "snapshot": row["snapshot"],
+                                             "error": row["error"]}]} for row in rows]
+        rows = await self.store.fetch("SELECT * FROM jobs WHERE job_id < ? ORDER BY job_id DESC LIMIT ?",
+                                      (below, limit))
+        if not rows:
+            return []
+        # The page's jobs are the ones with ids in this range: one range of the (job_id, host) key.
+        runs = await self.store.fetch(
+            f"SELECT job_id, {', '.join(SUMMARY)} FROM job_hosts WHERE job_id BETWEEN ? AND ? ORDER BY job_id, host",
+            (rows[-1]["job_id"], rows[0]["job_id"]))
+        by_job: dict[int, list[dict]] = {}
+        for run in runs:
+            by_job.setdefault(run["job_id"], []).append({k: run[k] for k in SUMMARY})
+        return [{**_job(row), "hosts": by_job.get(row["job_id"], [])} for row in rows]
 
     async def _with_hosts(self, job_rows) -> list[dict]:
         if not job_rows:
@@ -186,10 +211,4 @@ class JobStore:
             record = dict(row)
             record["stats"] = decoded
             by_job.setdefault(record.pop("job_id"), []).append(record)
-        jobs = []
-        for row in job_rows:
-            job = dict(row)
-            job["dry_run"] = bool(job["dry_run"])
-            job["hosts"] = by_job.get(job["job_id"], [])
-            jobs.append(job)
-        return jobs
+        return [{**_job(row), "hosts": by_job.get(row["job_id"], [])} for row in job_rows]
