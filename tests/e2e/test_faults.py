@@ -170,8 +170,18 @@ def test_a_compare_that_fails_stops_the_hardlink_copy_beside_it(tmp_path, daemon
     job = daemon.run_snapshot("web1")
     assert job["status"] == "failed"
     hourly = daemon.workdir / "backup/web1/hourly"
-    copying = lambda: subprocess.run(["pgrep", "-f", r"^cp -al -- .* \.partial-"],  # noqa: E731 (run in hourly/)
-                                     capture_output=True).returncode == 0
+
+    def copying() -> bool:
+        """A cp -al of this daemon's (it runs in hourly/): other tests on the machine may run their own."""
+        found = subprocess.run(["pgrep", "-f", r"^cp -al -- .* \.partial-"], capture_output=True, text=True)
+        for pid in found.stdout.split():
+            try:
+                if os.readlink(f"/proc/{pid}/cwd").startswith(str(daemon.workdir)):
+                    return True
+            except OSError:
+                continue  # ended meanwhile
+        return False
+
     for _ in range(30):  # 3 s: what a copy left running would do meanwhile
         assert not copying(), "cp -al outlived the failed run"
         time.sleep(0.1)
