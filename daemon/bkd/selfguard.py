@@ -63,12 +63,19 @@ def split_source(source: str) -> tuple[str | None, str]:
     return host, path
 
 
-def inside_own(config: Config, path: str) -> Path | None:
-    """The own directory path is in (or is), if any."""
-    target = Path(os.path.normpath(path))
-    for directory in own_dirs(config) + [config.backup_root, config.state_dir]:
-        if target == directory or directory in target.parents:
-            return directory
+def inside_own(config: Config, identities) -> tuple[str, Path] | None:
+    """Which of bkd's own directories (what it is called, its path) one of the
+    directories given as (st_dev, st_ino) is: a restore writing under a
+    directory whose parents include one of them writes inside it, whatever
+    path (a symlink, a bind mount, another mount namespace) led there."""
+    given = {tuple(identity) for identity in identities}
+    for what, directory in (("the backup root", config.backup_root), ("state_dir", config.state_dir)):
+        try:
+            st = os.stat(directory)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in given:
+            return what, directory
     return None
 
 

@@ -44,7 +44,6 @@ def matrix_params(tmp) -> dict[str, dict]:
         "restore": {"host": "web1", "snapshot": "latest", "path": "/dir0", "dest": str(tmp / "nowhere"),
                     "dry_run": True},  # without a receiver: -32602 for those allowed (bkctl receives)
         "restore.stream": {"token": "0" * 32},
-        "restore.finish": {"token": "0" * 32, "returncode": 0, "written": 0},
         "verify": {"host": "web1"},
         "alerts.list": {"all": True},
         "alerts.ack": {"all": True},
