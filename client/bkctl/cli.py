@@ -17,6 +17,7 @@ from .fmt import can_print, colour, number, parse_span, parse_time, progress_tex
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 POLL_SECONDS = 0.5
+RECEIVER_GRACE = 10.0  # seconds a restore's receiver may take to end after its job did
 
 
 class UsageError(Exception):
@@ -404,6 +405,9 @@ def cmd_restore(client: Client, args) -> int:
               f"to {display_name(dest)}", flush=True)
     code = follow_job(client, job_id, args.json)
     if receiving is not None:
+        receiving.join(RECEIVER_GRACE)
+        if receiving.is_alive() and received.get("proc"):  # the restore is over: a receiver still there is stuck
+            received["proc"].kill()
         receiving.join()
         if received.get("returncode") not in (0, 24):  # the receiver is ours: its outcome is ours to tell
             code = EXIT_FAILED
@@ -420,7 +424,8 @@ def _receive(socket_path: str, spec: dict, destination, dry_run: bool, received:
     """Run the receiving rsync on the restore's connection (its outcome is the daemon's sender's to say)."""
     from . import restore
     try:
-        received.update(restore.receive(socket_path, spec, destination, dry_run))
+        received.update(restore.receive(socket_path, spec, destination, dry_run,
+                                        on_start=lambda proc: received.update(proc=proc)))
     except restore.ReceiveFailed as e:
         received.update(returncode=None, error=str(e))
     finally:

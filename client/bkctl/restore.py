@@ -3,10 +3,11 @@
 bkctl looks at DEST as the caller and holds open the directory the restore
 will write under, so that a DEST swapped for something else afterwards is
 not where the data lands. It tells the daemon what it found: which
-directories of DEST/PATH exist, and the identity (device, inode) of the
-directory it writes under and of each of its parents, so that the daemon can
-refuse its own directories by whatever path they are reached (a symlink, a
-bind mount). The daemon's rsync is the sender; bkctl attaches to the
+directories of DEST/PATH exist, the identity (device, inode) of the
+directory it writes under and of each of its parents, and that directory's
+place in its filesystem (mounts.py), so that the daemon can refuse its own
+directories by whatever path they are reached (a symlink, a bind mount of
+them or of a directory inside them). The daemon's rsync is the sender; bkctl attaches to the
 restore (`restore.stream`), gets the receiver's command line and the two
 ends of the sender's connection (SCM_RIGHTS), and runs the receiving
 `rsync --server` on them itself — as the caller, in the caller's mount
@@ -22,9 +23,10 @@ import stat
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import protocol
+from . import mounts, protocol
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 MAX_ANCESTORS = 4096  # the daemon accepts this many (deeper directories cannot be reached by a path anyway)
@@ -51,10 +53,12 @@ class Destination:
     held: int  # DEST itself when it is a directory, else its deepest existing parent
     missing: bytes  # DEST relative to `held` when DEST does not exist yet (b"" when it does)
     ancestors: list[list[int]]
+    location: tuple[int, str] | None  # of the directory written under, in its filesystem (mounts.location)
 
     def receiver(self) -> dict:
         """The `receiver` params of the restore call."""
-        return {"kinds": self.kinds, "dest_empty": self.dest_empty, "ancestors": self.ancestors}
+        where = {"dev": self.location[0], "path": self.location[1]} if self.location else None
+        return {"kinds": self.kinds, "dest_empty": self.dest_empty, "ancestors": self.ancestors, "location": where}
 
     def close(self) -> None:
         os.close(self.held)
@@ -92,14 +96,14 @@ def look(dest: str, parts: list[bytes]) -> Destination:
         held, missing = _deepest_parent(os.fsencode(dest))
         deepest = os.dup(held)
     try:
-        ancestors = _ancestors(deepest)
+        ancestors, location = _ancestors(deepest), mounts.location(deepest)
         empty = kinds[0] != "D" or not os.listdir(held)
     except OSError:
         os.close(held)
         raise
     finally:
         os.close(deepest)
-    return Destination(dest, kinds, empty, held, missing, ancestors)
+    return Destination(dest, kinds, empty, held, missing, ancestors, location)
 
 
 def _walk(fd: int, names: list[bytes]) -> int:
@@ -149,9 +153,10 @@ def _ancestors(fd: int) -> list[list[int]]:
     return chain
 
 
-def receive(socket_path: str, spec: dict, destination: Destination, dry_run: bool) -> dict:
+def receive(socket_path: str, spec: dict, destination: Destination, dry_run: bool,
+            on_start: Callable[[subprocess.Popen], None] = lambda proc: None) -> dict:
     """Attach to the restore, run the receiving rsync on the sender's connection
-    and return how it ended: {returncode, stderr} (returncode None: it never ran)."""
+    and return how it ended: {returncode, stderr}. on_start gets the receiver's process."""
     command, ends = attach(socket_path, spec["token"])
     try:
         workdir, target = _workdir(destination, os.fsencode(spec["into"]))
@@ -162,7 +167,7 @@ def receive(socket_path: str, spec: dict, destination: Destination, dry_run: boo
         raise ReceiveFailed(f"cannot write under {destination.dest}: {reason}") from None
     try:
         before = os.fstat(workdir)  # creating entries changes its mtime: it is put back afterwards
-        outcome = _run(command, target, ends, workdir)
+        outcome = _run(command, target, ends, workdir, on_start)
         if not destination.missing and not dry_run:
             try:
                 os.utime(workdir, ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -189,7 +194,7 @@ def _workdir(destination: Destination, into: bytes) -> tuple[int, str]:
 def attach(socket_path: str, token: str) -> tuple[list[str], list[int]]:
     """The receiver's command line and its two ends of the sender's connection."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    data, fds = b"", []
+    data, fds, answer = b"", [], None
     try:
         sock.connect(socket_path)
         sock.sendall(protocol.encode(protocol.request(protocol.Method.RESTORE_STREAM, {"token": token}, 1)))
@@ -200,25 +205,33 @@ def attach(socket_path: str, token: str) -> tuple[list[str], list[int]]:
             if not chunk:
                 break
             data += chunk
+            if answer is None and b"\n" in data:
+                answer = _json(data.split(b"\n", 1)[0])
+                if "error" in answer:  # refused: the connection stays bkd's to close
+                    raise ReceiveFailed(str(answer["error"].get("message") if isinstance(answer["error"], dict)
+                                            else answer["error"]))
     except OSError as e:
         _close(fds)
         raise ReceiveFailed(f"cannot reach bkd at {socket_path}: {e.strerror or e}") from None
+    except ReceiveFailed:
+        _close(fds)
+        raise
     finally:
         sock.close()
     lines = data.split(b"\n")
-    try:
-        answer = json.loads(lines[0])
-        handoff = json.loads(lines[1]) if len(lines) > 2 else {}
-    except ValueError:
-        answer, handoff = {}, {}
-    command = handoff.get("receiver") if isinstance(handoff, dict) else None
-    if isinstance(answer, dict) and "error" in answer:
-        _close(fds)
-        raise ReceiveFailed(str(answer["error"].get("message")))
+    command = _json(lines[1]).get("receiver") if len(lines) > 2 else None
     if len(fds) != 2 or not _is_receiver(command):
         _close(fds)
         raise ReceiveFailed("bkd ended the restore before its data was sent (see the job)")
     return command, fds
+
+
+def _json(line: bytes) -> dict:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _is_receiver(command) -> bool:
@@ -232,7 +245,8 @@ def _close(fds: list[int]) -> None:
         os.close(fd)
 
 
-def _run(command: list[str], target: str, ends: list[int], workdir: int) -> dict:
+def _run(command: list[str], target: str, ends: list[int], workdir: int,
+         on_start: Callable[[subprocess.Popen], None]) -> dict:
     """`rsync --server … . TARGET` in workdir, on the sender's connection."""
     argv = [*command[:-1], target]  # the daemon's rsync names "." (the receiver's own directory)
     try:
@@ -242,6 +256,7 @@ def _run(command: list[str], target: str, ends: list[int], workdir: int) -> dict
         raise ReceiveFailed(f"cannot run rsync: {e.strerror or e}") from None
     finally:
         _close(ends)
+    on_start(proc)
     stderr: deque[str] = deque(maxlen=STDERR_LINES)
 
     def read_stderr() -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import structlog
 
+from bkctl import mounts
+
 from . import exec as bkexec
 from .config.models import Config, HostSettings
 from .pipeline import rsync
@@ -63,18 +65,24 @@ def split_source(source: str) -> tuple[str | None, str]:
     return host, path
 
 
-def inside_own(config: Config, identities) -> tuple[str, Path] | None:
-    """Which of bkd's own directories (what it is called, its path) one of the
-    directories given as (st_dev, st_ino) is: a restore writing under a
-    directory whose parents include one of them writes inside it, whatever
-    path (a symlink, a bind mount, another mount namespace) led there."""
+def inside_own(config: Config, identities, location: tuple[int, str] | None = None) -> tuple[str, Path] | None:
+    """Which of bkd's own directories (what it is called, its path) a restore
+    writes inside, if any: one of the directories it writes under (given as
+    (st_dev, st_ino), that directory and each of its parents) is one of them,
+    or that directory's place in its filesystem (mounts.location) lies inside
+    one of theirs — whatever path, bind mount or mount namespace led there."""
     given = {tuple(identity) for identity in identities}
     for what, directory in (("the backup root", config.backup_root), ("state_dir", config.state_dir)):
         try:
-            st = os.stat(directory)
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) in given:
+        try:
+            st = os.fstat(fd)
+            own = mounts.location(fd)
+        finally:
+            os.close(fd)
+        if (st.st_dev, st.st_ino) in given or (location and own and mounts.within(location, own)):
             return what, directory
     return None
 

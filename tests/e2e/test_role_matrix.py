@@ -63,19 +63,6 @@ def test_the_matrix_names_every_method(tmp_path):
     assert set(matrix_params(tmp_path)) == set(method_table(Api(None)))
 
 
-@pytest.fixture
-def bind_mount():
-    mounted = []
-
-    def mount(source: str, target) -> None:
-        subprocess.run(["mount", "--bind", source, str(target)], check=True)
-        mounted.append(target)
-
-    yield mount
-    for target in reversed(mounted):
-        subprocess.run(["umount", str(target)], check=True)
-
-
 def test_every_method_for_every_role_and_what_a_viewer_sees(tmp_path, short_tmp, daemon_factory, bind_mount):
     with unix_users() as users:
         sock_group, viewers, operators, admins, restorers = (users.group(s) for s in "svoar")

@@ -91,6 +91,7 @@ class Where:
     # (st_dev, st_ino) of the deepest existing directory along DEST/PATH (above DEST when it does not
     # exist) and of each of its parents up to /: where the restore writes, by whatever path it is reached.
     identities: tuple[tuple[int, int], ...] = ()
+    location: tuple[int, str] | None = None  # that directory's place in its filesystem (bkctl.mounts)
 
     def existing(self) -> int:
         """Leading components of PATH that exist under DEST as directories
@@ -218,14 +219,19 @@ async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable
 # ---- remote DEST ----------------------------------------------------------------------
 
 # For each path: L symlink, "D mtime" directory, F other, N none (and no further); then whether
-# DEST is empty; then "I dev ino" for the deepest existing directory and each of its parents up to /.
+# DEST is empty. Then, for the deepest existing directory (above DEST when it does not exist): its
+# mount ("M maj:min root mount-point", findmnt's escapes) and physical path ("P path"), and
+# "I dev ino" for it and each of its parents up to /.
 _PROBE = r'''for p; do
   if [ -L "$p" ]; then echo L; elif [ -d "$p" ]; then echo "D $(stat -c %.9Y -- "$p")"; d=$p; elif [ -e "$p" ]
   then echo F; else echo N; break; fi
 done
 if [ -d "$1" ] && [ -z "$(ls -A -- "$1")" ]; then echo empty; else echo full; fi
 if [ -z "$d" ]; then d=$1; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done; fi
-cd -P -- "$d" && while :; do stat -c 'I %d %i' .; [ "$(pwd -P)" = / ] && break; cd -P .. || break; done'''
+cd -P -- "$d" || exit 0
+findmnt -n -r -o MAJ:MIN,FSROOT,TARGET -T . | while read -r line; do echo "M $line"; done; echo "P $(pwd -P)"
+while :; do stat -c 'I %d %i' .; [ "$(pwd -P)" = / ] && break; cd -P .. || break; done'''
+_FINDMNT_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
 def _ssh(config: Config, host: str, *command: str) -> list[str]:
@@ -243,7 +249,7 @@ async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
             lines.append(line)
 
     result = await bkexec.run(_ssh(config, host, "sh", "-c", _PROBE, "bkd-probe", *paths), on_stdout=on_stdout)
-    found = [line for line in lines if not line.startswith("I ")]
+    found = [line for line in lines if not line.startswith(("I ", "M ", "P "))]
     if result.returncode != 0 or len(found) < 2:
         raise RestoreFailed(f"cannot look at {dest}: "
                             + rsync.describe_failure(result.returncode, result.stderr_tail).split(": ", 1)[-1])
@@ -255,7 +261,24 @@ async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
         if len(fields) == 3 and fields[0] == "I" and fields[1].isdigit() and fields[2].isdigit():
             identities.append((int(fields[1]), int(fields[2])))
     return Where(tuple(line[0] for line in found), emptiness == "empty",
-                 tuple(line[2:] if line.startswith("D ") else None for line in found), tuple(identities))
+                 tuple(line[2:] if line.startswith("D ") else None for line in found), tuple(identities),
+                 _probed_location(lines))
+
+
+def _probed_location(lines: list[str]) -> tuple[int, str] | None:
+    """The probed directory's place in its filesystem (as bkctl.mounts.location
+    tells it locally), from findmnt's mount line and its physical path."""
+    mount = [line[2:].split(" ") for line in lines if line.startswith("M ")]
+    physical = [line[2:] for line in lines if line.startswith("P ")]
+    if len(mount) != 1 or len(mount[0]) != 3 or len(physical) != 1:
+        return None
+    dev, root, point = mount[0][0], *(os.fsdecode(_FINDMNT_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]),
+                                                                    os.fsencode(f))) for f in mount[0][1:])
+    path = physical[0]
+    major, _, minor = dev.partition(":")
+    if not (major.isdigit() and minor.isdigit()) or not (path == point or path.startswith(point.rstrip("/") + "/")):
+        return None
+    return os.makedev(int(major), int(minor)), os.path.normpath(os.path.join(root, path[len(point):].lstrip("/")))
 
 
 async def restore_remote(config: Config, root: Path, dest: str, source_args: list[bytes], into: bytes,

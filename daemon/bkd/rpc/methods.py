@@ -105,6 +105,11 @@ class SnapshotsHistory(Params):
 Identity = Annotated[list[Annotated[int, Field(ge=0, le=2**64 - 1)]], Field(min_length=2, max_length=2)]  # dev, ino
 
 
+class Location(Params):
+    dev: int = Field(ge=0, le=2**64 - 1)  # the filesystem's device
+    path: FsPath  # inside that filesystem
+
+
 class Receiver(Params):
     """What a caller's bkctl found under DEST (as the caller) before it receives a local restore."""
 
@@ -112,6 +117,7 @@ class Receiver(Params):
     dest_empty: bool
     # (st_dev, st_ino) of the directory the receiver writes under and of each of its parents up to /
     ancestors: list[Identity] = Field(min_length=1, max_length=4096)
+    location: Optional[Location] = None  # that directory's place in its filesystem, when bkctl can tell
 
 
 class Restore(Params):
@@ -219,11 +225,12 @@ class Method:
 
 def _outside_own(config, dest: str, where: restore.Where) -> None:
     """A restore never writes into bkd's own directories, by whatever path
-    (a symlink, a bind mount) DEST reaches them: the directories it writes
-    under are compared with them by device and inode."""
-    if not where.identities:
+    (a symlink, a bind mount of them or of a directory inside them) DEST
+    reaches them: the directory it writes under and its parents are compared
+    with them by device and inode, and by place in their filesystem."""
+    if not where.identities and where.location is None:
         raise InvalidArgument(f"invalid params: dest: cannot tell whether {dest} is inside bkd's own directories")
-    own = selfguard.inside_own(config, where.identities)
+    own = selfguard.inside_own(config, where.identities, where.location)
     if own is not None:
         what, path = own
         raise InvalidArgument(f"invalid params: dest: {dest} is inside {what} ({path}); restore elsewhere")
@@ -326,8 +333,10 @@ class Api:
                                       "(bkctl restore does this)")
             if len(p.receiver.kinds) != len(parts) + 1:
                 raise InvalidArgument("invalid params: receiver.kinds: one per directory of DEST/PATH")
+            location = p.receiver.location
             where = restore.Where(tuple(p.receiver.kinds), p.receiver.dest_empty,
-                                  identities=tuple(map(tuple, p.receiver.ancestors)))
+                                  identities=tuple(map(tuple, p.receiver.ancestors)),
+                                  location=(location.dev, location.path) if location else None)
             _outside_own(config, p.dest, where)
         restore.conflict(where, p.dest, parts, p.overwrite)
         top_level = await asyncio.to_thread(browse.top_level, root) if not parts else []
