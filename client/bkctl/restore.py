@@ -58,7 +58,8 @@ class Destination:
     def receiver(self) -> dict:
         """The `receiver` params of the restore call."""
         where = {"dev": self.location[0], "path": self.location[1]} if self.location else None
-        return {"kinds": self.kinds, "dest_empty": self.dest_empty, "ancestors": self.ancestors, "location": where}
+        return {"kinds": self.kinds, "dest_empty": self.dest_empty, "ancestors": self.ancestors, "location": where,
+                "missing": os.fsdecode(self.missing)}
 
     def close(self) -> None:
         os.close(self.held)
@@ -159,7 +160,7 @@ def receive(socket_path: str, spec: dict, destination: Destination, dry_run: boo
     and return how it ended: {returncode, stderr}. on_start gets the receiver's process."""
     command, ends = attach(socket_path, spec["token"])
     try:
-        workdir, target = _workdir(destination, os.fsencode(spec["into"]))
+        workdir = _workdir(destination, os.fsencode(spec["into"]))
     except (OSError, ReceiveFailed) as e:
         for fd in ends:
             os.close(fd)  # the sender sees the connection end at once
@@ -167,7 +168,7 @@ def receive(socket_path: str, spec: dict, destination: Destination, dry_run: boo
         raise ReceiveFailed(f"cannot write under {destination.dest}: {reason}") from None
     try:
         before = os.fstat(workdir)  # creating entries changes its mtime: it is put back afterwards
-        outcome = _run(command, target, ends, workdir, on_start)
+        outcome = _run(command, ends, workdir, on_start)
         if not destination.missing and not dry_run:
             try:
                 os.utime(workdir, ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -178,17 +179,18 @@ def receive(socket_path: str, spec: dict, destination: Destination, dry_run: boo
         os.close(workdir)
 
 
-def _workdir(destination: Destination, into: bytes) -> tuple[int, str]:
-    """The directory the receiver runs in (held since DEST was looked at, or
-    reached from it without following a symlink) and its destination there."""
+def _workdir(destination: Destination, into: bytes) -> int:
+    """The directory the receiver runs in: held since DEST was looked at (DEST,
+    or the deepest parent of a DEST not there yet), or DEST/INTO reached from
+    it without following a symlink. (The daemon names the rest of the way.)"""
     if destination.missing:
-        return os.dup(destination.held), os.fsdecode(destination.missing) + "/"
+        return os.dup(destination.held)
     workdir = _walk(destination.held, [p for p in into.split(b"/") if p])
     st = os.fstat(workdir)
     if [st.st_dev, st.st_ino] not in destination.ancestors:
         os.close(workdir)
         raise ReceiveFailed("it changed since it was looked at")
-    return workdir, "."
+    return workdir
 
 
 def attach(socket_path: str, token: str) -> tuple[list[str], list[int]]:
@@ -245,12 +247,10 @@ def _close(fds: list[int]) -> None:
         os.close(fd)
 
 
-def _run(command: list[str], target: str, ends: list[int], workdir: int,
-         on_start: Callable[[subprocess.Popen], None]) -> dict:
-    """`rsync --server … . TARGET` in workdir, on the sender's connection."""
-    argv = [*command[:-1], target]  # the daemon's rsync names "." (the receiver's own directory)
+def _run(command: list[str], ends: list[int], workdir: int, on_start: Callable[[subprocess.Popen], None]) -> dict:
+    """The receiving `rsync --server …` in workdir, on the sender's connection."""
     try:
-        proc = subprocess.Popen(argv, stdin=ends[0], stdout=ends[1], stderr=subprocess.PIPE,
+        proc = subprocess.Popen(command, stdin=ends[0], stdout=ends[1], stderr=subprocess.PIPE,
                                 cwd=f"/proc/self/fd/{workdir}", pass_fds=(workdir,))
     except OSError as e:
         raise ReceiveFailed(f"cannot run rsync: {e.strerror or e}") from None

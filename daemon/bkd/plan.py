@@ -62,6 +62,7 @@ class RestoreTarget:
     options: tuple[str, ...]  # the options of the daemon's rsync, the sender
     where: Where  # what exists under DEST along PATH
     token: str | None = None  # a local DEST: the caller's receiver attaches with this
+    missing: bytes = b""  # ... and writes there, or (DEST not there yet) into this, relative to where it runs
 
 
 @dataclass(frozen=True)

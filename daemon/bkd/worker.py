@@ -201,7 +201,7 @@ class Worker:
                 plan.config, root, target.dest, list(target.sources), target.into, target.where, options, dry_run,
                 on_progress)
         else:  # a local DEST, received by the caller's bkctl
-            stats, names = await restore.restore_local(root, list(target.sources), options,
+            stats, names = await restore.restore_local(root, list(target.sources), target.missing, options,
                                                        self._attached(target.token, min(ATTACH_TIMEOUT, timeout)),
                                                        dry_run, on_progress)
         run.stats.update(stats)

@@ -181,9 +181,8 @@ def test_a_receiver_stopped_half_way_fails_the_restore_after_rsync_timeout(tmp_p
         assert stopped, "no receiving rsync under bkctl"
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
-        with pytest.raises(RemoteError) as busy:  # while it lasts, the host's restore lane is taken
-            _ask_restore(daemon, "/big.bin", tmp_path / "other")
-        assert busy.value.code == ErrorCode.BUSY
+        busy = bkctl(daemon, "restore", "web1", "latest", "/big.bin", "--to", str(tmp_path / "other"))
+        assert busy.returncode == 1 and "already running" in busy.stderr, busy.stderr  # -32001 while it lasts
 
         job = daemon.wait_job(job_id, timeout=30)  # rsync.timeout, then the group stop's grace
         assert job["status"] == "failed"
@@ -257,7 +256,7 @@ def test_the_restored_bytes_never_pass_through_the_daemon(tmp_path, daemon_facto
     assert result.returncode == 0, result.stdout + result.stderr
     spent = _cpu_seconds(daemon.proc.pid) - before
     assert (tmp_path / "dest/big.bin").stat().st_size == 512 << 20
-    assert spent < 0.25, f"the daemon spent {spent:.2f} CPU-s on a 512 MiB restore"
+    assert spent < 0.1, f"the daemon spent {spent:.2f} CPU-s on a 512 MiB restore"
 
 
 @ROOT_ONLY

@@ -213,7 +213,8 @@ async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable
             task.cancel()
     if result.returncode not in rsync.SUCCESS_CODES:
         raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
-    return output.statistics(dry_run), output.names
+    stats = output.statistics(dry_run)
+    return stats, output.names[:stats.get("entries", 0)]
 
 
 # ---- remote DEST ----------------------------------------------------------------------
@@ -302,7 +303,7 @@ async def restore_remote(config: Config, root: Path, dest: str, source_args: lis
 
 # ---- local DEST: the caller's receiver, on the sender's own connection ----------------------
 
-async def restore_local(root: Path, source_args: list[bytes], options: list[str],
+async def restore_local(root: Path, source_args: list[bytes], missing: bytes, options: list[str],
                         attached: Awaitable[asyncio.StreamWriter], dry_run: bool,
                         on_progress: Callable[[int], None]) -> tuple[dict, list[str]]:
     """The daemon's rsync sends from the snapshot's root; the two ends of its
@@ -310,8 +311,10 @@ async def restore_local(root: Path, source_args: list[bytes], options: list[str]
     The sender starts at once, while bkctl is still attaching."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     rsh = shlex.join([sys.executable, "-I", "-S", str(RSH), str(theirs.fileno())])
-    # The receiver writes into the directory bkctl holds open: its destination is ".".
-    argv = ["rsync", *options, "-e", rsh, "--", *map(os.fsdecode, source_args), "bkd:."]
+    # The receiver runs in the directory bkctl held since it looked: DEST/INTO, or the deepest
+    # existing parent of a DEST that does not exist yet (`missing` is DEST from there).
+    target = os.fsdecode(missing) + "/" if missing else "."
+    argv = ["rsync", *options, "-e", rsh, "--", *map(os.fsdecode, source_args), f"bkd:{target}"]
     with ours, theirs:
         transfer = asyncio.ensure_future(push(argv, root, dry_run, on_progress, pass_fds=(theirs.fileno(),),
                                               on_spawn=theirs.close))  # only the remote shell may hold it

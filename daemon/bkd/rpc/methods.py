@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, access, browse, catalog, clock, metrics, report, selfguard
+from .. import __version__, access, browse, catalog, clock, metrics, relpath, report, selfguard
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..errors import Denied, InvalidArgument, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
@@ -118,6 +118,13 @@ class Receiver(Params):
     # (st_dev, st_ino) of the directory the receiver writes under and of each of its parents up to /
     ancestors: list[Identity] = Field(min_length=1, max_length=4096)
     location: Optional[Location] = None  # that directory's place in its filesystem, when bkctl can tell
+    missing: FsPath = ""  # a DEST that does not exist yet, relative to that directory (its deepest parent)
+
+    @model_validator(mode="after")
+    def _missing_below(self):
+        if self.missing and not relpath.inside(os.fsencode(self.missing)):
+            raise ValueError("missing: must be a relative path without '..'")
+        return self
 
 
 class Restore(Params):
@@ -344,7 +351,7 @@ class Api:
         options = restore.options(p.overwrite, p.dry_run)
         token = None if remote else self.s.receivers.expect(call.uid)
         target = RestoreTarget(name, p.path, p.dest, p.overwrite, tuple(source_args), into, tuple(options), where,
-                               token)
+                               token, os.fsencode(p.receiver.missing) if p.receiver else b"")
         job_id = await self.s.jobs.start([p.host], Kind.RESTORE, Trigger.MANUAL, restore=target, dry_run=p.dry_run)
         answer = {"job_id": job_id}
         if token:
