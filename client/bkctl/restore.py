@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from . import mounts, protocol
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_PLACE = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # to stand in, look up and fstat: search permission is enough
 MAX_ANCESTORS = 4096  # the daemon accepts this many (deeper directories cannot be reached by a path anyway)
 MAX_HANDOFF = 1024 * 1024  # bytes of the attach connection read at most
 STDERR_LINES = 40
@@ -127,7 +128,7 @@ def _deepest_parent(dest: bytes) -> tuple[int, bytes]:
         current, name = os.path.split(current)
         missing.insert(0, name)
         try:
-            return os.open(current, _DIRECTORY), os.path.join(*missing)
+            return os.open(current, _PLACE), os.path.join(*missing)
         except FileNotFoundError:
             continue
 
@@ -144,7 +145,7 @@ def _ancestors(fd: int) -> list[list[int]]:
                 break
             chain.append(identity)
             try:
-                parent = os.open("..", _DIRECTORY, dir_fd=current)
+                parent = os.open("..", _PLACE, dir_fd=current)
             except PermissionError:  # no search permission: nothing below can be reached by the caller
                 break
             os.close(current)

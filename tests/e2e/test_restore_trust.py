@@ -170,6 +170,8 @@ def test_a_receiver_stopped_half_way_fails_the_restore_after_rsync_timeout(tmp_p
     dest = tmp_path / "dest"
     dest.mkdir()
 
+    watching = Client(str(daemon.socket))
+    watching.subscribe(["progress"])
     proc = subprocess.Popen([str(BIN / "bkctl"), "--socket", str(daemon.socket), "restore", "web1", "latest",
                              "/big.bin", "--to", str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job_id = int(proc.stdout.readline().split()[1].rstrip(":"))  # "job N: restoring …"
@@ -181,6 +183,10 @@ def test_a_receiver_stopped_half_way_fails_the_restore_after_rsync_timeout(tmp_p
         assert stopped, "no receiving rsync under bkctl"
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
+        # Progress is the sender's own count of what it wrote, against what PATH holds.
+        progress = next(e["progress"] for e in watching.events(timeout=10)
+                        if e.get("job_id") == job_id and e["progress"]["percent"] is not None)
+        assert progress["bytes"] > 0 and 0 <= progress["percent"] < 100, progress
         busy = bkctl(daemon, "restore", "web1", "latest", "/big.bin", "--to", str(tmp_path / "other"))
         assert busy.returncode == 1 and "already running" in busy.stderr, busy.stderr  # -32001 while it lasts
 
@@ -188,6 +194,7 @@ def test_a_receiver_stopped_half_way_fails_the_restore_after_rsync_timeout(tmp_p
         assert job["status"] == "failed"
         assert "rsync exited with code 30 (timeout in data send/receive)" in job["hosts"][0]["error"]
     finally:
+        watching.close()
         for pid in stopped:
             try:
                 os.kill(pid, signal.SIGKILL)
