@@ -90,7 +90,7 @@ def look(dest: str, parts: list[bytes]) -> Destination:
         while existing < len(parts) and kinds[existing + 1] == "D":
             existing += 1
         try:
-            deepest = _walk(held, parts[:existing])
+            deepest = _walk(held, parts[:existing], _PLACE)
         except OSError:
             os.close(held)
             raise
@@ -108,12 +108,12 @@ def look(dest: str, parts: list[bytes]) -> Destination:
     return Destination(dest, kinds, empty, held, missing, ancestors, location)
 
 
-def _walk(fd: int, names: list[bytes]) -> int:
+def _walk(fd: int, names: list[bytes], flags: int = _DIRECTORY) -> int:
     """A new descriptor for fd/names, each step a directory, never a symlink."""
     current = os.dup(fd)
     for name in names:
         try:
-            child = os.open(name, _DIRECTORY | os.O_NOFOLLOW, dir_fd=current)
+            child = os.open(name, flags | os.O_NOFOLLOW, dir_fd=current)
         finally:
             os.close(current)
         current = child

@@ -192,7 +192,6 @@ class Worker:
         run.snapshot = target.snapshot
         dry_run = run.request.dry_run
         # A transfer without I/O for rsync.timeout fails, as rsync's own --timeout (SPEC §7).
-        # TODO(lead): also give this rsync exec.run's stall watchdog once it lands (scope B).
         timeout = (plan.settings.rsync if plan.settings else plan.config.rsync).timeout.total_seconds()
         options = [*target.options, f"--timeout={int(timeout)}"]
         on_progress = self._restore_progress(run, host_dir.manifest_file(target.snapshot), target.path)

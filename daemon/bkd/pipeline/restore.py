@@ -207,6 +207,8 @@ async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable
             on_spawn()
 
     try:
+        # TODO(lead): also pass exec.run's stall limit (scope B's watchdog, rsync.timeout) once merged;
+        # rsync's own --timeout (in argv) already ends a transfer whose receiver stops.
         result = await bkexec.run(argv, on_stdout=output.line, cwd=str(root), pass_fds=pass_fds, on_spawn=spawned)
     finally:
         for task in watching:
