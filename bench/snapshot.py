@@ -1,7 +1,7 @@
 """Benchmark: bkd's snapshots, through the real daemon, against their floor.
 
     sudo .venv/bin/python bench/snapshot.py [--files 100000] [--kib 25] [--rounds 5]
-                                            [--dir MOUNTED_FS] [--only local,ssh,full]
+                                            [--dir MOUNTED_FS] [--only local,ssh,full,restore,restore-dir]
 
 Without --dir it makes a journaled ext4 filesystem on a loop device (this
 machine's root filesystem has no journal, which makes creating many inodes
@@ -16,7 +16,12 @@ a rotating order:
   and `rsync -aHAX --numeric-ids --delete --link-dest=PREV SRC/ NEW/ && sync -f NEW`;
 - the same pulled over SSH from a loopback sshd (the peers use bkd's own ssh command);
 - a first full pull over SSH: `bkctl run first --wait` against
-  `rsync -aHAX --numeric-ids -e SSH host:SRC/ NEW/ && sync -f NEW`.
+  `rsync -aHAX --numeric-ids -e SSH host:SRC/ NEW/ && sync -f NEW`;
+- restores of the latest snapshot to a new local directory, the whole tree
+  (`restore`) and one directory of 1,000 files (`restore-dir`):
+  `bkctl restore local latest PATH --to NEW` against
+  `rsync -aHAX --numeric-ids SNAPSHOT/PATH NEW/` and `cp -a` of the same
+  (none of them syncs: a restore does not fsync).
 
 Before each round SRC gets a realistic change set (about 1 % of the files:
 modified, added, deleted, renamed, turned into directories and symlinks,
@@ -49,6 +54,7 @@ from bkd.config.models import Config  # noqa: E402
 from bkd.pipeline import rsync  # noqa: E402
 
 PEER = ["rsync", "-aHAX", "--numeric-ids"]
+RESTORED_DIR = "/d000"  # 1,000 files: 10 directories of 100 (see generate)
 
 
 def generate(source: Path, files: int, kib: int) -> None:
@@ -233,7 +239,45 @@ class Bench:
                     ("cp -al+rsync ssh", lambda: self.peer_incremental("cpal-ssh", remote, False)),
                     ("link-dest ssh", lambda: self.peer_incremental("linkdest-ssh", remote, True))],
             "full": [("bkd first pull ssh", self.first_pull), ("rsync full pull ssh", self.peer_full)],
+            "restore": [("bkd restore tree", lambda: self.restore("/")),
+                        ("rsync copy tree", lambda: self.peer_restore("/", PEER)),
+                        ("cp -a tree", lambda: self.peer_restore("/", ["cp", "-a"]))],
+            "restore-dir": [("bkd restore dir", lambda: self.restore(RESTORED_DIR)),
+                            ("rsync copy dir", lambda: self.peer_restore(RESTORED_DIR, PEER)),
+                            ("cp -a dir", lambda: self.peer_restore(RESTORED_DIR, ["cp", "-a"]))],
         }[group]
+
+    def restore(self, path: str) -> float:
+        """`bkctl restore local latest PATH --to NEW` (NEW does not exist yet)."""
+        new = self.root / "restored"
+        started = self.before_restore(new)
+        result = self.daemon.bkctl("--json", "restore", "local", "latest", path, "--to", str(new), timeout=3600)
+        seconds = time.perf_counter() - started
+        final = json.loads(result.stdout.splitlines()[-1])
+        if result.returncode != 0 or final["job"]["status"] != "ok":
+            sys.exit(f"bkd restore {path} failed: {result.stdout[-800:]} {result.stderr[-800:]}")
+        shutil.rmtree(new)
+        return seconds
+
+    def peer_restore(self, path: str, copy: list[str]) -> float:
+        """The same copy of the latest snapshot's PATH into NEW by rsync or cp."""
+        new = self.root / "restored"
+        snapshot = (self.root / "bkd" / "local" / "latest").resolve()
+        started = self.before_restore(new)
+        if path == "/":
+            sh(*copy, f"{snapshot}/" if copy == PEER else snapshot, new)
+        else:
+            new.mkdir()
+            sh(*copy, snapshot / path.strip("/"), f"{new}/")
+        seconds = time.perf_counter() - started
+        shutil.rmtree(new)
+        return seconds
+
+    def before_restore(self, new: Path) -> float:
+        """Clear NEW and flush what is dirty, outside the timed region; the start time."""
+        shutil.rmtree(new, ignore_errors=True)
+        sh("sync")
+        return time.perf_counter()
 
     def round(self, number: int) -> None:
         counts = change(self.src, number, self.args.files)
@@ -255,7 +299,8 @@ class Bench:
 
     def report(self, load: tuple[str, str]) -> str:
         def cell(values):
-            return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+            digits = 3 if max(values) < 1 else 2  # a small restore takes a tenth of a second
+            return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
         def ratio(key, base):
             pairs = [a / b for a, b in zip(self.times[key], self.times[base])]
@@ -264,7 +309,7 @@ class Bench:
         rows = ["| method | median s (min–max) | × peer, per round: median (min–max) |", "|---|---:|---:|"]
         for group in self.args.only:
             keys = [key for key, _ in self.methods(group)]
-            base = keys[1]  # the peer: cp -al + rsync + sync, or rsync + sync
+            base = keys[1]  # the peer: cp -al + rsync + sync, rsync + sync, or (restores) rsync
             rows += [f"| {key} | {cell(self.times[key])} | {ratio(key, base)} |" for key in keys]
         for host, shares in self.manifest.items():
             percent = [share * 100 for share in shares]
@@ -287,7 +332,7 @@ def main() -> None:
     parser.add_argument("--kib", type=int, default=25, help="mean file size")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dir", type=Path, help="an empty directory on the filesystem to measure on")
-    parser.add_argument("--only", default="local,ssh,full", type=lambda s: s.split(","))
+    parser.add_argument("--only", default="local,ssh,full,restore,restore-dir", type=lambda s: s.split(","))
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the loop device and the owner changes need it")

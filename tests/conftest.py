@@ -160,6 +160,20 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.fixture
+def bind_mount():
+    """bind_mount(source, target) mounts source on target for this test (root); unmounted after."""
+    mounted = []
+
+    def mount(source: str, target) -> None:
+        subprocess.run(["mount", "--bind", source, str(target)], check=True)
+        mounted.append(target)
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=True)
+
+
+@pytest.fixture
 def short_tmp():
     """A short directory for sockets (AF_UNIX paths are limited to 108 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="bkd-t-", dir="/tmp"))

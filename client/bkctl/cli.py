@@ -17,6 +17,7 @@ from .fmt import can_print, colour, number, parse_span, parse_time, progress_tex
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 POLL_SECONDS = 0.5
+RECEIVER_GRACE = 10.0  # seconds a restore's receiver may take to end after its job did
 
 
 class UsageError(Exception):
@@ -381,12 +382,14 @@ def cmd_restore(client: Client, args) -> int:
     dest = args.to if remote else os.path.abspath(args.to)
     params = {"host": args.host, "snapshot": args.snapshot, "path": args.path, "dest": dest,
               "overwrite": args.overwrite, "dry_run": args.dry_run}
+    destination = None
     if not remote:
         try:
-            params["receiver"] = restore.probe(dest, restore.components(args.path))
+            destination = restore.look(dest, restore.components(args.path))
         except OSError as e:
             print(f"bkctl: cannot look at {display_name(dest)}: {e.strerror}", file=sys.stderr)
             return EXIT_FAILED
+        params["receiver"] = destination.receiver()
     if not args.no_wait:
         client.subscribe(["job", "host", "progress"])
     answer = client.call("restore", params)
@@ -396,10 +399,10 @@ def cmd_restore(client: Client, args) -> int:
         if args.no_wait and os.fork() != 0:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)
             return EXIT_OK
-        receiving = threading.Thread(target=_receive, args=(client.path, answer["receive"], dest, received),
-                                     daemon=not args.no_wait)
+        receiving = threading.Thread(target=_receive, args=(client.path, answer["receive"], destination,
+                                                            args.dry_run, received), daemon=not args.no_wait)
         receiving.start()
-        if args.no_wait:  # the detached child: receive, report, and say nothing
+        if args.no_wait:  # the detached child: receive, and say nothing
             os.setsid()
             receiving.join()
             return EXIT_OK
@@ -411,28 +414,40 @@ def cmd_restore(client: Client, args) -> int:
               f"to {display_name(dest)}", flush=True)
     code = follow_job(client, job_id, args.json)
     if receiving is not None:
+        receiving.join(RECEIVER_GRACE)
+        if receiving.is_alive() and received.get("proc"):  # the restore is over: a receiver still there is stuck
+            received["proc"].kill()
         receiving.join()
+        if received.get("returncode") not in (0, 24):  # the receiver is ours: its outcome is ours to tell
+            code = EXIT_FAILED
+            if not args.json:
+                _print_receiver(received)
     if args.dry_run and not args.json:
-        names = received.get("names") if receiving is not None else \
-            next((h.get("listing") for h in client.call("job.get", {"job_id": job_id})["job"]["hosts"]), None)
+        names = next((h.get("listing") for h in client.call("job.get", {"job_id": job_id})["job"]["hosts"]), None)
         for name in names or []:
             print(f"would write {display_name(name)}")
     return code
 
 
-def _receive(socket_path: str, spec: dict, dest: str, received: dict) -> None:
-    """Run the receiving rsync and tell the daemon how it went (its job's outcome)."""
+def _receive(socket_path: str, spec: dict, destination, dry_run: bool, received: dict) -> None:
+    """Run the receiving rsync on the restore's connection (its outcome is the daemon's sender's to say)."""
     from . import restore
-    received.update(restore.receive(socket_path, spec, dest))
     try:
-        restore.report(socket_path, 30.0, received)
-    except (Unreachable, RemoteError) as e:
-        print(f"bkctl: could not report the restore's outcome: {e}", file=sys.stderr)
+        received.update(restore.receive(socket_path, spec, destination, dry_run,
+                                        on_start=lambda proc: received.update(proc=proc)))
+    except restore.ReceiveFailed as e:
+        received.update(returncode=None, error=str(e))
+    finally:
+        destination.close()
 
 
-def cmd_restore_transport(args) -> int:
-    from . import restore
-    return restore.transport(getattr(args, "socket", None) or protocol.default_socket(), args.token)
+def _print_receiver(received: dict) -> None:
+    if received.get("returncode") is None:
+        print(f"bkctl: {display_name(received.get('error') or 'the receiving rsync did not run')}", file=sys.stderr)
+        return
+    print(f"the receiving rsync exited with code {received['returncode']}")
+    for line in received.get("stderr", []):
+        print(f"    {display_name(line)}")
 
 
 def cmd_verify(client: Client, args) -> int:
@@ -689,9 +704,6 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--dry-run", action="store_true", help="list what would be written")
     restore.add_argument("--no-wait", action="store_true", help="print the job id and return "
                          "(a local DEST is then received by a detached bkctl)")
-    transport = commands.add_parser("restore-transport", parents=[common], help=argparse.SUPPRESS)
-    transport.add_argument("token")
-    transport.add_argument("rsync_args", nargs=argparse.REMAINDER)  # what rsync asks its remote shell to run: ignored
     verify = add("verify", cmd_verify, "check snapshots (and their archives) against their checksums")
     verify.add_argument("host", metavar="HOST")
     verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="default: latest")
@@ -774,8 +786,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("bkctl: error: a command is required", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "restore-transport":
-        return cmd_restore_transport(args)
     if args.command == "check":
         return run_check(path, timeout, args)
     if args.command == "top":

@@ -48,7 +48,6 @@ class Method(StrEnum):
     PRUNE = "prune"
     RESTORE = "restore"
     RESTORE_STREAM = "restore.stream"
-    RESTORE_FINISH = "restore.finish"
     VERIFY = "verify"
     ALERTS_LIST = "alerts.list"
     ALERTS_ACK = "alerts.ack"

@@ -205,21 +205,25 @@ async def _finish(pumps: asyncio.Future, proc: asyncio.subprocess.Process) -> in
 async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = None,
               on_stderr: Callable[[str], None] | None = None, env: dict | None = None,
               cwd: str | None = None, grace: float = GRACE_SECONDS, channel: Channel | None = None,
-              stall: float | None = None) -> Result:
+              stall: float | None = None, pass_fds: Sequence[int] = (),
+              on_spawn: Callable[[int], None] | None = None) -> Result:
     """Run argv to completion. Cancelling the calling task stops the process
-    group; so does `stall` seconds without I/O progress, raising Stalled."""
+    group; so does `stall` seconds without I/O progress, raising Stalled.
+    pass_fds: more descriptors the child inherits; on_spawn gets its pid once it runs."""
     argv = [str(a) for a in argv]
     log.debug("exec", argv=argv)
     try:
         proc = await asyncio.create_subprocess_exec(
             *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
-            pass_fds=(channel._write,) if channel else (),
+            pass_fds=(*pass_fds, *((channel._write,) if channel else ())),
         )
     except BaseException:
         if channel:
             channel.close()
         raise
+    if on_spawn:
+        on_spawn(proc.pid)
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     streams = [_pump(proc.stdout, on_stdout, None), _pump(proc.stderr, on_stderr, tail)]
     if channel:
@@ -242,49 +246,3 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
             channel.close()
     return Result(argv, returncode, list(tail))
 
-
-async def relay(argv: Sequence[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                cwd: str | None = None, on_bytes: Callable[[int], None] | None = None,
-                grace: float = GRACE_SECONDS) -> Result:
-    """Run argv with its stdin fed from reader and its stdout sent to writer
-    (a byte stream, e.g. an rsync protocol connection), counting what it
-    sends. Cancelling the calling task stops the process group."""
-    argv = [str(a) for a in argv]
-    log.debug("exec.relay", argv=argv)
-    proc = await asyncio.create_subprocess_exec(
-        *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, process_group=0, cwd=cwd,
-    )
-    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-
-    async def upstream() -> None:
-        try:
-            while chunk := await reader.read(65536):
-                proc.stdin.write(chunk)
-                await proc.stdin.drain()
-        except (ConnectionError, BrokenPipeError):
-            pass
-        finally:
-            proc.stdin.close()
-
-    async def downstream() -> None:
-        while chunk := await proc.stdout.read(65536):
-            writer.write(chunk)
-            await writer.drain()
-            if on_bytes:
-                on_bytes(len(chunk))
-        if writer.can_write_eof():
-            writer.write_eof()
-
-    pumps = asyncio.gather(upstream(), downstream(), _pump(proc.stderr, None, tail))
-    try:
-        await pumps
-        returncode = await proc.wait()
-    except BaseException:
-        # Cut the connection at once: close() would wait for a peer that may never read again.
-        writer.transport.abort()
-        await stop_group(proc, grace)
-        pumps.cancel()
-        raise
-    writer.close()
-    return Result(argv, returncode, list(tail))

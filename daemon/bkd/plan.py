@@ -59,10 +59,10 @@ class RestoreTarget:
     overwrite: bool
     sources: tuple[bytes, ...]  # source arguments relative to the snapshot's root (see pipeline/restore.py)
     into: bytes  # the directory under DEST they are received into
-    options: tuple[str, ...]  # the receiving rsync's options
+    options: tuple[str, ...]  # the options of the daemon's rsync, the sender
     where: Where  # what exists under DEST along PATH
     token: str | None = None  # a local DEST: the caller's receiver attaches with this
-    total_bytes: int | None = None  # what PATH holds, for progress
+    missing: bytes = b""  # ... and writes there, or (DEST not there yet) into this, relative to where it runs
 
 
 @dataclass(frozen=True)

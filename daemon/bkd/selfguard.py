@@ -22,6 +22,8 @@ from pathlib import Path
 
 import structlog
 
+from bkctl import mounts
+
 from . import exec as bkexec
 from .config import patterns
 from .config.models import Config, HostSettings
@@ -61,12 +63,25 @@ def effective_excludes(settings: HostSettings, own_paths: list[str]) -> list[str
     return [*settings.excludes, *(patterns.anchored(path) for path in own_paths)]
 
 
-def inside_own(config: Config, path: str) -> Path | None:
-    """The own directory path is in (or is), if any."""
-    target = Path(os.path.normpath(path))
-    for directory in own_dirs(config) + [config.backup_root, config.state_dir]:
-        if target == directory or directory in target.parents:
-            return directory
+def inside_own(config: Config, identities, location: tuple[int, str] | None = None) -> tuple[str, Path] | None:
+    """Which of bkd's own directories (what it is called, its path) a restore
+    writes inside, if any: one of the directories it writes under (given as
+    (st_dev, st_ino), that directory and each of its parents) is one of them,
+    or that directory's place in its filesystem (mounts.location) lies inside
+    one of theirs — whatever path, bind mount or mount namespace led there."""
+    given = {tuple(identity) for identity in identities}
+    for what, directory in (("the backup root", config.backup_root), ("state_dir", config.state_dir)):
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            own = mounts.location(fd)
+        finally:
+            os.close(fd)
+        if (st.st_dev, st.st_ino) in given or (location and own and mounts.within(location, own)):
+            return what, directory
     return None
 
 

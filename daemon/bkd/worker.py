@@ -16,23 +16,22 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from . import clock
+from . import browse, clock
 from .housekeeping import Housekeeping
 from .layout import HostDir, SnapshotName
 from .outcomes import public_error, public_warning
-from .pipeline import archive, hooks, restore, rsync
+from .pipeline import archive, hooks, manifest, restore
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
 from .readmodel import ReadModel
 from .selfguard import SelfGuard, effective_excludes
-from .receivers import Receivers
+from .receivers import ATTACH_TIMEOUT, Receivers
 from .runs import Limit, Registry, Run
 from .runtime import Runtime
 from .store import STORE_ERRORS, Store
 
 log = structlog.get_logger()
 
-MAX_LISTED = 10_000  # file names a dry-run restore reports
 PROGRESS_EVERY = 0.5  # seconds between progress events of one run: at most two a second
 
 # What a stage may fail with: the run fails with the message; anything else is a bug.
@@ -188,48 +187,57 @@ class Worker:
 
     async def _restore(self, run: Run) -> None:
         plan, target = run.plan, run.request.restore
-        root = HostDir.of(plan.config.backup_root, run.host).hourly / target.snapshot
+        host_dir = HostDir.of(plan.config.backup_root, run.host)
+        root = host_dir.hourly / target.snapshot
         run.snapshot = target.snapshot
+        dry_run = run.request.dry_run
+        # A transfer without I/O for rsync.timeout fails, as rsync's own --timeout (SPEC §7).
+        timeout = (plan.settings.rsync if plan.settings else plan.config.rsync).timeout.total_seconds()
+        options = [*target.options, f"--timeout={int(timeout)}"]
+        on_progress = self._restore_progress(run, host_dir.manifest_file(target.snapshot), target.path)
         if target.token is None:  # host:path, written by the daemon's rsync over SSH
             stats, names = await restore.restore_remote(
-                plan.config, root, target.dest, list(target.sources), target.into, target.where,
-                list(target.options), run.request.dry_run, lambda p: self._progress(run, p))
-            run.stats.update(stats)
-            if run.request.dry_run:
-                run.listing = names[:MAX_LISTED]
-            return
-        await self._restore_to_receiver(run, target, root)
+                plan.config, root, target.dest, list(target.sources), target.into, target.where, options, dry_run,
+                on_progress)
+        else:  # a local DEST, received by the caller's bkctl
+            stats, names = await restore.restore_local(root, list(target.sources), target.missing, options,
+                                                       self._attached(target.token, min(ATTACH_TIMEOUT, timeout)),
+                                                       dry_run, on_progress)
+        run.stats.update(stats)
+        if dry_run:
+            run.listing = names
 
-    async def _restore_to_receiver(self, run: Run, target, root: Path) -> None:
-        """A local DEST: the caller's bkctl receives; this end only sends."""
+    async def _attached(self, token: str, timeout: float):
+        """The connection the caller's bkctl attached with (restore.stream)."""
         try:
-            reader, writer = await self.receivers.connection(target.token)
+            _reader, writer = await self.receivers.connection(token, timeout)
         except asyncio.TimeoutError:
-            raise restore.RestoreFailed("no receiver connected: a local restore is received by the caller's "
-                                        "bkctl (bkctl restore ... --to DEST)") from None
-        argv = await restore.sender_argv(list(target.options), root, list(target.sources))
-        started, sent = time.monotonic(), 0
+            raise restore.RestoreFailed(f"no receiver attached within {timeout:g} s: a local restore is received "
+                                        "by the caller's bkctl (bkctl restore ... --to DEST)") from None
+        return writer
 
-        def on_bytes(count: int) -> None:
-            nonlocal sent
-            sent += count
-            elapsed = max(time.monotonic() - started, 1e-3)
-            percent = min(99, sent * 100 // target.total_bytes) if target.total_bytes else None
+    def _restore_progress(self, run: Run, manifest_file: Path, path: str) -> Callable[[int], None]:
+        """Progress from the bytes the restore's rsync has written, against what
+        PATH holds: read from the manifest only once the transfer has lasted
+        long enough to report progress at all (a small restore never pays for it)."""
+        started = time.monotonic()
+        total: list[asyncio.Future] = []
+
+        def on_progress(sent: int) -> None:
+            elapsed = time.monotonic() - started
+            if elapsed < PROGRESS_EVERY:
+                return
+            if not total:
+                total.append(asyncio.ensure_future(asyncio.to_thread(
+                    manifest.bytes_under, manifest_file, b"/".join(browse.components(path)))))
+                total[0].add_done_callback(lambda f: f.cancelled() or f.exception())  # None without a manifest
+            whole = total[0].result() if total[0].done() and not total[0].exception() else None
+            percent = min(99, sent * 100 // whole) if whole else None
             rate = sent / elapsed
-            eta = round((target.total_bytes - sent) / rate) if target.total_bytes and sent < target.total_bytes \
-                else None
+            eta = round((whole - sent) / rate) if whole and rate and sent < whole else None
             self._progress(run, {"percent": percent, "bytes": sent, "rate": round(rate), "eta_s": eta})
 
-        await restore.send(argv, root, reader, writer, on_bytes)
-        try:
-            report = await self.receivers.reported(target.token)
-        except asyncio.TimeoutError:
-            raise restore.RestoreFailed("the receiver did not report how the restore went") from None
-        run.stats.update({"bytes_sent": sent, "entries_written" if not run.request.dry_run else "entries_to_write":
-                          report["written"]})
-        if report["returncode"] not in (0, rsync.VANISHED):
-            raise restore.RestoreFailed(rsync.describe_failure(report["returncode"], report["stderr"])
-                                        .replace("rsync exited", "the receiving rsync exited", 1))
+        return on_progress
 
     # ---- progress: at most two events a second per run ------------------------------
 

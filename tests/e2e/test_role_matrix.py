@@ -44,7 +44,6 @@ def matrix_params(tmp) -> dict[str, dict]:
         "restore": {"host": "web1", "snapshot": "latest", "path": "/dir0", "dest": str(tmp / "nowhere"),
                     "dry_run": True},  # without a receiver: -32602 for those allowed (bkctl receives)
         "restore.stream": {"token": "0" * 32},
-        "restore.finish": {"token": "0" * 32, "returncode": 0, "written": 0},
         "verify": {"host": "web1"},
         "alerts.list": {"all": True},
         "alerts.ack": {"all": True},
@@ -62,19 +61,6 @@ def matrix_params(tmp) -> dict[str, dict]:
 
 def test_the_matrix_names_every_method(tmp_path):
     assert set(matrix_params(tmp_path)) == set(method_table(Api(None)))
-
-
-@pytest.fixture
-def bind_mount():
-    mounted = []
-
-    def mount(source: str, target) -> None:
-        subprocess.run(["mount", "--bind", source, str(target)], check=True)
-        mounted.append(target)
-
-    yield mount
-    for target in reversed(mounted):
-        subprocess.run(["umount", str(target)], check=True)
 
 
 def test_every_method_for_every_role_and_what_a_viewer_sees(tmp_path, short_tmp, daemon_factory, bind_mount):

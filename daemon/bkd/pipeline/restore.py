@@ -1,12 +1,20 @@
 """Restoring PATH of a snapshot to DEST/PATH (SPEC §5, §7).
 
-A local DEST is written by the caller: bkctl runs the receiving rsync as the
-caller, in the caller's own mount namespace, and the daemon feeds it over the
-control socket from a sending rsync it starts in the snapshot. The daemon
-builds that sender's command line itself (nothing a client sends becomes an
-argument): it asks its own rsync what the server half of the receiver's
-command line is. A remote DEST (host:path) is written by the daemon's rsync
-over SSH with the daemon's identity.
+The daemon's own rsync is always the sender and the rsync *client*: it
+alone chooses what is sent, with which options and filter rules (the rsync
+protocol carries those from the client to the server, never back), so
+nothing a receiver sends can make it open anything but the sources the
+daemon named. Its exit status and the statistics it prints once the
+exchange is over decide the outcome and the counts; progress is the bytes
+it has written, as the kernel counts them.
+
+A local DEST is written by the caller: bkctl runs the receiving `rsync
+--server` as the caller, in the caller's own mount namespace, on the two
+ends of the sender's connection, which the sender's remote shell
+(restore_rsh.py) hands to the daemon and the daemon to bkctl over the
+control socket; the two rsyncs then talk directly. A remote DEST
+(host:path) is written by the receiver ssh starts there, with the daemon's
+identity for restores.
 
 Either way only DEST/PATH and the directories the restore must create are
 written: the source is split with rsync's `/./` marker at the deepest
@@ -20,11 +28,15 @@ is a conflict."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shlex
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+import socket
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -39,8 +51,15 @@ log = structlog.get_logger()
 
 MAX_TOP_LEVEL = 10_000  # entries of a snapshot's root restored into an existing DEST by name
 
-# What the receiving rsync runs with, locally (bkctl) or here for a remote DEST.
-RECEIVE = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "--sparse", "--relative",
+MAX_LISTED = 10_000  # file names a dry run reports
+WATCH_EVERY = 0.5  # seconds between two looks at how much the sender has written
+STATS_LINES = 64  # lines kept of the end of rsync's output: its statistics come last
+MAX_PROBE_LINES = 2 * 4096 + 8  # what a remote DEST's probe may print (one line per directory, twice)
+RSH = Path(__file__).with_name("restore_rsh.py")
+_ITEM = re.compile(r"[<>ch.][fdLDS].{9} ")  # an --out-format=%i %n line
+
+# What the daemon's rsync (the sender) runs with; the receiver's options follow from them.
+OPTIONS = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "--sparse", "--relative",
            "--mkpath", "--out-format=%i %n", "--stats"]
 
 
@@ -65,6 +84,10 @@ class Where:
     kinds: tuple[str, ...]  # for DEST, DEST/c1, DEST/c1/c2, … DEST/PATH: D dir, F other, L symlink, N none
     dest_empty: bool = True
     mtimes: tuple[str | None, ...] = ()  # of each existing directory (remote: to put back)
+    # (st_dev, st_ino) of the deepest existing directory along DEST/PATH (above DEST when it does not
+    # exist) and of each of its parents up to /: where the restore writes, by whatever path it is reached.
+    identities: tuple[tuple[int, int], ...] = ()
+    location: tuple[int, str] | None = None  # that directory's place in its filesystem (bkctl.mounts)
 
     def existing(self) -> int:
         """Leading components of PATH that exist under DEST as directories
@@ -114,53 +137,100 @@ def sources(parts: list[bytes], where: Where, top_level: list[bytes]) -> tuple[l
     return [into + b"/./" + rest if keep else rest], into
 
 
-def receiver_options(overwrite: bool, dry_run: bool) -> list[str]:
-    return [*RECEIVE, *([] if overwrite else ["--ignore-existing"]), *(["--dry-run"] if dry_run else [])]
+def options(overwrite: bool, dry_run: bool) -> list[str]:
+    return [*OPTIONS, *([] if overwrite else ["--ignore-existing"]), *(["--dry-run"] if dry_run else [])]
 
 
-_PLACEHOLDER = "bkd-sources"
+class _Output:
+    """What the restore's rsync prints on stdout, bounded: the itemized lines
+    are counted (and for a dry run the first MAX_LISTED names kept), and the
+    last lines kept, where rsync puts its statistics once the exchange is over.
+    The receiver's messages reach stdout too: nothing before that is taken
+    for rsync's own numbers, and the count of lines is capped by them."""
+
+    def __init__(self, listing: bool):
+        self.listing = listing
+        self.items = 0
+        self.names: list[str] = []
+        self.tail: deque[str] = deque(maxlen=STATS_LINES)
+
+    def line(self, line: str) -> None:
+        self.tail.append(line)
+        if _ITEM.match(line):
+            self.items += 1
+            if self.listing and len(self.names) < MAX_LISTED:
+                self.names.append(line[12:])
+
+    def statistics(self, dry_run: bool) -> dict:
+        lines = list(self.tail)
+        starts = [index for index, line in enumerate(lines) if line.startswith("Number of files: ")]
+        if not starts:
+            raise RestoreFailed("the restore's rsync ended without its statistics: the transfer did not finish")
+        stats = rsync.parse_stats(lines[starts[-1]:])
+        stats["entries_to_write" if dry_run else "entries_written"] = min(self.items, stats.get("entries", 0))
+        return stats
 
 
-async def sender_argv(options: list[str], root: Path, source_args: list[bytes]) -> list[str]:
-    """The server half of `rsync OPTIONS bkd:SOURCES DEST`, from this machine's
-    own rsync (the receiver runs the same one): it is told to use a remote
-    shell that only writes down the command it was asked to run. Only the
-    options are taken from it: rsync escapes file names for a remote shell
-    (a backslash before a space, `./` before a leading dash, which with
-    --relative also sends the root's own attributes), and no shell runs here.
-    The sources are put in as they are, absolute, each with the `/./` marker
-    where its relative part starts, so that none can be read as an option."""
-    with tempfile.NamedTemporaryFile(prefix="bkd-rsh-") as captured:
-        rsh = f"sh -c 'printf \"%s\\0\" \"$@\" > {shlex.quote(captured.name)}; exit 1' bkd-capture"
-        await bkexec.run(["rsync", *options, "-e", rsh, "--", f"bkd:{_PLACEHOLDER}", "/nonexistent/"])
-        argv = [os.fsdecode(a) for a in Path(captured.name).read_bytes().split(b"\0")[:-1]]
-    if argv[1:4] != ["rsync", "--server", "--sender"] or argv[-2:] != [".", _PLACEHOLDER]:
-        raise RestoreFailed(f"unexpected rsync server command: {argv[:4]}")
-    return [*argv[1:-1], *(os.fsdecode(_anchored(root, arg)) for arg in source_args)]
+def written_bytes(pid: int) -> int | None:
+    """What a process has written so far (the kernel's count, /proc/PID/io), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as io:
+            for line in io:
+                if line.startswith(b"wchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
-def _anchored(root: Path, arg: bytes) -> bytes:
-    """arg (relative to the snapshot's root) as an absolute path with the
-    /./ marker: what follows it is the path the receiver gets."""
-    if arg == b"./":
-        return arg  # the root itself, the sender's working directory (a DEST created takes its attributes)
-    return os.fsencode(root) + (b"/" if b"/./" in arg else b"/./") + arg
+async def _watch(pid: int, on_progress: Callable[[int], None]) -> None:
+    while (sent := written_bytes(pid)) is not None:
+        on_progress(sent)
+        await asyncio.sleep(WATCH_EVERY)
 
 
-def _stats(lines: list[str], dry_run: bool) -> tuple[dict, list[str]]:
-    written, stats_lines = rsync.split_output(lines)
-    stats = rsync.parse_stats(stats_lines)
-    stats["entries_written" if not dry_run else "entries_to_write"] = len(written)
-    return stats, [line.split(" ", 1)[-1] for line in written]
+async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable[[int], None],
+               pass_fds: Sequence[int] = (), on_spawn: Callable[[], None] | None = None) -> tuple[dict, list[str]]:
+    """Run the daemon's rsync (the sender) in the snapshot's root: its statistics
+    and, for a dry run, the names it lists. It fails unless rsync says it
+    succeeded and printed its statistics."""
+    output = _Output(dry_run)
+    watching: list[asyncio.Task] = []
+
+    def spawned(pid: int) -> None:
+        watching.append(asyncio.create_task(_watch(pid, on_progress)))
+        if on_spawn:
+            on_spawn()
+
+    try:
+        # TODO(lead): also pass exec.run's stall limit (scope B's watchdog, rsync.timeout) once merged;
+        # rsync's own --timeout (in argv) already ends a transfer whose receiver stops.
+        result = await bkexec.run(argv, on_stdout=output.line, cwd=str(root), pass_fds=pass_fds, on_spawn=spawned)
+    finally:
+        for task in watching:
+            task.cancel()
+    if result.returncode not in rsync.SUCCESS_CODES:
+        raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
+    stats = output.statistics(dry_run)
+    return stats, output.names[:stats.get("entries", 0)]
 
 
 # ---- remote DEST ----------------------------------------------------------------------
 
+# For each path: L symlink, "D mtime" directory, F other, N none (and no further); then whether
+# DEST is empty. Then, for the deepest existing directory (above DEST when it does not exist): its
+# mount ("M maj:min root mount-point", findmnt's escapes) and physical path ("P path"), and
+# "I dev ino" for it and each of its parents up to /.
 _PROBE = r'''for p; do
-  if [ -L "$p" ]; then echo L; elif [ -d "$p" ]; then echo "D $(stat -c %.9Y -- "$p")"; elif [ -e "$p" ]; then echo F
-  else echo N; break; fi
+  if [ -L "$p" ]; then echo L; elif [ -d "$p" ]; then echo "D $(stat -c %.9Y -- "$p")"; d=$p; elif [ -e "$p" ]
+  then echo F; else echo N; break; fi
 done
-if [ -d "$1" ] && [ -z "$(ls -A -- "$1")" ]; then echo empty; else echo full; fi'''
+if [ -d "$1" ] && [ -z "$(ls -A -- "$1")" ]; then echo empty; else echo full; fi
+if [ -z "$d" ]; then d=$1; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done; fi
+cd -P -- "$d" || exit 0
+findmnt -n -r -o MAJ:MIN,FSROOT,TARGET -T . | while read -r line; do echo "M $line"; done; echo "P $(pwd -P)"
+while :; do stat -c 'I %d %i' .; [ "$(pwd -P)" = / ] && break; cd -P .. || break; done'''
+_FINDMNT_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
 def _ssh(config: Config, host: str, *command: str) -> list[str]:
@@ -172,37 +242,54 @@ async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
     remote = Remote.parse(dest)
     paths = [os.fsdecode(os.path.join(os.fsencode(remote.path), *parts[:i])) for i in range(len(parts) + 1)]
     lines: list[str] = []
+
+    def on_stdout(line: str) -> None:
+        if len(lines) < MAX_PROBE_LINES:
+            lines.append(line)
+
     result = await bkexec.run(_ssh(config, remote.destination, "sh", "-c", _PROBE, "bkd-probe", *paths),
-                              on_stdout=lines.append)
-    if result.returncode != 0 or len(lines) < 2:
+                              on_stdout=on_stdout)
+    found = [line for line in lines if not line.startswith(("I ", "M ", "P "))]
+    if result.returncode != 0 or len(found) < 2:
         raise RestoreFailed(f"cannot look at {dest}: "
                             + rsync.describe_failure(result.returncode, result.stderr_tail).split(": ", 1)[-1])
-    *found, emptiness = lines
+    *found, emptiness = found
     found += ["N"] * (len(paths) - len(found))
+    identities = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "I" and fields[1].isdigit() and fields[2].isdigit():
+            identities.append((int(fields[1]), int(fields[2])))
     return Where(tuple(line[0] for line in found), emptiness == "empty",
-                 tuple(line[2:] if line.startswith("D ") else None for line in found))
+                 tuple(line[2:] if line.startswith("D ") else None for line in found), tuple(identities),
+                 _probed_location(lines))
+
+
+def _probed_location(lines: list[str]) -> tuple[int, str] | None:
+    """The probed directory's place in its filesystem (as bkctl.mounts.location
+    tells it locally), from findmnt's mount line and its physical path."""
+    mount = [line[2:].split(" ") for line in lines if line.startswith("M ")]
+    physical = [line[2:] for line in lines if line.startswith("P ")]
+    if len(mount) != 1 or len(mount[0]) != 3 or len(physical) != 1:
+        return None
+    dev, root, point = mount[0][0], *(os.fsdecode(_FINDMNT_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]),
+                                                                    os.fsencode(f))) for f in mount[0][1:])
+    path = physical[0]
+    major, _, minor = dev.partition(":")
+    if not (major.isdigit() and minor.isdigit()) or not (path == point or path.startswith(point.rstrip("/") + "/")):
+        return None
+    return os.makedev(int(major), int(minor)), os.path.normpath(os.path.join(root, path[len(point):].lstrip("/")))
 
 
 async def restore_remote(config: Config, root: Path, dest: str, source_args: list[bytes], into: bytes,
                          where: Where, options: list[str], dry_run: bool,
-                         on_progress: Callable[[dict], None]) -> tuple[dict, list[str]]:
+                         on_progress: Callable[[int], None]) -> tuple[dict, list[str]]:
     """The daemon's rsync sends from the snapshot's root to host:DEST/INTO/."""
     remote = Remote.parse(dest)
     target = os.fsdecode(os.path.join(os.fsencode(remote.path), into)).rstrip("/") + "/"
-    lines: list[str] = []
-
-    def on_stdout(line: str) -> None:
-        progress = rsync.parse_progress(line)
-        if progress is None:
-            lines.append(line)
-        else:
-            on_progress(progress)
-
-    argv = ["rsync", *options, "--info=progress2", "-e", shlex.join(rsync.ssh_command(config)), "--",
+    argv = ["rsync", *options, "-e", shlex.join(rsync.ssh_command(config)), "--",
             *map(os.fsdecode, source_args), remote.at(target)]
-    result = await bkexec.run(argv, on_stdout=on_stdout, cwd=str(root))
-    if result.returncode not in rsync.SUCCESS_CODES:
-        raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
+    stats, names = await push(argv, root, dry_run, on_progress)
     depth = into.count(b"/") + 1 if into else 0
     mtime = where.mtimes[depth] if depth < len(where.mtimes) else None
     if mtime and not dry_run:  # creating entries in it changed its mtime: put it back
@@ -211,15 +298,74 @@ async def restore_remote(config: Config, root: Path, dest: str, source_args: lis
                                         directory))
         if touched.returncode != 0:
             log.warning("restore.mtime_not_restored", directory=directory, error=touched.stderr[-300:])
-    return _stats(lines, dry_run)
+    return stats, names
 
 
-# ---- local DEST: the caller's receiver, fed from here -------------------------------------
+# ---- local DEST: the caller's receiver, on the sender's own connection ----------------------
 
-async def send(argv: list[str], root: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-               on_bytes: Callable[[int], None]) -> None:
-    """Run the sender in the snapshot's root, wired to the caller's receiver."""
-    result = await bkexec.relay(argv, reader, writer, cwd=str(root), on_bytes=on_bytes)
-    if result.returncode not in rsync.SUCCESS_CODES:
-        raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail)
-                            .replace("rsync exited", "the sending rsync exited", 1))
+async def restore_local(root: Path, source_args: list[bytes], missing: bytes, options: list[str],
+                        attached: Awaitable[asyncio.StreamWriter], dry_run: bool,
+                        on_progress: Callable[[int], None]) -> tuple[dict, list[str]]:
+    """The daemon's rsync sends from the snapshot's root; the two ends of its
+    connection go to the caller's bkctl over the connection it attaches with.
+    The sender starts at once, while bkctl is still attaching."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    rsh = shlex.join([sys.executable, "-I", "-S", str(RSH), str(theirs.fileno())])
+    # The receiver runs in the directory bkctl held since it looked: DEST/INTO, or the deepest
+    # existing parent of a DEST that does not exist yet (`missing` is DEST from there).
+    target = os.fsdecode(missing) + "/" if missing else "."
+    argv = ["rsync", *options, "-e", rsh, "--", *map(os.fsdecode, source_args), f"bkd:{target}"]
+    with ours, theirs:
+        transfer = asyncio.ensure_future(push(argv, root, dry_run, on_progress, pass_fds=(theirs.fileno(),),
+                                              on_spawn=theirs.close))  # only the remote shell may hold it
+        handoff = asyncio.ensure_future(_handed_over(ours))
+        attaching = asyncio.ensure_future(attached)
+        try:
+            await asyncio.wait({transfer, handoff}, return_when=asyncio.FIRST_COMPLETED)
+            if handoff.done() and not handoff.exception():
+                command, fds = handoff.result()
+                try:
+                    _give(await attaching, command, fds)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+            return await transfer  # an rsync that failed before its remote shell handed over says why
+        except BaseException:
+            transfer.cancel()
+            await asyncio.gather(transfer, return_exceptions=True)  # the sender stops before the run concludes
+            raise
+        finally:
+            handoff.cancel()
+            attaching.cancel()
+
+
+async def _handed_over(channel: socket.socket) -> tuple[list[str], list[int]]:
+    """The receiver's command and the two ends of the sender's connection, from its remote shell."""
+    loop = asyncio.get_running_loop()
+    channel.setblocking(False)
+    readable = loop.create_future()
+    loop.add_reader(channel.fileno(), lambda: readable.done() or readable.set_result(None))
+    try:
+        await readable
+    finally:
+        loop.remove_reader(channel.fileno())
+    message, fds, _flags, _address = socket.recv_fds(channel, 65536, 2)
+    if not message or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        raise RestoreFailed("the restore's rsync did not start its remote shell")
+    return [os.fsdecode(arg) for arg in message.split(b"\0")], fds
+
+
+def _give(attached: asyncio.StreamWriter, command: list[str], fds: list[int]) -> None:
+    """Hand the caller's bkctl its receiver's command and the two ends of the
+    sender's connection (SCM_RIGHTS), on the connection it attached with
+    (restore.stream), which ends with that."""
+    line = json.dumps({"receiver": command}).encode() + b"\n"
+    with socket.socket(fileno=os.dup(attached.get_extra_info("socket").fileno())) as sock:
+        attached.transport.abort()
+        sock.settimeout(5)  # one small message into a connection that has nothing else to send
+        try:
+            socket.send_fds(sock, [line], fds)
+        except OSError as e:
+            raise RestoreFailed(f"the caller's bkctl went away before receiving: {e.strerror or e}") from None

@@ -10,7 +10,6 @@ import functools
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import structlog
@@ -18,12 +17,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, access, browse, catalog, clock, metrics, report, selfguard
+from .. import __version__, access, browse, catalog, clock, metrics, relpath, report, selfguard
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..errors import Denied, InvalidArgument, NotFound
 from ..events import DEFAULT_QUEUE, TOPICS
 from ..layout import HostDir
-from ..pipeline import manifest, restore
+from ..pipeline import restore
 from ..plan import RestoreTarget, Trigger
 
 if TYPE_CHECKING:
@@ -137,12 +136,29 @@ class SnapshotsHistory(Params):
     path: FsPath
 
 
+Identity = Annotated[list[Annotated[int, Field(ge=0, le=2**64 - 1)]], Field(min_length=2, max_length=2)]  # dev, ino
+
+
+class Location(Params):
+    dev: int = Field(ge=0, le=2**64 - 1)  # the filesystem's device
+    path: FsPath  # inside that filesystem
+
+
 class Receiver(Params):
     """What a caller's bkctl found under DEST (as the caller) before it receives a local restore."""
 
     kinds: list[Literal["D", "F", "L", "N"]] = Field(min_length=1, max_length=4096)
     dest_empty: bool
-    realpath: FsPath  # DEST with symlinks resolved in the caller's view
+    # (st_dev, st_ino) of the directory the receiver writes under and of each of its parents up to /
+    ancestors: list[Identity] = Field(min_length=1, max_length=4096)
+    location: Optional[Location] = None  # that directory's place in its filesystem, when bkctl can tell
+    missing: FsPath = ""  # a DEST that does not exist yet, relative to that directory (its deepest parent)
+
+    @model_validator(mode="after")
+    def _missing_below(self):
+        if self.missing and not relpath.inside(os.fsencode(self.missing)):
+            raise ValueError("missing: must be a relative path without '..'")
+        return self
 
 
 class Restore(Params):
@@ -157,13 +173,6 @@ class Restore(Params):
 
 class RestoreStream(Params):
     token: str = Field(max_length=64)
-
-
-class RestoreFinish(Params):
-    token: str = Field(max_length=64)
-    returncode: int = Field(ge=-255, le=255)
-    written: int = Field(ge=0, le=MAX_ID)
-    stderr: list[str] = Field(default_factory=list, max_length=40)
 
 
 class Verify(Params):
@@ -256,12 +265,17 @@ class Method:
     concurrency: int | None = None  # calls answered at once, from every connection; more get -32006
 
 
-def _outside_state(config, dest: str) -> None:
-    """A restore never writes into bkd's own directories."""
-    own = selfguard.inside_own(config, dest)
+def _outside_own(config, dest: str, where: restore.Where) -> None:
+    """A restore never writes into bkd's own directories, by whatever path
+    (a symlink, a bind mount of them or of a directory inside them) DEST
+    reaches them: the directory it writes under and its parents are compared
+    with them by device and inode, and by place in their filesystem."""
+    if not where.identities and where.location is None:
+        raise InvalidArgument(f"invalid params: dest: cannot tell whether {dest} is inside bkd's own directories")
+    own = selfguard.inside_own(config, where.identities, where.location)
     if own is not None:
-        what = "state_dir" if own in (config.state_dir, Path(os.path.realpath(config.state_dir))) else "the backup root"
-        raise InvalidArgument(f"invalid params: dest: {dest} is inside {what} ({own}); restore elsewhere")
+        what, path = own
+        raise InvalidArgument(f"invalid params: dest: {dest} is inside {what} ({path}); restore elsewhere")
 
 
 def _public(job: dict, call: Call) -> dict:
@@ -353,42 +367,39 @@ class Api:
         if remote:
             if p.receiver is not None:
                 raise InvalidArgument("invalid params: receiver: a host:path DEST is written by the daemon")
-            if (await self.s.guard.verdict_of(remote)).same:  # this very machine, over SSH
-                _outside_state(config, remote.path)
             where = await restore.remote_where(config, p.dest, parts)
+            if (await self.s.guard.verdict_of(remote)).same:  # this very machine, over SSH
+                _outside_own(config, p.dest, where)
         else:
             if p.receiver is None:
                 raise InvalidArgument("invalid params: receiver: a local DEST is received by the caller "
                                       "(bkctl restore does this)")
             if len(p.receiver.kinds) != len(parts) + 1:
                 raise InvalidArgument("invalid params: receiver.kinds: one per directory of DEST/PATH")
-            where = restore.Where(tuple(p.receiver.kinds), p.receiver.dest_empty)
-            for dest in {p.dest, p.receiver.realpath}:
-                _outside_state(config, dest)
+            location = p.receiver.location
+            where = restore.Where(tuple(p.receiver.kinds), p.receiver.dest_empty,
+                                  identities=tuple(map(tuple, p.receiver.ancestors)),
+                                  location=(location.dev, location.path) if location else None)
+            _outside_own(config, p.dest, where)
         restore.conflict(where, p.dest, parts, p.overwrite)
         top_level = await asyncio.to_thread(browse.top_level, root) if not parts else []
         source_args, into = restore.sources(parts, where, top_level)
-        options = restore.receiver_options(p.overwrite, p.dry_run)
+        options = restore.options(p.overwrite, p.dry_run)
         token = None if remote else self.s.receivers.expect(call.uid)
-        total = await asyncio.to_thread(manifest.bytes_under, host_dir.manifest_file(name), b"/".join(parts))
         target = RestoreTarget(name, p.path, p.dest, p.overwrite, tuple(source_args), into, tuple(options), where,
-                               token, total)
+                               token, os.fsencode(p.receiver.missing) if p.receiver else b"")
         job_id = await self.s.jobs.start([p.host], Kind.RESTORE, Trigger.MANUAL, restore=target, dry_run=p.dry_run)
         answer = {"job_id": job_id}
         if token:
-            answer["receive"] = {"token": token, "options": options, "sources": [os.fsdecode(a) for a in source_args],
-                                 "into": os.fsdecode(into)}
+            answer["receive"] = {"token": token, "into": os.fsdecode(into)}
         return answer
 
     async def restore_stream(self, p: RestoreStream, call: Call) -> tuple[dict, Callable]:
-        """The caller's receiver attaches: after this answer the connection
-        carries the rsync protocol to and from the restore's sender."""
+        """The caller's receiver attaches: after this answer the restore sends,
+        on this connection, the receiver's command line and (SCM_RIGHTS) its
+        two ends of the sender's connection, and closes it."""
         self.s.receivers.check(p.token, call.uid)
         return {"attached": True}, lambda reader, writer: self.s.receivers.hand_over(p.token, (reader, writer))
-
-    async def restore_finish(self, p: RestoreFinish, call: Call) -> dict:
-        self.s.receivers.report(p.token, call.uid, p.model_dump())
-        return {"reported": True}
 
     async def verify(self, p: Verify, call: Call) -> dict:
         host_dir = self.host_dir(p.host)
@@ -527,7 +538,6 @@ def method_table(api: Api) -> dict[str, Method]:
         M.PRUNE: Method(Prune, api.prune, "admin", mutating=True, concurrency=2),
         M.RESTORE: Method(Restore, api.restore, "admin", mutating=True),
         M.RESTORE_STREAM: Method(RestoreStream, api.restore_stream, "admin", takes_over=True),
-        M.RESTORE_FINISH: Method(RestoreFinish, api.restore_finish, "admin"),
         M.VERIFY: Method(Verify, api.verify, "operator", concurrency=2),
         M.ALERTS_LIST: Method(AlertsList, api.alerts_list, "viewer"),
         M.ALERTS_ACK: Method(AlertsAck, api.alerts_ack, "operator", mutating=True),

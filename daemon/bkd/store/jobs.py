@@ -17,7 +17,7 @@ BACKUP_KINDS = (Kind.SNAPSHOT, Kind.ALL)
 _FINAL = tuple(sorted(FINAL_STATUSES))
 
 
-_ROW = ("status", "stage", "started", "finished", "snapshot", "stats", "error", "detail")
+_ROW = ("status", "stage", "started", "finished", "snapshot", "stats", "error", "detail", "listing")
 SUMMARY = ("host", "status", "snapshot", "error")  # a run as jobs.list shows it; the rest is in job.get
 MAX_JOB_ID = 2**63 - 1
 
@@ -56,7 +56,7 @@ class JobStore:
                 "ON CONFLICT(job_id) DO UPDATE SET status=excluded.status, finished=excluded.finished",
                 {**job, "dry_run": int(job["dry_run"])})
             for run in job["hosts"]:
-                key, row = (job_id, run["host"]), tuple(run[column] for column in _ROW)
+                key, row = (job_id, run["host"]), tuple(run.get(column) for column in _ROW)
                 previous = self._committed.get(key)
                 if previous == row:
                     continue
@@ -68,12 +68,13 @@ class JobStore:
                     was_final = previous[0] in FINAL_STATUSES
                 await db.execute(
                     "INSERT INTO job_hosts (job_id, host, status, stage, started, finished, snapshot, stats, "
-                    "error, detail) VALUES (:job_id, :host, :status, :stage, :started, :finished, :snapshot, "
-                    ":stats, :error, :detail) ON CONFLICT(job_id, host) DO UPDATE SET status=excluded.status, "
-                    "stage=excluded.stage, started=excluded.started, finished=excluded.finished, "
-                    "snapshot=excluded.snapshot, stats=excluded.stats, error=excluded.error, "
-                    "detail=excluded.detail",
-                    {**run, "job_id": job_id, "stats": json.dumps(run["stats"]) if run["stats"] else None})
+                    "error, detail, listing) VALUES (:job_id, :host, :status, :stage, :started, :finished, "
+                    ":snapshot, :stats, :error, :detail, :listing) ON CONFLICT(job_id, host) DO UPDATE SET "
+                    "status=excluded.status, stage=excluded.stage, started=excluded.started, "
+                    "finished=excluded.finished, snapshot=excluded.snapshot, stats=excluded.stats, "
+                    "error=excluded.error, detail=excluded.detail, listing=excluded.listing",
+                    {**run, "job_id": job_id, "stats": json.dumps(run["stats"]) if run["stats"] else None,
+                     "listing": json.dumps(run["listing"]) if run.get("listing") is not None else None})
                 if run["status"] in FINAL_STATUSES and not was_final and not job["dry_run"]:
                     await self._count(db, job, run)
                 # A copy: the caller's stats dict may change after this.
@@ -210,5 +211,8 @@ class JobStore:
         for row, decoded in zip(host_rows, stats):
             record = dict(row)
             record["stats"] = decoded
+            listing = record.pop("listing")
+            if listing is not None:  # a dry-run restore's, as it was in memory
+                record["listing"] = json.loads(listing)
             by_job.setdefault(record.pop("job_id"), []).append(record)
         return [{**_job(row), "hosts": by_job.get(row["job_id"], [])} for row in job_rows]

@@ -223,4 +223,9 @@ MIGRATIONS = [
     CREATE INDEX jobs_unfinished ON jobs(job_id) WHERE status IN ('queued', 'running');
     CREATE INDEX job_hosts_unfinished ON job_hosts(job_id) WHERE status IN ('queued', 'running');
     """,
+    """
+    -- What a dry-run restore would write (JSON, admins only) is part of its
+    -- record, not only of the job in memory: bkctl reads it after the end.
+    ALTER TABLE job_hosts ADD COLUMN listing TEXT;
+    """,
 ]
