@@ -325,9 +325,9 @@ def test_a_host_whose_last_snapshot_is_too_old_raises_one_stale_alert(tmp_path, 
 
 
 def test_the_sample_pass_is_not_skipped_by_a_daemon_restarted_more_often_than_it_is_due(tmp_path, daemon_factory):
+    started = time.monotonic()
     daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "source", 10))}],
                             verify={"every": "3s"}).start()
-    started = time.monotonic()
     daemon.run_snapshot()
     for _ in range(6):  # a restart every second or so: never three seconds in a row
         time.sleep(1)
