@@ -227,8 +227,9 @@ class SshFleet:
         with self.ssh_config.open("a") as f:
             f.write(f"Host {alias}\n  HostName {address}\n  Port {port}\n  User {_user()}\n\n")
 
-    def add_host(self, alias: str) -> tuple[str, int]:
-        """Start an sshd for alias and trust its key."""
+    def add_host(self, alias: str, sshd_extra: str = "") -> tuple[str, int]:
+        """Start an sshd for alias and trust its key; sshd_extra: more sshd_config
+        lines (e.g. a ForceCommand)."""
         address = f"127.0.0.{random.randint(20, 250)}"
         host_key = self.root / f"{alias}_host_key"
         _keygen(host_key)
@@ -239,7 +240,7 @@ class SshFleet:
                 f"ListenAddress {address}:{port}\nHostKey {host_key}\nPidFile none\n"
                 f"AuthorizedKeysFile {self.authorized_keys}\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-                "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n"
+                "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n" + sshd_extra
             )
             proc = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

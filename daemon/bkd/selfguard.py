@@ -24,6 +24,7 @@ import structlog
 
 from . import exec as bkexec
 from .config.models import Config, HostSettings
+from .outcomes import public_message
 from .pipeline import rsync
 
 log = structlog.get_logger()
@@ -34,7 +35,8 @@ MACHINE_ID = Path("/etc/machine-id")
 @dataclass(frozen=True)
 class Verdict:
     same: bool | None  # None: cannot tell
-    how: str
+    how: str  # for every role
+    detail: str | None = None  # the probe's output, when it failed: admins only
 
 
 LOCAL = Verdict(True, "a local path")
@@ -110,7 +112,11 @@ class SelfGuard:
         return excludes_for(split_source(settings.host.source)[1], own_dirs(self.config))
 
     async def _probe(self, destination: str) -> Verdict:
-        ssh = shlex.join(rsync.ssh_command(self.config))
+        with rsync.SshLog() as ssh_log:
+            return await self._probe_with(destination, ssh_log)
+
+    async def _probe_with(self, destination: str, ssh_log: rsync.SshLog) -> Verdict:
+        ssh = shlex.join(rsync.ssh_command(self.config, ssh_log.path))
         try:
             ours = MACHINE_ID.read_text().strip()
         except OSError as e:
@@ -120,10 +126,11 @@ class SelfGuard:
             result = await bkexec.run(["rsync", "--timeout=30", "-e", ssh, "--",
                                        f"{destination}:{MACHINE_ID}", str(fetched)])
             if result.returncode != 0:
-                why = rsync.describe_failure(result.returncode, result.stderr_tail)
+                why = rsync.describe_failure(result.returncode, result.stderr_tail, ssh_log.said())
                 log.warning("selfguard.unknown", destination=destination, error=why)
-                return Verdict(None, f"cannot tell whether {destination} is this machine ({why}); "
-                                     "nothing of bkd's own is excluded from its source")
+                return Verdict(None, f"cannot tell whether {destination} is this machine "
+                                     f"({public_message(why, 'rsync failed')}); "
+                                     "nothing of bkd's own is excluded from its source", why)
             if fetched.read_text().strip() != ours:
                 return Verdict(False, "another machine (its machine-id differs)")
         # The same machine-id: a clone, or really this machine? A marker made here must be visible there.

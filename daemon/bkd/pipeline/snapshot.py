@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from .. import clock
+from .. import clock, failures
 from .. import exec as bkexec
 from ..config.models import Config, HostSettings
 from ..fsutil import fsync_dir, make_private_dir, replace_symlink, syncfs, write_atomic
@@ -35,7 +35,12 @@ PROGRESS_EVERY = 0.2  # seconds; the engine publishes less often still
 
 
 class SnapshotFailed(Exception):
-    """The run failed; the previous snapshot is untouched and no partial is left."""
+    """The run failed; the previous snapshot is untouched and no partial is left.
+    refusal: the local ssh client reported a refused login or host key (failures.py)."""
+
+    def __init__(self, message: str, refusal: str | None = None):
+        super().__init__(message)
+        self.refusal = refusal
 
 
 @dataclass
@@ -66,7 +71,8 @@ def _deleted_files(previous_files: int | None, stats: dict) -> int:
 
 async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool = False,
                         control: RunControl | None = None, previous_files: int | None = None,
-                        on_progress: Callable[[dict], None] | None = None) -> SnapshotResult:
+                        on_progress: Callable[[dict], None] | None = None,
+                        ssh_log: rsync.SshLog | None = None) -> SnapshotResult:
     control = control or RunControl()
     host_dir = HostDir.of(config.backup_root, settings.host.name)
     started = clock.now()
@@ -74,7 +80,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
-    transfer = _Transfer(config, settings, host_dir, staging, on_progress)
+    transfer = _Transfer(config, settings, host_dir, staging, on_progress, ssh_log)
 
     if dry_run:
         lines = await transfer.dry_run([previous_dir] if previous_dir else [])
@@ -125,9 +131,11 @@ LIST_PREFIX = ".files-"
 class _Transfer:
     """The rsync runs of one snapshot into one staging directory."""
 
-    def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress):
+    def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress,
+                 ssh_log: rsync.SshLog | None = None):
         self.config, self.settings, self.host_dir, self.staging = config, settings, host_dir, staging
         self.on_progress = on_progress
+        self.ssh_log = ssh_log  # what the local ssh client says, apart from the host's stderr
         self.warnings: list[str] = []
         self.shared: str | None = None  # the ssh master's socket while one runs
         self.hashing_after_s = 0.0  # hashing left when the copy ended: part of the manifest step
@@ -169,14 +177,17 @@ class _Transfer:
         result = await bkexec.run(argv, **kwargs)
         if result.returncode not in rsync.SUCCESS_CODES:
             failure = on_failure if result.returncode == rsync.PARTIAL else SnapshotFailed
-            raise failure(rsync.describe_failure(result.returncode, result.stderr_tail))
+            said = self.ssh_log.said() if self.ssh_log else []
+            raise failure(rsync.describe_failure(result.returncode, result.stderr_tail, said),
+                          failures.ssh_refusal(said))
         if result.returncode == rsync.VANISHED and "--dry-run" not in argv:
             self.warnings.append(rsync.describe_failure(result.returncode, result.stderr_tail))
         return result
 
     async def dry_run(self, link_dests: list[Path]) -> list[str]:
         lines: list[str] = []
-        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, dry_run=True)
+        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, dry_run=True,
+                                      ssh_log=self.ssh_log)
         await self._rsync(argv, on_stdout=self._progress_and_stats(lines))
         return lines
 
@@ -190,7 +201,7 @@ class _Transfer:
         try:
             with bkexec.Channel(hasher.on_item) as channel:
                 argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests,
-                                              extra=rsync.log_items(channel.path))
+                                              extra=rsync.log_items(channel.path), ssh_log=self.ssh_log)
                 await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel)
             started = time.monotonic()
             known = await hasher.finish()
@@ -216,7 +227,8 @@ class _Transfer:
             return await self._compare_and_copy(previous)
         directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # private (0700), and short enough for a socket
         self.shared = os.path.join(directory, "master")
-        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared)))
+        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared,
+                                                                         self.ssh_log)))
         try:
             return await self._compare_and_copy(previous)
         finally:
@@ -258,7 +270,8 @@ class _Transfer:
                 changes.append(item)
                 estimate.at(item.name)
 
-        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir, self.shared),
+        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir, self.shared,
+                                                    self.ssh_log),
                               on_stdout=on_change)
         failure, _ = await estimate.during(_together(link_tree(previous_dir, self.staging), compare))
         if failure:
@@ -281,7 +294,8 @@ class _Transfer:
                 stats.update({key: fetched.get(key, 0) for key in ("changed_files", "transferred_bytes",
                                                                      "received_bytes")})
             if plan.root:
-                await self._rsync(rsync.root_command(self.config, self.settings, self.staging, self.shared),
+                await self._rsync(rsync.root_command(self.config, self.settings, self.staging, self.shared,
+                                                     self.ssh_log),
                                   on_failure=_SourceMoved)
         except _SourceMoved as e:
             log.warning("snapshot.source_moved", error=str(e), fallback="one pass with --link-dest")
@@ -311,7 +325,7 @@ class _Transfer:
             with bkexec.Channel(on_fetched) as channel:
                 await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in plan.fetch))
                 argv = rsync.fetch_command(self.config, self.settings, self.staging, previous_dir, files_from,
-                                           channel.path, self.shared)
+                                           channel.path, self.shared, self.ssh_log)
                 await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel,
                                   on_failure=_SourceMoved)
             finishing = time.monotonic()

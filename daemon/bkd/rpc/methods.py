@@ -229,12 +229,19 @@ def _outside_state(config, dest: str) -> None:
         raise InvalidArgument(f"invalid params: dest: {dest} is inside {what} ({own}); restore elsewhere")
 
 
-def _public(job: dict, call: Call) -> dict:
-    """A job record as the caller may see it: `detail` (file names, command
-    output) is for admins only."""
+# Fields that may quote file names or command output: admins only (SPEC §5).
+ADMIN_ONLY = frozenset({"detail", "listing", "identity_detail"})
+
+
+def _public(records: list[dict], call: Call) -> list[dict]:
+    """Records (a job's runs, hosts, test results) as the caller may see them."""
     if call.role == "admin":
-        return job
-    return {**job, "hosts": [{k: v for k, v in run.items() if k not in ("detail", "listing")} for run in job["hosts"]]}
+        return records
+    return [{k: v for k, v in record.items() if k not in ADMIN_ONLY} for record in records]
+
+
+def _public_job(job: dict, call: Call) -> dict:
+    return {**job, "hosts": _public(job["hosts"], call)}
 
 
 class Api:
@@ -275,10 +282,10 @@ class Api:
         job = await self.s.jobs.get(p.job_id)
         if job is None:
             raise NotFound(f"no job {p.job_id}")
-        return {"job": _public(job, call)}
+        return {"job": _public_job(job, call)}
 
     async def jobs_list(self, p: JobsList, call: Call) -> dict:
-        return {"jobs": [_public(job, call) for job in await self.s.jobs.list(p.host, p.limit)]}
+        return {"jobs": [_public_job(job, call) for job in await self.s.jobs.list(p.host, p.limit)]}
 
     async def snapshots_list(self, p: SnapshotsList, call: Call) -> dict:
         config = self.s.runtime.config
@@ -434,11 +441,14 @@ class Api:
                           "this_machine": verdict.same if verdict else None,
                           "self_excluded": own,
                           "identity": verdict.how if verdict else
-                          "not known yet: found out before its next run, or by `bkctl hosts test`"})
-        return {"hosts": hosts}
+                          "not known yet: found out before its next run, or by `bkctl hosts test`",
+                          "identity_detail": verdict.detail if verdict else None})
+        return {"hosts": _public(hosts, call)}
 
     async def hosts_test(self, p: HostsTest, call: Call) -> dict:
-        return {"results": await self.s.hosts.test(self.s.jobs.host_names(p.hosts))}
+        names = self.s.jobs.host_names(p.hosts)
+        results = await self.s.hosts.test(names)
+        return {"results": dict(zip(names, _public([results[name] for name in names], call), strict=True))}
 
     async def config_reload(self, _: NoParams, call: Call) -> dict:
         return await self.s.runtime.reload()
