@@ -5,13 +5,14 @@ standard library only: bkctl renders the page, the daemon the mail.
 
 Both HTML forms are self-contained: no script, no stylesheet, font, image
 or link to anywhere, and the page carries a Content-Security-Policy that
-forbids loading anything, so opening it makes no network request."""
+forbids loading anything, so opening it makes no network request. Every
+form renders the digest's text with control characters escaped (fmt.safe)."""
 
 from __future__ import annotations
 
 from html import escape
 
-from .fmt import number, size, span, sparkline
+from .fmt import number, safe_tree, size, span, sparkline
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 BAR = "#3b7dd8"  # host trend bars (the rendering test counts them: used for nothing else)
@@ -63,6 +64,7 @@ def _took(host: dict) -> str:
 
 def summary(digest: dict) -> str:
     """One line: the mail's subject, the webhook's `text`."""
+    digest = safe_tree(digest)
     levels = [verdict(h)[1] for h in digest["hosts"]]
     line = f"[bkd {digest['server']}] report: {len(levels)} host{'s' * (len(levels) != 1)}"
     problems = [f"{levels.count(level)} {word}" for level, word in (("bad", "failing or stale"),
@@ -98,6 +100,7 @@ def _period(digest: dict) -> str:
 
 def text(digest: dict, ascii: bool = False) -> str:
     from .fmt import table
+    digest = safe_tree(digest)
     lines = [f"bkd report for {digest['server']} at {digest['generated']} "
              f"(runs of the last {_period(digest)}; trends over {digest['trend_days']} days, {digest['timezone']})"]
     rows = []
@@ -225,6 +228,7 @@ def _disk_series(disk: dict) -> Series | None:
 
 
 def _page(digest: dict, chart, head: str) -> str:
+    digest = safe_tree(digest)
     cards = []
     for host in digest["hosts"]:
         charts = ("".join(chart(series) for series in _host_series(host)) if _has_history(host)

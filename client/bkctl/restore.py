@@ -21,6 +21,7 @@ from collections import deque
 
 from . import protocol
 from .client import Client
+from .fmt import safe
 
 
 def components(path: str) -> list[bytes]:
@@ -109,7 +110,7 @@ def transport(socket_path: str, token: str) -> int:
     try:
         sock.connect(socket_path)
     except OSError as e:
-        print(f"bkctl restore-transport: cannot reach bkd at {socket_path}: {e.strerror or e}", file=sys.stderr)
+        print(f"bkctl restore-transport: cannot reach bkd at {safe(socket_path)}: {e.strerror or e}", file=sys.stderr)
         return 3
     sock.sendall(protocol.encode(protocol.request(protocol.Method.RESTORE_STREAM, {"token": token}, 1)))
     buffered = b""
@@ -122,7 +123,7 @@ def transport(socket_path: str, token: str) -> int:
     line, rest = buffered.split(b"\n", 1)
     answer = json.loads(line)
     if "error" in answer:
-        print(f"bkctl restore-transport: {answer['error']['message']}", file=sys.stderr)
+        print(f"bkctl restore-transport: {safe(str(answer['error']['message']))}", file=sys.stderr)
         return 1
     # rsync may hand us non-blocking descriptors; a short write must never lose bytes.
     for fd in (0, 1):

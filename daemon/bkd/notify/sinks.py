@@ -1,4 +1,7 @@
 """What a notification looks like on each kind of sink, and delivering one.
+What people read (a mail, a webhook's `text`) renders control characters
+escaped (an operator's note, a host name in a subject); the webhook's `alert`
+keeps exact values for programs.
 
 A delivery ends in an Outcome: delivered, or failed with an error fit for
 every role (a status code or a reason; never a URL, a file name, a secret
@@ -20,6 +23,7 @@ from email.utils import formatdate
 import structlog
 
 from bkctl import report as digest_view
+from bkctl.fmt import safe, safe_tree
 
 from .. import __version__
 from ..threads import in_own_thread
@@ -63,16 +67,16 @@ def server_name(configured: str) -> str:
 def subject_line(n: Notification) -> str:
     """One line a person can triage from a phone: `[bkd backup1] web1: run failed (3×)`."""
     if n.event == "test":
-        return f"[bkd {n.server}] test notification"
+        return f"[bkd {safe(n.server)}] test notification"
     if n.event == REPORT:
         return digest_view.summary(n.alert)
-    alert = n.alert
+    alert = safe_tree(n.alert)
     what = WHAT.get(alert["kind"], alert["kind"])
     if alert.get("subject"):
         what += f": {alert['subject']}"
     if alert.get("count", 1) > 1:
         what += f" ({alert['count']}×)"
-    line = f"[bkd {n.server}] {alert['host'] or 'bkd'}: "
+    line = f"[bkd {safe(n.server)}] {alert['host'] or 'bkd'}: "
     if n.event == "resolved":
         return line + f"resolved: {what}"
     return line + what + (", still open" if n.event == "reminder" else "")
@@ -91,9 +95,9 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 def _details(n: Notification) -> list[tuple[str, str]]:
-    alert = n.alert
+    alert = safe_tree(n.alert)
     if n.event == "test":
-        return [("message", f"a test message from bkd on {n.server}: this sink works")]
+        return [("message", f"a test message from bkd on {safe(n.server)}: this sink works")]
     rows = [("message", alert["message"]), ("host", alert["host"] or "-"), ("kind", alert["kind"]),
             ("state", alert["state"]), ("count", str(alert["count"])), ("since", alert["first_seen"]),
             ("last seen", alert["last_seen"])]
