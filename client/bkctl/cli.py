@@ -567,6 +567,8 @@ def cmd_audit(client: Client, args) -> int:
             print(f"hash chain: BROKEN at entry {result['broken_at']} (the log was altered)")
         elif args.verify:
             print(f"hash chain: BROKEN: {result.get('problem')}")
+        if args.verify and result.get("journal"):
+            print(f"journal: {result['journal']}")
     return EXIT_FAILED if args.verify and not result["chain_ok"] else EXIT_OK
 
 

@@ -87,6 +87,12 @@ def _disk_line(disk: dict) -> str:
     return line
 
 
+def audit_line(head: dict | None) -> str:
+    """The audit log's newest entry: kept in every report, a copy off the server that a
+    truncated or rewritten log can no longer match (compare it with `bkctl audit`)."""
+    return f"audit log: entry {head['id']}, sha256 {head['hash']}" if head else ""
+
+
 def _alert_text(alert: dict) -> str:
     subject = f" ({alert['subject']})" if alert.get("subject") else ""
     silenced = ", silenced" if alert.get("silenced") else ""
@@ -117,6 +123,8 @@ def text(digest: dict, ascii: bool = False) -> str:
     lines.append(f"alerts: {alerts['open']} current, {alerts['unacknowledged']} unacknowledged"
                  if alerts["open"] else "alerts: none")
     lines += [f"  {_alert_text(a)}" for a in alerts["current"]]
+    if digest.get("audit_head"):
+        lines.append(audit_line(digest["audit_head"]))
     return "\n".join(lines) + "\n"
 
 
@@ -239,7 +247,8 @@ def _page(digest: dict, chart, head: str) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{head}"
             f"<title>{escape(summary(digest))}</title><style>{STYLE}</style></head><body>"
             f"{_header(digest)}{chart(disk) if disk else ''}{_overview(digest)}{_alerts(digest)}"
-            f"<h2>Trends</h2>{''.join(cards)}</body></html>\n")
+            f"<h2>Trends</h2>{''.join(cards)}"
+            f"<p class=\"sub\">{escape(audit_line(digest.get('audit_head')))}</p></body></html>\n")
 
 
 # ---- the page: inline SVG ------------------------------------------------------------

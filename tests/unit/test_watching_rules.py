@@ -128,10 +128,11 @@ def test_a_subject_a_person_can_triage_from_a_phone(event, alert, line):
 
 
 def test_the_webhook_body_carries_event_alert_server_version_and_key_and_is_signed():
-    body = webhook_body(Notification("bkd-ab-7-opened-chat", "opened", ALERT, "backup1"))
+    head = {"id": 41, "hash": "ab" * 32}  # the audit log's newest entry: a copy off the server
+    body = webhook_body(Notification("bkd-ab-7-opened-chat", "opened", ALERT, "backup1", head))
     assert json.loads(body) == {"event": "opened", "alert": ALERT, "server": "backup1", "version": __version__,
                                 "idempotency_key": "bkd-ab-7-opened-chat",
-                                "text": "[bkd backup1] web1: run failed (3×)"}
+                                "text": "[bkd backup1] web1: run failed (3×)", "audit_head": head}
     assert signature(b"s3cret", body) == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
 
 

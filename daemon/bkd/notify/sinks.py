@@ -36,7 +36,7 @@ TIMEOUT = 10.0  # seconds for one delivery attempt: connecting, sending, the ans
 
 WHAT = {
     "run_failed": "run failed", "stale": "no recent snapshot", "hung": "run hung",
-    "auth": "SSH login refused", "integrity": "snapshot damaged", "anomaly": "unusual changes",
+    "auth": "SSH login refused", "integrity": "integrity check failed", "anomaly": "unusual changes",
     "disk": "backup disk", "clock": "snapshots dated in the future", "notify": "notifications failing",
     "internal": "internal error",
 }
@@ -58,6 +58,7 @@ class Notification:
     event: str  # opened | reminder | resolved | test | report
     alert: dict  # the record alerts.list shows; for a report, the digest (the `report` RPC's result)
     server: str
+    audit_head: dict | None = None  # the audit log's newest entry at delivery: a copy off the server
 
 
 def server_name(configured: str) -> str:
@@ -87,7 +88,8 @@ def webhook_body(n: Notification) -> bytes:
         return json.dumps({"event": n.event, "report": n.alert, "server": n.server, "version": __version__,
                            "idempotency_key": n.key, "text": subject_line(n)}, separators=(",", ":")).encode()
     return json.dumps({"event": n.event, "alert": n.alert, "server": n.server, "version": __version__,
-                       "idempotency_key": n.key, "text": subject_line(n)}, separators=(",", ":")).encode()
+                       "idempotency_key": n.key, "text": subject_line(n), "audit_head": n.audit_head},
+                      separators=(",", ":")).encode()
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -96,8 +98,9 @@ def signature(secret: bytes, body: bytes) -> str:
 
 def _details(n: Notification) -> list[tuple[str, str]]:
     alert = safe_tree(n.alert)
+    head = [("audit log", digest_view.audit_line(n.audit_head).removeprefix("audit log: "))] if n.audit_head else []
     if n.event == "test":
-        return [("message", f"a test message from bkd on {safe(n.server)}: this sink works")]
+        return [("message", f"a test message from bkd on {safe(n.server)}: this sink works"), *head]
     rows = [("message", alert["message"]), ("host", alert["host"] or "-"), ("kind", alert["kind"]),
             ("state", alert["state"]), ("count", str(alert["count"])), ("since", alert["first_seen"]),
             ("last seen", alert["last_seen"])]
@@ -108,7 +111,7 @@ def _details(n: Notification) -> list[tuple[str, str]]:
                                      + (f": {alert['note']}" if alert.get("note") else "")))
     if n.event != "resolved" and alert.get("id") is not None:
         rows.append(("acknowledge", f"bkctl alerts ack {alert['id']}"))
-    return rows
+    return rows + head
 
 
 def email_message(sink: EmailSink, n: Notification) -> EmailMessage:
