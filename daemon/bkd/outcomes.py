@@ -75,12 +75,26 @@ DETAIL_LIMIT = 16384  # characters of a run's detail kept: its start and its end
 
 
 def clip(text: str | None, limit: int = DETAIL_LIMIT) -> str | None:
-    """text, or its start and end when longer than limit (what a child printed is
-    bounded line by line; a message joins several)."""
-    if text is None or len(text) <= limit:
+    """text as a run's detail keeps it: storable (see storable), and only its
+    start and end when longer than limit (what a child printed is bounded line
+    by line; a message joins several)."""
+    if text is None:
+        return None
+    text = storable(text)
+    if len(text) <= limit:
         return text
     keep = limit // 2
     return f"{text[:keep]} [... {len(text) - 2 * keep} characters not kept ...] {text[-keep:]}"
+
+
+def storable(text: str) -> str:
+    """text that SQLite (UTF-8 only) can store: a byte that is not UTF-8 — a
+    host's stderr, a file name, carried as a surrogate as os.fsdecode does — is
+    written \\xNN, as the audit log does; any other lone surrogate \\udNNN."""
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def public_message(message: str, fallback: str) -> str:
