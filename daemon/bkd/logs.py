@@ -92,14 +92,8 @@ class JournalLogger:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
     def msg(self, message: str, fields: dict[str, str]) -> None:
-        data = encode_journal(fields)
         try:
-            try:
-                self._sock.sendto(data, JOURNAL_SOCKET)
-            except OSError as e:
-                if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
-                    raise
-                send_large(self._sock, data, JOURNAL_SOCKET)
+            send(self._sock, encode_journal(fields))
         except OSError:
             line = safe(message)  # never the host's bytes raw, nor a line without end
             if len(line) > STDERR_LIMIT:
@@ -107,6 +101,16 @@ class JournalLogger:
             print(f"<{fields['PRIORITY']}>{line}", file=sys.stderr, flush=True)
 
     debug = info = warning = warn = error = err = critical = exception = fatal = log = msg
+
+
+def send(sock: socket.socket, data: bytes) -> None:
+    """One entry to the journal: in a datagram, or in a memfd when too large for one."""
+    try:
+        sock.sendto(data, JOURNAL_SOCKET)
+    except OSError as e:
+        if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+            raise
+        send_large(sock, data, JOURNAL_SOCKET)
 
 
 def send_large(sock: socket.socket, data: bytes, path: str) -> None:
@@ -127,18 +131,10 @@ def send_large(sock: socket.socket, data: bytes, path: str) -> None:
 def to_journal(event_dict: dict) -> bool:
     """One event to the journal whatever stderr is (`bkd audit reanchor`, run from
     a shell, leaves its audit entry where the daemon's are); False without one."""
-    event_dict = _visible(None, None, event_dict)
-    message = structlog.processors.LogfmtRenderer(key_order=["event"], drop_missing=True)(
-        None, None, {k: v for k, v in event_dict.items() if k != "level"})
-    data = encode_journal(journal_fields(event_dict, message))
+    _, entry = _to_journal(None, None, _visible(None, None, event_dict))
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         try:
-            try:
-                sock.sendto(data, JOURNAL_SOCKET)
-            except OSError as e:
-                if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
-                    raise
-                send_large(sock, data, JOURNAL_SOCKET)
+            send(sock, encode_journal(entry["fields"]))
         except OSError:
             return False
     return True
