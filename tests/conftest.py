@@ -242,8 +242,9 @@ class SshFleet:
         with self.ssh_config.open("a") as f:
             f.write(f"Host {alias}\n  HostName {address}\n  Port {port}\n  User {_user()}\n\n")
 
-    def add_host(self, alias: str, address: str | None = None) -> tuple[str, int]:
-        """Start an sshd for alias (on address, default a random 127.0.0.N) and trust its key."""
+    def add_host(self, alias: str, address: str | None = None, sshd_extra: str = "") -> tuple[str, int]:
+        """Start an sshd for alias (on address, default a random 127.0.0.N) and
+        trust its key; sshd_extra: more sshd_config lines (e.g. a ForceCommand)."""
         address = address or f"127.0.0.{random.randint(20, 250)}"
         literal = f"[{address}]" if ":" in address else address  # an IPv6 address
         file_name = alias.replace(":", "_")
@@ -256,7 +257,7 @@ class SshFleet:
                 f"ListenAddress {literal}:{port}\nHostKey {host_key}\nPidFile none\n"
                 f"AuthorizedKeysFile {self.authorized_keys}\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-                "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n"
+                "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n" + sshd_extra
             )
             proc = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

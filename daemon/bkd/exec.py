@@ -2,7 +2,8 @@
 
 Each child gets its own process group, so stopping it stops everything it
 spawned (rsync's ssh, a hook's grandchildren). Output is streamed line by line
-to an optional callback and only a bounded tail of stderr is kept. A tool's
+to an optional callback and only a bounded tail of stderr is kept; every line
+is bounded too, since what a source host prints is hostile. A tool's
 machine-readable output can have a pipe of its own (a Channel), so that it is
 never interleaved with what the tool prints for humans. A run may have a stall
 limit: when its processes read and write next to nothing for that long, it is
@@ -34,6 +35,11 @@ STDERR_TAIL_LINES = 40
 # few seconds, ssh's few dozen per ServerAliveInterval).
 STALL_NOISE = 1024
 _IO_ACCOUNTING = os.path.exists("/proc/self/io")
+# Bytes of one line kept. rsync's itemized lines (stdout, a Channel) name a path
+# of up to PATH_MAX bytes, each escaped byte written as 5, and a link's target:
+# 64 KiB holds them. People read stderr: 4 KiB of a line is plenty.
+LINE_LIMIT = 65536
+STDERR_LINE_LIMIT = 4096
 
 
 class Stalled(Exception):
@@ -49,32 +55,74 @@ class Result:
     argv: list[str]
     returncode: int
     stderr_tail: list[str]
+    dropped: int = 0  # bytes of over-long lines that were not kept
 
     @property
     def stderr(self) -> str:
         return "\n".join(self.stderr_tail)
 
 
+class _Lines:
+    """A child's output cut into lines (ending in \n or \r, as rsync's progress
+    does) of at most `limit` bytes, in time linear in its size. A longer line
+    never reaches on_line, where a parser could take its start for a whole
+    line; the tail keeps its start, marked, and the rest is counted as it
+    arrives, never buffered."""
+
+    def __init__(self, limit: int, on_line: Callable[[str], None] | None, tail: deque | None):
+        self.limit, self.on_line, self.tail = limit, on_line, tail
+        self.pending = bytearray()
+        self.over = 0  # bytes of the current line beyond limit
+        self.dropped = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self.on_line is None and self.tail is None:
+            return  # nobody reads it: drained, not split
+        data = chunk.replace(b"\r", b"\n")
+        if self.on_line is None:
+            # Only the newest lines can stay in the tail: a flood of lines is skipped in C, not line by line.
+            parts = data.rsplit(b"\n", self.tail.maxlen + 1)
+            if len(parts) == self.tail.maxlen + 2:  # the line pending and the first part end among them
+                self.pending.clear()
+                self.over, parts[0] = 0, b""
+        else:
+            parts = data.split(b"\n")
+        self._add(parts[0])
+        for part in parts[1:]:
+            self.end()
+            self._add(part)
+
+    def _add(self, piece: bytes) -> None:
+        room = self.limit - len(self.pending)
+        if len(piece) > room:
+            self.over += len(piece) - room
+            piece = piece[:room]
+        self.pending += piece
+
+    def end(self) -> None:
+        """The current line is complete (a separator, or the end of the output)."""
+        line = self.pending.decode("utf-8", "surrogateescape")
+        if self.over:
+            self.dropped += self.over
+            if self.tail is not None:
+                self.tail.append(f"{line} [+{self.over} bytes not kept]")
+        elif line:
+            if self.tail is not None:
+                self.tail.append(line)
+            if self.on_line is not None:
+                self.on_line(line)
+        self.pending.clear()
+        self.over = 0
+
+
 async def _pump(stream: asyncio.StreamReader, on_line: Callable[[str], None] | None,
-                tail: deque | None) -> None:
-    # Lines may end in \r (rsync progress) as well as \n.
-    pending = b""
+                tail: deque | None, limit: int = LINE_LIMIT) -> int:
+    """Deliver stream's lines; the bytes of over-long lines not kept."""
+    lines = _Lines(limit, on_line, tail)
     while chunk := await stream.read(65536):
-        pending += chunk
-        *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
-        for raw in lines:
-            if raw:
-                _deliver(raw, on_line, tail)
-    if pending:
-        _deliver(pending, on_line, tail)
-
-
-def _deliver(raw: bytes, on_line, tail) -> None:
-    line = raw.decode("utf-8", "surrogateescape")
-    if tail is not None:
-        tail.append(line)
-    if on_line is not None:
-        on_line(line)
+        lines.feed(chunk)
+    lines.end()
+    return lines.dropped
 
 
 class Channel:
@@ -197,9 +245,10 @@ async def _watched(work: Awaitable, pgid: int, stall: float):
         task.cancel()  # nothing if it finished
 
 
-async def _finish(pumps: asyncio.Future, proc: asyncio.subprocess.Process) -> int:
-    await pumps
-    return await proc.wait()
+async def _finish(pumps: asyncio.Future, proc: asyncio.subprocess.Process) -> tuple[int, list[int | None]]:
+    """The exit status, and what each pump dropped of over-long lines."""
+    dropped = await pumps
+    return await proc.wait(), dropped
 
 
 async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = None,
@@ -225,18 +274,18 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
     if on_spawn:
         on_spawn(proc.pid)
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    streams = [_pump(proc.stdout, on_stdout, None), _pump(proc.stderr, on_stderr, tail)]
+    streams = [_pump(proc.stdout, on_stdout, None), _pump(proc.stderr, on_stderr, tail, STDERR_LINE_LIMIT)]
     if channel:
         channel._spawned()
         streams.append(channel._pump())
     pumps = asyncio.gather(*streams)
     try:
         if stall and _IO_ACCOUNTING:
-            returncode = await _watched(_finish(pumps, proc), proc.pid, stall)
+            returncode, dropped = await _watched(_finish(pumps, proc), proc.pid, stall)
         else:
             if stall:
                 log.warning("exec.unwatched", reason="this kernel keeps no per-process I/O counters (/proc/PID/io)")
-            returncode = await _finish(pumps, proc)
+            returncode, dropped = await _finish(pumps, proc)
     except BaseException:
         await stop_group(proc, grace)
         pumps.cancel()
@@ -244,5 +293,12 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
     finally:
         if channel:
             channel.close()
-    return Result(argv, returncode, list(tail))
+    return _result(argv, returncode, tail, dropped)
+
+
+def _result(argv: list[str], returncode: int, tail: deque, dropped: list[int | None]) -> Result:
+    cut = sum(filter(None, dropped))
+    if cut:
+        log.warning("exec.lines_cut", program=os.path.basename(argv[0]), bytes_not_kept=cut)
+    return Result(argv, returncode, list(tail), cut)
 

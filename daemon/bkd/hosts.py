@@ -1,13 +1,17 @@
 """Testing hosts' reachability: SSH, the remote rsync and read access of the
 source, in parallel, writing nothing anywhere (and whether each is this
-machine, see selfguard.py)."""
+machine, see selfguard.py). What went wrong is told in two parts, as for
+runs: `error` for every role, `detail` (the command's output) for admins."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import nullcontext
 
 from . import exec as bkexec
+from . import failures
+from .outcomes import public_message
 from .pipeline import rsync
 from .runtime import Runtime
 from .selfguard import SelfGuard
@@ -33,13 +37,17 @@ class Hosts:
         async def tested(name: str) -> dict:
             settings = config.settings(config.find_host(name))
             started = time.monotonic()
-            result = await bkexec.run(rsync.reachability_command(config, settings))
+            with rsync.ssh_log_for(settings) or nullcontext() as ssh_log:
+                result = await bkexec.run(rsync.reachability_command(config, settings, ssh_log))
+                said = ssh_log.said() if ssh_log else []
             seconds = round(time.monotonic() - started, 2)
             verdict = await self.guard.verdict(settings, fresh=True)  # and whether it is this machine
-            identity = {"this_machine": verdict.same, "identity": verdict.how}
+            identity = {"this_machine": verdict.same, "identity": verdict.how, "identity_detail": verdict.detail}
             if result.returncode == 0:
-                return {"ok": True, "error": None, "seconds": seconds, **identity}
-            return {"ok": False, "error": rsync.describe_failure(result.returncode, result.stderr_tail),
-                    "seconds": seconds, **identity}
+                return {"ok": True, "error": None, "detail": None, "seconds": seconds, **identity}
+            detail = rsync.describe_failure(result.returncode, result.stderr_tail, said)
+            refusal = failures.ssh_refusal(said)
+            error = failures.auth_message(refusal) if refusal else public_message(detail, "the test failed")
+            return {"ok": False, "error": error, "detail": detail, "seconds": seconds, **identity}
 
         return dict(zip(names, await asyncio.gather(*(test_one(n) for n in names)), strict=True))

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+from bkctl.fmt import safe
 
 from conftest import make_tree
 
@@ -105,6 +106,13 @@ def test_hostile_names_and_metadata_round_trip_through_backup_ls_and_restore(tmp
 
     dry = daemon.bkctl("restore", "web1", snapshot, "/", "--to", str(tmp_path / "dry"), "--dry-run")
     assert dry.returncode == 0 and "would write -leading-dash" in dry.stdout
+    assert not (tmp_path / "dry").exists()
+    # Issue 18, item 12: with --json the job's final record (the last line) lists every path, exactly.
+    scripted = daemon.bkctl("--json", "restore", "web1", snapshot, "/", "--to", str(tmp_path / "dry"), "--dry-run")
+    assert scripted.returncode == 0, scripted.stderr
+    listing = json.loads(scripted.stdout.splitlines()[-1])["job"]["hosts"][0]["listing"]
+    shown = [line.removeprefix("would write ") for line in dry.stdout.splitlines() if line.startswith("would write")]
+    assert [safe(name) for name in listing] == shown and len(shown) > 3 and "-leading-dash" in listing
     assert not (tmp_path / "dry").exists()
 
 

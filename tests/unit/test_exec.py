@@ -161,3 +161,45 @@ async def test_a_tool_that_reads_steadily_without_printing_is_not_stopped(tmp_pa
     result = await bkexec.run(["sh", "-c", 'python3 -c "$1"; true', "sh", script], on_stdout=lines.append,
                               stall=1.0)
     assert result.returncode == 0 and lines == ["done"]  # 3 s of silence on stdout, never stopped
+
+
+# ---- bounded reads (issue 18, item 4) ------------------------------------------------------------------
+# A compromised host's endless stderr line (40 MiB, no newline) made a sub-second run take 39 s and put
+# the whole line into the job's detail: every line read from a child is cut at a fixed size, the rest
+# counted and dropped as it arrives, and the buffer is never copied again as it grows.
+
+ENDLESS = 40 * 1024 * 1024
+
+
+async def test_an_endless_stderr_line_is_cut_counted_and_read_in_linear_time():
+    script = (f"import sys\nsys.stderr.buffer.write(b'first\\n' + b'\\x1b' * {ENDLESS} + b'\\nlast\\n')\n"
+              "sys.exit(1)")
+    started = asyncio.get_running_loop().time()
+    result = await bkexec.run(["python3", "-c", script])
+    assert asyncio.get_running_loop().time() - started < 10  # 39 s before, most of it re-copying the buffer
+    assert result.returncode == 1
+    assert result.stderr_tail[0] == "first" and result.stderr_tail[-1] == "last"
+    cut = result.stderr_tail[1]
+    assert cut.startswith("\x1b" * bkexec.STDERR_LINE_LIMIT)
+    assert cut.endswith(f" [+{ENDLESS - bkexec.STDERR_LINE_LIMIT} bytes not kept]")
+    assert result.dropped == ENDLESS - bkexec.STDERR_LINE_LIMIT
+    assert sum(map(len, result.stderr_tail)) < bkexec.STDERR_TAIL_LINES * (bkexec.STDERR_LINE_LIMIT + 64)
+
+
+async def test_a_line_without_its_end_never_reaches_a_parser():
+    """stdout is parsed (rsync's itemized list): an over-long line is not
+    handed on cut, where its first part could pass for a whole line."""
+    limit = bkexec.LINE_LIMIT
+    script = f"import sys\nsys.stdout.write('a\\n' + 'x' * {limit + 10} + '\\r' + 'y' * {limit} + '\\nb')"
+    out = []
+    result = await bkexec.run(["python3", "-c", script], on_stdout=out.append)
+    assert out == ["a", "y" * limit, "b"]
+    assert result.dropped == 10
+
+
+async def test_a_flood_of_short_stderr_lines_keeps_the_newest_and_is_read_fast():
+    script = "import sys\nsys.stderr.buffer.write(b'line\\n' * 20_000_000 + b'end\\n')"
+    started = asyncio.get_running_loop().time()
+    result = await bkexec.run(["python3", "-c", script])
+    assert asyncio.get_running_loop().time() - started < 10
+    assert result.stderr_tail[-1] == "end" and len(result.stderr_tail) == bkexec.STDERR_TAIL_LINES

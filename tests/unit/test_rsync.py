@@ -1,5 +1,6 @@
 """rsync: command line, --stats parsing, exit codes, version gate."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,16 +48,16 @@ def test_an_rsync_with_path_escape_bugs_is_refused(tmp_path):
 
 
 def test_failures_name_the_cause():
-    tail = ["ssh: connect to host 127.0.0.9 port 22: Connection refused",
-            "rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]",
+    said = ["ssh: connect to host 127.0.0.9 port 22: Connection refused"]  # ssh -E: its own log
+    tail = ["rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]",
             "rsync error: unexplained error (code 255) at io.c(232) [Receiver=3.5.0]"]
-    assert rsync.describe_failure(255, tail) == (
+    assert rsync.describe_failure(255, tail, said) == (
         "rsync exited with code 255 (the SSH connection failed): "
         "ssh: connect to host 127.0.0.9 port 22: Connection refused")
     assert rsync.describe_failure(11, []) == "rsync exited with code 11 (error in file I/O (is the backup disk full?))"
     enospc = ["rsync: [receiver] write failed on \"/srv/bkd/h/hourly/.partial-1/f\": No space left on device (28)"]
     refused = ["ssh: connect to host 127.0.0.59 port 52253: Connection refused"]
-    assert rsync.describe_failure(12, refused) == (
+    assert rsync.describe_failure(12, [], refused) == (
         "rsync exited with code 12 (the SSH connection failed): " + refused[0])
     assert rsync.describe_failure(12, enospc) == (
         "rsync exited with code 12 (the backup disk is full): " + enospc[0])
@@ -82,6 +83,21 @@ def test_ssh_command_is_batch_mode_with_strict_host_keys_and_the_configured_opti
     assert "--timeout=300" in argv
 
 
+def test_ssh_s_own_messages_go_to_a_log_of_bkd_s_apart_from_the_host_s_stderr():
+    config = Config.model_validate({"backup_root": "/srv/bkd", "host": [{"name": "web1", "source": "web1:/home/"}]})
+    settings = config.settings(config.host[0])
+    with rsync.SshLog() as ssh_log:
+        assert os.stat(os.path.dirname(ssh_log.path)).st_mode & 0o077 == 0  # private
+        argv = rsync.reachability_command(config, settings, ssh_log)
+        assert f"-E {ssh_log.path}" in argv[argv.index("-e") + 1]
+        assert ssh_log.said() == []  # ssh said nothing (yet)
+        with open(ssh_log.path, "ab") as f:
+            f.write(b"x" * 100_000 + b"\nHost key verification failed.\r\n")
+        assert ssh_log.said()[-1] == "Host key verification failed."
+        assert sum(map(len, ssh_log.said())) <= rsync.SshLog.READ_LIMIT
+    assert not os.path.exists(ssh_log.path)
+
+
 def test_progress2_lines():
     assert rsync.parse_progress("     10,846,208  41%    9.78MB/s    0:00:01  ") == {
         "percent": 41, "bytes": 10846208, "rate": 10255073, "eta_s": 2}
@@ -92,11 +108,11 @@ def test_progress2_lines():
 
 def test_an_ssh_failure_is_named_whatever_exit_code_rsync_chose():
     from bkd.pipeline.rsync import describe_failure
-    refused = ["ssh: connect to host 127.0.0.9 port 2222: Connection refused",
-               "rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]",
+    said = ["ssh: connect to host 127.0.0.9 port 2222: Connection refused"]  # ssh -E: its own log
+    refused = ["rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]",
                "rsync error: error in rsync protocol data stream (code 12) at io.c(232) [Receiver=3.5.0]"]
     for code in (12, 255):
-        message = describe_failure(code, refused)
+        message = describe_failure(code, refused, said)
         assert message.startswith(f"rsync exited with code {code} (the SSH connection failed): ")
         assert message.endswith("Connection refused")
     assert describe_failure(12, ["rsync: read error: Connection reset"]).startswith(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +91,46 @@ def check_rsync(binary: str = "rsync") -> str:
     return ".".join(map(str, version))
 
 
-def ssh_command(config: Config) -> list[str]:
+class SshLog:
+    """A private file the local ssh client writes its own messages to (ssh -E),
+    for one run: whether ssh itself failed, and why, is read from there and
+    never from the stderr rsync passes on, where the remote side can print
+    anything (ssh's words included). Use it in a `with` block."""
+
+    READ_LIMIT = 65536  # bytes read back: its newest messages
+
+    def __init__(self):
+        self._directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # 0700
+        self.path = os.path.join(self._directory, "log")
+
+    def said(self) -> list[str]:
+        """ssh's newest messages, one per line."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - self.READ_LIMIT))
+                data = f.read(self.READ_LIMIT)
+        except FileNotFoundError:
+            return []
+        return [line.decode("utf-8", "surrogateescape") for line in data.splitlines() if line.strip()]
+
+    def __enter__(self) -> SshLog:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def ssh_log_for(settings: HostSettings) -> SshLog | None:
+    """An SshLog for a host reached over SSH; None for a local source."""
+    return SshLog() if settings.host.is_remote else None
+
+
+def ssh_command(config: Config, log: str | None = None) -> list[str]:
+    """The ssh command line; with log, ssh's own messages go to that file (see SshLog)."""
     ssh = config.ssh
     argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    if log:
+        argv += ["-E", log]
     if ssh.config_file:
         argv += ["-F", ssh.config_file]
     if ssh.identity_file:
@@ -103,11 +142,13 @@ def ssh_command(config: Config) -> list[str]:
     return argv
 
 
-def _remote_shell(config: Config, settings: HostSettings, shared: str | None = None) -> list[str]:
+def _remote_shell(config: Config, settings: HostSettings, shared: str | None = None,
+                  ssh_log: SshLog | None = None) -> list[str]:
     # rsync splits -e itself and honours shell-style quoting.
     if not settings.host.is_remote:
         return []
-    return ["-e", shlex.join(ssh_command(config) + (share_connection(shared) if shared else []))]
+    return ["-e", shlex.join(ssh_command(config, ssh_log and ssh_log.path)
+                             + (share_connection(shared) if shared else []))]
 
 
 def share_connection(control_path: str) -> list[str]:
@@ -116,11 +157,12 @@ def share_connection(control_path: str) -> list[str]:
     return ["-o", f"ControlPath={control_path}", "-o", "ControlMaster=no"]
 
 
-def ssh_master_command(config: Config, settings: HostSettings, control_path: str) -> list[str]:
+def ssh_master_command(config: Config, settings: HostSettings, control_path: str,
+                       ssh_log: SshLog | None = None) -> list[str]:
     """An ssh connection to the source host that runs nothing and lets the
     runs of one snapshot share it (one key exchange instead of one per run)."""
-    return [*ssh_command(config), "-M", "-N", "-o", f"ControlPath={control_path}", "-o", "ControlPersist=no",
-            "--", settings.host.remote.destination]
+    return [*ssh_command(config, ssh_log and ssh_log.path), "-M", "-N", "-o", f"ControlPath={control_path}",
+            "-o", "ControlPersist=no", "--", settings.host.remote.destination]
 
 
 def source_of(settings: HostSettings) -> str:
@@ -129,11 +171,11 @@ def source_of(settings: HostSettings) -> str:
     return remote.at(path) if remote else path
 
 
-def reachability_command(config: Config, settings: HostSettings) -> list[str]:
+def reachability_command(config: Config, settings: HostSettings, ssh_log: SshLog | None = None) -> list[str]:
     """List the top of the source: proves SSH, the remote rsync and read access,
     and writes nothing anywhere."""
     timeout = int(settings.rsync.timeout.total_seconds())
-    return ["rsync", "--list-only", f"--timeout={timeout}", *_remote_shell(config, settings),
+    return ["rsync", "--list-only", f"--timeout={timeout}", *_remote_shell(config, settings, ssh_log=ssh_log),
             "--", source_of(settings)]
 
 
@@ -145,7 +187,8 @@ _MIRROR = ["--delete", "--delete-excluded"]
 
 def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_dests: list[Path], *,
                      dry_run: bool = False, progress: bool = True, mirror: bool = True,
-                     extra: tuple[str, ...] = (), shared: str | None = None) -> list[str]:
+                     extra: tuple[str, ...] = (), shared: str | None = None,
+                     ssh_log: SshLog | None = None) -> list[str]:
     """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
     rsync = settings.rsync
     argv = ["rsync", *_PRESERVE, *(_MIRROR if mirror else []), "--stats",
@@ -159,21 +202,22 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_de
     argv += list(extra)
     argv += [f"--link-dest={path}" for path in link_dests]
     argv += [f"--exclude={pattern}" for pattern in settings.excludes]
-    argv += _remote_shell(config, settings, shared)
+    argv += _remote_shell(config, settings, shared, ssh_log)
     argv += ["--", source_of(settings), f"{dest}/"]
     return argv
 
 
-def compare_command(config: Config, settings: HostSettings, previous: Path, shared: str | None = None) -> list[str]:
+def compare_command(config: Config, settings: HostSettings, previous: Path, shared: str | None = None,
+                    ssh_log: SshLog | None = None) -> list[str]:
     """A dry run of the source against the previous snapshot: what a snapshot
     changes, touching nothing and reading no file data. Its stdout is the
     itemized list alone (no progress is interleaved), one line per change."""
     return snapshot_command(config, settings, previous, [], dry_run=True, progress=False, extra=ITEMS_ON_STDOUT,
-                            shared=shared)
+                            shared=shared, ssh_log=ssh_log)
 
 
 def fetch_command(config: Config, settings: HostSettings, dest: Path, previous: Path, files_from: Path,
-                  item_log: str, shared: str | None = None) -> list[str]:
+                  item_log: str, shared: str | None = None, ssh_log: SshLog | None = None) -> list[str]:
     """Copy only the listed entries (NUL-separated, relative, none of them a
     non-directory present in dest) from the source, linking or copying
     unchanged data from the previous snapshot. Without --delete or recursion
@@ -181,24 +225,26 @@ def fetch_command(config: Config, settings: HostSettings, dest: Path, previous: 
     only links an identical file or writes a new one, never changes the old."""
     return snapshot_command(config, settings, dest, [previous], mirror=False,
                             extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args",
-                                   *log_items(item_log)), shared=shared)
+                                   *log_items(item_log)), shared=shared, ssh_log=ssh_log)
 
 
 def refetch_command(config: Config, settings: HostSettings, dest: Path, files_from: Path,
-                    shared: str | None = None) -> list[str]:
+                    shared: str | None = None, ssh_log: SshLog | None = None) -> list[str]:
     """Fetch the listed files again in full (NUL-separated, relative, none of
     them present in dest): without --link-dest nothing is linked to, or
     copied from, the damaged copy an older snapshot holds at that path."""
     return snapshot_command(config, settings, dest, [], mirror=False, progress=False,
-                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args"), shared=shared)
+                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args"), shared=shared,
+                            ssh_log=ssh_log)
 
 
-def root_command(config: Config, settings: HostSettings, dest: Path, shared: str | None = None) -> list[str]:
+def root_command(config: Config, settings: HostSettings, dest: Path, shared: str | None = None,
+                 ssh_log: SshLog | None = None) -> list[str]:
     """The source's top directory itself (owner, mode, times, xattrs, ACLs) onto
     dest's, and nothing in it: a --files-from list cannot name it, since
     rsync copies the contents of a listed "."."""
     return snapshot_command(config, settings, dest, [], mirror=False, progress=False, extra=("--exclude=*",),
-                            shared=shared)
+                            shared=shared, ssh_log=ssh_log)
 
 
 def log_items(path: str) -> tuple[str, ...]:
@@ -316,17 +362,26 @@ _SSH_FAILURE = re.compile(r"^ssh: |Connection (refused|timed out|closed by)|No r
                           r"REMOTE HOST IDENTIFICATION HAS CHANGED")
 
 
-def ssh_failed(returncode: int, stderr_tail: list[str]) -> bool:
-    """rsync's exit code alone does not tell (it may be 255, 12 or 5): ssh's messages do."""
-    return returncode == 255 or any(_SSH_FAILURE.search(line) for line in stderr_tail)
+def ssh_failed(returncode: int, ssh_said: list[str] | None) -> bool:
+    """rsync's exit code alone does not tell (it may be 255, 12 or 5): ssh's own
+    messages (SshLog) do — never the stderr rsync passes on, where the host
+    writes (and a remote command may exit 255 too). Without ssh's log (None),
+    the exit code 255 is all there is to go by."""
+    if ssh_said is None:
+        return returncode == 255
+    return any(_SSH_FAILURE.search(line) for line in ssh_said)
 
 
 DISK_FULL = "the backup disk is full"
+UNEXPLAINED = "unexplained error"  # rsync's name for 255 when ssh itself did not fail
 # Every meaning describe_failure gives an exit code (outcomes.py rebuilds errors from them).
-MEANINGS = frozenset({*EXIT_CODES.values(), DISK_FULL, "unknown error"})
+MEANINGS = frozenset({*EXIT_CODES.values(), DISK_FULL, UNEXPLAINED, "unknown error"})
 
 
-def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
+def describe_failure(returncode: int, stderr_tail: list[str], ssh_said: list[str] | None = None) -> str:
+    """One line for admins: the exit code's meaning, then the newest of ssh's
+    own messages (SshLog.said, when there is one) and of rsync's stderr (each
+    line already bounded by bkd.exec)."""
     meaning = EXIT_CODES.get(returncode, "unknown error")
     boilerplate = ("rsync error:", "rsync: connection unexpectedly closed")
     detail = [line.strip() for line in stderr_tail
@@ -334,7 +389,11 @@ def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
     # For these rsync's exit code depends on which of its processes notices first.
     if any("No space left on device" in line for line in detail):
         meaning = DISK_FULL
-    elif ssh_failed(returncode, stderr_tail):
+    elif returncode and ssh_failed(returncode, ssh_said):
         meaning = EXIT_CODES[255]
+    elif returncode == 255:
+        meaning = UNEXPLAINED
     message = f"rsync exited with code {returncode} ({meaning})"
-    return f"{message}: {'; '.join(detail[-3:])}" if detail else message
+    said = [line.strip() if line.startswith("ssh: ") else f"ssh: {line.strip()}" for line in (ssh_said or [])[-3:]]
+    shown = said + detail[-3:]
+    return f"{message}: {'; '.join(shown)}" if shown else message

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from .. import clock
+from .. import clock, failures
 from .. import exec as bkexec
 from ..config.models import Config, HostSettings
 from ..fsutil import fsync_dir, make_private_dir, replace_symlink, syncfs, write_atomic
@@ -35,7 +35,12 @@ PROGRESS_EVERY = 0.2  # seconds; the engine publishes less often still
 
 
 class SnapshotFailed(Exception):
-    """The run failed; the previous snapshot is untouched and no partial is left."""
+    """The run failed; the previous snapshot is untouched and no partial is left.
+    refusal: the local ssh client reported a refused login or host key (failures.py)."""
+
+    def __init__(self, message: str, refusal: str | None = None):
+        super().__init__(message)
+        self.refusal = refusal
 
 
 @dataclass
@@ -66,7 +71,8 @@ def _deleted_files(previous_files: int | None, stats: dict) -> int:
 
 async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool = False,
                         control: RunControl | None = None, previous_files: int | None = None,
-                        on_progress: Callable[[dict], None] | None = None) -> SnapshotResult:
+                        on_progress: Callable[[dict], None] | None = None,
+                        ssh_log: rsync.SshLog | None = None) -> SnapshotResult:
     control = control or RunControl()
     host_dir = HostDir.of(config.backup_root, settings.host.name)
     started = clock.now()
@@ -74,7 +80,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
-    transfer = _Transfer(config, settings, host_dir, staging, on_progress)
+    transfer = _Transfer(config, settings, host_dir, staging, on_progress, ssh_log)
     if previous and not dry_run:
         # Files verify found damaged in the previous snapshot: fetched again in full, never linked to it.
         transfer.refetch = await asyncio.to_thread(damage.Ledger(host_dir).refetch, str(previous))
@@ -128,9 +134,11 @@ LIST_PREFIX = ".files-"
 class _Transfer:
     """The rsync runs of one snapshot into one staging directory."""
 
-    def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress):
+    def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress,
+                 ssh_log: rsync.SshLog | None = None):
         self.config, self.settings, self.host_dir, self.staging = config, settings, host_dir, staging
         self.on_progress = on_progress
+        self.ssh_log = ssh_log  # what the local ssh client says, apart from the host's stderr
         self.warnings: list[str] = []
         self.shared: str | None = None  # the ssh master's socket while one runs
         self.hashing_after_s = 0.0  # hashing left when the copy ended: part of the manifest step
@@ -178,14 +186,17 @@ class _Transfer:
             raise SnapshotFailed(f"rsync hung: {e} (rsync.timeout); its processes were stopped") from None
         if result.returncode not in rsync.SUCCESS_CODES:
             failure = on_failure if result.returncode == rsync.PARTIAL else SnapshotFailed
-            raise failure(rsync.describe_failure(result.returncode, result.stderr_tail))
+            said = self.ssh_log.said() if self.ssh_log else []
+            raise failure(rsync.describe_failure(result.returncode, result.stderr_tail, said),
+                          failures.ssh_refusal(said))
         if result.returncode == rsync.VANISHED and "--dry-run" not in argv:
             self.warnings.append(rsync.describe_failure(result.returncode, result.stderr_tail))
         return result
 
     async def dry_run(self, link_dests: list[Path]) -> list[str]:
         lines: list[str] = []
-        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, dry_run=True)
+        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, dry_run=True,
+                                      ssh_log=self.ssh_log)
         await self._rsync(argv, on_stdout=self._progress_and_stats(lines))
         return lines
 
@@ -199,7 +210,7 @@ class _Transfer:
         try:
             with bkexec.Channel(hasher.on_item) as channel:
                 argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests,
-                                              extra=rsync.log_items(channel.path))
+                                              extra=rsync.log_items(channel.path), ssh_log=self.ssh_log)
                 await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel)
             refetched = await self._refetch_linked() if link_dests else {}
             started = time.monotonic()
@@ -227,7 +238,8 @@ class _Transfer:
             return await self._compare_and_copy(previous)
         directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # private (0700), and short enough for a socket
         self.shared = os.path.join(directory, "master")
-        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared)))
+        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared,
+                                                                         self.ssh_log)))
         try:
             return await self._compare_and_copy(previous)
         finally:
@@ -269,7 +281,8 @@ class _Transfer:
                 changes.append(item)
                 estimate.at(item.name)
 
-        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir, self.shared),
+        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir, self.shared,
+                                                    self.ssh_log),
                               on_stdout=on_change)
         failure, _ = await estimate.during(_together(link_tree(previous_dir, self.staging), compare))
         if failure:
@@ -295,7 +308,8 @@ class _Transfer:
                              **{key: stats[key] + fetched.get(key, 0) for key in ("transferred_bytes",
                                                                                   "received_bytes")})
             if plan.root:
-                await self._rsync(rsync.root_command(self.config, self.settings, self.staging, self.shared),
+                await self._rsync(rsync.root_command(self.config, self.settings, self.staging, self.shared,
+                                                     self.ssh_log),
                                   on_failure=_SourceMoved)
         except _SourceMoved as e:
             log.warning("snapshot.source_moved", error=str(e), fallback="one pass with --link-dest")
@@ -325,7 +339,7 @@ class _Transfer:
             with bkexec.Channel(on_fetched) as channel:
                 await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in plan.fetch))
                 argv = rsync.fetch_command(self.config, self.settings, self.staging, previous_dir, files_from,
-                                           channel.path, self.shared)
+                                           channel.path, self.shared, self.ssh_log)
                 await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel,
                                   on_failure=_SourceMoved)
             finishing = time.monotonic()
@@ -351,7 +365,8 @@ class _Transfer:
         try:
             await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in names))
             await self._rsync(rsync.refetch_command(self.config, self.settings, self.staging, files_from,
-                                                    self.shared), on_stdout=lines.append, on_failure=_SourceMoved)
+                                                    self.shared, self.ssh_log),
+                              on_stdout=lines.append, on_failure=_SourceMoved)
         finally:
             files_from.unlink(missing_ok=True)
         log.info("snapshot.refetched", files=len(names))
