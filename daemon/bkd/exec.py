@@ -2,9 +2,9 @@
 
 Each child gets its own process group, so stopping it stops everything it
 spawned (rsync's ssh, a hook's grandchildren). Output is streamed line by line
-to an optional callback and only a bounded tail of stderr is kept. A tool's
-machine-readable output can have a pipe of its own (a Channel), so that it is
-never interleaved with what the tool prints for humans.
+to an optional callback, or as the chunks it was read in to a reader that
+frames it itself (rsync's itemized list), and only a bounded tail of stderr
+is kept.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ GRACE_SECONDS = 5.0
 # unsupervised: the kernel sends them SIGKILL when their parent dies.
 _DEATH_SIGNAL = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 STDERR_TAIL_LINES = 40
+CHUNK = 1 << 20  # as much as a read returns: the pipe's reader buffers up to 128 KiB
 
 
 @dataclass
@@ -62,50 +63,6 @@ def _deliver(raw: bytes, on_line, tail) -> None:
         on_line(line)
 
 
-class Channel:
-    """An extra output pipe for one run: the child writes to `path`
-    (/dev/fd/N, inherited), each line goes to on_line. Use it in a `with`
-    block around everything from its creation to the run, so that a step
-    failing before the child starts does not leak the pipe."""
-
-    def __init__(self, on_line: Callable[[str], None]):
-        self.on_line = on_line
-        read, self._write = os.pipe()
-        # One file object owns the read end, whoever closes it (us, or the
-        # transport, which closes it when connecting is cancelled): closing
-        # it twice is harmless, closing its number twice could close another
-        # run's pipe that reused it.
-        self._read = open(read, "rb", buffering=0)
-        self.path = f"/dev/fd/{self._write}"
-        self._transport: asyncio.BaseTransport | None = None
-
-    def _spawned(self) -> None:
-        # Only the child may hold the write end, so that the pipe ends with it.
-        os.close(self._write)
-        self._write = -1
-
-    async def _pump(self) -> None:
-        reader = asyncio.StreamReader()
-        self._transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), self._read)
-        await _pump(reader, self.on_line, None)
-
-    def __enter__(self) -> Channel:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Idempotent: run() closes it when the child ends, the `with` block again."""
-        if self._write >= 0:
-            os.close(self._write)
-            self._write = -1
-        if self._transport is not None:
-            self._transport.close()  # stops watching the read end before it is closed
-        self._read.close()
-
-
 async def stop_group(proc: asyncio.subprocess.Process, grace: float = GRACE_SECONDS) -> None:
     """SIGTERM the whole group, SIGKILL it after the grace period, always reap."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -137,28 +94,27 @@ async def _exited(proc: asyncio.subprocess.Process, timeout: float | None) -> bo
     return True
 
 
+async def _chunks(stream: asyncio.StreamReader, on_bytes: Callable[[bytes], None]) -> None:
+    while chunk := await stream.read(CHUNK):
+        on_bytes(chunk)
+
+
 async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = None,
               on_stderr: Callable[[str], None] | None = None, env: dict | None = None,
-              cwd: str | None = None, grace: float = GRACE_SECONDS, channel: Channel | None = None) -> Result:
-    """Run argv to completion. Cancelling the calling task stops the process group."""
+              cwd: str | None = None, grace: float = GRACE_SECONDS,
+              on_stdout_bytes: Callable[[bytes], None] | None = None) -> Result:
+    """Run argv to completion. stdout goes line by line to on_stdout, or, with
+    on_stdout_bytes, as read (whole chunks, unsplit: the reader frames and
+    bounds it). Cancelling the calling task stops the process group."""
     argv = [str(a) for a in argv]
     log.debug("exec", argv=argv)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
-            pass_fds=(channel._write,) if channel else (),
-        )
-    except BaseException:
-        if channel:
-            channel.close()
-        raise
+    proc = await asyncio.create_subprocess_exec(
+        *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
+    )
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    streams = [_pump(proc.stdout, on_stdout, None), _pump(proc.stderr, on_stderr, tail)]
-    if channel:
-        channel._spawned()
-        streams.append(channel._pump())
-    pumps = asyncio.gather(*streams)
+    stdout = _chunks(proc.stdout, on_stdout_bytes) if on_stdout_bytes else _pump(proc.stdout, on_stdout, None)
+    pumps = asyncio.gather(stdout, _pump(proc.stderr, on_stderr, tail))
     try:
         await pumps
         returncode = await proc.wait()
@@ -166,9 +122,6 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
         await stop_group(proc, grace)
         pumps.cancel()
         raise
-    finally:
-        if channel:
-            channel.close()
     return Result(argv, returncode, list(tail))
 
 

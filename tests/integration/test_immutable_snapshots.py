@@ -171,11 +171,12 @@ async def test_a_source_that_changes_between_the_compare_and_the_copy_is_taken_i
     (source / "d" / "x").write_text("two, longer\n")
     clear = snapshot_module._Plan.clear
 
-    def and_then_the_source_moves(plan, root):  # after the compare listed d/x, before the copy
-        clear(plan, root)
+    def and_then_the_source_moves(plan, *args):  # after the compare listed d/x, before the copy
+        private = clear(plan, *args)
         (source / "d" / "x").unlink()
         (source / "d").rmdir()
         (source / "d").write_text("now a file\n")
+        return private
 
     monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_the_source_moves)
     second = await snapshot(config)
@@ -202,12 +203,13 @@ async def test_an_entry_changed_after_the_compare_listed_the_others_is_left_for_
     os.utime(source, (1_000_000_000, 1_000_000_000))
     clear = snapshot_module._Plan.clear
 
-    def and_then_more_changes(plan, root):  # after the compare, before the copy
-        clear(plan, root)
+    def and_then_more_changes(plan, *args):  # after the compare, before the copy
+        private = clear(plan, *args)
         os.chmod(source / "top", 0o600)
         os.chown(source / "d" / "inner", 4321, 4321)
         (source / "late").write_text("too late for this one\n")
         os.utime(source, (1_000_000_000, 1_000_000_000))
+        return private
 
     monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_more_changes)
     second = await snapshot(config)
