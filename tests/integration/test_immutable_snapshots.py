@@ -223,3 +223,24 @@ async def test_an_entry_changed_after_the_compare_listed_the_others_is_left_for_
     third = await snapshot(config)  # the next snapshot has them
     assert (hourly / third.name / "top").stat().st_mode & 0o777 == 0o600 and (hourly / third.name / "late").exists()
     assert state(hourly / first.name) == before
+
+
+async def test_the_top_directory_keeps_its_time_when_only_its_entries_change(tmp_path):
+    """An entry added directly in the source's top directory within the same
+    second as the snapshot before (rsync compares times to the second, so the
+    compare does not list "."): the copy wrote into the new snapshot's top
+    directory, which kept the time of that write."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "old").write_text("old\n")
+    os.utime(source, (1_000_000_000, 1_000_000_000))
+    config = Config.model_validate({"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
+                                    "host": [{"name": "h", "source": str(source)}]})
+    await snapshot(config)
+    (source / "new").write_text("new\n")
+    (source / "old").unlink()
+    os.utime(source, (1_000_000_000, 1_000_000_000))  # as if in the same second
+    second = await snapshot(config)
+    new = HostDir.of(config.backup_root, "h").hourly / second.name
+    assert sorted(p.name for p in new.iterdir()) == ["new"]
+    assert new.stat().st_mtime == 1_000_000_000
