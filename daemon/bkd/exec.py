@@ -10,6 +10,7 @@ is kept.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
@@ -27,7 +28,12 @@ GRACE_SECONDS = 5.0
 # unsupervised: the kernel sends them SIGKILL when their parent dies.
 _DEATH_SIGNAL = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 STDERR_TAIL_LINES = 40
-CHUNK = 1 << 20  # as much as a read returns: the pipe's reader buffers up to 128 KiB
+# A reader of chunks (on_stdout_bytes) takes what has gathered in the pipe at
+# most this often: a tool that writes a line at a time (rsync) would otherwise
+# wake the event loop for every line, which cost as much CPU as hashing.
+READ_EVERY = 0.02
+PIPE_SIZE = 1 << 20  # room for what a tool writes meanwhile (the default is 64 KiB)
+CHUNK = 1 << 20
 
 
 @dataclass
@@ -94,9 +100,53 @@ async def _exited(proc: asyncio.subprocess.Process, timeout: float | None) -> bo
     return True
 
 
-async def _chunks(stream: asyncio.StreamReader, on_bytes: Callable[[bytes], None]) -> None:
-    while chunk := await stream.read(CHUNK):
-        on_bytes(chunk)
+class _ChunkPipe:
+    """A child's stdout read in chunks: the read end non-blocking and as large
+    as allowed, closed once, and never unwatched after it is closed (its
+    number may be another pipe's by then)."""
+
+    def __init__(self):
+        self.fd, self.write_end = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.fd, False)
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # above /proc/sys/fs/pipe-max-size: the default size does, with more waking
+
+    def spawned(self) -> None:
+        # Only the child may hold the write end, so that the pipe ends with it.
+        os.close(self.write_end)
+        self.write_end = -1
+
+    async def read(self, on_bytes: Callable[[bytes], None]) -> None:
+        """Wait until readable, let more gather for READ_EVERY, then take all
+        of it: at most one wakeup per READ_EVERY, however the child writes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            readable = loop.create_future()
+            loop.add_reader(self.fd, lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                if self.fd >= 0:
+                    loop.remove_reader(self.fd)
+            await asyncio.sleep(READ_EVERY)
+            while True:
+                try:
+                    chunk = os.read(self.fd, CHUNK)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    return
+                on_bytes(chunk)
+
+    def close(self) -> None:
+        if self.write_end >= 0:
+            self.spawned()
+        if self.fd >= 0:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
 
 
 async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = None,
@@ -104,16 +154,25 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
               cwd: str | None = None, grace: float = GRACE_SECONDS,
               on_stdout_bytes: Callable[[bytes], None] | None = None) -> Result:
     """Run argv to completion. stdout goes line by line to on_stdout, or, with
-    on_stdout_bytes, as read (whole chunks, unsplit: the reader frames and
+    on_stdout_bytes, in chunks as it gathers (unsplit: the reader frames and
     bounds it). Cancelling the calling task stops the process group."""
     argv = [str(a) for a in argv]
     log.debug("exec", argv=argv)
-    proc = await asyncio.create_subprocess_exec(
-        *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
-    )
+    pipe = _ChunkPipe() if on_stdout_bytes else None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL,
+            stdout=pipe.write_end if pipe else asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
+        )
+    except BaseException:
+        if pipe:
+            pipe.close()
+        raise
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    stdout = _chunks(proc.stdout, on_stdout_bytes) if on_stdout_bytes else _pump(proc.stdout, on_stdout, None)
+    if pipe:
+        pipe.spawned()
+    stdout = pipe.read(on_stdout_bytes) if pipe else _pump(proc.stdout, on_stdout, None)
     pumps = asyncio.gather(stdout, _pump(proc.stderr, on_stderr, tail))
     try:
         await pumps
@@ -122,6 +181,9 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
         await stop_group(proc, grace)
         pumps.cancel()
         raise
+    finally:
+        if pipe:
+            pipe.close()
     return Result(argv, returncode, list(tail))
 
 

@@ -68,6 +68,40 @@ async def test_stdout_can_go_to_a_reader_as_the_chunks_it_was_read_in():
     assert len(chunks) < 100  # read in big chunks, not a callback per line
 
 
+async def test_a_tool_writing_a_line_at_a_time_wakes_the_reader_at_most_every_read_interval():
+    """rsync writes each itemized line on its own, paced by the transfer:
+    read as it came, every line cost an event-loop wakeup, and reading cost
+    as much CPU as hashing (issue 17 item 12)."""
+    script = "import os, time\nfor i in range(1000):\n    os.write(1, b'line %d\\n' % i)\n    time.sleep(0.0005)"
+    chunks = []
+    started = asyncio.get_running_loop().time()
+    await bkexec.run(["python3", "-c", script], on_stdout_bytes=chunks.append)
+    took = asyncio.get_running_loop().time() - started
+    assert b"".join(chunks) == b"".join(b"line %d\n" % i for i in range(1000))
+    assert len(chunks) <= took / bkexec.READ_EVERY + 2, (len(chunks), took)
+
+
+async def test_a_chunk_reader_leaves_no_descriptor_and_no_watch_behind(tmp_path):
+    opened = set(os.listdir("/proc/self/fd"))
+    loop = asyncio.get_running_loop()
+    with pytest.raises(FileNotFoundError):  # the child cannot even start
+        await bkexec.run(["true"], cwd=str(tmp_path / "missing"), on_stdout_bytes=lambda chunk: None)
+    chunks = []
+    task = asyncio.create_task(bkexec.run(["sh", "-c", "echo started; exec sleep 60"],
+                                          on_stdout_bytes=chunks.append, grace=0.5))
+    deadline = loop.time() + 30
+    while not chunks:  # it runs, and its output is being read
+        assert loop.time() < deadline and not task.done()
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.05)  # the cancelled reader's own cleanup has run
+    assert set(os.listdir("/proc/self/fd")) <= opened
+    watched = {key.fd for key in loop._selector.get_map().values()}
+    assert not watched - {int(fd) for fd in opened}
+
+
 async def test_stopping_a_tool_whose_child_left_the_group_holding_its_output_ends_at_once(tmp_path):
     """A hook that starts a daemon of its own (setsid) which keeps stdout open:
     cancelling the hook ends as soon as the hook's group is dead, instead of
