@@ -58,10 +58,21 @@ def entries(tree: Path) -> dict:
     return found
 
 
-async def test_a_directory_swapped_for_a_symlink_and_back_between_the_compare_and_the_copy(tmp_path, monkeypatch):
+@pytest.mark.parametrize("through", ["local", "rrsync"])
+async def test_a_directory_swapped_for_a_symlink_and_back_between_the_compare_and_the_copy(
+        tmp_path, monkeypatch, request, through):
+    """Locally, and through a restricted key (rrsync -ro: nothing runs on
+    the source but rsync, so rsync's own output is all there is to go by)."""
     home, stash = make_world(tmp_path)
-    config = Config.model_validate({"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
-                                    "host": [{"name": "h", "source": str(home)}]})
+    settings = {"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
+                "host": [{"name": "h", "source": str(home)}]}
+    if through == "rrsync":
+        fleet = request.getfixturevalue("ssh_fleet")
+        fleet.add_host("swaps")
+        key = fleet.authorized_keys.read_text().strip()
+        fleet.authorized_keys.write_text(f'command="/usr/bin/rrsync -ro {home}",restrict {key}\n')
+        settings.update(ssh=fleet.ssh_settings(), host=[{"name": "h", "source": "swaps:/"}])
+    config = Config.model_validate(settings)
     settings = config.settings(config.host[0])
     hourly = HostDir.of(config.backup_root, "h").hourly
     first = await take_snapshot(config, settings)
