@@ -9,8 +9,8 @@ from pathlib import Path
 from bkd.config.models import Config
 from bkd.layout import HostDir
 from bkd.pipeline import manifest
-from bkd.pipeline import snapshot as snapshot_module
 from bkd.pipeline.snapshot import take_snapshot
+from conftest import between_compare_and_copy
 
 SIZE = 256 << 20
 
@@ -29,6 +29,14 @@ def sparse_source(tmp_path: Path) -> Path:
         f.write(b"x")
     (source / "plain").write_text("plain\n")
     return source
+
+
+async def snapshotted(tmp_path: Path) -> tuple[Path, Config]:
+    """A sparse source and its first snapshot."""
+    source = sparse_source(tmp_path)
+    config = config_for(tmp_path, source)
+    assert (await take_snapshot(config, config.settings(config.host[0]))).status == "ok"
+    return source, config
 
 
 def assert_true_manifest(config: Config, name: str, source: Path) -> None:
@@ -61,41 +69,29 @@ async def test_a_resumed_snapshot_punches_the_holes_back_into_rsyncs_copy(tmp_pa
 
 
 async def test_an_attribute_only_change_whose_file_vanishes_before_the_copy_is_a_warning(tmp_path, monkeypatch):
-    source = sparse_source(tmp_path)
-    config = config_for(tmp_path, source)
-    settings = config.settings(config.host[0])
-    await take_snapshot(config, settings)
+    source, config = await snapshotted(tmp_path)
     (source / "sparse").chmod(0o600)
-    clear = snapshot_module._Plan.clear
 
-    def and_then_it_goes(plan, *args):
-        private = clear(plan, *args)
+    def it_goes(plan, private):
         assert private == {b"sparse"}  # given a copy of its own, from the previous snapshot
         (source / "sparse").unlink()
-        return private
 
-    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_it_goes)
-    second = await take_snapshot(config, settings)
+    between_compare_and_copy(monkeypatch, it_goes)
+    second = await take_snapshot(config, config.settings(config.host[0]))
     assert second.status == "warning" and "vanished" in second.warning and "sparse" in second.warning
     assert sorted(p.name for p in (HostDir.of(config.backup_root, "h").hourly / second.name).iterdir()) == ["plain"]
     assert_true_manifest(config, second.name, source)
 
 
 async def test_new_content_after_an_attribute_only_change_is_hashed_not_inherited(tmp_path, monkeypatch):
-    source = sparse_source(tmp_path)
-    config = config_for(tmp_path, source)
-    settings = config.settings(config.host[0])
-    await take_snapshot(config, settings)
+    source, config = await snapshotted(tmp_path)
     (source / "plain").chmod(0o600)
-    clear = snapshot_module._Plan.clear
 
-    def and_then_new_content(plan, *args):  # the copy sends it: rsync replaces the private copy
-        private = clear(plan, *args)
+    def new_content(plan, private):  # the copy sends it: rsync replaces the private copy
         (source / "plain").write_text("new content, and longer\n")
-        return private
 
-    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_new_content)
-    second = await take_snapshot(config, settings)
+    between_compare_and_copy(monkeypatch, new_content)
+    second = await take_snapshot(config, config.settings(config.host[0]))
     assert second.status == "ok", second.warning
     new = HostDir.of(config.backup_root, "h").hourly / second.name / "plain"
     assert new.read_text() == "new content, and longer\n" and new.stat().st_mode & 0o777 == 0o600

@@ -10,8 +10,8 @@ import pytest
 from bkd.config.models import Config
 from bkd.layout import HostDir
 from bkd.pipeline import manifest
-from bkd.pipeline import snapshot as snapshot_module
 from bkd.pipeline.snapshot import take_snapshot
+from conftest import between_compare_and_copy
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
 
@@ -169,16 +169,13 @@ async def test_a_source_that_changes_between_the_compare_and_the_copy_is_taken_i
     hourly = HostDir.of(config.backup_root, "h").hourly
     before = state(hourly / first.name)
     (source / "d" / "x").write_text("two, longer\n")
-    clear = snapshot_module._Plan.clear
 
-    def and_then_the_source_moves(plan, *args):  # after the compare listed d/x, before the copy
-        private = clear(plan, *args)
+    def the_source_moves(plan, private):  # after the compare listed d/x, before the copy
         (source / "d" / "x").unlink()
         (source / "d").rmdir()
         (source / "d").write_text("now a file\n")
-        return private
 
-    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_the_source_moves)
+    between_compare_and_copy(monkeypatch, the_source_moves)
     second = await snapshot(config)
     assert (hourly / second.name / "d").read_text() == "now a file\n"
     assert (hourly / second.name / "keep").stat().st_ino == (hourly / first.name / "keep").stat().st_ino
@@ -201,17 +198,14 @@ async def test_an_entry_changed_after_the_compare_listed_the_others_is_left_for_
     before = state(hourly / first.name)
     (source / "changed").write_text("changed, and the top directory's time with it\n")
     os.utime(source, (1_000_000_000, 1_000_000_000))
-    clear = snapshot_module._Plan.clear
 
-    def and_then_more_changes(plan, *args):  # after the compare, before the copy
-        private = clear(plan, *args)
+    def more_changes(plan, private):  # after the compare, before the copy
         os.chmod(source / "top", 0o600)
         os.chown(source / "d" / "inner", 4321, 4321)
         (source / "late").write_text("too late for this one\n")
         os.utime(source, (1_000_000_000, 1_000_000_000))
-        return private
 
-    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_more_changes)
+    between_compare_and_copy(monkeypatch, more_changes)
     second = await snapshot(config)
     assert state(hourly / first.name) == before
     new = hourly / second.name

@@ -11,8 +11,8 @@ import pytest
 
 from bkd.config.models import Config
 from bkd.layout import HostDir
-from bkd.pipeline import snapshot as snapshot_module
 from bkd.pipeline.snapshot import take_snapshot
+from conftest import between_compare_and_copy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root-only directory and a user's symlink need root")
 
@@ -80,19 +80,16 @@ async def test_a_directory_swapped_for_a_symlink_and_back_between_the_compare_an
     as_directory = entries(home)
     exchange(home / "d", stash / "d")  # d is the symlink now: the compare lists it as one
     as_symlink = entries(home)
-    clear = snapshot_module._Plan.clear
     swaps = []
 
-    def and_then_back(plan, *args):  # between the compare and the copy, d is a directory again
-        private = clear(plan, *args)
+    def swap_once(plan, private):  # between the compare and the copy, d swaps again
         if not swaps:
             exchange(home / "d", stash / "d")
             swaps.append(b"d" in plan.fetch)
-        return private
 
-    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_back)
+    between_compare_and_copy(monkeypatch, swap_once)
     second = await take_snapshot(config, settings)
-    assert swaps == [True]  # the compare listed d (a symlink then)
+    assert swaps == [True]  # the compare listed d (a symlink then); the copy found a directory
     # Before: the copy made d an empty directory, a state the source never had.
     assert second.status == "ok" and entries(hourly / second.name) == as_directory
     assert entries(home) == as_directory
@@ -101,16 +98,7 @@ async def test_a_directory_swapped_for_a_symlink_and_back_between_the_compare_an
     (home / "d" / "notes").write_text("notes, changed and longer\n")
     os.chown(home / "d" / "notes", USER, USER)
     as_directory = entries(home)
-    swaps.clear()
-
-    def and_then_a_symlink(plan, *args):
-        private = clear(plan, *args)
-        if not swaps:
-            exchange(home / "d", stash / "d")
-            swaps.append(b"d" in plan.fetch)
-        return private
-
-    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_a_symlink)
+    swaps.clear()  # d becomes the symlink after the compare this time
     third = await take_snapshot(config, settings)
     assert swaps == [True] and third.status == "ok"
     assert entries(hourly / third.name) == as_symlink  # taken again, in one pass: the symlink, kept as one

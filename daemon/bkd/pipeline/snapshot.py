@@ -454,22 +454,13 @@ class _Plan:
         return None
 
 
-def _open_at(root_fd: int, name: bytes, flags: int) -> int:
-    """root/name opened with flags, no symlink followed on the way."""
-    parent, base = manifest.open_parent(root_fd, name)
-    try:
-        return os.open(base, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600, dir_fd=parent)
-    finally:
-        os.close(parent)
-
-
 def _private_copy(previous_fd: int, root_fd: int, name: bytes) -> bool:
     """name as a new inode in the staging tree with the previous snapshot's
     data (holes kept) and mtime, readable by us alone until rsync gives it its
     attributes; False where there is nothing to copy (not a regular file, or
     no directory for it any more)."""
     try:
-        source = _open_at(previous_fd, name, os.O_RDONLY)
+        source = manifest.open_beneath(previous_fd, name, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
     try:
@@ -477,7 +468,7 @@ def _private_copy(previous_fd: int, root_fd: int, name: bytes) -> bool:
         if not stat.S_ISREG(st.st_mode):
             return False
         try:
-            target = _open_at(root_fd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            target = manifest.open_beneath(root_fd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except OSError:
             return False
         try:
@@ -512,7 +503,7 @@ def _holes_again(root: Path, link_dests: list[Path], names: list[bytes]) -> None
         root_fd, *basis_fds = fds
         for name in names:
             try:
-                fd = _open_at(root_fd, name, os.O_RDWR)
+                fd = manifest.open_beneath(root_fd, name, os.O_RDWR | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
@@ -535,7 +526,7 @@ def _basis(link_dest_fds: list[int], name: bytes, st: os.stat_result) -> int | N
     file of that name with its size and mtime (rsync's quick check)."""
     for link_dest_fd in link_dest_fds:
         try:
-            fd = _open_at(link_dest_fd, name, os.O_RDONLY)
+            fd = manifest.open_beneath(link_dest_fd, name, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             continue
         other = os.fstat(fd)
