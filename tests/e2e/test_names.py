@@ -170,7 +170,7 @@ def test_every_byte_in_names_through_ten_incremental_snapshots_verify_browse_and
     listed = daemon.call("snapshots.browse", host=host, snapshot=name, path=os.fsdecode(b"/" + inner))
     assert {os.fsencode(entry["name"]) for entry in listed["entries"]} == set(
         os.listdir(os.path.join(source, inner)))
-    human = daemon.bkctl("ls", "web1", name, "/")
+    human = daemon.bkctl("ls", host, name, "/")
     assert human.returncode == 0 and "\\x01" in human.stdout and "\x01" not in human.stdout
 
     # Restoring a few such names alone gives them back exactly.
@@ -178,7 +178,7 @@ def test_every_byte_in_names_through_ten_incremental_snapshots_verify_browse_and
         if not os.path.lexists(os.path.join(source, restored)):
             continue
         dest = short_tmp / f"restore{index}"
-        result = daemon.bkctl("restore", "web1", name, os.fsdecode(b"/" + restored), "--to", str(dest))
+        result = daemon.bkctl("restore", host, name, os.fsdecode(b"/" + restored), "--to", str(dest))
         assert result.returncode == 0, (restored, result.stdout + result.stderr)
         got, want = tree_state(os.fsencode(dest)), tree_state(source)
         assert {key for key in got if key != b"."} == {

@@ -242,3 +242,19 @@ def test_progress_is_parsed_at_most_five_times_a_second_and_its_last_line_always
     output.close()
     assert 1 <= len(seen) <= 3 and seen[-1]["percent"] == 100 and seen[-1]["bytes"] == 1_000_000
     assert len(items) == 1000 and list(output.lines) == ["Number of files: 1,000 (reg: 1,000)"]
+
+
+def test_the_progress_of_one_large_file_is_reported_while_it_transfers():
+    """rsync updates one file's progress after a CR each time, with no LF
+    until the file is done: each update counts, and none piles up."""
+    seen = []
+    output = rsync.Output(None, seen.append, every=0)
+    output.feed(b">f+++++++++ big.bin//\n")
+    for done in range(1, 2001):
+        output.feed(b"\r  %s  %d%%  800.00kB/s    0:00:05  " % (f"{done * 2000:,}".encode(), done // 20))
+        if done == 1000:
+            assert seen and seen[-1]["bytes"] == 999 * 2000  # the newest complete line, while it runs
+    assert len(output._pending) < 100
+    output.feed(b"\n\nNumber of files: 2\n")
+    output.close()
+    assert seen[-1]["bytes"] == 2000 * 2000 and list(output.lines) == ["Number of files: 2"]

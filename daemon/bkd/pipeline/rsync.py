@@ -298,6 +298,13 @@ class Output:
         if self._skipping and lines:
             lines.pop(0)  # the end of the line being dropped
             self._skipping = False
+        if b"\r" in self._pending:
+            # The progress of one large file: CR after CR, no LF until it is
+            # done. Each segment followed by another CR is complete.
+            done, _, unfinished = self._pending.rpartition(b"\r")
+            if self.on_progress and (newest := done.rpartition(b"\r")[2]):
+                self._progress = newest
+            self._pending = b"\r" + unfinished
         if len(self._pending) > MAX_LINE:
             self._pending, self._skipping = b"", True
             self.dropped += 1
