@@ -258,3 +258,20 @@ def test_the_progress_of_one_large_file_is_reported_while_it_transfers():
     output.feed(b"\n\nNumber of files: 2\n")
     output.close()
     assert seen[-1]["bytes"] == 2000 * 2000 and list(output.lines) == ["Number of files: 2"]
+
+
+def test_the_copy_is_taken_again_when_a_directory_appears_or_goes_between_the_two_reads():
+    from bkd.pipeline.snapshot import _Plan
+
+    def item(line: bytes) -> rsync.Item:
+        return rsync.parse_item(line)
+
+    plan = _Plan([item(b">f+++++++++ d/new//"), item(b"cL+++++++++ was-dir// -> /root"),
+                  item(b">f.st...... file//"), item(b"*deleting   gone//")])
+    assert plan.types == {b"d": "d", b"d/new": "f", b"was-dir": "L", b"file": "f"}
+    assert plan.moved([item(b".d          d///"), item(b">f+++++++++ d/new//")]) is None
+    assert plan.moved([item(b"cL+++++++++ d// -> /root")]) == b"d"  # the parent of a listed entry
+    assert plan.moved([item(b"cd+++++++++ was-dir///")]) == b"was-dir"  # back: an empty directory
+    assert plan.moved([item(b"cd+++++++++ file///")]) == b"file"
+    assert plan.moved([item(b"cL+++++++++ file// -> elsewhere")]) is None  # taken as it is now
+    assert plan.moved([item(b"cd+++++++++ unlisted///")]) is None

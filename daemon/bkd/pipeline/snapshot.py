@@ -445,11 +445,14 @@ class _Plan:
             os.close(root_fd)
 
     def moved(self, fetched: list[rsync.Item]) -> bytes | None:
-        """The first entry the fetch found with another type than the compare
-        did (rsync reports what it found, whatever it could write), if any."""
+        """The first entry the fetch found a directory where the compare saw
+        none, or none where it saw one (rsync reports what it found, whatever
+        it could write), if any: a directory swapped for a symlink, or a
+        directory the copy would make without the contents the compare
+        listed. A file that became a symlink meanwhile is just taken as such."""
         for item in fetched:
             expected = self.types.get(item.name)
-            if expected is not None and item.type != expected:
+            if expected is not None and (expected == "d") != (item.type == "d"):
                 return item.name
         return None
 
