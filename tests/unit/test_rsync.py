@@ -226,6 +226,7 @@ def test_the_reader_keeps_a_bounded_tail_of_other_lines_and_drops_endless_ones()
     output = rsync.Output(items.append)
     output.feed(b"message\n" * 10_000)
     output.feed(b"x" * (rsync.MAX_LINE + 10))
+    output.feed(b"x" * (rsync.MAX_LINE + 10))  # the same line goes on
     output.feed(b"y" * 1000 + b"\n>f+++++++++ after//\nNumber of files: 1\n")
     output.close()
     assert len(output.lines) == rsync.KEPT_LINES and output.lines[-1] == "Number of files: 1"

@@ -295,9 +295,12 @@ class Output:
         lines = chunk.split(b"\n")
         lines[0] = self._pending + lines[0]
         self._pending = lines.pop()
-        if self._skipping and lines:
-            lines.pop(0)  # the end of the line being dropped
-            self._skipping = False
+        if self._skipping:  # inside a line being dropped, up to its end
+            if lines:
+                lines.pop(0)
+                self._skipping = False
+            else:
+                self._pending = b""
         if b"\r" in self._pending:
             # The progress of one large file: CR after CR, no LF until it is
             # done. Each segment followed by another CR is complete.
