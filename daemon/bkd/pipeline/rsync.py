@@ -1,4 +1,4 @@
-"""rsync: building its command line, reading its statistics and exit codes."""
+"""rsync: building its command line, reading its itemized list, statistics and exit codes."""
 
 from __future__ import annotations
 
