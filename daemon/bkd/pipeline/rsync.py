@@ -1,4 +1,4 @@
-"""rsync: building its command line, reading its statistics and exit codes."""
+"""rsync: building its command line, reading its itemized list, statistics and exit codes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
+from .. import relpath
 from ..config.models import Config, HostSettings
 
 # rsync older than this has receiver-side path-escape bugs (CVE-2022-29154,
@@ -41,17 +45,24 @@ PARTIAL = 23
 VANISHED = 24
 SUCCESS_CODES = (0, VANISHED)
 
-# One line per changed entry: its 11-character itemize string, a space, its
-# name, and for a hard link (%L) " => " and the name it is linked to. rsync
-# escapes a control character in its output (\\x01 becomes \\#001) and then
-# also a backslash before "#" in a name (\\#134#), so the separator is unambiguous.
-ITEM_FORMAT = "%i %n"
-_TARGET_SEPARATOR = "\\#001"
-ITEMS_ON_STDOUT = ("--out-format=%i %n\x01%L",)
-_ITEM_LINE = re.compile(r"(?P<update>[<>ch.])(?P<type>[fdLDS])(?P<flags>.{9}) (?P<name>.+)", re.DOTALL)
-_DELETED_LINE = re.compile(r"\*deleting   (?P<name>.+)", re.DOTALL)
-_LOG_PREFIX = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[\d+\] ")
+# One line per entry rsync handles: its 11-character itemize string, a space,
+# its name, "//", and for a hard link (%L) " => " and the name it is linked to
+# (for a symlink " -> " and its target). rsync escapes every byte below 0x20
+# but TAB on the whole line as \#ooo (octal), and a backslash that would
+# read as such an escape as \#134, so no line holds a raw CR or LF, and a
+# literal of the format cannot be told from a name's bytes unless no name can
+# hold it: "//" is such a separator (a name is a clean relative path; a
+# directory's ends in "/", so its line ends in "///"). -8 leaves every other
+# byte as it is, whatever the locale. The log file (--log-file) cannot be
+# read exactly: it cuts a line at 2047 bytes and runs it into the next.
+ITEM_FORMAT = "%i %n//%L"
+ITEMS = ("-8", f"--out-format={ITEM_FORMAT}")
 _ESCAPE = re.compile(rb"\\#([0-7]{3})")
+_UPDATES = frozenset(b"<>ch.")
+_TYPES = frozenset(b"fdLDS")
+_DELETING = b"*deleting   "
+MAX_LINE = 1 << 20  # far above any line rsync prints (a path and a symlink target, each escaped)
+KEPT_LINES = 200  # of the lines that are neither items nor progress (the --stats block is the last of them)
 
 _STATS = {
     "Number of files": "entries",
@@ -211,21 +222,23 @@ def compare_command(config: Config, settings: HostSettings, previous: Path, shar
                     ssh_log: SshLog | None = None) -> list[str]:
     """A dry run of the source against the previous snapshot: what a snapshot
     changes, touching nothing and reading no file data. Its stdout is the
-    itemized list alone (no progress is interleaved), one line per change."""
-    return snapshot_command(config, settings, previous, [], dry_run=True, progress=False, extra=ITEMS_ON_STDOUT,
+    itemized list (no progress is interleaved), one line per change."""
+    return snapshot_command(config, settings, previous, [], dry_run=True, progress=False, extra=ITEMS,
                             shared=shared, ssh_log=ssh_log)
 
 
 def fetch_command(config: Config, settings: HostSettings, dest: Path, previous: Path, files_from: Path,
-                  item_log: str, shared: str | None = None, ssh_log: SshLog | None = None) -> list[str]:
+                  shared: str | None = None, ssh_log: SshLog | None = None) -> list[str]:
     """Copy only the listed entries (NUL-separated, relative, none of them a
-    non-directory present in dest) from the source, linking or copying
-    unchanged data from the previous snapshot. Without --delete or recursion
-    it touches nothing else in dest; for an entry missing in dest, --link-dest
-    only links an identical file or writes a new one, never changes the old."""
+    non-directory present in dest, except private copies made for it) from the
+    source, linking or copying unchanged data from the previous snapshot.
+    Without --delete or recursion it touches nothing else in dest; for an
+    entry missing in dest, --link-dest only links an identical file or writes
+    a new one, never changes the old. -ii itemizes every listed entry that
+    exists, changed or not: its type as the source has it now."""
     return snapshot_command(config, settings, dest, [previous], mirror=False,
-                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args",
-                                   *log_items(item_log)), shared=shared, ssh_log=ssh_log)
+                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args", "-ii", *ITEMS),
+                            shared=shared, ssh_log=ssh_log)
 
 
 def refetch_command(config: Config, settings: HostSettings, dest: Path, files_from: Path,
@@ -247,23 +260,15 @@ def root_command(config: Config, settings: HostSettings, dest: Path, shared: str
                             shared=shared, ssh_log=ssh_log)
 
 
-def log_items(path: str) -> tuple[str, ...]:
-    """Itemize into a log file of its own (a Channel's pipe): each entry rsync's
-    local processes handle, one whole line each, apart from the progress on stdout."""
-    return (f"--log-file={path}", f"--log-file-format={ITEM_FORMAT}")
-
-
 _REGULAR_COUNTS = {"entries": "files", "created": "created_files", "deleted": "deleted_files"}
 
 
-def unescape_name(name: str) -> bytes:
-    """rsync writes unprintable bytes of a name as \\#ooo (octal)."""
-    raw = os.fsencode(name)
-    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), raw) if b"\\#" in raw else raw
+def unescape(text: bytes) -> bytes:
+    """What rsync wrote as \\#ooo (octal) back to the byte it stands for."""
+    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), text) if b"\\#" in text else text
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One itemized entry. update: '>' received, 'c' created locally, 'h' hard
     link, '.' attributes only, '*' deleted; type: f d L D S ('' when deleted)."""
 
@@ -290,16 +295,113 @@ class Item:
                 and not self.is_new and bool(self.flags.strip(". ")))
 
 
-def parse_item(line: str) -> Item | None:
-    """An itemized line (ITEM_FORMAT in a log file, ITEMS_ON_STDOUT), or None."""
-    line, _, target = _LOG_PREFIX.sub("", line, count=1).partition(_TARGET_SEPARATOR)
-    if match := _ITEM_LINE.fullmatch(line):
-        linked = unescape_name(target[4:]) if target.startswith(" => ") else None
-        return Item(match["update"], match["type"], match["flags"], unescape_name(match["name"]).rstrip(b"/"),
-                    linked)
-    if match := _DELETED_LINE.fullmatch(line):
-        return Item("*", "", "", unescape_name(match["name"]).rstrip(b"/"))
-    return None
+def _inside(name: bytes) -> bool:
+    # relpath.inside, with its split only for the few names that hold "..".
+    return bool(name) and name[0] != 0x2F and (b".." not in name or relpath.inside(name))
+
+
+def parse_item(line: bytes) -> Item | None:
+    """One line of ITEM_FORMAT, exactly; None if it is not one. A name must
+    stay inside the tree: rsync prints the sender's messages too, and a
+    hostile host's must not make bkd touch anything outside its snapshot."""
+    if len(line) < 15 or line[11] != 0x20:
+        return None
+    end = line.find(b"//", 12)
+    if end < 0:
+        return None
+    name = unescape(line[12:end])
+    if not _inside(name):
+        return None
+    if line[0] == 0x2A:  # "*deleting   NAME//"
+        return Item("*", "", "", name) if line.startswith(_DELETING) else None
+    if line[0] not in _UPDATES or line[1] not in _TYPES:
+        return None
+    linked = None
+    if line.startswith(b" => ", end + 2):
+        linked = unescape(line[end + 6:])
+        if not _inside(linked):
+            return None
+    code = line[:11].decode("latin-1")
+    return Item(code[0], code[1], code[2:], name, linked)
+
+
+class Output:
+    """rsync's stdout, read in chunks as they come (exec.run's on_stdout_bytes):
+    each item line goes to on_item; of the --info=progress2 lines (each
+    starts with a CR, which no escaped item holds) only the newest is parsed,
+    at most every `every` seconds and once at the end; the other lines (the
+    --stats block, messages) are kept, the last KEPT_LINES of them. Splitting
+    a chunk costs one pass in C; a line costs a few byte comparisons."""
+
+    def __init__(self, on_item: Callable[[Item], None] | None = None,
+                 on_progress: Callable[[dict], None] | None = None, every: float = 0.2):
+        self.on_item = on_item
+        self.on_progress = on_progress
+        self.every = every
+        self.lines: deque[str] = deque(maxlen=KEPT_LINES)
+        self.dropped = 0  # lines longer than MAX_LINE: not rsync's
+        self.cpu_s = 0.0  # spent reading, on the calling thread
+        self._pending = b""
+        self._skipping = False  # inside a line being dropped
+        self._progress: bytes | None = None  # the newest progress line, not yet reported
+        self._reported = float("-inf")
+
+    def feed(self, chunk: bytes) -> None:
+        started = time.thread_time()
+        lines = chunk.split(b"\n")
+        lines[0] = self._pending + lines[0]
+        self._pending = lines.pop()
+        if self._skipping:  # inside a line being dropped, up to its end
+            if lines:
+                lines.pop(0)
+                self._skipping = False
+            else:
+                self._pending = b""
+        if b"\r" in self._pending:
+            # The progress of one large file: CR after CR, no LF until it is
+            # done. Each segment followed by another CR is complete.
+            done, _, unfinished = self._pending.rpartition(b"\r")
+            if self.on_progress and (newest := done.rpartition(b"\r")[2]):
+                self._progress = newest
+            self._pending = b"\r" + unfinished
+        if len(self._pending) > MAX_LINE:
+            self._pending, self._skipping = b"", True
+            self.dropped += 1
+        for line in lines:
+            self._line(line)
+        if self._progress is not None and time.monotonic() - self._reported >= self.every:
+            self._report()
+        self.cpu_s += time.thread_time() - started
+
+    def close(self) -> None:
+        """The stream has ended: its last line, and the last progress."""
+        if self._pending and not self._skipping:
+            self._line(self._pending)
+        self._pending = b""
+        if self._progress is not None:
+            self._report()
+
+    def _line(self, line: bytes) -> None:
+        if b"\r" in line:
+            *progress, line = line.split(b"\r")
+            if self.on_progress:
+                self._progress = next((p for p in reversed(progress) if p), self._progress)
+            if line[11:12] != b" " or (item := parse_item(line)) is None:
+                if line and self.on_progress:
+                    self._progress = line
+                return
+        elif line[11:12] != b" " or (item := parse_item(line)) is None:
+            if line:
+                self.lines.append(line.decode("utf-8", "surrogateescape"))
+            return
+        if self.on_item:
+            self.on_item(item)
+
+    def _report(self) -> None:
+        parsed = parse_progress(self._progress.decode("ascii", "replace"))
+        self._progress, self._reported = None, time.monotonic()
+        if parsed and self.on_progress:
+            self.on_progress(parsed)
 
 
 def items_match_stats(items: list[Item], stats: dict) -> bool:
@@ -332,11 +434,6 @@ def parse_stats(lines: list[str]) -> dict:
             reg = _REG_COUNT.search(match["rest"])
             stats[_REGULAR_COUNTS[key]] = int(reg[1].replace(",", "")) if reg else 0
     return stats
-
-
-def looks_like_progress(line: str) -> bool:
-    """A cheap test for an --info=progress2 line (parse_progress is exact)."""
-    return line.endswith((")", "  ")) and "%" in line and "B/s" in line
 
 
 def parse_progress(line: str) -> dict | None:
