@@ -64,6 +64,16 @@ def test_invalid_configs_report_every_problem_as_file_key_message(path):
     assert result.stderr == path.with_suffix(".expected").read_text()
 
 
+def test_the_daemon_refuses_to_start_on_an_unknown_key_and_says_which_was_meant(tmp_path):
+    """The same messages as check-config (and reload): one loader."""
+    (tmp_path / "bkd.toml").write_text('backup_root = "/srv/bkd"\n[schedule]\nsnapshot_evry = "1h"\n'
+                                       '[[host]]\nname = "h"\nsource = "/s"\n[host.retention]\ndaily = 3\n')
+    result = bkd("--config", "bkd.toml", "serve", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == ("bkd.toml:schedule.snapshot_evry: unknown key; did you mean 'snapshot_every'?\n"
+                             "bkd.toml:host[0].retention.daily: unknown key; did you mean 'daily_days'?\n")
+
+
 def test_cross_field_problems_are_reported_with_per_key_problems():
     # Issue 9 defect 14: the duplicate host name used to appear only once the
     # unknown keys were fixed.
@@ -121,7 +131,7 @@ def test_the_spec_example_loads_with_every_key():
 def test_from_is_a_key_of_email_sinks_and_from_underscore_is_not(tmp_path):
     sink = {"name": "m", "type": "email", "to": ["a@b.c"]}
     assert problems_of(tmp_path, {"backup_root": "/r", "notify": [{**sink, "from_": "x@y.z"}]}) == [
-        "notify[0].from_: unknown key"]
+        "notify[0].from_: unknown key; did you mean 'from'?"]
     assert problems_of(tmp_path, {"backup_root": "/r", "notify": [{**sink, "from": "x@y.z"}]}) == []
 
 
@@ -396,7 +406,7 @@ def test_drop_ins_merge_in_name_order_and_errors_name_their_file(tmp_path):
         load_config(main)
     bad = conf_d / "30-bad.toml"
     assert [str(p) for p in error.value.problems] == [
-        f"{bad}:notify[0].secret: unknown key",
+        f"{bad}:notify[0].secret: unknown key; did you mean 'secret_file'?",
         f"{bad}:host[1].name: invalid host name 'bad name': use only letters, digits, '.', '_' and '-'",
         f"{bad}:host[2].name: duplicate host name 'web1' (first defined at {main}:host[0])",
         f"{bad}:notify[0].name: duplicate sink name 'mail' (first defined at {main}:notify[0])",

@@ -3,6 +3,7 @@ as FILE:KEY: message, KEY being the dotted TOML path within FILE."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 
 from .. import ownership
 from .models import SINK_TYPES, Config, cross_check, format_key, valid_host_name
+from .schema import homes_of, keys_at
 
 DEFAULT_PATH = Path("/etc/bkd/bkd.toml")
 
@@ -95,14 +97,33 @@ def _value_text(value: object) -> str:
     return text if len(text) <= 40 else text[:40] + "…"
 
 
+def did_you_mean(loc: tuple) -> str:
+    """For an unknown key at loc (a pydantic location), the tail of its
+    message: a key of the same table it nearly is (a typo: `hosts` for
+    `host`), else the tables inside this one that have it (written a level
+    too high: `snapshot_every` outside [schedule]), else a key of this
+    table it resembles; "" when none."""
+    key, siblings = str(loc[-1]), keys_at(loc[:-1])
+    for cutoff in (0.8, 0.6):
+        close = difflib.get_close_matches(key, siblings, n=1, cutoff=cutoff)
+        if close:
+            return f"; did you mean {close[0]!r}?"
+        homes = homes_of(key, loc[:-1]) if cutoff == 0.8 else []
+        if homes:
+            return f"; it is a key of {', '.join(homes)}"
+    return ""
+
+
 def describe_error(error: dict) -> tuple[tuple, str]:
     """A pydantic error as (location in the merged TOML, message)."""
     loc, kind, msg = tuple(error["loc"]), error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        hint = did_you_mean(loc)
     # A [[notify]] sink's errors carry its type as an extra location part.
     if len(loc) >= 3 and loc[0] == "notify" and loc[2] in SINK_TYPES:
         loc = loc[:2] + loc[3:]
     if kind == "extra_forbidden":
-        return loc, "unknown key"
+        return loc, "unknown key" + hint
     if kind == "missing":
         return loc, "required key is missing"
     if kind == "union_tag_not_found":

@@ -216,10 +216,12 @@ def _union(members, config, name: str, array: bool) -> Table:
     return Table(name, _doc(shared), tuple(keys), (), array, tag=tag, members=shapes)
 
 
-def keys_at(loc: tuple, model=m.Config) -> list[str]:
-    """The keys of the table at loc, a location as pydantic reports it
+def _table_at(loc: tuple, model=m.Config) -> tuple[type[BaseModel] | None, tuple[str, ...]]:
+    """The model of the table at loc, a location as pydantic reports it
     (('host', 0, 'schedule'); a [[notify]] sink's own keys after its type:
-    ('notify', 1, 'email')); [] where loc names no table."""
+    ('notify', 1, 'email')), and the names of the tables leading there;
+    None where loc names no table."""
+    names: list[str] = []
     for part in loc:
         if isinstance(part, int):
             continue
@@ -227,13 +229,32 @@ def keys_at(loc: tuple, model=m.Config) -> list[str]:
             tag = _tag(model)
             model = next((member for member in model if tag_value(member, tag) == part), None)
             if model is None:
-                return []
+                return None, ()
             continue
         field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
         inner = _table_type(field.annotation) if field else None
         if inner is None:
-            return []
+            return None, ()
         model = inner[0]
-    if isinstance(model, tuple):
-        return []
-    return [field.alias or name for name, field in model.model_fields.items()]
+        names.append(part)
+    return (None, ()) if isinstance(model, tuple) else (model, tuple(names))
+
+
+def keys_at(loc: tuple) -> list[str]:
+    """The keys of the table at loc (see _table_at); [] where loc names no table."""
+    model, _ = _table_at(loc)
+    return [field.alias or name for name, field in model.model_fields.items()] if model else []
+
+
+def homes_of(key: str, loc: tuple) -> list[str]:
+    """The tables inside the table at loc that have this key, as their headers
+    ("[schedule]", "[host.rsync]"): where a key written one level too high belongs."""
+    model, names = _table_at(loc)
+    homes = []
+    for name, field in (model.model_fields.items() if model else ()):
+        inner = _table_type(field.annotation)
+        shapes = () if inner is None else inner[0] if isinstance(inner[0], tuple) else (inner[0],)
+        if any(key in (f.alias or n for n, f in shape.model_fields.items()) for shape in shapes):
+            header = ".".join((*names, field.alias or name))
+            homes.append(f"[[{header}]]" if inner[1] else f"[{header}]")
+    return homes
