@@ -23,8 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the daemon in the foreground (the default)")
     check = commands.add_parser("check-config", help="validate the config; print every problem")
     check.add_argument("--no-dirs", action="store_true",
-                       help="skip the checks of backup_root, state_dir and host directories "
-                            "(for a config meant for another machine)")
+                       help="skip the checks against this machine: backup_root, state_dir and host "
+                            "directories, the files keys name, local sources (for a config meant for "
+                            "another machine)")
     init = commands.add_parser("init", help="write a starter config")
     init.add_argument("--backup-root", required=True, help="where snapshots go")
     init.add_argument("--host", action="append", default=[], metavar="NAME=SOURCE",
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "check-config":
         problems = check_config(path, directories=not args.no_dirs)
-        return _print_problems(problems) if problems else 0
+        _print_problems(problems)
+        return 1 if any(not p.warning for p in problems) else 0  # warnings alone: still a valid config
     try:
         config = load_config(path)
     except ConfigError as e:

@@ -540,3 +540,25 @@ def test_durations(text, seconds):
 def test_bad_durations_are_refused(text):
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+def _path_fields(model=Config, prefix=()):
+    """(key, field) of every key that holds an optional path ("" or absolute)."""
+    models_ = (model,) if model is not Config else (Config, EmailSink, WebhookSink)
+    for each in models_:
+        for name, field in each.model_fields.items():
+            key = prefix + ((field.alias or name),) if each is model else ("notify", field.alias or name)
+            if models._check_optional_path in {getattr(m, "func", None) for m in field.metadata}:
+                yield key, field
+            if isinstance(field.annotation, type) and issubclass(field.annotation, pydantic.BaseModel):
+                yield from _path_fields(field.annotation, key)
+
+
+def test_every_key_that_names_a_file_says_what_bkd_does_with_it():
+    """check-config checks the files keys name by the schema's NamedFile mark:
+    a new path key without one would go unchecked."""
+    marked = {".".join(key): [m.role for m in field.metadata if isinstance(m, models.NamedFile)]
+              for key, field in _path_fields()}
+    assert marked == {"ssh.config_file": ["read"], "ssh.identity_file": ["key"], "ssh.known_hosts_file": ["read"],
+                      "metrics.textfile": ["written"], "notify.password_file": ["secret"],
+                      "notify.secret_file": ["secret"]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomli_w
@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from .. import ownership
 from .models import SINK_TYPES, Config, cross_check, format_key, valid_host_name
-from .schema import homes_of, keys_at
+from .files import check_file
+from .schema import homes_of, keys_at, named_files
 
 DEFAULT_PATH = Path("/etc/bkd/bkd.toml")
 
@@ -30,10 +31,12 @@ class Problem:
     file: Path
     key: tuple
     message: str
+    warning: bool = False  # check-config only: the config works, but something is at risk
 
     def __str__(self) -> str:
         key = format_key(self.key)
-        return f"{self.file}:{key}: {self.message}" if key else f"{self.file}: {self.message}"
+        message = f"warning: {self.message}" if self.warning else self.message
+        return f"{self.file}:{key}: {message}" if key else f"{self.file}: {message}"
 
 
 class ConfigError(Exception):
@@ -189,8 +192,9 @@ DIRECTORIES = (("backup_root", "backup root"), ("state_dir", "state directory"))
 
 def check_config(path: Path, directories: bool = True) -> list[Problem]:
     """Everything `bkd check-config` reports: the config's problems and, for
-    each directory whose key has a valid value, whether this effective uid
-    can use it (SPEC §7). Creates nothing."""
+    each key with a valid value, whether it works on this machine for this
+    effective uid: the directories bkd owns (SPEC §7; a warning when they are
+    in memory), the files keys name and local sources. Creates nothing."""
     try:
         merged, origins = read_merged(path)
     except ConfigError as e:
@@ -200,19 +204,27 @@ def check_config(path: Path, directories: bool = True) -> list[Problem]:
         return problems
     reported = {(p.file, p.key) for p in problems}
 
-    def valid(key: str) -> bool:
-        where = locate((key,), origins, path, "")
+    def valid(loc: tuple) -> bool:
+        where = locate(loc, origins, path, "")
         return (where.file, where.key) not in reported
 
     for key, what in DIRECTORIES:
-        if not valid(key):
+        if not valid((key,)):
             continue
         directory = Path(merged.get(key, Config.model_fields[key].default))
         problem = ownership.check_dir(directory, what)
         if problem:
             problems.append(locate((key,), origins, path, problem))
-        elif key == "backup_root":
+            continue
+        warning = ownership.in_memory(directory, what)
+        if warning:
+            problems.append(replace(locate((key,), origins, path, warning), warning=True))
+        if key == "backup_root":
             problems += _check_host_dirs(directory, merged, origins, path)
+    for loc, value, role in named_files(merged):
+        finding = check_file(value, role) if valid(loc) else None
+        if finding:
+            problems.append(replace(locate(loc, origins, path, finding.message), warning=finding.warning))
     return problems
 
 

@@ -203,9 +203,10 @@ class NamedFile:
     """In the metadata of a key that names a file, so that check-config finds
     every such key: "read" (bkd or ssh reads it), "secret" (read, and no one
     else should), "key" (an ssh private key: ssh ignores one that others may
-    read), "written" (bkd writes it: its directory must exist)."""
+    read), "written" (bkd writes it: its directory must exist), "source" (a
+    host's source: a local one is a directory)."""
 
-    role: Literal["read", "secret", "key", "written"]
+    role: Literal["read", "secret", "key", "written", "source"]
 
 
 ReadFile = Annotated[OptionalPath, NamedFile("read")]
@@ -596,7 +597,7 @@ class Host(Section):
     model_config = example(name="web1", source="web1:/home/")
 
     name: HostName = Field(description="names {backup_root}/{name}/ and the archives; unique")
-    source: Annotated[str, AfterValidator(_check_source)] = Field(description=(
+    source: Annotated[str, AfterValidator(_check_source), NamedFile("source")] = Field(description=(
         "what to back up: [user@]host:/path over SSH, or an absolute local path"))
     exclude: list[str] = Field(default_factory=list, description=(
         "rsync patterns added to the defaults and rsync.exclude, anchored at the source's root"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -258,3 +259,28 @@ def homes_of(key: str, loc: tuple) -> list[str]:
             header = ".".join((*names, field.alias or name))
             homes.append(f"[[{header}]]" if inner[1] else f"[{header}]")
     return homes
+
+
+def named_files(data: Mapping, model=m.Config, loc: tuple = ()) -> Iterator[tuple[tuple, str, str]]:
+    """(location, path, role) of every key in data (TOML as read, merged)
+    that names a file (models.NamedFile) and holds a non-empty string; each
+    sink by the keys of its type."""
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        value = data.get(key)
+        role = next((mark.role for mark in field.metadata if isinstance(mark, m.NamedFile)), None)
+        if role and isinstance(value, str) and value:
+            yield loc + (key,), value, role
+        inner = _table_type(field.annotation)
+        if inner is None or value is None:
+            continue
+        entries = enumerate(value) if inner[1] and isinstance(value, list) else [(None, value)]
+        for index, entry in entries:
+            if not isinstance(entry, Mapping):
+                continue  # the per-key check reports it
+            shape = inner[0]
+            if isinstance(shape, tuple):
+                tag = _tag(shape)
+                shape = next((member for member in shape if tag_value(member, tag) == entry.get(tag)), None)
+            if shape is not None:
+                yield from named_files(entry, shape, loc + (key,) + (() if index is None else (index,)))
