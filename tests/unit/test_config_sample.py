@@ -188,3 +188,11 @@ def test_init_without_hosts_shows_a_commented_out_host(tmp_path):
     assert result.returncode == 0
     assert "\n#[[host]]\n" in result.stdout and "host" not in tomllib.loads(result.stdout)
     assert commented_keys(result.stdout).count("name") == 3  # the example host and the two example sinks
+
+
+def test_init_writes_any_value_as_valid_toml(tmp_path):
+    """Values are escaped as TOML wants: quotes, backslashes, a DEL (JSON leaves it raw; TOML forbids it)."""
+    root = '/srv/a "quoted" \\ back\x7fslash'
+    result = bkd("init", "--backup-root", root, "--output", "-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert tomllib.loads(result.stdout)["backup_root"] == root
