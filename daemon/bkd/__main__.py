@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "check-config":
         problems = check_config(path, directories=not args.no_dirs)
         _print_problems(problems)
-        return 1 if any(not p.warning for p in problems) else 0  # warnings alone: still a valid config
+        # Warnings alone: the daemon starts with this config (the unit's ExecStartPre runs check-config).
+        return 1 if any(not p.warning for p in problems) else 0
     try:
         config = load_config(path)
     except ConfigError as e:

@@ -31,7 +31,7 @@ class Problem:
     file: Path
     key: tuple
     message: str
-    warning: bool = False  # check-config only: the config works, but something is at risk
+    warning: bool = False  # check-config only: the daemon starts, but something fails or is at risk
 
     def __str__(self) -> str:
         key = format_key(self.key)
@@ -193,8 +193,10 @@ DIRECTORIES = (("backup_root", "backup root"), ("state_dir", "state directory"))
 def check_config(path: Path, directories: bool = True) -> list[Problem]:
     """Everything `bkd check-config` reports: the config's problems and, for
     each key with a valid value, whether it works on this machine for this
-    effective uid: the directories bkd owns (SPEC §7; a warning when they are
-    in memory), the files keys name and local sources. Creates nothing."""
+    effective uid: the directories bkd owns (SPEC §7), the files keys name
+    and local sources. Errors are what the daemon refuses to start with;
+    warnings (directories in memory, the files) what it starts with, but
+    something fails or is at risk. Creates nothing."""
     try:
         merged, origins = read_merged(path)
     except ConfigError as e:
@@ -222,9 +224,9 @@ def check_config(path: Path, directories: bool = True) -> list[Problem]:
         if key == "backup_root":
             problems += _check_host_dirs(directory, merged, origins, path)
     for loc, value, role in named_files(merged):
-        finding = check_file(value, role) if valid(loc) else None
-        if finding:
-            problems.append(replace(locate(loc, origins, path, finding.message), warning=finding.warning))
+        problem = check_file(value, role) if valid(loc) else None
+        if problem:  # a warning: the daemon starts without the file, and backs up what it can
+            problems.append(replace(locate(loc, origins, path, problem), warning=True))
     return problems
 
 
