@@ -120,13 +120,11 @@ def did_you_mean(loc: tuple) -> str:
 def describe_error(error: dict) -> tuple[tuple, str]:
     """A pydantic error as (location in the merged TOML, message)."""
     loc, kind, msg = tuple(error["loc"]), error["type"], error["msg"]
-    if kind == "extra_forbidden":
-        hint = did_you_mean(loc)
     # A [[notify]] sink's errors carry its type as an extra location part.
     if len(loc) >= 3 and loc[0] == "notify" and loc[2] in SINK_TYPES:
         loc = loc[:2] + loc[3:]
-    if kind == "extra_forbidden":
-        return loc, "unknown key" + hint
+    if kind == "extra_forbidden":  # with the type still in: a sink's type decides its keys
+        return loc, "unknown key" + did_you_mean(tuple(error["loc"]))
     if kind == "missing":
         return loc, "required key is missing"
     if kind == "union_tag_not_found":

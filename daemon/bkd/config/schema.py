@@ -1,8 +1,8 @@
 """The config schema (models.py) read as data: every table and key with its
-type, default, range and description. `bkd config sample`, `bkd init`
-(sample.py), the bkd.toml(5) man page (scripts/clidocs.py) and
-check-config's "did you mean" all read the models through here, so they
-cannot drift apart."""
+type, default, range, description and example. `bkd config sample` and
+`bkd init` (sample.py), the bkd.toml(5) man page (scripts/clidocs.py), and
+check-config's "did you mean" and file checks all read the models through
+here, so they cannot drift apart."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def table_of(model, config=None, name: str = "", array: bool = False) -> Table:
 
 def _union(members, config, name: str, array: bool) -> Table:
     """An array of tables whose members differ by a tag (`type`): the keys they
-    share, then each member's own."""
+    all have, and each member with all of its own."""
     tag = _tag(members)
     common = [n for n in members[0].model_fields if all(n in member.model_fields for member in members)]
     shared = members[0].__mro__[1]  # the members' common base: its docstring describes them all
