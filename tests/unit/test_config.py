@@ -74,6 +74,21 @@ def test_the_daemon_refuses_to_start_on_an_unknown_key_and_says_which_was_meant(
                              "bkd.toml:host[0].retention.daily: unknown key; did you mean 'daily_days'?\n")
 
 
+def test_control_characters_in_a_key_or_a_path_are_shown_escaped(tmp_path):
+    """A quoted TOML key, a path or a drop-in's file name may hold escape
+    sequences; check-config wrote them to the terminal as they were."""
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "bkd.toml").write_text(f'backup_root = "{tmp_path}/backup"\nstate_dir = "{tmp_path}/state"\n'
+                                       '"evil\\u001b[31m" = 1\n[ssh]\nidentity_file = "/x\\u001b[2J\\u009b"\n')
+    (tmp_path / "conf.d" / "1\x1b]0;t\x07.toml").write_text("[schedule]\nenabled = 1\n")
+    result = bkd("--config", "bkd.toml", "check-config", cwd=tmp_path)
+    assert result.stderr.splitlines() == [
+        "conf.d/1\\x1b]0;t\\x07.toml:schedule.enabled: must be a valid boolean, not 1",
+        "bkd.toml:evil\\x1b[31m: unknown key",
+        "bkd.toml:ssh.identity_file: warning: /x\\x1b[2J\\x9b does not exist",
+    ]
+
+
 def test_cross_field_problems_are_reported_with_per_key_problems():
     # Issue 9 defect 14: the duplicate host name used to appear only once the
     # unknown keys were fixed.

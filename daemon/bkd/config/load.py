@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from .files import check_file
 from .schema import homes_of, keys_at, named_files
 
 DEFAULT_PATH = Path("/etc/bkd/bkd.toml")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # Arrays of tables that drop-ins extend instead of replacing.
 CONCATENATED = ("host", "notify")
@@ -36,7 +38,9 @@ class Problem:
     def __str__(self) -> str:
         key = format_key(self.key)
         message = f"warning: {self.message}" if self.warning else self.message
-        return f"{self.file}:{key}: {message}" if key else f"{self.file}: {message}"
+        line = f"{self.file}:{key}: {message}" if key else f"{self.file}: {message}"
+        # A quoted TOML key, a path or a drop-in's name may hold control characters: never the terminal's.
+        return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", line)
 
 
 class ConfigError(Exception):
