@@ -260,7 +260,8 @@ commands)."""
 def bkd_page() -> Page:
     from bkd.config.load import DEFAULT_PATH
     return Page(8, "pull-based hardlink snapshot backup daemon", BKD_INTRO, {
-        "EXIT STATUS": _table([("0", "success (check-config: the config is valid)"),
+        "EXIT STATUS": _table([("0", "success (check-config: the daemon would start with this config; "
+                                     "warnings, if any, are printed as FILE:KEY: warning: message)"),
                                ("1", "the config is invalid (every problem is printed on standard error as "
                                      "FILE:KEY: message), or the daemon could not start"),
                                ("2", "usage error")]),
