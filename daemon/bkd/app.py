@@ -34,7 +34,7 @@ from .layout import HostDir
 from .metrics import Textfile
 from .notify.outbox import Notifier
 from .notify.ping import Pinger, heartbeat
-from .ownership import DirError, check_dir, prepare_dir
+from .ownership import DirError, check_dir, in_memory, prepare_dir
 from .pipeline.rsync import check_rsync
 from .plan import Lane
 from .readmodel import ReadModel
@@ -73,6 +73,9 @@ def prepare_dirs(config: Config) -> None:
     try:
         prepare_dir(config.backup_root, "backup root")
         prepare_dir(config.state_dir, "state_dir")
+        for path, what in ((config.backup_root, "backup root"), (config.state_dir, "state_dir")):
+            if warning := in_memory(path, what):  # fine for a test; said, so that no one keeps backups there
+                log.warning("dir.in_memory", path=str(path), message=warning)
         for host in config.host:
             problem = check_dir(config.backup_root / host.name, "host directory", follow_symlinks=False)
             if problem:
