@@ -3,9 +3,9 @@ config file that can be reloaded), Registry, Limits and Worker, whose stage
 table is replaced by fake stages the test controls, and fakes for what the
 core tells the world (events, alerts). No rsync, no daemon, no socket.
 
-The worker's stages and its progress entry point are private today
-(`Worker._stages`, `Worker._progress`): this module is the one place that
-reaches them."""
+The worker's stages, its progress entry point and the tasks that follow a
+run's end are private today (`Worker._stages`, `Worker._progress`,
+`Jobs._aftermath`): this module is the one place that reaches them."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ async def until(predicate, what: str = "the condition", timeout: float = TIMEOUT
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.002)
     return value
+
+
+async def settled(jobs) -> None:
+    """Wait until what follows the runs that ended (record, alerts) is done."""
+    await until(lambda: not jobs._aftermath, "the aftermath of the runs that ended")
 
 
 class Events:
