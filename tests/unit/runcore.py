@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from pathlib import Path
 
 import tomli_w
@@ -27,14 +28,19 @@ TIMEOUT = 10.0  # seconds any awaited condition may take on a loaded machine
 
 
 async def until(predicate, what: str = "the condition", timeout: float = TIMEOUT):
-    """Wait until predicate() is true, looking again every couple of milliseconds."""
+    """Wait until predicate() (or what it returns, when awaitable) is true,
+    looking again every couple of milliseconds; its value."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not (value := predicate()):
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.002)
-    return value
 
 
 async def settled(jobs) -> None:
