@@ -10,6 +10,7 @@ run's end are private today (`Worker._stages`, `Worker._progress`,
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import inspect
 from pathlib import Path
@@ -103,7 +104,7 @@ class Stages:
         self._event(self._entered, key).set()
         what = self.behaviour.get(key, "ok")
         if isinstance(what, BaseException):
-            raise type(what)(*what.args)
+            raise copy.copy(what)  # a fresh one each time, with what the stage put on it
         if callable(what):
             await what(run)
         elif what == "hang":

@@ -190,8 +190,14 @@ async def test_the_start_and_end_of_each_run_are_told_once(build):
 
 # ---- the alert rules that follow a run's end ---------------------------------------
 
-def refused_login(message="rsync exited with code 255 (the SSH connection failed): Permission denied (publickey)."):
-    return SnapshotFailed(f"snapshot: {message}")
+REFUSED_LOGIN = "rsync exited with code 255 (the SSH connection failed): Permission denied (publickey)."
+
+
+def refused_by_ssh(message: str = REFUSED_LOGIN, refusal: str = failures.LOGIN) -> SnapshotFailed:
+    """A snapshot stage's failure after the ssh client reported a refusal."""
+    failed = SnapshotFailed(f"snapshot: {message}")
+    failed.refusal = refusal  # what the snapshot stage learnt from ssh itself
+    return failed
 
 
 async def test_run_failed_opens_after_failures_before_alert_failures_in_a_row_and_a_good_run_resolves_it(build):
@@ -231,12 +237,12 @@ async def test_dry_runs_and_cancelled_runs_neither_count_nor_alert(build):
 
 
 @pytest.mark.parametrize("message, refusal", [
-    ("rsync exited with code 255 (the SSH connection failed): Permission denied (publickey).", failures.LOGIN),
+    (REFUSED_LOGIN, failures.LOGIN),
     ("rsync exited with code 255 (the SSH connection failed): Host key verification failed.", failures.HOST_KEY),
 ])
 async def test_an_ssh_refusal_raises_auth_at_once_instead_of_run_failed(build, message, refusal):
     h = await build(alerts={"failures_before_alert": 3})
-    h.stages.on("a", Stage.SNAPSHOT, refused_login(message))
+    h.stages.on("a", Stage.SNAPSHOT, refused_by_ssh(message, refusal))
     await h.run(["a"])
     assert h.alerts.calls == [("raise", "auth", "a", failures.auth_message(refusal), None, None)]
 
@@ -244,7 +250,7 @@ async def test_an_ssh_refusal_raises_auth_at_once_instead_of_run_failed(build, m
 async def test_heavy_work_that_fails_raises_run_failed_for_its_kind_at_once_and_resolves_only_that(build):
     h = await build(alerts={"failures_before_alert": 3})
     h.stages.on("a", Stage.ARCHIVE, StageFailed("archive failed (exit 2): tar: /srv/x: Cannot open"))
-    h.stages.on("a", Stage.MONTHLY, refused_login())  # heavy work runs no ssh: no auth alert from it
+    h.stages.on("a", Stage.MONTHLY, refused_by_ssh())  # a refusal in heavy work is no auth alert
     await h.run(["a"], Kind.ARCHIVE)
     await h.run(["a"], Kind.MONTHLY)
     assert h.alerts.calls == [
