@@ -100,8 +100,8 @@ class Setup:
 
     async def stop(self) -> None:
         for task in self.loops:
-            # Python 3.11's wait_for loses a cancel that meets a wake-up in the same
-            # instant (the loop goes on): cancel until the loop has ended.
+            # Cancel until the loop has ended: Python 3.11's wait_for, which the loops
+            # used to wait with, loses a cancel that meets a wake-up in the same instant.
             while not task.done():
                 task.cancel()
                 await asyncio.wait([task], timeout=0.1)
