@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(to_toml(config))
         return 0
     if command == "audit":
-        from . import logs
+        from .infra import logs
         from .app import StartupError
         from .auditcmd import reanchor
         logs.configure(args.log_level)  # the new entry goes to the journal like every other
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
 
-    from . import logs
+    from .infra import logs
     from .app import StartupError, serve
 
     logs.configure(args.log_level)

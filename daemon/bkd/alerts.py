@@ -15,9 +15,10 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
-from . import clock, episodes
-from .errors import Conflict
-from .events import EventBus
+from . import episodes
+from .infra import clock
+from .infra.errors import Conflict
+from .infra.events import EventBus
 from .store import STORE_ERRORS, Store
 
 log = structlog.get_logger()

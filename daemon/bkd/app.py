@@ -18,16 +18,19 @@ import structlog
 
 from bkctl.protocol import PROTOCOL_VERSION
 
-from . import __version__, access, clock, logs
+from . import __version__, access
 from .alerts import AlertKind, Alerts
 from .auditwitness import AuditWatch
 from .config import Config
 from .disk import DiskWatch
-from .events import EventBus
 from .freshness import Freshness
 from .history import prune_history
 from .hosts import Hosts
 from .housekeeping import Housekeeping
+from .infra import clock, logs
+from .infra.events import EventBus
+from .infra.supervise import Supervisor
+from .infra.systemd import keep_alive, notify, watchdog_interval
 from .integrity import Integrity
 from .jobs import Jobs
 from .layout import HostDir
@@ -49,9 +52,7 @@ from .scheduler import Scheduler
 from .selfguard import SelfGuard
 from .store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
 from .store.audit import HEAD_NAME
-from .supervise import Supervisor
 from .worker import Worker
-from .systemd import keep_alive, notify, watchdog_interval
 
 log = structlog.get_logger()
 

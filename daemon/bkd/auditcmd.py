@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 
-from . import access, clock, logs
+from . import access
 from .app import StartupError, lock_dir
 from .config import Config
+from .infra import clock, logs
 from .store import DATABASE_NAME, Store, StoreUnusable
 from .store.audit import HEAD_NAME
 

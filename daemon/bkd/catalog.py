@@ -11,9 +11,9 @@ from datetime import datetime
 
 import structlog
 
-from . import clock
 from .config.models import Retention
-from .errors import InvalidArgument
+from .infra import clock
+from .infra.errors import InvalidArgument
 from .layout import HostDir, SnapshotName
 from .pipeline.prune import host_plan
 from .retention import Decision

@@ -14,8 +14,9 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
-from . import clock, episodes
+from . import episodes
 from .alerts import Alerts
+from .infra import clock
 from .runtime import Runtime
 from .store import STORE_ERRORS, Store
 

@@ -12,11 +12,11 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from . import clock
 from .alerts import AlertKind, Alerts
 from .config.models import Schedule, format_duration
 from .disk import DiskWatch
 from .housekeeping import Housekeeping
+from .infra import clock
 from .layout import HostDir
 from .readmodel import ReadModel, read_facts
 from .runtime import Runtime

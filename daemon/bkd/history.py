@@ -8,7 +8,7 @@ import asyncio
 
 import structlog
 
-from . import clock
+from .infra import clock
 from .runtime import Runtime
 from .store import Store
 

@@ -9,8 +9,8 @@ import asyncio
 import time
 from contextlib import nullcontext
 
-from . import exec as bkexec
 from . import failures
+from .infra import exec as bkexec
 from .outcomes import public_message
 from .pipeline import rsync
 from .runtime import Runtime

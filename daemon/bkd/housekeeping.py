@@ -10,9 +10,9 @@ import shutil
 
 import structlog
 
-from . import clock
 from .config.models import Config, Retention
-from .fsutil import make_private_dir
+from .infra import clock
+from .infra.fsutil import make_private_dir
 from .layout import HostDir
 from .pipeline import archive
 from .pipeline.prune import TrashCollector, host_plan, move_to_trash

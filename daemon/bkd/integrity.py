@@ -12,14 +12,14 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from . import clock
 from .alerts import AlertKind, Alerts
+from .infra import clock
+from .infra.supervise import woken
+from .infra.threads import in_own_thread
 from .layout import HostDir, SnapshotName
 from .pipeline import archive, damage, manifest
 from .runtime import Runtime
 from .store import Store
-from .supervise import woken
-from .threads import in_own_thread
 
 log = structlog.get_logger()
 

@@ -18,9 +18,10 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from . import clock, failures
+from . import failures
 from .alerts import AlertKind, Alerts
-from .errors import InvalidArgument, NotFound
+from .infra import clock
+from .infra.errors import InvalidArgument, NotFound
 from .plan import Request, RestoreTarget, Trigger
 from .readmodel import ReadModel
 from .recorder import Recorder

@@ -17,10 +17,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, clock
-from .fsutil import write_atomic
+from . import __version__
+from .infra import clock
+from .infra.fsutil import write_atomic
+from .infra.supervise import woken
 from .scheduler import is_stale
-from .supervise import woken
 
 if TYPE_CHECKING:
     from .app import Services

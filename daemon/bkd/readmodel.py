@@ -24,8 +24,9 @@ import structlog
 
 from bkctl.protocol import Kind
 
-from . import __version__, clock
+from . import __version__
 from .config.models import Config, format_duration
+from .infra import clock
 from .layout import HostDir, SnapshotName
 from .pipeline import archive
 from .plan import Lane

@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from . import __version__, clock, disk, episodes
+from . import __version__, disk, episodes
+from .infra import clock
+from .infra.supervise import woken
 from .layout import TIME_FORMAT, HostDir
 from .notify.sinks import server_name
 from .pipeline.prune import host_plan
 from .scheduler import is_stale
-from .supervise import woken
 
 if TYPE_CHECKING:
     from .app import Services

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .clock import months_before
 from .config.models import Retention
+from .infra.clock import months_before
 from .layout import SnapshotName
 
 

@@ -15,8 +15,8 @@ from datetime import datetime
 
 from bkctl.protocol import FINAL_STATUSES, Kind, Status
 
-from . import clock
-from .errors import Busy, ShuttingDown
+from .infra import clock
+from .infra.errors import Busy, ShuttingDown
 from .plan import LANES, Lane, Request, RunPlan, Stage, Trigger
 from .store.jobs import SUMMARY
 

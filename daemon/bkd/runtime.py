@@ -13,7 +13,7 @@ import structlog
 
 from .config import Config, ConfigError, load_config
 from .config.models import RESTART_ONLY, describe_changes
-from .systemd import notify
+from .infra.systemd import notify
 
 log = structlog.get_logger()
 

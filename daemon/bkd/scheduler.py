@@ -13,10 +13,10 @@ import structlog
 
 from bkctl.protocol import Kind
 
-from . import clock
+from .infra import clock
+from .infra.supervise import woken
 from .layout import SnapshotName
 from .plan import LANES, Trigger
-from .supervise import woken
 
 if TYPE_CHECKING:
     from .jobs import Jobs

@@ -24,10 +24,10 @@ import structlog
 
 from bkctl import mounts
 
-from . import exec as bkexec
 from .config import patterns
 from .config.models import Config, HostSettings
 from .config.remote import Remote
+from .infra import exec as bkexec
 from .outcomes import public_message
 from .pipeline import rsync
 

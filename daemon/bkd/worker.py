@@ -17,18 +17,19 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from . import browse, clock
+from . import browse
 from .housekeeping import Housekeeping
+from .infra import clock
 from .layout import HostDir, SnapshotName
 from .outcomes import clip, public_error, public_warning
 from .pipeline import archive, hooks, manifest, restore, rsync
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
 from .readmodel import ReadModel
-from .selfguard import SelfGuard, effective_excludes
 from .receivers import ATTACH_TIMEOUT, Receivers
 from .runs import Limit, Registry, Run
 from .runtime import Runtime
+from .selfguard import SelfGuard, effective_excludes
 from .store import STORE_ERRORS, Store
 
 log = structlog.get_logger()

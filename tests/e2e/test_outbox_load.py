@@ -5,7 +5,7 @@ daemon's memory stays flat and scheduled snapshots keep their schedule."""
 import asyncio
 import time
 
-from bkd import clock
+from bkd.infra import clock
 from bkd.notify.outbox import MAX_PER_SINK
 from bkd.store import DATABASE_NAME, Store
 from conftest import make_tree

@@ -6,7 +6,7 @@ import asyncio
 import time
 from datetime import timedelta
 
-from bkd import clock
+from bkd.infra import clock
 from bkd.store import DATABASE_NAME, Store
 from conftest import make_tree, wait_until
 from receivers import HttpReceiver

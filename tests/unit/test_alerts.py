@@ -9,9 +9,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from bkctl.protocol import AlertKind
-from bkd import clock
+from bkd.infra import clock
 from bkd.alerts import Alerts
-from bkd.events import EventBus
+from bkd.infra.events import EventBus
 from bkd.store import Store
 
 RUN_FAILED, STALE = AlertKind.RUN_FAILED, AlertKind.STALE

@@ -3,7 +3,7 @@ summary per window, every occurrence counted somewhere."""
 
 import asyncio
 
-from bkd.bursts import Bursts
+from bkd.infra.bursts import Bursts
 
 
 async def test_one_record_per_window_after_the_first_and_every_hit_counted():

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bkd import clock
+from bkd.infra import clock
 from bkd.catalog import list_snapshots
 from bkd.config.models import Retention
-from bkd.errors import InvalidArgument
+from bkd.infra.errors import InvalidArgument
 from bkd.layout import HostDir, SnapshotName
 from bkd.store import Store
 

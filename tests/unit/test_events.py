@@ -1,7 +1,7 @@
 """Live events (bkd.events): a publisher never waits and never fails; each
 subscriber has a bounded queue and is dropped when it falls that far behind."""
 
-from bkd.events import EventBus
+from bkd.infra.events import EventBus
 
 
 def drain(subscription) -> list[dict]:

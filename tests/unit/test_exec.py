@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from bkd import exec as bkexec
+from bkd.infra import exec as bkexec
 
 
 def _alive(pid: int) -> bool:

@@ -5,7 +5,7 @@ item 4: a host's endless line became the job's detail)."""
 import pytest
 from structlog.testing import capture_logs
 
-from bkd import exec as bkexec
+from bkd.infra import exec as bkexec
 from bkd.pipeline import hooks
 
 

@@ -12,8 +12,9 @@ from runcore import Core, FakeAlerts, host, settled, until
 from structlog.testing import capture_logs
 
 from bkctl.protocol import ErrorCode, Kind, Status
-from bkd import clock, failures
-from bkd.errors import Busy, NotFound, ShuttingDown
+from bkd.infra import clock
+from bkd import failures
+from bkd.infra.errors import Busy, NotFound, ShuttingDown
 from bkd.jobs import Jobs
 from bkd.pipeline.archive import StageFailed
 from bkd.pipeline.snapshot import SnapshotFailed

@@ -13,10 +13,10 @@ import tomli_w
 from runcore import until
 
 from bkctl.protocol import AlertKind
-from bkd import clock
+from bkd.infra import clock
 from bkd.alerts import Alerts
 from bkd.config import load_config
-from bkd.events import EventBus
+from bkd.infra.events import EventBus
 from bkd.notify import outbox as outbox_module, sinks as sinks_module
 from bkd.notify.outbox import GIVE_UP_AFTER, MAX_IN_FLIGHT, MAX_PER_SINK, Notifier
 from bkd.notify.sinks import Outcome

@@ -9,7 +9,7 @@ import pytest
 from bkd.config.models import DEFAULT_EXCLUDES, Config, Host, default_excludes
 from bkd.config.patterns import anchored, on_host
 from bkd.config.remote import Remote
-from bkd.errors import InvalidArgument
+from bkd.infra.errors import InvalidArgument
 from bkd.pipeline import restore, rsync
 from bkd.selfguard import effective_excludes, inside_source
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from bkd import clock
+from bkd.infra import clock
 from bkd import readmodel
 from bkd.layout import HostDir, SnapshotName
 from bkd.readmodel import read_facts

@@ -10,7 +10,8 @@ from runcore import until
 from structlog.testing import capture_logs
 
 from bkctl.protocol import Kind, Status
-from bkd import clock, recorder as recorder_module
+from bkd.infra import clock
+from bkd import recorder as recorder_module
 from bkd.plan import Request, Trigger
 from bkd.recorder import Recorder
 from bkd.runs import Job, Registry

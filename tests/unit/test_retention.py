@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from bkd.config.models import Retention
 from bkd.layout import HostDir, SnapshotName
 from bkd.pipeline.prune import host_plan, move_to_trash
-from bkd.clock import months_before
+from bkd.infra.clock import months_before
 from bkd.retention import plan
 
 UTC = timezone.utc

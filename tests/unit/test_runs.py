@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bkctl.protocol import Kind, Status
-from bkd.errors import Busy, ShuttingDown
+from bkd.infra.errors import Busy, ShuttingDown
 from bkd.plan import Lane, Request, Trigger
 from bkd.runs import Limit, Registry, job_status
 

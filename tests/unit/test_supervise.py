@@ -2,7 +2,7 @@
 
 import asyncio
 
-from bkd import supervise
+from bkd.infra import supervise
 
 
 async def test_a_loop_that_fails_is_restarted_reported_and_recovers(monkeypatch):

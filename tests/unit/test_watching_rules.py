@@ -11,7 +11,7 @@ import pytest
 
 from bkctl.protocol import Kind
 from bkd import __version__, disk, failures
-from bkd.clock import iso
+from bkd.infra.clock import iso
 from bkd.config.models import Schedule
 from bkd.freshness import hung_limit
 from bkd.notify.outbox import GIVE_UP_AFTER, MAX_BACKOFF, backoff, reminder_period

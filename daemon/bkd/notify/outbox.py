@@ -27,13 +27,14 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
-from .. import clock, episodes
+from .. import episodes
 from ..alerts import Alerts
 from ..config.models import EmailSink, WebhookSink
-from ..errors import NotFound
+from ..infra import clock
+from ..infra.errors import NotFound
+from ..infra.supervise import woken
 from ..runtime import Runtime
 from ..store import STORE_ERRORS, Store
-from ..supervise import woken
 from . import sinks as sinkmod
 from .sinks import Notification, Outcome
 

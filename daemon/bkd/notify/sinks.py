@@ -26,8 +26,8 @@ from bkctl import report as digest_view
 from bkctl.fmt import safe, safe_tree
 
 from .. import __version__
-from ..threads import in_own_thread
 from ..config.models import EmailSink, WebhookSink, redact_url
+from ..infra.threads import in_own_thread
 from . import http
 
 log = structlog.get_logger()

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import structlog
 
-from .. import exec as bkexec
 from ..config.models import Archive
-from ..fsutil import fsync_dir, make_private_dir
+from ..infra import exec as bkexec
+from ..infra.clock import days_in_month, months_before
+from ..infra.fsutil import fsync_dir, make_private_dir
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
 from . import manifest
 from .linktree import link_tree
-from ..clock import days_in_month, months_before
 
 log = structlog.get_logger()
 

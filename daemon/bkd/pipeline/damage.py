@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import relpath
-from ..fsutil import write_atomic
+from ..infra.fsutil import write_atomic
 from ..layout import HostDir, SnapshotName
 from .manifest import open_parent
 

@@ -9,7 +9,7 @@ import os
 
 import structlog
 
-from .. import exec as bkexec
+from ..infra import exec as bkexec
 
 log = structlog.get_logger()
 

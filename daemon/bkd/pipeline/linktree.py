@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from .. import exec as bkexec
+from ..infra import exec as bkexec
 
 log = structlog.get_logger()
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import relpath
-from ..fsutil import write_atomic
+from ..infra.fsutil import write_atomic
 
 CHUNK = 1024 * 1024
 Manifest = dict[bytes, tuple[str, int]]  # path (bytes, relative) → (sha256, size)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import structlog
 
-from .. import exec as bkexec
 from ..config.models import Retention
-from ..fsutil import fsync_dir, make_private_dir
+from ..infra import exec as bkexec
+from ..infra.fsutil import fsync_dir, make_private_dir
+from ..infra.supervise import woken
 from ..layout import HostDir
 from ..retention import Decision, plan
-from ..supervise import woken
 
 log = structlog.get_logger()
 

@@ -41,10 +41,10 @@ from pathlib import Path
 
 import structlog
 
-from .. import exec as bkexec
 from ..config.models import Config
 from ..config.remote import Remote
-from ..errors import Conflict, InvalidArgument
+from ..infra import exec as bkexec
+from ..infra.errors import Conflict, InvalidArgument
 from . import rsync
 
 log = structlog.get_logger()

@@ -20,10 +20,18 @@ from pathlib import Path
 
 import structlog
 
-from .. import clock, failures
-from .. import exec as bkexec
+from .. import failures
 from ..config.models import Config, HostSettings
-from ..fsutil import copy_sparse, fsync_dir, make_private_dir, punch_holes_like, replace_symlink, syncfs, write_atomic
+from ..infra import clock, exec as bkexec
+from ..infra.fsutil import (
+    copy_sparse,
+    fsync_dir,
+    make_private_dir,
+    punch_holes_like,
+    replace_symlink,
+    syncfs,
+    write_atomic,
+)
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
 from . import damage, manifest, rsync
 from .linktree import link_tree

@@ -17,10 +17,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, access, browse, catalog, clock, metrics, relpath, report, selfguard
+from .. import __version__, access, browse, catalog, metrics, relpath, report, selfguard
 from ..config.models import Duration, HostName, SinkName, redact_url
-from ..errors import Denied, InvalidArgument, NotFound
-from ..events import DEFAULT_QUEUE, TOPICS
+from ..infra import clock
+from ..infra.errors import Denied, InvalidArgument, NotFound
+from ..infra.events import DEFAULT_QUEUE, TOPICS
 from ..layout import HostDir
 from ..pipeline import restore
 from ..plan import RestoreTarget, Trigger

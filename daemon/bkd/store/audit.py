@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .. import clock
-from ..fsutil import write_atomic
+from ..infra import clock
+from ..infra.fsutil import write_atomic
 
 if TYPE_CHECKING:
     from . import Store

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from bkctl.protocol import FINAL_STATUSES, Kind
 
-from .. import clock
+from ..infra import clock
 
 if TYPE_CHECKING:
     from . import Store
