@@ -57,7 +57,7 @@ from pathlib import Path
 import tomli_w
 
 from bkd.config.models import Retention
-from bkd.layout import TIME_FORMAT
+from bkd.tree.layout import TIME_FORMAT
 from bkd.metrics import TEXTFILE_EVERY
 from bkd.retention import plan
 from bkd.store import DATABASE_NAME

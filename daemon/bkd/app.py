@@ -33,11 +33,9 @@ from .infra.supervise import Supervisor
 from .infra.systemd import keep_alive, notify, watchdog_interval
 from .integrity import Integrity
 from .jobs import Jobs
-from .layout import HostDir
 from .metrics import Textfile
 from .notify.outbox import Notifier
 from .notify.ping import Pinger, heartbeat
-from .ownership import DirError, check_dir, in_memory, prepare_dir
 from .pipeline.rsync import check_rsync
 from .plan import Lane
 from .readmodel import ReadModel
@@ -52,6 +50,8 @@ from .scheduler import Scheduler
 from .selfguard import SelfGuard
 from .store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
 from .store.audit import HEAD_NAME
+from .tree.layout import HostDir
+from .tree.ownership import DirError, check_dir, in_memory, prepare_dir
 from .worker import Worker
 
 log = structlog.get_logger()

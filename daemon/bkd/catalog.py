@@ -14,10 +14,10 @@ import structlog
 from .config.models import Retention
 from .infra import clock
 from .infra.errors import InvalidArgument
-from .layout import HostDir, SnapshotName
 from .pipeline.prune import host_plan
 from .retention import Decision
 from .store import STORE_ERRORS, Store
+from .tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()
 

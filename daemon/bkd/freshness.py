@@ -17,10 +17,10 @@ from .config.models import Schedule, format_duration
 from .disk import DiskWatch
 from .housekeeping import Housekeeping
 from .infra import clock
-from .layout import HostDir
 from .readmodel import ReadModel, read_facts
 from .runtime import Runtime
 from .scheduler import is_stale
+from .tree.layout import HostDir
 
 log = structlog.get_logger()
 

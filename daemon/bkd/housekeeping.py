@@ -13,12 +13,12 @@ import structlog
 from .config.models import Config, Retention
 from .infra import clock
 from .infra.fsutil import make_private_dir
-from .layout import HostDir
 from .pipeline import archive
 from .pipeline.prune import TrashCollector, host_plan, move_to_trash
 from .plan import Lane
 from .runs import Registry
 from .store import STORE_ERRORS, Store
+from .tree.layout import HostDir
 
 log = structlog.get_logger()
 

@@ -16,10 +16,10 @@ from .alerts import AlertKind, Alerts
 from .infra import clock
 from .infra.supervise import woken
 from .infra.threads import in_own_thread
-from .layout import HostDir, SnapshotName
 from .pipeline import archive, damage, manifest
 from .runtime import Runtime
 from .store import Store
+from .tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()
 

@@ -27,11 +27,11 @@ from bkctl.protocol import Kind
 from . import __version__
 from .config.models import Config, format_duration
 from .infra import clock
-from .layout import HostDir, SnapshotName
 from .pipeline import archive
 from .plan import Lane
 from .runs import Registry, Run
 from .scheduler import archive_due_at, is_stale, monthly_due_at, next_run
+from .tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()
 

@@ -33,10 +33,10 @@ import structlog
 from . import __version__, disk, episodes
 from .infra import clock
 from .infra.supervise import woken
-from .layout import TIME_FORMAT, HostDir
 from .notify.sinks import server_name
 from .pipeline.prune import host_plan
 from .scheduler import is_stale
+from .tree.layout import TIME_FORMAT, HostDir
 
 if TYPE_CHECKING:
     from .app import Services

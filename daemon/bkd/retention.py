@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from .config.models import Retention
 from .infra.clock import months_before
-from .layout import SnapshotName
+from .tree.layout import SnapshotName
 
 
 @dataclass(frozen=True)

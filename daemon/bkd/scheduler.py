@@ -15,8 +15,8 @@ from bkctl.protocol import Kind
 
 from .infra import clock
 from .infra.supervise import woken
-from .layout import SnapshotName
 from .plan import LANES, Trigger
+from .tree.layout import SnapshotName
 
 if TYPE_CHECKING:
     from .jobs import Jobs

@@ -17,10 +17,8 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from . import browse
 from .housekeeping import Housekeeping
 from .infra import clock
-from .layout import HostDir, SnapshotName
 from .outcomes import clip, public_error, public_warning
 from .pipeline import archive, hooks, manifest, restore, rsync
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
@@ -31,6 +29,8 @@ from .runs import Limit, Registry, Run
 from .runtime import Runtime
 from .selfguard import SelfGuard, effective_excludes
 from .store import STORE_ERRORS, Store
+from .tree import browse
+from .tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()
 

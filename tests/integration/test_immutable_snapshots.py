@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bkd.config.models import Config
-from bkd.layout import HostDir
+from bkd.tree.layout import HostDir
 from bkd.pipeline import manifest
 from bkd.pipeline.snapshot import take_snapshot
 from conftest import between_compare_and_copy

@@ -4,7 +4,7 @@ shared by everything after it."""
 import time
 
 from bkd.config.models import Config
-from bkd.layout import HostDir
+from bkd.tree.layout import HostDir
 from bkd.pipeline import manifest
 from bkd.pipeline.snapshot import take_snapshot
 

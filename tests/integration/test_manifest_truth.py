@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from bkd.config.models import Config
-from bkd.layout import HostDir
+from bkd.tree.layout import HostDir
 from bkd.pipeline import manifest, rsync
 from bkd.pipeline.snapshot import take_snapshot
 

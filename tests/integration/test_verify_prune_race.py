@@ -7,7 +7,7 @@ import shutil
 import time
 
 from bkd.config.models import Config
-from bkd.layout import HostDir
+from bkd.tree.layout import HostDir
 from bkd.pipeline import manifest
 from bkd.pipeline.prune import move_to_trash
 from bkd.pipeline.snapshot import take_snapshot

@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from bkd.layout import HostDir
+from bkd.tree.layout import HostDir
 from bkd.pipeline.archive import archives, expire_archives, expire_monthly, monthly_due
 
 NOW = datetime(2026, 7, 15, 12, tzinfo=timezone.utc)

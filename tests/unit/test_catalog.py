@@ -12,7 +12,7 @@ from bkd.infra import clock
 from bkd.catalog import list_snapshots
 from bkd.config.models import Retention
 from bkd.infra.errors import InvalidArgument
-from bkd.layout import HostDir, SnapshotName
+from bkd.tree.layout import HostDir, SnapshotName
 from bkd.store import Store
 
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from bkd.layout import HostDir
+from bkd.tree.layout import HostDir
 from bkd.pipeline.damage import Ledger
 
 NAMES = ["2026-01-01_000000", "2026-01-01_010000", "2026-01-01_020000", "2026-01-01_030000",

@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from bkd.layout import HostDir, SnapshotName
+from bkd.tree.layout import HostDir, SnapshotName
 
 T = datetime(2026, 3, 1, 12, 30, 5, tzinfo=timezone.utc)
 

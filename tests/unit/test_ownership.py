@@ -7,7 +7,7 @@ import os
 import pytest
 
 from bkd.infra.fsutil import make_private_dir, open_private_dir
-from bkd.ownership import DirError, check_dir, prepare_dir
+from bkd.tree.ownership import DirError, check_dir, prepare_dir
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
 NOBODY = 65534

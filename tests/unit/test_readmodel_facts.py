@@ -12,7 +12,7 @@ import pytest
 
 from bkd.infra import clock
 from bkd import readmodel
-from bkd.layout import HostDir, SnapshotName
+from bkd.tree.layout import HostDir, SnapshotName
 from bkd.readmodel import read_facts
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bkd import relpath
+from bkd.tree import relpath
 
 
 @pytest.mark.parametrize("path", [b"a", b"dir/file.txt", b"..a", b"a..", b"a/...", b".hidden/x", b"a\\/..b"])

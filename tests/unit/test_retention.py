@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bkd.config.models import Retention
-from bkd.layout import HostDir, SnapshotName
+from bkd.tree.layout import HostDir, SnapshotName
 from bkd.pipeline.prune import host_plan, move_to_trash
 from bkd.infra.clock import months_before
 from bkd.retention import plan

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..ownership import READ_ONLY, reason, who
+from ..tree.ownership import READ_ONLY, reason, who
 
 
 def check_file(path: str, role: str) -> str | None:

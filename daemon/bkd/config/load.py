@@ -13,9 +13,9 @@ from pathlib import Path
 import tomli_w
 from pydantic import ValidationError
 
-from .. import ownership
-from .models import SINK_TYPES, Config, cross_check, format_key, valid_host_name
+from ..tree import ownership
 from .files import check_file
+from .models import SINK_TYPES, Config, cross_check, format_key, valid_host_name
 from .schema import homes_of, keys_at, named_files
 
 DEFAULT_PATH = Path("/etc/bkd/bkd.toml")

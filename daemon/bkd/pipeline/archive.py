@@ -17,7 +17,7 @@ from ..config.models import Archive
 from ..infra import exec as bkexec
 from ..infra.clock import days_in_month, months_before
 from ..infra.fsutil import fsync_dir, make_private_dir
-from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
+from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName
 from . import manifest
 from .linktree import link_tree
 

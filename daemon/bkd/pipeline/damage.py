@@ -31,9 +31,9 @@ from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import relpath
 from ..infra.fsutil import write_atomic
-from ..layout import HostDir, SnapshotName
+from ..tree import relpath
+from ..tree.layout import HostDir, SnapshotName
 from .manifest import open_parent
 
 @dataclass(frozen=True)

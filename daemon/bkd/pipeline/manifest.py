@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .. import relpath
 from ..infra.fsutil import write_atomic
+from ..tree import relpath
 
 CHUNK = 1024 * 1024
 Manifest = dict[bytes, tuple[str, int]]  # path (bytes, relative) → (sha256, size)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from .. import relpath
 from ..config.models import Config, HostSettings
+from ..tree import relpath
 
 # rsync older than this has receiver-side path-escape bugs (CVE-2022-29154,
 # CVE-2024-12086/12087/12088); SPEC §7 says refuse to run with it.

@@ -32,7 +32,7 @@ from ..infra.fsutil import (
     syncfs,
     write_atomic,
 )
-from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
+from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName
 from . import damage, manifest, rsync
 from .linktree import link_tree
 

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .infra import clock
-from .infra.errors import InvalidArgument, NotFound
+from ..infra import clock
+from ..infra.errors import InvalidArgument, NotFound
 from .layout import HostDir, SnapshotName
 
 DEFAULT_PAGE = 1000

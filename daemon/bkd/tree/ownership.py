@@ -13,7 +13,7 @@ import re
 import stat
 from pathlib import Path
 
-from .infra.fsutil import open_private_dir
+from ..infra.fsutil import open_private_dir
 
 
 class DirError(Exception):
