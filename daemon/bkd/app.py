@@ -22,6 +22,7 @@ from . import __version__, access
 from .alerts import AlertKind, Alerts
 from .auditwitness import AuditWatch
 from .config import Config
+from .config.runtime import Runtime
 from .disk import DiskWatch
 from .freshness import Freshness
 from .history import prune_history
@@ -45,7 +46,6 @@ from .report import Reporter
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
 from .runs import Limit, Registry
-from .runtime import Runtime
 from .scheduler import Scheduler
 from .selfguard import SelfGuard
 from .store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable

@@ -16,8 +16,8 @@ from bkctl.protocol import AlertKind
 
 from . import episodes
 from .alerts import Alerts
+from .config.runtime import Runtime
 from .infra import clock
-from .runtime import Runtime
 from .store import STORE_ERRORS, Store
 
 log = structlog.get_logger()

@@ -14,11 +14,11 @@ from bkctl.protocol import Kind, Status
 
 from .alerts import AlertKind, Alerts
 from .config.models import Schedule, format_duration
+from .config.runtime import Runtime
 from .disk import DiskWatch
 from .housekeeping import Housekeeping
 from .infra import clock
 from .readmodel import ReadModel, read_facts
-from .runtime import Runtime
 from .scheduler import is_stale
 from .tree.layout import HostDir
 

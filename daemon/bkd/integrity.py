@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 import structlog
 
 from .alerts import AlertKind, Alerts
+from .config.runtime import Runtime
 from .infra import clock
 from .infra.supervise import woken
 from .infra.threads import in_own_thread
 from .pipeline import archive, damage, manifest
-from .runtime import Runtime
 from .store import Store
 from .tree.layout import HostDir, SnapshotName
 

@@ -20,13 +20,13 @@ from bkctl.protocol import Kind, Status
 
 from . import failures
 from .alerts import AlertKind, Alerts
+from .config.runtime import Runtime
 from .infra import clock
 from .infra.errors import InvalidArgument, NotFound
 from .plan import Request, RestoreTarget, Trigger
 from .readmodel import ReadModel
 from .recorder import Recorder
 from .runs import Job, Registry, Run
-from .runtime import Runtime
 from .worker import Worker
 
 log = structlog.get_logger()

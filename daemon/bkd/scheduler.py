@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .jobs import Jobs
     from .readmodel import ReadModel
     from .runs import Registry
-    from .runtime import Runtime
+    from .config.runtime import Runtime
 
 log = structlog.get_logger()
 

@@ -17,6 +17,7 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
+from .config.runtime import Runtime
 from .housekeeping import Housekeeping
 from .infra import clock
 from .outcomes import clip, public_error, public_warning
@@ -26,7 +27,6 @@ from .plan import Lane, Phase, Stage, plan_run
 from .readmodel import ReadModel
 from .receivers import ATTACH_TIMEOUT, Receivers
 from .runs import Limit, Registry, Run
-from .runtime import Runtime
 from .selfguard import SelfGuard, effective_excludes
 from .store import STORE_ERRORS, Store
 from .tree import browse

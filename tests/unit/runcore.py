@@ -22,7 +22,7 @@ from bkd.config import load_config
 from bkd.plan import Lane, Request, Stage, Trigger
 from bkd.receivers import Receivers
 from bkd.runs import Limit, Registry, Run
-from bkd.runtime import Runtime
+from bkd.config.runtime import Runtime
 from bkd.worker import Worker
 
 TIMEOUT = 10.0  # seconds any awaited condition may take on a loaded machine

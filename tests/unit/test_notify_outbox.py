@@ -20,7 +20,7 @@ from bkd.infra.events import EventBus
 from bkd.notify import outbox as outbox_module, sinks as sinks_module
 from bkd.notify.outbox import GIVE_UP_AFTER, MAX_IN_FLIGHT, MAX_PER_SINK, Notifier
 from bkd.notify.sinks import Outcome
-from bkd.runtime import Runtime
+from bkd.config.runtime import Runtime
 from bkd.store import Store
 
 RUN_FAILED, NOTIFY = AlertKind.RUN_FAILED, AlertKind.NOTIFY

@@ -30,10 +30,10 @@ from bkctl.protocol import AlertKind
 from .. import episodes
 from ..alerts import Alerts
 from ..config.models import EmailSink, WebhookSink
+from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.errors import NotFound
 from ..infra.supervise import woken
-from ..runtime import Runtime
 from ..store import STORE_ERRORS, Store
 from . import sinks as sinkmod
 from .sinks import Notification, Outcome

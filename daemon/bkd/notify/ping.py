@@ -22,8 +22,8 @@ from bkctl.fmt import safe
 from bkctl.protocol import Kind, Status
 
 from ..config.models import redact_url
+from ..config.runtime import Runtime
 from ..runs import Run
-from ..runtime import Runtime
 from . import http
 
 log = structlog.get_logger()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import structlog
 
-from .config import Config, ConfigError, load_config
-from .config.models import RESTART_ONLY, describe_changes
-from .infra.systemd import notify
+from ..infra.systemd import notify
+from . import Config, ConfigError, load_config
+from .models import RESTART_ONLY, describe_changes
 
 log = structlog.get_logger()
 
