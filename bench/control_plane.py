@@ -60,7 +60,7 @@ from bkd.config.models import Retention
 from bkd.tree.layout import TIME_FORMAT
 from bkd.metrics import TEXTFILE_EVERY
 from bkd.retention import plan
-from bkd.store import DATABASE_NAME
+from bkd.state.store import DATABASE_NAME
 
 BIN = Path(sys.executable).parent
 HOUR = timedelta(hours=1)

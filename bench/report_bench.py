@@ -30,7 +30,7 @@ BIN = Path(sys.executable).parent
 
 
 async def plant(state: Path, backup: Path, hosts: list[str], days: int, per_day: int) -> int:
-    from bkd.store import DATABASE_NAME, Store
+    from bkd.state.store import DATABASE_NAME, Store
     store = await Store.open(state / DATABASE_NAME)
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     count = 0

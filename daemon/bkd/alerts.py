@@ -19,7 +19,7 @@ from . import episodes
 from .infra import clock
 from .infra.errors import Conflict
 from .infra.events import EventBus
-from .store import STORE_ERRORS, Store
+from .state.store import STORE_ERRORS, Store
 
 log = structlog.get_logger()
 

@@ -25,7 +25,6 @@ from .config import Config
 from .config.runtime import Runtime
 from .disk import DiskWatch
 from .freshness import Freshness
-from .history import prune_history
 from .hosts import Hosts
 from .housekeeping import Housekeeping
 from .infra import clock, logs
@@ -39,7 +38,6 @@ from .notify.outbox import Notifier
 from .notify.ping import Pinger, heartbeat
 from .pipeline.rsync import check_rsync
 from .plan import Lane
-from .readmodel import ReadModel
 from .receivers import Receivers
 from .recorder import Recorder
 from .report import Reporter
@@ -48,8 +46,10 @@ from .rpc.server import RpcServer
 from .runs import Limit, Registry
 from .scheduler import Scheduler
 from .selfguard import SelfGuard
-from .store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
-from .store.audit import HEAD_NAME
+from .state.audit import HEAD_NAME
+from .state.history import prune_history
+from .state.hosts import ReadModel
+from .state.store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
 from .tree.layout import HostDir
 from .tree.ownership import DirError, check_dir, in_memory, prepare_dir
 from .worker import Worker

@@ -14,8 +14,8 @@ from . import access
 from .app import StartupError, lock_dir
 from .config import Config
 from .infra import clock, logs
-from .store import DATABASE_NAME, Store, StoreUnusable
-from .store.audit import HEAD_NAME
+from .state.audit import HEAD_NAME
+from .state.store import DATABASE_NAME, Store, StoreUnusable
 
 
 async def reanchor(config: Config) -> str:

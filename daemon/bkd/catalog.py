@@ -16,7 +16,7 @@ from .infra import clock
 from .infra.errors import InvalidArgument
 from .pipeline.prune import host_plan
 from .retention import Decision
-from .store import STORE_ERRORS, Store
+from .state.store import STORE_ERRORS, Store
 from .tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()

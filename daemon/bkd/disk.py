@@ -18,7 +18,7 @@ from . import episodes
 from .alerts import Alerts
 from .config.runtime import Runtime
 from .infra import clock
-from .store import STORE_ERRORS, Store
+from .state.store import STORE_ERRORS, Store
 
 log = structlog.get_logger()
 

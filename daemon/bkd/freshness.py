@@ -18,8 +18,8 @@ from .config.runtime import Runtime
 from .disk import DiskWatch
 from .housekeeping import Housekeeping
 from .infra import clock
-from .readmodel import ReadModel, read_facts
 from .scheduler import is_stale
+from .state.hosts import ReadModel, read_facts
 from .tree.layout import HostDir
 
 log = structlog.get_logger()

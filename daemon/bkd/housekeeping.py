@@ -17,7 +17,7 @@ from .pipeline import archive
 from .pipeline.prune import TrashCollector, host_plan, move_to_trash
 from .plan import Lane
 from .runs import Registry
-from .store import STORE_ERRORS, Store
+from .state.store import STORE_ERRORS, Store
 from .tree.layout import HostDir
 
 log = structlog.get_logger()

@@ -18,7 +18,7 @@ from .infra import clock
 from .infra.supervise import woken
 from .infra.threads import in_own_thread
 from .pipeline import archive, damage, manifest
-from .store import Store
+from .state.store import Store
 from .tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()

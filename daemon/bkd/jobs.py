@@ -24,9 +24,9 @@ from .config.runtime import Runtime
 from .infra import clock
 from .infra.errors import InvalidArgument, NotFound
 from .plan import Request, RestoreTarget, Trigger
-from .readmodel import ReadModel
 from .recorder import Recorder
 from .runs import Job, Registry, Run
+from .state.hosts import ReadModel
 from .worker import Worker
 
 log = structlog.get_logger()

@@ -12,7 +12,7 @@ import asyncio
 import structlog
 
 from .runs import Job, Registry
-from .store import STORE_ERRORS, Store
+from .state.store import STORE_ERRORS, Store
 
 log = structlog.get_logger()
 

@@ -18,7 +18,7 @@ from bkctl.protocol import FINAL_STATUSES, Kind, Status
 from .infra import clock
 from .infra.errors import Busy, ShuttingDown
 from .plan import LANES, Lane, Request, RunPlan, Stage, Trigger
-from .store.jobs import SUMMARY
+from .state.jobs import SUMMARY
 
 
 @dataclass

@@ -20,7 +20,7 @@ from .tree.layout import SnapshotName
 
 if TYPE_CHECKING:
     from .jobs import Jobs
-    from .readmodel import ReadModel
+    from .state.hosts import ReadModel
     from .runs import Registry
     from .config.runtime import Runtime
 

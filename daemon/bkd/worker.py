@@ -24,11 +24,11 @@ from .outcomes import clip, public_error, public_warning
 from .pipeline import archive, hooks, manifest, restore, rsync
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
-from .readmodel import ReadModel
 from .receivers import ATTACH_TIMEOUT, Receivers
 from .runs import Limit, Registry, Run
 from .selfguard import SelfGuard, effective_excludes
-from .store import STORE_ERRORS, Store
+from .state.hosts import ReadModel
+from .state.store import STORE_ERRORS, Store
 from .tree import browse
 from .tree.layout import HostDir, SnapshotName
 

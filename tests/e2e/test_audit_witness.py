@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-from bkd.store.audit import audit_hash
+from bkd.state.audit import audit_hash
 from conftest import BIN, make_tree, wait_until
 from journal import FakeJournal
 

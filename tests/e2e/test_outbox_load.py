@@ -7,7 +7,7 @@ import time
 
 from bkd.infra import clock
 from bkd.notify.outbox import MAX_PER_SINK
-from bkd.store import DATABASE_NAME, Store
+from bkd.state.store import DATABASE_NAME, Store
 from conftest import make_tree
 from receivers import HttpReceiver
 

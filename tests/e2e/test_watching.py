@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 from bkd.infra import clock
-from bkd.store import DATABASE_NAME, Store
+from bkd.state.store import DATABASE_NAME, Store
 from conftest import make_tree, wait_until
 from receivers import HttpReceiver
 from test_lifecycle import slow_source

@@ -5,8 +5,8 @@ and leaves every role the status alone. Real SQLite, the real migrations."""
 import json
 import sqlite3
 
-from bkd.store import Store
-from bkd.store.schema import MIGRATIONS
+from bkd.state.store import Store
+from bkd.state.schema import MIGRATIONS
 
 LEAK = 'rsync exited with code 23 (partial transfer due to error): send_files failed to open "/home/a/secret.txt"'
 

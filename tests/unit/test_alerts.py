@@ -12,7 +12,7 @@ from bkctl.protocol import AlertKind
 from bkd.infra import clock
 from bkd.alerts import Alerts
 from bkd.infra.events import EventBus
-from bkd.store import Store
+from bkd.state.store import Store
 
 RUN_FAILED, STALE = AlertKind.RUN_FAILED, AlertKind.STALE
 

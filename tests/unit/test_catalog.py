@@ -13,7 +13,7 @@ from bkd.catalog import list_snapshots
 from bkd.config.models import Retention
 from bkd.infra.errors import InvalidArgument
 from bkd.tree.layout import HostDir, SnapshotName
-from bkd.store import Store
+from bkd.state.store import Store
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from bkd.jobs import Jobs
 from bkd.pipeline.archive import StageFailed
 from bkd.pipeline.snapshot import SnapshotFailed
 from bkd.plan import Lane, Stage, Trigger
-from bkd.readmodel import ReadModel
+from bkd.state.hosts import ReadModel
 from bkd.recorder import Recorder
 from bkd.rpc.server import WIRE_CODES
-from bkd.store import Store
+from bkd.state.store import Store
 
 MANUAL, SCHEDULE = Trigger.MANUAL, Trigger.SCHEDULE
 INCIDENT = re.compile(r"internal error \(incident ([0-9a-f]{12}); see the daemon's log\)")

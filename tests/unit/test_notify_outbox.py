@@ -21,7 +21,7 @@ from bkd.notify import outbox as outbox_module, sinks as sinks_module
 from bkd.notify.outbox import GIVE_UP_AFTER, MAX_IN_FLIGHT, MAX_PER_SINK, Notifier
 from bkd.notify.sinks import Outcome
 from bkd.config.runtime import Runtime
-from bkd.store import Store
+from bkd.state.store import Store
 
 RUN_FAILED, NOTIFY = AlertKind.RUN_FAILED, AlertKind.NOTIFY
 START = 1_000_000.0  # the fake clock's first reading (Unix seconds)

@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 
 from bkd.infra import clock
-from bkd import readmodel
+from bkd.state import hosts as readmodel
 from bkd.tree.layout import HostDir, SnapshotName
-from bkd.readmodel import read_facts
+from bkd.state.hosts import read_facts
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from bkd import recorder as recorder_module
 from bkd.plan import Request, Trigger
 from bkd.recorder import Recorder
 from bkd.runs import Job, Registry
-from bkd.store import Store
+from bkd.state.store import Store
 
 
 @pytest.fixture

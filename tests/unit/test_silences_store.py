@@ -1,7 +1,7 @@
 """Silences (issue 18, item 3): one in force per host and kind — a new one
 replaces the old — and at most a given number in force in all."""
 
-from bkd.store import Store
+from bkd.state.store import Store
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z"
 

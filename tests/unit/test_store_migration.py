@@ -4,8 +4,8 @@ per-host state and counters are derived from the job history."""
 
 import sqlite3
 
-from bkd.store import Store
-from bkd.store.schema import MIGRATIONS
+from bkd.state.store import Store
+from bkd.state.schema import MIGRATIONS
 
 
 def old_database(path):

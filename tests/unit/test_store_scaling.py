@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bkd.store import Store
+from bkd.state.store import Store
 
 HOSTS = ("web1", "web2", "db1")
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)

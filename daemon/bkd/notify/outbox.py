@@ -34,7 +34,7 @@ from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.errors import NotFound
 from ..infra.supervise import woken
-from ..store import STORE_ERRORS, Store
+from ..state.store import STORE_ERRORS, Store
 from . import sinks as sinkmod
 from .sinks import Notification, Outcome
 

@@ -30,7 +30,7 @@ from ..infra import clock
 from ..infra.fsutil import write_atomic
 
 if TYPE_CHECKING:
-    from . import Store
+    from .store import Store
 
 log = structlog.get_logger()
 

@@ -8,8 +8,8 @@ import asyncio
 
 import structlog
 
-from .config.runtime import Runtime
-from .infra import clock
+from ..config.runtime import Runtime
+from ..infra import clock
 from .store import Store
 
 log = structlog.get_logger()

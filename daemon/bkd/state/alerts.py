@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from .. import episodes
 
 if TYPE_CHECKING:
-    from . import Store
+    from .store import Store
 
 CURRENT = "state != 'resolved'"
 MUTABLE = ("state", "count", "message", "last_seen", "resolved", "acked_by", "acked_at", "note", "notified",

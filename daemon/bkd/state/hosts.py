@@ -24,14 +24,14 @@ import structlog
 
 from bkctl.protocol import Kind
 
-from . import __version__
-from .config.models import Config, format_duration
-from .infra import clock
-from .pipeline import archive
-from .plan import Lane
-from .runs import Registry, Run
-from .scheduler import archive_due_at, is_stale, monthly_due_at, next_run
-from .tree.layout import HostDir, SnapshotName
+from .. import __version__
+from ..config.models import Config, format_duration
+from ..infra import clock
+from ..pipeline import archive
+from ..plan import Lane
+from ..runs import Registry, Run
+from ..scheduler import archive_due_at, is_stale, monthly_due_at, next_run
+from ..tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()
 

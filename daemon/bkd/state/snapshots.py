@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import Store
+    from .store import Store
 
 
 class SnapshotStore:

@@ -10,7 +10,7 @@ from bkctl.protocol import FINAL_STATUSES, Kind
 from ..infra import clock
 
 if TYPE_CHECKING:
-    from . import Store
+    from .store import Store
 
 # The runs that move a host's "last result" and its failure streak.
 BACKUP_KINDS = (Kind.SNAPSHOT, Kind.ALL)

@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import Store
+    from .store import Store
 
 KEEP_FINISHED_S = 7 * 86400  # delivered and failed rows are kept a week for `notify` and debugging
 
