@@ -37,6 +37,7 @@ from .metrics import Textfile
 from .notify.outbox import Notifier
 from .notify.ping import Pinger, heartbeat
 from .pipeline.rsync import check_rsync
+from .pipeline.selfguard import SelfGuard
 from .plan import Lane
 from .receivers import Receivers
 from .recorder import Recorder
@@ -45,7 +46,6 @@ from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
 from .runs import Limit, Registry
 from .scheduler import Scheduler
-from .selfguard import SelfGuard
 from .state.audit import HEAD_NAME
 from .state.history import prune_history
 from .state.hosts import ReadModel

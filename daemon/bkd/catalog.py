@@ -15,7 +15,7 @@ from .config.models import Retention
 from .infra import clock
 from .infra.errors import InvalidArgument
 from .pipeline.prune import host_plan
-from .retention import Decision
+from .pipeline.retention import Decision
 from .state.store import STORE_ERRORS, Store
 from .tree.layout import HostDir, SnapshotName
 

@@ -18,11 +18,11 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from . import failures
 from .alerts import AlertKind, Alerts
 from .config.runtime import Runtime
 from .infra import clock
 from .infra.errors import InvalidArgument, NotFound
+from .pipeline import failures
 from .plan import Request, RestoreTarget, Trigger
 from .recorder import Recorder
 from .runs import Job, Registry, Run

@@ -6,7 +6,7 @@ import json
 import os
 import pwd
 
-from bkd.selfguard import inside_source
+from bkd.pipeline.selfguard import inside_source
 from conftest import make_tree
 
 

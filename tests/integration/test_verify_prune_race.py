@@ -11,7 +11,7 @@ from bkd.tree.layout import HostDir
 from bkd.pipeline import manifest
 from bkd.pipeline.prune import move_to_trash
 from bkd.pipeline.snapshot import take_snapshot
-from bkd.retention import Decision
+from bkd.pipeline.retention import Decision
 from conftest import make_tree
 
 

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from bkctl.protocol import ErrorCode, Kind, Status
 from bkd.infra import clock
-from bkd import failures
+from bkd.pipeline import failures
 from bkd.infra.errors import Busy, NotFound, ShuttingDown
 from bkd.jobs import Jobs
 from bkd.pipeline.archive import StageFailed

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from bkd.outcomes import public_error, public_warning
+from bkd.pipeline.outcomes import public_error, public_warning
 from bkd.pipeline.archive import StageFailed
 from bkd.pipeline.hooks import HookFailed
 from bkd.pipeline.restore import RestoreFailed

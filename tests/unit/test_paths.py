@@ -11,7 +11,7 @@ from bkd.config.patterns import anchored, on_host
 from bkd.config.remote import Remote
 from bkd.infra.errors import InvalidArgument
 from bkd.pipeline import restore, rsync
-from bkd.selfguard import effective_excludes, inside_source
+from bkd.pipeline.selfguard import effective_excludes, inside_source
 
 # ------------------------------------------------------------ [user@]host:/path
 

@@ -10,7 +10,7 @@ from bkd.config.models import Retention
 from bkd.tree.layout import HostDir, SnapshotName
 from bkd.pipeline.prune import host_plan, move_to_trash
 from bkd.infra.clock import months_before
-from bkd.retention import plan
+from bkd.pipeline.retention import plan
 
 UTC = timezone.utc
 POLICY = Retention(hourly_hours=720, daily_days=180, monthly_months=24)

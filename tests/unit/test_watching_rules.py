@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bkctl.protocol import Kind
-from bkd import __version__, disk, failures
+from bkd import __version__, disk
+from bkd.pipeline import failures
 from bkd.infra.clock import iso
 from bkd.config.models import Schedule
 from bkd.freshness import hung_limit

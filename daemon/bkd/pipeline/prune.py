@@ -16,8 +16,8 @@ from ..config.models import Retention
 from ..infra import exec as bkexec
 from ..infra.fsutil import fsync_dir, make_private_dir
 from ..infra.supervise import woken
-from ..retention import Decision, plan
 from ..tree.layout import HostDir
+from .retention import Decision, plan
 
 log = structlog.get_logger()
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import structlog
 
-from .. import failures
 from ..config.models import Config, HostSettings
 from ..infra import clock, exec as bkexec
 from ..infra.fsutil import (
@@ -33,7 +32,7 @@ from ..infra.fsutil import (
     write_atomic,
 )
 from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName
-from . import damage, manifest, rsync
+from . import failures, damage, manifest, rsync
 from .linktree import link_tree
 
 log = structlog.get_logger()

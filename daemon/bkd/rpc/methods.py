@@ -17,12 +17,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, access, catalog, metrics, report, selfguard
+from .. import __version__, access, catalog, metrics, report
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..infra import clock
 from ..infra.errors import Denied, InvalidArgument, NotFound
 from ..infra.events import DEFAULT_QUEUE, TOPICS
-from ..pipeline import restore
+from ..pipeline import selfguard, restore
 from ..plan import RestoreTarget, Trigger
 from ..tree import browse, relpath
 from ..tree.layout import HostDir

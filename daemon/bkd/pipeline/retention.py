@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .config.models import Retention
-from .infra.clock import months_before
-from .tree.layout import SnapshotName
+from ..config.models import Retention
+from ..infra.clock import months_before
+from ..tree.layout import SnapshotName
 
 
 @dataclass(frozen=True)

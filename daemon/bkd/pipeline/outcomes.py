@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from .pipeline.rsync import EXIT_CODES, MEANINGS
+from .rsync import EXIT_CODES, MEANINGS
 
 _RSYNC = re.compile(r"\brsync exited with code (-?\d+)")
 _HOOK = re.compile(r"\b(pre|post) hook (exited with code -?\d+|timed out after \d+s)")

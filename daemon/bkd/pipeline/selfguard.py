@@ -24,12 +24,12 @@ import structlog
 
 from bkctl import mounts
 
-from .config import patterns
-from .config.models import Config, HostSettings
-from .config.remote import Remote
-from .infra import exec as bkexec
+from ..config import patterns
+from ..config.models import Config, HostSettings
+from ..config.remote import Remote
+from ..infra import exec as bkexec
+from . import rsync
 from .outcomes import public_message
-from .pipeline import rsync
 
 log = structlog.get_logger()
 
