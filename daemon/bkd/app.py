@@ -19,7 +19,9 @@ import structlog
 from bkctl.protocol import PROTOCOL_VERSION
 
 from . import __version__, access
-from .alerts import AlertKind, Alerts
+from .alerts.notify.outbox import Notifier
+from .alerts.notify.ping import Pinger, heartbeat
+from .alerts.service import AlertKind, Alerts
 from .auditwitness import AuditWatch
 from .config import Config
 from .config.runtime import Runtime
@@ -34,8 +36,6 @@ from .infra.systemd import keep_alive, notify, watchdog_interval
 from .integrity import Integrity
 from .jobs import Jobs
 from .metrics import Textfile
-from .notify.outbox import Notifier
-from .notify.ping import Pinger, heartbeat
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
 from .plan import Lane

@@ -14,8 +14,8 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
-from . import episodes
-from .alerts import Alerts
+from .alerts import episodes
+from .alerts.service import Alerts
 from .config.runtime import Runtime
 from .infra import clock
 from .state.store import STORE_ERRORS, Store

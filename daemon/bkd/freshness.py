@@ -12,7 +12,7 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from .alerts import AlertKind, Alerts
+from .alerts.service import AlertKind, Alerts
 from .config.models import Schedule, format_duration
 from .config.runtime import Runtime
 from .disk import DiskWatch

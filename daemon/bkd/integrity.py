@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from .alerts import AlertKind, Alerts
+from .alerts.service import AlertKind, Alerts
 from .config.runtime import Runtime
 from .infra import clock
 from .infra.supervise import woken

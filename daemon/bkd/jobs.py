@@ -18,7 +18,7 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from .alerts import AlertKind, Alerts
+from .alerts.service import AlertKind, Alerts
 from .config.runtime import Runtime
 from .infra import clock
 from .infra.errors import InvalidArgument, NotFound

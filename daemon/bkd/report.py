@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from . import __version__, disk, episodes
+from . import __version__, disk
+from .alerts import episodes
+from .alerts.notify.sinks import server_name
 from .infra import clock
 from .infra.supervise import woken
-from .notify.sinks import server_name
 from .pipeline.prune import host_plan
 from .scheduler import is_stale
 from .tree.layout import TIME_FORMAT, HostDir

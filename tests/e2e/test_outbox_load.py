@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from bkd.infra import clock
-from bkd.notify.outbox import MAX_PER_SINK
+from bkd.alerts.notify.outbox import MAX_PER_SINK
 from bkd.state.store import DATABASE_NAME, Store
 from conftest import make_tree
 from receivers import HttpReceiver

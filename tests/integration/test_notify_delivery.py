@@ -225,7 +225,7 @@ def test_heartbeat_stops_while_a_supervised_loop_keeps_failing(tmp_path, daemon_
 def test_a_ping_that_cannot_be_sent_in_time_is_dropped_not_sent_late():
     import asyncio
 
-    from bkd.notify.ping import ping
+    from bkd.alerts.notify.ping import ping
     hc = HttpReceiver()
     url = hc.url("/late/uuid")
     hc.stop()  # down

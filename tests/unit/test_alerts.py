@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from bkctl.protocol import AlertKind
 from bkd.infra import clock
-from bkd.alerts import Alerts
+from bkd.alerts.service import Alerts
 from bkd.infra.events import EventBus
 from bkd.state.store import Store
 

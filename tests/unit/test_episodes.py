@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bkd import episodes
+from bkd.alerts import episodes
 from bkd.infra.clock import iso
 
 START = datetime(2024, 3, 1, tzinfo=timezone.utc)

@@ -14,12 +14,12 @@ from runcore import until
 
 from bkctl.protocol import AlertKind
 from bkd.infra import clock
-from bkd.alerts import Alerts
+from bkd.alerts.service import Alerts
 from bkd.config import load_config
 from bkd.infra.events import EventBus
-from bkd.notify import outbox as outbox_module, sinks as sinks_module
-from bkd.notify.outbox import GIVE_UP_AFTER, MAX_IN_FLIGHT, MAX_PER_SINK, Notifier
-from bkd.notify.sinks import Outcome
+from bkd.alerts.notify import outbox as outbox_module, sinks as sinks_module
+from bkd.alerts.notify.outbox import GIVE_UP_AFTER, MAX_IN_FLIGHT, MAX_PER_SINK, Notifier
+from bkd.alerts.notify.sinks import Outcome
 from bkd.config.runtime import Runtime
 from bkd.state.store import Store
 

@@ -15,7 +15,7 @@ import pytest
 from bkctl import report
 from bkctl.client import Client, RemoteError
 from bkctl.fmt import safe, safe_tree
-from bkd.notify.sinks import Notification, email_message, subject_line, webhook_body
+from bkd.alerts.notify.sinks import Notification, email_message, subject_line, webhook_body
 from bkd.config.models import EmailSink
 
 from test_report_view import alert, digest, host

@@ -59,7 +59,7 @@ def test_the_dashboard_is_as_described():
 
 
 def test_the_documented_signature_check_accepts_what_bkd_signs():
-    from bkd.notify.sinks import signature
+    from bkd.alerts.notify.sinks import signature
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S)[1]
     body = b'{"event":"test"}'
 

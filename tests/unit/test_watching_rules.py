@@ -15,9 +15,9 @@ from bkd.pipeline import failures
 from bkd.infra.clock import iso
 from bkd.config.models import Schedule
 from bkd.freshness import hung_limit
-from bkd.notify.outbox import GIVE_UP_AFTER, MAX_BACKOFF, backoff, reminder_period
-from bkd.notify.ping import ping_url
-from bkd.notify.sinks import Notification, signature, subject_line, webhook_body
+from bkd.alerts.notify.outbox import GIVE_UP_AFTER, MAX_BACKOFF, backoff, reminder_period
+from bkd.alerts.notify.ping import ping_url
+from bkd.alerts.notify.sinks import Notification, signature, subject_line, webhook_body
 
 NOW = datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
 
@@ -151,5 +151,5 @@ def test_ping_urls_follow_the_healthchecks_convention(url, suffix, expected):
     (200, True, False), (204, True, False), (400, False, True), (403, False, True), (404, False, True),
     (408, False, False), (429, False, False), (500, False, False), (503, False, False), (301, False, False)])
 def test_2xx_is_delivered_4xx_but_408_and_429_is_permanent_the_rest_is_retried(status, delivered, permanent):
-    from bkd.notify import http
+    from bkd.alerts.notify import http
     assert (http.delivered(status), http.permanent(status)) == (delivered, permanent)

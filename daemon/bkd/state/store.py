@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from .alerts import AlertStore
+from ..alerts.store import AlertStore
 from .audit import AuditStore
 from .disk import DiskStore
 from .jobs import JobStore

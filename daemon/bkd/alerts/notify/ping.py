@@ -21,9 +21,9 @@ import structlog
 from bkctl.fmt import safe
 from bkctl.protocol import Kind, Status
 
-from ..config.models import redact_url
-from ..config.runtime import Runtime
-from ..runs import Run
+from ...config.models import redact_url
+from ...config.runtime import Runtime
+from ...runs import Run
 from . import http
 
 log = structlog.get_logger()

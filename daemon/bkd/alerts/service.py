@@ -15,11 +15,11 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
+from ..infra import clock
+from ..infra.errors import Conflict
+from ..infra.events import EventBus
+from ..state.store import STORE_ERRORS, Store
 from . import episodes
-from .infra import clock
-from .infra.errors import Conflict
-from .infra.events import EventBus
-from .state.store import STORE_ERRORS, Store
 
 log = structlog.get_logger()
 

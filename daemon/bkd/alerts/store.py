@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import episodes
+from . import episodes
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..state.store import Store
 
 CURRENT = "state != 'resolved'"
 MUTABLE = ("state", "count", "message", "last_seen", "resolved", "acked_by", "acked_at", "note", "notified",

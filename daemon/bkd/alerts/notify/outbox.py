@@ -27,14 +27,14 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
+from ...config.models import EmailSink, WebhookSink
+from ...config.runtime import Runtime
+from ...infra import clock
+from ...infra.errors import NotFound
+from ...infra.supervise import woken
+from ...state.store import STORE_ERRORS, Store
 from .. import episodes
-from ..alerts import Alerts
-from ..config.models import EmailSink, WebhookSink
-from ..config.runtime import Runtime
-from ..infra import clock
-from ..infra.errors import NotFound
-from ..infra.supervise import woken
-from ..state.store import STORE_ERRORS, Store
+from ..service import Alerts
 from . import sinks as sinkmod
 from .sinks import Notification, Outcome
 

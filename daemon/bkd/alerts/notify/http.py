@@ -11,7 +11,7 @@ import socket
 import ssl
 from urllib.parse import unquote, urlsplit
 
-from .. import __version__
+from ... import __version__
 
 MAX_STATUS_LINE = 8192
 

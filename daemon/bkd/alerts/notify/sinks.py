@@ -25,9 +25,9 @@ import structlog
 from bkctl import report as digest_view
 from bkctl.fmt import safe, safe_tree
 
-from .. import __version__
-from ..config.models import EmailSink, WebhookSink, redact_url
-from ..infra.threads import in_own_thread
+from ... import __version__
+from ...config.models import EmailSink, WebhookSink, redact_url
+from ...infra.threads import in_own_thread
 from . import http
 
 log = structlog.get_logger()
