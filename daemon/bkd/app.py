@@ -39,9 +39,9 @@ from .metrics import Textfile
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
 from .plan import Lane
-from .receivers import Receivers
 from .recorder import Recorder
 from .report import Reporter
+from .restore.receivers import Receivers
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
 from .runs import Limit, Registry

@@ -11,7 +11,7 @@ from enum import StrEnum
 from bkctl.protocol import Kind
 
 from .config.models import Config, HostSettings
-from .pipeline.restore import Where
+from .restore.transfer import Where
 
 
 class Stage(StrEnum):

@@ -20,12 +20,13 @@ from bkctl.protocol import Kind, Status
 from .config.runtime import Runtime
 from .housekeeping import Housekeeping
 from .infra import clock
-from .pipeline import archive, hooks, manifest, restore, rsync
+from .pipeline import archive, hooks, manifest, rsync
 from .pipeline.outcomes import clip, public_error, public_warning
 from .pipeline.selfguard import SelfGuard, effective_excludes
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
-from .receivers import ATTACH_TIMEOUT, Receivers
+from .restore import transfer as restore
+from .restore.receivers import ATTACH_TIMEOUT, Receivers
 from .runs import Limit, Registry, Run
 from .state.hosts import ReadModel
 from .state.store import STORE_ERRORS, Store

@@ -20,7 +20,7 @@ import tomli_w
 from bkctl.protocol import Kind
 from bkd.config import load_config
 from bkd.plan import Lane, Request, Stage, Trigger
-from bkd.receivers import Receivers
+from bkd.restore.receivers import Receivers
 from bkd.runs import Limit, Registry, Run
 from bkd.config.runtime import Runtime
 from bkd.worker import Worker

@@ -9,7 +9,7 @@ import pytest
 from bkd.pipeline.outcomes import public_error, public_warning
 from bkd.pipeline.archive import StageFailed
 from bkd.pipeline.hooks import HookFailed
-from bkd.pipeline.restore import RestoreFailed
+from bkd.restore.transfer import RestoreFailed
 from bkd.pipeline.snapshot import SnapshotFailed
 
 SECRET = "/home/alice/zz-secret-name.txt"

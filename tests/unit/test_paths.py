@@ -10,7 +10,8 @@ from bkd.config.models import DEFAULT_EXCLUDES, Config, Host, default_excludes
 from bkd.config.patterns import anchored, on_host
 from bkd.config.remote import Remote
 from bkd.infra.errors import InvalidArgument
-from bkd.pipeline import restore, rsync
+from bkd.restore import transfer as restore
+from bkd.pipeline import rsync
 from bkd.pipeline.selfguard import effective_excludes, inside_source
 
 # ------------------------------------------------------------ [user@]host:/path

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from bkctl import mounts
-from bkd.pipeline.restore import MAX_LISTED, RestoreFailed, _Output, _probed_location
+from bkd.restore.transfer import MAX_LISTED, RestoreFailed, _Output, _probed_location
 
 STATS = """Number of files: 4 (reg: 2, dir: 2)
 Number of created files: 3 (reg: 2, dir: 1)

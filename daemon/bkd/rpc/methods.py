@@ -22,8 +22,9 @@ from ..config.models import Duration, HostName, SinkName, redact_url
 from ..infra import clock
 from ..infra.errors import Denied, InvalidArgument, NotFound
 from ..infra.events import DEFAULT_QUEUE, TOPICS
-from ..pipeline import selfguard, restore
+from ..pipeline import selfguard
 from ..plan import RestoreTarget, Trigger
+from ..restore import transfer as restore
 from ..tree import browse, relpath
 from ..tree.layout import HostDir
 

@@ -10,7 +10,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass, field
 
-from .infra.errors import Denied, NotFound
+from ..infra.errors import Denied, NotFound
 
 ATTACH_TIMEOUT = 60.0  # seconds a restore waits at most for its receiver to attach (less if rsync.timeout is)
 

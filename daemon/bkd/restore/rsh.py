@@ -1,4 +1,4 @@
-"""The remote shell of a local restore's rsync: `python -I -S restore_rsh.py FD HOST COMMAND...`.
+"""The remote shell of a local restore's rsync: `python -I -S rsh.py FD HOST COMMAND...`.
 
 The daemon's rsync (the sender, a client) starts it as it would start ssh,
 with its two ends of the connection as stdin and stdout. It hands those two

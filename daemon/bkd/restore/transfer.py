@@ -11,7 +11,7 @@ it has written, as the kernel counts them.
 A local DEST is written by the caller: bkctl runs the receiving `rsync
 --server` as the caller, in the caller's own mount namespace, on the two
 ends of the sender's connection, which the sender's remote shell
-(restore_rsh.py) hands to the daemon and the daemon to bkctl over the
+(rsh.py) hands to the daemon and the daemon to bkctl over the
 control socket; the two rsyncs then talk directly. A remote DEST
 (host:path) is written by the receiver ssh starts there, with the daemon's
 identity for restores.
@@ -45,7 +45,7 @@ from ..config.models import Config
 from ..config.remote import Remote
 from ..infra import exec as bkexec
 from ..infra.errors import Conflict, InvalidArgument
-from . import rsync
+from ..pipeline import rsync
 
 log = structlog.get_logger()
 
@@ -55,7 +55,7 @@ MAX_LISTED = 10_000  # file names a dry run reports
 WATCH_EVERY = 0.5  # seconds between two looks at how much the sender has written
 STATS_LINES = 64  # lines kept of the end of rsync's output: its statistics come last
 MAX_PROBE_LINES = 2 * 4096 + 8  # what a remote DEST's probe may print (one line per directory, twice)
-RSH = Path(__file__).with_name("restore_rsh.py")
+RSH = Path(__file__).with_name("rsh.py")
 _ITEM = re.compile(r"[<>ch.][fdLDS].{9} ")  # an --out-format=%i %n line
 
 # What the daemon's rsync (the sender) runs with; the receiver's options follow from them.
