@@ -28,23 +28,24 @@ from .config.runtime import Runtime
 from .disk import DiskWatch
 from .freshness import Freshness
 from .hosts import Hosts
-from .housekeeping import Housekeeping
 from .infra import clock, logs
 from .infra.events import EventBus
 from .infra.supervise import Supervisor
 from .infra.systemd import keep_alive, notify, watchdog_interval
 from .integrity import Integrity
-from .jobs import Jobs
 from .metrics import Textfile
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
-from .plan import Lane
-from .recorder import Recorder
 from .report import Reporter
 from .restore.receivers import Receivers
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
-from .runs import Limit, Registry
+from .runs.housekeeping import Housekeeping
+from .runs.jobs import Jobs
+from .runs.plan import Lane
+from .runs.recorder import Recorder
+from .runs.registry import Limit, Registry
+from .runs.worker import Worker
 from .scheduler import Scheduler
 from .state.audit import HEAD_NAME
 from .state.history import prune_history
@@ -52,7 +53,6 @@ from .state.hosts import ReadModel
 from .state.store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
 from .tree.layout import HostDir
 from .tree.ownership import DirError, check_dir, in_memory, prepare_dir
-from .worker import Worker
 
 log = structlog.get_logger()
 

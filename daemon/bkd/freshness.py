@@ -16,8 +16,8 @@ from .alerts.service import AlertKind, Alerts
 from .config.models import Schedule, format_duration
 from .config.runtime import Runtime
 from .disk import DiskWatch
-from .housekeeping import Housekeeping
 from .infra import clock
+from .runs.housekeeping import Housekeeping
 from .scheduler import is_stale
 from .state.hosts import ReadModel, read_facts
 from .tree.layout import HostDir

@@ -15,13 +15,13 @@ from bkctl.protocol import Kind
 
 from .infra import clock
 from .infra.supervise import woken
-from .plan import LANES, Trigger
+from .runs.plan import LANES, Trigger
 from .tree.layout import SnapshotName
 
 if TYPE_CHECKING:
-    from .jobs import Jobs
+    from .runs.jobs import Jobs
     from .state.hosts import ReadModel
-    from .runs import Registry
+    from .runs.registry import Registry
     from .config.runtime import Runtime
 
 log = structlog.get_logger()

@@ -19,11 +19,11 @@ import tomli_w
 
 from bkctl.protocol import Kind
 from bkd.config import load_config
-from bkd.plan import Lane, Request, Stage, Trigger
+from bkd.runs.plan import Lane, Request, Stage, Trigger
 from bkd.restore.receivers import Receivers
-from bkd.runs import Limit, Registry, Run
+from bkd.runs.registry import Limit, Registry, Run
 from bkd.config.runtime import Runtime
-from bkd.worker import Worker
+from bkd.runs.worker import Worker
 
 TIMEOUT = 10.0  # seconds any awaited condition may take on a loaded machine
 

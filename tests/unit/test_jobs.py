@@ -15,12 +15,12 @@ from bkctl.protocol import ErrorCode, Kind, Status
 from bkd.infra import clock
 from bkd.pipeline import failures
 from bkd.infra.errors import Busy, NotFound, ShuttingDown
-from bkd.jobs import Jobs
+from bkd.runs.jobs import Jobs
 from bkd.pipeline.archive import StageFailed
 from bkd.pipeline.snapshot import SnapshotFailed
-from bkd.plan import Lane, Stage, Trigger
+from bkd.runs.plan import Lane, Stage, Trigger
 from bkd.state.hosts import ReadModel
-from bkd.recorder import Recorder
+from bkd.runs.recorder import Recorder
 from bkd.rpc.server import WIRE_CODES
 from bkd.state.store import Store
 

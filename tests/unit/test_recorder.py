@@ -11,10 +11,10 @@ from structlog.testing import capture_logs
 
 from bkctl.protocol import Kind, Status
 from bkd.infra import clock
-from bkd import recorder as recorder_module
-from bkd.plan import Request, Trigger
-from bkd.recorder import Recorder
-from bkd.runs import Job, Registry
+from bkd.runs import recorder as recorder_module
+from bkd.runs.plan import Request, Trigger
+from bkd.runs.recorder import Recorder
+from bkd.runs.registry import Job, Registry
 from bkd.state.store import Store
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from bkctl.protocol import Kind, Status
 from bkd.infra.errors import Busy, ShuttingDown
-from bkd.plan import Lane, Request, Trigger
-from bkd.runs import Limit, Registry, job_status
+from bkd.runs.plan import Lane, Request, Trigger
+from bkd.runs.registry import Limit, Registry, job_status
 
 
 def requests(kind, *hosts, snapshot=None):

@@ -9,10 +9,10 @@ import pytest
 from runcore import Core, host, until
 
 from bkctl.protocol import Kind, Status
-from bkd import worker as worker_module
+from bkd.runs import worker as worker_module
 from bkd.pipeline.hooks import HookFailed
 from bkd.pipeline.snapshot import SnapshotFailed
-from bkd.plan import Lane, Stage
+from bkd.runs.plan import Lane, Stage
 
 
 async def test_runs_wait_for_a_slot_of_their_lane_and_start_in_the_order_they_came(tmp_path):

@@ -23,8 +23,8 @@ from ..infra import clock
 from ..infra.errors import Denied, InvalidArgument, NotFound
 from ..infra.events import DEFAULT_QUEUE, TOPICS
 from ..pipeline import selfguard
-from ..plan import RestoreTarget, Trigger
 from ..restore import transfer as restore
+from ..runs.plan import RestoreTarget, Trigger
 from ..tree import browse, relpath
 from ..tree.layout import HostDir
 

@@ -28,8 +28,8 @@ from .. import __version__
 from ..config.models import Config, format_duration
 from ..infra import clock
 from ..pipeline import archive
-from ..plan import Lane
-from ..runs import Registry, Run
+from ..runs.plan import Lane
+from ..runs.registry import Registry, Run
 from ..scheduler import archive_due_at, is_stale, monthly_due_at, next_run
 from ..tree.layout import HostDir, SnapshotName
 

@@ -23,7 +23,7 @@ from bkctl.protocol import Kind, Status
 
 from ...config.models import redact_url
 from ...config.runtime import Runtime
-from ...runs import Run
+from ...runs.registry import Run
 from . import http
 
 log = structlog.get_logger()

@@ -10,15 +10,15 @@ import shutil
 
 import structlog
 
-from .config.models import Config, Retention
-from .infra import clock
-from .infra.fsutil import make_private_dir
-from .pipeline import archive
-from .pipeline.prune import TrashCollector, host_plan, move_to_trash
+from ..config.models import Config, Retention
+from ..infra import clock
+from ..infra.fsutil import make_private_dir
+from ..pipeline import archive
+from ..pipeline.prune import TrashCollector, host_plan, move_to_trash
+from ..state.store import STORE_ERRORS, Store
+from ..tree.layout import HostDir
 from .plan import Lane
-from .runs import Registry
-from .state.store import STORE_ERRORS, Store
-from .tree.layout import HostDir
+from .registry import Registry
 
 log = structlog.get_logger()
 

@@ -11,8 +11,8 @@ import asyncio
 
 import structlog
 
-from .runs import Job, Registry
-from .state.store import STORE_ERRORS, Store
+from ..state.store import STORE_ERRORS, Store
+from .registry import Job, Registry
 
 log = structlog.get_logger()
 

@@ -17,21 +17,21 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from .config.runtime import Runtime
+from ..config.runtime import Runtime
+from ..infra import clock
+from ..pipeline import archive, hooks, manifest, rsync
+from ..pipeline.outcomes import clip, public_error, public_warning
+from ..pipeline.selfguard import SelfGuard, effective_excludes
+from ..pipeline.snapshot import SnapshotFailed, take_snapshot
+from ..restore import transfer as restore
+from ..restore.receivers import ATTACH_TIMEOUT, Receivers
+from ..state.hosts import ReadModel
+from ..state.store import STORE_ERRORS, Store
+from ..tree import browse
+from ..tree.layout import HostDir, SnapshotName
 from .housekeeping import Housekeeping
-from .infra import clock
-from .pipeline import archive, hooks, manifest, rsync
-from .pipeline.outcomes import clip, public_error, public_warning
-from .pipeline.selfguard import SelfGuard, effective_excludes
-from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
-from .restore import transfer as restore
-from .restore.receivers import ATTACH_TIMEOUT, Receivers
-from .runs import Limit, Registry, Run
-from .state.hosts import ReadModel
-from .state.store import STORE_ERRORS, Store
-from .tree import browse
-from .tree.layout import HostDir, SnapshotName
+from .registry import Limit, Registry, Run
 
 log = structlog.get_logger()
 

@@ -10,8 +10,8 @@ from enum import StrEnum
 
 from bkctl.protocol import Kind
 
-from .config.models import Config, HostSettings
-from .restore.transfer import Where
+from ..config.models import Config, HostSettings
+from ..restore.transfer import Where
 
 
 class Stage(StrEnum):

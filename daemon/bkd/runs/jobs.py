@@ -18,15 +18,15 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from .alerts.service import AlertKind, Alerts
-from .config.runtime import Runtime
-from .infra import clock
-from .infra.errors import InvalidArgument, NotFound
-from .pipeline import failures
+from ..alerts.service import AlertKind, Alerts
+from ..config.runtime import Runtime
+from ..infra import clock
+from ..infra.errors import InvalidArgument, NotFound
+from ..pipeline import failures
+from ..state.hosts import ReadModel
 from .plan import Request, RestoreTarget, Trigger
 from .recorder import Recorder
-from .runs import Job, Registry, Run
-from .state.hosts import ReadModel
+from .registry import Job, Registry, Run
 from .worker import Worker
 
 log = structlog.get_logger()

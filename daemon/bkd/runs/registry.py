@@ -15,10 +15,10 @@ from datetime import datetime
 
 from bkctl.protocol import FINAL_STATUSES, Kind, Status
 
-from .infra import clock
-from .infra.errors import Busy, ShuttingDown
+from ..infra import clock
+from ..infra.errors import Busy, ShuttingDown
+from ..state.jobs import SUMMARY
 from .plan import LANES, Lane, Request, RunPlan, Stage, Trigger
-from .state.jobs import SUMMARY
 
 
 @dataclass
