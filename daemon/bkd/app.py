@@ -46,7 +46,7 @@ from .runs.plan import Lane
 from .runs.recorder import Recorder
 from .runs.registry import Limit, Registry
 from .runs.worker import Worker
-from .scheduler import Scheduler
+from .schedule.due import Scheduler
 from .state.audit import HEAD_NAME
 from .state.history import prune_history
 from .state.hosts import ReadModel

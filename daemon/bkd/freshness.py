@@ -18,7 +18,7 @@ from .config.runtime import Runtime
 from .disk import DiskWatch
 from .infra import clock
 from .runs.housekeeping import Housekeeping
-from .scheduler import is_stale
+from .schedule.due import is_stale
 from .state.hosts import ReadModel, read_facts
 from .tree.layout import HostDir
 

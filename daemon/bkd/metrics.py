@@ -21,7 +21,7 @@ from . import __version__
 from .infra import clock
 from .infra.fsutil import write_atomic
 from .infra.supervise import woken
-from .scheduler import is_stale
+from .schedule.due import is_stale
 
 if TYPE_CHECKING:
     from .app import Services

@@ -36,7 +36,7 @@ from .alerts.notify.sinks import server_name
 from .infra import clock
 from .infra.supervise import woken
 from .pipeline.prune import host_plan
-from .scheduler import is_stale
+from .schedule.due import is_stale
 from .tree.layout import TIME_FORMAT, HostDir
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bkd.scheduler import next_run
+from bkd.schedule.due import next_run
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)

@@ -30,7 +30,7 @@ from ..infra import clock
 from ..pipeline import archive
 from ..runs.plan import Lane
 from ..runs.registry import Registry, Run
-from ..scheduler import archive_due_at, is_stale, monthly_due_at, next_run
+from ..schedule.due import archive_due_at, is_stale, monthly_due_at, next_run
 from ..tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()

@@ -13,16 +13,16 @@ import structlog
 
 from bkctl.protocol import Kind
 
-from .infra import clock
-from .infra.supervise import woken
-from .runs.plan import LANES, Trigger
-from .tree.layout import SnapshotName
+from ..infra import clock
+from ..infra.supervise import woken
+from ..runs.plan import LANES, Trigger
+from ..tree.layout import SnapshotName
 
 if TYPE_CHECKING:
-    from .runs.jobs import Jobs
-    from .state.hosts import ReadModel
-    from .runs.registry import Registry
-    from .config.runtime import Runtime
+    from ..runs.jobs import Jobs
+    from ..state.hosts import ReadModel
+    from ..runs.registry import Registry
+    from ..config.runtime import Runtime
 
 log = structlog.get_logger()
 
