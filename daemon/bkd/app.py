@@ -22,17 +22,12 @@ from . import __version__, access
 from .alerts.notify.outbox import Notifier
 from .alerts.notify.ping import Pinger, heartbeat
 from .alerts.service import AlertKind, Alerts
-from .auditwitness import AuditWatch
 from .config import Config
 from .config.runtime import Runtime
-from .disk import DiskWatch
-from .freshness import Freshness
-from .hosts import Hosts
 from .infra import clock, logs
 from .infra.events import EventBus
 from .infra.supervise import Supervisor
 from .infra.systemd import keep_alive, notify, watchdog_interval
-from .integrity import Integrity
 from .metrics import Textfile
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
@@ -53,6 +48,11 @@ from .state.hosts import ReadModel
 from .state.store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
 from .tree.layout import HostDir
 from .tree.ownership import DirError, check_dir, in_memory, prepare_dir
+from .watch.auditwitness import AuditWatch
+from .watch.disk import DiskWatch
+from .watch.freshness import Freshness
+from .watch.hosts import Hosts
+from .watch.integrity import Integrity
 
 log = structlog.get_logger()
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from . import __version__, disk
+from . import __version__
 from .alerts import episodes
 from .alerts.notify.sinks import server_name
 from .infra import clock
@@ -38,6 +38,7 @@ from .infra.supervise import woken
 from .pipeline.prune import host_plan
 from .schedule.due import is_stale
 from .tree.layout import TIME_FORMAT, HostDir
+from .watch import disk
 
 if TYPE_CHECKING:
     from .app import Services

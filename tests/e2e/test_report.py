@@ -149,7 +149,7 @@ def test_report_since_sets_the_period_and_bad_input_is_named(tmp_path, daemon_fa
 
 
 def test_the_report_forecasts_when_the_backup_root_fills_as_the_disk_alert_does(tmp_path, daemon_factory):
-    from bkd import disk
+    from bkd.watch import disk
     daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 2))}]).start()
     used = daemon.bkctl_json("report")["disk"]["used_bytes"]
     now = datetime.now(timezone.utc)

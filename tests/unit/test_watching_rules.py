@@ -10,11 +10,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bkctl.protocol import Kind
-from bkd import __version__, disk
+from bkd import __version__
+from bkd.watch import disk
 from bkd.pipeline import failures
 from bkd.infra.clock import iso
 from bkd.config.models import Schedule
-from bkd.freshness import hung_limit
+from bkd.watch.freshness import hung_limit
 from bkd.alerts.notify.outbox import GIVE_UP_AFTER, MAX_BACKOFF, backoff, reminder_period
 from bkd.alerts.notify.ping import ping_url
 from bkd.alerts.notify.sinks import Notification, signature, subject_line, webhook_body

@@ -12,15 +12,15 @@ import structlog
 
 from bkctl.protocol import Kind, Status
 
-from .alerts.service import AlertKind, Alerts
-from .config.models import Schedule, format_duration
-from .config.runtime import Runtime
+from ..alerts.service import AlertKind, Alerts
+from ..config.models import Schedule, format_duration
+from ..config.runtime import Runtime
+from ..infra import clock
+from ..runs.housekeeping import Housekeeping
+from ..schedule.due import is_stale
+from ..state.hosts import ReadModel, read_facts
+from ..tree.layout import HostDir
 from .disk import DiskWatch
-from .infra import clock
-from .runs.housekeeping import Housekeeping
-from .schedule.due import is_stale
-from .state.hosts import ReadModel, read_facts
-from .tree.layout import HostDir
 
 log = structlog.get_logger()
 

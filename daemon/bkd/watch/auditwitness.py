@@ -28,7 +28,7 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
-from .infra import exec as bkexec
+from ..infra import exec as bkexec
 
 log = structlog.get_logger()
 

@@ -12,14 +12,14 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from .alerts.service import AlertKind, Alerts
-from .config.runtime import Runtime
-from .infra import clock
-from .infra.supervise import woken
-from .infra.threads import in_own_thread
-from .pipeline import archive, damage, manifest
-from .state.store import Store
-from .tree.layout import HostDir, SnapshotName
+from ..alerts.service import AlertKind, Alerts
+from ..config.runtime import Runtime
+from ..infra import clock
+from ..infra.supervise import woken
+from ..infra.threads import in_own_thread
+from ..pipeline import archive, damage, manifest
+from ..state.store import Store
+from ..tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()
 

@@ -9,11 +9,11 @@ import asyncio
 import time
 from contextlib import nullcontext
 
-from .config.runtime import Runtime
-from .infra import exec as bkexec
-from .pipeline import failures, rsync
-from .pipeline.outcomes import public_message
-from .pipeline.selfguard import SelfGuard
+from ..config.runtime import Runtime
+from ..infra import exec as bkexec
+from ..pipeline import failures, rsync
+from ..pipeline.outcomes import public_message
+from ..pipeline.selfguard import SelfGuard
 
 TESTS_AT_ONCE = 8  # hosts one hosts.test call tests at once (the method itself runs at most twice at once)
 

@@ -14,11 +14,11 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
-from .alerts import episodes
-from .alerts.service import Alerts
-from .config.runtime import Runtime
-from .infra import clock
-from .state.store import STORE_ERRORS, Store
+from ..alerts import episodes
+from ..alerts.service import Alerts
+from ..config.runtime import Runtime
+from ..infra import clock
+from ..state.store import STORE_ERRORS, Store
 
 log = structlog.get_logger()
 
