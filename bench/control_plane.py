@@ -58,7 +58,7 @@ import tomli_w
 
 from bkd.config.models import Retention
 from bkd.tree.layout import TIME_FORMAT
-from bkd.metrics import TEXTFILE_EVERY
+from bkd.views.metrics import TEXTFILE_EVERY
 from bkd.pipeline.retention import plan
 from bkd.state.store import DATABASE_NAME
 

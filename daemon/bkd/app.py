@@ -28,10 +28,8 @@ from .infra import clock, logs
 from .infra.events import EventBus
 from .infra.supervise import Supervisor
 from .infra.systemd import keep_alive, notify, watchdog_interval
-from .metrics import Textfile
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
-from .report import Reporter
 from .restore.receivers import Receivers
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
@@ -48,6 +46,8 @@ from .state.hosts import ReadModel
 from .state.store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
 from .tree.layout import HostDir
 from .tree.ownership import DirError, check_dir, in_memory, prepare_dir
+from .views.metrics import Textfile
+from .views.report import Reporter
 from .watch.auditwitness import AuditWatch
 from .watch.disk import DiskWatch
 from .watch.freshness import Freshness

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bkd.infra import clock
-from bkd.catalog import list_snapshots
+from bkd.views.catalog import list_snapshots
 from bkd.config.models import Retention
 from bkd.infra.errors import InvalidArgument
 from bkd.tree.layout import HostDir, SnapshotName

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import exposition
-from bkd import metrics
+from bkd.views import metrics
 
 
 @pytest.mark.parametrize("value, written", [

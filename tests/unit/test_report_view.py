@@ -9,7 +9,7 @@ import pytest
 
 from bkctl import check, report
 from bkctl.fmt import parse_span, sparkline
-from bkd.report import due_day, next_time, trend
+from bkd.views.report import due_day, next_time, trend
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

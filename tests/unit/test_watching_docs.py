@@ -34,7 +34,7 @@ def table(heading: str) -> list[list[str]]:
 
 
 def test_the_metrics_table_is_the_exposition():
-    from bkd.metrics import HELP
+    from bkd.views.metrics import HELP
     rows = table("## Metrics and Prometheus")
     assert [row[0] for row in rows] == list(HELP)
     assert {row[0]: (row[1], row[3]) for row in rows} == {name: (kind, text) for name, (kind, text) in HELP.items()}

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, access, catalog, metrics, report
+from .. import __version__, access
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..infra import clock
 from ..infra.errors import Denied, InvalidArgument, NotFound
@@ -27,6 +27,7 @@ from ..restore import transfer as restore
 from ..runs.plan import RestoreTarget, Trigger
 from ..tree import browse, relpath
 from ..tree.layout import HostDir
+from ..views import catalog, metrics, report
 
 if TYPE_CHECKING:
     from ..app import Services

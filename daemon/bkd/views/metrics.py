@@ -17,14 +17,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .infra import clock
-from .infra.fsutil import write_atomic
-from .infra.supervise import woken
-from .schedule.due import is_stale
+from .. import __version__
+from ..infra import clock
+from ..infra.fsutil import write_atomic
+from ..infra.supervise import woken
+from ..schedule.due import is_stale
 
 if TYPE_CHECKING:
-    from .app import Services
+    from ..app import Services
 
 TEXTFILE_EVERY = 5.0
 HEARTBEAT_EVERY = 60.0  # the textfile is rewritten at least this often, so a stale one means bkd is down

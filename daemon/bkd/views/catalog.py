@@ -11,13 +11,13 @@ from datetime import datetime
 
 import structlog
 
-from .config.models import Retention
-from .infra import clock
-from .infra.errors import InvalidArgument
-from .pipeline.prune import host_plan
-from .pipeline.retention import Decision
-from .state.store import STORE_ERRORS, Store
-from .tree.layout import HostDir, SnapshotName
+from ..config.models import Retention
+from ..infra import clock
+from ..infra.errors import InvalidArgument
+from ..pipeline.prune import host_plan
+from ..pipeline.retention import Decision
+from ..state.store import STORE_ERRORS, Store
+from ..tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()
 

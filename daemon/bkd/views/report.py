@@ -30,18 +30,18 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from . import __version__
-from .alerts import episodes
-from .alerts.notify.sinks import server_name
-from .infra import clock
-from .infra.supervise import woken
-from .pipeline.prune import host_plan
-from .schedule.due import is_stale
-from .tree.layout import TIME_FORMAT, HostDir
-from .watch import disk
+from .. import __version__
+from ..alerts import episodes
+from ..alerts.notify.sinks import server_name
+from ..infra import clock
+from ..infra.supervise import woken
+from ..pipeline.prune import host_plan
+from ..schedule.due import is_stale
+from ..tree.layout import TIME_FORMAT, HostDir
+from ..watch import disk
 
 if TYPE_CHECKING:
-    from .app import Services
+    from ..app import Services
 
 log = structlog.get_logger()
 
