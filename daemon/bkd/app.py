@@ -18,7 +18,7 @@ import structlog
 
 from bkctl.protocol import PROTOCOL_VERSION
 
-from . import __version__, access
+from . import __version__
 from .alerts.notify.outbox import Notifier
 from .alerts.notify.ping import Pinger, heartbeat
 from .alerts.service import AlertKind, Alerts
@@ -31,6 +31,7 @@ from .infra.systemd import keep_alive, notify, watchdog_interval
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
 from .restore.receivers import Receivers
+from .rpc import access
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
 from .runs.housekeeping import Housekeeping

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 
-from . import access
 from .app import StartupError, lock_dir
 from .config import Config
 from .infra import clock, logs
+from .rpc import access
 from .state.audit import HEAD_NAME
 from .state.store import DATABASE_NAME, Store, StoreUnusable
 

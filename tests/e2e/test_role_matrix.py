@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from bkd.access import RANKS
+from bkd.rpc.access import RANKS
 from bkd.rpc.methods import Api, method_table
 from conftest import BIN, make_tree, wait_until
 from unix_users import unix_users

@@ -4,7 +4,7 @@ and its role from [access]: the pure part, on a socketpair of this process."""
 import os
 import socket
 
-from bkd import access
+from bkd.rpc import access
 from bkd.config.models import Access
 
 

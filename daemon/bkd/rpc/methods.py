@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
-from .. import __version__, access
+from .. import __version__
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..infra import clock
 from ..infra.errors import Denied, InvalidArgument, NotFound
@@ -28,6 +28,7 @@ from ..runs.plan import RestoreTarget, Trigger
 from ..tree import browse, relpath
 from ..tree.layout import HostDir
 from ..views import catalog, metrics, report
+from . import access
 
 if TYPE_CHECKING:
     from ..app import Services

@@ -42,12 +42,12 @@ from pydantic import ValidationError
 
 from bkctl import protocol
 from bkctl.protocol import ErrorCode
-from .. import access
-from ..access import Identity
 from ..config.models import Access, Rpc
 from ..infra import clock
 from ..infra.bursts import Burst, Bursts
 from ..infra.errors import Busy, Conflict, Denied, DomainError, InvalidArgument, NotFound, ShuttingDown
+from . import access
+from .access import Identity
 from .methods import Method
 
 log = structlog.get_logger()

@@ -18,7 +18,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .config.models import Access
+from ..config.models import Access
 
 RANKS = {"viewer": 1, "operator": 2, "admin": 3}
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux ≥ 4.13; Python has no name for it
