@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "audit":
         from .infra import logs
         from .app import StartupError
-        from .auditcmd import reanchor
+        from .cli.audit import reanchor
         logs.configure(args.log_level)  # the new entry goes to the journal like every other
         try:
             print(asyncio.run(reanchor(config)))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 
-from .app import StartupError, lock_dir
-from .config import Config
-from .infra import clock, logs
-from .rpc import access
-from .state.audit import HEAD_NAME
-from .state.store import DATABASE_NAME, Store, StoreUnusable
+from ..app import StartupError, lock_dir
+from ..config import Config
+from ..infra import clock, logs
+from ..rpc import access
+from ..state.audit import HEAD_NAME
+from ..state.store import DATABASE_NAME, Store, StoreUnusable
 
 
 async def reanchor(config: Config) -> str:
