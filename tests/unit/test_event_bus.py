@@ -1,4 +1,4 @@
-"""Live events (bkd.events): a publisher never waits and never fails; each
+"""Live events (bkd.infra.events): a publisher never waits and never fails; each
 subscriber has a bounded queue and is dropped when it falls that far behind."""
 
 from bkd.infra.events import EventBus
