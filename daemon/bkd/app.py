@@ -28,10 +28,10 @@ from .infra import clock, logs
 from .infra.events import EventBus
 from .infra.supervise import Supervisor
 from .infra.systemd import keep_alive, notify, watchdog_interval
+from .infra.users import user_name
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
 from .restore.receivers import Receivers
-from .rpc import access
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
 from .runs.housekeeping import Housekeeping
@@ -178,7 +178,7 @@ class Daemon:
         uid = os.getuid()
         try:
             # A mismatch is logged and alerted on (the audit-witness loop), and the head kept as evidence.
-            mismatch = await store.audit.anchor(head, (uid, access.user_name(uid), os.getpid()))
+            mismatch = await store.audit.anchor(head, (uid, user_name(uid), os.getpid()))
         except STORE_ERRORS as e:
             raise StartupError(f"cannot anchor the audit log in {head}: {e}") from None
         if interrupted:

@@ -13,7 +13,7 @@ import os
 from ..app import StartupError, lock_dir
 from ..config import Config
 from ..infra import clock, logs
-from ..rpc import access
+from ..infra.users import user_name
 from ..state.audit import HEAD_NAME
 from ..state.store import DATABASE_NAME, Store, StoreUnusable
 
@@ -24,8 +24,8 @@ async def reanchor(config: Config) -> str:
         # As anyone else, the files it writes (the head record, SQLite's WAL) would lock the daemon out.
         owner = directory.stat().st_uid if directory.exists() else os.geteuid()
         if owner != os.geteuid():
-            raise StartupError(f"{directory} belongs to {access.user_name(owner)}: run this as the user bkd runs "
-                               f"as (sudo -u {access.user_name(owner)} bkd audit reanchor)")
+            raise StartupError(f"{directory} belongs to {user_name(owner)}: run this as the user bkd runs "
+                               f"as (sudo -u {user_name(owner)} bkd audit reanchor)")
     locks = [lock_dir(config.backup_root, "backup root")]  # the daemon must be stopped
     try:
         locks.append(lock_dir(config.state_dir, "state_dir"))
@@ -35,7 +35,7 @@ async def reanchor(config: Config) -> str:
             raise StartupError(str(e)) from None
         try:
             uid = os.getuid()
-            entry = await store.audit.reanchor(config.backup_root / HEAD_NAME, uid, access.user_name(uid),
+            entry = await store.audit.reanchor(config.backup_root / HEAD_NAME, uid, user_name(uid),
                                                os.getpid(), clock.iso(clock.now()))
         except ValueError as e:
             raise StartupError(str(e)) from None

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import grp
 import os
-import pwd
 import socket
 import struct
 from dataclasses import dataclass
 
 from ..config.models import Access
+from ..infra.users import group_names
 
 RANKS = {"viewer": 1, "operator": 2, "admin": 3}
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux ≥ 4.13; Python has no name for it
@@ -57,23 +56,6 @@ def _peer_groups(sock: socket.socket) -> tuple[int, ...]:
         if error != errno.ERANGE or size.value > MAX_GROUPS_BUFFER:
             raise OSError(error, os.strerror(error))
         # Too small: the kernel has put the size it needs into size.
-
-
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def group_names(gids: frozenset[int]) -> set[str]:
-    names = set()
-    for gid in gids:
-        try:
-            names.add(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            continue
-    return names
 
 
 def _privileged(who: Identity) -> bool:

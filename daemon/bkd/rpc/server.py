@@ -46,6 +46,7 @@ from ..config.models import Access, Rpc
 from ..infra import clock
 from ..infra.bursts import Burst, Bursts
 from ..infra.errors import Busy, Conflict, Denied, DomainError, InvalidArgument, NotFound, ShuttingDown
+from ..infra.users import user_name
 from . import access
 from .access import Identity
 from .methods import Method
@@ -545,7 +546,7 @@ class RpcServer:
         peer = conn.peer
         role = access.role_of(peer, self.access())
         if not access.allowed(role, method.role):
-            who = f"{access.user_name(peer.uid)} (uid {peer.uid})"
+            who = f"{user_name(peer.uid)} (uid {peer.uid})"
             error = _error(request_id, ErrorCode.PERMISSION_DENIED,
                            f"permission denied: {method_name} needs the {method.role} role; "
                            f"{who} has {'the ' + role + ' role' if role else 'no role'}")
@@ -567,7 +568,7 @@ class RpcServer:
             return await self._audited(method, method_name, raw_params, conn, error), None
         self._running[method_name] = running + 1  # no await since the check: the limit holds
         try:
-            call = Call(peer, access.user_name(peer.uid), role, conn)
+            call = Call(peer, user_name(peer.uid), role, conn)
             response, then = await self._invoke(method, method_name, params, request_id, call)
         finally:
             self._running[method_name] -= 1
@@ -590,7 +591,7 @@ class RpcServer:
 
     async def _record(self, uid: int, pid: int, name: str, params: dict, outcome: str) -> None:
         try:
-            await self.audit(uid, access.user_name(uid), pid, name, params, outcome)
+            await self.audit(uid, user_name(uid), pid, name, params, outcome)
         except Exception as e:  # the journal still has it; the caller still gets the answer
             log.error("audit.unrecorded", method=name, uid=uid, outcome=outcome, error=str(e))
 

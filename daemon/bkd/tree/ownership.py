@@ -8,29 +8,22 @@ from __future__ import annotations
 
 import errno
 import os
-import pwd
 import re
 import stat
 from pathlib import Path
 
 from ..infra.fsutil import open_private_dir
+from ..infra.users import user_name
 
 
 class DirError(Exception):
     """A directory bkd cannot use; the message is one line naming the problem and what to do."""
 
 
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def who() -> str:
     """This effective uid and its name, as messages name it."""
     uid = os.geteuid()
-    return f"uid {uid} ({_user(uid)})"
+    return f"uid {uid} ({user_name(uid)})"
 
 
 def _read_only(path: Path | int) -> bool:
@@ -64,8 +57,8 @@ def _judge(st: os.stat_result, path: Path, ref: Path | int) -> str | None:
         return READ_ONLY
     euid = os.geteuid()
     if st.st_uid != euid:
-        return (f"owned by uid {st.st_uid} ({_user(st.st_uid)}), not by {who()} that bkd runs as: "
-                f"chown {_user(euid)} {path}, or choose another directory")
+        return (f"owned by uid {st.st_uid} ({user_name(st.st_uid)}), not by {who()} that bkd runs as: "
+                f"chown {user_name(euid)} {path}, or choose another directory")
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022:
         return f"writable by group or others (mode {mode:04o}): chmod go-w {path}"
@@ -92,7 +85,7 @@ def _creatable(path: Path) -> str | None:
         return f"does not exist and cannot be created: {READ_ONLY}"
     if not os.access(ancestor, os.W_OK | os.X_OK, effective_ids=True):
         return (f"does not exist, and {who()} cannot create it in {ancestor}: "
-                f"create it with owner {_user(os.geteuid())} and mode 0700")
+                f"create it with owner {user_name(os.geteuid())} and mode 0700")
     return None  # bkd creates it, mode 0700
 
 
