@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from ..infra import clock
+
 OPENED, REMINDER, RESOLVED, TEST = "opened", "reminder", "resolved", "test"
 EVENTS = (OPENED, REMINDER, RESOLVED, TEST)
 
@@ -49,7 +51,7 @@ def due(episode: dict, now: datetime, silenced: bool, remind_every: timedelta) -
         return None
     if episode["notified"] is None:
         return OPENED
-    last = parse(episode["reminded"] or episode["notified"])
+    last = clock.parse(episode["reminded"] or episode["notified"])
     return REMINDER if now - last >= remind_every else None
 
 
@@ -72,7 +74,7 @@ def owes_recovery(episode: dict) -> bool:
 def silenced(silences: list[dict], kind: str, host: str | None, now: datetime) -> bool:
     """A silence names a host, a kind, or both; it matches until its `until`."""
     return any((s["host"] is None or s["host"] == host) and (s["kind"] is None or s["kind"] == kind)
-               and parse(s["until"]) > now for s in silences)
+               and clock.parse(s["until"]) > now for s in silences)
 
 
 def wants(sink, episode: dict) -> bool:
@@ -93,7 +95,3 @@ def key(instance: str, episode_id: int, event: str, reminders: int, sink: str) -
     state database never reuses a key a receiver has seen."""
     number = str(reminders) if event == REMINDER else ""
     return f"bkd-{instance}-{episode_id}-{event}{number}-{sink}"
-
-
-def parse(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))

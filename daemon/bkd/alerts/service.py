@@ -174,5 +174,5 @@ class Alerts:
 
     def silences_in_force(self) -> list[dict]:
         now = clock.now()
-        self.silences = [s for s in self.silences if episodes.parse(s["until"]) > now]
+        self.silences = [s for s in self.silences if clock.parse(s["until"]) > now]
         return list(self.silences)

@@ -27,6 +27,11 @@ def iso(time: datetime | None) -> str | None:
     return time.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def parse(text: str | None) -> datetime | None:
+    """The time an ISO-8601 string of ours (iso, iso_ms, SQLite's records) names; None for None."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
 def iso_ms(time: datetime | None) -> str | None:
     """ISO-8601 UTC with milliseconds: job and run records, where order matters."""
     if time is None:

@@ -135,8 +135,8 @@ class ReadModel:
     def load_records(self, rows: dict[str, dict]) -> None:
         for host, row in rows.items():
             self.records[host] = HostRecord(
-                added=_time(row["added"]), last_status=row["last_status"], last_error=row["last_error"],
-                last_finished=_time(row["last_finished"]), last_attempt=_time(row["last_attempt"]),
+                added=clock.parse(row["added"]), last_status=row["last_status"], last_error=row["last_error"],
+                last_finished=clock.parse(row["last_finished"]), last_attempt=clock.parse(row["last_attempt"]),
                 consecutive_failures=row["consecutive_failures"])
 
     def record(self, host: str) -> HostRecord:
@@ -265,7 +265,3 @@ class ReadModel:
         if upcoming:
             line += f", next {min(upcoming).strftime('%H:%M')} UTC"
         return line
-
-
-def _time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 import structlog
 
 from .. import __version__
-from ..alerts import episodes
 from ..alerts.notify.sinks import server_name
 from ..infra import clock
 from ..infra.supervise import woken
@@ -132,7 +131,7 @@ def _disk(s: Services, samples: list[dict], now: datetime, days: list[date], zon
     days_left = disk.days_to_full(samples, now)
     used = {}
     for row in samples:  # oldest first: the day's last sample counts
-        used[episodes.parse(row["time"]).astimezone(zone).date()] = row["used_bytes"]
+        used[clock.parse(row["time"]).astimezone(zone).date()] = row["used_bytes"]
     total = sample["total_bytes"]
     return {"total_bytes": total, "free_bytes": sample["free_bytes"], "used_bytes": sample["used_bytes"],
             "used_percent": round(100 * (total - sample["free_bytes"]) / total, 1) if total else None,

@@ -14,7 +14,6 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
-from ..alerts import episodes
 from ..alerts.service import Alerts
 from ..config.runtime import Runtime
 from ..infra import clock
@@ -40,7 +39,7 @@ def days_to_full(samples: list[dict], now: datetime) -> float | None:
     """Days until free space runs out at the trend of the samples of the last
     TREND_WINDOW (the newest sample's free space over the growth per day);
     None when there is no trend to speak of or usage is not growing."""
-    recent = [(episodes.parse(s["time"]), s) for s in samples if now - episodes.parse(s["time"]) <= TREND_WINDOW]
+    recent = [(clock.parse(s["time"]), s) for s in samples if now - clock.parse(s["time"]) <= TREND_WINDOW]
     if len(recent) < 3 or recent[-1][0] - recent[0][0] < MIN_TREND_SPAN:
         return None
     xs = [(t - recent[0][0]).total_seconds() / 86400 for t, _ in recent]
@@ -91,13 +90,13 @@ class DiskWatch:
             except STORE_ERRORS as e:
                 log.warning("store.read_failed", error=str(e))
                 return
-        last = episodes.parse(self.samples[-1]["time"]) if self.samples else None
+        last = clock.parse(self.samples[-1]["time"]) if self.samples else None
         if last is None or now - last >= SAMPLE_EVERY:
             try:
                 await self.store.disk.add_sample({k: sample[k] for k in ("time", "used_bytes", "free_bytes",
                                                                          "used_inodes", "free_inodes")},
                                                  clock.iso(now - KEEP_SAMPLES))
-                self.samples = [s for s in self.samples if now - episodes.parse(s["time"]) <= KEEP_SAMPLES]
+                self.samples = [s for s in self.samples if now - clock.parse(s["time"]) <= KEEP_SAMPLES]
                 self.samples.append(sample)
             except STORE_ERRORS as e:
                 log.warning("store.write_failed", error=str(e))

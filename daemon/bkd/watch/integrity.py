@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
@@ -126,7 +126,7 @@ class Integrity:
                 except (OSError, ValueError) as e:
                     log.warning("verify.settle_failed", host=host.name, error=str(e))
                 last = await self.store.get_value(_key(host.name))
-                due = _parse(last) + every if last else now
+                due = clock.parse(last) + every if last else now
                 if due <= now:
                     try:
                         result = await self.sample(host_dir, config.verify.sample_percent)
@@ -160,7 +160,3 @@ def _settle(host_dir: HostDir, verified: dict[str, list[dict]], hashed: set[byte
     except OSError as e:  # the alerts still say what was found; the next run cannot heal it
         log.error("damage.unrecorded", host=host_dir.root.name, error=str(e))
     return findings, known, set(names), found
-
-
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
