@@ -338,7 +338,7 @@ def event_line(event: dict) -> str:
     return f"{stamp} {topic:<8} {who} {what}".replace("  ", " ").rstrip()
 
 
-_SNAPSHOT_NAME = re.compile(r"\d{4}-\d\d-\d\d_\d{6}(-\d+)?|latest")
+_SNAPSHOT_NAME = re.compile(rf"{protocol.SNAPSHOT_NAME}|latest")
 
 
 def cmd_ls(client: Client, args) -> int:

@@ -3,7 +3,7 @@
 from datetime import datetime, timezone
 
 from bkd.tree.layout import HostDir
-from bkd.pipeline.archive import archives, expire_archives, expire_monthly, monthly_due
+from bkd.pipeline.archive import expire_archives, expire_monthly
 
 NOW = datetime(2026, 7, 15, 12, tzinfo=timezone.utc)
 
@@ -19,17 +19,14 @@ def test_archives_older_than_keep_days_go_and_the_newest_stays(tmp_path):
         "notes.txt", "other_2026-01-01_000000.tar.zst", "web1_2026-07-12_000000.tar.zst",
         "web1_2026-07-14_000000.tar.gz"]
     assert expire_archives(host, 0, datetime(2030, 1, 1, tzinfo=timezone.utc)) == ["web1_2026-07-12_000000.tar.zst"]
-    assert [a.path.name for a in archives(host)] == ["web1_2026-07-14_000000.tar.gz"]
+    assert [a.path.name for a in host.archive_files()] == ["web1_2026-07-14_000000.tar.gz"]
 
 
-def test_monthly_copies_expire_into_the_trash_and_are_due_on_their_day(tmp_path):
+def test_monthly_copies_expire_into_the_trash(tmp_path):
     host = HostDir(tmp_path / "web1")
-    assert monthly_due(host, 20, NOW)  # none at all: at once
     for name in ["2024-01", "2025-08", "2026-06", "keep-me"]:
         (host.monthly / name).mkdir(parents=True)
-    assert not monthly_due(host, 20, NOW)  # July's is due on the 20th
-    assert monthly_due(host, 15, NOW)
-    assert monthly_due(host, 31, datetime(2026, 2, 28, tzinfo=timezone.utc))  # clamped to February's end
+    assert host.monthly_copies() == ["2024-01", "2025-08", "2026-06"]
     assert expire_monthly(host, 12, NOW) == ["2024-01"]
     assert sorted(p.name for p in host.monthly.iterdir()) == ["2025-08", "2026-06", "keep-me"]
     assert [p.name for p in host.trash.iterdir()] == ["monthly-2024-01"]

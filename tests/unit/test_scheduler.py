@@ -2,7 +2,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bkd.schedule.due import next_run
+from bkd.schedule.due import monthly_due_at, next_run
+from bkd.tree.layout import SnapshotName
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
@@ -17,3 +18,15 @@ HOUR = timedelta(hours=1)
 ])
 def test_next_run(last_snapshot, last_attempt, expected):
     assert next_run(last_snapshot, last_attempt, HOUR, NOW) == expected
+
+
+def test_a_monthly_copy_is_due_on_its_day_and_at_once_for_a_host_without_one():
+    """(From the dead archive.monthly_due: the schedule's own rule, monthly_due_at, is what runs.)"""
+    now, latest = datetime(2026, 7, 15, 12, tzinfo=timezone.utc), SnapshotName(datetime(2026, 7, 15, tzinfo=timezone.utc))
+    assert monthly_due_at(latest, (), 20, None, HOUR, now) == now  # none at all: at once
+    copies = ("2024-01", "2025-08", "2026-06")
+    assert monthly_due_at(latest, copies, 20, None, HOUR, now) == datetime(2026, 7, 20, tzinfo=timezone.utc)
+    assert monthly_due_at(latest, copies, 15, None, HOUR, now) == now  # its day has come
+    february = datetime(2026, 2, 28, 12, tzinfo=timezone.utc)
+    assert monthly_due_at(latest, ("2026-01",), 31, None, HOUR, february) == february  # clamped to its end
+    assert monthly_due_at(None, (), 20, None, HOUR, now) is None  # nothing to copy yet

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import secrets
 import shutil
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,17 +13,15 @@ import structlog
 
 from ..config.models import Archive
 from ..infra import exec as bkexec
-from ..infra.clock import days_in_month, months_before
+from ..infra.clock import months_before
 from ..infra.fsutil import fsync_dir, make_private_dir
-from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName
+from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName, month_name
 from . import manifest
 from .linktree import link_tree
 
 log = structlog.get_logger()
 
 EXTENSIONS = {"gzip": ".tar.gz", "pigz": ".tar.gz", "zstd": ".tar.zst"}
-_ARCHIVE_NAME = re.compile(r"(?P<host>.+)_(?P<snapshot>\d{4}-\d\d-\d\d_\d{6}(?:-\d+)?)\.tar\.(?:gz|zst)")
-_MONTH_NAME = re.compile(r"(\d{4})-(\d{2})")
 
 # tar of the snapshot's root piped into the compressor; pipefail so a failing
 # tar is not hidden by a compressor that exited 0. Arguments stay positional.
@@ -37,12 +33,6 @@ class StageFailed(Exception):
     """A stage after the snapshot failed; the message says why."""
 
 
-@dataclass(frozen=True)
-class ArchiveFile:
-    snapshot: SnapshotName
-    path: Path
-
-
 def compressor_command(archive: Archive) -> list[str]:
     level = f"-{archive.level}"
     return {
@@ -50,27 +40,6 @@ def compressor_command(archive: Archive) -> list[str]:
         "pigz": ["pigz", level],  # all cores by default
         "zstd": ["zstd", level, "-T0", "-q"],
     }[archive.compression]
-
-
-def archives(host_dir: HostDir) -> list[ArchiveFile]:
-    """This host's complete archives, oldest first."""
-    try:
-        entries = list(os.scandir(host_dir.archives))
-    except FileNotFoundError:
-        return []
-    found = []
-    for entry in entries:
-        match = _ARCHIVE_NAME.fullmatch(entry.name)
-        snapshot = SnapshotName.parse(match["snapshot"]) if match and match["host"] == host_dir.root.name else None
-        if snapshot and entry.is_file(follow_symlinks=False):
-            found.append(ArchiveFile(snapshot, Path(entry.path)))
-    return sorted(found, key=lambda a: a.snapshot)
-
-
-def past_archives(host_dir: HostDir, now: datetime) -> list[ArchiveFile]:
-    """Archives of snapshots not dated in the future (a clock that stepped
-    back must not make an archive look recent)."""
-    return [a for a in archives(host_dir) if a.snapshot.time <= now]
 
 
 async def make_archive(host_dir: HostDir, snapshot: SnapshotName, archive: Archive) -> dict:
@@ -112,7 +81,8 @@ def _commit_file(partial: Path, final: Path) -> None:
 def expire_archives(host_dir: HostDir, keep_days: int, now: datetime) -> list[str]:
     """Remove archives older than keep_days; the newest is always kept, and
     one dated in the future is never counted as the newest."""
-    existing = past_archives(host_dir, now)
+    # One dated in the future (a clock that stepped back) must not make another look old.
+    existing = [a for a in host_dir.archive_files() if a.snapshot.time <= now]
     doomed = [a for a in existing[:-1] if a.snapshot.time < now - timedelta(days=keep_days)]
     for archive in doomed:
         archive.path.unlink(missing_ok=True)
@@ -121,27 +91,6 @@ def expire_archives(host_dir: HostDir, keep_days: int, now: datetime) -> list[st
 
 
 # ---- monthly golden snapshots -------------------------------------------------
-
-def month_name(time: datetime) -> str:
-    return f"{time.year:04d}-{time.month:02d}"
-
-
-def monthly_copies(host_dir: HostDir) -> list[str]:
-    try:
-        return sorted(e.name for e in os.scandir(host_dir.monthly)
-                      if _MONTH_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
-    except FileNotFoundError:
-        return []
-
-
-def monthly_due(host_dir: HostDir, monthly_day: int, now: datetime) -> bool:
-    """Due on monthly_day (the month's last day if shorter) when this month has
-    none yet, or at once when the host has none at all."""
-    copies = monthly_copies(host_dir)
-    if not copies:
-        return True
-    return month_name(now) not in copies and now.day >= min(monthly_day, days_in_month(now.year, now.month))
-
 
 async def make_monthly(host_dir: HostDir, snapshot: SnapshotName, now: datetime) -> dict:
     """A hardlinked copy of the complete snapshot as monthly/YYYY-MM, made whole by one rename."""
@@ -169,7 +118,7 @@ def expire_monthly(host_dir: HostDir, keep_months: int, now: datetime) -> list[s
     """Move copies older than keep_months into the trash. The newest copy not
     dated in the future is always kept."""
     cutoff = month_name(months_before(now, keep_months))
-    past = [name for name in monthly_copies(host_dir) if name <= month_name(now)]
+    past = [name for name in host_dir.monthly_copies() if name <= month_name(now)]
     doomed = [name for name in past[:-1] if name < cutoff]
     if doomed:
         make_private_dir(host_dir.trash, under=host_dir.root.parent)

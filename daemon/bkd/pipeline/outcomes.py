@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import re
 
+from bkctl.protocol import SNAPSHOT_NAME
+
 from .rsync import EXIT_CODES, MEANINGS
 
 _RSYNC = re.compile(r"\brsync exited with code (-?\d+)")
 _HOOK = re.compile(r"\b(pre|post) hook (exited with code -?\d+|timed out after \d+s)")
 _ARCHIVE = re.compile(r"\barchive failed \(exit (-?\d+)\)")
-_SNAPSHOT_GONE = re.compile(r"\bsnapshot (\d{4}-\d\d-\d\d_\d{6}(?:-\d+)?) is gone")
+_SNAPSHOT_GONE = re.compile(rf"\bsnapshot (?P<name>{SNAPSHOT_NAME}) is gone")
 _HUNG = re.compile(r"\bhung: no I/O for (\d+)s\b")
 _RACED = re.compile(r"\bmetadata of (\d+) file\(s\) changed during the snapshot")
 # Failures named by a fixed phrase (the message goes on with an OS error or a tool's words).
@@ -42,7 +44,7 @@ def categories(message: str) -> list[str]:
     found = [_rsync(message, m) for m in _RSYNC.finditer(message)]
     found += [f"{m[1]} hook {m[2]}" for m in _HOOK.finditer(message)]
     found += [f"archive failed (exit {m[1]})" for m in _ARCHIVE.finditer(message)]
-    found += [f"snapshot {m[1]} is gone" for m in _SNAPSHOT_GONE.finditer(message)]
+    found += [f"snapshot {m['name']} is gone" for m in _SNAPSHOT_GONE.finditer(message)]
     found += [f"hung: no I/O for {m[1]}s" for m in _HUNG.finditer(message)]
     found += [f"metadata of {m[1]} file(s) changed during the snapshot and was applied to inodes shared "
               "with older snapshots" for m in _RACED.finditer(message)]

@@ -16,7 +16,7 @@ from bkctl.protocol import Kind
 from ..infra import clock
 from ..infra.supervise import woken
 from ..runs.plan import LANES, Trigger
-from ..tree.layout import SnapshotName
+from ..tree.layout import SnapshotName, month_name
 
 if TYPE_CHECKING:
     from ..runs.jobs import Jobs
@@ -57,10 +57,6 @@ def archive_due_at(latest: SnapshotName | None, newest_archive: SnapshotName | N
     if last_attempt is not None and last_attempt <= now:
         due = max(due, last_attempt + every)
     return max(due, now)
-
-
-def month_name(time: datetime) -> str:
-    return f"{time.year:04d}-{time.month:02d}"
 
 
 def monthly_due_at(latest: SnapshotName | None, copies: tuple[str, ...], monthly_day: int,

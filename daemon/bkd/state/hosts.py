@@ -27,11 +27,10 @@ from bkctl.protocol import Kind
 from .. import __version__
 from ..config.models import Config, format_duration
 from ..infra import clock
-from ..pipeline import archive
 from ..runs.plan import Lane
 from ..runs.registry import Registry, Run
 from ..schedule.due import archive_due_at, is_stale, monthly_due_at, next_run
-from ..tree.layout import HostDir, SnapshotName
+from ..tree.layout import ArchiveFile, HostDir, SnapshotName
 
 log = structlog.get_logger()
 
@@ -57,7 +56,7 @@ class _Listing:
     stamp: tuple[int | None, ...]  # mtime_ns of hourly/, archives/ and monthly/ (None: missing)
     names: tuple[str, ...]  # complete snapshots, oldest first
     times: tuple[float, ...]  # their times (Unix seconds)
-    archives: list[archive.ArchiveFile]
+    archives: list[ArchiveFile]
     monthly: tuple[str, ...]
 
 
@@ -89,7 +88,7 @@ def _listing(host_dir: HostDir) -> _Listing:
         return cached
     snapshots = host_dir.snapshots()
     listing = _Listing(stamp, tuple(map(str, snapshots)), tuple(s.time.timestamp() for s in snapshots),
-                       archive.archives(host_dir), tuple(archive.monthly_copies(host_dir)))
+                       host_dir.archive_files(), tuple(host_dir.monthly_copies()))
     if all(mtime is None or mtime < started - RACY_NS for mtime in stamp):
         _listings[host_dir.root] = listing
     else:  # a change in the same tick would leave the mtime as it is: read again next time

@@ -1,4 +1,6 @@
-"""The on-disk layout of one host under the backup root (SPEC §4)."""
+"""The on-disk layout of one host under the backup root (SPEC §4): where
+each thing lives, and the names bkd recognises there (snapshots, archives,
+monthly copies); anything else is never touched."""
 
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+from bkctl.protocol import SNAPSHOT_NAME
+
 TIME_FORMAT = "%Y-%m-%d_%H%M%S"
-_SNAPSHOT_NAME = re.compile(r"(\d{4})-(\d{2})-(\d{2})_(\d{2})(\d{2})(\d{2})(?:-([2-9]|[1-9]\d+))?")
+SNAPSHOT = re.compile(SNAPSHOT_NAME)
+_ARCHIVE_NAME = re.compile(rf"(?P<host>.+)_(?P<snapshot>{SNAPSHOT_NAME})\.tar\.(?:gz|zst)")
+_MONTH_NAME = re.compile(r"(\d{4})-(\d{2})")
 PARTIAL_PREFIX = ".partial-"
 
 
@@ -24,7 +30,7 @@ class SnapshotName(NamedTuple):
 
     @classmethod
     def parse(cls, name: str) -> "SnapshotName | None":
-        match = _SNAPSHOT_NAME.fullmatch(name)
+        match = SNAPSHOT.fullmatch(name)
         if not match:
             return None
         try:  # not strptime: this runs for every name on every listing
@@ -36,6 +42,17 @@ class SnapshotName(NamedTuple):
     def __str__(self) -> str:
         base = self.time.strftime(TIME_FORMAT)
         return base if self.seq == 1 else f"{base}-{self.seq}"
+
+
+def month_name(time: datetime) -> str:
+    """The name of the monthly copy of time's month: YYYY-MM."""
+    return f"{time.year:04d}-{time.month:02d}"
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    snapshot: SnapshotName
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,28 @@ class HostDir:
     def snapshots(self) -> list[SnapshotName]:
         """Complete snapshots, oldest first. Anything else in hourly/ is ignored."""
         return sorted(n for n in map(SnapshotName.parse, self.hourly_names()) if n)
+
+    def archive_files(self) -> list[ArchiveFile]:
+        """This host's complete archives, oldest first."""
+        try:
+            entries = list(os.scandir(self.archives))
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            match = _ARCHIVE_NAME.fullmatch(entry.name)
+            snapshot = SnapshotName.parse(match["snapshot"]) if match and match["host"] == self.root.name else None
+            if snapshot and entry.is_file(follow_symlinks=False):
+                found.append(ArchiveFile(snapshot, Path(entry.path)))
+        return sorted(found, key=lambda a: a.snapshot)
+
+    def monthly_copies(self) -> list[str]:
+        """The names of this host's monthly copies, oldest first."""
+        try:
+            return sorted(e.name for e in os.scandir(self.monthly)
+                          if _MONTH_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
 
     def latest_snapshot(self) -> SnapshotName | None:
         """What `latest` points at, if it is a complete snapshot; else the newest by name."""

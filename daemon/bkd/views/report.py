@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
-import re
 from collections import Counter
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING
@@ -36,7 +35,7 @@ from ..infra import clock
 from ..infra.supervise import woken
 from ..pipeline.prune import host_plan
 from ..schedule.due import is_stale
-from ..tree.layout import TIME_FORMAT, HostDir
+from ..tree.layout import SNAPSHOT, TIME_FORMAT, HostDir
 from ..watch import disk
 
 if TYPE_CHECKING:
@@ -48,7 +47,6 @@ TREND_DAYS = 30
 DAILY_PERIOD = timedelta(days=1)
 MAX_PERIOD = timedelta(days=366)
 LAST_SENT = "report.last"  # kv: the local day of the last daily report queued
-_SNAPSHOT = re.compile(r"\d{4}-\d\d-\d\d_\d{6}(-\d+)?")
 LOOK_EVERY = 60.0  # seconds: the loop looks at the clock (and a reloaded [report]) at least this often
 
 
@@ -88,7 +86,7 @@ def trend(rows: list[dict], days: list[date], zone: tzinfo) -> list[dict]:
                for day in days]
     for row in rows:  # oldest first: the last one of a day sets its size
         index = bisect.bisect_right(bounds, row["name"]) - 1
-        if not 0 <= index < len(days) or not _SNAPSHOT.fullmatch(row["name"]):
+        if not 0 <= index < len(days) or not SNAPSHOT.fullmatch(row["name"]):
             continue
         entry = entries[index]
         entry["snapshots"] += 1

@@ -17,7 +17,7 @@ from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.supervise import woken
 from ..infra.threads import in_own_thread
-from ..pipeline import archive, damage, manifest
+from ..pipeline import damage, manifest
 from ..state.store import Store
 from ..tree.layout import HostDir, SnapshotName
 
@@ -69,7 +69,7 @@ class Integrity:
 
     async def verify(self, host_dir: HostDir, names: list[str], with_archives: bool) -> dict:
         """Re-hash every file of the named snapshots (and their archives)."""
-        archive_files = [a.path for a in archive.archives(host_dir) if with_archives or str(a.snapshot) in names]
+        archive_files = [a.path for a in host_dir.archive_files() if with_archives or str(a.snapshot) in names]
         host = host_dir.root.name
         log.info("verify.start", host=host, snapshots=len(names), archives=len(archive_files))
         # Its own thread: a stop must not wait for a re-hash of whole snapshots (it only reads).
