@@ -107,6 +107,7 @@ STATUSES = tuple(Status)
 FINAL_STATUSES = frozenset(Status) - {Status.QUEUED, Status.RUNNING}
 SUCCESS_STATUSES = frozenset({Status.OK, Status.WARNING, Status.SKIPPED})
 RUN_KINDS = (Kind.SNAPSHOT, Kind.ARCHIVE, Kind.MONTHLY, Kind.ALL)  # what `bkctl run --kind` takes
+BACKUP_KINDS = (Kind.SNAPSHOT, Kind.ALL)  # the runs that take a snapshot: a host's last result is theirs
 # A complete snapshot's name (SPEC §4): its UTC time, then -2, -3, … for a second one in the same
 # second. The daemon reads names on disk with it, bkctl tells a SNAPSHOT argument from a PATH.
 SNAPSHOT_NAME = r"(\d{4})-(\d{2})-(\d{2})_(\d{2})(\d{2})(\d{2})(?:-([2-9]|[1-9]\d+))?"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
-from bkctl.protocol import Kind, Status
+from bkctl.protocol import BACKUP_KINDS, Kind, Status
 
 from ..alerts.service import AlertKind, Alerts
 from ..config.runtime import Runtime
@@ -30,8 +30,6 @@ from .registry import Job, Registry, Run
 from .worker import Worker
 
 log = structlog.get_logger()
-
-BACKUP_KINDS = (Kind.SNAPSHOT, Kind.ALL)
 
 
 class Jobs:

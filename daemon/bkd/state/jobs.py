@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from bkctl.protocol import FINAL_STATUSES, Kind
+from bkctl.protocol import BACKUP_KINDS, FINAL_STATUSES
 
 from ..infra import clock
 
 if TYPE_CHECKING:
     from .store import Store
 
-# The runs that move a host's "last result" and its failure streak.
-BACKUP_KINDS = (Kind.SNAPSHOT, Kind.ALL)
 _FINAL = tuple(sorted(FINAL_STATUSES))
 
 
@@ -123,8 +121,8 @@ class JobStore:
         """host → {status: runs} of the backup runs (not dry runs) started since `since`."""
         rows = await self.store.fetch(
             "SELECT h.host, h.status, COUNT(*) AS n FROM jobs AS j JOIN job_hosts AS h USING (job_id) "
-            "WHERE j.started >= ? AND j.dry_run = 0 AND j.kind IN ('snapshot', 'all') "
-            "GROUP BY h.host, h.status", (since,))
+            f"WHERE j.started >= ? AND j.dry_run = 0 AND j.kind IN ({','.join('?' * len(BACKUP_KINDS))}) "
+            "GROUP BY h.host, h.status", (since, *BACKUP_KINDS))
         found: dict[str, dict[str, int]] = {}
         for row in rows:
             found.setdefault(row["host"], {})[row["status"]] = row["n"]

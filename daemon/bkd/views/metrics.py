@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bkctl.protocol import BACKUP_KINDS
+
 from .. import __version__
 from ..infra import clock
 from ..infra.fsutil import write_atomic
@@ -93,7 +95,7 @@ async def gather(s: Services) -> Samples:
     failures: dict[str, int] = {}
     for row in await s.store.jobs.run_counts():
         add("bkd_runs_total", row["count"], host=row["host"], kind=row["kind"], status=row["status"])
-        if row["status"] == "failed" and row["kind"] in ("snapshot", "all"):
+        if row["status"] == "failed" and row["kind"] in BACKUP_KINDS:
             failures[row["host"]] = failures.get(row["host"], 0) + row["count"]
     for host in config.host:
         name, snapshot = host.name, latest[host.name]

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from bkctl.protocol import Kind, Status
+from bkctl.protocol import BACKUP_KINDS, Kind, Status
 
 from ..alerts.service import AlertKind, Alerts
 from ..config.models import Schedule, format_duration
@@ -90,7 +90,7 @@ class Freshness:
                 continue
             limit = hung_limit(run.kind, run.plan.settings.schedule, hung_after)
             if limit is not None and now - run.started > limit:
-                subject = None if run.kind in (Kind.SNAPSHOT, Kind.ALL) else str(run.kind)
+                subject = None if run.kind in BACKUP_KINDS else str(run.kind)
                 hung[(run.host, subject)] = (f"the {run.kind} run of job {run.job_id} is still going after "
                                              f"{_age(now - run.started)} (more than {format_duration(limit)})")
         for (host, subject), message in hung.items():
@@ -106,7 +106,7 @@ def hung_limit(kind: Kind, schedule: Schedule, hung_after: timedelta | None) -> 
     its next slot (restores have none)."""
     if hung_after is not None:
         return hung_after
-    if kind in (Kind.SNAPSHOT, Kind.ALL):
+    if kind in BACKUP_KINDS:
         return schedule.snapshot_every
     if kind in (Kind.ARCHIVE, Kind.MONTHLY):
         return schedule.archive_every

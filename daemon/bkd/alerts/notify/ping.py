@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 
 from bkctl.fmt import safe
-from bkctl.protocol import Kind, Status
+from bkctl.protocol import BACKUP_KINDS, Status
 
 from ...config.models import redact_url
 from ...config.runtime import Runtime
@@ -32,7 +32,6 @@ PING_TIMEOUT = 10.0  # seconds for one attempt
 RETRY_DELAYS = (0.0, 1.0, 3.0, 10.0, 30.0, 60.0)  # before each attempt
 PING_EXPIRY = 180.0  # seconds after which a ping not yet delivered is dropped
 LOG_TAIL = 10_000  # bytes of the log tail a `/fail` carries (healthchecks keeps 100 kB)
-BACKUP_KINDS = (Kind.SNAPSHOT, Kind.ALL)
 
 
 def ping_url(url: str, suffix: str) -> str:
