@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from ..infra import exec as bkexec
+from . import rsync
 
 log = structlog.get_logger()
 
@@ -28,8 +29,7 @@ async def link_tree(source: Path, dest: Path) -> str | None:
         return None
     await asyncio.to_thread(shutil.rmtree, dest, True)
     log.warning("linktree.cp_failed", error=cp.stderr[-300:], fallback="rsync --link-dest")
-    linked = await bkexec.run(["rsync", "--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids",
-                               f"--link-dest={source}", "--", f"{source}/", f"{dest}/"])
+    linked = await bkexec.run(["rsync", *rsync.PRESERVE, f"--link-dest={source}", "--", f"{source}/", f"{dest}/"])
     if linked.returncode == 0:
         return None
     await asyncio.to_thread(shutil.rmtree, dest, True)

@@ -190,9 +190,9 @@ def reachability_command(config: Config, settings: HostSettings, ssh_log: SshLog
             "--", source_of(settings)]
 
 
-# What every snapshot transfer preserves; and what a whole-tree one removes.
-# --sparse: holes stay holes in the snapshot (a sparse lastlog would otherwise fill the disk)
-_PRESERVE = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "--sparse"]
+# What every copy of a tree preserves (snapshots, restores, a linked copy); and what a whole-tree
+# snapshot removes. --sparse: holes stay holes (a sparse lastlog would otherwise fill the disk).
+PRESERVE = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "--sparse"]
 _MIRROR = ["--delete", "--delete-excluded"]
 
 
@@ -202,7 +202,7 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_de
                      ssh_log: SshLog | None = None) -> list[str]:
     """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
     rsync = settings.rsync
-    argv = ["rsync", *_PRESERVE, *(_MIRROR if mirror else []), "--stats",
+    argv = ["rsync", *PRESERVE, *(_MIRROR if mirror else []), "--stats",
             f"--timeout={int(rsync.timeout.total_seconds())}"]
     if progress:
         argv.append("--info=progress2")

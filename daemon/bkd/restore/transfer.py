@@ -59,8 +59,7 @@ RSH = Path(__file__).with_name("rsh.py")
 _ITEM = re.compile(r"[<>ch.][fdLDS].{9} ")  # an --out-format=%i %n line
 
 # What the daemon's rsync (the sender) runs with; the receiver's options follow from them.
-OPTIONS = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "--sparse", "--relative",
-           "--mkpath", "--out-format=%i %n", "--stats"]
+OPTIONS = [*rsync.PRESERVE, "--relative", "--mkpath", "--out-format=%i %n", "--stats"]
 
 
 class RestoreFailed(Exception):
