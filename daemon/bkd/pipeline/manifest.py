@@ -26,13 +26,31 @@ CHUNK = 1024 * 1024
 Manifest = dict[bytes, tuple[str, int]]  # path (bytes, relative) → (sha256, size)
 
 
-def sha256_of(path: Path | bytes, dir_fd: int | None = None) -> str:
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-    with open(fd, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
+_buffers = threading.local()
+
+
+def _digest(fd: int, abandoned: threading.Event | None = None) -> str | None:
+    """The SHA-256 of what fd reads from where it is to its end; None if
+    `abandoned` was set meanwhile (a large file is not read to the end).
+    Every checksum bkd computes goes through here."""
+    # One buffer per thread: most files are small, and a fresh 1 MiB
+    # buffer per read costs more than hashing them.
+    if not hasattr(_buffers, "view"):
+        _buffers.view = memoryview(bytearray(CHUNK))
+    view, digest = _buffers.view, hashlib.sha256()
+    while count := os.readv(fd, [view]):
+        digest.update(view[:count])
+        if abandoned is not None and abandoned.is_set():
+            return None
     return digest.hexdigest()
+
+
+def sha256_of(path: Path | bytes, dir_fd: int | None = None) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        return _digest(fd)
+    finally:
+        os.close(fd)
 
 
 def open_parent(root_fd: int, relative: bytes) -> tuple[int, bytes]:
@@ -84,9 +102,6 @@ def open_beneath(root_fd: int, relative: bytes, flags: int, mode: int = 0o600) -
         os.close(parent)
 
 
-_buffers = threading.local()
-
-
 def hash_file(root_fd: int, relative: bytes, abandoned: threading.Event | None = None) -> Hashed | None:
     """The inode of root/relative (a tree rsync has written) and what it
     holds, read through one open file, so that the checksum belongs to that
@@ -102,18 +117,10 @@ def hash_file(root_fd: int, relative: bytes, abandoned: threading.Event | None =
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        # One buffer per thread: most files are small, and a fresh 1 MiB
-        # buffer per read costs more than hashing them.
-        if not hasattr(_buffers, "view"):
-            _buffers.view = memoryview(bytearray(CHUNK))
-        view, digest = _buffers.view, hashlib.sha256()
-        while count := os.readv(fd, [view]):
-            digest.update(view[:count])
-            if abandoned is not None and abandoned.is_set():
-                return None
+        digest = _digest(fd, abandoned)
     finally:
         os.close(fd)
-    return st.st_ino, digest.hexdigest(), st.st_size
+    return None if digest is None else (st.st_ino, digest, st.st_size)
 
 
 def hash_files(root: Path, paths: Iterable[bytes], workers: int = 2,
@@ -150,22 +157,25 @@ class ManifestRefused(ValueError):
 
 
 def read(path: Path) -> Manifest | None:
-    """A plain line format, not JSON: a 100,000-file manifest is read and
-    written on every snapshot, and this is several times faster."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
+    """A manifest's entries by path (None without one); what is in it is
+    checked (see parse)."""
+    lines = read_lines(path)
+    return None if lines is None else parse(lines, path.name)
+
+
+def parse(lines: list[bytes], where: str) -> Manifest:
+    """A manifest's lines (read_lines) as entries by path. A line that is not
+    ours, or names something outside the snapshot, refuses the whole manifest."""
     manifest = {}
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if line and not line.startswith(b"#"):
+    for number, line in enumerate(lines, 2):  # line 1 is the header
+        if line:
             try:
                 digest, size, name = line.split(b" ", 2)
-                name = relpath.check(_unescape(name), f"{path.name} line {number}")
+                name = relpath.check(_unescape(name), f"{where} line {number}")
                 manifest[name] = (digest.decode(), int(size))
-            except ValueError as e:  # a line that is not ours, or names something outside the snapshot
+            except ValueError as e:
                 raise ManifestRefused(str(e) if "refusing" in str(e) else
-                                      f"{path.name} line {number}: not a manifest line") from None
+                                      f"{where} line {number}: not a manifest line") from None
     return manifest
 
 
@@ -208,7 +218,10 @@ def lookup(lines: list[bytes], name: bytes) -> tuple[str, int] | None:
 
 
 def read_lines(path: Path) -> list[bytes] | None:
-    """The entries of a manifest as its lines, in their order (sorted by path)."""
+    """The entries of a manifest as its lines, in their order (sorted by path):
+    the one reader of a manifest file (a plain line format, not JSON: a
+    100,000-file manifest is read and written on every snapshot, and this is
+    several times faster)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -266,18 +279,6 @@ def updated(lines: list[bytes], removed: Iterable[bytes], removed_trees: Iterabl
     return result, gone
 
 
-def regular_files(root: Path, hashing: bool = False):
-    """(relative path, stat, sha256 or None) of every regular file under root,
-    walked by directory fd (no symlink followed, no path too long)."""
-    for directory, _dirs, files, dir_fd in os.fwalk(os.fsencode(root)):
-        prefix = os.path.relpath(directory, os.fsencode(root))
-        for name in files:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                relative = name if prefix == b"." else prefix + b"/" + name
-                yield relative, st, sha256_of(name, dir_fd=dir_fd) if hashing else None
-
-
 def _scan(dir_fd: int | None) -> tuple[dict[str, int], list[str]]:
     """Regular files (name → inode, from the directory entry: no stat) and
     subdirectories of an open directory."""
@@ -303,9 +304,11 @@ def _open_dir(name: str | Path | None, dir_fd: int | None = None) -> int | None:
         return None
 
 
-def _walk_pair(tree: Path, other: Path | None) -> Iterator[tuple[bytes, int, int | None]]:
+def _walk_pair(tree: Path, other: Path | None) -> Iterator[tuple[bytes, int, int | None, int, str]]:
     """Every regular file of tree as (relative path, inode, inode of the
-    regular file at the same path in other or None), walked by directory fd."""
+    regular file at the same path in other or None, its directory's fd, its
+    name there), walked by directory fd: no symlink followed, no path too long.
+    The one walk of a snapshot's tree (manifests and verify)."""
     root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
     stack = [(b"", root, _open_dir(other))]
     try:
@@ -315,7 +318,7 @@ def _walk_pair(tree: Path, other: Path | None) -> Iterator[tuple[bytes, int, int
                 files, dirs = _scan(fd)
                 other_files, _ = _scan(other_fd)
                 for name, inode in files.items():
-                    yield prefix + os.fsencode(name), inode, other_files.get(name)
+                    yield prefix + os.fsencode(name), inode, other_files.get(name), fd, name
                 for name in dirs:
                     child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                     stack.append((prefix + os.fsencode(name) + b"/", child,
@@ -371,7 +374,7 @@ def by_inode(tree: Path, previous_tree: Path | None, previous: Manifest | None,
     Returns the manifest and the number of files hashed here."""
     previous, known = previous or {}, known or {}
     manifest, to_hash = {}, []
-    for relative, inode, previous_inode in _walk_pair(tree, previous_tree if previous else None):
+    for relative, inode, previous_inode, _fd, _name in _walk_pair(tree, previous_tree if previous else None):
         if inode == previous_inode and relative in previous:
             manifest[relative] = previous[relative]
         elif relative in known and known[relative][0] == inode:
@@ -387,7 +390,8 @@ def by_inode(tree: Path, previous_tree: Path | None, previous: Manifest | None,
 def verify_tree(tree: Path, manifest: Manifest) -> tuple[int, list[dict]]:
     """Re-hash every regular file; report missing, extra and changed ones."""
     mismatches, checked, seen = [], 0, set()
-    for relative, _st, actual in regular_files(tree, hashing=True):
+    for relative, _inode, _other, dir_fd, name in _walk_pair(tree, None):
+        actual = sha256_of(name, dir_fd=dir_fd)
         seen.add(relative)
         expected = manifest.get(relative)
         if expected is None:
@@ -397,6 +401,7 @@ def verify_tree(tree: Path, manifest: Manifest) -> tuple[int, list[dict]]:
         if actual != expected[0]:
             mismatches.append({"path": os.fsdecode(relative), "problem": "changed",
                                "expected": expected[0], "actual": actual})
+    mismatches.sort(key=lambda m: os.fsencode(m["path"]))  # the walk's order is the directories'
     for relative in sorted(set(manifest) - seen):
         mismatches.append({"path": os.fsdecode(relative), "problem": "missing"})
     return checked, mismatches

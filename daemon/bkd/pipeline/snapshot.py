@@ -205,11 +205,13 @@ class _Transfer:
         await self._rsync(argv, output)
         return list(output.lines)
 
-    async def pull(self, link_dests: list[Path], previous: SnapshotName | None) -> tuple[dict, list[bytes]]:
+    async def pull(self, link_dests: list[Path], previous: SnapshotName | None,
+                   old_lines: list[bytes] | None = None) -> tuple[dict, list[bytes]]:
         """rsync into the empty staging directory (--link-dest when there is
         anything to link against). Files are hashed while rsync transfers the
         next ones; a walk by inode afterwards makes the manifest exact (unless
-        nothing was linked and every file rsync counted was hashed)."""
+        nothing was linked and every file rsync counted was hashed).
+        old_lines: the previous manifest, when the run has read it already."""
         hasher = _Hasher(self.staging)
         copied: list[bytes] = []  # files rsync copied from a link-dest: every byte written, holes too
 
@@ -234,7 +236,7 @@ class _Transfer:
         stats = rsync.parse_stats(output.lines)
         _add_refetched(stats, refetched)
         previous_dir = self.host_dir.hourly / str(previous) if previous else None
-        old = await asyncio.to_thread(manifest.read, self.host_dir.manifest_file(previous)) if previous else None
+        old = await asyncio.to_thread(self._previous_manifest, previous, old_lines) if previous else None
         if not link_dests and len(known) == stats.get("files"):
             # Into an empty directory rsync writes each path once, so each was
             # hashed as it stays, and the count says none is missing: no walk.
@@ -307,7 +309,7 @@ class _Transfer:
         if not rsync.items_match_stats(changes, compared):
             # Cannot happen with rsync's own output; if it ever does, one pass.
             log.error("snapshot.compare_unaccounted", items=len(changes), stats=compared)
-            return await self._in_one_pass(previous)
+            return await self._in_one_pass(previous, old_lines)
         plan = _Plan(changes, self.refetch)
         private = await asyncio.to_thread(plan.clear, self.staging, previous_dir)
         stats = {key: compared.get(key, 0) for key in ("entries", "created", "created_files", "deleted", "bytes")}
@@ -328,7 +330,7 @@ class _Transfer:
                                   self._output(phase=None), on_failure=_SourceMoved)
         except _SourceMoved as e:
             log.warning("snapshot.source_moved", error=str(e), fallback="one pass with --link-dest")
-            return await self._in_one_pass(previous)
+            return await self._in_one_pass(previous, old_lines)
         started = time.monotonic()
         checksums = await _hashing(self._manifest_of_changes, previous, old_lines, plan, compared, known, copied,
                                    stats)
@@ -413,9 +415,15 @@ class _Transfer:
         found = await asyncio.to_thread(remove)
         return await self._refetch(found) if found else {}
 
-    async def _in_one_pass(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
+    async def _in_one_pass(self, previous: SnapshotName, old_lines: list[bytes] | None) -> tuple[dict, list[bytes]]:
         await _remove(self.staging)
-        return await self.pull([self.host_dir.hourly / str(previous)], previous)
+        return await self.pull([self.host_dir.hourly / str(previous)], previous, old_lines)
+
+    def _previous_manifest(self, previous: SnapshotName, old_lines: list[bytes] | None) -> manifest.Manifest | None:
+        """The previous snapshot's manifest by path, from its lines when the run
+        has them (a run reads the previous manifest once)."""
+        manifest_file = self.host_dir.manifest_file(previous)
+        return manifest.read(manifest_file) if old_lines is None else manifest.parse(old_lines, manifest_file.name)
 
     def _manifest_of_changes(self, previous: SnapshotName, old_lines: list[bytes] | None, plan: _Plan,
                              compared: dict, known: dict[bytes, manifest.Hashed], copied: set[bytes],
@@ -450,7 +458,7 @@ class _Transfer:
                 stats.update(files=len(lines), hashed_files=len(known) + len(hashed), deleted_files=gone)
                 return lines
         log.warning("snapshot.manifest_walk", reason="the files do not match the compare's count")
-        old = manifest.read(self.host_dir.manifest_file(previous))
+        old = self._previous_manifest(previous, old_lines) if old_lines is not None else None
         checksums, hashed_now = manifest.by_inode(self.staging, previous_dir, old, known, abandoned)
         stats.update(_walked(checksums, old, known, hashed_now))
         return manifest.sorted_lines(checksums)
