@@ -281,8 +281,13 @@ def _hosts_test(client: Client, args) -> int:
     else:
         for host, outcome in result["results"].items():
             verdict = colour("ok", "ok") if outcome["ok"] else colour("failed", "failed")
-            detail = f": {outcome['error']}" if outcome["error"] else ""
-            print(f"{host}: {verdict} ({outcome['seconds']}s){detail}")
+            error = f": {display_name(outcome['error'])}" if outcome["error"] else ""
+            print(f"{host}: {verdict} ({outcome['seconds']}s){error}")
+            for check in outcome.get("checks", []):
+                if check["fix"]:
+                    print(f"  fix: {display_name(check['fix'])}")
+            if outcome.get("detail"):  # what the host printed (admins only): escaped
+                print(f"  detail: {display_name(outcome['detail'])}")
     return EXIT_OK if ok else EXIT_FAILED
 
 

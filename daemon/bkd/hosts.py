@@ -1,14 +1,16 @@
 """Testing hosts' reachability: SSH, the remote rsync and read access of the
 source, in parallel, writing nothing anywhere (and whether each is this
-machine, see selfguard.py)."""
+machine, see selfguard.py). The checks are `bkd host add`'s readiness checks
+(readiness.py), without the estimate of a first pull: `error` and each
+check's message and fix are bkd's own words, for every role; what the tools
+and the host printed is `detail`, for admins."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from . import exec as bkexec
-from .pipeline import rsync
+from . import readiness
 from .runtime import Runtime
 from .selfguard import SelfGuard
 
@@ -33,13 +35,11 @@ class Hosts:
         async def tested(name: str) -> dict:
             settings = config.settings(config.find_host(name))
             started = time.monotonic()
-            result = await bkexec.run(rsync.reachability_command(config, settings))
+            found = await readiness.check(config, settings)
             seconds = round(time.monotonic() - started, 2)
             verdict = await self.guard.verdict(settings, fresh=True)  # and whether it is this machine
-            identity = {"this_machine": verdict.same, "identity": verdict.how}
-            if result.returncode == 0:
-                return {"ok": True, "error": None, "seconds": seconds, **identity}
-            return {"ok": False, "error": rsync.describe_failure(result.returncode, result.stderr_tail),
-                    "seconds": seconds, **identity}
+            return {"ok": found.ok, "error": found.error, "detail": found.detail, "seconds": seconds,
+                    "checks": [c.as_dict() for c in found.checks], "this_machine": verdict.same,
+                    "identity": verdict.how}
 
         return dict(zip(names, await asyncio.gather(*(test_one(n) for n in names)), strict=True))

@@ -124,7 +124,8 @@ def remote(tmp_path, daemon_factory, ssh_fleet):
     ssh_fleet.add_host("web1")
     options = ["ConnectTimeout=3", "ServerAliveInterval=2", "ServerAliveCountMax=2"]
     daemon = daemon_factory([{"name": "web1", "source": str(source)}],
-                            ssh=ssh_fleet.ssh_settings(options=options)).start()
+                            ssh=ssh_fleet.ssh_settings(options=options,
+                                                       restore_identity_file=str(ssh_fleet.client_key))).start()
     daemon.run_snapshot()
     return daemon, source
 

@@ -402,6 +402,9 @@ class Ssh(Section):
     config_file: OptionalPath = ""
     identity_file: OptionalPath = ""
     known_hosts_file: OptionalPath = ""
+    restore_identity_file: OptionalPath = Field(
+        "", description="the key for restores to host:path (the backup key is read-only); \"\" = none: "
+                        "such a restore is refused")
     options: list[OneLine] = Field(default_factory=lambda: list(DEFAULT_SSH_OPTIONS))
 
 
@@ -499,6 +502,9 @@ class Host(Section):
     pre: str = ""  # shell command run before the snapshot; failing or timing out fails the run
     post: str = ""  # shell command run after the run, with its result in BKD_STATUS etc.
     hook_timeout: Duration = timedelta(minutes=15)
+    rsync_path: OneLine = Field("", description="the rsync command on the host, rsync's --rsync-path "
+                                                "(e.g. \"sudo -n rsync\" for a non-root login without a forced "
+                                                "command); \"\" = rsync; only for a source over SSH")
     schedule: Optional[ScheduleOverride] = None
     retention: Optional[RetentionOverride] = None
     archive: Optional[ArchiveOverride] = None
@@ -675,6 +681,12 @@ def cross_check(data: Mapping, refer=_same_file) -> list[tuple[tuple, str]]:
         key = "max_connections_per_uid" if "max_connections_per_uid" in rpc else "max_connections"
         problems.append((("rpc", key), f"max_connections_per_uid ({per_uid}) is more than "
                                        f"max_connections ({total})"))
+
+    for index, host in hosts:
+        source, rsync_path = host.get("source"), host.get("rsync_path")
+        if isinstance(source, str) and source.startswith("/") and isinstance(rsync_path, str) and rsync_path:
+            problems.append((("host", index, "rsync_path"), "the source is a local path, copied by this "
+                                                            "machine's rsync: remove rsync_path"))
 
     host_names = {h.get("name") for _, h in hosts}
     for index, sink in sinks:
