@@ -369,6 +369,11 @@ class Enrolment:
         host_file = main.parent / "conf.d" / f"{req.name}.toml"
         drop_ins = self._drop_ins(config, files, host_file)
         candidate = self._candidate(drop_ins)
+        ssh_config = files.config_file.read_text() if files.config_file.exists() else ""
+        new_ssh_config = with_block(ssh_config, req.name, host_block(req))
+        with tempfile.TemporaryDirectory(prefix="bkd-host-add-") as scratch:
+            (Path(scratch) / "ssh_config").write_text(new_ssh_config)
+            self._check_block(Path(scratch) / "ssh_config")
         server = config.server_name or socket.gethostname()
         owner = _daemon_uid(config)
 
@@ -382,12 +387,9 @@ class Enrolment:
         address = req.from_ or local_address(req.target)
         self._print_lines(public, restore_public, address)
 
-        ssh_config = files.config_file.read_text() if files.config_file.exists() else ""
-        new_ssh_config = with_block(ssh_config, req.name, host_block(req))
         with tempfile.TemporaryDirectory(prefix="bkd-host-add-") as scratch:
             trial = Path(scratch) / "ssh_config"
             trial.write_text(new_ssh_config)
-            self._check_block(trial)
             checked = candidate.model_copy(update={"ssh": candidate.ssh.model_copy(
                 update={"config_file": str(trial)})})
             found = asyncio.run(readiness.check(checked, checked.settings(checked.find_host(req.name)),

@@ -137,7 +137,9 @@ async def _reach(config: Config, settings: HostSettings, found: Readiness) -> No
             found.checks.append(Check("login", False, f"the host key of {remote.host} is not the one pinned in "
                                                       f"{config.ssh.known_hosts_file or 'known_hosts'}", HOST_KEY))
         elif problem == REFUSED:
-            found.checks.append(Check("login", False, f"{remote.destination} refused {_key(config)}", REFUSED))
+            refused = (f"{remote.destination} refused bkd's key {config.ssh.identity_file}" if config.ssh.identity_file
+                       else f"{remote.destination} refused the daemon user's SSH key")
+            found.checks.append(Check("login", False, refused, REFUSED))
         elif problem == UNREACHABLE:
             found.checks.append(Check("login", False, f"cannot connect to {remote.host}", UNREACHABLE))
         else:
@@ -149,8 +151,8 @@ async def _reach(config: Config, settings: HostSettings, found: Readiness) -> No
         found.checks.append(Check("rsync", False, "the host's rsync did not say which protocol it speaks",
                                   OLD_RSYNC))
     elif protocol < rsync.MIN_PROTOCOL:
-        found.checks.append(Check("rsync", False, f"the host's rsync speaks protocol {protocol}: it is older "
-                                                  "than 3.4.0", OLD_RSYNC))
+        found.checks.append(Check("rsync", False, f"the host's rsync speaks protocol {protocol}: "
+                                                  "it is older than 3.4.0", OLD_RSYNC))
     else:
         found.checks.append(Check("rsync", True, f"the host's rsync speaks protocol {protocol} (3.4.0 or newer)"))
     found.checks.append(Check("read", True, f"can read {path}") if result.returncode == 0 else
@@ -186,9 +188,9 @@ async def _estimate(config: Config, settings: HostSettings, found: Readiness) ->
     if result.returncode != 0 or "entries" not in stats:
         found.detail = rsync.describe_failure(result.returncode, result.stderr_tail)
         meaning = rsync.EXIT_CODES.get(result.returncode, "unknown error")
-        found.checks.append(Check("estimate", False, f"cannot read all of {settings.host.path.rstrip('/') or '/'}: "
-                                                     f"rsync exited "
-                                                     f"with code {result.returncode} ({meaning})", UNREADABLE))
+        where = settings.host.path.rstrip("/") or "/"
+        found.checks.append(Check("estimate", False, f"cannot read all of {where}: rsync exited with code "
+                                                     f"{result.returncode} ({meaning})", UNREADABLE))
         return
     found.files, found.bytes, found.entries = stats.get("files", 0), stats.get("bytes", 0), stats["entries"]
     found.checks.append(Check("estimate", True, f"a first pull brings {_count(found.files, 'file')} "

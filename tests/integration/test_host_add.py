@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,18 @@ def test_host_add_prints_the_line_writes_nothing_and_enrols_once_it_is_installed
     assert sorted(written) == sorted([*(here / "ssh").iterdir(), *(here / "conf.d").iterdir()])
     assert (here / "ssh/config").read_text().count("Host web1\n") == 1
 
+    # Keys the admin adds to the host's drop-in stay when host add runs again.
+    drop = here / "conf.d/web1.toml"
+    drop.write_text(drop.read_text() + 'exclude = ["*.iso"]\n')
+    assert host_add(daemon, *args).returncode == 0
+    assert tomllib.loads(drop.read_text())["host"] == [{"name": "web1", "source": f"web1:{source}/",
+                                                        "exclude": ["*.iso"]}]
+    # rsync_path does not go through a forced rrsync: it is for logins without one.
+    drop.write_text(f'[[host]]\nname = "web1"\nsource = "web1:{source}/"\nrsync_path = "sudo -n rsync"\n')
+    assert daemon.bkctl_json("reload")["ok"]
+    tested = json.loads(daemon.bkctl("--json", "hosts", "test", "web1").stdout)["results"]["web1"]
+    assert tested["error"].startswith("rsync: rsync did not start on the host"), tested
+
     # The key reads DIR and nothing else: no shell, no other path.
     ssh = ["ssh", "-F", str(here / "ssh/config"), "-i", str(here / "ssh/id_ed25519"), "-o", "BatchMode=yes",
            "-o", f"UserKnownHostsFile={here / 'ssh/known_hosts'}"]
@@ -116,19 +129,48 @@ def test_host_add_prints_the_line_writes_nothing_and_enrols_once_it_is_installed
     assert outside.returncode != 0 and "hostname" not in outside.stdout
 
 
-def test_a_wrong_from_address_fails_the_login_check_and_says_so(tmp_path, daemon_factory, ssh_fleet):
+def test_a_wrong_from_address_fails_the_login_check_and_a_daemon_not_running_is_told_later(
+        tmp_path, daemon_factory, ssh_fleet):
     source = make_tree(tmp_path / "srv", files=2)
     address, port = ssh_fleet.add_host("web1")
-    daemon = daemon_for_host_add(daemon_factory)
-    args = ("web1", f"{address}:{port}", "--path", str(source), "--from", "192.0.2.77", "--yes")
-    first = host_add(daemon, *args)
+    daemon = daemon_factory([])  # not started
+    args = ("web1", f"{address}:{port}", "--path", str(source), "--yes")
+    first = host_add(daemon, *args, "--from", "192.0.2.77")
     (line,) = printed(first.stdout, "restrict,")
     assert line.startswith('restrict,from="192.0.2.77",')
     install(ssh_fleet.authorized_keys, line)
-    again = host_add(daemon, *args)
+    again = host_add(daemon, *args, "--from", "192.0.2.77")
     assert again.returncode == 1
     assert "web1 refused bkd's key" in again.stdout and "it must come from 192.0.2.77" in again.stdout
     assert not (daemon.workdir / "conf.d").exists()
+
+    ssh_fleet.authorized_keys.write_text(line.replace("192.0.2.77", "127.0.0.1") + "\n")
+    right = host_add(daemon, *args)
+    assert right.returncode == 0, right.stdout + right.stderr
+    assert "bkd is not running" in right.stdout and "it reads the new host when it starts" in right.stdout
+    daemon.start()
+    assert daemon.run_snapshot("web1")["status"] == "ok"
+
+
+def test_host_add_refuses_before_touching_anything_what_it_would_not_manage(tmp_path, daemon_factory):
+    """No host needed: these are refused before a key is made or a host asked."""
+    daemon = daemon_factory([{"name": "web1", "source": str(tmp_path)}])
+    taken = host_add(daemon, "web1", "web1.invalid")
+    assert taken.returncode == 1
+    assert f"host web1 is already defined in {daemon.config_path}" in taken.stderr
+
+    theirs = tmp_path / "ssh_config"
+    theirs.write_text("Host *\n    Port 2222\n")  # ssh takes the first value it finds
+    daemon.config["ssh"] = {"config_file": str(theirs)}
+    daemon.write_config()
+    shadowed = host_add(daemon, "web2", "web2.invalid")
+    assert shadowed.returncode == 1
+    assert "something before the Host web2 block decides for it (port is '2222', not '22')" in shadowed.stderr
+    assert theirs.read_text() == "Host *\n    Port 2222\n"
+    assert not (daemon.workdir / "ssh").exists() and not (daemon.workdir / "conf.d").exists()
+
+    usage = host_add(daemon, "web2", "web2.invalid:/srv")
+    assert usage.returncode == 2 and "--path" in usage.stderr
 
 
 def test_a_changed_host_key_after_enrolment_is_refused_and_host_add_says_how_to_re_pin(tmp_path, daemon_factory,

@@ -103,6 +103,8 @@ class Target:
     @classmethod
     def parse(cls, text: str) -> Target:
         """The parts of [user@]host[:port], or ValueError saying what is wrong."""
+        if "/" in text:
+            raise ValueError(f"use {TARGET_FORMS}, without a path (`bkd host add` takes the directory as --path)")
         if _is_ipv6(text.rpartition("@")[2]):  # its own colons would read as a port
             raise ValueError("write an IPv6 address in brackets, e.g. [fe80::1] or root@[fe80::1]:2222")
         match = _TARGET.fullmatch(text)

@@ -296,7 +296,7 @@ async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
 
 def _unusable(config: Config, remote: Remote, result: bkexec.Result) -> str:
     """Why the restore key did not run the probe, and what to do (bkd's own words)."""
-    key = f"bkd's restore key {config.ssh.restore_identity_file}"
+    key = config.ssh.restore_identity_file
     line = ("the line `bkd host add NAME TARGET --restore-key` prints, in root's ~/.ssh/authorized_keys "
             "(or the login's, with host.rsync_path = \"sudo -n rsync\")")
     problem = readiness.login_problem(result.returncode, result.stderr_tail)
@@ -304,12 +304,12 @@ def _unusable(config: Config, remote: Remote, result: bkexec.Result) -> str:
         return (f"the host key of {remote.host} is not the one pinned in bkd's known_hosts; bkd never accepts a "
                 "changed key: verify it and re-pin it (bkd host add says how)")
     if problem == readiness.REFUSED:
-        return f"{remote.destination} refused {key}: put {line}"
+        return f"{remote.destination} refused bkd's restore key {key}: put {line}"
     if problem == readiness.UNREACHABLE:
         return f"cannot connect to {remote.host} (the SSH connection failed)"
-    return (f"{remote.destination} ran something other than bkd's probe with {key}: a forced command (such as the "
-            f"read-only `rrsync -ro` of bkd's backup key) restricts it. A restore needs a key that may run "
-            f"commands and write: put {line}")
+    return (f"{remote.destination} ran something other than bkd's probe with bkd's restore key {key}: "
+            "a forced command (such as the read-only `rrsync -ro` of bkd's backup key) restricts it. "
+            f"A restore needs a key that may run commands and write: put {line}")
 
 
 def _probed_location(lines: list[str]) -> tuple[int, str] | None:
@@ -341,8 +341,9 @@ async def restore_remote(config: Config, root: Path, dest: str, source_args: lis
         stats, names = await push(argv, root, dry_run, on_progress)
     except RestoreFailed as e:
         raise RestoreFailed(f"{e} (a restore to host:path writes as {remote.destination}, logged in with bkd's "
-                            f"restore key {config.ssh.restore_identity_file}: that login must be able to write "
-                            "there: root, or host.rsync_path = \"sudo -n rsync\")") from None
+                            f"restore key {config.ssh.restore_identity_file}: "
+                            "that login must be able to write there: root, or host.rsync_path = \"sudo -n rsync\")"
+                            ) from None
     depth = into.count(b"/") + 1 if into else 0
     mtime = where.mtimes[depth] if depth < len(where.mtimes) else None
     if mtime and not dry_run:  # creating entries in it changed its mtime: put it back
