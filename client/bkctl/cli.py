@@ -13,7 +13,7 @@ import time
 
 from . import protocol
 from .client import Client, RemoteError, Unreachable
-from .fmt import can_print, colour, number, parse_span, parse_time, progress_text, relative, size, span, table
+from .fmt import can_print, colour, number, parse_span, parse_time, progress_text, relative, safe, size, span, table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 POLL_SECONDS = 0.5
@@ -281,13 +281,13 @@ def _hosts_test(client: Client, args) -> int:
     else:
         for host, outcome in result["results"].items():
             verdict = colour("ok", "ok") if outcome["ok"] else colour("failed", "failed")
-            error = f": {display_name(outcome['error'])}" if outcome["error"] else ""
+            error = f": {safe(outcome['error'])}" if outcome["error"] else ""
             print(f"{host}: {verdict} ({outcome['seconds']}s){error}")
             for check in outcome.get("checks", []):
                 if check["fix"]:
-                    print(f"  fix: {display_name(check['fix'])}")
-            if outcome.get("detail"):  # what the host printed (admins only): escaped
-                print(f"  detail: {display_name(outcome['detail'])}")
+                    print(f"  fix: {safe(check['fix'])}")
+            if outcome.get("detail"):  # what rsync and the host printed (admins only)
+                print(f"  detail: {safe(outcome['detail'])}")
     return EXIT_OK if ok else EXIT_FAILED
 
 

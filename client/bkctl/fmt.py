@@ -1,4 +1,5 @@
-"""Human formatting shared by the CLI and the TUI: ages, sizes, tables, colour."""
+"""Human formatting shared by the CLI and the TUI: ages, sizes, tables, colour,
+and control characters made visible (`safe`), whatever their source."""
 
 from __future__ import annotations
 
@@ -6,6 +7,45 @@ import os
 import re
 import sys
 from datetime import datetime, timezone
+
+def safe(text: str) -> str:
+    """text as it may reach a terminal, a page or a mail: every character that
+    is not printable is written visibly escaped — C0 controls and DEL as
+    \\x1b (a tab, newline or return as \\t, \\n, \\r), C1 controls and other
+    invisible or unpaired characters (bidi overrides, line separators, lone
+    surrogates) as \\u009b, and a byte that is not UTF-8 (carried as
+    U+DC80–U+DCFF, as os.fsdecode does) as \\xNN, the byte itself. Escaping
+    twice changes nothing."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escaped(c: str) -> str:
+    code = ord(c)
+    if c in _SHORT:
+        return _SHORT[c]
+    if code < 0x20 or code == 0x7F:
+        return f"\\x{code:02x}"
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def safe_tree(value):
+    """A copy of a decoded JSON value (an answer, an event) with every string,
+    keys included, made safe: what human output renders."""
+    if isinstance(value, str):
+        return safe(value)
+    if isinstance(value, dict):
+        return {safe_tree(k): safe_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [safe_tree(v) for v in value]
+    return value
+
 
 _COLOURS = {"ok": 32, "warning": 33, "failed": 31, "cancelled": 33, "interrupted": 33, "running": 36}
 

@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 
 import tomli_w
 
-from bkctl.cli import display_name
+from bkctl.fmt import safe
 from bkctl.client import Client, RemoteError, Unreachable
 
 from . import readiness
@@ -305,7 +305,7 @@ def ensure_key(path: Path, comment: str, owner: int) -> tuple[str, bool]:
             os.replace(scratch / "k", path)  # last: a key without its .pub is made again
         except subprocess.CalledProcessError as e:
             raise Refused(f"cannot make bkd's SSH key {path}: ssh-keygen said "
-                          f"{display_name(e.stderr.decode(errors='replace').strip())}") from None
+                          f"{safe(e.stderr.decode(errors='replace').strip())}") from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         made = True
@@ -354,10 +354,9 @@ def _say(text: str = "") -> None:
 
 
 class Enrolment:
-    def __init__(self, req: Request, main: Path, confirm=None):
+    def __init__(self, req: Request, main: Path):
         self.req = req
         self.main = main
-        self.confirm = confirm or _ask
 
     def run(self) -> int:
         req, main = self.req, self.main
@@ -367,37 +366,33 @@ class Enrolment:
             raise Refused("the config has problems; fix them first:\n" + "\n".join(map(str, e.problems))) from None
         files = ssh_files(config, main, req.restore_key)
         host_file = main.parent / "conf.d" / f"{req.name}.toml"
-        drop_ins = self._drop_ins(config, files, host_file)
+        drop_ins = self._drop_ins(files, host_file)
         candidate = self._candidate(drop_ins)
         ssh_config = files.config_file.read_text() if files.config_file.exists() else ""
         new_ssh_config = with_block(ssh_config, req.name, host_block(req))
         with tempfile.TemporaryDirectory(prefix="bkd-host-add-") as scratch:
-            (Path(scratch) / "ssh_config").write_text(new_ssh_config)
-            self._check_block(Path(scratch) / "ssh_config")
-        server = config.server_name or socket.gethostname()
-        owner = _daemon_uid(config)
-
-        public, made = ensure_key(files.identity_file, f"bkd@{server}", owner)
-        _say(f"bkd's SSH key: {files.identity_file}{' (made now)' if made else ''}")
-        restore_public = None
-        if req.restore_key:
-            restore_public, made = ensure_key(files.restore_identity_file, f"bkd-restore@{server}", owner)
-            _say(f"bkd's restore key: {files.restore_identity_file}{' (made now)' if made else ''}")
-        self._pin(files.known_hosts_file)
-        address = req.from_ or local_address(req.target)
-        self._print_lines(public, restore_public, address)
-
-        with tempfile.TemporaryDirectory(prefix="bkd-host-add-") as scratch:
-            trial = Path(scratch) / "ssh_config"
+            trial = Path(scratch) / "ssh_config"  # the ssh config as it will be, for ssh -G and the checks
             trial.write_text(new_ssh_config)
+            self._check_block(trial)
+            server = config.server_name or socket.gethostname()
+            owner = _daemon_uid(config)
+            public, made = ensure_key(files.identity_file, f"bkd@{server}", owner)
+            _say(f"bkd's SSH key: {files.identity_file}{' (made now)' if made else ''}")
+            restore_public = None
+            if req.restore_key:
+                restore_public, made = ensure_key(files.restore_identity_file, f"bkd-restore@{server}", owner)
+                _say(f"bkd's restore key: {files.restore_identity_file}{' (made now)' if made else ''}")
+            self._pin(files.known_hosts_file)
+            address = req.from_ or local_address(req.target)
+            self._print_lines(public, restore_public, address)
             checked = candidate.model_copy(update={"ssh": candidate.ssh.model_copy(
                 update={"config_file": str(trial)})})
             found = asyncio.run(readiness.check(checked, checked.settings(checked.find_host(req.name)),
                                                 estimate=True))
         self._print_checks(found, address)
         if not found.ok:
-            _say(f"Nothing was written (bkd's key and the pinned host key stay, for the next run). Fix the "
-                 f"above and run this command again.")
+            _say("Nothing was written (bkd's key and the pinned host key stay, for the next run). Fix the "
+                 "above and run this command again.")
             return 1
 
         self._write(files.config_file, new_ssh_config.encode(), 0o644, ssh_config.encode() if ssh_config else None)
@@ -408,7 +403,7 @@ class Enrolment:
 
     # ---- before anything is written
 
-    def _drop_ins(self, config: Config, files: Files, host_file: Path) -> dict[Path, dict]:
+    def _drop_ins(self, files: Files, host_file: Path) -> dict[Path, dict]:
         """conf.d/00-ssh.toml (when [ssh] lacks files) and conf.d/NAME.toml, as they are to be."""
         req, conf_d = self.req, self.main.parent / "conf.d"
         merged, origins = read_merged(self.main)
@@ -457,7 +452,7 @@ class Enrolment:
         for key in scanned:
             _say(f"  {key.kind:<20} {key.fingerprint}")
         _say("Compare it with the host's own, on the host: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
-        if not req.yes and not self.confirm(f"Pin this host key for {req.name}?"):
+        if not req.yes and not _ask(f"Pin this host key for {req.name}?"):
             raise Refused(f"the host key of {req.name} is not pinned: nothing was written. Run again on a "
                           "terminal to confirm it, or with --yes once you have compared it")
         lines = "".join(f"{req.name} {key.kind} {key.blob}\n" for key in scanned)
@@ -479,7 +474,7 @@ class Enrolment:
         _say(authorized_line(req, public, address))
         _say()
         if req.sudo:
-            _say(f"and these lines in /etc/sudoers.d/bkd (visudo -f /etc/sudoers.d/bkd):")
+            _say("and these lines in /etc/sudoers.d/bkd (visudo -f /etc/sudoers.d/bkd):")
             _say()
             for line in sudoers_lines(req):
                 _say(line)
@@ -503,19 +498,18 @@ class Enrolment:
         wrong = [f"{key} is {values.get(key)!r}, not {value!r}" for key, value in want.items()
                  if values.get(key, "").lower() != value.lower()]
         if shown.returncode != 0 or wrong:
-            why = "; ".join(wrong) or display_name(shown.stderr.strip())
+            why = "; ".join(wrong) or safe(shown.stderr.strip())
             raise Refused(f"in bkd's ssh config, something before the Host {req.name} block decides for it ({why}): "
                           "ssh takes the first value it finds. Move or change those lines")
 
     def _print_checks(self, found: readiness.Readiness, address: str) -> None:
-        req = self.req
         _say("Readiness checks:")
         for check in found.checks:
             _say(f"  {'ok' if check.ok else 'FAILED':<7} {check.name:<9} {check.message}")
             if not check.ok:
                 _say(f"          fix: {self._fix(check, address)}")
         if found.detail and not found.ok:
-            _say(f"          the host and rsync said: {display_name(found.detail)}")
+            _say(f"          the host and rsync said: {safe(found.detail)}")
         _say()
 
     def _fix(self, check: readiness.Check, address: str) -> str:
@@ -544,20 +538,20 @@ class Enrolment:
         try:
             with Client(str(config.socket), timeout=120) as client:
                 running = client.call("daemon.info").get("config_path")
-                if running and Path(running).absolute() != self.main.absolute():
-                    _say(f"The running bkd reads {running}, not {self.main}: it was not reloaded.")
+                if running and os.path.realpath(running) != os.path.realpath(self.main):
+                    _say(f"The running bkd reads {safe(running)}, not {self.main}: it was not reloaded.")
                     return 0
                 result = client.call("config.reload")
         except Unreachable as e:
             _say(f"bkd is not running ({e}): it reads the new host when it starts.")
             return 0
         except RemoteError as e:
-            _say(f"bkd did not reload: {e.message}")
+            _say(f"bkd did not reload: {safe(e.message)}")
             return 1
         if not result["ok"]:
-            _say("bkd did not take the new config:\n" + "\n".join(f"  {error}" for error in result["errors"]))
+            _say("bkd did not take the new config:\n" + "\n".join(f"  {safe(error)}" for error in result["errors"]))
             return 1
-        _say("reloaded bkd: " + ("; ".join(result["changes"]) or "no changes"))
+        _say("reloaded bkd: " + safe("; ".join(result["changes"]) or "no changes"))
         _say(f"Next: bkctl hosts test {self.req.name}; bkctl run {self.req.name} --wait")
         return 0
 

@@ -193,8 +193,8 @@ async def _estimate(config: Config, settings: HostSettings, found: Readiness) ->
                                                      f"{result.returncode} ({meaning})", UNREADABLE))
         return
     found.files, found.bytes, found.entries = stats.get("files", 0), stats.get("bytes", 0), stats["entries"]
-    found.checks.append(Check("estimate", True, f"a first pull brings {_count(found.files, 'file')} "
-                                                f"({size(found.bytes)}) in {_count(found.entries, 'entry', 'entries')}"))
+    brings = f"{_count(found.files, 'file')} ({size(found.bytes)}) in {_count(found.entries, 'entry', 'entries')}"
+    found.checks.append(Check("estimate", True, f"a first pull brings {brings}"))
 
 
 def _count(number: int, one: str, many: str | None = None) -> str:

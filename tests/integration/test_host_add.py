@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import stat
 import subprocess
@@ -20,7 +21,8 @@ from bkctl import protocol
 from bkctl.client import RemoteError
 from conftest import BIN, RUN_ID, make_tree
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="host add, test logins and sudoers need root (CI runs as root)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="host add, test logins and sudoers need root (CI runs as root)")
 
 
 def host_add(daemon, *args: str) -> subprocess.CompletedProcess:
@@ -102,7 +104,8 @@ def test_host_add_prints_the_line_writes_nothing_and_enrols_once_it_is_installed
     third = host_add(daemon, *args)  # pinned already: no --yes needed
     assert third.returncode == 0, third.stdout + third.stderr
     assert printed(third.stdout, "restrict,") == [line]
-    assert f"unchanged {here / 'ssh/config'}" in third.stdout and f"unchanged {here / 'conf.d/web1.toml'}" in third.stdout
+    for unchanged in ("ssh/config", "conf.d/web1.toml"):
+        assert f"unchanged {here / unchanged}" in third.stdout
     assert {path: path.read_bytes() for path in written} == written
     assert sorted(written) == sorted([*(here / "ssh").iterdir(), *(here / "conf.d").iterdir()])
     assert (here / "ssh/config").read_text().count("Host web1\n") == 1
@@ -127,6 +130,35 @@ def test_host_add_prints_the_line_writes_nothing_and_enrols_once_it_is_installed
     outside = subprocess.run(["rsync", "--list-only", "-e", " ".join(ssh), "web1:/etc/"], capture_output=True,
                              text=True, timeout=60)
     assert outside.returncode != 0 and "hostname" not in outside.stdout
+
+
+def host_add_on_a_terminal(daemon, answer: str, *args: str) -> str:
+    """host add with a terminal as its stdin (as an admin runs it), answering its question."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([str(BIN / "bkd"), "--config", str(daemon.config_path), "host", "add", *args],
+                            stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    os.close(terminal)
+    try:
+        os.write(controller, f"{answer}\n".encode())  # the terminal keeps it until the question reads it
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(controller)
+    return out
+
+
+def test_the_host_key_is_pinned_when_the_admin_says_yes_on_a_terminal(tmp_path, daemon_factory, ssh_fleet):
+    address, port = ssh_fleet.add_host("web1")
+    daemon = daemon_for_host_add(daemon_factory)
+    known_hosts = daemon.workdir / "ssh/known_hosts"
+    args = ("web1", f"{address}:{port}", "--path", str(make_tree(tmp_path / "srv", files=2)))
+
+    declined = host_add_on_a_terminal(daemon, "n", *args)
+    assert "Pin this host key for web1? [y/N]" in declined and "is not pinned" in declined
+    assert not known_hosts.exists()
+    accepted = host_add_on_a_terminal(daemon, "y", *args)
+    assert f"pinned in {known_hosts}" in accepted and "restrict," in accepted
+    host_key = Path(f"{ssh_fleet.root}/web1_host_key.pub").read_text().split()
+    assert known_hosts.read_text() == f"web1 {host_key[0]} {host_key[1]}\n"  # sshd here has one key
 
 
 def test_a_wrong_from_address_fails_the_login_check_and_a_daemon_not_running_is_told_later(

@@ -136,7 +136,8 @@ def test_host_keys_are_read_from_a_hostile_keyscan_strictly():
     lines = [f"[10.0.0.5]:2222 ssh-ed25519 {good}", "# 10.0.0.5:2222 SSH-2.0-OpenSSH_9.2p1",
              f"[10.0.0.5]:2222 ssh-rsa {blob('ssh-ed25519')}",  # its blob says another type
              "[10.0.0.5]:2222 ssh-dss AAAA", "[10.0.0.5]:2222 ssh-ed25519 !!notbase64!!", "\x1b[2J garbage",
-             f"[10.0.0.5]:2222 ssh-ed25519 {good}", f"[10.0.0.5]:2222 ecdsa-sha2-nistp256 {blob('ecdsa-sha2-nistp256')}"]
+             f"[10.0.0.5]:2222 ssh-ed25519 {good}",
+             f"[10.0.0.5]:2222 ecdsa-sha2-nistp256 {blob('ecdsa-sha2-nistp256')}"]
     keys = parse_keys(lines)
     assert [k.kind for k in keys] == ["ssh-ed25519", "ecdsa-sha2-nistp256"]
     digest = base64.b64encode(hashlib.sha256(base64.b64decode(good)).digest()).decode().rstrip("=")
