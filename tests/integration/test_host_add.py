@@ -184,6 +184,25 @@ def test_a_wrong_from_address_fails_the_login_check_and_a_daemon_not_running_is_
     assert daemon.run_snapshot("web1")["status"] == "ok"
 
 
+def test_a_host_whose_rsync_speaks_an_older_protocol_fails_the_rsync_check(tmp_path, daemon_factory, ssh_fleet):
+    """rsync before 3.4.0 speaks protocol 31: told apart through a key that runs nothing but rsync."""
+    source = make_tree(tmp_path / "srv", files=2)
+    old = tmp_path / "rsync-3.3"
+    old.write_text('#!/bin/sh\nexec rsync --protocol=31 ${SSH_ORIGINAL_COMMAND#rsync }\n')
+    old.chmod(0o755)
+    address, port = ssh_fleet.add_host("web1")
+    daemon = daemon_for_host_add(daemon_factory)
+    args = ("web1", f"{address}:{port}", "--path", str(source), "--yes")
+    (line,) = printed(host_add(daemon, *args).stdout, "restrict,")
+    install(ssh_fleet.authorized_keys, line.replace(f"rrsync -ro -absolute {source}", str(old)))
+    checked = host_add(daemon, *args)
+    assert checked.returncode == 1
+    assert "ok      login" in checked.stdout
+    assert "FAILED  rsync     the host's rsync speaks protocol 31: it is older than 3.4.0" in checked.stdout
+    assert "fix: upgrade rsync on the host to 3.4.0 or newer" in checked.stdout
+    assert not (daemon.workdir / "conf.d").exists()
+
+
 def test_host_add_refuses_before_touching_anything_what_it_would_not_manage(tmp_path, daemon_factory):
     """No host needed: these are refused before a key is made or a host asked."""
     daemon = daemon_factory([{"name": "web1", "source": str(tmp_path)}])

@@ -162,6 +162,11 @@ def test_drop_ins_are_toml_with_a_host_table_of_its_own():
     assert tomllib.loads(text) == data
 
 
+def test_the_protocol_check_stands_for_the_version_bkd_needs():
+    # Protocol 32 is what tells rsync 3.4.0 from older ones; a newer minimum needs another test.
+    assert rsync.MIN_RSYNC_VERSION == (3, 4, 0) and rsync.MIN_PROTOCOL == 32
+
+
 def test_the_remote_rsyncs_protocol_is_read_from_the_local_clients_own_first_line():
     assert rsync.remote_protocol(["(Client) Protocol versions: remote=32, negotiated=32", "drwx …"]) == 32
     assert rsync.remote_protocol(["(Client) Protocol versions: remote=31, negotiated=31"]) == 31
