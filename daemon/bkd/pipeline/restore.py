@@ -65,7 +65,13 @@ OPTIONS = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "
 
 
 class RestoreFailed(Exception):
-    pass
+    def __init__(self, message: str, returncode: int | None = None):
+        super().__init__(message)
+        self.returncode = returncode  # the restore's rsync's, when it failed
+
+
+# rsync's exit codes when the receiving side could not write (rsync.EXIT_CODES).
+_NOT_WRITTEN = (3, 11, 23)
 
 
 def check_destination(dest: str) -> Remote | None:
@@ -211,7 +217,7 @@ async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable
         for task in watching:
             task.cancel()
     if result.returncode not in rsync.SUCCESS_CODES:
-        raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
+        raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail), result.returncode)
     stats = output.statistics(dry_run)
     return stats, output.names[:stats.get("entries", 0)]
 
@@ -340,10 +346,12 @@ async def restore_remote(config: Config, root: Path, dest: str, source_args: lis
     try:
         stats, names = await push(argv, root, dry_run, on_progress)
     except RestoreFailed as e:
+        if e.returncode not in _NOT_WRITTEN:
+            raise
         raise RestoreFailed(f"{e} (a restore to host:path writes as {remote.destination}, logged in with bkd's "
                             f"restore key {config.ssh.restore_identity_file}: "
-                            "that login must be able to write there: root, or host.rsync_path = \"sudo -n rsync\")"
-                            ) from None
+                            "that login must be able to write there: root, or host.rsync_path = \"sudo -n rsync\")",
+                            e.returncode) from None
     depth = into.count(b"/") + 1 if into else 0
     mtime = where.mtimes[depth] if depth < len(where.mtimes) else None
     if mtime and not dry_run:  # creating entries in it changed its mtime: put it back

@@ -144,7 +144,7 @@ def source_of(settings: HostSettings) -> str:
 def reachability_command(config: Config, settings: HostSettings) -> list[str]:
     """List the top of the source: proves SSH, the remote rsync and read access,
     and writes nothing anywhere. The local rsync also prints the protocol the
-    remote one speaks (PROTOCOL_LINE; a restricted key lets nothing else run)."""
+    remote one speaks (remote_protocol; a restricted key lets nothing else run)."""
     timeout = int(settings.rsync.timeout.total_seconds())
     return ["rsync", "--list-only", "--debug=proto", f"--timeout={timeout}", *_remote_shell(config, settings),
             "--", source_of(settings)]
