@@ -202,7 +202,7 @@ def test_ssh_logs_in_with_the_configured_key_only_and_a_restore_with_the_restore
     backup = rsync.ssh_command(conf)
     assert backup[backup.index("-i"):backup.index("-i") + 4] == ["-i", "/etc/bkd/ssh/id_ed25519", "-o",
                                                                "IdentitiesOnly=yes"]
-    restoring = rsync.ssh_command(conf, restore.restore_key(conf))
+    restoring = rsync.ssh_command(conf, identity=restore.restore_key(conf))
     assert "/etc/bkd/ssh/id_ed25519_restore" in restoring and "/etc/bkd/ssh/id_ed25519" not in restoring
     assert "-i" not in rsync.ssh_command(Config(backup_root="/srv/bkd"))  # none: ssh's own defaults
 

@@ -265,7 +265,7 @@ def rsync_path_at(config: Config, remote: Remote, host: str) -> str:
 
 def _ssh(config: Config, host: str, *command: str) -> list[str]:
     # ssh hands its arguments to the remote shell as one string: quote them for it.
-    return [*rsync.ssh_command(config, restore_key(config)), host, "--", shlex.join(command)]
+    return [*rsync.ssh_command(config, identity=restore_key(config)), host, "--", shlex.join(command)]
 
 
 async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
@@ -341,7 +341,7 @@ async def restore_remote(config: Config, root: Path, dest: str, source_args: lis
     over SSH with the restore key (rsync_path: how rsync starts there)."""
     remote = Remote.parse(dest)
     target = os.fsdecode(os.path.join(os.fsencode(remote.path), into)).rstrip("/") + "/"
-    argv = ["rsync", *options, "-e", shlex.join(rsync.ssh_command(config, restore_key(config))),
+    argv = ["rsync", *options, "-e", shlex.join(rsync.ssh_command(config, identity=restore_key(config))),
             *rsync.rsync_path_option(rsync_path), "--", *map(os.fsdecode, source_args), remote.at(target)]
     try:
         stats, names = await push(argv, root, dry_run, on_progress)

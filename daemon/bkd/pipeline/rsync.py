@@ -89,7 +89,7 @@ def check_rsync(binary: str = "rsync") -> str:
     return ".".join(map(str, version))
 
 
-def ssh_command(config: Config, identity: str | None = None) -> list[str]:
+def ssh_command(config: Config, *, identity: str | None = None) -> list[str]:
     """ssh as bkd runs it, logging in with identity (default: [ssh] identity_file,
     the backup key). With a key given, ssh offers only that one (and those the
     ssh_config names), never the agent's or ~/.ssh's: the key that works is
