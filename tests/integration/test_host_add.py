@@ -286,6 +286,7 @@ def sudoers():
 
     yield install_lines
     path.unlink(missing_ok=True)
+    path.with_name(f".bkd-test-{RUN_ID}").unlink(missing_ok=True)
 
 
 @pytest.fixture
