@@ -43,12 +43,12 @@ import sys
 import tempfile
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import tomli_w
 
-from bkctl.fmt import safe
 from bkctl.client import Client, RemoteError, Unreachable
+from bkctl.fmt import safe
 
 from . import readiness
 from .config import ConfigError, load_config, valid_host_name
@@ -127,7 +127,7 @@ def request(name: str, target: str, path: str = "/", sudo: bool = False, from_: 
     if not _PLAIN_PATH.fullmatch(path):
         raise ValueError(f"--path {path!r}: give an absolute path of letters, digits and . _ / + @ - (it goes "
                          "unquoted into the key's forced command and the sudoers line)")
-    path = str(PurePosixPath(os.path.normpath(path)))
+    path = "/" + os.path.normpath(path).strip("/")  # normpath keeps a leading "//"
     if sudo and parsed.user in (None, "root"):
         raise ValueError("--sudo is for a login other than root: give TARGET as user@host")
     if from_ is not None and not _FROM.fullmatch(from_):

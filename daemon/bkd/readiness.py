@@ -36,7 +36,6 @@ UNREACHABLE, HOST_KEY, REFUSED, NO_RSYNC, OLD_RSYNC, UNREADABLE, NO_SPACE = (
     "unreachable", "host_key", "refused", "no_rsync", "old_rsync", "unreadable", "no_space")
 
 
-
 def fix(problem: str, config: Config, settings: HostSettings) -> str:
     """What to do about a failed check, in general terms (`bkd host add` says it exactly)."""
     remote = settings.host.remote
