@@ -29,6 +29,10 @@ and metadata-only changes of mode, owner and xattrs). Only the method is
 timed: changing the source, removing old copies and a `sync` happen
 between timed regions. Ratios are taken within each round (the machine is
 shared; compare ratios, not seconds) and reported as medians with min–max.
+For each bkd run it also reports the daemon's CPU time (from its
+`snapshot.cpu` log event): in all, reading rsync's output, and hashing
+beside the transfer (the hashing left when rsync ends, the walk, the
+manifest and the rest are the difference).
 """
 
 from __future__ import annotations
@@ -182,6 +186,8 @@ class Bench:
         self.remote = remote
         self.times: dict[str, list[float]] = {}
         self.manifest: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[dict]] = {}
+        self.log_offset = 0
 
     def bkd(self, host: str) -> float:
         sh("sync")
@@ -194,7 +200,17 @@ class Bench:
             sys.exit(f"bkd run {host} failed: {job}")
         stats = job["hosts"][0]["stats"]
         self.manifest.setdefault(host, []).append(stats.get("manifest_s", 0) / seconds)
+        self.cpu.setdefault(host, []).append(self.daemon_cpu(host))
         return seconds
+
+    def daemon_cpu(self, host: str) -> dict:
+        """The daemon's own account of the CPU time of host's last run."""
+        with self.daemon.log_path.open("rb") as log:
+            log.seek(self.log_offset)
+            lines = log.read().splitlines()
+            self.log_offset = log.tell()
+        events = [json.loads(line) for line in lines if b'"snapshot.cpu"' in line]
+        return next((e for e in reversed(events) if e.get("host") == host), {})
 
     def peer_incremental(self, name: str, source: str, link_dest: bool) -> float:
         """cp -al PREV NEW && rsync … --delete SRC/ NEW/ && sync -f NEW, or
@@ -227,6 +243,7 @@ class Bench:
             (self.root / name).mkdir()
             sh("cp", "-al", seed, self.root / name / "prev")
         self.manifest.clear()
+        self.cpu.clear()
 
     def methods(self, group: str) -> list[tuple[str, object]]:
         """The methods of a group, bkd first and its peer second."""
@@ -315,6 +332,11 @@ class Bench:
             percent = [share * 100 for share in shares]
             rows.append(f"| manifest step, share of `bkctl run {host}` | "
                         f"{statistics.median(percent):.1f} % ({min(percent):.1f}–{max(percent):.1f}) | |")
+        for host, runs in self.cpu.items():
+            for key, what in (("process_s", "in all"), ("reading_s", "reading rsync's output"),
+                              ("hashing_beside_s", "hashing beside the transfer")):
+                values = [run.get(key, 0.0) for run in runs]
+                rows.append(f"| daemon CPU-s of `bkctl run {host}`, {what} | {cell(values)} | |")
         facts = (f"{self.args.files} files, {self.args.rounds} rounds, rsync {rsync.check_rsync()}, "
                  f"{os.cpu_count()} cores, load average before: {load[0]}, after: {load[1]}")
         return "\n".join([facts, "", *rows])

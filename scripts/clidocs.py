@@ -1,13 +1,14 @@
 #!/usr/bin/python3
 """Man pages and bash completion for bkd and bkctl, generated from their
-argparse parsers, and bkd.toml(5) from the config schema (build time only:
-nothing here is installed or imported at run time).
+argparse parsers; bkd.toml(5) and the sample config from the config schema
+(build time only: nothing here is installed or imported at run time).
 
     scripts/clidocs.py [--tree TREE] OUTDIR
 
-writes OUTDIR/bkd.8, OUTDIR/bkctl.1, OUTDIR/bkd.toml.5 and
-OUTDIR/completions/{bkd,bkctl}. TREE is a package's private Python tree
-(the /usr/lib/bkd layout debian/bundle-python fills): the package build
+writes OUTDIR/bkd.8, OUTDIR/bkctl.1, OUTDIR/bkd.toml.5,
+OUTDIR/completions/{bkd,bkctl} and OUTDIR/bkd.toml.example (what `bkd
+config sample` prints). TREE is a package's private Python tree (the
+/usr/lib/bkd layout debian/bundle-python fills): the package build
 documents the bkd it packages. Without it, the bkd importable here (`make
 man` uses the venv's). The output depends only on the source: the date is
 that of debian/changelog's newest entry."""
@@ -19,7 +20,6 @@ import itertools
 import json
 import re
 import sys
-import typing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -260,7 +260,8 @@ commands)."""
 def bkd_page() -> Page:
     from bkd.config.load import DEFAULT_PATH
     return Page(8, "pull-based hardlink snapshot backup daemon", BKD_INTRO, {
-        "EXIT STATUS": _table([("0", "success (check-config: the config is valid)"),
+        "EXIT STATUS": _table([("0", "success (check-config: the daemon would start with this config; "
+                                     "warnings, if any, are printed as FILE:KEY: warning: message)"),
                                ("1", "the config is invalid (every problem is printed on standard error as "
                                      "FILE:KEY: message), or the daemon could not start"),
                                ("2", "usage error")]),
@@ -294,168 +295,19 @@ def bkctl_page() -> Page:
 
 # ---- bkd.toml(5) from the schema -----------------------------------------------
 
-@dataclass(frozen=True)
-class Key:
-    name: str
-    type: str
-    default: str  # as TOML; "" when required
-    range: str
-    description: str
-
-
-@dataclass(frozen=True)
-class Table:
-    title: str  # "", "[rpc]", "[[host]]", "[[notify]] with type = \"email\""
-    description: str
-    keys: tuple[Key, ...]
-
-
-def toml_value(value) -> str:
-    """A JSON-mode value as TOML writes it, on one line."""
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _is_section(kind) -> bool:
-    from bkd.config.models import Section
-    return isinstance(kind, type) and issubclass(kind, Section)
-
-
-def _optional_of(kind):
-    """X for Optional[X], else None."""
-    args = typing.get_args(kind)
-    if typing.get_origin(kind) is typing.Union and len(args) == 2 and type(None) in args:
-        return next(a for a in args if a is not type(None))
-    return None
-
-
-def _named_types():
-    """The schema's named types, known by their validators, and what to call them."""
-    from bkd.config import models as m
-    return [(m.OptionalDuration, 'duration or ""'), (m.Duration, "duration"),
-            (m.OptionalPath, 'absolute path or ""'), (m.AbsolutePath, "absolute path"), (m.Url, "http(s) URL"),
-            (m.HostName, "host name"), (m.SinkName, "sink name"), (m.TimeOfDay, "time of day, HH:MM"),
-            (m.AlertKind, "alert kind (" + ", ".join(m.ALERT_KINDS) + ")")]
-
-
-def _type_name(kind, metadata=()) -> str:
-    from pydantic.fields import FieldInfo
-    for named, name in _named_types():
-        # Known by its validators and serializers, the same objects in every field of that type.
-        marks = [mark for mark in named.__metadata__ if not isinstance(mark, FieldInfo)]
-        if marks and all(any(mark is seen for seen in metadata) for mark in marks):
-            return name
-    if typing.get_origin(kind) is typing.Annotated:
-        return _type_name(typing.get_args(kind)[0], typing.get_args(kind)[1:])
-    if typing.get_origin(kind) is typing.Literal:
-        return "one of " + ", ".join(json.dumps(v) for v in typing.get_args(kind))
-    if typing.get_origin(kind) is list:
-        item = _type_name(typing.get_args(kind)[0])
-        return f"array of {item}s" if re.fullmatch(r"[\w ]+", item) else f"array, each {item}"
-    from datetime import timedelta
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path",
-             timedelta: "duration"}
-    return names.get(kind, getattr(kind, "__name__", str(kind)))
-
-
-def _range(field) -> str:
-    from bkd.config import models as m
-    for mark in field.metadata:
-        if isinstance(mark, m.Range):
-            return mark.describe()
-    if _type_name(field.annotation, field.metadata).startswith("duration"):
-        return f"from {m.format_duration(m.MIN_DURATION)} to {m.format_duration(m.MAX_DURATION)}"
-    return ""
-
-
-def _key(name: str, field) -> Key:
-    from pydantic import TypeAdapter
-    if field.is_required():
-        default = ""
-    else:
-        kind = typing.Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-        value = TypeAdapter(kind).dump_python(field.get_default(call_default_factory=True), mode="json")
-        default = toml_value(value)
-    return Key(field.alias or name, _type_name(field.annotation, field.metadata), default, _range(field),
-               field.description or "")
-
-
-def _doc(model) -> str:
-    """A model's own docstring (not one inherited), for its table's description."""
-    return " ".join((model.__dict__.get("__doc__") or "").split())
-
-
-def schema_tables(config) -> list[Table]:
-    """Every table of the config and its keys, in the schema's order."""
-    top, tables = [], []
-
-    def section(title: str, model) -> None:
-        keys, subtables = [], []
-        for name, field in model.model_fields.items():
-            kind = field.annotation
-            inner = _optional_of(kind)
-            if _is_section(kind):
-                subtables.append((f"[{title.strip('[]')}.{name}]", kind))
-            elif inner is not None and _is_section(inner):
-                subtables.append((f"[{title.strip('[]')}.{name}]", inner))
-            else:
-                keys.append(_key(name, field))
-        tables.append(Table(title, _doc(model), tuple(keys)))
-        for subtitle, submodel in subtables:
-            base = _overridden(config, submodel)
-            if base:
-                owner = title.strip("[]")
-                tables.append(Table(subtitle, f"Any key of [{base}], for this {owner} only; a key not set here "
-                                              f"takes the value of [{base}].", ()))
-            else:
-                section(subtitle, submodel)
-
-    for name, field in config.model_fields.items():
-        kind = field.annotation
-        if _is_section(kind):
-            section(f"[{name}]", kind)
-        elif typing.get_origin(kind) is list and _is_section(typing.get_args(kind)[0]):
-            section(f"[[{name}]]", typing.get_args(kind)[0])
-        elif typing.get_origin(kind) is list and typing.get_origin(typing.get_args(kind)[0]) is typing.Annotated:
-            _union(f"[[{name}]]", typing.get_args(typing.get_args(kind)[0])[0], tables)
-        else:
-            top.append(_key(name, field))
-    return [Table("", _doc(config), tuple(top)), *tables]
-
-
-def _overridden(config, model) -> str | None:
-    """The top-level table a partial override (every key optional) stands for, if any."""
-    for name, field in config.model_fields.items():
-        if (_is_section(field.annotation) and field.annotation is not model
-                and set(field.annotation.model_fields) == set(model.model_fields)
-                and all(f.default is None for f in model.model_fields.values())):
-            return name
-    return None
-
-
-def _union(title: str, union, tables: list[Table]) -> None:
-    """An array of tables whose members differ by a tag (`type`): the keys they
-    share, then each member's own."""
-    members = typing.get_args(union)
-    common = [n for n in members[0].model_fields if all(n in m.model_fields for m in members)]
-    (tag,) = [n for n in common if all(typing.get_origin(m.model_fields[n].annotation) is typing.Literal
-                                       for m in members)]
-    keys = []
-    for name in common:
-        if name == tag:
-            values = [json.dumps(v) for m in members for v in typing.get_args(m.model_fields[name].annotation)]
-            field = members[0].model_fields[name]
-            keys.append(Key(field.alias or name, "one of " + ", ".join(values), "", "", field.description or ""))
-        else:
-            keys.append(_key(name, members[0].model_fields[name]))
-    tables.append(Table(title, "", tuple(keys)))
-    for member in members:
-        (value,) = typing.get_args(member.model_fields[tag].annotation)
-        own = [_key(n, f) for n, f in member.model_fields.items() if n not in common]
-        tables.append(Table(f"{title} with {tag} = {json.dumps(value)}", _doc(member), tuple(own)))
+def schema_sections(table, title: str = "", path: str = "") -> list[tuple[str, str, tuple]]:
+    """The schema's tables (bkd.config.schema.table_of) as the page lists them:
+    (heading, description, keys); a tagged array's members after the keys they
+    share, each with its own keys only."""
+    sections = [(title, table.description, table.keys)]
+    shared = {key.name for key in table.keys}
+    for value, member in table.members:
+        own = tuple(key for key in member.keys if key.name not in shared)
+        sections.append((f"{title} with {table.tag} = {json.dumps(value)}", member.description, own))
+    for sub in table.tables:
+        name = f"{path}.{sub.name}" if path else sub.name
+        sections += schema_sections(sub, f"[[{name}]]" if sub.array else f"[{name}]", name)
+    return sections
 
 
 TOML_INTRO = """\
@@ -495,16 +347,17 @@ daily_days = 30
 def toml_page(version: str, date: str) -> str:
     from bkd.config.load import DEFAULT_PATH
     from bkd.config.models import Config
+    from bkd.config.schema import table_of
     lines = header("bkd.toml", 5, version, date)
     lines += [".SH NAME", "bkd.toml \\- configuration of the bkd backup daemon", ".SH SYNOPSIS",
               italic(str(DEFAULT_PATH)), ".br", italic(str(DEFAULT_PATH.parent / "conf.d") + "/*.toml"),
               ".SH DESCRIPTION", *prose(TOML_INTRO), ".SH KEYS"]
-    for table in schema_tables(Config):
-        if table.title:
-            lines += [heading(table.title)]
-        if table.description:
-            lines += prose(table.description)
-        for key in table.keys:
+    for title, description, keys in schema_sections(table_of(Config)):
+        if title:
+            lines += [heading(title)]
+        if description:
+            lines += prose(description)
+        for key in keys:
             facts = [key.type, *([key.range] if key.range else []),
                      f"default {key.default}" if key.default else "required"]
             lines += [".TP", bold(key.name), roff("; ".join(facts) + ".")]
@@ -654,6 +507,7 @@ def generate() -> dict[str, str]:
 
     from bkd import __version__
     from bkd.__main__ import _parser as bkd_parser
+    from bkd.config.sample import render
     date = changelog_date()
     bkd, bkctl = describe(bkd_parser()), describe(bkctl_parser())
     return {
@@ -662,6 +516,7 @@ def generate() -> dict[str, str]:
         "bkd.toml.5": toml_page(__version__, date),
         "completions/bkd": completion(bkd, hosts_from_daemon=False),
         "completions/bkctl": completion(bkctl, hosts_from_daemon=True),
+        "bkd.toml.example": render(),  # what `bkd config sample` prints
     }
 
 

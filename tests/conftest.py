@@ -343,3 +343,19 @@ def ssh_fleet(tmp_path):
     fleet = SshFleet(tmp_path / "ssh")
     yield fleet
     fleet.close()
+
+
+def between_compare_and_copy(monkeypatch, action) -> None:
+    """Make an incremental snapshot call action(plan, private) after it has
+    cleared its linked copy and before rsync copies the list: the source
+    changing between bkd's two reads of it, deterministically."""
+    from bkd.pipeline import snapshot
+
+    clear = snapshot._Plan.clear
+
+    def clear_then_act(plan, *args):
+        private = clear(plan, *args)
+        action(plan, private)
+        return private
+
+    monkeypatch.setattr(snapshot._Plan, "clear", clear_then_act)

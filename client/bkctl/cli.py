@@ -1,5 +1,10 @@
 """bkctl: the command-line client. Exit codes: 0 ok, 1 the daemon said no or the
-job did not succeed, 2 usage error, 3 the daemon cannot be reached."""
+job did not succeed, 2 usage error, 3 the daemon cannot be reached.
+
+Human output renders what the daemon sends through a Client that escapes
+every string (fmt.safe: a host's stderr, another user's note, a file name
+never reach the terminal raw); --json prints exact values, and errors as
+one JSON line on stderr."""
 
 from __future__ import annotations
 
@@ -96,9 +101,10 @@ def cmd_run(client: Client, args) -> int:
     return follow_job(client, job_id, args.json)
 
 
-def follow_job(client: Client, job_id: int, as_json: bool) -> int:
+def follow_job(client: Client, job_id: int, as_json: bool, final=None) -> int:
     """Print a subscribed job's events as they arrive; exit with its result.
-    Falls back to polling if the daemon drops this subscriber."""
+    Falls back to polling if the daemon drops this subscriber. final(job), if
+    given, completes the job's record before it is printed (the last line)."""
     job = None
     for event in client.events():
         if event["topic"] == "dropped":
@@ -119,6 +125,8 @@ def follow_job(client: Client, job_id: int, as_json: bool) -> int:
             job = candidate
         else:
             time.sleep(POLL_SECONDS)
+    if final is not None:
+        final(job)
     if as_json:
         print(json.dumps({"job": job}), flush=True)
     else:
@@ -131,8 +139,7 @@ def follow_job(client: Client, job_id: int, as_json: bool) -> int:
 def _print_detail(host: dict) -> None:
     """A run's full message, indented under it (the daemon sends it to admins only)."""
     if host.get("detail") and host["detail"] != host.get("error"):
-        for line in host["detail"].split("\n"):
-            print(f"    {display_name(line)}")
+        print(f"    {host['detail']}")
 
 
 def _progress_line(event: dict) -> str:
@@ -310,8 +317,7 @@ def cmd_watch(client: Client, args) -> int:
         print(json.dumps(event) if args.json else event_line(event), flush=True)
         if event["topic"] == "dropped":
             return EXIT_FAILED
-    print("bkctl: the daemon closed the connection", file=sys.stderr)
-    return EXIT_UNREACHABLE
+    raise Unreachable(f"bkd at {safe(client.path)} closed the connection")
 
 
 def event_line(event: dict) -> str:
@@ -338,12 +344,6 @@ def event_line(event: dict) -> str:
 _SNAPSHOT_NAME = re.compile(r"\d{4}-\d\d-\d\d_\d{6}(-\d+)?|latest")
 
 
-def display_name(name: str) -> str:
-    """A file name for a terminal: undecodable bytes as \\xNN, control characters escaped."""
-    raw = os.fsencode(name).decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in raw)
-
-
 def cmd_ls(client: Client, args) -> int:
     rest = list(args.args)
     if args.history:
@@ -361,11 +361,11 @@ def cmd_ls(client: Client, args) -> int:
     page = client.call("snapshots.browse", params)
     if args.json:
         return _print_json(page)
-    print(f"{args.host} {page['snapshot']}:{display_name(params['path'])}")
+    print(f"{args.host} {page['snapshot']}:{safe(params['path'])}")
     while True:
         for entry in page["entries"]:
-            target = f" -> {display_name(entry['target'])}" if entry.get("target") is not None else ""
-            print(f"{entry['mode']} {entry['size']:>12} {entry['mtime']}  {display_name(entry['name'])}{target}")
+            target = f" -> {entry['target']}" if entry.get("target") is not None else ""
+            print(f"{entry['mode']} {entry['size']:>12} {entry['mtime']}  {entry['name']}{target}")
         if page["next_offset"] is None or args.limit:
             break
         page = client.call("snapshots.browse", {**params, "offset": page["next_offset"]})
@@ -377,7 +377,7 @@ def _history(client: Client, args, path: str) -> int:
     if args.json:
         return _print_json(result)
     rows = [[e["snapshot"], e["type"], size(e["size"]), e["mtime"]] for e in result["entries"]]
-    print(table(["SNAPSHOT", "TYPE", "SIZE", "MTIME"], rows) if rows else f"{display_name(path)} is in no snapshot of {args.host}")
+    print(table(["SNAPSHOT", "TYPE", "SIZE", "MTIME"], rows) if rows else f"{safe(path)} is in no snapshot of {args.host}")
     return EXIT_OK
 
 
@@ -392,12 +392,12 @@ def cmd_restore(client: Client, args) -> int:
         try:
             destination = restore.look(dest, restore.components(args.path))
         except OSError as e:
-            print(f"bkctl: cannot look at {display_name(dest)}: {e.strerror}", file=sys.stderr)
+            print(f"bkctl: cannot look at {safe(dest)}: {e.strerror}", file=sys.stderr)
             return EXIT_FAILED
         params["receiver"] = destination.receiver()
     if not args.no_wait:
         client.subscribe(["job", "host", "progress"])
-    answer = client.call("restore", params)
+    answer = client.call("restore", params, exact=True)  # the receiver's options and paths, used as they are
     job_id = answer["job_id"]
     receiving, received = None, {}
     if "receive" in answer:  # a local DEST: this process receives, as the caller
@@ -415,8 +415,8 @@ def cmd_restore(client: Client, args) -> int:
         print(json.dumps({"job_id": job_id}) if args.json else job_id)
         return EXIT_OK
     if not args.json:
-        print(f"job {job_id}: restoring {args.host} {args.snapshot}:{display_name(args.path)} "
-              f"to {display_name(dest)}", flush=True)
+        print(f"job {job_id}: restoring {args.host} {args.snapshot}:{safe(args.path)} "
+              f"to {safe(dest)}", flush=True)
     code = follow_job(client, job_id, args.json)
     if receiving is not None:
         receiving.join(RECEIVER_GRACE)
@@ -430,7 +430,7 @@ def cmd_restore(client: Client, args) -> int:
     if args.dry_run and not args.json:
         names = next((h.get("listing") for h in client.call("job.get", {"job_id": job_id})["job"]["hosts"]), None)
         for name in names or []:
-            print(f"would write {display_name(name)}")
+            print(f"would write {safe(name)}")
     return code
 
 
@@ -448,11 +448,11 @@ def _receive(socket_path: str, spec: dict, destination, dry_run: bool, received:
 
 def _print_receiver(received: dict) -> None:
     if received.get("returncode") is None:
-        print(f"bkctl: {display_name(received.get('error') or 'the receiving rsync did not run')}", file=sys.stderr)
+        print(f"bkctl: {safe(received.get('error') or 'the receiving rsync did not run')}", file=sys.stderr)
         return
     print(f"the receiving rsync exited with code {received['returncode']}")
     for line in received.get("stderr", []):
-        print(f"    {display_name(line)}")
+        print(f"    {safe(line)}")
 
 
 def cmd_verify(client: Client, args) -> int:
@@ -466,7 +466,7 @@ def cmd_verify(client: Client, args) -> int:
     else:
         for problem in result["mismatches"]:
             where = f"{problem['snapshot']}:" if problem.get("snapshot") else ""
-            print(f"{problem['problem']:<10} {where}{display_name(problem['path'])}")
+            print(f"{problem['problem']:<10} {where}{problem['path']}")
         verdict = "ok" if result["ok"] else f"{len(result['mismatches'])} mismatch(es)"
         gone = result.get("gone") or []
         print(f"{args.host}: {verdict}; checked {result['checked']} files and archives "
@@ -538,7 +538,7 @@ def cmd_alerts(client: Client, args) -> int:
              relative(a["last_seen"]),
              colour(a["state"], "failed" if a["state"] == "open" else a["state"])
              + (" (silenced)" if a.get("silenced") else ""),
-             display_name(a["message"])]
+             a["message"]]
             for a in result["alerts"]]
     print(table(["ID", "HOST", "KIND", "COUNT", "SINCE", "LAST", "STATE", "MESSAGE"], rows)
           if rows else "no open alerts")
@@ -589,6 +589,8 @@ def cmd_audit(client: Client, args) -> int:
             print(f"hash chain: BROKEN at entry {result['broken_at']} (the log was altered)")
         elif args.verify:
             print(f"hash chain: BROKEN: {result.get('problem')}")
+        if args.verify and result.get("journal"):
+            print(f"journal: {result['journal']}")
     return EXIT_FAILED if args.verify and not result["chain_ok"] else EXIT_OK
 
 
@@ -601,12 +603,12 @@ def cmd_report(client: Client, args) -> int:
             with open(args.html, "w", encoding="utf-8") as f:
                 f.write(report.page_html(result))
         except OSError as e:
-            print(f"bkctl: cannot write {display_name(args.html)}: {e.strerror}", file=sys.stderr)
+            print(f"bkctl: cannot write {safe(args.html)}: {e.strerror}", file=sys.stderr)
             return EXIT_FAILED
     if args.json:
         return _print_json(result)
     if args.html:
-        print(f"report written to {display_name(args.html)}")
+        print(f"report written to {safe(args.html)}")
     else:
         rendered = report.text(result)
         print(rendered if can_print(rendered) else report.text(result, ascii=True), end="")
@@ -614,10 +616,10 @@ def cmd_report(client: Client, args) -> int:
 
 
 def cmd_metrics(client: Client, args) -> int:
-    result = client.call("metrics")
+    result = client.call("metrics", exact=True)  # lines of text: each escaped, the line ends kept
     if args.json:
         return _print_json(result)
-    print(result["text"], end="")
+    print("\n".join(safe(line) for line in result["text"].split("\n")), end="")
     return EXIT_OK
 
 
@@ -634,7 +636,7 @@ def run_check(path: str, timeout: float, args) -> int:
             code, line = check.unknown("usage: --warn-age is longer than --crit-age")
         else:
             try:
-                with Client(path, timeout) as client:
+                with Client(path, timeout, escape=True) as client:
                     _check_protocol(client)
                     params = {"trends": False, **({"hosts": args.hosts} if args.hosts else {})}
                     digest = client.call("report", params)
@@ -797,22 +799,27 @@ def main(argv: list[str] | None = None) -> int:
         from .tui import run_top
         return run_top(path, timeout, check=_check_protocol)
     try:
-        with Client(path, timeout) as client:
+        with Client(path, timeout, escape=not args.json) as client:
             _check_protocol(client)
             return args.func(client, args)
     except UsageError as e:
-        print(f"bkctl: {e}", file=sys.stderr)
+        print(f"bkctl: {safe(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except Unreachable as e:
-        print(f"bkctl: {e}", file=sys.stderr)
+        _print_error(args.json, {"code": "unreachable", "message": str(e)})
         return EXIT_UNREACHABLE
     except RemoteError as e:
-        print(f"bkctl: {e.message}", file=sys.stderr)
+        _print_error(args.json, {"code": e.code, "message": e.message, "data": e.data})
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+
+
+def _print_error(as_json: bool, error: dict) -> None:
+    """An error on stderr: for scripts one JSON line with its code (SPEC §2), else one line for people."""
+    print(json.dumps({"error": error}) if as_json else f"bkctl: {safe(error['message'])}", file=sys.stderr)
 
 
 def _check_protocol(client: Client) -> dict:
@@ -831,7 +838,7 @@ def _check_protocol(client: Client) -> dict:
 def _version(path: str, timeout: float) -> int:
     print(f"bkctl {_client_version()} (protocol {protocol.PROTOCOL_VERSION})")
     try:
-        with Client(path, timeout) as client:
+        with Client(path, timeout, escape=True) as client:
             info = client.call("daemon.info")
         print(f"bkd {info['version']} (protocol {info['protocol']}) at {path}, pid {info['pid']}")
     except (Unreachable, RemoteError) as e:

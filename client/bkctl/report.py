@@ -5,13 +5,14 @@ standard library only: bkctl renders the page, the daemon the mail.
 
 Both HTML forms are self-contained: no script, no stylesheet, font, image
 or link to anywhere, and the page carries a Content-Security-Policy that
-forbids loading anything, so opening it makes no network request."""
+forbids loading anything, so opening it makes no network request. Every
+form renders the digest's text with control characters escaped (fmt.safe)."""
 
 from __future__ import annotations
 
 from html import escape
 
-from .fmt import number, size, span, sparkline
+from .fmt import number, safe_tree, size, span, sparkline
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 BAR = "#3b7dd8"  # host trend bars (the rendering test counts them: used for nothing else)
@@ -63,6 +64,7 @@ def _took(host: dict) -> str:
 
 def summary(digest: dict) -> str:
     """One line: the mail's subject, the webhook's `text`."""
+    digest = safe_tree(digest)
     levels = [verdict(h)[1] for h in digest["hosts"]]
     line = f"[bkd {digest['server']}] report: {len(levels)} host{'s' * (len(levels) != 1)}"
     problems = [f"{levels.count(level)} {word}" for level, word in (("bad", "failing or stale"),
@@ -85,6 +87,12 @@ def _disk_line(disk: dict) -> str:
     return line
 
 
+def audit_line(head: dict | None) -> str:
+    """The audit log's newest entry: kept in every report, a copy off the server that a
+    truncated or rewritten log can no longer match (compare it with `bkctl audit`)."""
+    return f"audit log: entry {head['id']}, sha256 {head['hash']}" if head else ""
+
+
 def _alert_text(alert: dict) -> str:
     subject = f" ({alert['subject']})" if alert.get("subject") else ""
     silenced = ", silenced" if alert.get("silenced") else ""
@@ -98,6 +106,7 @@ def _period(digest: dict) -> str:
 
 def text(digest: dict, ascii: bool = False) -> str:
     from .fmt import table
+    digest = safe_tree(digest)
     lines = [f"bkd report for {digest['server']} at {digest['generated']} "
              f"(runs of the last {_period(digest)}; trends over {digest['trend_days']} days, {digest['timezone']})"]
     rows = []
@@ -114,6 +123,8 @@ def text(digest: dict, ascii: bool = False) -> str:
     lines.append(f"alerts: {alerts['open']} current, {alerts['unacknowledged']} unacknowledged"
                  if alerts["open"] else "alerts: none")
     lines += [f"  {_alert_text(a)}" for a in alerts["current"]]
+    if digest.get("audit_head"):
+        lines.append(audit_line(digest["audit_head"]))
     return "\n".join(lines) + "\n"
 
 
@@ -225,6 +236,7 @@ def _disk_series(disk: dict) -> Series | None:
 
 
 def _page(digest: dict, chart, head: str) -> str:
+    digest = safe_tree(digest)
     cards = []
     for host in digest["hosts"]:
         charts = ("".join(chart(series) for series in _host_series(host)) if _has_history(host)
@@ -235,7 +247,8 @@ def _page(digest: dict, chart, head: str) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{head}"
             f"<title>{escape(summary(digest))}</title><style>{STYLE}</style></head><body>"
             f"{_header(digest)}{chart(disk) if disk else ''}{_overview(digest)}{_alerts(digest)}"
-            f"<h2>Trends</h2>{''.join(cards)}</body></html>\n")
+            f"<h2>Trends</h2>{''.join(cards)}"
+            f"<p class=\"sub\">{escape(audit_line(digest.get('audit_head')))}</p></body></html>\n")
 
 
 # ---- the page: inline SVG ------------------------------------------------------------

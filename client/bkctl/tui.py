@@ -240,7 +240,7 @@ class Feed:
 
     def __init__(self, path: str, timeout: float):
         self.events: queue.Queue = queue.Queue()
-        self.client = Client(path, timeout)
+        self.client = Client(path, timeout, escape=True)  # what events carry reaches the screen escaped
         self.client.subscribe()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -264,7 +264,7 @@ def run_top(path: str, timeout: float, check) -> int:
               file=sys.stderr)
         return 2
     try:
-        with Client(path, timeout) as client:
+        with Client(path, timeout, escape=True) as client:
             check(client)
     except RemoteError as e:
         print(f"bkctl: {e.message}", file=sys.stderr)
@@ -303,7 +303,7 @@ class _Screen:
         self.last_attempt = time.monotonic()
         try:
             self.feed = Feed(self.path, self.timeout)  # subscribe first: no event falls between
-            self.calls = Client(self.path, self.timeout)
+            self.calls = Client(self.path, self.timeout, escape=True)
             self.check(self.calls)
             self.model.apply_status(self.calls.call("status"))
             self.model.apply_alerts(self.calls.call("alerts.list")["alerts"])

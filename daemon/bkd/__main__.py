@@ -1,4 +1,4 @@
-"""bkd [--config PATH] COMMAND: serve | check-config | init | config show | host add | audit reanchor."""
+"""bkd [--config PATH] COMMAND: serve | check-config | init | config show | config sample | host add | audit reanchor."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import asyncio
 import sys
 from pathlib import Path
 
-import tomli_w
-
 from . import __version__
 from .config import ConfigError, Problem, check_config, config_path, load_config, to_toml
 from .config.load import validate
-from .config.models import Retention, Schedule
+from .config.sample import INIT_TITLE, render
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,8 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the daemon in the foreground (the default)")
     check = commands.add_parser("check-config", help="validate the config; print every problem")
     check.add_argument("--no-dirs", action="store_true",
-                       help="skip the checks of backup_root, state_dir and host directories "
-                            "(for a config meant for another machine)")
+                       help="skip the checks against this machine: backup_root, state_dir and host "
+                            "directories, the files keys name, local sources (for a config meant for "
+                            "another machine)")
     init = commands.add_parser("init", help="write a starter config")
     init.add_argument("--backup-root", required=True, help="where snapshots go")
     init.add_argument("--host", action="append", default=[], metavar="NAME=SOURCE",
@@ -34,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--output", help="write here instead of the config path; - for stdout")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     show = commands.add_parser("config", help="config tools")
-    show.add_argument("action", choices=["show"], help="show: print the effective config")
+    show.add_argument("action", choices=["show", "sample"],
+                      help="show: print the effective config; sample: print every key with its default, "
+                           "range and description, as comments (what /etc/bkd/bkd.toml.example holds)")
     host = commands.add_parser(
         "host", help="enrol a source host (root on the server): bkd's key, the host key pinned, the "
                      "authorized_keys line, readiness checks, then conf.d/NAME.toml and a reload",
@@ -82,20 +83,12 @@ def _init(args, path: Path) -> int:
             print(f"bkd init: --host {spec!r}: use NAME=SOURCE", file=sys.stderr)
             return 2
         hosts.append({"name": name, "source": source})
-    starter = {
-        "backup_root": str(Path(args.backup_root).absolute()),
-        "state_dir": "/var/lib/bkd",
-        "socket": "/run/bkd/bkd.sock",
-        "max_parallel_hosts": 4,
-        "schedule": Schedule().model_dump(mode="json"),
-        "retention": Retention().model_dump(mode="json"),
-        "host": hosts,
-    }
+    starter = {"backup_root": str(Path(args.backup_root).absolute()), "host": hosts}
     target = "-" if args.output == "-" else Path(args.output) if args.output else path
     _, problems = validate(starter, {}, Path(str(target)))
     if problems:
         return _print_problems(problems)
-    text = tomli_w.dumps(starter)
+    text = render(starter, INIT_TITLE)
     if target == "-":
         sys.stdout.write(text)
         return 0
@@ -117,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     if command == "host":
         from .enrol import add
         return add(args, path)
+    if command == "config" and args.action == "sample":
+        sys.stdout.write(render())  # from the schema alone: no config needed
+        return 0
     if command == "check-config":
         problems = check_config(path, directories=not args.no_dirs)
-        return _print_problems(problems) if problems else 0
+        _print_problems(problems)
+        # Warnings alone: the daemon starts with this config (the unit's ExecStartPre runs check-config).
+        return 1 if any(not p.warning for p in problems) else 0
     try:
         config = load_config(path)
     except ConfigError as e:

@@ -18,8 +18,9 @@ import structlog
 
 from bkctl.protocol import PROTOCOL_VERSION
 
-from . import __version__, clock, logs
+from . import __version__, access, clock, logs
 from .alerts import AlertKind, Alerts
+from .auditwitness import AuditWatch
 from .config import Config
 from .disk import DiskWatch
 from .events import EventBus
@@ -33,7 +34,7 @@ from .layout import HostDir
 from .metrics import Textfile
 from .notify.outbox import Notifier
 from .notify.ping import Pinger, heartbeat
-from .ownership import DirError, check_dir, prepare_dir
+from .ownership import DirError, check_dir, in_memory, prepare_dir
 from .pipeline.rsync import check_rsync
 from .plan import Lane
 from .readmodel import ReadModel
@@ -72,6 +73,9 @@ def prepare_dirs(config: Config) -> None:
     try:
         prepare_dir(config.backup_root, "backup root")
         prepare_dir(config.state_dir, "state_dir")
+        for path, what in ((config.backup_root, "backup root"), (config.state_dir, "state_dir")):
+            if warning := in_memory(path, what):  # fine for a test; said, so that no one keeps backups there
+                log.warning("dir.in_memory", path=str(path), message=warning)
         for host in config.host:
             problem = check_dir(config.backup_root / host.name, "host directory", follow_symlinks=False)
             if problem:
@@ -125,6 +129,7 @@ class Services:
     receivers: Receivers
     guard: SelfGuard
     notifier: Notifier | None = None
+    audit_watch: AuditWatch | None = None
     healthy: Callable[[], bool] = lambda: True  # the supervisor's verdict, once it exists
 
 
@@ -168,8 +173,10 @@ class Daemon:
         except STORE_ERRORS as e:
             raise StartupError(f"cannot use the state database {config.state_dir / DATABASE_NAME}: {e}") from None
         head = config.backup_root / HEAD_NAME
+        uid = os.getuid()
         try:
-            await store.audit.anchor(head)  # a mismatch is logged, and the head kept as evidence
+            # A mismatch is logged and alerted on (the audit-witness loop), and the head kept as evidence.
+            mismatch = await store.audit.anchor(head, (uid, access.user_name(uid), os.getpid()))
         except STORE_ERRORS as e:
             raise StartupError(f"cannot anchor the audit log in {head}: {e}") from None
         if interrupted:
@@ -197,8 +204,9 @@ class Daemon:
         integrity = Integrity(runtime, store, alerts)
         housekeeping.on_pruned.append(integrity.settle)  # damage that went with its snapshots
         freshness = Freshness(runtime, readmodel, alerts, housekeeping, DiskWatch(runtime, store, alerts))
+        audit_watch = AuditWatch(store.audit, alerts, uid)
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
-                                     integrity, Hosts(runtime, guard), receivers, guard, notifier)
+                                     integrity, Hosts(runtime, guard), receivers, guard, notifier, audit_watch)
         textfile = Textfile(s)
         reporter = Reporter(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
@@ -270,6 +278,7 @@ class Daemon:
             "reminders": notifier.reminders,
             "heartbeat": lambda: heartbeat(runtime, supervisor.healthy),
             "report": reporter.run,
+            "audit-witness": lambda: audit_watch.run(mismatch),
         }
         try:
             async with asyncio.TaskGroup() as group:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import access, clock
+from . import access, clock, logs
 from .app import StartupError, lock_dir
 from .config import Config
 from .store import DATABASE_NAME, Store, StoreUnusable
@@ -43,6 +43,9 @@ async def reanchor(config: Config) -> str:
     finally:
         for fd in locks:
             os.close(fd)
+    # The journal is the chain's witness: this entry starts a new chain there (auditwitness.py).
+    logs.to_journal({"event": "audit.entry", "level": "info", "id": entry["id"], "hash": entry["hash"], "uid": uid,
+                     "method": "audit.reanchor", "outcome": "ok", "anchor": (config.backup_root / HEAD_NAME).as_posix()})
     params = json.loads(entry["params"])
     old = params["previous_head"]
     return (f"re-anchored the audit log at entry {entry['id']} (the head record named "

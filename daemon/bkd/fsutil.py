@@ -1,5 +1,6 @@
 """Write-then-rename helpers (anything that must appear whole goes through
-here) and creating directories without following planted symlinks."""
+here), creating directories without following planted symlinks, and copies
+that keep a sparse file's holes."""
 
 from __future__ import annotations
 
@@ -113,3 +114,62 @@ def make_private_dir(path: Path, under: Path | None = None) -> None:
     left as it is. Pass `under` (the backup root) for anything inside bkd's
     own directories: see open_private_dir."""
     os.close(open_private_dir(path, under))
+
+
+def _data(fd: int, size: int):
+    """The (start, end) ranges of fd's file that hold data; the rest are holes."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # nothing but a hole up to the end
+                return
+            raise
+        offset = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, offset
+
+
+def copy_sparse(source: int, target: int) -> None:
+    """Copy the file open as source into the empty one open as target,
+    writing only its data: its holes stay holes."""
+    size = os.fstat(source).st_size
+    for start, end in _data(source, size):
+        while start < end:
+            start += _copy_range(source, target, start, end)
+    os.ftruncate(target, size)
+
+
+def _copy_range(source: int, target: int, start: int, end: int) -> int:
+    try:
+        copied = os.copy_file_range(source, target, end - start, start, start)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        copied = os.pwrite(target, os.pread(source, min(end - start, 1 << 20), start), start)
+    if not copied:
+        raise OSError(errno.EIO, "the file shrank while it was copied")
+    return copied
+
+
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+def punch_holes_like(basis: int, fd: int) -> None:
+    """Make a hole in fd wherever the file open as basis has one and fd reads
+    as zeros there (fd being a full copy of basis)."""
+    size = os.fstat(basis).st_size
+    holes, offset = [], 0
+    for start, end in _data(basis, size):
+        holes.append((offset, start))
+        offset = end
+    holes.append((offset, size))
+    for start, end in holes:
+        while start < end:
+            length = min(end - start, len(_ZEROS))
+            if _ZEROS[:length] == os.pread(fd, length, start) and _libc.fallocate(fd, _PUNCH_HOLE, start, length):
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            start += length

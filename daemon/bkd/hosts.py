@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import nullcontext
 
 from . import readiness
 from .runtime import Runtime
@@ -40,6 +41,6 @@ class Hosts:
             verdict = await self.guard.verdict(settings, fresh=True)  # and whether it is this machine
             return {"ok": found.ok, "error": found.error, "detail": found.detail, "seconds": seconds,
                     "checks": [c.as_dict() for c in found.checks], "this_machine": verdict.same,
-                    "identity": verdict.how}
+                    "identity": verdict.how, "identity_detail": verdict.detail}
 
         return dict(zip(names, await asyncio.gather(*(test_one(n) for n in names)), strict=True))

@@ -156,7 +156,7 @@ class Jobs:
         if run.request.dry_run or run.kind is Kind.RESTORE:
             return
         subject = None if run.kind in BACKUP_KINDS else str(run.kind)
-        refusal = failures.ssh_refusal(run.detail or run.error or "") if run.status is Status.FAILED else None
+        refusal = run.refusal if run.status is Status.FAILED else None
         if refusal and subject is None:
             # A refused login or host key needs a person: `auth` at once, instead of run_failed.
             await self.alerts.raise_(AlertKind.AUTH, run.host, failures.auth_message(refusal))

@@ -1,9 +1,18 @@
 """structlog set-up: one event per line — key=value on a terminal, JSON
 otherwise, and under systemd the journal's native protocol, so that every
-line keeps its severity and carries host and job as fields of their own."""
+line keeps its severity and carries host and job as fields of their own.
+
+What people read shows control characters escaped (a host's stderr may hold
+any): the terminal's lines and the journal's fields; JSON escapes them
+itself. An entry too large for one datagram goes to the journal the way
+journald documents (a sealed memfd passed over its socket); only if the
+journal cannot be reached at all is a line written to stderr, escaped and
+cut to STDERR_LIMIT."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -16,7 +25,11 @@ from collections.abc import Callable
 
 import structlog
 
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
+from bkctl.fmt import safe
+
+# BKD_JOURNAL_SOCKET: another journal socket (tests bind one of their own).
+JOURNAL_SOCKET = os.environ.get("BKD_JOURNAL_SOCKET", "/run/systemd/journal/socket")
+STDERR_LIMIT = 16384  # characters of an entry written to stderr when the journal cannot take it
 PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "exception": 3, "critical": 2}
 
 _forward: Callable[..., None] | None = None
@@ -80,11 +93,58 @@ class JournalLogger:
 
     def msg(self, message: str, fields: dict[str, str]) -> None:
         try:
-            self._sock.sendto(encode_journal(fields), JOURNAL_SOCKET)
+            send(self._sock, encode_journal(fields))
         except OSError:
-            print(f"<{fields['PRIORITY']}>{message}", file=sys.stderr, flush=True)
+            line = safe(message)  # never the host's bytes raw, nor a line without end
+            if len(line) > STDERR_LIMIT:
+                line = f"{line[:STDERR_LIMIT]} [+{len(line) - STDERR_LIMIT} characters not shown]"
+            print(f"<{fields['PRIORITY']}>{line}", file=sys.stderr, flush=True)
 
     debug = info = warning = warn = error = err = critical = exception = fatal = log = msg
+
+
+def send(sock: socket.socket, data: bytes) -> None:
+    """One entry to the journal: in a datagram, or in a memfd when too large for one."""
+    try:
+        sock.sendto(data, JOURNAL_SOCKET)
+    except OSError as e:
+        if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+            raise
+        send_large(sock, data, JOURNAL_SOCKET)
+
+
+def send_large(sock: socket.socket, data: bytes, path: str) -> None:
+    """An entry too large for a datagram, as journald takes it: written to a
+    memfd, sealed, and the descriptor sent alone over the journal's socket."""
+    fd = os.memfd_create("bkd-journal-entry", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+        sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))], 0, path)
+    finally:
+        os.close(fd)
+
+
+def to_journal(event_dict: dict) -> bool:
+    """One event to the journal whatever stderr is (`bkd audit reanchor`, run from
+    a shell, leaves its audit entry where the daemon's are); False without one."""
+    _, entry = _to_journal(None, None, _visible(None, None, event_dict))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            send(sock, encode_journal(entry["fields"]))
+        except OSError:
+            return False
+    return True
+
+
+def _visible(_, __, event_dict: dict) -> dict:
+    """Strings as people may read them: control characters escaped; a
+    traceback keeps its lines."""
+    return {key: ("\n".join(map(safe, value.split("\n"))) if key == "exception" else safe(value))
+            if isinstance(value, str) else value for key, value in event_dict.items()}
 
 
 def _to_journal(_, __, event_dict: dict):
@@ -102,11 +162,11 @@ def configure(level: str = "info", stream=None) -> None:
         _forward_event,
     ]
     if stream is sys.stderr and stderr_is_journal():
-        processors = [*common, structlog.processors.format_exc_info, _to_journal]
+        processors = [*common, structlog.processors.format_exc_info, _visible, _to_journal]
         factory = JournalLogger
     elif stream.isatty():
-        processors = [*common, structlog.dev.ConsoleRenderer(colors=True,
-                                                              exception_formatter=structlog.dev.plain_traceback)]
+        processors = [*common, _visible, structlog.dev.ConsoleRenderer(
+            colors=True, exception_formatter=structlog.dev.plain_traceback)]
         factory = structlog.PrintLoggerFactory(stream)
     else:
         # Tracebacks without local variables: those hold configs and hook command lines.

@@ -1,6 +1,7 @@
 """What every role may read about a run that went wrong (SPEC §5): the
 category and the exit code, never a file name, a hook's command line or
-its output. The full message stays in the run's `detail` (admins only).
+its output. The full message stays in the run's `detail` (admins only);
+the same goes for `hosts test` and the self-backup probe in `hosts`.
 
 Pure functions. They recognise the known kinds of failure in a stage's
 message and rebuild the text from what they matched — never by cutting the
@@ -72,6 +73,38 @@ def public_error(stage: str, error: BaseException) -> str:
     return text if text.startswith(stage) else f"{stage}: {text}" if text != "failed" else f"{stage} failed"
 
 
+DETAIL_LIMIT = 16384  # characters of a run's detail kept: its start and its end
+
+
+def clip(text: str | None, limit: int = DETAIL_LIMIT) -> str | None:
+    """text as a run's detail keeps it: storable (see storable), and only its
+    start and end when longer than limit (what a child printed is bounded line
+    by line; a message joins several)."""
+    if text is None:
+        return None
+    text = storable(text)
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]} [... {len(text) - 2 * keep} characters not kept ...] {text[-keep:]}"
+
+
+def storable(text: str) -> str:
+    """text that SQLite (UTF-8 only) can store: a byte that is not UTF-8 — a
+    host's stderr, a file name, carried as a surrogate as os.fsdecode does — is
+    written \\xNN, as the audit log does; any other lone surrogate \\udNNN."""
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def public_message(message: str, fallback: str) -> str:
+    """A message that may quote command output (a test's, a probe's) as every
+    role may see it: the known failures it reports, else fallback."""
+    return "; ".join(categories(message)) or fallback
+
+
 def public_warning(message: str) -> str:
     """A completed run's warning (vanished files, metadata that changed) as every role may see it."""
-    return "; ".join(categories(message)) or "completed with warnings"
+    return public_message(message, "completed with warnings")

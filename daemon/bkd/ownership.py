@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import re
 import stat
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
-def _who() -> str:
+def who() -> str:
+    """This effective uid and its name, as messages name it."""
     uid = os.geteuid()
     return f"uid {uid} ({_user(uid)})"
 
@@ -47,7 +49,7 @@ def reason(error: OSError) -> str:
         return (f"{error.filename} is a symlink: bkd does not follow symlinks inside its "
                 "directories; remove it")
     if error.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied for {_who()}"
+        return f"permission denied for {who()}"
     return (error.strerror or str(error)).lower()
 
 
@@ -62,7 +64,7 @@ def _judge(st: os.stat_result, path: Path, ref: Path | int) -> str | None:
         return READ_ONLY
     euid = os.geteuid()
     if st.st_uid != euid:
-        return (f"owned by uid {st.st_uid} ({_user(st.st_uid)}), not by {_who()} that bkd runs as: "
+        return (f"owned by uid {st.st_uid} ({_user(st.st_uid)}), not by {who()} that bkd runs as: "
                 f"chown {_user(euid)} {path}, or choose another directory")
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022:
@@ -89,9 +91,57 @@ def _creatable(path: Path) -> str | None:
     if _read_only(ancestor):
         return f"does not exist and cannot be created: {READ_ONLY}"
     if not os.access(ancestor, os.W_OK | os.X_OK, effective_ids=True):
-        return (f"does not exist, and {_who()} cannot create it in {ancestor}: "
+        return (f"does not exist, and {who()} cannot create it in {ancestor}: "
                 f"create it with owner {_user(os.geteuid())} and mode 0700")
     return None  # bkd creates it, mode 0700
+
+
+# Filesystems that hold no files of their own (kernel interfaces, device nodes):
+# a directory of bkd's there is a mistake, whether or not it can be created.
+PSEUDO_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore",
+    "bpf", "configfs", "fusectl", "mqueue", "efivarfs", "binfmt_misc", "hugetlbfs", "nsfs", "selinuxfs",
+    "rpc_pipefs",
+})
+# Filesystems in memory: fine for a test, but what bkd keeps there is lost at reboot.
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo field: the kernel writes space, tab, newline and backslash as \\ooo."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field)
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem that holds path, or would hold it (its
+    nearest existing ancestor's), as /proc/self/mountinfo names it: the
+    mount point nearest to the path, the last mounted of those on one point.
+    None when it cannot be told."""
+    try:
+        where = Path(os.path.realpath(path))
+        while not where.exists():
+            where = where.parent
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except (OSError, ValueError):
+        return None
+    kind, depth = None, -1
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) < 7 or b"-" not in fields[6:]:  # not a line of the form the kernel writes
+            continue
+        point = Path(os.fsdecode(_unescape(fields[4])))
+        if where.is_relative_to(point) and len(point.parts) >= depth:
+            kind, depth = os.fsdecode(fields[fields.index(b"-", 6) + 1]), len(point.parts)
+    return kind
+
+
+def in_memory(path: Path, what: str) -> str | None:
+    """A warning when path is on a filesystem in memory (tmpfs): one line, else None."""
+    kind = filesystem_type(path)
+    if kind in MEMORY_FILESYSTEMS:
+        return f"{what} {path} is on {kind}, in memory: what bkd keeps there is lost at the next reboot"
+    return None
 
 
 def check_dir(path: Path, what: str, *, follow_symlinks: bool = True) -> str | None:
@@ -99,6 +149,10 @@ def check_dir(path: Path, what: str, *, follow_symlinks: bool = True) -> str | N
     (or create it), else one line `cannot use WHAT PATH: problem: what to do`.
     Changes nothing. follow_symlinks=False for directories inside bkd's own
     (host directories), where a symlink can only have been planted."""
+    kind = filesystem_type(path) if follow_symlinks else None
+    if kind in PSEUDO_FILESYSTEMS:
+        return (f"cannot use {what} {path}: it is on {kind}, a pseudo filesystem that holds no files: "
+                "choose a directory on a disk")
     try:
         st = os.stat(path, follow_symlinks=follow_symlinks)
     except FileNotFoundError:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -117,13 +118,14 @@ async def _reach(config: Config, settings: HostSettings, found: Readiness) -> No
         if not first:
             first.append(line)
 
-    result = await bkexec.run(rsync.reachability_command(config, settings), on_stdout=on_stdout)
+    with rsync.ssh_log_for(settings) or nullcontext() as ssh_log:
+        result = await bkexec.run(rsync.reachability_command(config, settings, ssh_log), on_stdout=on_stdout)
+        said = ssh_log.said() if ssh_log else None
     host, path = settings.host, settings.host.path.rstrip("/") or "/"
     remote = host.remote
     if result.returncode != 0:
-        found.detail = rsync.describe_failure(result.returncode, result.stderr_tail)
-    failure = f"rsync exited with code {result.returncode} " \
-              f"({rsync.EXIT_CODES.get(result.returncode, 'unknown error')})"
+        found.detail = rsync.describe_failure(result.returncode, result.stderr_tail, said)
+    failure = category(result.returncode, said)
     if remote is None:  # this machine's own rsync, checked when the daemon starts
         found.checks.append(Check("read", True, f"can read {path}") if result.returncode == 0 else
                             Check("read", False, f"cannot read {path}: {failure}", UNREADABLE))
@@ -131,7 +133,7 @@ async def _reach(config: Config, settings: HostSettings, found: Readiness) -> No
     protocol = rsync.remote_protocol(first)
     login = f"{remote.destination} with {_key(config)}"
     if protocol is None and result.returncode != 0:
-        problem = login_problem(result.returncode, result.stderr_tail)
+        problem = login_problem(result.returncode, said)
         if problem == HOST_KEY:
             found.checks.append(Check("login", False, f"the host key of {remote.host} is not the one pinned in "
                                                       f"{config.ssh.known_hosts_file or 'known_hosts'}", HOST_KEY))
@@ -158,17 +160,24 @@ async def _reach(config: Config, settings: HostSettings, found: Readiness) -> No
                         Check("read", False, f"cannot read {path}: {failure}", UNREADABLE))
 
 
-def login_problem(returncode: int, stderr_tail: list[str]) -> str | None:
+def login_problem(returncode: int, ssh_said: list[str] | None) -> str | None:
     """Why ssh ran no command on the host: HOST_KEY, REFUSED, UNREACHABLE, or
     None (it logged in; whatever failed, failed there). Told by failures.py and
-    rsync.ssh_failed, from ssh's own messages: the one place the checks and a
-    restore's probe ask."""
-    refusal = failures.ssh_refusal("\n".join(stderr_tail))
+    rsync.ssh_failed from the local ssh client's own messages (SshLog.said),
+    never from what the host prints: the one place the checks and a restore's
+    probe ask."""
+    refusal = failures.ssh_refusal(ssh_said or [])
     if refusal == failures.HOST_KEY:
         return HOST_KEY
     if refusal == failures.LOGIN:
         return REFUSED
-    return UNREACHABLE if rsync.ssh_failed(returncode, stderr_tail) else None
+    return UNREACHABLE if rsync.ssh_failed(returncode, ssh_said) else None
+
+
+def category(returncode: int, ssh_said: list[str] | None = None) -> str:
+    """rsync's exit code and its meaning, as every role may read it (what
+    describe_failure says before quoting any output)."""
+    return rsync.describe_failure(returncode, [], ssh_said)
 
 
 def _key(config: Config) -> str:
@@ -186,10 +195,9 @@ async def _estimate(config: Config, settings: HostSettings, found: Readiness) ->
     stats = rsync.parse_stats(list(tail))
     if result.returncode != 0 or "entries" not in stats:
         found.detail = rsync.describe_failure(result.returncode, result.stderr_tail)
-        meaning = rsync.EXIT_CODES.get(result.returncode, "unknown error")
         where = settings.host.path.rstrip("/") or "/"
-        found.checks.append(Check("estimate", False, f"cannot read all of {where}: rsync exited with code "
-                                                     f"{result.returncode} ({meaning})", UNREADABLE))
+        found.checks.append(Check("estimate", False, f"cannot read all of {where}: {category(result.returncode)}",
+                                  UNREADABLE))
         return
     found.files, found.bytes, found.entries = stats.get("files", 0), stats.get("bytes", 0), stats["entries"]
     brings = f"{_count(found.files, 'file')} ({size(found.bytes)}) in {_count(found.entries, 'entry', 'entries')}"

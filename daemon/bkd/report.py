@@ -201,6 +201,7 @@ async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str]
         }
         digest_hosts.append(entry)
     samples = await store.disk.samples() if trends else []
+    head = await store.audit.newest()  # carried off the server: a later truncation or rewrite shows
     by_kind = Counter(e["kind"] for e in current)
     return {
         "generated": clock.iso(now), "since": clock.iso(since), "period_s": int(period.total_seconds()),
@@ -211,6 +212,7 @@ async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str]
                    "silenced": sum(silenced.values()), "by_kind": dict(sorted(by_kind.items())),
                    "current": [_alert(e, silenced[e["id"]]) for e in current]},
         "disk": _disk(s, samples, now, days if trends else [], zone),
+        "audit_head": {"id": head.id, "hash": head.hash},
     }
 
 

@@ -37,6 +37,7 @@ class Run:
     stats: dict = field(default_factory=dict)
     error: str | None = None  # what went wrong, fit for every role (no file names, no command output)
     detail: str | None = None  # the full message (may quote file names): admins only
+    refusal: str | None = None  # the local ssh client reported a refused login or host key (an `auth` alert)
     listing: list[str] | None = None  # a dry-run restore's file names: admins only
     keep_partial: bool = False  # set by a shutdown: the next run resumes from the partial
     plan: RunPlan | None = None

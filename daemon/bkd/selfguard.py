@@ -28,6 +28,7 @@ from . import exec as bkexec
 from .config import patterns
 from .config.models import Config, HostSettings
 from .config.remote import Remote
+from .outcomes import public_message
 from .pipeline import rsync
 
 log = structlog.get_logger()
@@ -38,7 +39,8 @@ MACHINE_ID = Path("/etc/machine-id")
 @dataclass(frozen=True)
 class Verdict:
     same: bool | None  # None: cannot tell
-    how: str
+    how: str  # for every role
+    detail: str | None = None  # the probe's output, when it failed: admins only
 
 
 LOCAL = Verdict(True, "a local path")
@@ -125,7 +127,11 @@ class SelfGuard:
         return inside_source(settings.host.path, own_dirs(self.config))
 
     async def _probe(self, remote: Remote, rsync_path: str) -> Verdict:
-        ssh = ["-e", shlex.join(rsync.ssh_command(self.config)), *rsync.rsync_path_option(rsync_path)]
+        with rsync.SshLog() as ssh_log:
+            return await self._probe_with(remote, rsync_path, ssh_log)
+
+    async def _probe_with(self, remote: Remote, rsync_path: str, ssh_log: rsync.SshLog) -> Verdict:
+        ssh = ["-e", shlex.join(rsync.ssh_command(self.config, ssh_log.path)), *rsync.rsync_path_option(rsync_path)]
         try:
             ours = MACHINE_ID.read_text().strip()
         except OSError as e:
@@ -135,10 +141,11 @@ class SelfGuard:
             result = await bkexec.run(["rsync", "--timeout=30", *ssh, "--",
                                        remote.at(str(MACHINE_ID)), str(fetched)])
             if result.returncode != 0:
-                why = rsync.describe_failure(result.returncode, result.stderr_tail)
+                why = rsync.describe_failure(result.returncode, result.stderr_tail, ssh_log.said())
                 log.warning("selfguard.unknown", destination=remote.spec, error=why)
-                return Verdict(None, f"cannot tell whether {remote.spec} is this machine ({why}); "
-                                     "nothing of bkd's own is excluded from its source")
+                return Verdict(None, f"cannot tell whether {remote.spec} is this machine "
+                                     f"({public_message(why, 'rsync failed')}); "
+                                     "nothing of bkd's own is excluded from its source", why)
             if fetched.read_text().strip() != ours:
                 return Verdict(False, "another machine (its machine-id differs)")
         # The same machine-id: a clone, or really this machine? A marker made here must be visible there.

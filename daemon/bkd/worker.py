@@ -10,6 +10,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import structlog
@@ -19,8 +20,8 @@ from bkctl.protocol import Kind, Status
 from . import browse, clock
 from .housekeeping import Housekeeping
 from .layout import HostDir, SnapshotName
-from .outcomes import public_error, public_warning
-from .pipeline import archive, hooks, manifest, restore
+from .outcomes import clip, public_error, public_warning
+from .pipeline import archive, hooks, manifest, restore, rsync
 from .pipeline.snapshot import SnapshotFailed, take_snapshot
 from .plan import Lane, Phase, Stage, plan_run
 from .readmodel import ReadModel
@@ -99,8 +100,9 @@ class Worker:
                     run.result = Status.WARNING  # the backup itself is fine
                 else:
                     run.result = Status.FAILED
+                    run.refusal = run.refusal or getattr(e, "refusal", None)
                 # error: the category, for every role; detail: the whole message, for admins.
-                run.detail = "; ".join(filter(None, [run.detail, message]))
+                run.detail = clip("; ".join(filter(None, [run.detail, message])))
                 run.error = "; ".join(filter(None, [run.error, public_error(str(stage), e)]))
                 log.error("stage.failed", stage=str(stage), error=message)
             finally:
@@ -137,14 +139,15 @@ class Worker:
         if own:
             log.info("selfguard.excluded", paths=own)
             settings = settings.model_copy(update={"excludes": effective_excludes(settings, own)})
-        result = await take_snapshot(plan.config, settings, dry_run=run.request.dry_run, control=run,
-                                     previous_files=previous_files,
-                                     on_progress=lambda progress: self._progress(run, progress))
+        with rsync.ssh_log_for(settings) or nullcontext() as ssh_log:
+            result = await take_snapshot(plan.config, settings, dry_run=run.request.dry_run, control=run,
+                                         previous_files=previous_files, ssh_log=ssh_log,
+                                         on_progress=lambda progress: self._progress(run, progress))
         run.snapshot = result.name
         run.stats.update(result.stats)
         if result.status == "warning":
             run.result = Status.WARNING
-            run.error, run.detail = public_warning(result.warning), result.warning
+            run.error, run.detail = public_warning(result.warning), clip(result.warning)
         if result.name:
             self.readmodel.refresh(run.host)
             name = SnapshotName.parse(result.name)

@@ -16,10 +16,12 @@ import pytest
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
 
 SNAPSHOTS = 50
+SPARSE = 64 << 20
 ACL = "system.posix_acl_access"
 
 # A separate process changes the source as fast as it can: contents, names,
-# types, modes, owners, xattrs, ACLs and hard links, all at random.
+# types, modes, owners, xattrs, ACLs and hard links, all at random; a sparse
+# file changes its mode, owner, xattrs and ACL now and then.
 CHURN = textwrap.dedent("""\
     import os, random, shutil, subprocess, sys, time
     from pathlib import Path
@@ -31,7 +33,7 @@ CHURN = textwrap.dedent("""\
         return [p for p in root.rglob("*")]
 
     def files():
-        return [p for p in entries() if p.is_file() and not p.is_symlink()]
+        return [p for p in entries() if p.is_file() and not p.is_symlink() and p.name != "sparse.img"]
 
     def modify(p): p.write_bytes(os.urandom(rng.randrange(0, 3000)))
     def append(p):
@@ -61,6 +63,8 @@ CHURN = textwrap.dedent("""\
             op = rng.choice([modify, modify, append, delete, rename, chmod, chmod, chown,
                              xattr, acl, to_dir, to_link, hardlink])
             op(p)
+            if rng.random() < 0.02:  # the sparse file changes its attributes only
+                rng.choice([chmod, chown, xattr, acl])(root / "sparse.img")
             if rng.random() < 0.05:  # a directory becomes a file or a link
                 d = rng.choice([e for e in entries() if e.is_dir() and not e.is_symlink()] or [None])
                 if d is not None and d != root:
@@ -77,6 +81,10 @@ def make_source(root: Path) -> None:
         path = root / f"d{index % 10}" / f"s{index % 7}" / f"f{index}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(index % 3000))
+    with open(root / "sparse.img", "wb") as f:  # a byte in 64 MiB of holes
+        f.truncate(SPARSE)
+        f.seek(SPARSE // 2)
+        f.write(b"x")
 
 
 class Capture:
@@ -137,6 +145,8 @@ def test_fifty_snapshots_of_a_churning_source_never_change_after_completing(tmp_
                 continue
             name = host["snapshot"]
             captured[name] = capture(hourly / name)
+            sparse = (hourly / name / "sparse.img").stat()  # SPEC §7: also after an attribute-only change
+            assert sparse.st_size == SPARSE and sparse.st_blocks * 512 < (1 << 20), (name, sparse.st_blocks)
             for earlier, state in captured.items():
                 assert capture(hourly / earlier) == state, f"{earlier} changed after it completed (now {name})"
             latest = daemon.bkctl("verify", "web1")

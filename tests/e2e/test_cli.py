@@ -52,6 +52,31 @@ def test_hosts_and_hosts_test(tmp_path, daemon_factory):
     assert daemon.bkctl("hosts", "web1").returncode == 2
 
 
+def test_with_json_an_error_is_one_json_line_on_stderr_with_its_code(daemon_factory, short_tmp):
+    """Issue 18, item 12 (SPEC §2): scripts keep the daemon's error code, and
+    an unreachable daemon is told apart (exit 3)."""
+    daemon = daemon_factory([]).start()
+    missing = daemon.bkctl("--json", "job", "999")
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert [json.loads(line) for line in missing.stderr.splitlines()] == [
+        {"error": {"code": -32002, "message": "no job 999", "data": None}}]
+    assert daemon.bkctl("job", "999").stderr == "bkctl: no job 999\n"
+    nowhere = str(short_tmp / "nowhere.sock")
+    gone = subprocess.run([str(BIN / "bkctl"), "--socket", nowhere, "status", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 3 and gone.stdout == ""
+    error = json.loads(gone.stderr)["error"]
+    assert error["code"] == "unreachable" and nowhere in error["message"] and "does not exist" in error["message"]
+    assert len(gone.stderr.splitlines()) == 1
+
+
+def test_help_lists_no_internal_command():
+    """`bkctl --help` showed `restore-transport ==SUPPRESS==`."""
+    shown = subprocess.run([str(BIN / "bkctl"), "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "restore" in shown.stdout
+    assert "SUPPRESS" not in shown.stdout and "restore-transport" not in shown.stdout
+
+
 def test_reload_keeps_the_old_config_when_invalid_and_adds_a_host_when_valid(tmp_path, daemon_factory):
     daemon = daemon_factory([{"name": "web1", "source": str(slow_source(tmp_path / "src", 2))}],
                             rsync={"bwlimit": "1000"}).start()

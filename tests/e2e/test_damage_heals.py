@@ -28,7 +28,8 @@ def _flip(path) -> None:
 
 def _integrity(daemon, everything: bool = False) -> list[dict]:
     alerts = daemon.bkctl_json("alerts", *(["--all"] if everything else []))["alerts"]
-    return [a for a in alerts if a["kind"] == "integrity"]
+    # Of snapshots: a rebuilt database also re-anchors the audit log, an integrity alert of its own.
+    return [a for a in alerts if a["kind"] == "integrity" and a.get("subject") != "audit log"]
 
 
 def _retain_only_the_newest(daemon) -> None:

@@ -111,6 +111,25 @@ def test_an_impossible_backup_root_ends_start_up_with_one_line(tmp_path, daemon_
     assert "backup root" in line and "is not a directory" in line
 
 
+def test_a_backup_root_on_a_pseudo_filesystem_ends_start_up_with_one_line(tmp_path, daemon_factory):
+    """Issue 23: the same check as check-config's, at start."""
+    root = f"/proc/bkd-test-{os.getpid()}"
+    daemon = daemon_factory([], backup_root=root)
+    assert _one_line(_serve(daemon.config_path)) == (
+        f"bkd: cannot use backup root {root}: it is on proc, a pseudo filesystem that holds no files: "
+        "choose a directory on a disk")
+
+
+@ROOT_ONLY
+def test_a_backup_root_in_memory_is_logged_at_start(small_tmpfs, daemon_factory):
+    memory = small_tmpfs("8m")
+    daemon = daemon_factory([], backup_root=str(memory / "backup")).start()
+    (line,) = [line for line in daemon.log().splitlines() if "dir.in_memory" in line]
+    assert f"backup root {memory}/backup is on tmpfs, in memory: what bkd keeps there is lost at the next " \
+           "reboot" in line and '"level": "warning"' in line
+    assert daemon.stop() == 0
+
+
 @ROOT_ONLY
 def test_a_read_only_backup_root_says_which_and_why(tmp_path, daemon_factory):
     read_only = tmp_path / "ro"

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+from bkctl.fmt import safe
 
 from conftest import make_tree
 
@@ -106,6 +107,13 @@ def test_hostile_names_and_metadata_round_trip_through_backup_ls_and_restore(tmp
     dry = daemon.bkctl("restore", "web1", snapshot, "/", "--to", str(tmp_path / "dry"), "--dry-run")
     assert dry.returncode == 0 and "would write -leading-dash" in dry.stdout
     assert not (tmp_path / "dry").exists()
+    # Issue 18, item 12: with --json the job's final record (the last line) lists every path, exactly.
+    scripted = daemon.bkctl("--json", "restore", "web1", snapshot, "/", "--to", str(tmp_path / "dry"), "--dry-run")
+    assert scripted.returncode == 0, scripted.stderr
+    listing = json.loads(scripted.stdout.splitlines()[-1])["job"]["hosts"][0]["listing"]
+    shown = [line.removeprefix("would write ") for line in dry.stdout.splitlines() if line.startswith("would write")]
+    assert [safe(name) for name in listing] == shown and len(shown) > 3 and "-leading-dash" in listing
+    assert not (tmp_path / "dry").exists()
 
 
 @ROOT_ONLY
@@ -150,26 +158,45 @@ def test_any_name_restores_alone_and_an_existing_dest_keeps_its_own_attributes(t
         assert (dest / "-dash" / "sub" / "f").read_text() == "f\n" and (dest / "mine").read_text() == "kept\n"
 
 
+@ROOT_ONLY
 def test_a_sparse_file_stays_sparse_in_every_snapshot(tmp_path, daemon_factory):
-    """A 1 GiB file holding a few bytes (a lastlog with large uids) must not
-    take 1 GiB in each snapshot where it changed."""
+    """A 2 GiB file holding a byte (a lastlog with large uids) must not take
+    2 GiB in any snapshot: not where its content changed, and not where only
+    its mode, owner or xattrs did (issue 17 item 4: rsync's local copy of the
+    previous snapshot's file, which gives it an inode of its own, wrote
+    every byte of the holes)."""
     source = tmp_path / "src"
     source.mkdir()
-    with open(source / "lastlog", "wb") as f:
-        f.truncate(1 << 30)
-        f.seek(512 << 20)
-        f.write(b"entry")
+    lastlog = source / "lastlog"
+    with open(lastlog, "wb") as f:
+        f.truncate(2 << 30)
+        f.seek(1 << 30)
+        f.write(b"x")
     daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
-    assert daemon.run_snapshot()["status"] == "ok"
-    with open(source / "lastlog", "r+b") as f:  # changed: the next snapshot writes a copy of its own
-        f.seek(768 << 20)
+    hourly = daemon.workdir / "backup/web1/hourly"
+    snapshots = [daemon.run_snapshot()["hosts"][0]["snapshot"]]
+    changes = [lambda: lastlog.chmod(0o600), lambda: os.chown(lastlog, 1234, 5678),
+               lambda: os.setxattr(lastlog, "user.note", b"attribute only")]
+    for number, change in enumerate(changes):
+        change()
+        job = daemon.run_snapshot()
+        assert job["status"] == "ok", job
+        snapshots.append(job["hosts"][0]["snapshot"])
+        assert job["hosts"][0]["stats"]["transferred_bytes"] == 0  # no data sent, none written
+        new, old = hourly / snapshots[-1] / "lastlog", hourly / snapshots[-2] / "lastlog"
+        assert new.stat().st_ino != old.stat().st_ino  # its own inode: the older snapshot keeps its metadata
+    with open(lastlog, "r+b") as f:  # a content change writes a copy of its own too
+        f.seek(1536 << 20)
         f.write(b"another")
-    job = daemon.run_snapshot()
-    assert job["status"] == "ok"
-    for snapshot in (daemon.workdir / "backup/web1/hourly").iterdir():
+    assert daemon.run_snapshot()["status"] == "ok"
+    for snapshot in hourly.iterdir():
         st = (snapshot / "lastlog").stat()
-        assert st.st_size == 1 << 30 and st.st_blocks * 512 < (1 << 20), (snapshot.name, st.st_blocks)
-    assert daemon.bkctl("verify", "web1", "--all").returncode == 0
+        assert st.st_size == 2 << 30 and st.st_blocks * 512 < (1 << 20), (snapshot.name, st.st_blocks)
+    last = hourly / sorted(p.name for p in hourly.iterdir())[-1] / "lastlog"
+    assert (last.stat().st_mode & 0o777, last.stat().st_uid, os.getxattr(last, "user.note")) == (
+        0o600, 1234, b"attribute only")
+    for snapshot in (snapshots[-1], "latest"):  # the private copy's checksum, and the new content's (2 GiB each)
+        assert daemon.bkctl("verify", "web1", snapshot).returncode == 0
 
 
 def test_browse_and_restore_never_leave_the_snapshot(tmp_path, daemon_factory):
@@ -325,9 +352,9 @@ def test_a_host_whose_last_snapshot_is_too_old_raises_one_stale_alert(tmp_path, 
 
 
 def test_the_sample_pass_is_not_skipped_by_a_daemon_restarted_more_often_than_it_is_due(tmp_path, daemon_factory):
+    started = time.monotonic()
     daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "source", 10))}],
                             verify={"every": "3s"}).start()
-    started = time.monotonic()
     daemon.run_snapshot()
     for _ in range(6):  # a restart every second or so: never three seconds in a row
         time.sleep(1)

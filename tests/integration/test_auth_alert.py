@@ -50,3 +50,35 @@ def test_refused_login_and_changed_host_key_are_auth_alerts_an_unreachable_host_
     shutil.copy(tmp_path / "authorized_keys", ssh_fleet.authorized_keys)
     assert daemon.run_snapshot("keyed")["status"] == "ok"
     wait_until(lambda: "keyed" not in _alerts(daemon), 10, what="the auth alert to resolve")
+
+
+def test_a_host_that_prints_ssh_s_refusal_is_not_an_auth_alert_and_a_restricted_key_still_works(
+        tmp_path, daemon_factory, ssh_fleet):
+    """Issue 18, item 7: a host could forge an `auth` alert by printing
+    "Permission denied (publickey)" on stderr. Only the local ssh client's own
+    messages (ssh -E, a file of bkd's) decide; through a key restricted to
+    `rrsync -ro` (no other command can run on the host) too."""
+    source = make_tree(tmp_path / "home", files=3)
+    forged = "bkd@liar: Permission denied (publickey)."
+    ssh_fleet.add_host("liar", sshd_extra=f"ForceCommand echo '{forged}' >&2; echo 'Host key verification failed.' "
+                                          ">&2; exit 255\n")
+    ssh_fleet.add_host("restricted", sshd_extra=f"ForceCommand /usr/bin/rrsync -ro {source}/\n")
+    daemon = daemon_factory([{"name": "liar", "source": f"liar:{source}/"},
+                             {"name": "restricted", "source": "restricted:/"}],
+                            ssh=ssh_fleet.ssh_settings(options=["ConnectTimeout=3"])).start()
+
+    job = daemon.run_snapshot()
+    runs = {run["host"]: run for run in job["hosts"]}
+    assert runs["restricted"]["status"] == "ok", runs["restricted"]
+    assert runs["liar"]["status"] == "failed"
+    wait_until(lambda: "liar" in _alerts(daemon), 10, what="the liar's alert")
+    assert _alerts(daemon)["liar"][0] == "run_failed"  # not auth: ssh itself never said so
+    assert forged in runs["liar"]["detail"]  # the host's words, for admins, as the host's
+    assert "the SSH connection failed" not in runs["liar"]["error"]
+    tested = daemon.call("hosts.test", hosts=["liar"])["results"]["liar"]
+    assert not tested["ok"] and "refused" not in tested["error"] and "SSH" not in tested["error"], tested
+
+    # Two more runs of the restricted host: incremental, through the shared connection, still fine.
+    (source / "dir0" / "new.txt").write_text("new\n")
+    assert daemon.run_snapshot("restricted")["status"] == "ok"
+    assert _alerts(daemon).keys() == {"liar"}

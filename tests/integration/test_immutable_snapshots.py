@@ -10,8 +10,8 @@ import pytest
 from bkd.config.models import Config
 from bkd.layout import HostDir
 from bkd.pipeline import manifest
-from bkd.pipeline import snapshot as snapshot_module
 from bkd.pipeline.snapshot import take_snapshot
+from conftest import between_compare_and_copy
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
 
@@ -169,15 +169,13 @@ async def test_a_source_that_changes_between_the_compare_and_the_copy_is_taken_i
     hourly = HostDir.of(config.backup_root, "h").hourly
     before = state(hourly / first.name)
     (source / "d" / "x").write_text("two, longer\n")
-    clear = snapshot_module._Plan.clear
 
-    def and_then_the_source_moves(plan, root):  # after the compare listed d/x, before the copy
-        clear(plan, root)
+    def the_source_moves(plan, private):  # after the compare listed d/x, before the copy
         (source / "d" / "x").unlink()
         (source / "d").rmdir()
         (source / "d").write_text("now a file\n")
 
-    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_the_source_moves)
+    between_compare_and_copy(monkeypatch, the_source_moves)
     second = await snapshot(config)
     assert (hourly / second.name / "d").read_text() == "now a file\n"
     assert (hourly / second.name / "keep").stat().st_ino == (hourly / first.name / "keep").stat().st_ino
@@ -200,16 +198,14 @@ async def test_an_entry_changed_after_the_compare_listed_the_others_is_left_for_
     before = state(hourly / first.name)
     (source / "changed").write_text("changed, and the top directory's time with it\n")
     os.utime(source, (1_000_000_000, 1_000_000_000))
-    clear = snapshot_module._Plan.clear
 
-    def and_then_more_changes(plan, root):  # after the compare, before the copy
-        clear(plan, root)
+    def more_changes(plan, private):  # after the compare, before the copy
         os.chmod(source / "top", 0o600)
         os.chown(source / "d" / "inner", 4321, 4321)
         (source / "late").write_text("too late for this one\n")
         os.utime(source, (1_000_000_000, 1_000_000_000))
 
-    monkeypatch.setattr(snapshot_module._Plan, "clear", and_then_more_changes)
+    between_compare_and_copy(monkeypatch, more_changes)
     second = await snapshot(config)
     assert state(hourly / first.name) == before
     new = hourly / second.name
@@ -221,3 +217,24 @@ async def test_an_entry_changed_after_the_compare_listed_the_others_is_left_for_
     third = await snapshot(config)  # the next snapshot has them
     assert (hourly / third.name / "top").stat().st_mode & 0o777 == 0o600 and (hourly / third.name / "late").exists()
     assert state(hourly / first.name) == before
+
+
+async def test_the_top_directory_keeps_its_time_when_only_its_entries_change(tmp_path):
+    """An entry added directly in the source's top directory within the same
+    second as the snapshot before (rsync compares times to the second, so the
+    compare does not list "."): the copy wrote into the new snapshot's top
+    directory, which kept the time of that write."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "old").write_text("old\n")
+    os.utime(source, (1_000_000_000, 1_000_000_000))
+    config = Config.model_validate({"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
+                                    "host": [{"name": "h", "source": str(source)}]})
+    await snapshot(config)
+    (source / "new").write_text("new\n")
+    (source / "old").unlink()
+    os.utime(source, (1_000_000_000, 1_000_000_000))  # as if in the same second
+    second = await snapshot(config)
+    new = HostDir.of(config.backup_root, "h").hourly / second.name
+    assert sorted(p.name for p in new.iterdir()) == ["new"]
+    assert new.stat().st_mtime == 1_000_000_000

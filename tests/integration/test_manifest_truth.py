@@ -157,7 +157,7 @@ async def test_a_lost_itemized_line_is_noticed_and_the_manifest_comes_from_the_t
     (source / "f1").unlink()
     parse_item = rsync.parse_item
 
-    def losing(line: str):  # the compare's line for f4 never arrives
+    def losing(line: bytes):  # the compare's line for f4 never arrives
         item = parse_item(line)
         return None if item is not None and item.name == b"f4" else item
 

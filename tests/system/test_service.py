@@ -95,7 +95,8 @@ def test_lintian_of_each_release_accepts_the_package(deb, release, tmp_path):
 
 
 def test_the_package_ships_man_pages_completion_and_the_changelogs(deb, tmp_path):
-    """What the build generated is what `make man` generates from this tree;
+    """What the build generated (man pages, completion, /etc/bkd/bkd.toml.example)
+    is what `make man` generates from this tree;
     the Debian changelog, NEWS.Debian and the upstream CHANGELOG.md each keep
     their own name; nothing lies under /lib (aliased on a merged /usr)."""
     sh("dpkg-deb", "-x", str(deb), str(tmp_path / "deb"))
@@ -107,6 +108,10 @@ def test_the_package_ships_man_pages_completion_and_the_changelogs(deb, tmp_path
     for program in ("bkd", "bkctl"):
         assert (shipped / "usr/share/bash-completion/completions" / program).read_text() == (
             generated / "completions" / program).read_text()
+    # `bkd config sample` of the bkd packaged (its loading: test_the_package_as_installed).
+    example = (shipped / "etc/bkd/bkd.toml.example").read_text()
+    assert example == (generated / "bkd.toml.example").read_text()
+    assert "\n#[[host]]\n" in example and "\n#snapshot_every = " in example
     doc = shipped / "usr/share/doc/bkd"
     assert (doc / "CHANGELOG.md").read_bytes() == (ROOT / "CHANGELOG.md").read_bytes()
     with gzip.open(doc / "changelog.gz", "rt") as f:
@@ -395,8 +400,9 @@ def wait_textfile(c: Container) -> None:
 
 def test_the_package_as_installed(container, deb):
     """The unit's documentation exists, the metrics directory is writable,
-    descriptors suffice for many clients, and bkd runs on the release's
-    own python3 with the compiled tree built for it."""
+    descriptors suffice for many clients, bkd runs on the release's own
+    python3 with the compiled tree built for it, and the sample config
+    loads."""
     c = container
     install_with_a_textfile(c, deb)
     wait_until(c.is_active, 30, what="bkd to be active (READY=1)")
@@ -424,6 +430,9 @@ def test_the_package_as_installed(container, deb):
     for package in ("site-packages/bkd", f"{python}/pydantic_core"):  # compiled by postinst: /usr is read-only
         assert c.run("test", "-d", f"/usr/lib/bkd/{package}/__pycache__", check=False).returncode == 0, package
     assert c.run("bkctl", "--json", "status").returncode == 0
+    # The shipped sample loads as it is, on the machine and as the user the daemon runs as.
+    check = c.run("bkd", "--config", "/etc/bkd/bkd.toml.example", "check-config", check=False)
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
     assert json.loads(c.run("bkctl", "--json", "report").stdout)["hosts"][0]["name"] == "local"
     assert c.run("bkctl", "check", check=False).stdout.startswith("BKD ")
 

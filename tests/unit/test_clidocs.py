@@ -162,6 +162,8 @@ def test_bkd_toml_page_takes_descriptions_from_the_schema():
     """A description added to the schema (Field(description=...), a table's
     docstring) appears in the page without touching the generator."""
     from pydantic import Field
+
+    from bkd.config.schema import Key, table_of
     generator = clidocs.load()
 
     class Knobs(Section):
@@ -173,10 +175,10 @@ def test_bkd_toml_page_takes_descriptions_from_the_schema():
         size: int = Field(1, description="how big")
         knobs: Knobs = Field(default_factory=Knobs)
 
-    top, knobs = generator.schema_tables(Demo)
-    assert top.keys[0] == generator.Key("size", "integer", "1", "", "how big")
-    assert (knobs.title, knobs.description) == ("[knobs]", "How the knobs turn.")
-    assert [(k.name, k.description) for k in knobs.keys] == [("speed", "turns per second"), ("name", "")]
+    top, knobs = generator.schema_sections(table_of(Demo))
+    assert top[2][0] == Key("size", "integer", "1", "", "how big")
+    assert knobs[:2] == ("[knobs]", "How the knobs turn.")
+    assert [(k.name, k.description) for k in knobs[2]] == [("speed", "turns per second"), ("name", "")]
 
 
 def test_the_toml_example_of_the_page_is_a_valid_config(tmp_path):
@@ -248,7 +250,7 @@ NO_DAEMON = {"BKD_SOCKET": "/nonexistent/bkd.sock"}
     (("bkctl", "watch", "--topic", "l"), ["log"]),
     (("bkd", ""), None),
     (("bkd", "--log-level", "d"), ["debug"]),
-    (("bkd", "--config", "/etc/bkd.toml", "config", ""), ["show"]),
+    (("bkd", "--config", "/etc/bkd.toml", "config", ""), ["show", "sample"]),
     (("bkd", "check-config", "--"), ["--help", "--no-dirs"]),
 ])
 def test_completion_offers_commands_options_and_choices(generated, words, expected):

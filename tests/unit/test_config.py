@@ -64,6 +64,31 @@ def test_invalid_configs_report_every_problem_as_file_key_message(path):
     assert result.stderr == path.with_suffix(".expected").read_text()
 
 
+def test_the_daemon_refuses_to_start_on_an_unknown_key_and_says_which_was_meant(tmp_path):
+    """The same messages as check-config (and reload): one loader."""
+    (tmp_path / "bkd.toml").write_text('backup_root = "/srv/bkd"\n[schedule]\nsnapshot_evry = "1h"\n'
+                                       '[[host]]\nname = "h"\nsource = "/s"\n[host.retention]\ndaily = 3\n')
+    result = bkd("--config", "bkd.toml", "serve", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == ("bkd.toml:schedule.snapshot_evry: unknown key; did you mean 'snapshot_every'?\n"
+                             "bkd.toml:host[0].retention.daily: unknown key; did you mean 'daily_days'?\n")
+
+
+def test_control_characters_in_a_key_or_a_path_are_shown_escaped(tmp_path):
+    """A quoted TOML key, a path or a drop-in's file name may hold escape
+    sequences; check-config wrote them to the terminal as they were."""
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "bkd.toml").write_text(f'backup_root = "{tmp_path}/backup"\nstate_dir = "{tmp_path}/state"\n'
+                                       '"evil\\u001b[31m" = 1\n[ssh]\nidentity_file = "/x\\u001b[2J\\u009b"\n')
+    (tmp_path / "conf.d" / "1\x1b]0;t\x07.toml").write_text("[schedule]\nenabled = 1\n")
+    result = bkd("--config", "bkd.toml", "check-config", cwd=tmp_path)
+    assert result.stderr.splitlines() == [
+        "conf.d/1\\x1b]0;t\\x07.toml:schedule.enabled: must be a valid boolean, not 1",
+        "bkd.toml:evil\\x1b[31m: unknown key",
+        "bkd.toml:ssh.identity_file: warning: /x\\x1b[2J\\x9b does not exist",
+    ]
+
+
 def test_cross_field_problems_are_reported_with_per_key_problems():
     # Issue 9 defect 14: the duplicate host name used to appear only once the
     # unknown keys were fixed.
@@ -122,7 +147,7 @@ def test_the_spec_example_loads_with_every_key():
 def test_from_is_a_key_of_email_sinks_and_from_underscore_is_not(tmp_path):
     sink = {"name": "m", "type": "email", "to": ["a@b.c"]}
     assert problems_of(tmp_path, {"backup_root": "/r", "notify": [{**sink, "from_": "x@y.z"}]}) == [
-        "notify[0].from_: unknown key"]
+        "notify[0].from_: unknown key; did you mean 'from'?"]
     assert problems_of(tmp_path, {"backup_root": "/r", "notify": [{**sink, "from": "x@y.z"}]}) == []
 
 
@@ -397,7 +422,7 @@ def test_drop_ins_merge_in_name_order_and_errors_name_their_file(tmp_path):
         load_config(main)
     bad = conf_d / "30-bad.toml"
     assert [str(p) for p in error.value.problems] == [
-        f"{bad}:notify[0].secret: unknown key",
+        f"{bad}:notify[0].secret: unknown key; did you mean 'secret_file'?",
         f"{bad}:host[1].name: invalid host name 'bad name': use only letters, digits, '.', '_' and '-'",
         f"{bad}:host[2].name: duplicate host name 'web1' (first defined at {main}:host[0])",
         f"{bad}:notify[0].name: duplicate sink name 'mail' (first defined at {main}:notify[0])",
@@ -531,3 +556,26 @@ def test_durations(text, seconds):
 def test_bad_durations_are_refused(text):
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+def _path_fields(model=Config, prefix=()):
+    """(key, field) of every key that holds an optional path ("" or absolute)."""
+    models_ = (model,) if model is not Config else (Config, EmailSink, WebhookSink)
+    for each in models_:
+        for name, field in each.model_fields.items():
+            key = prefix + ((field.alias or name),) if each is model else ("notify", field.alias or name)
+            if models._check_optional_path in {getattr(m, "func", None) for m in field.metadata}:
+                yield key, field
+            if isinstance(field.annotation, type) and issubclass(field.annotation, pydantic.BaseModel):
+                yield from _path_fields(field.annotation, key)
+
+
+def test_every_key_that_names_a_file_says_what_bkd_does_with_it():
+    """check-config checks the files keys name by the schema's NamedFile mark:
+    a new path key without one would go unchecked."""
+    marked = {".".join(key): [m.role for m in field.metadata if isinstance(m, models.NamedFile)]
+              for key, field in _path_fields()}
+    assert marked == {"ssh.config_file": ["read"], "ssh.identity_file": ["key"], "ssh.known_hosts_file": ["read"],
+                      "ssh.restore_identity_file": ["key"],
+                      "metrics.textfile": ["written"], "notify.password_file": ["secret"],
+                      "notify.secret_file": ["secret"]}

@@ -87,3 +87,31 @@ def test_utc_needs_no_tzdata(monkeypatch):
     assert Config(backup_root="/r").report.timezone == "UTC"
     with pytest.raises(ValueError, match="unknown time zone 'Europe/Berlin'"):
         Config.model_validate({"backup_root": "/r", "report": {"timezone": "Europe/Berlin"}})
+
+
+def sample_keys() -> dict[str, object]:
+    """key -> the value `bkd config sample` shows for it (every commented-out
+    line restored); a host's override table, e.g. `host.schedule`, -> {}."""
+    from test_config_sample import uncomment
+
+    from bkd.config.sample import render
+    keys = {}
+    for name, value in tomllib.loads(uncomment(render())).items():
+        entries = value if isinstance(value, list) else [value] if isinstance(value, dict) else None
+        if entries is None:
+            keys[name] = value
+        for entry in entries or ():
+            keys.update({f"{name}.{key}": v for key, v in entry.items()})
+    return keys
+
+
+def test_the_sample_names_every_documented_key_with_its_documented_default():
+    """`bkd config sample`, docs/configuration.md and the models agree (the
+    models and the docs: the tests above)."""
+    shown, documented_keys = sample_keys(), documented()
+    assert set(shown) == set(documented_keys)
+    for key, (default, _) in documented_keys.items():
+        if default == "(inherited)":
+            assert shown[key] == {}, key
+        elif default != "(required)":
+            assert shown[key] == tomllib.loads(f"v = {default.strip('`')}")["v"], key

@@ -55,52 +55,51 @@ async def test_output_lines_and_a_bounded_stderr_tail(tmp_path):
     assert len(result.stderr_tail) == bkexec.STDERR_TAIL_LINES and result.stderr_tail[-1] == "err 99"
 
 
-async def test_a_channel_carries_its_own_lines_apart_from_stdout(tmp_path):
-    script = ("import os, sys\nfd = int(sys.argv[1].rsplit('/', 1)[1])\n"
-              "print('progress\\r', end='', flush=True)\n"
-              "for i in range(3): os.write(fd, b'item %d\\n' % i)\nprint('stats')")
-    out, items = [], []
-    channel = bkexec.Channel(items.append)
-    result = await bkexec.run(["python3", "-c", script, channel.path], on_stdout=out.append, channel=channel)
-    assert result.returncode == 0
-    assert items == ["item 0", "item 1", "item 2"] and out == ["progress", "stats"]
+async def test_stdout_can_go_to_a_reader_as_the_chunks_it_was_read_in():
+    """rsync's itemized list is framed by its reader (CR and LF mean
+    different things there): the bytes arrive as they are, none lost or split
+    into lines, and stderr keeps its bounded tail."""
+    script = ("import os, sys\nos.write(1, b'a\\rb\\n' * 100000)\nos.write(1, b'end')\n"
+              "print('err', file=sys.stderr)")
+    chunks = []
+    result = await bkexec.run(["python3", "-c", script], on_stdout_bytes=chunks.append)
+    assert result.returncode == 0 and result.stderr_tail == ["err"]
+    assert b"".join(chunks) == b"a\rb\n" * 100000 + b"end"
+    assert len(chunks) < 100  # read in big chunks, not a callback per line
+
+
+async def test_a_tool_writing_a_line_at_a_time_wakes_the_reader_at_most_every_read_interval():
+    """rsync writes each itemized line on its own, paced by the transfer:
+    read as it came, every line cost an event-loop wakeup, and reading cost
+    as much CPU as hashing (issue 17 item 12)."""
+    script = "import os, time\nfor i in range(1000):\n    os.write(1, b'line %d\\n' % i)\n    time.sleep(0.0005)"
+    chunks = []
+    started = asyncio.get_running_loop().time()
+    await bkexec.run(["python3", "-c", script], on_stdout_bytes=chunks.append)
+    took = asyncio.get_running_loop().time() - started
+    assert b"".join(chunks) == b"".join(b"line %d\n" % i for i in range(1000))
+    assert len(chunks) <= took / bkexec.READ_EVERY + 2, (len(chunks), took)
+
+
+async def test_a_chunk_reader_leaves_no_descriptor_and_no_watch_behind(tmp_path):
     opened = set(os.listdir("/proc/self/fd"))
+    loop = asyncio.get_running_loop()
     with pytest.raises(FileNotFoundError):  # the child cannot even start
-        await bkexec.run(["true"], cwd=str(tmp_path / "missing"), channel=bkexec.Channel(items.append))
-    assert set(os.listdir("/proc/self/fd")) <= opened  # no descriptor left behind
-
-
-async def test_a_channel_cancelled_while_connecting_closes_its_pipe_once():
-    """Cancelled while its transport connects (a daemon stopping as rsync
-    starts), the channel's read end is closed by the transport; closing it
-    again by number closed whatever pipe had reused that number: another
-    host's snapshot then failed with EBADF."""
-    channel = bkexec.Channel(lambda line: None)
-    pump = asyncio.ensure_future(channel._pump())
-    await asyncio.sleep(0)  # inside connect_read_pipe, waiting for the transport
-    pump.cancel()
+        await bkexec.run(["true"], cwd=str(tmp_path / "missing"), on_stdout_bytes=lambda chunk: None)
+    chunks = []
+    task = asyncio.create_task(bkexec.run(["sh", "-c", "echo started; exec sleep 60"],
+                                          on_stdout_bytes=chunks.append, grace=0.5))
+    deadline = loop.time() + 30
+    while not chunks:  # it runs, and its output is being read
+        assert loop.time() < deadline and not task.done()
+        await asyncio.sleep(0.01)
+    task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await pump
-    await asyncio.sleep(0)  # the transport's connection_lost closes the read end
-    other_read, other_write = os.pipe()  # may reuse the number just freed
-    try:
-        channel.close()
-        os.fstat(other_read)  # still open: the channel closed only what it owned
-        os.fstat(other_write)
-    finally:
-        os.close(other_read)
-        os.close(other_write)
-
-
-def test_a_channel_whose_run_never_starts_leaves_no_descriptor_open():
-    """A step between creating the channel and starting rsync fails (the
-    list of files to fetch cannot be written on a full disk): its pipe is
-    closed all the same, or every such failed run leaked two descriptors."""
-    before = set(os.listdir("/proc/self/fd"))
-    with pytest.raises(OSError):
-        with bkexec.Channel(lambda line: None):
-            raise OSError(28, "No space left on device")
-    assert set(os.listdir("/proc/self/fd")) == before
+        await task
+    await asyncio.sleep(0.05)  # the cancelled reader's own cleanup has run
+    assert set(os.listdir("/proc/self/fd")) <= opened
+    watched = {key.fd for key in loop._selector.get_map().values()}
+    assert not watched - {int(fd) for fd in opened}
 
 
 async def test_stopping_a_tool_whose_child_left_the_group_holding_its_output_ends_at_once(tmp_path):
@@ -161,3 +160,45 @@ async def test_a_tool_that_reads_steadily_without_printing_is_not_stopped(tmp_pa
     result = await bkexec.run(["sh", "-c", 'python3 -c "$1"; true', "sh", script], on_stdout=lines.append,
                               stall=1.0)
     assert result.returncode == 0 and lines == ["done"]  # 3 s of silence on stdout, never stopped
+
+
+# ---- bounded reads (issue 18, item 4) ------------------------------------------------------------------
+# A compromised host's endless stderr line (40 MiB, no newline) made a sub-second run take 39 s and put
+# the whole line into the job's detail: every line read from a child is cut at a fixed size, the rest
+# counted and dropped as it arrives, and the buffer is never copied again as it grows.
+
+ENDLESS = 40 * 1024 * 1024
+
+
+async def test_an_endless_stderr_line_is_cut_counted_and_read_in_linear_time():
+    script = (f"import sys\nsys.stderr.buffer.write(b'first\\n' + b'\\x1b' * {ENDLESS} + b'\\nlast\\n')\n"
+              "sys.exit(1)")
+    started = asyncio.get_running_loop().time()
+    result = await bkexec.run(["python3", "-c", script])
+    assert asyncio.get_running_loop().time() - started < 10  # 39 s before, most of it re-copying the buffer
+    assert result.returncode == 1
+    assert result.stderr_tail[0] == "first" and result.stderr_tail[-1] == "last"
+    cut = result.stderr_tail[1]
+    assert cut.startswith("\x1b" * bkexec.STDERR_LINE_LIMIT)
+    assert cut.endswith(f" [+{ENDLESS - bkexec.STDERR_LINE_LIMIT} bytes not kept]")
+    assert result.dropped == ENDLESS - bkexec.STDERR_LINE_LIMIT
+    assert sum(map(len, result.stderr_tail)) < bkexec.STDERR_TAIL_LINES * (bkexec.STDERR_LINE_LIMIT + 64)
+
+
+async def test_a_line_without_its_end_never_reaches_a_parser():
+    """stdout is parsed (rsync's itemized list): an over-long line is not
+    handed on cut, where its first part could pass for a whole line."""
+    limit = bkexec.LINE_LIMIT
+    script = f"import sys\nsys.stdout.write('a\\n' + 'x' * {limit + 10} + '\\r' + 'y' * {limit} + '\\nb')"
+    out = []
+    result = await bkexec.run(["python3", "-c", script], on_stdout=out.append)
+    assert out == ["a", "y" * limit, "b"]
+    assert result.dropped == 10
+
+
+async def test_a_flood_of_short_stderr_lines_keeps_the_newest_and_is_read_fast():
+    script = "import sys\nsys.stderr.buffer.write(b'line\\n' * 20_000_000 + b'end\\n')"
+    started = asyncio.get_running_loop().time()
+    result = await bkexec.run(["python3", "-c", script])
+    assert asyncio.get_running_loop().time() - started < 10
+    assert result.stderr_tail[-1] == "end" and len(result.stderr_tail) == bkexec.STDERR_TAIL_LINES

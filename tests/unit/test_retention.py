@@ -59,26 +59,68 @@ def test_the_newest_and_latest_are_kept_however_old():
     assert [d.action for d in plan(old, now, tiny, latest=old[0])] == ["keep", "keep"]
 
 
-def test_two_simulated_years_of_hourly_snapshots_end_with_the_counts_the_policy_implies(tmp_path):
-    host = HostDir(tmp_path / "web1")
-    host.hourly.mkdir(parents=True)
+def test_two_simulated_years_of_hourly_snapshots_end_with_the_counts_the_policy_implies():
+    """One snapshot an hour for two years, pruned as it goes, in memory: the
+    prune step is `plan` over what hourly/ holds with the newest as latest
+    (host_plan on disk; its renames are the next test's). A prune every 157
+    hours (a prime) falls at every hour of the day and on every weekday, so
+    each tier's window is crossed at every phase, not only at midnight."""
     start = datetime(2024, 6, 1, tzinfo=UTC)
     end = datetime(2026, 6, 1, tzinfo=UTC)
-    now = start
-    while now <= end:  # one empty snapshot an hour, pruned after each day, as the daemon would
-        (host.hourly / name(now)).mkdir()
-        if now.hour == 0 or now == end:
-            move_to_trash(host, host_plan(host, POLICY, now))
+    made, present, trashed = [], [], []
+    now, hours = start, 0
+    while now <= end:
+        made.append(name(now))
+        present.append(made[-1])
+        if hours % 157 == 0 or now == end:
+            doomed = {d.snapshot for d in plan(present, now, POLICY, latest=present[-1]) if d.action == "delete"}
+            trashed += [n for n in present if n in doomed]
+            present = [n for n in present if n not in doomed]
         now += timedelta(hours=1)
+        hours += 1
 
-    tiers = Counter(d.tier for d in host_plan(host, POLICY, end) if d.action == "keep")
+    final = plan(present, end, POLICY, latest=present[-1])
+    tiers = Counter(d.tier for d in final if d.action == "keep")
     # latest: 2026-06-01 00:00. hourly: the 719 hours before it (720h window, strict).
     # daily: 00:00 of 2025-12-04 … 2026-05-02 = 28 + 31 + 28 + 31 + 30 + 2 = 150 days
     #   (the window opens 2025-12-03 00:00, exclusive; 2026-05-02 00:00 is exactly 720h old).
     # monthly: the 1st of 2024-07 … 2025-12 = 18 months (2024-06-01 is exactly 24 months old).
     assert tiers == {"latest": 1, "hourly": 719, "daily": 150, "monthly": 18}
-    assert len(host.snapshots()) == 888
-    assert sorted(p.name for p in host.trash.iterdir())[0] == "2024-06-01_000000"
+    assert len(present) == 888 and len(made) == 888 + len(trashed)
+    assert min(trashed) == "2024-06-01_000000"  # the very first one, exactly 24 months old at the end
+    # Pruning as it went cost nothing that one prune at the end would have kept.
+    assert present == [d.snapshot for d in plan(made, end, POLICY) if d.action == "keep"]
+
+
+def test_a_prune_renames_what_the_plan_deletes_into_the_trash_with_its_records(tmp_path):
+    host = HostDir(tmp_path / "web1")
+    now = datetime(2026, 6, 10, 12, tzinfo=UTC)
+    policy = Retention(hourly_hours=24, daily_days=2, monthly_months=0)
+    times = [datetime(2026, 6, 7, h, tzinfo=UTC) for h in (0, 6, 12)] + \
+        [datetime(2026, 6, 9, h, tzinfo=UTC) for h in (0, 6)] + [datetime(2026, 6, 10, h, tzinfo=UTC) for h in (6, 11)]
+    names = [name(t) for t in times]
+    host.meta.mkdir(parents=True)
+    for n in [*names, "lost+found", ".partial-2026-06-10_120000"]:
+        (host.hourly / n).mkdir(parents=True)
+    for n in names:
+        host.meta_file(n).write_text("{}")
+        host.manifest_file(n).write_text("")
+    host.latest.symlink_to(f"hourly/{names[1]}")  # what latest points at is kept, however old
+
+    decisions = host_plan(host, policy, now)
+    assert {d.snapshot: d.action for d in decisions} == {
+        names[0]: "delete", names[1]: "keep", names[2]: "delete", names[3]: "keep", names[4]: "delete",
+        names[5]: "keep", names[6]: "keep", "lost+found": "keep"}  # staging directories are not listed
+    doomed = [names[0], names[2], names[4]]
+    (host.hourly / names[4]).rename(tmp_path / "gone")  # another prune got there first: skipped
+    assert move_to_trash(host, decisions) == doomed[:2]
+    assert sorted(p.name for p in host.trash.iterdir()) == sorted(
+        [*doomed[:2], *(f"{n}.json" for n in doomed[:2]), *(f"{n}.manifest" for n in doomed[:2])])
+    kept = [names[1], names[3], names[5], names[6]]
+    assert sorted(host.hourly_names()) == sorted([*kept, "lost+found"])
+    assert sorted(p.name for p in host.meta.iterdir()) == sorted(
+        [f"{n}.{ext}" for n in [*kept, names[4]] for ext in ("json", "manifest")])
+    assert move_to_trash(host, host_plan(host, policy, now)) == []  # nothing left to delete
 
 
 # ---- the naive model ---------------------------------------------------------

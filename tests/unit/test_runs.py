@@ -1,13 +1,15 @@
-"""The registry (busy is decided and registered in one step) and the resizable limit."""
+"""The registry (busy is decided and registered in one step), the resizable
+limit, and what a run and a job show."""
 
 import asyncio
+import json
 
 import pytest
 
-from bkctl.protocol import Kind
+from bkctl.protocol import Kind, Status
 from bkd.errors import Busy, ShuttingDown
 from bkd.plan import Lane, Request, Trigger
-from bkd.runs import Limit, Registry
+from bkd.runs import Limit, Registry, job_status
 
 
 def requests(kind, *hosts, snapshot=None):
@@ -103,3 +105,63 @@ async def test_a_cancelled_waiter_gives_back_a_slot_it_was_just_granted():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert limit.in_use == 0
+
+
+@pytest.mark.parametrize("statuses, expected", [
+    ([Status.OK, Status.RUNNING, Status.FAILED], Status.RUNNING),  # unfinished work first
+    ([Status.OK, Status.QUEUED], Status.QUEUED),
+    ([Status.OK, Status.FAILED, Status.INTERRUPTED], Status.INTERRUPTED),
+    ([Status.CANCELLED, Status.FAILED, Status.WARNING], Status.FAILED),
+    ([Status.OK, Status.CANCELLED, Status.SKIPPED], Status.CANCELLED),
+    ([Status.OK, Status.WARNING, Status.SKIPPED], Status.WARNING),
+    ([Status.OK, Status.SKIPPED], Status.OK),
+    ([Status.SKIPPED], Status.SKIPPED),
+])
+def test_a_jobs_status_is_the_worst_of_its_runs(statuses, expected):
+    assert job_status(statuses) == expected
+
+
+def test_what_every_role_sees_of_a_run_leaves_out_its_detail_and_listing():
+    registry = Registry(1)
+    job = registry.claim(Kind.RESTORE, Trigger.MANUAL, requests(Kind.RESTORE, "a"))
+    run = job.runs["a"]
+    run.status, run.error = Status.FAILED, "restore: rsync exited with code 23 (partial transfer due to error)"
+    run.detail, run.listing = "restore: rsync exited with code 23: /home/alice/secret.txt", ["home/alice/secret.txt"]
+    public = json.dumps(job.record(detail=False))
+    assert "secret" not in public and "rsync exited with code 23" in public
+    assert "detail" not in job.record(detail=False)["hosts"][0]
+    admin = job.record()["hosts"][0]
+    assert (admin["detail"], admin["listing"]) == (run.detail, run.listing)
+
+
+def test_memory_keeps_a_job_until_every_run_has_ended_and_finds_unfinished_runs_by_host_or_job():
+    registry = Registry(5)
+    job = registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "a", "b"))
+    other = registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "c"))
+    assert {r.host for r in registry.find(job_id=5)} == {"a", "b"}
+    assert {r.host for r in registry.find(hosts=["b", "c"])} == {"b", "c"}
+    job.runs["a"].status = Status.OK
+    assert [r.host for r in registry.find(job_id=5)] == ["b"] and len(registry.runs()) == 2
+    registry.forget(5)
+    assert 5 in registry.jobs  # b still runs
+    job.runs["b"].status = Status.CANCELLED
+    registry.forget(5)
+    assert list(registry.jobs) == [other.job_id]
+
+
+def test_a_run_that_no_longer_holds_a_lane_cannot_free_it_for_the_run_that_does():
+    registry = Registry(1)
+    first = registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "a")).runs["a"]
+    registry.release_all(first)
+    second = registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "a")).runs["a"]
+    registry.release(first, Lane.SNAPSHOT)  # late, from the first run's cleanup
+    assert registry.busy_run("a", Lane.SNAPSHOT) is second
+
+
+def test_a_refused_claim_uses_no_job_id():
+    registry = Registry(7)
+    registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "a"))
+    with pytest.raises(Busy):
+        registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "a"))
+    assert registry.claim(Kind.SNAPSHOT, Trigger.SCHEDULE, [Request("a", Kind.SNAPSHOT, Trigger.SCHEDULE)]) is None
+    assert registry.claim(Kind.SNAPSHOT, Trigger.MANUAL, requests(Kind.SNAPSHOT, "b")).job_id == 8

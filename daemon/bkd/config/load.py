@@ -4,10 +4,12 @@ as FILE:KEY: message, KEY being the dotted TOML path within FILE."""
 from __future__ import annotations
 
 import copy
+import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomli_w
@@ -15,8 +17,11 @@ from pydantic import ValidationError
 
 from .. import ownership
 from .models import SINK_TYPES, Config, cross_check, format_key, valid_host_name
+from .files import check_file
+from .schema import homes_of, keys_at, named_files
 
 DEFAULT_PATH = Path("/etc/bkd/bkd.toml")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # Arrays of tables that drop-ins extend instead of replacing.
 CONCATENATED = ("host", "notify")
@@ -30,10 +35,14 @@ class Problem:
     file: Path
     key: tuple
     message: str
+    warning: bool = False  # check-config only: the daemon starts, but something fails or is at risk
 
     def __str__(self) -> str:
         key = format_key(self.key)
-        return f"{self.file}:{key}: {self.message}" if key else f"{self.file}: {self.message}"
+        message = f"warning: {self.message}" if self.warning else self.message
+        line = f"{self.file}:{key}: {message}" if key else f"{self.file}: {message}"
+        # A quoted TOML key, a path or a drop-in's name may hold control characters: never the terminal's.
+        return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", line)
 
 
 class ConfigError(Exception):
@@ -97,14 +106,31 @@ def _value_text(value: object) -> str:
     return text if len(text) <= 40 else text[:40] + "…"
 
 
+def did_you_mean(loc: tuple) -> str:
+    """For an unknown key at loc (a pydantic location), the tail of its
+    message: a key of the same table it nearly is (a typo: `hosts` for
+    `host`), else the tables inside this one that have it (written a level
+    too high: `snapshot_every` outside [schedule]), else a key of this
+    table it resembles; "" when none."""
+    key, siblings = str(loc[-1]), keys_at(loc[:-1])
+    for cutoff in (0.8, 0.6):
+        close = difflib.get_close_matches(key, siblings, n=1, cutoff=cutoff)
+        if close:
+            return f"; did you mean {close[0]!r}?"
+        homes = homes_of(key, loc[:-1]) if cutoff == 0.8 else []
+        if homes:
+            return f"; it is a key of {', '.join(homes)}"
+    return ""
+
+
 def describe_error(error: dict) -> tuple[tuple, str]:
     """A pydantic error as (location in the merged TOML, message)."""
     loc, kind, msg = tuple(error["loc"]), error["type"], error["msg"]
     # A [[notify]] sink's errors carry its type as an extra location part.
     if len(loc) >= 3 and loc[0] == "notify" and loc[2] in SINK_TYPES:
         loc = loc[:2] + loc[3:]
-    if kind == "extra_forbidden":
-        return loc, "unknown key"
+    if kind == "extra_forbidden":  # with the type still in: a sink's type decides its keys
+        return loc, "unknown key" + did_you_mean(tuple(error["loc"]))
     if kind == "missing":
         return loc, "required key is missing"
     if kind == "union_tag_not_found":
@@ -172,8 +198,11 @@ DIRECTORIES = (("backup_root", "backup root"), ("state_dir", "state directory"))
 
 def check_config(path: Path, directories: bool = True) -> list[Problem]:
     """Everything `bkd check-config` reports: the config's problems and, for
-    each directory whose key has a valid value, whether this effective uid
-    can use it (SPEC §7). Creates nothing."""
+    each key with a valid value, whether it works on this machine for this
+    effective uid: the directories bkd owns (SPEC §7), the files keys name
+    and local sources. Errors are what the daemon refuses to start with;
+    warnings (directories in memory, the files) what it starts with, but
+    something fails or is at risk. Creates nothing."""
     try:
         merged, origins = read_merged(path)
     except ConfigError as e:
@@ -183,19 +212,27 @@ def check_config(path: Path, directories: bool = True) -> list[Problem]:
         return problems
     reported = {(p.file, p.key) for p in problems}
 
-    def valid(key: str) -> bool:
-        where = locate((key,), origins, path, "")
+    def valid(loc: tuple) -> bool:
+        where = locate(loc, origins, path, "")
         return (where.file, where.key) not in reported
 
     for key, what in DIRECTORIES:
-        if not valid(key):
+        if not valid((key,)):
             continue
         directory = Path(merged.get(key, Config.model_fields[key].default))
         problem = ownership.check_dir(directory, what)
         if problem:
             problems.append(locate((key,), origins, path, problem))
-        elif key == "backup_root":
+            continue
+        warning = ownership.in_memory(directory, what)
+        if warning:
+            problems.append(replace(locate((key,), origins, path, warning), warning=True))
+        if key == "backup_root":
             problems += _check_host_dirs(directory, merged, origins, path)
+    for loc, value, role in named_files(merged):
+        problem = check_file(value, role) if valid(loc) else None
+        if problem:  # a warning: the daemon starts without the file, and backs up what it can
+            problems.append(replace(locate(loc, origins, path, problem), warning=True))
     return problems
 
 

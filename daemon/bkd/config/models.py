@@ -198,6 +198,23 @@ OptionalPath = Annotated[str, AfterValidator(_check_optional_path)]
 OneLine = Annotated[str, AfterValidator(_check_one_line)]
 
 
+@dataclass(frozen=True)
+class NamedFile:
+    """In the metadata of a key that names a file, so that check-config finds
+    every such key: "read" (bkd or ssh reads it), "secret" (read, and no one
+    else should), "key" (an ssh private key: ssh ignores one that others may
+    read), "written" (bkd writes it: its directory must exist), "source" (a
+    host's source: a local one is a directory)."""
+
+    role: Literal["read", "secret", "key", "written", "source"]
+
+
+ReadFile = Annotated[OptionalPath, NamedFile("read")]
+SecretFile = Annotated[OptionalPath, NamedFile("secret")]
+PrivateKey = Annotated[OptionalPath, NamedFile("key")]
+WrittenFile = Annotated[OptionalPath, NamedFile("written")]
+
+
 # --------------------------------------------------------------------- URLs
 
 REDACTED = "...redacted..."
@@ -347,107 +364,182 @@ DEFAULT_SSH_OPTIONS = (
 )
 
 # ----------------------------------------------------------------- sections
+#
+# Every key has a one-line description and every table a docstring: `bkd
+# config sample`, `bkd init` and the bkd.toml(5) man page are written from
+# them (config/schema.py). A table with required keys gives example values
+# for them (example()), which the sample shows.
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def example(**values: object) -> ConfigDict:
+    """A table's example values for its required keys, as `bkd config sample` shows them."""
+    return ConfigDict(json_schema_extra={"examples": [values]})
+
+
 class History(Section):
-    keep: Duration = timedelta(days=400)
+    """Job history in the state database."""
+
+    keep: Duration = Field(timedelta(days=400), description=(
+        "job history older than this is pruned in the background (counts are kept)"))
 
 
 class Rpc(Section):
-    max_connections: ranged(int, 1, 65536) = 256
-    max_connections_per_uid: ranged(int, 1, 65536) = 32
-    idle_timeout: Duration = timedelta(minutes=10)
-    max_in_flight: ranged(int, 1, 1024) = 8  # requests of one connection answered at once; more wait unread
-    unread_grace: Duration = timedelta(seconds=30)  # output left unread this long closes the connection
+    """Limits of the control socket."""
+
+    max_connections: ranged(int, 1, 65536) = Field(256, description=(
+        "socket connections in total; further ones are refused at once"))
+    max_connections_per_uid: ranged(int, 1, 65536) = Field(32, description=(
+        "socket connections per client uid; at most max_connections"))
+    idle_timeout: Duration = Field(timedelta(minutes=10), description=(
+        "a connection with no request and no subscription is closed after this"))
+    max_in_flight: ranged(int, 1, 1024) = Field(8, description=(
+        "requests of one connection answered at once; more wait unread (backpressure)"))
+    unread_grace: Duration = Field(timedelta(seconds=30), description=(
+        "a connection that leaves its answers or events unread this long is closed"))
 
 
 class Schedule(Section):
-    enabled: bool = True
-    snapshot_every: Duration = timedelta(hours=1)
-    archive_every: Duration = timedelta(hours=4)
-    monthly_day: ranged(int, 1, 31) = 1
-    stale_factor: ranged(float, 1, 1000) = 2.0  # stale: newest snapshot older than this many intervals
+    """When work runs; a host may override any of these in its [host.schedule]."""
+
+    enabled: bool = Field(True, description="false: only manual runs (for tests and maintenance)")
+    snapshot_every: Duration = Field(timedelta(hours=1), description="the interval between snapshots of a host")
+    archive_every: Duration = Field(timedelta(hours=4), description=(
+        "an archive of the newest snapshot once the newest archive's snapshot is this old"))
+    monthly_day: ranged(int, 1, 31) = Field(1, description=(
+        "the day of the month for the golden copy (the month's last day if shorter)"))
+    stale_factor: ranged(float, 1, 1000) = Field(2.0, description=(
+        "a host is stale when its newest snapshot is older than this many snapshot_every"))
 
 
 class Retention(Section):
-    hourly_hours: ranged(int, 0, 876000) = 720
-    daily_days: ranged(int, 0, 36500) = 180
-    monthly_months: ranged(int, 0, 1200) = 24
+    """Which snapshots are kept: tiered, in one oldest-first pass; a host may override any of these in its
+    [host.retention]."""
+
+    hourly_hours: ranged(int, 0, 876000) = Field(720, description="keep every snapshot younger than this many hours")
+    daily_days: ranged(int, 0, 36500) = Field(180, description=(
+        "then the earliest snapshot of each (UTC) day younger than this many days"))
+    monthly_months: ranged(int, 0, 1200) = Field(24, description=(
+        "then the earliest of each month younger than this many months; older ones are deleted"))
 
 
 class Archive(Section):
-    enabled: bool = True
-    compression: Literal["gzip", "pigz", "zstd"] = "zstd"
-    level: ranged(int, 1, 19) = 3  # gzip and pigz: 1-9, a cross-field check
-    keep_days: ranged(int, 0, 36500) = 5
+    """Compressed tar archives of the newest snapshot; a host may override any of these in its [host.archive]."""
+
+    enabled: bool = Field(True, description="make archives (old ones expire by keep_days either way)")
+    compression: Literal["gzip", "pigz", "zstd"] = Field("zstd", description=(
+        "tar piped into gzip, pigz (all cores) or zstd -T0 (all cores)"))
+    level: ranged(int, 1, 19) = Field(3, description=(  # gzip and pigz: 1-9, a cross-field check
+        "the compression level; gzip and pigz take 1-9"))
+    keep_days: ranged(int, 0, 36500) = Field(5, description=(
+        "archives older than this many days are removed (the newest is kept)"))
 
 
 class Monthly(Section):
-    enabled: bool = True
-    keep_months: ranged(int, 0, 1200) = 24
+    """Monthly golden hardlink copies of a snapshot."""
+
+    enabled: bool = Field(True, description="make monthly copies")
+    keep_months: ranged(int, 0, 1200) = Field(24, description=(
+        "copies older than this many months are removed (the newest is kept)"))
 
 
 class Rsync(Section):
-    exclude_defaults: bool = True  # add DEFAULT_EXCLUDES
-    exclude: list[str] = Field(default_factory=list)  # the user's own, added to the defaults
-    bwlimit: Annotated[str, AfterValidator(_check_bwlimit)] = ""
-    timeout: Duration = timedelta(minutes=5)
+    """How rsync pulls the sources; a host may override any of these in its [host.rsync]."""
+
+    exclude_defaults: bool = Field(True, description=(  # add DEFAULT_EXCLUDES
+        "add the built-in excludes: caches, build outputs, VCS dirs, VM images, temp files, pseudo-fs"))
+    exclude: list[str] = Field(default_factory=list, description=(
+        "your own rsync patterns, added to the defaults; a leading / anchors one at the source's root"))
+    bwlimit: Annotated[str, AfterValidator(_check_bwlimit)] = Field("", description=(
+        'passed to rsync --bwlimit when set, e.g. "10m"'))
+    timeout: Duration = Field(timedelta(minutes=5), description="rsync --timeout: no I/O for this long fails the run")
 
 
 class Ssh(Section):
-    config_file: OptionalPath = ""
-    identity_file: OptionalPath = ""
-    known_hosts_file: OptionalPath = ""
-    restore_identity_file: OptionalPath = Field(
-        "", description="the key for restores to host:path (the backup key is read-only); \"\" = none: "
-                        "such a restore is refused")
-    options: list[OneLine] = Field(default_factory=lambda: list(DEFAULT_SSH_OPTIONS))
+    """How ssh reaches the sources: BatchMode=yes and StrictHostKeyChecking=yes are always passed."""
+
+    config_file: ReadFile = Field("", description="an ssh_config file (host aliases, ports, users), passed as ssh -F")
+    identity_file: PrivateKey = Field("", description="the private key bkd logs in with, passed as ssh -i")
+    known_hosts_file: ReadFile = Field("", description=(
+        "the host keys bkd trusts (UserKnownHostsFile); a host key is never accepted unseen"))
+    restore_identity_file: PrivateKey = Field("", description=(
+        "the key restores to host:path log in with (the backup key is read-only); \"\" = none"))
+    options: list[OneLine] = Field(default_factory=lambda: list(DEFAULT_SSH_OPTIONS), description=(
+        "each passed as ssh -o VALUE"))
 
 
 class Verify(Section):
-    every: Duration = timedelta(days=1)  # the background pass over a sample of each host's latest snapshot
-    sample_percent: ranged(float, 0, 100, low_open=True) = 1.0  # of the files, least recently verified first
+    """The background pass that re-hashes a sample of each host's latest snapshot against its manifest."""
+
+    every: Duration = Field(timedelta(days=1), description="how often the pass runs")
+    sample_percent: ranged(float, 0, 100, low_open=True) = Field(1.0, description=(
+        "the share of files per pass, least recently verified first; a mismatch raises an alert"))
 
 
 class Metrics(Section):
-    textfile: OptionalPath = ""  # node-exporter textfile (.prom), rewritten atomically after every run
+    """Prometheus metrics as a node-exporter textfile (bkctl metrics prints them too)."""
+
+    textfile: WrittenFile = Field("", description=(
+        'the .prom file, rewritten atomically within seconds of a change and every minute; "" = none'))
 
 
 class Alerts(Section):
-    failures_before_alert: ranged(int, 1, 1000) = 1
-    hung_after: OptionalDuration = None  # None: a run is hung once it is past its next slot
-    disk_free_percent: ranged(float, 0, 100) = 10.0
-    disk_full_days: ranged(int, 1, 3650) = 14
-    remind_every: Duration = timedelta(days=1)
-    retry_after: Duration = timedelta(seconds=30)  # a failed delivery's first retry; doubled up to 1h, for a day
+    """When alerts open, and how often their notifications are repeated."""
+
+    failures_before_alert: ranged(int, 1, 1000) = Field(1, description=(
+        "consecutive failed runs before run_failed opens"))
+    hung_after: OptionalDuration = Field(None, description=(  # None: a run is hung once past its next slot
+        'a run still going after this long is hung; "" = once it is past its next slot'))
+    disk_free_percent: ranged(float, 0, 100) = Field(10.0, description=(
+        "a disk alert when the backup root's free space or free inodes fall below this share"))
+    disk_full_days: ranged(int, 1, 3650) = Field(14, description=(
+        "... or when the growth trend fills the backup root within this many days"))
+    remind_every: Duration = Field(timedelta(days=1), description=(
+        "repeat the notification of an open, unacknowledged alert this often"))
+    retry_after: Duration = Field(timedelta(seconds=30), description=(
+        "a failed notification's first retry; then twice as long each time (at most 1h), for a day"))
 
 
 class Sink(Section):
-    name: SinkName
-    type: str
-    kinds: list[AlertKind] = Field(default_factory=list)  # [] = every kind
-    hosts: list[HostName] = Field(default_factory=list)  # [] = every host
+    """A notification sink: any number of [[notify]] tables; type decides which keys a sink takes."""
+
+    name: SinkName = Field(description="unique; what report.notify and bkctl notify test SINK use")
+    type: str = Field(description="email or webhook: which keys the sink takes")
+    kinds: list[AlertKind] = Field(default_factory=list, description=(
+        "alert kinds this sink receives; [] = every kind"))
+    hosts: list[HostName] = Field(default_factory=list, description=(
+        "hosts whose alerts this sink receives; [] = every host"))
 
 
 class EmailSink(Sink):
+    """An email sink: alerts as mail through an SMTP server."""
+
+    model_config = example(name="ops-mail", type="email", to=["ops@example.org"])
+
     type: Literal["email"]
-    smtp_host: Annotated[OneLine, AfterValidator(_nonempty)] = "localhost"
-    smtp_port: ranged(int, 1, 65535) = 25
-    security: Literal["none", "starttls", "tls"] = "none"
-    username: OneLine = ""
-    password_file: OptionalPath = ""
-    from_: Annotated[str, AfterValidator(lambda a: a and _check_address(a))] = Field("", alias="from")
-    to: list[Annotated[str, AfterValidator(_check_address)]] = Field(min_length=1)
+    smtp_host: Annotated[OneLine, AfterValidator(_nonempty)] = Field("localhost", description="the SMTP server")
+    smtp_port: ranged(int, 1, 65535) = Field(25, description="its port")
+    security: Literal["none", "starttls", "tls"] = Field("none", description="transport security")
+    username: OneLine = Field("", description="the SMTP login; needs password_file")
+    password_file: SecretFile = Field("", description="the file holding the SMTP password")
+    from_: Annotated[str, AfterValidator(lambda a: a and _check_address(a))] = Field(
+        "", alias="from", description='the sender; "" = bkd@ and the server name')
+    to: list[Annotated[str, AfterValidator(_check_address)]] = Field(min_length=1, description="the recipients")
 
 
 class WebhookSink(Sink):
+    """A webhook sink: alerts as JSON POSTed to a URL."""
+
+    model_config = example(name="chat", type="webhook", url="https://hooks.example.org/bkd")
+
     type: Literal["webhook"]
-    url: Annotated[Url, AfterValidator(_nonempty)]
-    secret_file: OptionalPath = ""  # HMAC-SHA256 key for X-Bkd-Signature; "" = unsigned
+    url: Annotated[Url, AfterValidator(_nonempty)] = Field(description=(
+        "where the alert's JSON is POSTed; shown redacted"))
+    secret_file: SecretFile = Field("", description=(
+        'the file holding the HMAC-SHA256 key for X-Bkd-Signature; "" = unsigned'))
 
 
 NotifySink = Annotated[Union[EmailSink, WebhookSink], Field(discriminator="type")]
@@ -455,15 +547,21 @@ SINK_TYPES = ("email", "webhook")
 
 
 class Heartbeat(Section):
-    url: Url = ""
-    every: Duration = timedelta(minutes=5)
+    """The backup server's own dead-man switch."""
+
+    url: Url = Field("", description='pinged every `every` while the daemon is healthy (shown redacted); "" = none')
+    every: Duration = Field(timedelta(minutes=5), description="the interval of the pings")
 
 
 class Report(Section):
-    enabled: bool = False
-    at: TimeOfDay = time(7, 0)
-    timezone: Annotated[str, AfterValidator(_check_zone)] = "UTC"
-    notify: list[str] = Field(default_factory=list)  # sink names
+    """The daily fleet digest."""
+
+    enabled: bool = Field(False, description="send the digest every day")
+    at: TimeOfDay = Field(time(7, 0), description="the time of day to send it, in timezone")
+    timezone: Annotated[str, AfterValidator(_check_zone)] = Field("UTC", description=(
+        'a zoneinfo name, e.g. "Europe/Berlin"'))
+    notify: list[str] = Field(default_factory=list, description=(  # sink names
+        "the [[notify]] sinks that receive the digest; at least one when enabled"))
 
     @property
     def zone(self) -> tzinfo:
@@ -471,11 +569,16 @@ class Report(Section):
 
 
 class Access(Section):
-    viewers: list[str] = Field(default_factory=lambda: ["bkd"])
-    operators: list[str] = Field(default_factory=lambda: ["bkd-operator"])
-    admins: list[str] = Field(default_factory=lambda: ["bkd-admin"])
-    remote_restorers: list[str] = Field(default_factory=list)
+    """Which Unix groups get which role on the socket; root and bkd's own uid are admins."""
 
+    viewers: list[str] = Field(default_factory=lambda: ["bkd"], description=(
+        "groups whose members may read status, lists and alerts"))
+    operators: list[str] = Field(default_factory=lambda: ["bkd-operator"], description=(
+        "groups whose members may also run, cancel, verify, acknowledge and silence"))
+    admins: list[str] = Field(default_factory=lambda: ["bkd-admin"], description=(
+        "groups whose members may do everything: browse, restore, prune, reload"))
+    remote_restorers: list[str] = Field(default_factory=list, description=(
+        "groups that may restore to host:path (written with bkd's SSH key: root on the sources)"))
 
 def _override_of(model: type[Section]) -> type[Section]:
     """The same section with every key optional: a host's partial override."""
@@ -495,16 +598,23 @@ OVERRIDABLE = ("schedule", "retention", "archive", "rsync")
 
 
 class Host(Section):
-    name: HostName
-    source: Annotated[str, AfterValidator(_check_source)]
-    exclude: list[str] = Field(default_factory=list)
-    ping_url: Url = ""  # healthchecks-style: URL/start, URL, URL/fail
-    pre: str = ""  # shell command run before the snapshot; failing or timing out fails the run
-    post: str = ""  # shell command run after the run, with its result in BKD_STATUS etc.
-    hook_timeout: Duration = timedelta(minutes=15)
-    rsync_path: OneLine = Field("", description="the rsync command on the host, rsync's --rsync-path "
-                                                "(e.g. \"sudo -n rsync\" for a non-root login without a forced "
-                                                "command); \"\" = rsync; only for a source over SSH")
+    """A host to back up: any number of [[host]] tables, here or in conf.d/*.toml."""
+
+    model_config = example(name="web1", source="web1:/home/")
+
+    name: HostName = Field(description="names {backup_root}/{name}/ and the archives; unique")
+    source: Annotated[str, AfterValidator(_check_source), NamedFile("source")] = Field(description=(
+        "what to back up: [user@]host:/path over SSH, or an absolute local path"))
+    exclude: list[str] = Field(default_factory=list, description=(
+        "rsync patterns added to the defaults and rsync.exclude, anchored at the source's root"))
+    ping_url: Url = Field("", description=(
+        'a healthchecks-style dead-man URL: URL/start, URL, URL/fail (shown redacted); "" = none'))
+    pre: str = Field("", description="a shell command before a snapshot run; failing or timing out fails the run")
+    post: str = Field("", description="a shell command after the run, told its result in BKD_STATUS")
+    hook_timeout: Duration = Field(timedelta(minutes=15), description=(
+        "each hook's limit; its process group is stopped after it"))
+    rsync_path: OneLine = Field("", description=(
+        "the command that starts rsync on the host (--rsync-path), e.g. \"sudo -n rsync\"; \"\" = rsync"))
     schedule: Optional[ScheduleOverride] = None
     retention: Optional[RetentionOverride] = None
     archive: Optional[ArchiveOverride] = None
@@ -538,12 +648,20 @@ class HostSettings(Section):
 
 
 class Config(Section):
-    backup_root: AbsolutePath
-    state_dir: AbsolutePath = Path("/var/lib/bkd")
-    socket: AbsolutePath = Path("/run/bkd/bkd.sock")
-    max_parallel_hosts: ranged(int, 1, 1000) = 4
-    max_parallel_heavy: ranged(int, 1, 1000) = 1
-    server_name: Annotated[str, AfterValidator(_check_server_name)] = ""  # "" = the machine's hostname
+    """Where bkd keeps its data and how much it does at once; then a table per subject."""
+
+    model_config = example(backup_root="/srv/bkd")
+
+    backup_root: AbsolutePath = Field(description=(
+        "snapshots, archives and monthly copies, in {backup_root}/{host}/ (created 0700)"))
+    state_dir: AbsolutePath = Field(Path("/var/lib/bkd"), description=(
+        "the SQLite history and the daemon's state (created 0700)"))
+    socket: AbsolutePath = Field(Path("/run/bkd/bkd.sock"), description="the control socket bkctl talks to")
+    max_parallel_hosts: ranged(int, 1, 1000) = Field(4, description="snapshot runs at once")
+    max_parallel_heavy: ranged(int, 1, 1000) = Field(1, description=(
+        "archive and monthly work at once (it competes for the same disks and cores)"))
+    server_name: Annotated[str, AfterValidator(_check_server_name)] = Field("", description=(
+        'how notifications name this server; "" = the machine\'s hostname'))
     history: History = Field(default_factory=History)
     rpc: Rpc = Field(default_factory=Rpc)
     schedule: Schedule = Field(default_factory=Schedule)

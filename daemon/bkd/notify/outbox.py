@@ -214,7 +214,7 @@ class Notifier:
 
     async def _deliver(self, row: dict, sink: EmailSink | WebhookSink) -> None:
         try:
-            notification = Notification(row["key"], row["event"], row["alert"], self.server)
+            notification = Notification(row["key"], row["event"], row["alert"], self.server, await self._audit_head())
             outcome = await sinkmod.deliver(sink, notification)
             await self._finish(row, sink, outcome)
         except STORE_ERRORS as e:  # the row stays pending: it is sent again (same key)
@@ -222,6 +222,15 @@ class Notifier:
         finally:
             self.in_flight.pop(row["id"], None)
             self.wake_outbox.set()
+
+    async def _audit_head(self) -> dict | None:
+        """The audit log's newest entry, in every notification: a copy off the server."""
+        try:
+            head = await self.store.audit.newest()
+        except STORE_ERRORS as e:  # the notification goes out without it
+            log.warning("store.read_failed", error=str(e))
+            return None
+        return {"id": head.id, "hash": head.hash}
 
     async def _finish(self, row: dict, sink, outcome: Outcome) -> None:
         attempts = row["attempts"] + 1
@@ -288,7 +297,8 @@ class Notifier:
         async def one(sink) -> dict:
             key = f"bkd-{self.instance}-test-{token}-{sink.name}"
             started = time.monotonic()
-            outcome = await sinkmod.deliver(sink, Notification(key, episodes.TEST, alert, server))
+            outcome = await sinkmod.deliver(sink, Notification(key, episodes.TEST, alert, server,
+                                                                await self._audit_head()))
             try:
                 await self.store.outbox.record_attempt(sink.name, outcome.error, clock.iso(clock.now()))
             except STORE_ERRORS as e:

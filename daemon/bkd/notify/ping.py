@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
+from bkctl.fmt import safe
 from bkctl.protocol import Kind, Status
 
 from ..config.models import redact_url
@@ -66,7 +67,8 @@ class Pinger:
         if run.status in (Status.OK, Status.WARNING):
             self.send(run.host, url, "")
         elif run.status is Status.FAILED:
-            tail = f"bkd: {run.host} job {run.job_id} {run.status}\n{run.detail or run.error or ''}\n"
+            # The log tail a person reads on the checker's page: what a host printed in it, escaped.
+            tail = f"bkd: {run.host} job {run.job_id} {run.status}\n{safe(run.detail or run.error or '')}\n"
             self.send(run.host, url, "fail", tail.encode(errors="replace")[-LOG_TAIL:])
 
     def send(self, key: str, url: str, suffix: str, body: bytes = b"") -> None:

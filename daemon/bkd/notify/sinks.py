@@ -1,4 +1,7 @@
 """What a notification looks like on each kind of sink, and delivering one.
+What people read (a mail, a webhook's `text`) renders control characters
+escaped (an operator's note, a host name in a subject); the webhook's `alert`
+keeps exact values for programs.
 
 A delivery ends in an Outcome: delivered, or failed with an error fit for
 every role (a status code or a reason; never a URL, a file name, a secret
@@ -20,6 +23,7 @@ from email.utils import formatdate
 import structlog
 
 from bkctl import report as digest_view
+from bkctl.fmt import safe, safe_tree
 
 from .. import __version__
 from ..threads import in_own_thread
@@ -32,7 +36,7 @@ TIMEOUT = 10.0  # seconds for one delivery attempt: connecting, sending, the ans
 
 WHAT = {
     "run_failed": "run failed", "stale": "no recent snapshot", "hung": "run hung",
-    "auth": "SSH login refused", "integrity": "snapshot damaged", "anomaly": "unusual changes",
+    "auth": "SSH login refused", "integrity": "integrity check failed", "anomaly": "unusual changes",
     "disk": "backup disk", "clock": "snapshots dated in the future", "notify": "notifications failing",
     "internal": "internal error",
 }
@@ -54,6 +58,7 @@ class Notification:
     event: str  # opened | reminder | resolved | test | report
     alert: dict  # the record alerts.list shows; for a report, the digest (the `report` RPC's result)
     server: str
+    audit_head: dict | None = None  # the audit log's newest entry at delivery: a copy off the server
 
 
 def server_name(configured: str) -> str:
@@ -63,16 +68,16 @@ def server_name(configured: str) -> str:
 def subject_line(n: Notification) -> str:
     """One line a person can triage from a phone: `[bkd backup1] web1: run failed (3×)`."""
     if n.event == "test":
-        return f"[bkd {n.server}] test notification"
+        return f"[bkd {safe(n.server)}] test notification"
     if n.event == REPORT:
         return digest_view.summary(n.alert)
-    alert = n.alert
+    alert = safe_tree(n.alert)
     what = WHAT.get(alert["kind"], alert["kind"])
     if alert.get("subject"):
         what += f": {alert['subject']}"
     if alert.get("count", 1) > 1:
         what += f" ({alert['count']}×)"
-    line = f"[bkd {n.server}] {alert['host'] or 'bkd'}: "
+    line = f"[bkd {safe(n.server)}] {alert['host'] or 'bkd'}: "
     if n.event == "resolved":
         return line + f"resolved: {what}"
     return line + what + (", still open" if n.event == "reminder" else "")
@@ -83,7 +88,8 @@ def webhook_body(n: Notification) -> bytes:
         return json.dumps({"event": n.event, "report": n.alert, "server": n.server, "version": __version__,
                            "idempotency_key": n.key, "text": subject_line(n)}, separators=(",", ":")).encode()
     return json.dumps({"event": n.event, "alert": n.alert, "server": n.server, "version": __version__,
-                       "idempotency_key": n.key, "text": subject_line(n)}, separators=(",", ":")).encode()
+                       "idempotency_key": n.key, "text": subject_line(n), "audit_head": n.audit_head},
+                      separators=(",", ":")).encode()
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -91,9 +97,10 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 def _details(n: Notification) -> list[tuple[str, str]]:
-    alert = n.alert
+    alert = safe_tree(n.alert)
+    head = [("audit log", digest_view.audit_line(n.audit_head).removeprefix("audit log: "))] if n.audit_head else []
     if n.event == "test":
-        return [("message", f"a test message from bkd on {n.server}: this sink works")]
+        return [("message", f"a test message from bkd on {safe(n.server)}: this sink works"), *head]
     rows = [("message", alert["message"]), ("host", alert["host"] or "-"), ("kind", alert["kind"]),
             ("state", alert["state"]), ("count", str(alert["count"])), ("since", alert["first_seen"]),
             ("last seen", alert["last_seen"])]
@@ -104,7 +111,7 @@ def _details(n: Notification) -> list[tuple[str, str]]:
                                      + (f": {alert['note']}" if alert.get("note") else "")))
     if n.event != "resolved" and alert.get("id") is not None:
         rows.append(("acknowledge", f"bkctl alerts ack {alert['id']}"))
-    return rows
+    return rows + head
 
 
 def email_message(sink: EmailSink, n: Notification) -> EmailMessage:

@@ -1,5 +1,6 @@
 """Per-host pre and post commands, run by /bin/sh with a timeout; their output
-goes into the run's log."""
+goes into the run's log (its first LOGGED_LINES lines: a hook that relays a
+host's output may print without end)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from .. import exec as bkexec
 
 log = structlog.get_logger()
 
+LOGGED_LINES = 200  # per hook run; the rest is counted
+
 
 class HookFailed(Exception):
     pass
@@ -20,8 +23,13 @@ class HookFailed(Exception):
 async def run_hook(which: str, command: str, timeout: float, env: dict[str, str]) -> None:
     """Run one hook; raise HookFailed if it exits non-zero or outlives timeout
     (then its whole process group is stopped)."""
+    lines = 0
+
     def output(line: str) -> None:
-        log.info("hook.output", hook=which, line=line)
+        nonlocal lines
+        lines += 1
+        if lines <= LOGGED_LINES:
+            log.info("hook.output", hook=which, line=line)
 
     log.info("hook.start", hook=which, command=command)
     try:
@@ -30,6 +38,9 @@ async def run_hook(which: str, command: str, timeout: float, env: dict[str, str]
                                       env={**os.environ, **env})
     except TimeoutError:
         raise HookFailed(f"{which} hook timed out after {int(timeout)}s") from None
+    finally:
+        if lines > LOGGED_LINES:
+            log.info("hook.output_not_logged", hook=which, lines=lines - LOGGED_LINES)
     if result.returncode != 0:
         last = f": {result.stderr_tail[-1]}" if result.stderr_tail else ""
         raise HookFailed(f"{which} hook exited with code {result.returncode}{last}")

@@ -71,9 +71,15 @@ def _staged_fd(root_fd: int, relative: bytes, flags: int) -> int:
     except OSError as e:
         if e.errno != errno.ENAMETOOLONG:
             raise
+    return open_beneath(root_fd, relative, flags)
+
+
+def open_beneath(root_fd: int, relative: bytes, flags: int, mode: int = 0o600) -> int:
+    """root/relative opened with flags, reached one directory at a time, no
+    symlink followed on the way."""
     parent, name = open_parent(root_fd, relative)
     try:
-        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=parent)
+        return os.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=parent)
     finally:
         os.close(parent)
 

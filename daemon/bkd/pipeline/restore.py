@@ -36,7 +36,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -263,9 +263,9 @@ def rsync_path_at(config: Config, remote: Remote, host: str) -> str:
     return next((h.rsync_path for h in hosts if h.remote and h.remote.host == remote.host), "")
 
 
-def _ssh(config: Config, host: str, *command: str) -> list[str]:
+def _ssh(config: Config, host: str, *command: str, log: str | None = None) -> list[str]:
     # ssh hands its arguments to the remote shell as one string: quote them for it.
-    return [*rsync.ssh_command(config, identity=restore_key(config)), host, "--", shlex.join(command)]
+    return [*rsync.ssh_command(config, log, identity=restore_key(config)), host, "--", shlex.join(command)]
 
 
 async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
@@ -280,14 +280,17 @@ async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
         if len(lines) < MAX_PROBE_LINES:
             lines.append(line)
 
-    result = await bkexec.run(_ssh(config, remote.destination, "sh", "-c", _PROBE, "bkd-probe", *paths),
-                              on_stdout=on_stdout)
+    with rsync.SshLog() as ssh_log:
+        result = await bkexec.run(_ssh(config, remote.destination, "sh", "-c", _PROBE, "bkd-probe", *paths,
+                                       log=ssh_log.path), on_stdout=on_stdout)
+        said = ssh_log.said()
     if lines[:1] != [PROBE_MARKER]:
-        raise InvalidArgument(f"invalid params: dest: cannot restore to {dest}: {_unusable(config, remote, result)}")
+        raise InvalidArgument(f"invalid params: dest: cannot restore to {dest}: "
+                              f"{_unusable(config, remote, result.returncode, said)}")
     found = [line for line in lines[1:] if not line.startswith(("I ", "M ", "P "))]
     if result.returncode != 0 or len(found) < 2:
         raise InvalidArgument(f"invalid params: dest: cannot look at {dest}: "
-                              + rsync.describe_failure(result.returncode, result.stderr_tail).split(": ", 1)[-1])
+                              + rsync.describe_failure(result.returncode, result.stderr_tail, said).split(": ", 1)[-1])
     *found, emptiness = found
     found += ["N"] * (len(paths) - len(found))
     identities = []
@@ -300,12 +303,12 @@ async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
                  _probed_location(lines))
 
 
-def _unusable(config: Config, remote: Remote, result: bkexec.Result) -> str:
+def _unusable(config: Config, remote: Remote, returncode: int, ssh_said: list[str]) -> str:
     """Why the restore key did not run the probe, and what to do (bkd's own words)."""
     key = config.ssh.restore_identity_file
     line = ("the line `bkd host add NAME TARGET --restore-key` prints, in root's ~/.ssh/authorized_keys "
             "(or the login's, with host.rsync_path = \"sudo -n rsync\")")
-    problem = readiness.login_problem(result.returncode, result.stderr_tail)
+    problem = readiness.login_problem(returncode, ssh_said)
     if problem == readiness.HOST_KEY:
         return (f"the host key of {remote.host} is not the one pinned in bkd's known_hosts; bkd never accepts a "
                 "changed key: verify it and re-pin it (bkd host add says how)")

@@ -1,14 +1,20 @@
-"""rsync: building its command line, reading its statistics and exit codes."""
+"""rsync: building its command line, reading its itemized list, statistics and exit codes."""
 
 from __future__ import annotations
 
 import os
 import re
 import shlex
+import shutil
 import subprocess
-from dataclasses import dataclass
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
+from .. import relpath
 from ..config.models import Config, HostSettings
 
 # rsync older than this has receiver-side path-escape bugs (CVE-2022-29154,
@@ -39,17 +45,24 @@ PARTIAL = 23
 VANISHED = 24
 SUCCESS_CODES = (0, VANISHED)
 
-# One line per changed entry: its 11-character itemize string, a space, its
-# name, and for a hard link (%L) " => " and the name it is linked to. rsync
-# escapes a control character in its output (\\x01 becomes \\#001) and then
-# also a backslash before "#" in a name (\\#134#), so the separator is unambiguous.
-ITEM_FORMAT = "%i %n"
-_TARGET_SEPARATOR = "\\#001"
-ITEMS_ON_STDOUT = ("--out-format=%i %n\x01%L",)
-_ITEM_LINE = re.compile(r"(?P<update>[<>ch.])(?P<type>[fdLDS])(?P<flags>.{9}) (?P<name>.+)", re.DOTALL)
-_DELETED_LINE = re.compile(r"\*deleting   (?P<name>.+)", re.DOTALL)
-_LOG_PREFIX = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[\d+\] ")
+# One line per entry rsync handles: its 11-character itemize string, a space,
+# its name, "//", and for a hard link (%L) " => " and the name it is linked to
+# (for a symlink " -> " and its target). rsync escapes every byte below 0x20
+# but TAB on the whole line as \#ooo (octal), and a backslash that would
+# read as such an escape as \#134, so no line holds a raw CR or LF, and a
+# literal of the format cannot be told from a name's bytes unless no name can
+# hold it: "//" is such a separator (a name is a clean relative path; a
+# directory's ends in "/", so its line ends in "///"). -8 leaves every other
+# byte as it is, whatever the locale. The log file (--log-file) cannot be
+# read exactly: it cuts a line at 2047 bytes and runs it into the next.
+ITEM_FORMAT = "%i %n//%L"
+ITEMS = ("-8", f"--out-format={ITEM_FORMAT}")
 _ESCAPE = re.compile(rb"\\#([0-7]{3})")
+_UPDATES = frozenset(b"<>ch.")
+_TYPES = frozenset(b"fdLDS")
+_DELETING = b"*deleting   "
+MAX_LINE = 1 << 20  # far above any line rsync prints (a path and a symlink target, each escaped)
+KEPT_LINES = 200  # of the lines that are neither items nor progress (the --stats block is the last of them)
 
 _STATS = {
     "Number of files": "entries",
@@ -89,13 +102,50 @@ def check_rsync(binary: str = "rsync") -> str:
     return ".".join(map(str, version))
 
 
-def ssh_command(config: Config, *, identity: str | None = None) -> list[str]:
+class SshLog:
+    """A private file the local ssh client writes its own messages to (ssh -E),
+    for one run: whether ssh itself failed, and why, is read from there and
+    never from the stderr rsync passes on, where the remote side can print
+    anything (ssh's words included). Use it in a `with` block."""
+
+    READ_LIMIT = 65536  # bytes read back: its newest messages
+
+    def __init__(self):
+        self._directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # 0700
+        self.path = os.path.join(self._directory, "log")
+
+    def said(self) -> list[str]:
+        """ssh's newest messages, one per line."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - self.READ_LIMIT))
+                data = f.read(self.READ_LIMIT)
+        except FileNotFoundError:
+            return []
+        return [line.decode("utf-8", "surrogateescape") for line in data.splitlines() if line.strip()]
+
+    def __enter__(self) -> SshLog:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def ssh_log_for(settings: HostSettings) -> SshLog | None:
+    """An SshLog for a host reached over SSH; None for a local source."""
+    return SshLog() if settings.host.is_remote else None
+
+
+def ssh_command(config: Config, log: str | None = None, *, identity: str | None = None) -> list[str]:
     """ssh as bkd runs it, logging in with identity (default: [ssh] identity_file,
-    the backup key). With a key given, ssh offers only that one (and those the
-    ssh_config names), never the agent's or ~/.ssh's: the key that works is
-    the one configured."""
+    the backup key); with log, ssh's own messages go to that file (see SshLog).
+    With a key given, ssh offers only that one (and those the ssh_config
+    names), never the agent's or ~/.ssh's: the key that works is the one
+    configured."""
     ssh = config.ssh
     argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    if log:
+        argv += ["-E", log]
     if ssh.config_file:
         argv += ["-F", ssh.config_file]
     key = ssh.identity_file if identity is None else identity
@@ -108,11 +158,13 @@ def ssh_command(config: Config, *, identity: str | None = None) -> list[str]:
     return argv
 
 
-def _remote_shell(config: Config, settings: HostSettings, shared: str | None = None) -> list[str]:
+def _remote_shell(config: Config, settings: HostSettings, shared: str | None = None,
+                  ssh_log: SshLog | None = None) -> list[str]:
     # rsync splits -e itself and honours shell-style quoting.
     if not settings.host.is_remote:
         return []
-    return ["-e", shlex.join(ssh_command(config) + (share_connection(shared) if shared else [])),
+    return ["-e", shlex.join(ssh_command(config, ssh_log and ssh_log.path)
+                             + (share_connection(shared) if shared else [])),
             *rsync_path_option(settings.host.rsync_path)]
 
 
@@ -128,11 +180,12 @@ def share_connection(control_path: str) -> list[str]:
     return ["-o", f"ControlPath={control_path}", "-o", "ControlMaster=no"]
 
 
-def ssh_master_command(config: Config, settings: HostSettings, control_path: str) -> list[str]:
+def ssh_master_command(config: Config, settings: HostSettings, control_path: str,
+                       ssh_log: SshLog | None = None) -> list[str]:
     """An ssh connection to the source host that runs nothing and lets the
     runs of one snapshot share it (one key exchange instead of one per run)."""
-    return [*ssh_command(config), "-M", "-N", "-o", f"ControlPath={control_path}", "-o", "ControlPersist=no",
-            "--", settings.host.remote.destination]
+    return [*ssh_command(config, ssh_log and ssh_log.path), "-M", "-N", "-o", f"ControlPath={control_path}",
+            "-o", "ControlPersist=no", "--", settings.host.remote.destination]
 
 
 def source_of(settings: HostSettings) -> str:
@@ -141,13 +194,13 @@ def source_of(settings: HostSettings) -> str:
     return remote.at(path) if remote else path
 
 
-def reachability_command(config: Config, settings: HostSettings) -> list[str]:
+def reachability_command(config: Config, settings: HostSettings, ssh_log: SshLog | None = None) -> list[str]:
     """List the top of the source: proves SSH, the remote rsync and read access,
     and writes nothing anywhere. The local rsync also prints the protocol the
     remote one speaks (remote_protocol; a restricted key lets nothing else run)."""
     timeout = int(settings.rsync.timeout.total_seconds())
-    return ["rsync", "--list-only", "--debug=proto", f"--timeout={timeout}", *_remote_shell(config, settings),
-            "--", source_of(settings)]
+    return ["rsync", "--list-only", "--debug=proto", f"--timeout={timeout}",
+            *_remote_shell(config, settings, ssh_log=ssh_log), "--", source_of(settings)]
 
 
 # rsync 3.4.0 raised its protocol to 32 "to make it easier for administrators to
@@ -173,7 +226,8 @@ _MIRROR = ["--delete", "--delete-excluded"]
 
 def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_dests: list[Path], *,
                      dry_run: bool = False, progress: bool = True, mirror: bool = True,
-                     extra: tuple[str, ...] = (), shared: str | None = None) -> list[str]:
+                     extra: tuple[str, ...] = (), shared: str | None = None,
+                     ssh_log: SshLog | None = None) -> list[str]:
     """rsync SOURCE/ DEST/: the source's contents become the snapshot's root."""
     rsync = settings.rsync
     argv = ["rsync", *_PRESERVE, *(_MIRROR if mirror else []), "--stats",
@@ -187,65 +241,62 @@ def snapshot_command(config: Config, settings: HostSettings, dest: Path, link_de
     argv += list(extra)
     argv += [f"--link-dest={path}" for path in link_dests]
     argv += [f"--exclude={pattern}" for pattern in settings.excludes]
-    argv += _remote_shell(config, settings, shared)
+    argv += _remote_shell(config, settings, shared, ssh_log)
     argv += ["--", source_of(settings), f"{dest}/"]
     return argv
 
 
-def compare_command(config: Config, settings: HostSettings, previous: Path, shared: str | None = None) -> list[str]:
+def compare_command(config: Config, settings: HostSettings, previous: Path, shared: str | None = None,
+                    ssh_log: SshLog | None = None) -> list[str]:
     """A dry run of the source against the previous snapshot: what a snapshot
     changes, touching nothing and reading no file data. Its stdout is the
-    itemized list alone (no progress is interleaved), one line per change."""
-    return snapshot_command(config, settings, previous, [], dry_run=True, progress=False, extra=ITEMS_ON_STDOUT,
-                            shared=shared)
+    itemized list (no progress is interleaved), one line per change."""
+    return snapshot_command(config, settings, previous, [], dry_run=True, progress=False, extra=ITEMS,
+                            shared=shared, ssh_log=ssh_log)
 
 
 def fetch_command(config: Config, settings: HostSettings, dest: Path, previous: Path, files_from: Path,
-                  item_log: str, shared: str | None = None) -> list[str]:
+                  shared: str | None = None, ssh_log: SshLog | None = None) -> list[str]:
     """Copy only the listed entries (NUL-separated, relative, none of them a
-    non-directory present in dest) from the source, linking or copying
-    unchanged data from the previous snapshot. Without --delete or recursion
-    it touches nothing else in dest; for an entry missing in dest, --link-dest
-    only links an identical file or writes a new one, never changes the old."""
+    non-directory present in dest, except private copies made for it) from the
+    source, linking or copying unchanged data from the previous snapshot.
+    Without --delete or recursion it touches nothing else in dest; for an
+    entry missing in dest, --link-dest only links an identical file or writes
+    a new one, never changes the old. -ii itemizes every listed entry that
+    exists, changed or not: its type as the source has it now."""
     return snapshot_command(config, settings, dest, [previous], mirror=False,
-                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args",
-                                   *log_items(item_log)), shared=shared)
+                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args", "-ii", *ITEMS),
+                            shared=shared, ssh_log=ssh_log)
 
 
 def refetch_command(config: Config, settings: HostSettings, dest: Path, files_from: Path,
-                    shared: str | None = None) -> list[str]:
+                    shared: str | None = None, ssh_log: SshLog | None = None) -> list[str]:
     """Fetch the listed files again in full (NUL-separated, relative, none of
     them present in dest): without --link-dest nothing is linked to, or
     copied from, the damaged copy an older snapshot holds at that path."""
     return snapshot_command(config, settings, dest, [], mirror=False, progress=False,
-                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args"), shared=shared)
+                            extra=(f"--files-from={files_from}", "--from0", "--ignore-missing-args"), shared=shared,
+                            ssh_log=ssh_log)
 
 
-def root_command(config: Config, settings: HostSettings, dest: Path, shared: str | None = None) -> list[str]:
+def root_command(config: Config, settings: HostSettings, dest: Path, shared: str | None = None,
+                 ssh_log: SshLog | None = None) -> list[str]:
     """The source's top directory itself (owner, mode, times, xattrs, ACLs) onto
     dest's, and nothing in it: a --files-from list cannot name it, since
     rsync copies the contents of a listed "."."""
     return snapshot_command(config, settings, dest, [], mirror=False, progress=False, extra=("--exclude=*",),
-                            shared=shared)
-
-
-def log_items(path: str) -> tuple[str, ...]:
-    """Itemize into a log file of its own (a Channel's pipe): each entry rsync's
-    local processes handle, one whole line each, apart from the progress on stdout."""
-    return (f"--log-file={path}", f"--log-file-format={ITEM_FORMAT}")
+                            shared=shared, ssh_log=ssh_log)
 
 
 _REGULAR_COUNTS = {"entries": "files", "created": "created_files", "deleted": "deleted_files"}
 
 
-def unescape_name(name: str) -> bytes:
-    """rsync writes unprintable bytes of a name as \\#ooo (octal)."""
-    raw = os.fsencode(name)
-    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), raw) if b"\\#" in raw else raw
+def unescape(text: bytes) -> bytes:
+    """What rsync wrote as \\#ooo (octal) back to the byte it stands for."""
+    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), text) if b"\\#" in text else text
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One itemized entry. update: '>' received, 'c' created locally, 'h' hard
     link, '.' attributes only, '*' deleted; type: f d L D S ('' when deleted)."""
 
@@ -272,16 +323,113 @@ class Item:
                 and not self.is_new and bool(self.flags.strip(". ")))
 
 
-def parse_item(line: str) -> Item | None:
-    """An itemized line (ITEM_FORMAT in a log file, ITEMS_ON_STDOUT), or None."""
-    line, _, target = _LOG_PREFIX.sub("", line, count=1).partition(_TARGET_SEPARATOR)
-    if match := _ITEM_LINE.fullmatch(line):
-        linked = unescape_name(target[4:]) if target.startswith(" => ") else None
-        return Item(match["update"], match["type"], match["flags"], unescape_name(match["name"]).rstrip(b"/"),
-                    linked)
-    if match := _DELETED_LINE.fullmatch(line):
-        return Item("*", "", "", unescape_name(match["name"]).rstrip(b"/"))
-    return None
+def _inside(name: bytes) -> bool:
+    # relpath.inside, with its split only for the few names that hold "..".
+    return bool(name) and name[0] != 0x2F and (b".." not in name or relpath.inside(name))
+
+
+def parse_item(line: bytes) -> Item | None:
+    """One line of ITEM_FORMAT, exactly; None if it is not one. A name must
+    stay inside the tree: rsync prints the sender's messages too, and a
+    hostile host's must not make bkd touch anything outside its snapshot."""
+    if len(line) < 15 or line[11] != 0x20:
+        return None
+    end = line.find(b"//", 12)
+    if end < 0:
+        return None
+    name = unescape(line[12:end])
+    if not _inside(name):
+        return None
+    if line[0] == 0x2A:  # "*deleting   NAME//"
+        return Item("*", "", "", name) if line.startswith(_DELETING) else None
+    if line[0] not in _UPDATES or line[1] not in _TYPES:
+        return None
+    linked = None
+    if line.startswith(b" => ", end + 2):
+        linked = unescape(line[end + 6:])
+        if not _inside(linked):
+            return None
+    code = line[:11].decode("latin-1")
+    return Item(code[0], code[1], code[2:], name, linked)
+
+
+class Output:
+    """rsync's stdout, read in chunks as they come (exec.run's on_stdout_bytes):
+    each item line goes to on_item; of the --info=progress2 lines (each
+    starts with a CR, which no escaped item holds) only the newest is parsed,
+    at most every `every` seconds and once at the end; the other lines (the
+    --stats block, messages) are kept, the last KEPT_LINES of them. Splitting
+    a chunk costs one pass in C; a line costs a few byte comparisons."""
+
+    def __init__(self, on_item: Callable[[Item], None] | None = None,
+                 on_progress: Callable[[dict], None] | None = None, every: float = 0.2):
+        self.on_item = on_item
+        self.on_progress = on_progress
+        self.every = every
+        self.lines: deque[str] = deque(maxlen=KEPT_LINES)
+        self.dropped = 0  # lines longer than MAX_LINE: not rsync's
+        self.cpu_s = 0.0  # spent reading, on the calling thread
+        self._pending = b""
+        self._skipping = False  # inside a line being dropped
+        self._progress: bytes | None = None  # the newest progress line, not yet reported
+        self._reported = float("-inf")
+
+    def feed(self, chunk: bytes) -> None:
+        started = time.thread_time()
+        lines = chunk.split(b"\n")
+        lines[0] = self._pending + lines[0]
+        self._pending = lines.pop()
+        if self._skipping:  # inside a line being dropped, up to its end
+            if lines:
+                lines.pop(0)
+                self._skipping = False
+            else:
+                self._pending = b""
+        if b"\r" in self._pending:
+            # The progress of one large file: CR after CR, no LF until it is
+            # done. Each segment followed by another CR is complete.
+            done, _, unfinished = self._pending.rpartition(b"\r")
+            if self.on_progress and (newest := done.rpartition(b"\r")[2]):
+                self._progress = newest
+            self._pending = b"\r" + unfinished
+        if len(self._pending) > MAX_LINE:
+            self._pending, self._skipping = b"", True
+            self.dropped += 1
+        for line in lines:
+            self._line(line)
+        if self._progress is not None and time.monotonic() - self._reported >= self.every:
+            self._report()
+        self.cpu_s += time.thread_time() - started
+
+    def close(self) -> None:
+        """The stream has ended: its last line, and the last progress."""
+        if self._pending and not self._skipping:
+            self._line(self._pending)
+        self._pending = b""
+        if self._progress is not None:
+            self._report()
+
+    def _line(self, line: bytes) -> None:
+        if b"\r" in line:
+            *progress, line = line.split(b"\r")
+            if self.on_progress:
+                self._progress = next((p for p in reversed(progress) if p), self._progress)
+            if line[11:12] != b" " or (item := parse_item(line)) is None:
+                if line and self.on_progress:
+                    self._progress = line
+                return
+        elif line[11:12] != b" " or (item := parse_item(line)) is None:
+            if line:
+                self.lines.append(line.decode("utf-8", "surrogateescape"))
+            return
+        if self.on_item:
+            self.on_item(item)
+
+    def _report(self) -> None:
+        parsed = parse_progress(self._progress.decode("ascii", "replace"))
+        self._progress, self._reported = None, time.monotonic()
+        if parsed and self.on_progress:
+            self.on_progress(parsed)
 
 
 def items_match_stats(items: list[Item], stats: dict) -> bool:
@@ -316,11 +464,6 @@ def parse_stats(lines: list[str]) -> dict:
     return stats
 
 
-def looks_like_progress(line: str) -> bool:
-    """A cheap test for an --info=progress2 line (parse_progress is exact)."""
-    return line.endswith((")", "  ")) and "%" in line and "B/s" in line
-
-
 def parse_progress(line: str) -> dict | None:
     """One --info=progress2 line as {percent, bytes, rate, eta_s}; None if it is not one."""
     match = _PROGRESS_LINE.fullmatch(line)
@@ -344,17 +487,26 @@ _SSH_FAILURE = re.compile(r"^ssh: |Connection (refused|timed out|closed by)|No r
                           r"REMOTE HOST IDENTIFICATION HAS CHANGED")
 
 
-def ssh_failed(returncode: int, stderr_tail: list[str]) -> bool:
-    """rsync's exit code alone does not tell (it may be 255, 12 or 5): ssh's messages do."""
-    return returncode == 255 or any(_SSH_FAILURE.search(line) for line in stderr_tail)
+def ssh_failed(returncode: int, ssh_said: list[str] | None) -> bool:
+    """rsync's exit code alone does not tell (it may be 255, 12 or 5): ssh's own
+    messages (SshLog) do — never the stderr rsync passes on, where the host
+    writes (and a remote command may exit 255 too). Without ssh's log (None),
+    the exit code 255 is all there is to go by."""
+    if ssh_said is None:
+        return returncode == 255
+    return any(_SSH_FAILURE.search(line) for line in ssh_said)
 
 
 DISK_FULL = "the backup disk is full"
+UNEXPLAINED = "unexplained error"  # rsync's name for 255 when ssh itself did not fail
 # Every meaning describe_failure gives an exit code (outcomes.py rebuilds errors from them).
-MEANINGS = frozenset({*EXIT_CODES.values(), DISK_FULL, "unknown error"})
+MEANINGS = frozenset({*EXIT_CODES.values(), DISK_FULL, UNEXPLAINED, "unknown error"})
 
 
-def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
+def describe_failure(returncode: int, stderr_tail: list[str], ssh_said: list[str] | None = None) -> str:
+    """One line for admins: the exit code's meaning, then the newest of ssh's
+    own messages (SshLog.said, when there is one) and of rsync's stderr (each
+    line already bounded by bkd.exec)."""
     meaning = EXIT_CODES.get(returncode, "unknown error")
     boilerplate = ("rsync error:", "rsync: connection unexpectedly closed")
     detail = [line.strip() for line in stderr_tail
@@ -362,7 +514,11 @@ def describe_failure(returncode: int, stderr_tail: list[str]) -> str:
     # For these rsync's exit code depends on which of its processes notices first.
     if any("No space left on device" in line for line in detail):
         meaning = DISK_FULL
-    elif ssh_failed(returncode, stderr_tail):
+    elif returncode and ssh_failed(returncode, ssh_said):
         meaning = EXIT_CODES[255]
+    elif returncode == 255:
+        meaning = UNEXPLAINED
     message = f"rsync exited with code {returncode} ({meaning})"
-    return f"{message}: {'; '.join(detail[-3:])}" if detail else message
+    said = [line.strip() if line.startswith("ssh: ") else f"ssh: {line.strip()}" for line in (ssh_said or [])[-3:]]
+    shown = said + detail[-3:]
+    return f"{message}: {'; '.join(shown)}" if shown else message

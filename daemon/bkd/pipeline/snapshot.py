@@ -20,10 +20,10 @@ from pathlib import Path
 
 import structlog
 
-from .. import clock
+from .. import clock, failures
 from .. import exec as bkexec
 from ..config.models import Config, HostSettings
-from ..fsutil import fsync_dir, make_private_dir, replace_symlink, syncfs, write_atomic
+from ..fsutil import copy_sparse, fsync_dir, make_private_dir, punch_holes_like, replace_symlink, syncfs, write_atomic
 from ..layout import PARTIAL_PREFIX, HostDir, SnapshotName
 from . import damage, manifest, rsync
 from .linktree import link_tree
@@ -35,7 +35,12 @@ PROGRESS_EVERY = 0.2  # seconds; the engine publishes less often still
 
 
 class SnapshotFailed(Exception):
-    """The run failed; the previous snapshot is untouched and no partial is left."""
+    """The run failed; the previous snapshot is untouched and no partial is left.
+    refusal: the local ssh client reported a refused login or host key (failures.py)."""
+
+    def __init__(self, message: str, refusal: str | None = None):
+        super().__init__(message)
+        self.refusal = refusal
 
 
 @dataclass
@@ -66,7 +71,8 @@ def _deleted_files(previous_files: int | None, stats: dict) -> int:
 
 async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool = False,
                         control: RunControl | None = None, previous_files: int | None = None,
-                        on_progress: Callable[[dict], None] | None = None) -> SnapshotResult:
+                        on_progress: Callable[[dict], None] | None = None,
+                        ssh_log: rsync.SshLog | None = None) -> SnapshotResult:
     control = control or RunControl()
     host_dir = HostDir.of(config.backup_root, settings.host.name)
     started = clock.now()
@@ -74,7 +80,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
-    transfer = _Transfer(config, settings, host_dir, staging, on_progress)
+    transfer = _Transfer(config, settings, host_dir, staging, on_progress, ssh_log)
     if previous and not dry_run:
         # Files verify found damaged in the previous snapshot: fetched again in full, never linked to it.
         transfer.refetch = await asyncio.to_thread(damage.Ledger(host_dir).refetch, str(previous))
@@ -91,7 +97,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     _remove_lists(host_dir)  # left by a run that died; only one run per host at a time
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
              resume_from=[p.name for p in interrupted], refetch=len(transfer.refetch))
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     try:
         if previous and not interrupted:
             stats, checksums = await transfer.incremental(previous)
@@ -118,6 +124,10 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
     log.info("snapshot.complete", snapshot=str(name), **stats)
+    # The daemon's CPU time (all its threads) and what reading rsync's output
+    # and hashing beside it took of it: bench/snapshot.py reports them.
+    log.info("snapshot.cpu", process_s=round(time.process_time() - cpu0, 3),
+             reading_s=round(transfer.reading_cpu_s, 3), hashing_beside_s=round(transfer.hashing_cpu_s, 3))
     status = "warning" if transfer.warning else "ok"
     return SnapshotResult(status, str(name), stats, transfer.warning)
 
@@ -128,66 +138,65 @@ LIST_PREFIX = ".files-"
 class _Transfer:
     """The rsync runs of one snapshot into one staging directory."""
 
-    def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress):
+    def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress,
+                 ssh_log: rsync.SshLog | None = None):
         self.config, self.settings, self.host_dir, self.staging = config, settings, host_dir, staging
         self.on_progress = on_progress
+        self.ssh_log = ssh_log  # what the local ssh client says, apart from the host's stderr
         self.warnings: list[str] = []
         self.shared: str | None = None  # the ssh master's socket while one runs
         self.hashing_after_s = 0.0  # hashing left when the copy ended: part of the manifest step
         self.refetch: dict[bytes, int] = {}  # path → the damaged inode the previous snapshot holds there
+        self.reading_cpu_s = 0.0  # CPU time spent reading rsync's output (bench/snapshot.py reports it)
+        self.hashing_cpu_s = 0.0  # CPU time of the hasher beside the transfer
 
     @property
     def warning(self) -> str | None:
         return "; ".join(self.warnings) or None
 
-    def _progress_and_stats(self, lines: list[str], phase: str = "transfer") -> Callable[[str], None]:
-        """stdout of a run with --info=progress2: progress to on_progress (rsync
-        prints a line per file: at most one every PROGRESS_EVERY seconds, and
-        the last before the statistics), the rest (--stats) to lines."""
-        last, skipped = 0.0, None
-
-        def report(parsed: dict) -> None:
-            if self.on_progress:
+    def _output(self, on_item: Callable[[rsync.Item], None] | None = None, phase: str | None = "transfer"
+                ) -> rsync.Output:
+        """A reader of an rsync's stdout: its items to on_item, its progress
+        (rsync prints a line per file) to on_progress at most every
+        PROGRESS_EVERY seconds and once at the end, tagged with phase."""
+        report = None
+        if phase and self.on_progress:
+            def report(parsed: dict) -> None:
                 self.on_progress({**parsed, "phase": phase})
+        return rsync.Output(on_item, report, PROGRESS_EVERY)
 
-        def on_stdout(line: str) -> None:
-            nonlocal last, skipped
-            if rsync.looks_like_progress(line) and (parsed := rsync.parse_progress(line)):
-                now = time.monotonic()
-                if now - last < PROGRESS_EVERY:
-                    skipped = parsed
-                else:
-                    last, skipped = now, None
-                    report(parsed)
-                return
-            if skipped:
-                report(skipped)
-                skipped = None
-            lines.append(line)
-        return on_stdout
-
-    async def _rsync(self, argv: list[str], *, on_failure: type[SnapshotFailed] = SnapshotFailed,
-                     **kwargs) -> bkexec.Result:
-        """Run an rsync; fail unless it exits 0 or 24 (a warning); exit 23 (some
-        entries could not be copied) raises on_failure. rsync's --timeout misses
-        a remote rsync that is frozen while ssh keeps the connection up (both
-        ends still trade keepalives): bkd stops one that moves no data for as long."""
+    async def _rsync(self, argv: list[str], output: rsync.Output, *,
+                     on_failure: type[SnapshotFailed] = SnapshotFailed) -> bkexec.Result:
+        """Run an rsync, its stdout read by output; fail unless it exits 0 or 24
+        (a warning); exit 23 (some entries could not be copied) raises
+        on_failure. rsync's --timeout misses a remote rsync that is frozen while
+        ssh keeps the connection up (both ends still trade keepalives): bkd
+        stops one that moves no data for as long."""
         try:
-            result = await bkexec.run(argv, stall=self.settings.rsync.timeout.total_seconds(), **kwargs)
+            result = await bkexec.run(argv, on_stdout_bytes=output.feed,
+                                      stall=self.settings.rsync.timeout.total_seconds())
         except bkexec.Stalled as e:
             raise SnapshotFailed(f"rsync hung: {e} (rsync.timeout); its processes were stopped") from None
+        finally:
+            self.reading_cpu_s += output.cpu_s
+        output.close()
+        if output.dropped:
+            log.warning("snapshot.output_dropped", lines=output.dropped, longer_than=rsync.MAX_LINE)
         if result.returncode not in rsync.SUCCESS_CODES:
             failure = on_failure if result.returncode == rsync.PARTIAL else SnapshotFailed
-            raise failure(rsync.describe_failure(result.returncode, result.stderr_tail))
+            said = self.ssh_log.said() if self.ssh_log else []
+            raise failure(rsync.describe_failure(result.returncode, result.stderr_tail, said),
+                          failures.ssh_refusal(said))
         if result.returncode == rsync.VANISHED and "--dry-run" not in argv:
             self.warnings.append(rsync.describe_failure(result.returncode, result.stderr_tail))
         return result
 
     async def dry_run(self, link_dests: list[Path]) -> list[str]:
-        lines: list[str] = []
-        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, dry_run=True)
-        await self._rsync(argv, on_stdout=self._progress_and_stats(lines))
-        return lines
+        output = self._output()
+        argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, dry_run=True,
+                                      ssh_log=self.ssh_log)
+        await self._rsync(argv, output)
+        return list(output.lines)
 
     async def pull(self, link_dests: list[Path], previous: SnapshotName | None) -> tuple[dict, list[bytes]]:
         """rsync into the empty staging directory (--link-dest when there is
@@ -195,18 +204,27 @@ class _Transfer:
         next ones; a walk by inode afterwards makes the manifest exact (unless
         nothing was linked and every file rsync counted was hashed)."""
         hasher = _Hasher(self.staging)
-        lines: list[str] = []
+        copied: list[bytes] = []  # files rsync copied from a link-dest: every byte written, holes too
+
+        def on_item(item: rsync.Item) -> None:
+            hasher.on(item)
+            if item.update == "c" and item.type == "f":
+                copied.append(item.name)
+
+        output = self._output(on_item)
         try:
-            with bkexec.Channel(hasher.on_item) as channel:
-                argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests,
-                                              extra=rsync.log_items(channel.path))
-                await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel)
+            argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, extra=rsync.ITEMS,
+                                          ssh_log=self.ssh_log)
+            await self._rsync(argv, output)
             refetched = await self._refetch_linked() if link_dests else {}
             started = time.monotonic()
             known = await hasher.finish()
         finally:
             hasher.close()
-        stats = rsync.parse_stats(lines)
+            self.hashing_cpu_s += hasher.cpu_s
+        if copied:
+            await asyncio.to_thread(_holes_again, self.staging, link_dests, copied)
+        stats = rsync.parse_stats(output.lines)
         _add_refetched(stats, refetched)
         previous_dir = self.host_dir.hourly / str(previous) if previous else None
         old = await asyncio.to_thread(manifest.read, self.host_dir.manifest_file(previous)) if previous else None
@@ -227,7 +245,8 @@ class _Transfer:
             return await self._compare_and_copy(previous)
         directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # private (0700), and short enough for a socket
         self.shared = os.path.join(directory, "master")
-        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared)))
+        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared,
+                                                                         self.ssh_log)))
         try:
             return await self._compare_and_copy(previous)
         finally:
@@ -251,37 +270,39 @@ class _Transfer:
            new one. Whatever the source does meanwhile, no step changes an
            inode that the previous snapshot shares.
 
-        If the source changed so much between 1 and 3 that rsync cannot copy
-        the list (exit 23: a listed file's directory is gone), the snapshot is
-        taken in one pass with --link-dest instead."""
+        A file whose attributes alone changed gets a private copy of its data
+        in step 2 (holes kept), which step 3 gives its new attributes: rsync's
+        own local copy of it would write every byte of a sparse file.
+
+        If the source changed between 1 and 3 so that the copy does not match
+        the list — rsync cannot copy it (exit 23: a listed file's directory is
+        gone), or it reports an entry with another type than the compare did
+        (a directory swapped for a symlink, or back) — the snapshot is taken
+        in one pass with --link-dest instead."""
         previous_dir = self.host_dir.hourly / str(previous)
         estimate = _Estimate(self.on_progress)
         reading = asyncio.create_task(asyncio.to_thread(manifest.read_lines, self.host_dir.manifest_file(previous)))
         reading.add_done_callback(lambda task: task.cancelled() or task.exception() or estimate.knows(task.result()))
         changes: list[rsync.Item] = []
-        summary: list[str] = []  # --stats
 
-        def on_change(line: str) -> None:
-            item = rsync.parse_item(line)
-            if item is None:
-                summary.append(line)
-            else:
-                changes.append(item)
-                estimate.at(item.name)
+        def on_change(item: rsync.Item) -> None:
+            changes.append(item)
+            estimate.at(item.name)
 
-        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir, self.shared),
-                              on_stdout=on_change)
+        output = self._output(on_change, phase=None)
+        compare = self._rsync(rsync.compare_command(self.config, self.settings, previous_dir, self.shared,
+                                                    self.ssh_log), output)
         failure, _ = await estimate.during(_together(link_tree(previous_dir, self.staging), compare))
         if failure:
             raise SnapshotFailed(f"cannot hardlink the previous snapshot: {failure}")
         old_lines = await reading  # read meanwhile
-        compared = rsync.parse_stats(summary)
+        compared = rsync.parse_stats(output.lines)
         if not rsync.items_match_stats(changes, compared):
-            # Cannot happen on a channel of its own; if it ever does, one pass.
+            # Cannot happen with rsync's own output; if it ever does, one pass.
             log.error("snapshot.compare_unaccounted", items=len(changes), stats=compared)
             return await self._in_one_pass(previous)
         plan = _Plan(changes, self.refetch)
-        await asyncio.to_thread(plan.clear, self.staging)
+        private = await asyncio.to_thread(plan.clear, self.staging, previous_dir)
         stats = {key: compared.get(key, 0) for key in ("entries", "created", "created_files", "deleted", "bytes")}
         stats.update(changed_files=0, transferred_bytes=0, received_bytes=0)
         known: dict[bytes, manifest.Hashed] = {}
@@ -290,13 +311,14 @@ class _Transfer:
             if plan.refetch:  # first: the fetch then sets the times of the directories they are in
                 _add_refetched(stats, await self._refetch(plan.refetch))
             if plan.fetch:
-                known, copied, fetched = await self._fetch(previous_dir, plan)
+                known, copied, fetched = await self._fetch(previous_dir, plan, private)
                 stats.update(changed_files=fetched.get("changed_files", 0),
                              **{key: stats[key] + fetched.get(key, 0) for key in ("transferred_bytes",
                                                                                   "received_bytes")})
             if plan.root:
-                await self._rsync(rsync.root_command(self.config, self.settings, self.staging, self.shared),
-                                  on_failure=_SourceMoved)
+                await self._rsync(rsync.root_command(self.config, self.settings, self.staging, self.shared,
+                                                     self.ssh_log),
+                                  self._output(phase=None), on_failure=_SourceMoved)
         except _SourceMoved as e:
             log.warning("snapshot.source_moved", error=str(e), fallback="one pass with --link-dest")
             return await self._in_one_pass(previous)
@@ -306,56 +328,66 @@ class _Transfer:
         stats["manifest_s"] = round(self.hashing_after_s + time.monotonic() - started, 3)
         return stats, checksums
 
-    async def _fetch(self, previous_dir: Path, plan: _Plan) -> tuple[dict[bytes, manifest.Hashed], set[bytes], dict]:
+    async def _fetch(self, previous_dir: Path, plan: _Plan, private: set[bytes]
+                     ) -> tuple[dict[bytes, manifest.Hashed], set[bytes], dict]:
         """Step 3: copy the planned entries, hashing files as they arrive.
-        Also returns the files rsync copied from the previous snapshot (same
-        content, other attributes)."""
+        Also returns the files that hold the previous snapshot's data under
+        other attributes (rsync's copies, and the private copies of step 2
+        that it gave their new attributes)."""
         files_from = self.host_dir.meta / f"{LIST_PREFIX}{self.staging.name}"
         hasher = _Hasher(self.staging)
         fetched: list[rsync.Item] = []
 
-        def on_fetched(line: str) -> None:
-            if item := rsync.parse_item(line):
-                fetched.append(item)
-                if item.update != "c":  # a local copy of the previous snapshot's file: its checksum is known
-                    hasher.on(item)
+        def on_fetched(item: rsync.Item) -> None:
+            fetched.append(item)
+            if item.update != "c":  # a local copy of the previous snapshot's file: its checksum is known
+                hasher.on(item)
 
-        lines: list[str] = []
         try:
-            with bkexec.Channel(on_fetched) as channel:
-                await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in plan.fetch))
-                argv = rsync.fetch_command(self.config, self.settings, self.staging, previous_dir, files_from,
-                                           channel.path, self.shared)
-                await self._rsync(argv, on_stdout=self._progress_and_stats(lines), channel=channel,
-                                  on_failure=_SourceMoved)
+            await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in plan.fetch))
+            argv = rsync.fetch_command(self.config, self.settings, self.staging, previous_dir, files_from,
+                                       self.shared, self.ssh_log)
+            output = self._output(on_fetched)
+            await self._rsync(argv, output, on_failure=_SourceMoved)
             finishing = time.monotonic()
             known = await hasher.finish()
             self.hashing_after_s = time.monotonic() - finishing
         finally:
             hasher.close()
+            self.hashing_cpu_s += hasher.cpu_s
             files_from.unlink(missing_ok=True)
-        in_place = sorted({item.name for item in fetched if item.in_place and item.update == "."})
+        if moved := plan.moved(fetched):
+            raise _SourceMoved(f"{os.fsdecode(moved)!r} is not what the compare listed any more")
+        in_place = sorted({item.name for item in fetched if item.in_place and item.update == "."} - private)
         if in_place:  # cannot happen by construction: say so loudly if it ever does
             names = ", ".join(os.fsdecode(name) for name in in_place[:5])
             log.error("snapshot.shared_inode_changed", files=len(in_place), examples=names)
             self.warnings.append(f"rsync changed the metadata of {len(in_place)} existing file(s) in place: {names}")
+        # rsync lists every entry it found (-ii): a private copy it did not
+        # list is gone from the source, and one it wrote anew holds new data.
+        listed = {item.name for item in fetched}
+        gone = private - listed
+        if gone:
+            await asyncio.to_thread(_remove_entries, self.staging, gone)
+        written = {item.name for item in fetched if item.wrote_file}
         copied = {item.name for item in fetched if item.update == "c" and item.type == "f"}
-        return known, copied, rsync.parse_stats(lines)
+        return known, copied | ((private & listed) - written), rsync.parse_stats(output.lines)
 
     async def _refetch(self, names: list[bytes]) -> dict:
         """Fetch names (none of them in the staging directory) again in full,
         without --link-dest: each is a damaged copy in the previous snapshot
         (verify found it) that rsync's quick check would link or copy again."""
         files_from = self.host_dir.meta / f"{LIST_PREFIX}refetch-{self.staging.name}"
-        lines: list[str] = []
+        output = self._output(phase=None)
         try:
             await asyncio.to_thread(files_from.write_bytes, b"".join(name + b"\0" for name in names))
             await self._rsync(rsync.refetch_command(self.config, self.settings, self.staging, files_from,
-                                                    self.shared), on_stdout=lines.append, on_failure=_SourceMoved)
+                                                    self.shared, self.ssh_log),
+                              output, on_failure=_SourceMoved)
         finally:
             files_from.unlink(missing_ok=True)
         log.info("snapshot.refetched", files=len(names))
-        return {"refetched_files": len(names), **rsync.parse_stats(lines)}
+        return {"refetched_files": len(names), **rsync.parse_stats(output.lines)}
 
     async def _refetch_linked(self) -> dict:
         """After a --link-dest pass, which linked each damaged copy again, or
@@ -433,6 +465,9 @@ class _Plan:
         fetch = {item.name for item in kept} | {item.linked_to for item in kept if item.linked_to is not None}
         self.directories = {item.name for item in kept if item.type == "d"}
         self.files = [item.name for item in kept if item.type == "f"]
+        # Same data, other attributes: given a private copy before the fetch.
+        self.attributes_only = [item.name for item in kept if item.update == "." and item.type == "f"
+                                and not item.is_new]
         # Every path whose manifest entry may change, and the trees under the
         # ones that are no directory (any more).
         self.changed = sorted(fetch | set(self.deleted))
@@ -445,6 +480,8 @@ class _Plan:
                               if not any(a in gone for a in _ancestors(name)))
         self.changed = sorted({*self.changed, *self.refetch})
         self.files += [name for name in self.refetch if name not in fetch]
+        # Never a private copy of a damaged one: the refetch pass writes it anew.
+        self.attributes_only = [name for name in self.attributes_only if name not in set(self.refetch)]
         # The directories holding what is removed or added, so that rsync sets
         # their times again; none under something that is no directory now.
         parents = set()
@@ -453,20 +490,125 @@ class _Plan:
                 name = name.rsplit(b"/", 1)[0]
                 parents.add(name)
         parents = {p for p in parents if not any(a in gone for a in _self_and_ancestors(p))}
+        # The type of every entry the fetch lists, as the compare saw it.
+        self.types = {name: "d" for name in parents} | {item.name: item.type for item in kept}
         # Never ".": rsync would copy what is in it. The top directory gets
-        # its attributes in a pass of its own, when the compare lists it.
-        self.root = b"." in self.directories
+        # its attributes in a pass of its own, when the compare lists it or
+        # an entry in it changes (clearing and copying change its mtime; the
+        # compare sees a change within the same second as none).
+        self.root = b"." in self.directories or any(b"/" not in name for name in self.changed if name != b".")
         self.fetch = sorted((fetch | parents) - {b"."} - set(self.refetch))
         self.changed = [name for name in self.changed if name != b"."]
 
-    def clear(self, root: Path) -> None:
-        """Remove from the linked copy what the fetch replaces and what is gone."""
+    def clear(self, root: Path, previous: Path) -> set[bytes]:
+        """Remove from the linked copy what the fetch replaces and what is
+        gone; put a private copy of the previous snapshot's data where only
+        attributes changed. Returns the names so copied."""
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for name in self.changed:
                 _remove_entry(root_fd, name, keep_directory=name in self.directories)
+            previous_fd = os.open(previous, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                return {name for name in self.attributes_only if _private_copy(previous_fd, root_fd, name)}
+            finally:
+                os.close(previous_fd)
         finally:
             os.close(root_fd)
+
+    def moved(self, fetched: list[rsync.Item]) -> bytes | None:
+        """The first entry the fetch found a directory where the compare saw
+        none, or none where it saw one (rsync reports what it found, whatever
+        it could write), if any: a directory swapped for a symlink, or a
+        directory the copy would make without the contents the compare
+        listed. A file that became a symlink meanwhile is just taken as such."""
+        for item in fetched:
+            expected = self.types.get(item.name)
+            if expected is not None and (expected == "d") != (item.type == "d"):
+                return item.name
+        return None
+
+
+def _private_copy(previous_fd: int, root_fd: int, name: bytes) -> bool:
+    """name as a new inode in the staging tree with the previous snapshot's
+    data (holes kept) and mtime, readable by us alone until rsync gives it its
+    attributes; False where there is nothing to copy (not a regular file, or
+    no directory for it any more)."""
+    try:
+        source = manifest.open_beneath(previous_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(source)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            target = manifest.open_beneath(root_fd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except OSError:
+            return False
+        try:
+            copy_sparse(source, target)
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except BaseException:
+            _remove_entry(root_fd, name, keep_directory=True)
+            raise
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+    return True
+
+
+def _remove_entries(root: Path, names: set[bytes]) -> None:
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            _remove_entry(root_fd, name, keep_directory=True)
+    finally:
+        os.close(root_fd)
+
+
+def _holes_again(root: Path, link_dests: list[Path], names: list[bytes]) -> None:
+    """rsync copies a file it found in a link-dest under other attributes by
+    writing every byte: punch that file's holes back into the copy."""
+    fds = []
+    try:
+        for directory in [root, *link_dests]:
+            fds.append(os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
+        root_fd, *basis_fds = fds
+        for name in names:
+            try:
+                fd = manifest.open_beneath(root_fd, name, os.O_RDWR | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and (basis := _basis(basis_fds, name, st)) is not None:
+                    try:
+                        punch_holes_like(basis, fd)
+                    finally:
+                        os.close(basis)
+                    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))  # punching a hole is a write
+            finally:
+                os.close(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _basis(link_dest_fds: list[int], name: bytes, st: os.stat_result) -> int | None:
+    """An fd of the file rsync copied name from: the first link-dest's regular
+    file of that name with its size and mtime (rsync's quick check)."""
+    for link_dest_fd in link_dest_fds:
+        try:
+            fd = manifest.open_beneath(link_dest_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        other = os.fstat(fd)
+        if stat.S_ISREG(other.st_mode) and (other.st_size, other.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+            return fd
+        os.close(fd)
+    return None
 
 
 def _self_and_ancestors(name: bytes):
@@ -509,13 +651,13 @@ def _remove_lists(host_dir: HostDir) -> None:
 
 class _Hasher:
     """Hashes the files rsync writes while it writes the next ones, on a
-    thread of its own at a lower priority than rsync. A file is logged before
-    it is renamed into place (over SSH just before, from a local sender well
-    before), so each is hashed a moment after it was logged, and retried a
-    few times if it is not there yet. What is queued when rsync ends is
-    hashed then on every core; what is still missing is left to the walk."""
+    thread of its own at a lower priority than rsync. rsync itemizes a file
+    before it is renamed into place (over SSH just before, from a local
+    sender well before), so each is hashed a moment after it was itemized,
+    and retried a few times if it is not there yet. What is queued when rsync
+    ends is hashed then on every core; what is still missing is left to the walk."""
 
-    LAG = 0.05  # seconds between tries; a local sender logs up to a few tenths ahead
+    LAG = 0.05  # seconds between tries; a local sender itemizes up to a few tenths ahead
     TRIES = 6
 
     def __init__(self, root: Path):
@@ -524,15 +666,9 @@ class _Hasher:
         self.results: dict[bytes, manifest.Hashed] = {}
         self.ended = threading.Event()  # rsync is done: take nothing new from the queue
         self.abandoned = threading.Event()  # the run failed: stop, even within a file
+        self.cpu_s = 0.0  # the thread's CPU time, once it has ended
         self.worker = threading.Thread(target=self._work, name="bkd-hasher", daemon=True)
         self.worker.start()
-
-    def on_item(self, line: str) -> None:
-        """A line of ITEM_FORMAT in rsync's log file. A first pull logs one per
-        entry, so a written file's name is taken without parse_item."""
-        code = line.find("] ") + 2
-        if line[code + 1:code + 2] == "f" and line[code:code + 1] in "<>ch" and line[code + 11:code + 12] == " ":
-            self.queue.append((time.monotonic() + self.LAG, rsync.unescape_name(line[code + 12:]), self.TRIES))
 
     def on(self, item: rsync.Item) -> None:
         if item.wrote_file:
@@ -568,6 +704,7 @@ class _Hasher:
         finally:
             if root_fd is not None:
                 os.close(root_fd)
+            self.cpu_s = time.thread_time()
 
     async def finish(self) -> dict[bytes, manifest.Hashed]:
         """rsync has ended: hash what is still queued, on every core."""
@@ -595,6 +732,7 @@ class _Estimate:
 
     def __init__(self, on_progress):
         self.old_lines: list[bytes] = []  # the previous manifest, once read
+        self.last: bytes | None = None  # the last change listed
         self.on_progress = on_progress
         self.fraction = 0.0
         self.started = time.monotonic()
@@ -604,14 +742,15 @@ class _Estimate:
         self.old_lines = old_lines or []
 
     def at(self, name: bytes) -> None:
-        if self.old_lines:
-            self.fraction = max(self.fraction, manifest.position(self.old_lines, name))
+        self.last = name  # placed in the manifest only when a report is due: a search per change costs
         self.report()
 
     def report(self, final: bool = False) -> None:
         now = time.monotonic()
         if not self.on_progress or (not final and now - self.reported < self.EVERY):
             return
+        if self.old_lines and self.last is not None:
+            self.fraction = max(self.fraction, manifest.position(self.old_lines, self.last))
         self.reported = now
         elapsed = now - self.started
         percent = 100 if final else min(int(self.fraction * 100), 99)

@@ -278,12 +278,19 @@ def _outside_own(config, dest: str, where: restore.Where) -> None:
         raise InvalidArgument(f"invalid params: dest: {dest} is inside {what} ({path}); restore elsewhere")
 
 
-def _public(job: dict, call: Call) -> dict:
-    """A job record as the caller may see it: `detail` (file names, command
-    output) is for admins only."""
+# Fields that may quote file names or command output: admins only (SPEC §5).
+ADMIN_ONLY = frozenset({"detail", "listing", "identity_detail"})
+
+
+def _public(records: list[dict], call: Call) -> list[dict]:
+    """Records (a job's runs, hosts, test results) as the caller may see them."""
     if call.role == "admin":
-        return job
-    return {**job, "hosts": [{k: v for k, v in run.items() if k not in ("detail", "listing")} for run in job["hosts"]]}
+        return records
+    return [{k: v for k, v in record.items() if k not in ADMIN_ONLY} for record in records]
+
+
+def _public_job(job: dict, call: Call) -> dict:
+    return {**job, "hosts": _public(job["hosts"], call)}
 
 
 class Api:
@@ -324,7 +331,7 @@ class Api:
         job = await self.s.jobs.get(p.job_id)
         if job is None:
             raise NotFound(f"no job {p.job_id}")
-        return {"job": _public(job, call)}
+        return {"job": _public_job(job, call)}
 
     async def jobs_list(self, p: JobsList, call: Call) -> dict:
         """Summaries, the same for every role: no statistics, no detail (job.get has them)."""
@@ -419,10 +426,10 @@ class Api:
         return {"text": await metrics.exposition(self.s)}
 
     async def audit_list(self, p: AuditList, call: Call) -> dict:
-        audit = self.s.store.audit
-        verdict = await audit.verify() if p.verify else None
-        return {"entries": await audit.entries(p.limit), "chain_ok": verdict and verdict.chain_ok,
-                "broken_at": verdict and verdict.broken_at, "problem": verdict and verdict.problem}
+        """verify: the chain, its head record and the journal's record of it (auditwitness.py)."""
+        checked = await self.s.audit_watch.verify() if p.verify else \
+            {"chain_ok": None, "broken_at": None, "problem": None, "journal": None}
+        return {"entries": await self.s.store.audit.entries(p.limit), **checked}
 
     async def alerts_list(self, p: AlertsList, call: Call) -> dict:
         return {"alerts": await self.s.alerts.list(p.all), "silences": self.s.alerts.silences_in_force()}
@@ -483,15 +490,14 @@ class Api:
                           "this_machine": verdict.same if verdict else None,
                           "self_excluded": own,
                           "identity": verdict.how if verdict else
-                          "not known yet: found out before its next run, or by `bkctl hosts test`"})
-        return {"hosts": hosts}
+                          "not known yet: found out before its next run, or by `bkctl hosts test`",
+                          "identity_detail": verdict.detail if verdict else None})
+        return {"hosts": _public(hosts, call)}
 
     async def hosts_test(self, p: HostsTest, call: Call) -> dict:
-        """`detail` quotes what the host printed: admins only, as a run's."""
-        results = await self.s.hosts.test(self.s.jobs.host_names(p.hosts))
-        if call.role != "admin":
-            results = {name: {k: v for k, v in result.items() if k != "detail"} for name, result in results.items()}
-        return {"results": results}
+        names = self.s.jobs.host_names(p.hosts)
+        results = await self.s.hosts.test(names)
+        return {"results": dict(zip(names, _public([results[name] for name in names], call), strict=True))}
 
     async def config_reload(self, _: NoParams, call: Call) -> dict:
         return await self.s.runtime.reload()

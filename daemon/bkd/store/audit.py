@@ -4,12 +4,15 @@ database, so that removing the newest entries is noticed too.
 
 The anchor is the head record `{backup_root}/.bkd-audit-head`: the id and
 hash of the newest entry, replaced atomically after every entry (and each
-entry's id and hash also go to the journal). The chain alone cannot show a
-truncation — what is left is still a valid chain — but it no longer ends
-where the head says. A head that does not match is left as it is, as
-evidence, until an admin re-anchors (`bkd audit reanchor`, with the daemon
-stopped) after rebuilding the state database on purpose; the re-anchoring
-is itself an entry of the chain."""
+entry's id and hash also go to the journal, the chain's witness: see
+auditwitness.py). The chain alone cannot show a truncation — what is left is
+still a valid chain — but it no longer ends where the head says. A head that
+does not match is left as it is, as evidence, until an admin re-anchors
+(`bkd audit reanchor`, with the daemon stopped) after rebuilding the state
+database on purpose. Every anchoring of a log that holds entries — that
+one, or the daemon's own when both the head record and its marker are gone
+— is itself an entry of the chain (`audit.reanchor`, `audit.anchor`), and
+the daemon raises an alert for each (ANCHORINGS)."""
 
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ log = structlog.get_logger()
 GENESIS = "0" * 64
 HEAD_NAME = ".bkd-audit-head"
 _ANCHORED_KEY = "audit.anchored"  # kv: set once the log has had a head record
+_ALERTED_KEY = "audit.anchorings_alerted"  # kv: the newest anchoring entry an alert was raised for
+ANCHORINGS = ("audit.anchor", "audit.reanchor")  # the entries that (re)anchor the log
 _FIELDS = ("time", "uid", "user", "pid", "method", "params", "outcome")
 REANCHOR_HINT = ("if the state database was rebuilt on purpose, stop bkd and run `bkd audit reanchor` "
                  "(README: Who may do what)")
@@ -110,10 +115,13 @@ class AuditStore:
         rows = await (db or self.store.db).execute_fetchall("SELECT id, hash FROM audit WHERE id = ?", (entry_id,))
         return Head(rows[0]["id"], rows[0]["hash"]) if rows else None
 
-    async def anchor(self, path: Path) -> str | None:
+    async def anchor(self, path: Path, actor: tuple[int, str, int] | None = None) -> str | None:
         """At start: check the database against the head record at path and
         keep it current from now on. Returns the problem when they disagree;
-        the record is then left as it is (evidence) and no longer updated."""
+        the record is then left as it is (evidence) and no longer updated.
+        A log with entries but neither a head record nor its marker (the first
+        start of a bkd with head records — or both removed) is anchored anew
+        through an `audit.anchor` entry by actor (uid, user, pid)."""
         async with self._lock:
             self.head_path = path
             self._head = None
@@ -123,8 +131,9 @@ class AuditStore:
             except ValueError as e:
                 log.error("audit.head_mismatch", problem=str(e))
                 return str(e)
-            if head is None and await self.store.get_value(_ANCHORED_KEY) is None:
-                # A new log, or the first start of a bkd with head records: anchor it now.
+            fresh = head is None and await self.store.get_value(_ANCHORED_KEY) is None
+            if fresh and (last.id == 0 or actor is None):
+                # A new log: anchor it now (the journal still holds any earlier one's entries).
                 await self._write_head(last)
                 await self.store.set_value(_ANCHORED_KEY, str(path))
                 log.info("audit.anchored", head=path.as_posix(), id=last.id, hash=last.hash)
@@ -137,12 +146,39 @@ class AuditStore:
                     await self._write_head(last)
                     log.warning("audit.head_advanced", id=last.id, hash=last.hash)
                     return None
-            problem = compare(head, last, head and await self._entry(head.id), path)
-            if problem is None:
-                self._head = last
-            else:
-                log.error("audit.head_mismatch", problem=problem)
-            return problem
+            if not fresh:
+                problem = compare(head, last, head and await self._entry(head.id), path)
+                if problem is None:
+                    self._head = last
+                else:
+                    log.error("audit.head_mismatch", problem=problem)
+                return problem
+            self._head = last  # the entry below chains from it and moves the head
+        log.warning("audit.anchored_anew", head=path.as_posix(), id=last.id, hash=last.hash)
+        await self.append(clock.iso(clock.now()), *actor, "audit.anchor",
+                          {"previous_head": None, "database_head": {"id": last.id, "hash": last.hash},
+                           "why": "the head record and its marker were missing"}, "ok")
+        await self.store.set_value(_ANCHORED_KEY, str(path))
+        return None
+
+    async def newest(self) -> Head:
+        """The newest entry (what notifications and the report carry, so that a copy lives elsewhere)."""
+        return await self._last()
+
+    async def hashes(self) -> dict[int, str]:
+        """Every entry's hash by id (what the journal's records are compared with)."""
+        rows = await self.store.fetch("SELECT id, hash FROM audit")
+        return {row["id"]: row["hash"] for row in rows}
+
+    async def unalerted_anchorings(self) -> list[dict]:
+        """Anchoring entries no alert was raised for yet; from now on they count as alerted."""
+        seen = int(await self.store.get_value(_ALERTED_KEY) or 0)
+        rows = await self.store.fetch(
+            f"SELECT id, time, uid, user, method FROM audit WHERE id > ? AND method IN "
+            f"({', '.join('?' * len(ANCHORINGS))}) ORDER BY id", (seen, *ANCHORINGS))
+        if rows:
+            await self.store.set_value(_ALERTED_KEY, str(rows[-1]["id"]))
+        return [dict(row) for row in rows]
 
     async def _write_head(self, head: Head) -> None:
         await asyncio.to_thread(write_head, self.head_path, head, clock.iso(clock.now()))
@@ -162,8 +198,9 @@ class AuditStore:
                     "INSERT INTO audit (time, uid, user, pid, method, params, outcome, prev_hash, hash) "
                     "VALUES (:time, :uid, :user, :pid, :method, :params, :outcome, :prev_hash, :hash)", record)
                 record["id"] = cursor.lastrowid
+            # The journal's copy (auditwitness.py): BKD_ANCHOR tells this log from another server's.
             log.info("audit.entry", id=record["id"], hash=record["hash"], uid=uid, method=method,
-                     outcome=readable[:200])
+                     outcome=readable[:200], anchor=self.head_path and self.head_path.as_posix())
             if self.head_path is not None and self._head is not None:
                 if prev != self._head:  # someone changed the table under the running daemon
                     at_head = await self._entry(self._head.id)
