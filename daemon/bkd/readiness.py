@@ -122,8 +122,7 @@ async def _reach(config: Config, settings: HostSettings, found: Readiness) -> No
     remote = host.remote
     if result.returncode != 0:
         found.detail = rsync.describe_failure(result.returncode, result.stderr_tail)
-    failure = f"rsync exited with code {result.returncode} " \
-              f"({rsync.EXIT_CODES.get(result.returncode, 'unknown error')})"
+    failure = category(result.returncode)
     if remote is None:  # this machine's own rsync, checked when the daemon starts
         found.checks.append(Check("read", True, f"can read {path}") if result.returncode == 0 else
                             Check("read", False, f"cannot read {path}: {failure}", UNREADABLE))
@@ -171,6 +170,12 @@ def login_problem(returncode: int, stderr_tail: list[str]) -> str | None:
     return UNREACHABLE if rsync.ssh_failed(returncode, stderr_tail) else None
 
 
+def category(returncode: int) -> str:
+    """rsync's exit code and its meaning, as every role may read it (what
+    describe_failure says before quoting any output)."""
+    return rsync.describe_failure(returncode, [])
+
+
 def _key(config: Config) -> str:
     return f"bkd's key {config.ssh.identity_file}" if config.ssh.identity_file else "the daemon user's SSH key"
 
@@ -186,10 +191,9 @@ async def _estimate(config: Config, settings: HostSettings, found: Readiness) ->
     stats = rsync.parse_stats(list(tail))
     if result.returncode != 0 or "entries" not in stats:
         found.detail = rsync.describe_failure(result.returncode, result.stderr_tail)
-        meaning = rsync.EXIT_CODES.get(result.returncode, "unknown error")
         where = settings.host.path.rstrip("/") or "/"
-        found.checks.append(Check("estimate", False, f"cannot read all of {where}: rsync exited with code "
-                                                     f"{result.returncode} ({meaning})", UNREADABLE))
+        found.checks.append(Check("estimate", False, f"cannot read all of {where}: {category(result.returncode)}",
+                                  UNREADABLE))
         return
     found.files, found.bytes, found.entries = stats.get("files", 0), stats.get("bytes", 0), stats["entries"]
     brings = f"{_count(found.files, 'file')} ({size(found.bytes)}) in {_count(found.entries, 'entry', 'entries')}"

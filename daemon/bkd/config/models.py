@@ -402,9 +402,8 @@ class Ssh(Section):
     config_file: OptionalPath = ""
     identity_file: OptionalPath = ""
     known_hosts_file: OptionalPath = ""
-    restore_identity_file: OptionalPath = Field(
-        "", description="the key for restores to host:path (the backup key is read-only); \"\" = none: "
-                        "such a restore is refused")
+    restore_identity_file: OptionalPath = Field("", description=(
+        "the key restores to host:path log in with (the backup key is read-only); \"\" = none"))
     options: list[OneLine] = Field(default_factory=lambda: list(DEFAULT_SSH_OPTIONS))
 
 
@@ -502,9 +501,8 @@ class Host(Section):
     pre: str = ""  # shell command run before the snapshot; failing or timing out fails the run
     post: str = ""  # shell command run after the run, with its result in BKD_STATUS etc.
     hook_timeout: Duration = timedelta(minutes=15)
-    rsync_path: OneLine = Field("", description="the rsync command on the host, rsync's --rsync-path "
-                                                "(e.g. \"sudo -n rsync\" for a non-root login without a forced "
-                                                "command); \"\" = rsync; only for a source over SSH")
+    rsync_path: OneLine = Field("", description=(
+        "the command that starts rsync on the host (--rsync-path), e.g. \"sudo -n rsync\"; \"\" = rsync"))
     schedule: Optional[ScheduleOverride] = None
     retention: Optional[RetentionOverride] = None
     archive: Optional[ArchiveOverride] = None
