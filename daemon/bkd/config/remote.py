@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 # The host part as rsync reads it: up to the first ':' outside brackets; the
 # user is everything before the last '@' in it (rsync and ssh split there too).
-_FORM = re.compile(r"(?:(?P<user>[^/:\[\]]*)@)?(?:\[(?P<v6>[^\]/]*)\]|(?P<name>[^@/:\[\]]*)):(?P<path>.*)",
-                   re.DOTALL)
+_USER_HOST = r"(?:(?P<user>[^/:\[\]]*)@)?(?:\[(?P<v6>[^\]/]*)\]|(?P<name>[^@/:\[\]]*))"
+_FORM = re.compile(_USER_HOST + r":(?P<path>.*)", re.DOTALL)
 _BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 FORMS = "[user@]host:/path (an IPv6 address in brackets: [fe80::1]:/path)"
 
@@ -36,11 +36,7 @@ class Remote:
             raise ValueError(f"use {FORMS}")
         user, v6, host, path = match["user"], match["v6"], match["name"], match["path"]
         if v6 is not None:
-            try:
-                ipaddress.IPv6Address(v6)
-            except ValueError:
-                raise ValueError(f"[{v6}] is not an IPv6 address (brackets are only for those)") from None
-            host = v6
+            host = _bracketed(v6)
         elif _looks_like_ipv6(text):
             raise ValueError("write an IPv6 address in brackets, e.g. [fe80::1]:/path")
         _check_parts(user, host, FORMS)
@@ -83,9 +79,17 @@ def _check_parts(user: str | None, host: str, forms: str) -> None:
             raise ValueError(f"the {what} {part!r} contains spaces or control characters")
 
 
-# [user@]host[:port], the host an address in brackets when it is IPv6 (TARGET of `bkd host add`).
-_TARGET = re.compile(r"(?:(?P<user>[^/:\[\]]*)@)?(?:\[(?P<v6>[^\]/]*)\]|(?P<name>[^@/:\[\]]*))(?::(?P<port>[^:]*))?",
-                     re.DOTALL)
+def _bracketed(v6: str) -> str:
+    """The address written in brackets, checked to be one."""
+    try:
+        ipaddress.IPv6Address(v6)
+    except ValueError:
+        raise ValueError(f"[{v6}] is not an IPv6 address (brackets are only for those)") from None
+    return v6
+
+
+# [user@]host[:port] (TARGET of `bkd host add`).
+_TARGET = re.compile(_USER_HOST + r"(?::(?P<port>[^:]*))?", re.DOTALL)
 # What bkd writes into an ssh_config block and shows in an authorized_keys hint: nothing to quote.
 _PLAIN = re.compile(r"[A-Za-z0-9._-]+")
 TARGET_FORMS = "[user@]host[:port] (an IPv6 address in brackets: [fe80::1]:22)"
@@ -112,10 +116,7 @@ class Target:
             raise ValueError(f"use {TARGET_FORMS}")
         user, v6, host, port = match["user"], match["v6"], match["name"], match["port"]
         if v6 is not None:
-            try:
-                ipaddress.IPv6Address(v6)
-            except ValueError:
-                raise ValueError(f"[{v6}] is not an IPv6 address (brackets are only for those)") from None
+            _bracketed(v6)
             if "%" in v6:  # ssh_config reads % in HostName as one of its tokens
                 raise ValueError(f"[{v6}]: a zone (%...) cannot be written into an ssh_config; use a global address")
             host = v6
