@@ -19,7 +19,7 @@ import pytest
 
 from bkctl import protocol
 from bkctl.client import RemoteError
-from conftest import BIN, RUN_ID, make_tree
+from conftest import BIN, RUN_ID, make_tree, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="host add, test logins and sudoers need root (CI runs as root)")
@@ -262,11 +262,15 @@ def test_a_changed_host_key_after_enrolment_is_refused_and_host_add_says_how_to_
 
 @pytest.fixture
 def login():
-    """A Unix user of this test only (its password field '*': sshd without PAM refuses a locked '!' account)."""
+    """A Unix user of this test only (its password field '*': sshd without PAM
+    refuses a locked '!' account). Asked for before the daemon and the sshd,
+    so that it is removed after them; its last sessions may still be ending."""
     name = f"bkdt{RUN_ID}"[:31]
     subprocess.run(["useradd", "-M", "-s", "/bin/sh", "-p", "*", name], check=True, capture_output=True)
     yield name
-    subprocess.run(["userdel", name], check=False, capture_output=True)
+    wait_until(lambda: subprocess.run(["pgrep", "-u", name], capture_output=True).returncode == 1, 30,
+               what=f"the sessions of {name} to end")
+    subprocess.run(["userdel", name], check=True, capture_output=True)
 
 
 @pytest.fixture
@@ -311,7 +315,7 @@ def root_only_tree(root: Path) -> Path:
 
 
 def test_the_sudo_variant_backs_up_root_only_files_with_their_owners_and_needs_ssh_original_command(
-        tmp_path, daemon_factory, ssh_fleet, login, sudoers, readable_keys):
+        tmp_path, login, sudoers, readable_keys, daemon_factory, ssh_fleet):
     source = root_only_tree(tmp_path / "srv")
     address, port = ssh_fleet.add_host("db1", authorized_keys=readable_keys)
     daemon = daemon_for_host_add(daemon_factory)
@@ -346,8 +350,9 @@ def test_the_sudo_variant_backs_up_root_only_files_with_their_owners_and_needs_s
     assert kept == {"secret": (0, 0o600), "theirs": (4321, 0o644)}
 
 
-def test_rsync_path_is_used_by_snapshots_hosts_test_the_self_check_and_restores(tmp_path, daemon_factory, ssh_fleet,
-                                                                               login, sudoers, readable_keys):
+def test_rsync_path_is_used_by_snapshots_hosts_test_the_self_check_and_restores(tmp_path, login, sudoers,
+                                                                               readable_keys, daemon_factory,
+                                                                               ssh_fleet):
     """A non-root login without a forced command, whose rsync runs as root
     through `sudo -n rsync` (host.rsync_path); the same login without it
     reads and writes only as itself."""
