@@ -180,12 +180,6 @@ def category(returncode: int, ssh_said: list[str] | None = None) -> str:
     return rsync.describe_failure(returncode, [], ssh_said)
 
 
-def category(returncode: int, ssh_said: list[str] | None = None) -> str:
-    """rsync's exit code and its meaning, as every role may read it (what
-    describe_failure says before quoting any output)."""
-    return rsync.describe_failure(returncode, [], ssh_said)
-
-
 def _key(config: Config) -> str:
     return f"bkd's key {config.ssh.identity_file}" if config.ssh.identity_file else "the daemon user's SSH key"
 
