@@ -187,12 +187,14 @@ def test_roles_below_admin_see_no_command_output(story):
     operator = json.dumps(story.as_operator)
     assert MARKER not in viewer and MARKER not in operator
     hosts = {h["name"]: h for h in story.as_viewer[0]["result"]["hosts"]}
-    assert hosts["broken"]["identity"].startswith("cannot tell whether broken is this machine (rsync exited with "
-                                                  "code 255 (")
+    # rsync exits 255 or 12 as it happens when its remote side dies (which of its processes notices first).
+    assert hosts["broken"]["identity"].startswith(("cannot tell whether broken is this machine (rsync exited with "
+                                                   "code 255 (", "cannot tell whether broken is this machine "
+                                                   "(rsync exited with code 12 ("))
     assert "identity_detail" not in hosts["broken"]
     tested = story.as_operator[0]["result"]["results"]
     assert tested["broken"]["ok"] is False and "detail" not in tested["broken"]
-    assert tested["broken"]["error"].startswith("rsync exited with code ") and "SSH" not in tested["broken"]["error"]
+    assert "rsync exited with code " in tested["broken"]["error"] and "SSH" not in tested["broken"]["error"]
     admin = story.as_admin["results"]["broken"]
     assert MARKER in admin["detail"] and "SSH" not in admin["error"]  # rsync exits 12 or 255, by a race
 
