@@ -28,7 +28,8 @@ from bkd.cli.enrol import (
     sudoers_lines,
     with_block,
 )
-from bkd.pipeline import restore, rsync
+from bkd.pipeline import rsync
+from bkd.restore import transfer as restore
 
 
 @pytest.mark.parametrize("text, parsed", [

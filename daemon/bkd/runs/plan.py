@@ -57,7 +57,7 @@ class RestoreTarget:
     path: str  # PATH as the caller wrote it
     dest: str
     overwrite: bool
-    sources: tuple[bytes, ...]  # source arguments relative to the snapshot's root (see pipeline/restore.py)
+    sources: tuple[bytes, ...]  # source arguments relative to the snapshot's root (see restore/transfer.py)
     into: bytes  # the directory under DEST they are received into
     options: tuple[str, ...]  # the options of the daemon's rsync, the sender
     where: Where  # what exists under DEST along PATH
