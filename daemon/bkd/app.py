@@ -200,7 +200,7 @@ class Daemon:
         receivers = Receivers()
         guard = SelfGuard(config)
         worker = Worker(runtime, registry, limits, housekeeping, store, readmodel, bus.publish, receivers, guard)
-        recorder = Recorder(store, registry)
+        recorder = Recorder(store, registry, readmodel.records)
         jobs = Jobs(runtime, registry, worker, recorder, readmodel, alerts, bus.publish)
         scheduler = Scheduler(runtime, readmodel, registry, jobs)
         integrity = Integrity(runtime, store, alerts)

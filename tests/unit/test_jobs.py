@@ -33,8 +33,8 @@ class Harness(Core):
 
     async def open(self, tmp_path) -> "Harness":
         self.store = await Store.open(tmp_path / "bkd.sqlite")
-        self.recorder = Recorder(self.store, self.registry)
         self.readmodel = ReadModel(self.runtime.config, self.registry, clock.now())
+        self.recorder = Recorder(self.store, self.registry, self.readmodel.records)
         self.alerts = FakeAlerts()
         self.jobs = Jobs(self.runtime, self.registry, self.worker, self.recorder, self.readmodel, self.alerts,
                          self.events)
@@ -235,6 +235,22 @@ async def test_dry_runs_and_cancelled_runs_neither_count_nor_alert(build):
     await h.run(["a"])
     assert h.alerts.calls == [("raise", "run_failed", "a",
                                "snapshot run failed (2 in a row): snapshot: cannot complete the snapshot", None, 2)]
+
+
+async def test_the_failure_streak_is_counted_once_in_memory_and_the_store_keeps_that_count(build):
+    h = await build()
+    h.stages.on("a", Stage.SNAPSHOT, SnapshotFailed("snapshot: cannot complete the snapshot"))
+    await h.run(["a"])
+    await h.run(["a"], dry_run=True)  # neither counts nor resets
+    await h.run(["a"])
+    stored = lambda: h.store.jobs.host_states()
+    assert h.readmodel.record("a").consecutive_failures == (await stored())["a"]["consecutive_failures"] == 2
+    h.readmodel.record("a").consecutive_failures = 7  # as after a restart that loaded 7: memory is the count
+    await h.run(["a"])
+    assert (await stored())["a"]["consecutive_failures"] == 8
+    h.stages.on("a", Stage.SNAPSHOT, "ok")
+    await h.run(["a"])
+    assert h.readmodel.record("a").consecutive_failures == (await stored())["a"]["consecutive_failures"] == 0
 
 
 @pytest.mark.parametrize("message, refusal", [

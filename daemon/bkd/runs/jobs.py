@@ -142,12 +142,7 @@ class Jobs:
         """The read model's view of the host's last result (backup runs only)."""
         if run.kind not in BACKUP_KINDS or run.request.dry_run:
             return
-        record = self.readmodel.record(run.host)
-        record.last_status, record.last_error, record.last_finished = str(run.status), run.error, run.finished
-        if run.status is Status.FAILED:
-            record.consecutive_failures += 1
-        elif run.status in (Status.OK, Status.WARNING):
-            record.consecutive_failures = 0
+        self.readmodel.record(run.host).concluded(run.status, run.error, run.finished)
 
     async def _after(self, run: Run, job: Job) -> None:
         """What follows a run's end and may wait for the database."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from bkctl.protocol import Kind
+from bkctl.protocol import Kind, Status
 
 from .. import __version__
 from ..config.models import Config, format_duration
@@ -120,6 +120,16 @@ class HostRecord:
     last_attempt: datetime | None = None  # the last snapshot run's start: the schedule counts from it too
     consecutive_failures: int = 0
     heavy_attempt: dict[Kind, datetime] = field(default_factory=dict)
+
+    def concluded(self, status: Status, error: str | None, finished: datetime | None) -> None:
+        """A backup run ended: its result is the host's last one, and a failure
+        lengthens the host's failure streak, a success ends it (the one place
+        the streak is counted: the store keeps what memory says)."""
+        self.last_status, self.last_error, self.last_finished = str(status), error, finished
+        if status is Status.FAILED:
+            self.consecutive_failures += 1
+        elif status in (Status.OK, Status.WARNING):
+            self.consecutive_failures = 0
 
 
 class ReadModel:
