@@ -228,7 +228,7 @@ class Daemon:
             limits[Lane.SNAPSHOT].resize(new.max_parallel_hosts)
             limits[Lane.HEAVY].resize(new.max_parallel_heavy)
             log.info("limits.set", snapshot=new.max_parallel_hosts, heavy=new.max_parallel_heavy)
-            added = [h.name for h in new.host if not old.find_host(h.name)]
+            added = [name for name in new.hosts if name not in old.hosts]
             for name in added:
                 readmodel.record(name)
             if added:

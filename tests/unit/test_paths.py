@@ -86,7 +86,7 @@ def test_config_refuses_these_sources(source, message):
 
 def _settings(source: str, **rsync):
     config = Config.model_validate({"backup_root": "/r", "rsync": rsync, "host": [{"name": "h", "source": source}]})
-    return config, config.settings(config.host[0])
+    return config, config.hosts["h"]
 
 
 def test_ipv6_source_reaches_ssh_master_and_rsync_as_the_same_host():

@@ -306,7 +306,7 @@ class Api:
         """A configured host's directory, or one a removed host left behind."""
         config = self.s.runtime.config
         host_dir = HostDir.of(config.backup_root, host)
-        if not config.find_host(host) and not host_dir.root.is_dir():
+        if host not in config.hosts and not host_dir.root.is_dir():
             raise NotFound(f"unknown host: {host}")
         return host_dir
 
@@ -346,8 +346,8 @@ class Api:
     async def snapshots_list(self, p: SnapshotsList, call: Call) -> dict:
         config = self.s.runtime.config
         host_dir = self.host_dir(p.host)
-        host = config.find_host(p.host)
-        policy = config.settings(host).retention if host else config.retention
+        settings = config.hosts.get(p.host)
+        policy = settings.retention if settings else config.retention
         page = await catalog.list_snapshots(self.s.store, host_dir, policy, p.limit, p.before)
         return {"host": p.host, **page}
 
@@ -474,7 +474,7 @@ class Api:
         config = self.s.runtime.config
         plan = {}
         for host in self.s.jobs.host_names(p.hosts):
-            policy = config.settings(config.find_host(host)).retention
+            policy = config.hosts[host].retention
             plan[host] = await self.s.housekeeping.prune(HostDir.of(config.backup_root, host), policy, p.dry_run)
         return {"dry_run": p.dry_run, "plan": plan}
 
@@ -482,8 +482,8 @@ class Api:
         config = self.s.runtime.config
         hosts = []
         own_dirs = selfguard.own_dirs(config)
-        for host in config.host:
-            settings = config.settings(host)
+        for settings in config.hosts.values():
+            host = settings.host
             verdict = self.s.guard.known(settings)
             own = selfguard.inside_source(host.path, own_dirs) if verdict and verdict.same else []
             hosts.append({"name": host.name, "source": host.source, "remote": host.is_remote,

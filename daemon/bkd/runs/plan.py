@@ -123,11 +123,11 @@ def stages_for(kind: Kind, dry_run: bool, pre: bool, post: bool) -> tuple[Phase,
 def plan_run(job_id: int, request: Request, config: Config) -> RunPlan | None:
     """The plan of one host's run under config, or None when config no longer
     has the host (reload removed it while the run was queued: it is skipped)."""
-    host = config.find_host(request.host)
-    if host is None:
+    settings = config.hosts.get(request.host)
+    if settings is None:
         if request.kind is Kind.RESTORE:  # a removed host's snapshots can still be restored
             return RunPlan(job_id, request, config, None, stages_for(Kind.RESTORE, False, False, False))
         return None
-    settings = config.settings(host)
+    host = settings.host
     phases = stages_for(request.kind, request.dry_run, bool(host.pre), bool(host.post))
     return RunPlan(job_id, request, config, settings, phases)

@@ -167,7 +167,7 @@ class ReadModel:
 
     def snapshot_due(self, host: str, now: datetime) -> datetime | None:
         config = self.config
-        settings = config.settings(config.find_host(host))
+        settings = config.hosts[host]
         if not settings.schedule.enabled:
             return None
         latest = self.facts_of(host).latest
@@ -177,7 +177,7 @@ class ReadModel:
     def heavy_due(self, host: str, now: datetime) -> list[tuple[Kind, datetime]]:
         """(kind, when) of the host's archive and monthly copy, where scheduled."""
         config = self.config
-        settings = config.settings(config.find_host(host))
+        settings = config.hosts[host]
         if not settings.schedule.enabled:
             return []
         facts, attempts = self.facts_of(host), self.record(host).heavy_attempt
@@ -209,7 +209,7 @@ class ReadModel:
             facts, record = self.facts_of(name), self.record(name)
             latest = facts.latest
             heavy = self.registry.busy_run(name, Lane.HEAVY)
-            settings = config.settings(host)
+            settings = config.hosts[name]
             hosts[name] = {
                 **self._run_view(self.registry.busy_run(name, Lane.SNAPSHOT)),
                 "heavy": {"kind": str(heavy.kind), **self._run_view(heavy)} if heavy and heavy.status.value == "running" else None,
@@ -241,7 +241,7 @@ class ReadModel:
         config = self.config
         entries = []
         for host in config.host:
-            settings = config.settings(host)
+            settings = config.hosts[host.name]
             snapshot = self.snapshot_due(host.name, now)
             entries.append({"host": host.name, "kind": "snapshot",
                             "every": format_duration(settings.schedule.snapshot_every),

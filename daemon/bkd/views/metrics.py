@@ -112,7 +112,7 @@ async def gather(s: Services) -> Samples:
             add("bkd_snapshots", facts.snapshots, host=name)
             add("bkd_archives", facts.archives, host=name)
             add("bkd_monthly_copies", len(facts.monthly), host=name)
-        stale = is_stale(snapshot.time if snapshot else None, record.added, config.settings(host), now)
+        stale = is_stale(snapshot.time if snapshot else None, record.added, config.hosts[name], now)
         add("bkd_stale", stale, host=name)
         add("bkd_host_error", facts.error is not None, host=name)
         add("bkd_failures_total", failures.get(name, 0), host=name)

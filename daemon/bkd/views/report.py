@@ -160,7 +160,7 @@ async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str]
     results = await store.jobs.results_since(clock.iso_ms(since))
     start = _name_at(since)
     rows = await store.snapshots.trend(names, _name_at(min(first, since)) if trends else start)
-    policies = {name: config.settings(config.find_host(name)).retention for name in names}
+    policies = {name: config.hosts[name].retention for name in names}
 
     def per_host() -> dict[str, dict]:
         """The listing of hourly/ and the arithmetic over rows, off the event loop."""
@@ -177,10 +177,9 @@ async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str]
     silenced = {e["id"]: s.alerts.is_silenced(e["kind"], e["host"], now) for e in current}
     digest_hosts = []
     for name in names:
-        host = config.find_host(name)
         facts, record, snapshot = readmodel.facts_of(name), readmodel.record(name), latest[name]
         recorded = stats.get((name, str(snapshot)), {}) if snapshot else {}
-        settings = config.settings(host)
+        settings = config.hosts[name]
         entry = {
             "name": name,
             "last_snapshot": str(snapshot) if snapshot else None,

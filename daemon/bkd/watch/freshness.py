@@ -44,19 +44,17 @@ class Freshness:
             if self._expired_at is None or time.monotonic() - self._expired_at >= EXPIRE_EVERY:
                 self._expired_at = time.monotonic()
                 await self.housekeeping.expire(config)
-            intervals = [config.settings(h).schedule.snapshot_every.total_seconds() / 2 for h in config.host]
+            intervals = [settings.schedule.snapshot_every.total_seconds() / 2 for settings in config.hosts.values()]
             if config.alerts.hung_after:
                 intervals.append(config.alerts.hung_after.total_seconds() / 2)
             await asyncio.sleep(max(1.0, min([60.0, *intervals])))
 
     async def pass_(self) -> None:
         config = self.runtime.config
-        for host in config.host:
-            name = host.name
+        for name, settings in config.hosts.items():
             now = clock.now()
             facts = await asyncio.to_thread(read_facts, HostDir.of(config.backup_root, name), now)
             self.readmodel.facts[name] = facts
-            settings = config.settings(host)
             latest = facts.latest
             record = self.readmodel.record(name)
             if is_stale(latest.time if latest else None, record.added, settings, now):

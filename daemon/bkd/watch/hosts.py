@@ -34,7 +34,7 @@ class Hosts:
                 return await tested(name)
 
         async def tested(name: str) -> dict:
-            settings = config.settings(config.find_host(name))
+            settings = config.hosts[name]
             started = time.monotonic()
             with rsync.ssh_log_for(settings) or nullcontext() as ssh_log:
                 result = await bkexec.run(rsync.reachability_command(config, settings, ssh_log))
