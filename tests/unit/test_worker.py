@@ -9,7 +9,7 @@ import pytest
 from runcore import Core, host, until
 
 from bkctl.protocol import Kind, Status
-from bkd.runs import worker as worker_module
+from bkd.runs import lifecycle as lifecycle_module
 from bkd.pipeline.hooks import HookFailed
 from bkd.pipeline.snapshot import SnapshotFailed
 from bkd.runs.plan import Lane, Stage
@@ -159,19 +159,19 @@ async def test_a_cancelled_run_gives_its_slot_to_the_next_after_cleaning_up(tmp_
 
 async def test_progress_is_published_at_most_twice_a_second_newest_value_kept_none_after_the_stage(
         tmp_path, monkeypatch):
-    assert worker_module.PROGRESS_EVERY == 0.5  # the contract: at most two events a second per run
+    assert lifecycle_module.PROGRESS_EVERY == 0.5  # the contract: at most two events a second per run
     every = 0.05  # the same throttle, ten times faster, so that the test takes a fraction of a second
-    monkeypatch.setattr(worker_module, "PROGRESS_EVERY", every)
+    monkeypatch.setattr(lifecycle_module, "PROGRESS_EVERY", every)
     core = Core(tmp_path, [host("a", tmp_path)])
     progress = lambda: core.events.of("progress")  # noqa: E731
-    stamps = []  # when the worker published each, by its own clock (ours may be late under load)
+    stamps = []  # when the lifecycle published each, by its own clock (ours may be late under load)
 
     def publish(topic, **data):
         if topic == "progress":
             stamps.append(core.registry.jobs[data["job_id"]].runs[data["host"]].progress_published)
         core.events(topic, **data)
 
-    core.worker.publish = publish
+    core.lifecycle.publish = publish
 
     async def snapshot(run):
         loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ from enum import StrEnum
 from bkctl.protocol import Kind
 
 from ..config.models import Config, HostSettings
-from ..restore.transfer import Where
+from ..restore.request import RestoreTarget
 
 
 class Stage(StrEnum):
@@ -47,22 +47,6 @@ LANES: dict[Kind, tuple[Lane, ...]] = {
 }
 
 HEAVY_STAGES = frozenset({Stage.ARCHIVE, Stage.MONTHLY})
-
-
-@dataclass(frozen=True)
-class RestoreTarget:
-    """What a restore copies and where: checked at the RPC edge before the job exists."""
-
-    snapshot: str
-    path: str  # PATH as the caller wrote it
-    dest: str
-    overwrite: bool
-    sources: tuple[bytes, ...]  # source arguments relative to the snapshot's root (see pipeline/restore.py)
-    into: bytes  # the directory under DEST they are received into
-    options: tuple[str, ...]  # the options of the daemon's rsync, the sender
-    where: Where  # what exists under DEST along PATH
-    token: str | None = None  # a local DEST: the caller's receiver attaches with this
-    missing: bytes = b""  # ... and writes there, or (DEST not there yet) into this, relative to where it runs
 
 
 @dataclass(frozen=True)
