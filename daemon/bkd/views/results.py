@@ -1,9 +1,8 @@
 """What each RPC method answers: one TypedDict per method, named in the
 method table (rpc/methods.py) and checked against docs/protocol.md by
 tests/unit/test_protocol_docs.py. Only the top level is spelled out where
-the rest is a record of its own (a job, an alert, a digest's host)."""
-
-from __future__ import annotations
+the rest is a record of its own (a job, an alert, a digest's host).
+(No `from __future__ import annotations`: TypedDict must see NotRequired.)"""
 
 from typing import NotRequired, TypedDict
 
