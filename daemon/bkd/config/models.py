@@ -155,13 +155,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def _check_source(source: str) -> str:
     if _CONTROL.search(source):
         problem = "it contains control characters"
-    elif source.startswith("/"):
-        return source
-    elif ":" not in source or "/" in source.partition(":")[0]:  # rsync's rule: a relative local path
-        problem = "use an absolute local path or [user@]host:/path"
     else:
         try:
-            Remote.parse(source)
+            parse_source(source)
             return source
         except ValueError as e:
             problem = str(e)
