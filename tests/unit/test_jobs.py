@@ -221,6 +221,22 @@ async def test_run_failed_opens_after_failures_before_alert_failures_in_a_row_an
     assert len(h.alerts.calls) == 4
 
 
+async def test_the_alert_rule_takes_its_threshold_from_the_run_s_plan_not_from_a_reload_during_the_run(build):
+    h = await build(alerts={"failures_before_alert": 3})
+
+    async def reloaded_then_failed(run):
+        await h.reload([host("a", h.path.parent)], alerts={"failures_before_alert": 1})
+        raise SnapshotFailed("snapshot: cannot complete the snapshot")
+
+    h.stages.on("a", Stage.SNAPSHOT, reloaded_then_failed)
+    await h.run(["a"])
+    assert h.alerts.calls == []  # planned with 3: one failure is not enough
+    h.stages.on("a", Stage.SNAPSHOT, SnapshotFailed("snapshot: cannot complete the snapshot"))
+    await h.run(["a"])  # planned with 1
+    assert h.alerts.calls == [("raise", "run_failed", "a",
+                               "snapshot run failed (2 in a row): snapshot: cannot complete the snapshot", None, 2)]
+
+
 async def test_dry_runs_and_cancelled_runs_neither_count_nor_alert(build):
     h = await build(alerts={"failures_before_alert": 2})
     h.stages.on("a", Stage.SNAPSHOT, SnapshotFailed("snapshot: cannot complete the snapshot"))
