@@ -23,7 +23,7 @@ from ..pipeline import archive, hooks, manifest, rsync
 from ..pipeline.outcomes import clip, public_error, public_warning
 from ..pipeline.selfguard import SelfGuard, effective_excludes
 from ..pipeline.snapshot import SnapshotFailed, take_snapshot
-from ..restore import transfer as restore
+from ..restore import transfer
 from ..restore.receivers import ATTACH_TIMEOUT, Receivers
 from ..state.hosts import Fleet
 from ..state.store import STORE_ERRORS, Store
@@ -37,7 +37,7 @@ from .registry import Limit, Registry, Run
 log = structlog.get_logger()
 
 # What a stage may fail with: the run fails with the message; anything else is a bug.
-STAGE_ERRORS = (SnapshotFailed, archive.StageFailed, restore.RestoreFailed, hooks.HookFailed, OSError)
+STAGE_ERRORS = (SnapshotFailed, archive.StageFailed, transfer.RestoreFailed, hooks.HookFailed, OSError)
 
 
 class Worker:
@@ -195,11 +195,11 @@ class Worker:
         options = [*target.options, f"--timeout={int(timeout)}"]
         on_progress = self._restore_progress(run, host_dir.manifest_file(target.snapshot), target.path)
         if target.token is None:  # host:path, written by the daemon's rsync over SSH
-            stats, names = await restore.restore_remote(
+            stats, names = await transfer.restore_remote(
                 plan.config, root, target.dest, list(target.sources), target.into, target.where, options, dry_run,
                 on_progress)
         else:  # a local DEST, received by the caller's bkctl
-            stats, names = await restore.restore_local(root, list(target.sources), target.missing, options,
+            stats, names = await transfer.restore_local(root, list(target.sources), target.missing, options,
                                                        self._attached(target.token, min(ATTACH_TIMEOUT, timeout)),
                                                        dry_run, on_progress)
         run.stats.update(stats)
@@ -211,7 +211,7 @@ class Worker:
         try:
             _reader, writer = await self.receivers.connection(token, timeout)
         except asyncio.TimeoutError:
-            raise restore.RestoreFailed(f"no receiver attached within {timeout:g} s: a local restore is received "
+            raise transfer.RestoreFailed(f"no receiver attached within {timeout:g} s: a local restore is received "
                                         "by the caller's bkctl (bkctl restore ... --to DEST)") from None
         return writer
 
