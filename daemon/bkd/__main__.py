@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "audit":
         from .infra import logs
-        from .app import StartupError
         from .cli.audit import reanchor
+        from .infra.errors import StartupError
         logs.configure(args.log_level)  # the new entry goes to the journal like every other
         try:
             print(asyncio.run(reanchor(config)))
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .infra import logs
-    from .app import StartupError, serve
+    from .app import serve
+    from .infra.errors import StartupError
 
     logs.configure(args.log_level)
     try:

@@ -130,7 +130,7 @@ HOST_CALLS = {
 
 
 def test_the_table_of_host_taking_methods_is_complete():
-    taking = {name for name, method in method_table(Api(None)).items()
+    taking = {name for name, method in method_table(Api()).items()
               if {"host", "hosts"} & set(method.params.model_fields)}
     assert taking == set(HOST_CALLS)
 

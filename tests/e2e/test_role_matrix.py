@@ -60,7 +60,7 @@ def matrix_params(tmp) -> dict[str, dict]:
 
 
 def test_the_matrix_names_every_method(tmp_path):
-    assert set(matrix_params(tmp_path)) == set(method_table(Api(None)))
+    assert set(matrix_params(tmp_path)) == set(method_table(Api()))
 
 
 def test_every_method_for_every_role_and_what_a_viewer_sees(tmp_path, short_tmp, daemon_factory, bind_mount):
@@ -106,7 +106,7 @@ def test_every_method_for_every_role_and_what_a_viewer_sees(tmp_path, short_tmp,
             daemon.stop()
             events, _ = watch.communicate(timeout=30)
 
-        table = method_table(Api(None))
+        table = method_table(Api())
         roles = {"root": "admin", "admin": "admin", "operator": "operator", "viewer": "viewer", "outsider": None}
         for role, results in answers.items():
             for (method, _), answer in zip(matrix_params(tmp_path).items(), results):

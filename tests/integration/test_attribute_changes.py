@@ -35,7 +35,7 @@ async def snapshotted(tmp_path: Path) -> tuple[Path, Config]:
     """A sparse source and its first snapshot."""
     source = sparse_source(tmp_path)
     config = config_for(tmp_path, source)
-    assert (await take_snapshot(config, config.settings(config.host[0]))).status == "ok"
+    assert (await take_snapshot(config, config.hosts["h"])).status == "ok"
     return source, config
 
 
@@ -53,7 +53,7 @@ async def test_a_resumed_snapshot_punches_the_holes_back_into_rsyncs_copy(tmp_pa
     local copy of a file that changed only its mode writes every byte."""
     source = sparse_source(tmp_path)
     config = config_for(tmp_path, source)
-    settings = config.settings(config.host[0])
+    settings = config.hosts["h"]
     first = await take_snapshot(config, settings)
     hourly = HostDir.of(config.backup_root, "h").hourly
     (hourly / ".partial-2026-01-01_000000-abcdef").mkdir()  # an interrupted run: the next one resumes
@@ -77,7 +77,7 @@ async def test_an_attribute_only_change_whose_file_vanishes_before_the_copy_is_a
         (source / "sparse").unlink()
 
     between_compare_and_copy(monkeypatch, it_goes)
-    second = await take_snapshot(config, config.settings(config.host[0]))
+    second = await take_snapshot(config, config.hosts["h"])
     assert second.status == "warning" and "vanished" in second.warning and "sparse" in second.warning
     assert sorted(p.name for p in (HostDir.of(config.backup_root, "h").hourly / second.name).iterdir()) == ["plain"]
     assert_true_manifest(config, second.name, source)
@@ -91,7 +91,7 @@ async def test_new_content_after_an_attribute_only_change_is_hashed_not_inherite
         (source / "plain").write_text("new content, and longer\n")
 
     between_compare_and_copy(monkeypatch, new_content)
-    second = await take_snapshot(config, config.settings(config.host[0]))
+    second = await take_snapshot(config, config.hosts["h"])
     assert second.status == "ok", second.warning
     new = HostDir.of(config.backup_root, "h").hourly / second.name / "plain"
     assert new.read_text() == "new content, and longer\n" and new.stat().st_mode & 0o777 == 0o600

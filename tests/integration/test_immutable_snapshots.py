@@ -35,7 +35,7 @@ def acl(path: Path) -> str:
 
 
 async def snapshot(config):
-    result = await take_snapshot(config, config.settings(config.host[0]))
+    result = await take_snapshot(config, config.hosts["h"])
     assert result.status == "ok", result.warning
     return result
 
@@ -133,7 +133,7 @@ async def test_metadata_changing_during_the_runs_never_changes_a_complete_snapsh
     captured = {}
     try:
         for _ in range(6):
-            result = await take_snapshot(config, config.settings(config.host[0]))
+            result = await take_snapshot(config, config.hosts["h"])
             captured[result.name] = state(hourly / result.name)
             for name, before in captured.items():
                 assert state(hourly / name) == before, f"{name} changed after it completed"

@@ -21,7 +21,7 @@ async def test_the_copy_after_the_compare_makes_no_new_ssh_connection(tmp_path, 
     config = Config.model_validate({"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
                                     "ssh": ssh_fleet.ssh_settings(),
                                     "host": [{"name": "h", "source": f"web1:{source}/"}]})
-    settings = config.settings(config.host[0])
+    settings = config.hosts["h"]
     assert (await take_snapshot(config, settings)).status == "ok"
     assert connections.read_text().count("connected") == 1
     time.sleep(1.1)

@@ -48,7 +48,7 @@ def write_versions(source: Path, version: int) -> None:
 async def run_while_files_vanish(tmp_path: Path, config: Config, source: Path, vanished: list[Path]):
     """A second snapshot during which files the source listed are deleted
     while rsync sends big.bin (3 s at the bandwidth limit)."""
-    settings = config.settings(config.host[0])
+    settings = config.hosts["h"]
     first = await take_snapshot(config, settings)
     assert first.status == "ok", first.warning
     time.sleep(1.1)  # a new mtime second, so that every change is seen
@@ -117,7 +117,7 @@ async def test_a_file_replaced_by_a_directory_symlink_or_fifo_leaves_the_manifes
     (source / "dir-to-file").mkdir()
     (source / "dir-to-file" / "inner").write_text("inner\n")
     config = config_for(tmp_path, str(source))
-    settings = config.settings(config.host[0])
+    settings = config.hosts["h"]
     assert (await take_snapshot(config, settings)).status == "ok"
 
     (source / "to-dir").unlink()
@@ -143,15 +143,22 @@ async def test_a_file_replaced_by_a_directory_symlink_or_fifo_leaves_the_manifes
     assert sorted(manifest.read(HostDir.of(config.backup_root, "h").manifest_file(third.name))) == sorted(recorded)
 
 
-async def test_a_lost_itemized_line_is_noticed_and_the_manifest_comes_from_the_tree(tmp_path, monkeypatch):
+async def twenty_files_snapshotted(tmp_path: Path):
+    """A source of twenty files and its first snapshot; a new mtime second after it."""
     source = tmp_path / "src"
     source.mkdir()
     for index in range(20):
         (source / f"f{index}").write_text(f"one {index}\n")
     config = config_for(tmp_path, str(source))
-    settings = config.settings(config.host[0])
-    assert (await take_snapshot(config, settings)).status == "ok"
+    settings = config.hosts["h"]
+    first = await take_snapshot(config, settings)
+    assert first.status == "ok"
     time.sleep(1.1)
+    return source, config, settings, first
+
+
+async def test_a_lost_itemized_line_is_noticed_and_the_manifest_comes_from_the_tree(tmp_path, monkeypatch):
+    source, config, settings, _ = await twenty_files_snapshotted(tmp_path)
     for index in range(0, 20, 2):
         (source / f"f{index}").write_text(f"two {index}\n")
     (source / "f1").unlink()
@@ -172,14 +179,7 @@ async def test_a_lost_itemized_line_is_noticed_and_the_manifest_comes_from_the_t
 
 
 async def test_a_run_reads_the_previous_manifest_once_also_when_it_falls_back_to_one_pass(tmp_path, monkeypatch):
-    source = tmp_path / "src"
-    source.mkdir()
-    for index in range(20):
-        (source / f"f{index}").write_text(f"one {index}\n")
-    config = config_for(tmp_path, str(source))
-    settings = config.settings(config.host[0])
-    first = await take_snapshot(config, settings)
-    time.sleep(1.1)
+    source, config, settings, first = await twenty_files_snapshotted(tmp_path)
     (source / "f4").write_text("two\n")
     parse_item, read_bytes = rsync.parse_item, Path.read_bytes
     previous = HostDir.of(config.backup_root, "h").manifest_file(first.name)
@@ -210,7 +210,7 @@ async def test_no_file_list_outlives_a_run(tmp_path):
     source.mkdir()
     (source / "f").write_text("f\n")
     config = config_for(tmp_path, str(source))
-    settings = config.settings(config.host[0])
+    settings = config.hosts["h"]
     assert (await take_snapshot(config, settings)).status == "ok"
     meta = HostDir.of(config.backup_root, "h").meta
     (meta / ".files-.partial-crashed").write_bytes(b"left by a run that died\0")
@@ -225,7 +225,7 @@ async def test_an_incremental_reports_the_compare_then_the_transfer(tmp_path):
         (source / f"d{index % 10}").mkdir(parents=True, exist_ok=True)
         (source / f"d{index % 10}" / f"f{index}").write_bytes(os.urandom(2000))
     config = config_for(tmp_path, str(source))
-    settings = config.settings(config.host[0])
+    settings = config.hosts["h"]
     assert (await take_snapshot(config, settings)).status == "ok"
     time.sleep(1.1)
     for index in range(0, 300, 3):

@@ -73,7 +73,7 @@ async def test_a_directory_swapped_for_a_symlink_and_back_between_the_compare_an
         fleet.authorized_keys.write_text(f'command="/usr/bin/rrsync -ro {home}",restrict {key}\n')
         settings.update(ssh=fleet.ssh_settings(), host=[{"name": "h", "source": "swaps:/"}])
     config = Config.model_validate(settings)
-    settings = config.settings(config.host[0])
+    settings = config.hosts["h"]
     hourly = HostDir.of(config.backup_root, "h").hourly
     first = await take_snapshot(config, settings)
     assert first.status == "ok"

@@ -22,7 +22,7 @@ def _snapshots(tmp_path, count: int) -> tuple[HostDir, list[str]]:
     names = []
     for index in range(count):
         (source / f"new{index}.txt").write_text(f"{index}\n")
-        names.append(asyncio.run(take_snapshot(config, config.settings(config.host[0]))).name)
+        names.append(asyncio.run(take_snapshot(config, config.hosts["h"])).name)
         time.sleep(1.01)  # one snapshot per second: names are per second
     host_dir = HostDir.of(config.backup_root, "h")
     return host_dir, names

@@ -1,11 +1,12 @@
 """The run core as app.py wires it, for its unit tests: a real Runtime (a
-config file that can be reloaded), Registry, Limits and Worker, whose stage
-table is replaced by fake stages the test controls, and fakes for what the
-core tells the world (events, alerts). No rsync, no daemon, no socket.
+config file that can be reloaded), Registry, Limits, Fleet, Lifecycle and
+Worker, whose stage table is replaced by fake stages the test controls, and
+fakes for what the core tells the world (events, alerts, the record). No
+rsync, no daemon, no socket.
 
-The worker's stages, its progress entry point and the tasks that follow a
-run's end are private today (`Worker._stages`, `Worker._progress`,
-`Jobs._aftermath`): this module is the one place that reaches them."""
+The worker's stages and the tasks that follow a run's end are private
+(`Worker._stages`, `Lifecycle._aftermath`): this module is the one place
+that reaches them."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ import tomli_w
 
 from bkctl.protocol import Kind
 from bkd.config import load_config
-from bkd.runs.plan import Lane, Request, Stage, Trigger
-from bkd.restore.receivers import Receivers
-from bkd.runs.registry import Limit, Registry, Run
 from bkd.config.runtime import Runtime
+from bkd.restore.receivers import Receivers
+from bkd.runs.lifecycle import Lifecycle
+from bkd.runs.plan import Request, Stage, Trigger
+from bkd.runs.registry import Limits, Registry, Run
 from bkd.runs.worker import Worker
+from bkd.state.hosts import Fleet
 
 TIMEOUT = 10.0  # seconds any awaited condition may take on a loaded machine
 
@@ -44,9 +47,9 @@ async def until(predicate, what: str = "the condition", timeout: float = TIMEOUT
         await asyncio.sleep(0.002)
 
 
-async def settled(jobs) -> None:
+async def settled(lifecycle) -> None:
     """Wait until what follows the runs that ended (record, alerts) is done."""
-    await until(lambda: not jobs._aftermath, "the aftermath of the runs that ended")
+    await until(lambda: not lifecycle._aftermath, "the aftermath of the runs that ended")
 
 
 class Events:
@@ -117,6 +120,13 @@ class Stages:
                 raise
 
 
+class FakeRecorder:
+    """A record that is written at once, nowhere (the worker's tests need no store)."""
+
+    async def save(self, job) -> bool:
+        return True
+
+
 class FakeAlerts:
     """What Jobs tells the alert service, as calls."""
 
@@ -131,7 +141,7 @@ class FakeAlerts:
 
 
 class Core:
-    """Runtime, registry, limits and a worker with fake stages, as app.py builds them."""
+    """Runtime, registry, limits, lifecycle and a worker with fake stages, as app.py builds them."""
 
     def __init__(self, tmp_path: Path, hosts: list[dict], **settings):
         self.path = tmp_path / "bkd.toml"
@@ -139,17 +149,16 @@ class Core:
                          "socket": str(tmp_path / "bkd.sock"), **settings}
         self.write(hosts)
         self.runtime = Runtime(self.path, load_config(self.path))
-        config = self.runtime.config
         self.registry = Registry(next_job_id=1)
-        self.limits = {Lane.SNAPSHOT: Limit(config.max_parallel_hosts), Lane.HEAVY: Limit(config.max_parallel_heavy),
-                       Lane.RESTORE: None}
+        self.limits = Limits(self.runtime)
         self.events = Events()
         self.stages = Stages()
-        # Housekeeping, store, read model and self-guard serve only the real stages.
-        self.worker = Worker(self.runtime, self.registry, self.limits, None, None, None, self.events, Receivers(),
-                             None)
+        self.fleet = Fleet(self.runtime)
+        self.lifecycle = Lifecycle(self.registry, FakeRecorder(), self.fleet, Receivers(), self.events)
+        # Housekeeping, store and self-guard serve only the real stages.
+        self.worker = Worker(self.runtime, self.registry, self.limits, self.lifecycle, None, None, self.fleet,
+                             Receivers(), None)
         self.worker._stages = self.stages.table()
-        self.changes: list[tuple[str, str, Stage | None]] = []  # (host, status, stage) at each `changed`
 
     def write(self, hosts: list[dict], **settings) -> None:
         self.path.write_text(tomli_w.dumps({**self.settings, **settings, "host": hosts}))
@@ -159,19 +168,22 @@ class Core:
         answer = await self.runtime.reload()
         assert answer["ok"], answer
 
-    async def changed(self, run: Run) -> None:
-        self.changes.append((run.host, str(run.status), run.stage))
+    @property
+    def changes(self) -> list[tuple[str, str, str | None]]:
+        """(host, status, stage) of each `host` event: what the lifecycle was told (started, each stage)."""
+        return [(e["host"], e["status"], e["stage"]) for e in self.events.of("host")]
 
     def progress(self, run: Run, value: dict) -> None:
-        """What a real stage's rsync reports, through the worker's throttle."""
-        self.worker._progress(run, value)
+        """What a real stage's rsync reports, through the lifecycle's throttle."""
+        self.lifecycle.progress(run, value)
 
     def start(self, host: str, kind: Kind = Kind.SNAPSHOT, trigger: Trigger = Trigger.MANUAL,
               dry_run: bool = False) -> Run:
-        """Claim a run of kind on host and execute it as a task, as Jobs.start does."""
+        """Claim a run of kind on host and execute it as a task, as the lifecycle
+        does for Jobs.start, but with nothing to conclude it when it ends."""
         job = self.registry.claim(kind, trigger, [Request(host, kind, trigger, dry_run)], dry_run)
         run = job.runs[host]
-        run.task = asyncio.create_task(self.worker.execute(run, self.changed))
+        run.task = asyncio.create_task(self.worker.execute(run))
         return run
 
 

@@ -13,6 +13,7 @@ from bkd.infra import clock
 from bkd.alerts.service import Alerts
 from bkd.infra.events import EventBus
 from bkd.state.store import Store
+from bkd.alerts.store import AlertStore
 
 RUN_FAILED, STALE = AlertKind.RUN_FAILED, AlertKind.STALE
 
@@ -70,7 +71,7 @@ async def test_a_condition_opens_one_episode_counts_its_repeats_and_resolves_whe
 
     await alerts.resolve(RUN_FAILED, "a")
     assert setup.listener.heard[1:] == [("resolved", first["id"], "resolved")] and setup.events() == ["resolved"]
-    assert alerts.current == {} and await setup.store.alerts.current() == []
+    assert alerts.current == {} and await AlertStore(setup.store).current() == []
     reopened = await alerts.raise_(RUN_FAILED, "a", "snapshot run failed")
     assert reopened["id"] != first["id"] and reopened["count"] == 1  # it came back: a new episode
 
@@ -118,7 +119,7 @@ async def test_a_listener_that_fails_costs_neither_the_alert_nor_the_other_liste
         episode = await setup.alerts.raise_(RUN_FAILED, "a", "snapshot run failed")
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["alert.listener_failed"]
     assert setup.listener.heard == [("opened", episode["id"], "open")]
-    assert [e["id"] for e in await setup.store.alerts.current()] == [episode["id"]]
+    assert [e["id"] for e in await AlertStore(setup.store).current()] == [episode["id"]]
 
 
 async def test_an_acknowledged_episode_stays_current_until_its_condition_clears(setup):
@@ -163,7 +164,7 @@ async def test_what_the_notifier_marked_sent_outlives_a_repeat_read_back_from_th
     alerts.sent({**episode, "notified": sent})
     repeated = await alerts.raise_(RUN_FAILED, "a", "snapshot run failed (2 in a row)")
     assert repeated["notified"] == alerts.current[episode["id"]]["notified"] == sent
-    assert (await setup.store.alerts.current())[0]["notified"] is None
+    assert (await AlertStore(setup.store).current())[0]["notified"] is None
 
 
 async def test_a_restart_finds_the_current_episodes_and_silences(setup):

@@ -140,8 +140,8 @@ def test_the_spec_example_loads_with_every_key():
     assert chat.url == "https://hooks.example.org/bkd/T0KEN?sig=abc"  # the real URL; only dumps redact
     assert config.find_sink("ops-mail") is mail and config.find_sink("nope") is None
     assert config.report.zone.key == "Europe/Berlin"
-    assert config.find_host("web1").ping_url == "https://hc-ping.com/0d1e2f3a-web1"
-    assert config.find_host("db.example-2").hook_timeout == timedelta(minutes=30)
+    assert config.hosts["web1"].host.ping_url == "https://hc-ping.com/0d1e2f3a-web1"
+    assert config.hosts["db.example-2"].host.hook_timeout == timedelta(minutes=30)
 
 
 def test_from_is_a_key_of_email_sinks_and_from_underscore_is_not(tmp_path):
@@ -325,34 +325,34 @@ def test_user_excludes_add_to_the_defaults_never_replace_them(tmp_path):
     # Issue 10 defect 10: setting rsync.exclude dropped /proc/*, /sys/*, /dev/*.
     config = load_text(tmp_path, 'backup_root = "/r"\n[rsync]\nexclude = ["*.iso"]\n'
                                  '[[host]]\nname = "h"\nsource = "/"\nexclude = ["/srv/big/"]\n')
-    excludes = config.settings(config.host[0]).excludes
+    excludes = config.hosts["h"].excludes
     assert excludes == [*DEFAULT_EXCLUDES, "*.iso", "/srv/big/"]
     assert {"/proc/*", "/sys/*", "/dev/*"} <= set(excludes)
 
 
 def test_an_empty_exclude_list_keeps_the_defaults(tmp_path):
     config = load_text(tmp_path, 'backup_root = "/r"\n[rsync]\nexclude = []\n[[host]]\nname = "h"\nsource = "/"\n')
-    assert config.settings(config.host[0]).excludes == list(DEFAULT_EXCLUDES)
+    assert config.hosts["h"].excludes == list(DEFAULT_EXCLUDES)
 
 
 def test_exclude_defaults_can_be_turned_off_globally_and_per_host(tmp_path):
     config = load_text(tmp_path, 'backup_root = "/r"\n[rsync]\nexclude_defaults = false\nexclude = ["a"]\n'
                                  '[[host]]\nname = "off"\nsource = "/"\n'
                                  '[[host]]\nname = "on"\nsource = "/"\n[host.rsync]\nexclude_defaults = true\n')
-    assert config.settings(config.find_host("off")).excludes == ["a"]
-    assert config.settings(config.find_host("on")).excludes == [*DEFAULT_EXCLUDES, "a"]
+    assert config.hosts["off"].excludes == ["a"]
+    assert config.hosts["on"].excludes == [*DEFAULT_EXCLUDES, "a"]
 
 
 def test_host_overrides_merge_over_the_global_sections():
     config = load_config(FIXTURES / "valid" / "full.toml")
-    db = config.settings(config.find_host("db.example-2"))
+    db = config.hosts["db.example-2"]
     assert db.schedule.snapshot_every == timedelta(hours=6)
     assert db.schedule.archive_every == timedelta(hours=4)  # inherited
     assert db.retention.daily_days == 30 and db.retention.hourly_hours == 720
     assert (db.archive.compression, db.archive.level) == ("gzip", 9)
     assert db.rsync.bwlimit == "1m" and db.rsync.timeout == timedelta(minutes=5)
     assert db.excludes == [".cache/", "*.tmp"]  # exclude_defaults = false for this host
-    web = config.settings(config.find_host("web1"))  # web1:/home/ holds none of the host paths of the defaults
+    web = config.hosts["web1"]  # web1:/home/ holds none of the host paths of the defaults
     assert web.excludes == [*models.default_excludes("/home/"), ".cache/", "*.tmp", "*.iso"]
     assert "/proc/*" not in web.excludes and "*.pyc" in web.excludes
 
@@ -361,18 +361,18 @@ def test_host_settings_are_built_once_per_config_and_never_go_stale_in_a_copy():
     # `status` asked for every host's settings several times per call, each a
     # model_copy of four sections; a config is frozen, so once is enough.
     config = load_config(FIXTURES / "valid" / "full.toml")
-    db = config.find_host("db.example-2")
-    assert config.find_host("db.example-2") is db and config.find_host("nope") is None
-    assert config.settings(db) is config.settings(db)
+    db = config.hosts["db.example-2"]
+    assert config.hosts["db.example-2"] is db and "nope" not in config.hosts
+    assert list(config.hosts) == [host.name for host in config.host]
     assert config.model_dump() == load_config(FIXTURES / "valid" / "full.toml").model_dump()
-    assert config == load_config(FIXTURES / "valid" / "full.toml")  # the cache is not part of the value
-    # A copy shares the cache dict: it must still see its own sections and hosts.
+    assert config == load_config(FIXTURES / "valid" / "full.toml")  # the index is not part of the value
+    # A copy must see its own sections and hosts, not the index of the config it was copied from.
     copy = config.model_copy(update={"retention": config.retention.model_copy(update={"hourly_hours": 5}),
-                                     "host": [db.model_copy(update={"name": "renamed"})]})
-    assert copy.find_host("db.example-2") is None and copy.find_host("renamed").name == "renamed"
-    assert copy.settings(copy.find_host("renamed")).retention.hourly_hours == 5
-    assert config.settings(db).retention.hourly_hours == 720
-    assert config.find_host("db.example-2") is db
+                                     "host": [db.host.model_copy(update={"name": "renamed"})]})
+    assert "db.example-2" not in copy.hosts and copy.hosts["renamed"].host.name == "renamed"
+    assert copy.hosts["renamed"].retention.hourly_hours == 5
+    assert config.hosts["db.example-2"].retention.hourly_hours == 720
+    assert config.hosts["db.example-2"] is db
 
 
 # ------------------------------------------------------ drop-ins, show, init
@@ -506,7 +506,7 @@ def test_the_config_is_frozen():
         config.max_parallel_hosts = 9
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         config.host[0].name = "other"
-    settings = config.settings(config.host[0])
+    settings = config.hosts["web1"]
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         settings.retention.hourly_hours = 1
 

@@ -1,8 +1,9 @@
-"""Starting, cancelling and concluding jobs (bkd.jobs): the claim that
-decides busy, cancel and shutdown, a bug concluding its run with an
-incident id, a failing store that never strands a run, and the alert rules
-that follow a run's end. Real Registry, Limits, Worker (fake stages),
-Recorder on a temporary SQLite and read model; a fake alert sink."""
+"""Starting, cancelling and concluding jobs (runs/jobs.py, runs/lifecycle.py):
+the claim that decides busy, cancel and shutdown, a bug concluding its run
+with an incident id, a failing store that never strands a run, and the
+alert rules that follow a run's end (watch/runs.py). Real Registry, Limits,
+Lifecycle, Worker (fake stages), Recorder on a temporary SQLite and Fleet;
+a fake alert sink."""
 
 import asyncio
 import re
@@ -12,17 +13,17 @@ from runcore import Core, FakeAlerts, host, settled, until
 from structlog.testing import capture_logs
 
 from bkctl.protocol import ErrorCode, Kind, Status
-from bkd.infra import clock
-from bkd.pipeline import failures
+from bkd.alerts.notify.ping import Pinger
 from bkd.infra.errors import Busy, NotFound, ShuttingDown
-from bkd.runs.jobs import Jobs
+from bkd.pipeline import failures
 from bkd.pipeline.archive import StageFailed
 from bkd.pipeline.snapshot import SnapshotFailed
-from bkd.runs.plan import Lane, Stage, Trigger
-from bkd.state.hosts import ReadModel
-from bkd.runs.recorder import Recorder
 from bkd.rpc.server import WIRE_CODES
+from bkd.runs.jobs import Jobs
+from bkd.runs.plan import Lane, Stage, Trigger
+from bkd.runs.recorder import Recorder
 from bkd.state.store import Store
+from bkd.watch.runs import RunWatch
 
 MANUAL, SCHEDULE = Trigger.MANUAL, Trigger.SCHEDULE
 INCIDENT = re.compile(r"internal error \(incident ([0-9a-f]{12}); see the daemon's log\)")
@@ -33,11 +34,11 @@ class Harness(Core):
 
     async def open(self, tmp_path) -> "Harness":
         self.store = await Store.open(tmp_path / "bkd.sqlite")
-        self.recorder = Recorder(self.store, self.registry)
-        self.readmodel = ReadModel(self.runtime.config, self.registry, clock.now())
+        self.fleet.store = self.store
+        self.recorder = self.lifecycle.recorder = Recorder(self.store, self.registry, self.fleet.records)
         self.alerts = FakeAlerts()
-        self.jobs = Jobs(self.runtime, self.registry, self.worker, self.recorder, self.readmodel, self.alerts,
-                         self.events)
+        RunWatch(self.runtime, self.lifecycle, self.fleet, self.alerts, Pinger())
+        self.jobs = Jobs(self.runtime, self.registry, self.lifecycle, self.worker, self.recorder, self.fleet)
         return self
 
     async def run(self, hosts, kind=Kind.SNAPSHOT, trigger=MANUAL, **options) -> dict:
@@ -49,7 +50,7 @@ class Harness(Core):
     async def finished(self, job_id: int) -> None:
         await until(lambda: any(e["job_id"] == job_id and e["job"]["finished"] for e in self.events.of("job")),
                     f"job {job_id} to finish")
-        await settled(self.jobs)
+        await settled(self.lifecycle)
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ async def test_cancel_returns_once_the_runs_have_cleaned_up(build):
     assert {r["host"]: (r["status"], r["error"]) for r in job["hosts"]} == {
         "a": ("cancelled", "cancelled during snapshot"), "b": ("cancelled", "cancelled during queue")}
     assert h.registry.busy_run("a", Lane.SNAPSHOT) is None and h.limits[Lane.SNAPSHOT].in_use == 0
-    await settled(h.jobs)
+    await settled(h.lifecycle)
     assert (await h.store.jobs.get(job_id))["status"] == "cancelled" and h.alerts.calls == []
     assert await h.jobs.cancel(job_id=job_id) == []  # finished: nothing to stop
     with pytest.raises(NotFound):
@@ -175,8 +176,8 @@ async def test_a_store_that_refuses_writes_never_strands_a_run(build):
 async def test_the_start_and_end_of_each_run_are_told_once(build):
     h = await build(["a", "b"], max_parallel_hosts=1)
     started, ended = [], []
-    h.jobs.on_started.append(lambda run: started.append((run.host, run.status)))
-    h.jobs.on_finished.append(lambda run: ended.append((run.host, run.status)))
+    h.lifecycle.on_started.append(lambda run: started.append((run.host, run.status)))
+    h.lifecycle.on_concluded.append(lambda run: ended.append((run.host, run.status)))
     h.stages.on("a", Stage.SNAPSHOT, "hang")
     job_id = await h.jobs.start(["a", "b"], Kind.SNAPSHOT, MANUAL)
     await h.stages.reached("a", Stage.SNAPSHOT)
@@ -185,7 +186,7 @@ async def test_the_start_and_end_of_each_run_are_told_once(build):
     await h.finished(job_id)
     assert started == [("a", Status.RUNNING), ("b", Status.RUNNING)]
     assert ended == [("a", Status.OK), ("b", Status.OK)]
-    record = h.readmodel.record("b")
+    record = h.fleet.record("b")
     assert record.last_status == "ok" and record.last_attempt is not None and record.last_finished is not None
 
 
@@ -220,6 +221,22 @@ async def test_run_failed_opens_after_failures_before_alert_failures_in_a_row_an
     assert len(h.alerts.calls) == 4
 
 
+async def test_the_alert_rule_takes_its_threshold_from_the_run_s_plan_not_from_a_reload_during_the_run(build):
+    h = await build(alerts={"failures_before_alert": 3})
+
+    async def reloaded_then_failed(run):
+        await h.reload([host("a", h.path.parent)], alerts={"failures_before_alert": 1})
+        raise SnapshotFailed("snapshot: cannot complete the snapshot")
+
+    h.stages.on("a", Stage.SNAPSHOT, reloaded_then_failed)
+    await h.run(["a"])
+    assert h.alerts.calls == []  # planned with 3: one failure is not enough
+    h.stages.on("a", Stage.SNAPSHOT, SnapshotFailed("snapshot: cannot complete the snapshot"))
+    await h.run(["a"])  # planned with 1
+    assert h.alerts.calls == [("raise", "run_failed", "a",
+                               "snapshot run failed (2 in a row): snapshot: cannot complete the snapshot", None, 2)]
+
+
 async def test_dry_runs_and_cancelled_runs_neither_count_nor_alert(build):
     h = await build(alerts={"failures_before_alert": 2})
     h.stages.on("a", Stage.SNAPSHOT, SnapshotFailed("snapshot: cannot complete the snapshot"))
@@ -230,11 +247,27 @@ async def test_dry_runs_and_cancelled_runs_neither_count_nor_alert(build):
     await h.stages.reached("a", Stage.SNAPSHOT)
     await h.jobs.cancel(["a"])
     await h.finished(job_id)
-    assert h.alerts.calls == [] and h.readmodel.record("a").consecutive_failures == 1
+    assert h.alerts.calls == [] and h.fleet.record("a").consecutive_failures == 1
     h.stages.on("a", Stage.SNAPSHOT, SnapshotFailed("snapshot: cannot complete the snapshot"))
     await h.run(["a"])
     assert h.alerts.calls == [("raise", "run_failed", "a",
                                "snapshot run failed (2 in a row): snapshot: cannot complete the snapshot", None, 2)]
+
+
+async def test_the_failure_streak_is_counted_once_in_memory_and_the_store_keeps_that_count(build):
+    h = await build()
+    h.stages.on("a", Stage.SNAPSHOT, SnapshotFailed("snapshot: cannot complete the snapshot"))
+    await h.run(["a"])
+    await h.run(["a"], dry_run=True)  # neither counts nor resets
+    await h.run(["a"])
+    stored = lambda: h.store.jobs.host_states()
+    assert h.fleet.record("a").consecutive_failures == (await stored())["a"]["consecutive_failures"] == 2
+    h.fleet.record("a").consecutive_failures = 7  # as after a restart that loaded 7: memory is the count
+    await h.run(["a"])
+    assert (await stored())["a"]["consecutive_failures"] == 8
+    h.stages.on("a", Stage.SNAPSHOT, "ok")
+    await h.run(["a"])
+    assert h.fleet.record("a").consecutive_failures == (await stored())["a"]["consecutive_failures"] == 0
 
 
 @pytest.mark.parametrize("message, refusal", [
@@ -261,4 +294,4 @@ async def test_heavy_work_that_fails_raises_run_failed_for_its_kind_at_once_and_
     h.stages.on("a", Stage.ARCHIVE, "ok")
     await h.run(["a"], Kind.ARCHIVE)
     assert h.alerts.calls[2:] == [("resolve", "run_failed", "a", "archive")]
-    assert h.readmodel.record("a").consecutive_failures == 0  # heavy work is not in the backup streak
+    assert h.fleet.record("a").consecutive_failures == 0  # heavy work is not in the backup streak

@@ -5,13 +5,13 @@ from bkd.rpc.methods import Api, method_table
 
 
 def test_the_method_table_matches_the_protocol_list():
-    table = method_table(Api(None))
+    table = method_table(Api())
     assert sorted(table) == sorted(protocol.METHODS)
     assert {m.role for m in table.values()} <= {"viewer", "operator", "admin"}
 
 
 def test_the_roles_of_the_watching_methods():
-    table = method_table(Api(None))
+    table = method_table(Api())
     roles = {name: (table[name].role, table[name].mutating) for name in
              ("alerts.ack", "alerts.silence", "alerts.unsilence", "notify.status", "notify.test")}
     assert roles == {"alerts.ack": ("operator", True), "alerts.silence": ("operator", True),
@@ -21,7 +21,7 @@ def test_the_roles_of_the_watching_methods():
 
 def test_the_fleet_methods_are_for_viewers():
     """`bkctl report`, `metrics` and `check` (daemon.info, then report) need no more than the viewer role."""
-    table = method_table(Api(None))
+    table = method_table(Api())
     for name in ("report", "metrics", "daemon.info"):
         assert (table[name].role, table[name].mutating) == ("viewer", False), name
 
@@ -29,7 +29,7 @@ def test_the_fleet_methods_are_for_viewers():
 def test_every_limit_above_its_cap_is_clamped_and_marked_not_refused():
     """SPEC §5: a `limit` above a method's cap is clamped and the result says
     `truncated: true` (the server adds it for every method with a cap)."""
-    table = method_table(Api(None))
+    table = method_table(Api())
     caps = {name: method.params.caps() for name, method in table.items() if method.params.caps()}
     assert caps == {"jobs.list": {"limit": 1000}, "snapshots.list": {"limit": 1_000_000},
                     "snapshots.browse": {"limit": 100_000}, "audit.list": {"limit": 10_000}}
@@ -47,5 +47,5 @@ def test_every_limit_above_its_cap_is_clamped_and_marked_not_refused():
 def test_the_per_method_limits_are_the_ones_docs_design_md_gives():
     import doctables
     documented = {row[0]: int(row[1]) for row in doctables.table("design.md", "**Per method.**")}
-    table = method_table(Api(None))
+    table = method_table(Api())
     assert documented == {name: m.concurrency for name, m in table.items() if m.concurrency is not None}

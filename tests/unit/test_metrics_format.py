@@ -41,15 +41,15 @@ def test_the_textfile_is_rewritten_every_minute_without_changes(monkeypatch, tmp
     """The heartbeat in the textfile moves on its own, so a stale file means bkd is down."""
     texts = iter(f"bkd_heartbeat_timestamp_seconds {n}\n" for n in range(100))
 
-    async def fake_exposition(services):
+    async def fake_exposition():
         return next(texts)
 
-    monkeypatch.setattr(metrics, "exposition", fake_exposition)
     monkeypatch.setattr(metrics, "HEARTBEAT_EVERY", 0.2)
     monkeypatch.setattr(metrics, "TEXTFILE_EVERY", 0.0)
     path = tmp_path / "bkd.prom"
-    services = SimpleNamespace(runtime=SimpleNamespace(config=SimpleNamespace(metrics=SimpleNamespace(textfile=str(path)))))
-    textfile = metrics.Textfile(services)
+    runtime = SimpleNamespace(config=SimpleNamespace(metrics=SimpleNamespace(textfile=str(path))),
+                              on_reload=lambda listener: None)
+    textfile = metrics.Textfile(runtime, fake_exposition)
 
     async def run():
         # Nothing sets `changed`: every rewrite seen here is the heartbeat's own.

@@ -22,6 +22,7 @@ from bkd.alerts.notify.outbox import GIVE_UP_AFTER, MAX_IN_FLIGHT, MAX_PER_SINK,
 from bkd.alerts.notify.sinks import Outcome
 from bkd.config.runtime import Runtime
 from bkd.state.store import Store
+from bkd.alerts.store import AlertStore
 
 RUN_FAILED, NOTIFY = AlertKind.RUN_FAILED, AlertKind.NOTIFY
 START = 1_000_000.0  # the fake clock's first reading (Unix seconds)
@@ -153,7 +154,7 @@ async def test_an_episode_owes_its_opening_then_a_reminder_every_remind_every_th
         ["opened", "chat"], ["reminder1", "chat"], ["reminder2", "chat"], ["resolved", "chat"]]
     assert len({row["key"] for row in rows}) == 4 and all(row["episode_id"] == episode["id"] for row in rows)
     assert await s.rows(sink="ops") == []  # its filter names another host
-    (stored,) = await s.store.alerts.recent(1)
+    (stored,) = await AlertStore(s.store).recent(1)
     assert (stored["reminders"], stored["reminded"]) == (2, clock.iso(t0 + timedelta(minutes=120)))
 
 
@@ -293,7 +294,7 @@ async def test_what_the_store_refuses_to_queue_waits_in_memory_and_is_queued_lat
     s.notifier.wake_outbox.set()
     await until(lambda: s.sinks.events() == ["opened"], "the opening, once the store took it")
     assert s.notifier.unsaved == []
-    (stored,) = await s.store.alerts.current()
+    (stored,) = await AlertStore(s.store).current()
     assert stored["id"] == episode["id"] and stored["notified"] is not None  # the episode's part too
 
 

@@ -10,7 +10,7 @@ from bkd.config.models import DEFAULT_EXCLUDES, Config, Host, default_excludes
 from bkd.config.patterns import anchored, on_host
 from bkd.config.remote import Remote
 from bkd.infra.errors import InvalidArgument
-from bkd.restore import transfer as restore
+from bkd.restore import transfer
 from bkd.pipeline import rsync
 from bkd.pipeline.selfguard import effective_excludes, inside_source
 
@@ -86,7 +86,7 @@ def test_config_refuses_these_sources(source, message):
 
 def _settings(source: str, **rsync):
     config = Config.model_validate({"backup_root": "/r", "rsync": rsync, "host": [{"name": "h", "source": source}]})
-    return config, config.settings(config.host[0])
+    return config, config.hosts["h"]
 
 
 def test_ipv6_source_reaches_ssh_master_and_rsync_as_the_same_host():
@@ -105,12 +105,12 @@ def test_source_of_has_one_trailing_slash(source, expected):
 
 
 def test_restore_destination_is_parsed_by_the_same_parser():
-    assert restore.check_destination("/srv/x") is None
-    assert restore.check_destination("root@[::1]:/srv/x") == Remote("root", "::1", "/srv/x")
-    assert restore.check_destination("web1:/srv/x").destination == "web1"
+    assert transfer.check_destination("/srv/x") is None
+    assert transfer.check_destination("root@[::1]:/srv/x") == Remote("root", "::1", "/srv/x")
+    assert transfer.check_destination("web1:/srv/x").destination == "web1"
     for bad in ("web1:srv/x", "fe80::1:/srv", "relative"):
         with pytest.raises(InvalidArgument, match="invalid params: dest: .* is not an absolute local path, nor"):
-            restore.check_destination(bad)
+            transfer.check_destination(bad)
 
 
 # ------------------------------------------------------------ patterns from paths

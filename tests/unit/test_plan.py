@@ -5,7 +5,8 @@ import pytest
 from bkctl.protocol import Kind
 from bkd.config.models import Config
 from bkd.restore.transfer import Where
-from bkd.runs.plan import Lane, Phase, Request, RestoreTarget, Stage, Trigger, plan_run, stages_for
+from bkd.restore.request import RestoreTarget
+from bkd.runs.plan import Lane, Phase, Request, Stage, Trigger, plan_run, stages_for
 
 S = Stage
 

@@ -47,13 +47,13 @@ async def test_a_refused_write_stays_dirty_and_the_store_sync_loop_writes_it_onc
         store, monkeypatch):
     monkeypatch.setattr(recorder_module, "RETRY_SECONDS", 0.01)
     registry = Registry(1)
-    recorder = Recorder(store, registry)
+    recorder = Recorder(store, registry, {})
     attempts = []
     save = store.jobs.save
 
-    async def counted(record):
+    async def counted(record, streaks=None):
         attempts.append(record["status"])
-        await save(record)
+        await save(record, streaks)
 
     monkeypatch.setattr(store.jobs, "save", counted)
     job = claim(registry, "a")
@@ -80,7 +80,7 @@ async def test_a_refused_write_stays_dirty_and_the_store_sync_loop_writes_it_onc
 
 async def test_memory_lets_go_of_a_job_only_once_its_final_record_is_stored(store):
     registry = Registry(1)
-    recorder = Recorder(store, registry)
+    recorder = Recorder(store, registry, {})
     job = claim(registry, "a", "b")
     assert await recorder.save(job) is True and job.job_id in registry.jobs  # running
     conclude(job, "a")

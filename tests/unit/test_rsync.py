@@ -70,7 +70,7 @@ def test_ssh_command_is_batch_mode_with_strict_host_keys_and_the_configured_opti
         "ssh": {"config_file": "/etc/bkd/ssh config", "known_hosts_file": "/etc/bkd/kh"},
         "host": [{"name": "web1", "source": "web1:/home/"}],
     })
-    settings = config.settings(config.host[0])
+    settings = config.hosts["web1"]
     argv = rsync.snapshot_command(config, settings, Path("/srv/bkd/web1/hourly/.partial-1"),
                                   [Path("/srv/bkd/web1/hourly/prev")])
     remote_shell = argv[argv.index("-e") + 1]
@@ -86,7 +86,7 @@ def test_ssh_command_is_batch_mode_with_strict_host_keys_and_the_configured_opti
 
 def test_ssh_s_own_messages_go_to_a_log_of_bkd_s_apart_from_the_host_s_stderr():
     config = Config.model_validate({"backup_root": "/srv/bkd", "host": [{"name": "web1", "source": "web1:/home/"}]})
-    settings = config.settings(config.host[0])
+    settings = config.hosts["web1"]
     with rsync.SshLog() as ssh_log:
         assert os.stat(os.path.dirname(ssh_log.path)).st_mode & 0o077 == 0  # private
         argv = rsync.reachability_command(config, settings, ssh_log)

@@ -2,6 +2,7 @@
 replaces the old — and at most a given number in force in all."""
 
 from bkd.state.store import Store
+from bkd.alerts.store import AlertStore
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z"
 
@@ -9,7 +10,7 @@ NOW, LATER = "2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z"
 async def test_a_silence_replaces_the_one_of_the_same_host_and_kind_and_the_total_is_capped(tmp_path):
     store = await Store.open(tmp_path / "bkd.sqlite")
     try:
-        alerts = store.alerts
+        alerts = AlertStore(store)
         first, replaced = await alerts.silence("web1", None, LATER, "a", "root", NOW, limit=3)
         assert replaced == []
         second, replaced = await alerts.silence("web1", None, LATER, "b", "root", NOW, limit=3)

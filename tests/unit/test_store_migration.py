@@ -6,6 +6,7 @@ import sqlite3
 
 from bkd.state.store import Store
 from bkd.state.schema import MIGRATIONS
+from bkd.alerts.store import AlertStore
 
 
 def old_database(path):
@@ -42,7 +43,7 @@ async def test_the_previous_schema_migrates(tmp_path):
     old_database(path)
     store = await Store.open(path)
     try:
-        episodes = {(e["kind"], e["state"]): e for e in await store.alerts.recent(100)}
+        episodes = {(e["kind"], e["state"]): e for e in await AlertStore(store).recent(100)}
         assert set(episodes) == {("run_failed", "open"), ("integrity", "open"), ("stale", "resolved")}
         assert episodes[("run_failed", "open")]["count"] == 2
         # The message quoted the run's error; every role reads alerts, so a later migration drops the quote.

@@ -1,7 +1,7 @@
-"""Executing one run (bkd.worker): waiting for a slot of its lane, planning
-from the config of the moment it leaves the queue, its stages in order with
-only the post hook after a failure, and the progress throttle. Real
-Registry, Limits and Runtime; fake stages."""
+"""Executing one run (runs/worker.py): waiting for a slot of its lane,
+planning from the config of the moment it leaves the queue, its stages in
+order with only the post hook after a failure. Real Registry, Limits,
+Lifecycle and Runtime; fake stages."""
 
 import asyncio
 
@@ -9,7 +9,6 @@ import pytest
 from runcore import Core, host, until
 
 from bkctl.protocol import Kind, Status
-from bkd.runs import worker as worker_module
 from bkd.pipeline.hooks import HookFailed
 from bkd.pipeline.snapshot import SnapshotFailed
 from bkd.runs.plan import Lane, Stage
@@ -155,47 +154,3 @@ async def test_a_cancelled_run_gives_its_slot_to_the_next_after_cleaning_up(tmp_
     assert core.stages.cleaned == [("a", Stage.SNAPSHOT)] and core.stages.of("a") == [Stage.SNAPSHOT]
     await b.task
     assert core.stages.of("b") == [Stage.SNAPSHOT, Stage.PRUNE] and a.finished <= b.started
-
-
-async def test_progress_is_published_at_most_twice_a_second_newest_value_kept_none_after_the_stage(
-        tmp_path, monkeypatch):
-    assert worker_module.PROGRESS_EVERY == 0.5  # the contract: at most two events a second per run
-    every = 0.05  # the same throttle, ten times faster, so that the test takes a fraction of a second
-    monkeypatch.setattr(worker_module, "PROGRESS_EVERY", every)
-    core = Core(tmp_path, [host("a", tmp_path)])
-    progress = lambda: core.events.of("progress")  # noqa: E731
-    stamps = []  # when the worker published each, by its own clock (ours may be late under load)
-
-    def publish(topic, **data):
-        if topic == "progress":
-            stamps.append(core.registry.jobs[data["job_id"]].runs[data["host"]].progress_published)
-        core.events(topic, **data)
-
-    core.worker.publish = publish
-
-    async def snapshot(run):
-        loop = asyncio.get_running_loop()
-        core.progress(run, {"percent": 1})  # the first goes out at once
-        for percent in range(2, 10):  # these come within its window: only the newest goes out, when it ends
-            core.progress(run, {"percent": percent})
-        await until(lambda: len(progress()) == 2, "the newest value at the end of the window")
-        for percent in range(10, 19):  # a steady stream for a few windows
-            core.progress(run, {"percent": percent})
-            await asyncio.sleep(every / 4)
-        await until(lambda: progress()[-1]["progress"] == {"percent": 18}
-                    and loop.time() - core.events.times("progress")[-1] > every, "the stream's last value")
-        core.progress(run, {"percent": 19})  # the window is over: out at once
-        core.progress(run, {"percent": 20})  # in the same instant: waits for the window to end ...
-        # ... and the stage ends first: it is dropped, not sent late
-
-    core.stages.on("a", Stage.SNAPSHOT, snapshot)
-    run = core.start("a", dry_run=True)  # one stage: nothing after it resets the progress
-    await run.task
-    sent = [event["progress"]["percent"] for event in progress()]
-    assert sent[:2] == [1, 9] and sent[-1] == 19 and 20 not in sent
-    assert all(event["stage"] == "snapshot" and event["host"] == "a" for event in progress())
-    # The loop's timers may fire up to its clock resolution early.
-    assert len(stamps) == len(sent) and all(later - earlier >= every - 0.001
-                                            for earlier, later in zip(stamps, stamps[1:]))
-    await asyncio.sleep(3 * every)  # nothing may follow: a timer still set would fire before this sleep ends
-    assert len(progress()) == len(sent)

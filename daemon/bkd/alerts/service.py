@@ -19,6 +19,7 @@ from ..infra import clock
 from ..infra.errors import Conflict
 from ..infra.events import EventBus
 from ..state.store import STORE_ERRORS, Store
+from .store import AlertStore
 from . import episodes
 
 log = structlog.get_logger()
@@ -31,15 +32,15 @@ MAX_SILENCES = 1000  # in force at once; each host and kind (or host, or kind) h
 
 class Alerts:
     def __init__(self, store: Store, bus: EventBus):
-        self.store = store
+        self.table = AlertStore(store)  # the episodes and silences, in the state database
         self.bus = bus
         self.current: dict[int, dict] = {}  # id → open or acknowledged episode
         self.silences: list[dict] = []  # in force (or recently: each check compares `until` with now)
         self.listeners: list[Listener] = []
 
     async def load(self) -> None:
-        self.current = {episode["id"]: episode for episode in await self.store.alerts.current()}
-        self.silences = await self.store.alerts.silences(clock.iso(clock.now()))
+        self.current = {episode["id"]: episode for episode in await self.table.current()}
+        self.silences = await self.table.silences(clock.iso(clock.now()))
 
     async def _tell(self, event: str, episode: dict) -> None:
         for listener in self.listeners:
@@ -54,7 +55,7 @@ class Alerts:
         shown to every role: outcomes and counts, never file names or command output."""
         now = clock.iso(clock.now())
         try:
-            episode, opened = await self.store.alerts.touch(str(kind), host, subject, message, now, count)
+            episode, opened = await self.table.touch(str(kind), host, subject, message, now, count)
         except STORE_ERRORS as e:
             log.error("alert.unrecorded", kind=str(kind), alert_host=host, subject=subject, message=message,
                       error=str(e))
@@ -77,7 +78,7 @@ class Alerts:
                    for e in self.current.values()):
             return  # nothing open: no database round trip on every good run
         try:
-            resolved = await self.store.alerts.resolve(str(kind), host, subject, clock.iso(clock.now()))
+            resolved = await self.table.resolve(str(kind), host, subject, clock.iso(clock.now()))
         except STORE_ERRORS as e:
             log.error("alert.resolve_failed", kind=str(kind), alert_host=host, error=str(e))
             return
@@ -119,12 +120,12 @@ class Alerts:
         return {**episode, "silenced": self.is_silenced(episode["kind"], episode["host"])}
 
     async def list(self, include_resolved: bool = False, limit: int = 1000) -> list[dict]:
-        found = await (self.store.alerts.recent(limit) if include_resolved else self.store.alerts.current())
+        found = await (self.table.recent(limit) if include_resolved else self.table.current())
         return [self.record(episode) for episode in found]
 
     async def ack(self, ids: list[int] | None, host: str | None, kind: str | None, by: str,
                   note: str | None) -> list[dict]:
-        acked = await self.store.alerts.ack(ids, host, kind, by, note, clock.iso(clock.now()))
+        acked = await self.table.ack(ids, host, kind, by, note, clock.iso(clock.now()))
         for episode in acked:
             episode = self._with_sent(episode)
             self.current[episode["id"]] = episode
@@ -151,7 +152,7 @@ class Alerts:
                       by: str) -> dict:
         """Silence host and/or kind until then; a silence of the same host and
         kind in force is replaced. Conflict when MAX_SILENCES others are in force."""
-        made = await self.store.alerts.silence(host, kind, clock.iso(until), note, by, clock.iso(clock.now()),
+        made = await self.table.silence(host, kind, clock.iso(until), note, by, clock.iso(clock.now()),
                                                MAX_SILENCES)
         if made is None:
             raise Conflict(f"too many silences in force ({MAX_SILENCES}, one per host and kind at most): "
@@ -164,7 +165,7 @@ class Alerts:
         return silence
 
     async def unsilence(self, host: str | None, kind: str | None, by: str) -> list[int]:
-        ended = await self.store.alerts.unsilence(host, kind, clock.iso(clock.now()))
+        ended = await self.table.unsilence(host, kind, clock.iso(clock.now()))
         self.silences = [s for s in self.silences if s["id"] not in ended]
         if ended:
             log.info("alert.unsilenced", silenced_host=host, kind=kind, by=by)

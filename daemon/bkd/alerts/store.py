@@ -1,6 +1,7 @@
 """Alert episodes (SPEC §8): one row per (kind, host, subject) from the moment
 a condition starts until it clears; repeats only count. What changes is
-decided by the pure functions of bkd.episodes; this module persists it."""
+decided by the pure functions of episodes.py; this module persists it in
+the state database (state/store.py), beside the silences."""
 
 from __future__ import annotations
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 
-from ..app import StartupError, lock_dir
 from ..config import Config
 from ..infra import clock, logs
+from ..infra.errors import StartupError
 from ..infra.users import user_name
 from ..state.audit import HEAD_NAME
 from ..state.store import DATABASE_NAME, Store, StoreUnusable
+from ..tree.ownership import lock_dir
 
 
 async def reanchor(config: Config) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import time, timedelta, timezone, tzinfo
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Literal, Optional, Union
 from urllib.parse import urlsplit
 
@@ -154,13 +155,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def _check_source(source: str) -> str:
     if _CONTROL.search(source):
         problem = "it contains control characters"
-    elif source.startswith("/"):
-        return source
-    elif ":" not in source or "/" in source.partition(":")[0]:  # rsync's rule: a relative local path
-        problem = "use an absolute local path or [user@]host:/path"
     else:
         try:
-            Remote.parse(source)
+            parse_source(source)
             return source
         except ValueError as e:
             problem = str(e)
@@ -691,18 +688,14 @@ class Config(Section):
         return self
 
     @functools.cached_property
-    def _derived(self) -> dict:
-        """What settings() and find_host() compute, kept after the first call:
-        a config never changes (it is frozen), and `status` asks for every
-        host's settings on every call. Each entry remembers the objects it was
-        built from, because model_copy() shares this dict with the copy."""
-        return {}
+    def hosts(self) -> Mapping[str, HostSettings]:
+        """Each host's effective settings by name, in config order: the global
+        sections with its overrides applied. Built once per config (a config
+        is frozen; reload makes a new one), since `status`, the schedule and
+        every run ask for them; a host the config does not have is not in it."""
+        return MappingProxyType({host.name: self._settings_of(host) for host in self.host})
 
-    def settings(self, host: Host) -> HostSettings:
-        sources = (host, *(getattr(self, section) for section in OVERRIDABLE))
-        cached = self._derived.get(("settings", host.name))
-        if cached and all(a is b for a, b in zip(cached[0], sources)):
-            return cached[1]
+    def _settings_of(self, host: Host) -> HostSettings:
         merged = {}
         for section in OVERRIDABLE:
             base = getattr(self, section)
@@ -712,15 +705,12 @@ class Config(Section):
             merged[section] = base.model_copy(update=update)
         rsync = merged["rsync"]
         defaults = default_excludes(host.path) if rsync.exclude_defaults else []
-        settings = HostSettings(host=host, excludes=defaults + rsync.exclude + host.exclude, **merged)
-        self._derived[("settings", host.name)] = (sources, settings)
-        return settings
+        return HostSettings(host=host, excludes=defaults + rsync.exclude + host.exclude, **merged)
 
-    def find_host(self, name: str) -> Host | None:
-        cached = self._derived.get("hosts")
-        if cached is None or cached[0] is not self.host:
-            cached = self._derived["hosts"] = (self.host, {h.name: h for h in self.host})
-        return cached[1].get(name)
+    def model_copy(self, *, update: Mapping | None = None, deep: bool = False) -> Config:
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("hosts", None)  # built again from the copy's own sections and hosts
+        return copy
 
     def find_sink(self, name: str) -> EmailSink | WebhookSink | None:
         return next((s for s in self.notify if s.name == name), None)

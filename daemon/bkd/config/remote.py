@@ -149,7 +149,11 @@ def _is_ipv6(host: str) -> bool:
 
 
 def parse_source(source: str) -> Remote | None:
-    """A host's source: None for an absolute local path, else the Remote (ValueError when neither)."""
+    """A host's source: None for an absolute local path, else the Remote;
+    ValueError for anything else. Without a ':' before its first '/', rsync
+    reads a source as a local path: a relative one is refused."""
     if source.startswith("/"):
         return None
+    if ":" not in source.split("/", 1)[0]:
+        raise ValueError("use an absolute local path or [user@]host:/path")
     return Remote.parse(source)

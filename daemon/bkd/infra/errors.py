@@ -1,5 +1,6 @@
 """Domain errors. Code below the RPC edge raises these; the RPC server turns
-them into JSON-RPC error codes with one table (rpc/server.py: WIRE_CODES)."""
+them into JSON-RPC error codes with one table (rpc/server.py: WIRE_CODES).
+And the one error that ends the daemon before it serves: StartupError."""
 
 from __future__ import annotations
 
@@ -36,3 +37,7 @@ class Denied(DomainError):
 
 class ShuttingDown(DomainError):
     """The daemon is stopping and takes no new work."""
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do, in one line."""

@@ -66,21 +66,14 @@ class Supervisor:
         self.on_failure = on_failure
         self.on_recovery = on_recovery
         self.failures: dict[str, deque[float]] = {}
-        self.loops: list[str] = []
         self._faults = _faults()
 
     def healthy(self) -> bool:
         now = time.monotonic()
         return all(sum(now - t <= WINDOW for t in times) < FAILURES for times in self.failures.values())
 
-    def failing(self) -> list[str]:
-        now = time.monotonic()
-        return sorted(name for name, times in self.failures.items()
-                      if sum(now - t <= WINDOW for t in times) >= FAILURES)
-
     async def supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run loop() for ever, restarting it when it fails. Only cancellation ends it."""
-        self.loops.append(name)
         delay = FIRST_DELAY
         failed_since_recovery = False
         while True:

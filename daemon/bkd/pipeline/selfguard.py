@@ -26,6 +26,7 @@ from bkctl import mounts
 
 from ..config import patterns
 from ..config.models import Config, HostSettings
+from ..config.runtime import Runtime
 from ..config.remote import Remote
 from ..infra import exec as bkexec
 from . import rsync
@@ -88,14 +89,14 @@ def inside_own(config: Config, identities, location: tuple[int, str] | None = No
 
 
 class SelfGuard:
-    def __init__(self, config: Config):
-        self.config = config
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
         self._verdicts: dict[str, Verdict] = {}
         self._probes: dict[str, asyncio.Task] = {}
+        runtime.on_reload(self._reloaded)
 
-    def reloaded(self, config: Config) -> None:
+    def _reloaded(self, old: Config, new: Config) -> None:
         """A new config: find out again (hosts, keys and addresses may have changed)."""
-        self.config = config
         self._verdicts.clear()
 
     def known(self, settings: HostSettings) -> Verdict | None:
@@ -124,14 +125,14 @@ class SelfGuard:
         verdict = await self.verdict(settings)
         if not verdict.same:
             return []
-        return inside_source(settings.host.path, own_dirs(self.config))
+        return inside_source(settings.host.path, own_dirs(self.runtime.config))
 
     async def _probe(self, remote: Remote, rsync_path: str) -> Verdict:
         with rsync.SshLog() as ssh_log:
             return await self._probe_with(remote, rsync_path, ssh_log)
 
     async def _probe_with(self, remote: Remote, rsync_path: str, ssh_log: rsync.SshLog) -> Verdict:
-        ssh = ["-e", shlex.join(rsync.ssh_command(self.config, ssh_log.path)), *rsync.rsync_path_option(rsync_path)]
+        ssh = ["-e", shlex.join(rsync.ssh_command(self.runtime.config, ssh_log.path)), *rsync.rsync_path_option(rsync_path)]
         try:
             ours = MACHINE_ID.read_text().strip()
         except OSError as e:
@@ -149,7 +150,7 @@ class SelfGuard:
             if fetched.read_text().strip() != ours:
                 return Verdict(False, "another machine (its machine-id differs)")
         # The same machine-id: a clone, or really this machine? A marker made here must be visible there.
-        marker_dir = self.config.socket.parent
+        marker_dir = self.runtime.config.socket.parent
         marker = marker_dir / f".bkd-self-{secrets.token_hex(8)}"
         try:
             marker.touch(mode=0o644)

@@ -18,20 +18,34 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 
 from .. import __version__
+from ..alerts.notify.outbox import Notifier
+from ..alerts.service import Alerts
 from ..config.models import Duration, HostName, SinkName, redact_url
+from ..config.runtime import Runtime
 from ..infra import clock
-from ..infra.errors import Denied, InvalidArgument, NotFound
-from ..infra.events import DEFAULT_QUEUE, TOPICS
+from ..infra.errors import Denied, NotFound
+from ..infra.events import DEFAULT_QUEUE, TOPICS, EventBus
 from ..pipeline import selfguard
-from ..restore import transfer as restore
-from ..runs.plan import RestoreTarget, Trigger
+from ..pipeline.selfguard import SelfGuard
+from ..restore.receivers import Receivers
+from ..restore.request import Caller, Received, Restores
+from ..runs.housekeeping import Housekeeping
+from ..runs.jobs import Jobs
+from ..runs.plan import Trigger
+from ..state.store import Store
 from ..tree import browse, relpath
 from ..tree.layout import HostDir
-from ..views import catalog, metrics, report
+from ..views import catalog, report
+from ..views import results as r
+from ..views.metrics import Metrics
+from ..views.report import Reports
+from ..views.status import Info, StatusView
+from ..watch.auditwitness import AuditWatch
+from ..watch.hosts import Hosts
+from ..watch.integrity import Integrity
 from . import access
 
 if TYPE_CHECKING:
-    from ..app import Services
     from .server import Call
 
 log = structlog.get_logger()
@@ -263,24 +277,12 @@ Role = Literal["viewer", "operator", "admin"]
 class Method:
     params: type[Params]
     handler: Callable[..., Awaitable]  # handler(params, call) -> result
+    result: type  # the result's TypedDict (views/results.py), checked against docs/protocol.md
     role: Role
     streams: bool = False  # the handler returns (result, start the stream)
     mutating: bool = False  # changes something: every call goes to the audit log
     takes_over: bool = False  # after the answer, handler's second value gets the raw connection
     concurrency: int | None = None  # calls answered at once, from every connection; more get -32006
-
-
-def _outside_own(config, dest: str, where: restore.Where) -> None:
-    """A restore never writes into bkd's own directories, by whatever path
-    (a symlink, a bind mount of them or of a directory inside them) DEST
-    reaches them: the directory it writes under and its parents are compared
-    with them by device and inode, and by place in their filesystem."""
-    if not where.identities and where.location is None:
-        raise InvalidArgument(f"invalid params: dest: cannot tell whether {dest} is inside bkd's own directories")
-    own = selfguard.inside_own(config, where.identities, where.location)
-    if own is not None:
-        what, path = own
-        raise InvalidArgument(f"invalid params: dest: {dest} is inside {what} ({path}); restore elsewhere")
 
 
 # Fields that may quote file names or command output: admins only (SPEC §5).
@@ -299,127 +301,114 @@ def _public_job(job: dict, call: Call) -> dict:
 
 
 class Api:
-    def __init__(self, services: Services | None):
-        self.s = services
+    """The handlers, with the services each needs (None: this table is read,
+    not called, as the tests that compare it with the docs do)."""
+
+    def __init__(self, *, runtime: Runtime | None = None, info: Info | None = None,
+                 status: StatusView | None = None, jobs: Jobs | None = None, restores: Restores | None = None,
+                 receivers: Receivers | None = None, housekeeping: Housekeeping | None = None,
+                 integrity: Integrity | None = None, hosts: Hosts | None = None, guard: SelfGuard | None = None,
+                 alerts: Alerts | None = None, notifier: Notifier | None = None, metrics: Metrics | None = None,
+                 reports: Reports | None = None, store: Store | None = None,
+                 audit_watch: AuditWatch | None = None, bus: EventBus | None = None):
+        self.runtime = runtime
+        self.info = info
+        self.status_view = status
+        self.jobs = jobs
+        self.restores = restores
+        self.receivers = receivers
+        self.housekeeping = housekeeping
+        self.integrity = integrity
+        self.hosts = hosts
+        self.guard = guard
+        self.alerts = alerts
+        self.notifier = notifier
+        self.metrics_view = metrics
+        self.reports = reports
+        self.store = store
+        self.audit_watch = audit_watch
+        self.bus = bus
 
     def host_dir(self, host: str) -> HostDir:
         """A configured host's directory, or one a removed host left behind."""
-        config = self.s.runtime.config
+        config = self.runtime.config
         host_dir = HostDir.of(config.backup_root, host)
-        if not config.find_host(host) and not host_dir.root.is_dir():
+        if host not in config.hosts and not host_dir.root.is_dir():
             raise NotFound(f"unknown host: {host}")
         return host_dir
 
-    async def daemon_info(self, _: NoParams, call: Call) -> dict:
-        info = self.s.info
+    async def daemon_info(self, _: NoParams, call: Call) -> r.DaemonInfoResult:
+        info = self.info
         return {"version": __version__, "protocol": info.protocol, "pid": os.getpid(),
-                "started": clock.iso(info.started), "config_path": str(self.s.runtime.config_path),
-                "backup_root": str(self.s.runtime.config.backup_root), "rsync": info.rsync_version}
+                "started": clock.iso(info.started), "config_path": str(self.runtime.config_path),
+                "backup_root": str(self.runtime.config.backup_root), "rsync": info.rsync_version}
 
-    async def status(self, _: NoParams, call: Call) -> dict:
-        result = self.s.readmodel.status(clock.now())
-        alerts = self.s.alerts
-        for name, host in result["hosts"].items():
-            host["alerts"] = alerts.open_for(name)
-            host["alert_kinds"] = sorted({e["kind"] for e in alerts.current.values() if e["host"] == name})
-        return {**result, "deletion_queue": self.s.housekeeping.collector.pending(),
-                "subscribers": len(self.s.bus.subscriptions),
-                "alerts": alerts.summary()}
+    async def status(self, _: NoParams, call: Call) -> r.StatusResult:
+        return self.status_view.status(clock.now())
 
-    async def job_start(self, p: JobStart, call: Call) -> dict:
-        return {"job_id": await self.s.jobs.start(p.hosts, Kind(p.kind), Trigger.MANUAL, dry_run=p.dry_run)}
+    async def job_start(self, p: JobStart, call: Call) -> r.JobStartResult:
+        return {"job_id": await self.jobs.start(p.hosts, Kind(p.kind), Trigger.MANUAL, dry_run=p.dry_run)}
 
-    async def job_cancel(self, p: JobCancel, call: Call) -> dict:
-        return {"cancelled": await self.s.jobs.cancel(p.hosts, p.job_id)}
+    async def job_cancel(self, p: JobCancel, call: Call) -> r.JobCancelResult:
+        return {"cancelled": await self.jobs.cancel(p.hosts, p.job_id)}
 
-    async def job_get(self, p: JobGet, call: Call) -> dict:
-        job = await self.s.jobs.get(p.job_id)
+    async def job_get(self, p: JobGet, call: Call) -> r.JobGetResult:
+        job = await self.jobs.get(p.job_id)
         if job is None:
             raise NotFound(f"no job {p.job_id}")
         return {"job": _public_job(job, call)}
 
-    async def jobs_list(self, p: JobsList, call: Call) -> dict:
+    async def jobs_list(self, p: JobsList, call: Call) -> r.JobsListResult:
         """Summaries, the same for every role: no statistics, no detail (job.get has them)."""
-        jobs = await self.s.jobs.list(p.host, p.limit, p.before)
+        jobs = await self.jobs.list(p.host, p.limit, p.before)
         return {"jobs": jobs, "next_before": jobs[-1]["job_id"] if len(jobs) == p.limit else None}
 
-    async def snapshots_list(self, p: SnapshotsList, call: Call) -> dict:
-        config = self.s.runtime.config
+    async def snapshots_list(self, p: SnapshotsList, call: Call) -> r.SnapshotsListResult:
+        config = self.runtime.config
         host_dir = self.host_dir(p.host)
-        host = config.find_host(p.host)
-        policy = config.settings(host).retention if host else config.retention
-        page = await catalog.list_snapshots(self.s.store, host_dir, policy, p.limit, p.before)
+        settings = config.hosts.get(p.host)
+        policy = settings.retention if settings else config.retention
+        page = await catalog.list_snapshots(self.store, host_dir, policy, p.limit, p.before)
         return {"host": p.host, **page}
 
-    async def schedule_list(self, _: NoParams, call: Call) -> dict:
-        return {"entries": self.s.readmodel.schedule_entries(clock.now())}
+    async def schedule_list(self, _: NoParams, call: Call) -> r.ScheduleListResult:
+        return {"entries": self.status_view.schedule(clock.now())}
 
-    async def snapshots_browse(self, p: SnapshotsBrowse, call: Call) -> dict:
+    async def snapshots_browse(self, p: SnapshotsBrowse, call: Call) -> r.SnapshotsBrowseResult:
         name, root = browse.snapshot_root(self.host_dir(p.host), p.snapshot)
         page = await asyncio.to_thread(browse.list_dir, root, p.path, p.offset, p.limit)
         return {"host": p.host, "snapshot": name, "path": p.path, **page}
 
-    async def snapshots_history(self, p: SnapshotsHistory, call: Call) -> dict:
+    async def snapshots_history(self, p: SnapshotsHistory, call: Call) -> r.SnapshotsHistoryResult:
         found = await asyncio.to_thread(browse.history, self.host_dir(p.host), p.path)
         return {"host": p.host, "path": p.path, "entries": found}
 
-    async def restore(self, p: Restore, call: Call) -> dict:
-        """Check everything that can be checked before starting: the snapshot, the
-        path inside it, the destination and what is already there."""
-        config = self.s.runtime.config
-        host_dir = self.host_dir(p.host)
-        name, root = browse.snapshot_root(host_dir, p.snapshot)
-        await asyncio.to_thread(browse.lookup, root, p.path)
-        parts = browse.components(p.path)
-        remote = restore.check_destination(p.dest)
-        if remote and not access.may_restore_remotely(call.who, config.access):
-            raise Denied(f"permission denied: a restore to host:path writes with bkd's own restore key; "
-                         f"it needs root or a group in [access] remote_restorers, and {call.user} (uid {call.uid}) "
-                         "is in none")
-        if remote:
-            if p.receiver is not None:
-                raise InvalidArgument("invalid params: receiver: a host:path DEST is written by the daemon")
-            restore.restore_key(config)  # refused at once without one
-            where = await restore.remote_where(config, p.dest, parts)
-            rsync_path = restore.rsync_path_at(config, remote, p.host)
-            if (await self.s.guard.verdict_of(remote, rsync_path=rsync_path)).same:  # this very machine, over SSH
-                _outside_own(config, p.dest, where)
-        else:
-            if p.receiver is None:
-                raise InvalidArgument("invalid params: receiver: a local DEST is received by the caller "
-                                      "(bkctl restore does this)")
-            if len(p.receiver.kinds) != len(parts) + 1:
-                raise InvalidArgument("invalid params: receiver.kinds: one per directory of DEST/PATH")
-            location = p.receiver.location
-            where = restore.Where(tuple(p.receiver.kinds), p.receiver.dest_empty,
-                                  identities=tuple(map(tuple, p.receiver.ancestors)),
-                                  location=(location.dev, location.path) if location else None)
-            _outside_own(config, p.dest, where)
-        restore.conflict(where, p.dest, parts, p.overwrite)
-        top_level = await asyncio.to_thread(browse.top_level, root) if not parts else []
-        source_args, into = restore.sources(parts, where, top_level)
-        options = restore.options(p.overwrite, p.dry_run)
-        token = None if remote else self.s.receivers.expect(call.uid)
-        target = RestoreTarget(name, p.path, p.dest, p.overwrite, tuple(source_args), into, tuple(options), where,
-                               token, os.fsencode(p.receiver.missing) if p.receiver else b"")
-        job_id = await self.s.jobs.start([p.host], Kind.RESTORE, Trigger.MANUAL, restore=target, dry_run=p.dry_run)
-        answer = {"job_id": job_id}
-        if token:
-            answer["receive"] = {"token": token, "into": os.fsdecode(into)}
+    async def restore(self, p: Restore, call: Call) -> r.RestoreResult:
+        received = None if p.receiver is None else Received(
+            tuple(p.receiver.kinds), p.receiver.dest_empty, tuple(map(tuple, p.receiver.ancestors)),
+            (p.receiver.location.dev, p.receiver.location.path) if p.receiver.location else None,
+            os.fsencode(p.receiver.missing))
+        caller = Caller(call.uid, call.user, access.may_restore_remotely(call.who, self.runtime.config.access))
+        target = await self.restores.check(self.host_dir(p.host), p.snapshot, p.path, p.dest, p.overwrite, p.dry_run,
+                                           received, caller)
+        job_id = await self.jobs.start([p.host], Kind.RESTORE, Trigger.MANUAL, restore=target, dry_run=p.dry_run)
+        answer: r.RestoreResult = {"job_id": job_id}
+        if target.token:
+            answer["receive"] = {"token": target.token, "into": os.fsdecode(target.into)}
         return answer
 
-    async def restore_stream(self, p: RestoreStream, call: Call) -> tuple[dict, Callable]:
+    async def restore_stream(self, p: RestoreStream, call: Call) -> tuple[r.RestoreStreamResult, Callable]:
         """The caller's receiver attaches: after this answer the restore sends,
         on this connection, the receiver's command line and (SCM_RIGHTS) its
         two ends of the sender's connection, and closes it."""
-        self.s.receivers.check(p.token, call.uid)
-        return {"attached": True}, lambda reader, writer: self.s.receivers.hand_over(p.token, (reader, writer))
+        self.receivers.check(p.token, call.uid)
+        return {"attached": True}, lambda reader, writer: self.receivers.hand_over(p.token, (reader, writer))
 
-    async def verify(self, p: Verify, call: Call) -> dict:
+    async def verify(self, p: Verify, call: Call) -> r.VerifyResult:
         host_dir = self.host_dir(p.host)
-        integrity = self.s.integrity
+        integrity = self.integrity
         if p.sample:
-            result = await integrity.sample(host_dir, self.s.runtime.config.verify.sample_percent)
+            result = await integrity.sample(host_dir, self.runtime.config.verify.sample_percent)
             return {**result, "ok": not result["mismatches"], "snapshots": [result["snapshot"]], "archives": []}
         if p.all:
             names = [str(n) for n in host_dir.snapshots()]
@@ -427,66 +416,66 @@ class Api:
             names = [browse.snapshot_root(host_dir, p.snapshot)[0]]
         return {"host": p.host, **await integrity.verify(host_dir, names, p.all)}
 
-    async def metrics(self, _: NoParams, call: Call) -> dict:
-        return {"text": await metrics.exposition(self.s)}
+    async def metrics(self, _: NoParams, call: Call) -> r.MetricsResult:
+        return {"text": await self.metrics_view.exposition()}
 
-    async def audit_list(self, p: AuditList, call: Call) -> dict:
-        """verify: the chain, its head record and the journal's record of it (auditwitness.py)."""
-        checked = await self.s.audit_watch.verify() if p.verify else \
+    async def audit_list(self, p: AuditList, call: Call) -> r.AuditListResult:
+        """verify: the chain, its head record and the journal's record of it (watch/auditwitness.py)."""
+        checked = await self.audit_watch.verify() if p.verify else \
             {"chain_ok": None, "broken_at": None, "problem": None, "journal": None}
-        return {"entries": await self.s.store.audit.entries(p.limit), **checked}
+        return {"entries": await self.store.audit.entries(p.limit), **checked}
 
-    async def alerts_list(self, p: AlertsList, call: Call) -> dict:
-        return {"alerts": await self.s.alerts.list(p.all), "silences": self.s.alerts.silences_in_force()}
+    async def alerts_list(self, p: AlertsList, call: Call) -> r.AlertsListResult:
+        return {"alerts": await self.alerts.list(p.all), "silences": self.alerts.silences_in_force()}
 
-    async def alerts_ack(self, p: AlertsAck, call: Call) -> dict:
-        acked = await self.s.alerts.ack(p.ids, p.host, p.kind and str(p.kind), call.user, p.note)
+    async def alerts_ack(self, p: AlertsAck, call: Call) -> r.AlertsAckResult:
+        acked = await self.alerts.ack(p.ids, p.host, p.kind and str(p.kind), call.user, p.note)
         if not acked and p.ids:
             raise NotFound(f"no open alert with id {', '.join(map(str, p.ids))}")
         return {"acked": [episode["id"] for episode in acked]}
 
-    async def alerts_silence(self, p: AlertsSilence, call: Call) -> dict:
+    async def alerts_silence(self, p: AlertsSilence, call: Call) -> r.AlertsSilenceResult:
         """Maintenance: alerts of the host and/or kind are still recorded, not notified, until `for` is over."""
         if p.host:
-            self.s.jobs.host_names([p.host])
-        silence = await self.s.alerts.silence(p.host, p.kind and str(p.kind), clock.now() + p.for_, p.note,
-                                              call.user)
-        return {"silence": silence, "silences": self.s.alerts.silences_in_force()}
+            self.jobs.host_names([p.host])
+        silence = await self.alerts.silence(p.host, p.kind and str(p.kind), clock.now() + p.for_, p.note,
+                                            call.user)
+        return {"silence": silence, "silences": self.alerts.silences_in_force()}
 
-    async def alerts_unsilence(self, p: AlertsUnsilence, call: Call) -> dict:
-        ended = await self.s.alerts.unsilence(p.host, p.kind and str(p.kind), call.user)
+    async def alerts_unsilence(self, p: AlertsUnsilence, call: Call) -> r.AlertsUnsilenceResult:
+        ended = await self.alerts.unsilence(p.host, p.kind and str(p.kind), call.user)
         if not ended:
             what = " and ".join(filter(None, [p.host and f"host {p.host}", p.kind and f"kind {p.kind}"]))
             raise NotFound(f"no silence of {what} is in force")
-        return {"ended": ended, "silences": self.s.alerts.silences_in_force()}
+        return {"ended": ended, "silences": self.alerts.silences_in_force()}
 
-    async def notify_status(self, _: NoParams, call: Call) -> dict:
-        return {"sinks": await self.s.notifier.status()}
+    async def notify_status(self, _: NoParams, call: Call) -> r.NotifyStatusResult:
+        return {"sinks": await self.notifier.status()}
 
-    async def notify_test(self, p: NotifyTest, call: Call) -> dict:
-        results = await self.s.notifier.test(p.sink)
-        return {"results": results, "sinks": await self.s.notifier.status()}
+    async def notify_test(self, p: NotifyTest, call: Call) -> r.NotifyTestResult:
+        results = await self.notifier.test(p.sink)
+        return {"results": results, "sinks": await self.notifier.status()}
 
-    async def report(self, p: Report, call: Call) -> dict:
+    async def report(self, p: Report, call: Call) -> r.ReportResult:
         """The fleet digest: counts and outcomes only, so it is for viewers too."""
-        hosts = self.s.jobs.host_names(p.hosts) if p.hosts else None
-        return await report.gather(self.s, p.since or report.DAILY_PERIOD, hosts, p.trends)
+        hosts = self.jobs.host_names(p.hosts) if p.hosts else None
+        return await self.reports.gather(p.since or report.DAILY_PERIOD, hosts, p.trends)
 
-    async def prune(self, p: Prune, call: Call) -> dict:
-        config = self.s.runtime.config
+    async def prune(self, p: Prune, call: Call) -> r.PruneResult:
+        config = self.runtime.config
         plan = {}
-        for host in self.s.jobs.host_names(p.hosts):
-            policy = config.settings(config.find_host(host)).retention
-            plan[host] = await self.s.housekeeping.prune(HostDir.of(config.backup_root, host), policy, p.dry_run)
+        for host in self.jobs.host_names(p.hosts):
+            policy = config.hosts[host].retention
+            plan[host] = await self.housekeeping.prune(HostDir.of(config.backup_root, host), policy, p.dry_run)
         return {"dry_run": p.dry_run, "plan": plan}
 
-    async def hosts_list(self, _: NoParams, call: Call) -> dict:
-        config = self.s.runtime.config
+    async def hosts_list(self, _: NoParams, call: Call) -> r.HostsListResult:
+        config = self.runtime.config
         hosts = []
         own_dirs = selfguard.own_dirs(config)
-        for host in config.host:
-            settings = config.settings(host)
-            verdict = self.s.guard.known(settings)
+        for settings in config.hosts.values():
+            host = settings.host
+            verdict = self.guard.known(settings)
             own = selfguard.inside_source(host.path, own_dirs) if verdict and verdict.same else []
             hosts.append({"name": host.name, "source": host.source, "remote": host.is_remote,
                           "schedule": settings.schedule.model_dump(mode="json"),
@@ -499,22 +488,23 @@ class Api:
                           "identity_detail": verdict.detail if verdict else None})
         return {"hosts": _public(hosts, call)}
 
-    async def hosts_test(self, p: HostsTest, call: Call) -> dict:
-        names = self.s.jobs.host_names(p.hosts)
-        results = await self.s.hosts.test(names)
+    async def hosts_test(self, p: HostsTest, call: Call) -> r.HostsTestResult:
+        names = self.jobs.host_names(p.hosts)
+        results = await self.hosts.test(names)
         return {"results": dict(zip(names, _public([results[name] for name in names], call), strict=True))}
 
-    async def config_reload(self, _: NoParams, call: Call) -> dict:
-        return await self.s.runtime.reload()
+    async def config_reload(self, _: NoParams, call: Call) -> r.ConfigReloadResult:
+        return await self.runtime.reload()
 
-    async def events_subscribe(self, p: EventsSubscribe, call: Call) -> tuple[dict, Callable[[], None]]:
+    async def events_subscribe(self, p: EventsSubscribe, call: Call) -> tuple[r.EventsSubscribeResult,
+                                                                               Callable[[], None]]:
         """Viewers and operators get every topic but `log` (it quotes file
         names and hook command lines): asking for it is refused."""
         allowed = set(TOPICS) if call.role == "admin" else set(TOPICS) - {"log"}
         topics = set(p.topics) if p.topics else allowed
         if topics - allowed:
             raise Denied(f"permission denied: the {', '.join(sorted(topics - allowed))} topic needs the admin role")
-        bus, conn = self.s.bus, call.conn
+        bus, conn = self.bus, call.conn
 
         def on_drop() -> None:
             log.warning("events.subscriber_dropped", uid=call.uid, pid=call.pid, max_queue=p.max_queue)
@@ -542,31 +532,35 @@ class Api:
 
 def method_table(api: Api) -> dict[str, Method]:
     return {
-        M.DAEMON_INFO: Method(NoParams, api.daemon_info, "viewer"),
-        M.STATUS: Method(NoParams, api.status, "viewer"),
-        M.JOB_START: Method(JobStart, api.job_start, "operator", mutating=True),
-        M.JOB_CANCEL: Method(JobCancel, api.job_cancel, "operator", mutating=True),
-        M.JOB_GET: Method(JobGet, api.job_get, "viewer"),
-        M.JOBS_LIST: Method(JobsList, api.jobs_list, "viewer"),
-        M.SNAPSHOTS_LIST: Method(SnapshotsList, api.snapshots_list, "viewer"),
-        M.SNAPSHOTS_BROWSE: Method(SnapshotsBrowse, api.snapshots_browse, "admin"),
-        M.SNAPSHOTS_HISTORY: Method(SnapshotsHistory, api.snapshots_history, "admin", concurrency=2),
-        M.SCHEDULE_LIST: Method(NoParams, api.schedule_list, "viewer"),
-        M.PRUNE: Method(Prune, api.prune, "admin", mutating=True, concurrency=2),
-        M.RESTORE: Method(Restore, api.restore, "admin", mutating=True),
-        M.RESTORE_STREAM: Method(RestoreStream, api.restore_stream, "admin", takes_over=True),
-        M.VERIFY: Method(Verify, api.verify, "operator", concurrency=2),
-        M.ALERTS_LIST: Method(AlertsList, api.alerts_list, "viewer"),
-        M.ALERTS_ACK: Method(AlertsAck, api.alerts_ack, "operator", mutating=True),
-        M.ALERTS_SILENCE: Method(AlertsSilence, api.alerts_silence, "operator", mutating=True),
-        M.ALERTS_UNSILENCE: Method(AlertsUnsilence, api.alerts_unsilence, "operator", mutating=True),
-        M.NOTIFY_STATUS: Method(NoParams, api.notify_status, "viewer"),
-        M.NOTIFY_TEST: Method(NotifyTest, api.notify_test, "operator", mutating=True, concurrency=1),
-        M.REPORT: Method(Report, api.report, "viewer", concurrency=4),
-        M.AUDIT_LIST: Method(AuditList, api.audit_list, "admin", concurrency=2),
-        M.METRICS: Method(NoParams, api.metrics, "viewer"),
-        M.HOSTS_LIST: Method(NoParams, api.hosts_list, "viewer"),
-        M.HOSTS_TEST: Method(HostsTest, api.hosts_test, "operator", concurrency=2),
-        M.CONFIG_RELOAD: Method(NoParams, api.config_reload, "admin", mutating=True),
-        M.EVENTS_SUBSCRIBE: Method(EventsSubscribe, api.events_subscribe, "viewer", streams=True),
+        M.DAEMON_INFO: Method(NoParams, api.daemon_info, r.DaemonInfoResult, "viewer"),
+        M.STATUS: Method(NoParams, api.status, r.StatusResult, "viewer"),
+        M.JOB_START: Method(JobStart, api.job_start, r.JobStartResult, "operator", mutating=True),
+        M.JOB_CANCEL: Method(JobCancel, api.job_cancel, r.JobCancelResult, "operator", mutating=True),
+        M.JOB_GET: Method(JobGet, api.job_get, r.JobGetResult, "viewer"),
+        M.JOBS_LIST: Method(JobsList, api.jobs_list, r.JobsListResult, "viewer"),
+        M.SNAPSHOTS_LIST: Method(SnapshotsList, api.snapshots_list, r.SnapshotsListResult, "viewer"),
+        M.SNAPSHOTS_BROWSE: Method(SnapshotsBrowse, api.snapshots_browse, r.SnapshotsBrowseResult, "admin"),
+        M.SNAPSHOTS_HISTORY: Method(SnapshotsHistory, api.snapshots_history, r.SnapshotsHistoryResult, "admin",
+                                    concurrency=2),
+        M.SCHEDULE_LIST: Method(NoParams, api.schedule_list, r.ScheduleListResult, "viewer"),
+        M.PRUNE: Method(Prune, api.prune, r.PruneResult, "admin", mutating=True, concurrency=2),
+        M.RESTORE: Method(Restore, api.restore, r.RestoreResult, "admin", mutating=True),
+        M.RESTORE_STREAM: Method(RestoreStream, api.restore_stream, r.RestoreStreamResult, "admin", takes_over=True),
+        M.VERIFY: Method(Verify, api.verify, r.VerifyResult, "operator", concurrency=2),
+        M.ALERTS_LIST: Method(AlertsList, api.alerts_list, r.AlertsListResult, "viewer"),
+        M.ALERTS_ACK: Method(AlertsAck, api.alerts_ack, r.AlertsAckResult, "operator", mutating=True),
+        M.ALERTS_SILENCE: Method(AlertsSilence, api.alerts_silence, r.AlertsSilenceResult, "operator", mutating=True),
+        M.ALERTS_UNSILENCE: Method(AlertsUnsilence, api.alerts_unsilence, r.AlertsUnsilenceResult, "operator",
+                                   mutating=True),
+        M.NOTIFY_STATUS: Method(NoParams, api.notify_status, r.NotifyStatusResult, "viewer"),
+        M.NOTIFY_TEST: Method(NotifyTest, api.notify_test, r.NotifyTestResult, "operator", mutating=True,
+                              concurrency=1),
+        M.REPORT: Method(Report, api.report, r.ReportResult, "viewer", concurrency=4),
+        M.AUDIT_LIST: Method(AuditList, api.audit_list, r.AuditListResult, "admin", concurrency=2),
+        M.METRICS: Method(NoParams, api.metrics, r.MetricsResult, "viewer"),
+        M.HOSTS_LIST: Method(NoParams, api.hosts_list, r.HostsListResult, "viewer"),
+        M.HOSTS_TEST: Method(HostsTest, api.hosts_test, r.HostsTestResult, "operator", concurrency=2),
+        M.CONFIG_RELOAD: Method(NoParams, api.config_reload, r.ConfigReloadResult, "admin", mutating=True),
+        M.EVENTS_SUBSCRIBE: Method(EventsSubscribe, api.events_subscribe, r.EventsSubscribeResult, "viewer",
+                                   streams=True),
     }

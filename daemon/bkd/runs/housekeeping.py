@@ -82,21 +82,20 @@ class Housekeeping:
         or not new ones are being made; hosts with heavy work running are left
         for the next pass."""
         now = clock.now()
-        for host in config.host:
-            if self.registry.busy_run(host.name, Lane.HEAVY):
+        for name, settings in config.hosts.items():
+            if self.registry.busy_run(name, Lane.HEAVY):
                 continue
-            host_dir = HostDir.of(config.backup_root, host.name)
-            settings = config.settings(host)
+            host_dir = HostDir.of(config.backup_root, name)
             try:
                 expired = await asyncio.to_thread(archive.expire_archives, host_dir,
                                                   settings.archive.keep_days, now)
                 await self.expire_monthly(host_dir, config.monthly.keep_months)
             except OSError as e:  # this host's problem, reported by its own runs
-                log.warning("expire.failed", host=host.name, error=f"{e.filename}: {e.strerror}")
+                log.warning("expire.failed", host=name, error=f"{e.filename}: {e.strerror}")
                 continue
             if expired:
-                log.info("archives.expired", host=host.name, archives=len(expired))
-                self.refresh(host.name)
+                log.info("archives.expired", host=name, archives=len(expired))
+                self.refresh(name)
 
 
 def _trash(host_dir: HostDir, path) -> None:

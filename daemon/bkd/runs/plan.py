@@ -11,7 +11,7 @@ from enum import StrEnum
 from bkctl.protocol import Kind
 
 from ..config.models import Config, HostSettings
-from ..restore.transfer import Where
+from ..restore.request import RestoreTarget
 
 
 class Stage(StrEnum):
@@ -47,22 +47,6 @@ LANES: dict[Kind, tuple[Lane, ...]] = {
 }
 
 HEAVY_STAGES = frozenset({Stage.ARCHIVE, Stage.MONTHLY})
-
-
-@dataclass(frozen=True)
-class RestoreTarget:
-    """What a restore copies and where: checked at the RPC edge before the job exists."""
-
-    snapshot: str
-    path: str  # PATH as the caller wrote it
-    dest: str
-    overwrite: bool
-    sources: tuple[bytes, ...]  # source arguments relative to the snapshot's root (see restore/transfer.py)
-    into: bytes  # the directory under DEST they are received into
-    options: tuple[str, ...]  # the options of the daemon's rsync, the sender
-    where: Where  # what exists under DEST along PATH
-    token: str | None = None  # a local DEST: the caller's receiver attaches with this
-    missing: bytes = b""  # ... and writes there, or (DEST not there yet) into this, relative to where it runs
 
 
 @dataclass(frozen=True)
@@ -123,11 +107,11 @@ def stages_for(kind: Kind, dry_run: bool, pre: bool, post: bool) -> tuple[Phase,
 def plan_run(job_id: int, request: Request, config: Config) -> RunPlan | None:
     """The plan of one host's run under config, or None when config no longer
     has the host (reload removed it while the run was queued: it is skipped)."""
-    host = config.find_host(request.host)
-    if host is None:
+    settings = config.hosts.get(request.host)
+    if settings is None:
         if request.kind is Kind.RESTORE:  # a removed host's snapshots can still be restored
             return RunPlan(job_id, request, config, None, stages_for(Kind.RESTORE, False, False, False))
         return None
-    settings = config.settings(host)
+    host = settings.host
     phases = stages_for(request.kind, request.dry_run, bool(host.pre), bool(host.post))
     return RunPlan(job_id, request, config, settings, phases)

@@ -8,9 +8,11 @@ store takes it. Only then does memory let go of a finished job."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import structlog
 
+from ..state.hosts import HostRecord
 from ..state.store import STORE_ERRORS, Store
 from .registry import Job, Registry
 
@@ -20,9 +22,10 @@ RETRY_SECONDS = 5.0
 
 
 class Recorder:
-    def __init__(self, store: Store, registry: Registry):
+    def __init__(self, store: Store, registry: Registry, records: Mapping[str, HostRecord]):
         self.store = store
         self.registry = registry
+        self.records = records  # each host's records in memory: its failure streak is counted there
         self.dirty: set[int] = set()
         self._wake = asyncio.Event()
         self._failing = False
@@ -31,7 +34,8 @@ class Recorder:
         """Write job's current record; False (and dirty) if the store refused."""
         record = job.record()  # what this save writes; memory may move on while it waits
         try:
-            await self.store.jobs.save(record)
+            streaks = {host: known.consecutive_failures for host in job.runs if (known := self.records.get(host))}
+            await self.store.jobs.save(record, streaks)
         except STORE_ERRORS as e:
             if job.job_id not in self.dirty or not self._failing:
                 log.error("store.write_failed", job_id=job.job_id, error=str(e),

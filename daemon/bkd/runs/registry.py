@@ -1,5 +1,5 @@
 """Runs in memory: the registry that decides "busy", the jobs they belong to,
-and the concurrency limits they wait on.
+and the concurrency limits they wait on (one per lane, sized by the config).
 
 The registry is the one place that knows what is running. Claiming a host
 checks busy and registers the run in the same synchronous call (no `await`
@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import structlog
+
 from bkctl.protocol import FINAL_STATUSES, Kind, Status
 
+from ..config.models import Config
+from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.errors import Busy, ShuttingDown
 from ..state.jobs import SUMMARY
 from .plan import LANES, Lane, Request, RunPlan, Stage, Trigger
+
+log = structlog.get_logger()
 
 
 @dataclass
@@ -223,3 +230,28 @@ class Limit:
             if not waiter.done():
                 self.in_use += 1
                 waiter.set_result(None)
+
+
+class Limits(Mapping):
+    """Each lane's Limit (None: not limited, as restores), sized by the
+    config; a reload resizes them, disturbing nothing that runs."""
+
+    def __init__(self, runtime: Runtime):
+        config = runtime.config
+        self._lanes: dict[Lane, Limit | None] = {Lane.SNAPSHOT: Limit(config.max_parallel_hosts),
+                                                 Lane.HEAVY: Limit(config.max_parallel_heavy), Lane.RESTORE: None}
+        runtime.on_reload(self._reloaded)
+
+    def __getitem__(self, lane: Lane) -> Limit | None:
+        return self._lanes[lane]
+
+    def __iter__(self):
+        return iter(self._lanes)
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def _reloaded(self, old: Config, new: Config) -> None:
+        self._lanes[Lane.SNAPSHOT].resize(new.max_parallel_hosts)
+        self._lanes[Lane.HEAVY].resize(new.max_parallel_heavy)
+        log.info("limits.set", snapshot=new.max_parallel_hosts, heavy=new.max_parallel_heavy)

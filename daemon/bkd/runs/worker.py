@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -23,37 +23,34 @@ from ..pipeline import archive, hooks, manifest, rsync
 from ..pipeline.outcomes import clip, public_error, public_warning
 from ..pipeline.selfguard import SelfGuard, effective_excludes
 from ..pipeline.snapshot import SnapshotFailed, take_snapshot
-from ..restore import transfer as restore
+from ..restore import transfer
 from ..restore.receivers import ATTACH_TIMEOUT, Receivers
-from ..state.hosts import ReadModel
+from ..state.hosts import Fleet
 from ..state.store import STORE_ERRORS, Store
 from ..tree import browse
 from ..tree.layout import HostDir, SnapshotName
 from .housekeeping import Housekeeping
+from .lifecycle import PROGRESS_EVERY, Lifecycle
 from .plan import Lane, Phase, Stage, plan_run
 from .registry import Limit, Registry, Run
 
 log = structlog.get_logger()
 
-PROGRESS_EVERY = 0.5  # seconds between progress events of one run: at most two a second
-
 # What a stage may fail with: the run fails with the message; anything else is a bug.
-STAGE_ERRORS = (SnapshotFailed, archive.StageFailed, restore.RestoreFailed, hooks.HookFailed, OSError)
-
-Changed = Callable[[Run], Awaitable[None]]
+STAGE_ERRORS = (SnapshotFailed, archive.StageFailed, transfer.RestoreFailed, hooks.HookFailed, OSError)
 
 
 class Worker:
-    def __init__(self, runtime: Runtime, registry: Registry, limits: dict[Lane, Limit | None],
-                 housekeeping: Housekeeping, store: Store, readmodel: ReadModel, publish: Callable[..., None],
+    def __init__(self, runtime: Runtime, registry: Registry, limits: Mapping[Lane, Limit | None],
+                 lifecycle: Lifecycle, housekeeping: Housekeeping, store: Store, fleet: Fleet,
                  receivers: Receivers, guard: SelfGuard):
         self.runtime = runtime
         self.registry = registry
         self.limits = limits  # None: that lane is not limited (restores)
+        self.lifecycle = lifecycle
         self.housekeeping = housekeeping
         self.store = store
-        self.readmodel = readmodel
-        self.publish = publish
+        self.fleet = fleet
         self.receivers = receivers
         self.guard = guard
         self._stages: dict[Stage, Callable[[Run], Awaitable[None]]] = {
@@ -62,8 +59,8 @@ class Worker:
             Stage.RESTORE: self._restore,
         }
 
-    async def execute(self, run: Run, changed: Changed) -> None:
-        """Run to its outcome (run.status stays running; the caller concludes it)."""
+    async def execute(self, run: Run) -> None:
+        """Run to its outcome (run.status stays running; the lifecycle concludes it)."""
         with structlog.contextvars.bound_contextvars(host=run.host, job_id=run.job_id):
             lane = run.lanes[0]
             async with _slot(self.limits[lane], run):
@@ -77,8 +74,8 @@ class Worker:
                 run.status, run.started = Status.RUNNING, clock.now()
                 log.info("run.start", kind=str(run.kind), stages=[str(s) for s in plan.stages],
                          trigger=str(run.request.trigger), dry_run=run.request.dry_run)
-                await changed(run)
-                await self._phase(run, plan.phases[0], changed)
+                await self.lifecycle.started(run)
+                await self._phase(run, plan.phases[0])
             for phase in plan.phases[1:]:
                 # The snapshot is done: the host's next snapshot need not wait for the heavy work.
                 self.registry.release(run, lane)
@@ -86,29 +83,26 @@ class Worker:
                 if run.result is Status.FAILED:
                     break
                 async with _slot(self.limits[lane], run):
-                    await self._phase(run, phase, changed)
+                    await self._phase(run, phase)
 
-    async def _phase(self, run: Run, phase: Phase, changed: Changed) -> None:
+    async def _phase(self, run: Run, phase: Phase) -> None:
         for stage in phase.stages:
             if run.result is Status.FAILED and stage is not Stage.POST:
                 continue  # after a failure only the post hook runs (it gets the result)
-            run.stage, run.progress = stage, None
-            await changed(run)
-            try:
-                await self._stages[stage](run)
-            except STAGE_ERRORS as e:
-                message = _message(stage, e)
-                if stage is Stage.POST and run.result is not Status.FAILED:
-                    run.result = Status.WARNING  # the backup itself is fine
-                else:
-                    run.result = Status.FAILED
-                    run.refusal = run.refusal or getattr(e, "refusal", None)
-                # error: the category, for every role; detail: the whole message, for admins.
-                run.detail = clip("; ".join(filter(None, [run.detail, message])))
-                run.error = "; ".join(filter(None, [run.error, public_error(str(stage), e)]))
-                log.error("stage.failed", stage=str(stage), error=message)
-            finally:
-                self._flush_progress(run)
+            async with self.lifecycle.stage(run, stage):
+                try:
+                    await self._stages[stage](run)
+                except STAGE_ERRORS as e:
+                    message = _message(stage, e)
+                    if stage is Stage.POST and run.result is not Status.FAILED:
+                        run.result = Status.WARNING  # the backup itself is fine
+                    else:
+                        run.result = Status.FAILED
+                        run.refusal = run.refusal or getattr(e, "refusal", None)
+                    # error: the category, for every role; detail: the whole message, for admins.
+                    run.detail = clip("; ".join(filter(None, [run.detail, message])))
+                    run.error = "; ".join(filter(None, [run.error, public_error(str(stage), e)]))
+                    log.error("stage.failed", stage=str(stage), error=message)
 
     # ---- the stages -------------------------------------------------------------
 
@@ -144,14 +138,14 @@ class Worker:
         with rsync.ssh_log_for(settings) or nullcontext() as ssh_log:
             result = await take_snapshot(plan.config, settings, dry_run=run.request.dry_run, control=run,
                                          previous_files=previous_files, ssh_log=ssh_log,
-                                         on_progress=lambda progress: self._progress(run, progress))
+                                         on_progress=lambda progress: self.lifecycle.progress(run, progress))
         run.snapshot = result.name
         run.stats.update(result.stats)
         if result.status == "warning":
             run.result = Status.WARNING
             run.error, run.detail = public_warning(result.warning), clip(result.warning)
         if result.name:
-            self.readmodel.refresh(run.host)
+            self.fleet.refresh(run.host)
             name = SnapshotName.parse(result.name)
             try:
                 await self.store.snapshots.record(run.host, [(result.name, clock.iso(name.time), result.stats,
@@ -179,7 +173,7 @@ class Worker:
                                            plan.settings.archive)
         run.stats.update(stats)
         await asyncio.to_thread(archive.expire_archives, host_dir, plan.settings.archive.keep_days, clock.now())
-        self.readmodel.refresh(run.host)
+        self.fleet.refresh(run.host)
 
     async def _monthly(self, run: Run) -> None:
         plan = run.plan
@@ -188,7 +182,7 @@ class Worker:
         stats = await archive.make_monthly(host_dir, SnapshotName.parse(self._heavy_source(run)), clock.now())
         run.stats.update(stats)
         await self.housekeeping.expire_monthly(host_dir, plan.config.monthly.keep_months)
-        self.readmodel.refresh(run.host)
+        self.fleet.refresh(run.host)
 
     async def _restore(self, run: Run) -> None:
         plan, target = run.plan, run.request.restore
@@ -201,12 +195,12 @@ class Worker:
         options = [*target.options, f"--timeout={int(timeout)}"]
         on_progress = self._restore_progress(run, host_dir.manifest_file(target.snapshot), target.path)
         if target.token is None:  # host:path, written by the daemon's rsync over SSH
-            rsync_path = restore.rsync_path_at(plan.config, restore.check_destination(target.dest), run.host)
-            stats, names = await restore.restore_remote(
+            rsync_path = transfer.rsync_path_at(plan.config, transfer.check_destination(target.dest), run.host)
+            stats, names = await transfer.restore_remote(
                 plan.config, root, target.dest, list(target.sources), target.into, target.where, options, dry_run,
                 on_progress, rsync_path)
         else:  # a local DEST, received by the caller's bkctl
-            stats, names = await restore.restore_local(root, list(target.sources), target.missing, options,
+            stats, names = await transfer.restore_local(root, list(target.sources), target.missing, options,
                                                        self._attached(target.token, min(ATTACH_TIMEOUT, timeout)),
                                                        dry_run, on_progress)
         run.stats.update(stats)
@@ -218,7 +212,7 @@ class Worker:
         try:
             _reader, writer = await self.receivers.connection(token, timeout)
         except asyncio.TimeoutError:
-            raise restore.RestoreFailed(f"no receiver attached within {timeout:g} s: a local restore is received "
+            raise transfer.RestoreFailed(f"no receiver attached within {timeout:g} s: a local restore is received "
                                         "by the caller's bkctl (bkctl restore ... --to DEST)") from None
         return writer
 
@@ -241,41 +235,9 @@ class Worker:
             percent = min(99, sent * 100 // whole) if whole else None
             rate = sent / elapsed
             eta = round((whole - sent) / rate) if whole and rate and sent < whole else None
-            self._progress(run, {"percent": percent, "bytes": sent, "rate": round(rate), "eta_s": eta})
+            self.lifecycle.progress(run, {"percent": percent, "bytes": sent, "rate": round(rate), "eta_s": eta})
 
         return on_progress
-
-    # ---- progress: at most two events a second per run ------------------------------
-
-    def _progress(self, run: Run, progress: dict) -> None:
-        run.progress = progress
-        now = time.monotonic()
-        wait = run.progress_published + PROGRESS_EVERY - now
-        if wait <= 0:
-            self._publish_progress(run)
-        elif run.progress_timer is None:  # the newest value goes out when its turn comes
-            run.progress_timer = asyncio.get_running_loop().call_later(wait, self._publish_progress, run)
-
-    def _publish_progress(self, run: Run) -> None:
-        run.progress_timer = None
-        run.progress_published = time.monotonic()
-        if run.progress is not None and not run.final:
-            self.publish("progress", job_id=run.job_id, host=run.host, stage=run.stage and str(run.stage),
-                         progress=run.progress)
-
-    def forget(self, run: Run) -> None:
-        """The run ended: a progress value still waiting is dropped, not sent late,
-        and a restore's receiver is let go."""
-        self._flush_progress(run)
-        target = run.request.restore
-        if target is not None and target.token is not None:
-            self.receivers.forget(target.token)
-
-    def _flush_progress(self, run: Run) -> None:
-        """A stage ended: a progress value still waiting is dropped, not sent late."""
-        if run.progress_timer is not None:
-            run.progress_timer.cancel()
-            run.progress_timer = None
 
 
 def _message(stage: Stage, error: Exception) -> str:

@@ -1,30 +1,20 @@
-"""When work is due (pure functions of times), and the loop that starts it.
+"""When work is due: pure functions of times, a host's settings, facts and
+records (schedule/loop.py starts it; views show it).
 
 Times dated in the future (a clock that stepped back) never count: they
 must not hold backups off, make a host look fresh or an archive recent."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
-
-import structlog
 
 from bkctl.protocol import Kind
 
+from ..config.models import HostSettings
 from ..infra import clock
-from ..infra.supervise import woken
-from ..runs.plan import LANES, Trigger
+from ..state.hosts import HostRecord
+from ..tree.facts import HostFacts
 from ..tree.layout import SnapshotName, month_name
-
-if TYPE_CHECKING:
-    from ..runs.jobs import Jobs
-    from ..state.hosts import ReadModel
-    from ..runs.registry import Registry
-    from ..config.runtime import Runtime
-
-log = structlog.get_logger()
 
 
 def next_run(last_snapshot: datetime | None, last_attempt: datetime | None,
@@ -36,7 +26,8 @@ def next_run(last_snapshot: datetime | None, last_attempt: datetime | None,
     return max(max(known) + every, now) if known else now
 
 
-def is_stale(last_snapshot: datetime | None, added: datetime | None, settings, now: datetime) -> bool:
+def is_stale(last_snapshot: datetime | None, added: datetime | None, settings: HostSettings,
+             now: datetime) -> bool:
     """Older than stale_factor intervals; a host that never succeeded counts
     from when it was added."""
     limit = settings.schedule.snapshot_every * settings.schedule.stale_factor
@@ -78,47 +69,29 @@ def monthly_due_at(latest: SnapshotName | None, copies: tuple[str, ...], monthly
     return max(due, now)
 
 
-class Scheduler:
-    """Starts due work; a slot that falls due while the host is still busy
-    with that kind of work is coalesced into it, and the log says so."""
+def snapshot_due(settings: HostSettings, facts: HostFacts, record: HostRecord, now: datetime) -> datetime | None:
+    """When the host's next snapshot is due; None while its schedule is off."""
+    if not settings.schedule.enabled:
+        return None
+    latest = facts.latest
+    return next_run(latest.time if latest else None, record.last_attempt, settings.schedule.snapshot_every, now)
 
-    def __init__(self, runtime: Runtime, readmodel: ReadModel, registry: Registry, jobs: Jobs):
-        self.runtime = runtime
-        self.readmodel = readmodel
-        self.registry = registry
-        self.jobs = jobs
-        self.wake = asyncio.Event()
-        self._coalesced: dict[tuple[str, Kind], int] = {}  # (host, kind) → the job a slot was folded into
 
-    async def run(self) -> None:
-        while True:
-            self.wake.clear()
-            soonest = await self.pass_(clock.now())
-            timeout = None if soonest is None else max(0.0, (soonest - clock.now()).total_seconds())
-            await woken(self.wake, timeout)
-
-    async def pass_(self, now: datetime) -> datetime | None:
-        """Start what is due now; return when the next thing falls due."""
-        ready: dict[Kind, dict[str, str | None]] = {}
-        soonest = None
-        for host in self.runtime.config.host:
-            name = host.name
-            due = [(Kind.SNAPSHOT, when) for when in [self.readmodel.snapshot_due(name, now)] if when]
-            due += self.readmodel.heavy_due(name, now)
-            for kind, when in due:
-                if when > now:
-                    soonest = when if soonest is None else min(soonest, when)
-                    continue
-                busy = self.registry.busy_run(name, LANES[kind][0])
-                if busy is None:
-                    latest = self.readmodel.facts_of(name).latest
-                    ready.setdefault(kind, {})[name] = str(latest) if kind is not Kind.SNAPSHOT and latest else None
-                elif self._coalesced.get((name, kind)) != busy.job_id:
-                    self._coalesced[(name, kind)] = busy.job_id
-                    log.info("schedule.coalesced", host=name, kind=str(kind), due=clock.iso(when),
-                             running_job=busy.job_id)
-        for kind, hosts in ready.items():
-            await self.jobs.start(list(hosts), kind, Trigger.SCHEDULE, snapshots=hosts)
-        if ready:
-            return clock.now()  # look again at once: starting work moved the times
-        return soonest
+def heavy_due(settings: HostSettings, monthly: bool, facts: HostFacts, record: HostRecord,
+              now: datetime) -> list[tuple[Kind, datetime]]:
+    """(kind, when) of the host's archive and monthly copy, where scheduled
+    (monthly: [monthly] enabled)."""
+    if not settings.schedule.enabled:
+        return []
+    attempts, every = record.heavy_attempt, settings.schedule.archive_every
+    due = []
+    if settings.archive.enabled:
+        when = archive_due_at(facts.latest, facts.newest_archive, attempts.get(Kind.ARCHIVE), every, now)
+        if when:
+            due.append((Kind.ARCHIVE, when))
+    if monthly:
+        when = monthly_due_at(facts.latest, facts.monthly, settings.schedule.monthly_day,
+                              attempts.get(Kind.MONTHLY), every, now)
+        if when:
+            due.append((Kind.MONTHLY, when))
+    return due

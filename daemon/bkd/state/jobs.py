@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bkctl.protocol import BACKUP_KINDS, FINAL_STATUSES
@@ -42,10 +43,12 @@ class JobStore:
             "COALESCE((SELECT seq FROM sqlite_sequence WHERE name='jobs'), 0)) + 1 AS next")
         return rows[0]["next"]
 
-    async def save(self, job: dict) -> None:
+    async def save(self, job: dict, streaks: Mapping[str, int] | None = None) -> None:
         """Write a job's whole record (idempotent: saving it again changes
         nothing). A host run that becomes final here is counted exactly once
-        and moves that host's state."""
+        and moves that host's state; `streaks` is each host's failure streak
+        as memory counts it (state.hosts), stored as it is (a host not in it
+        keeps the stored one)."""
         job_id, written = job["job_id"], {}
         async with self.store.transaction() as db:
             await db.execute(
@@ -74,7 +77,7 @@ class JobStore:
                     {**run, "job_id": job_id, "stats": json.dumps(run["stats"]) if run["stats"] else None,
                      "listing": json.dumps(run["listing"]) if run.get("listing") is not None else None})
                 if run["status"] in FINAL_STATUSES and not was_final and not job["dry_run"]:
-                    await self._count(db, job, run)
+                    await self._count(db, job, run, (streaks or {}).get(run["host"]))
                 # A copy: the caller's stats dict may change after this.
                 written[key] = row[:5] + (dict(row[5]) if row[5] else row[5],) + row[6:]
         # Remembered only once committed; a finished job is forgotten (saving it again reads its rows).
@@ -84,23 +87,21 @@ class JobStore:
         else:
             self._committed.update(written)
 
-    async def _count(self, db, job: dict, run: dict) -> None:
+    async def _count(self, db, job: dict, run: dict, streak: int | None) -> None:
         await db.execute(
             "INSERT INTO run_counts (host, kind, status, count) VALUES (?, ?, ?, 1) "
             "ON CONFLICT(host, kind, status) DO UPDATE SET count = count + 1",
             (run["host"], job["kind"], run["status"]))
         if job["kind"] not in BACKUP_KINDS:
             return
-        failed = run["status"] == "failed"
         await db.execute(
             "INSERT INTO host_state (host, added, last_job_id, last_status, last_error, last_finished, "
             "last_attempt, consecutive_failures) VALUES (:host, :now, :job_id, :status, :error, :finished, "
-            ":started, :failed) ON CONFLICT(host) DO UPDATE SET last_job_id=excluded.last_job_id, "
+            ":started, COALESCE(:streak, 0)) ON CONFLICT(host) DO UPDATE SET last_job_id=excluded.last_job_id, "
             "last_status=excluded.last_status, last_error=excluded.last_error, "
             "last_finished=excluded.last_finished, last_attempt=COALESCE(excluded.last_attempt, last_attempt), "
-            "consecutive_failures = CASE WHEN :failed THEN consecutive_failures + 1 "
-            "WHEN :status IN ('ok', 'warning') THEN 0 ELSE consecutive_failures END",
-            {**run, "job_id": job["job_id"], "failed": int(failed), "now": clock.iso_ms(clock.now())})
+            "consecutive_failures = COALESCE(:streak, consecutive_failures)",
+            {**run, "job_id": job["job_id"], "streak": streak, "now": clock.iso_ms(clock.now())})
 
     async def ensure_hosts(self, hosts: list[str]) -> None:
         """Remember when each host was first seen (a host that never succeeded

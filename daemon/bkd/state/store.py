@@ -15,7 +15,6 @@ from pathlib import Path
 
 import aiosqlite
 
-from ..alerts.store import AlertStore
 from .audit import AuditStore
 from .disk import DiskStore
 from .jobs import JobStore
@@ -36,7 +35,6 @@ class Store:
         self.db = db
         self._lock = asyncio.Lock()
         self.jobs = JobStore(self)
-        self.alerts = AlertStore(self)
         self.audit = AuditStore(self)
         self.snapshots = SnapshotStore(self)
         self.outbox = OutboxStore(self)

@@ -2,16 +2,18 @@
 (SPEC §7): owned by its effective uid, writable by no one else. One check
 serves `bkd check-config` and the daemon's start, so both say the same
 one line: `cannot use backup root /x: read-only file system (is it in
-ReadWritePaths=?)`."""
+ReadWritePaths=?)`. And one daemon at a time holds each of them (lock_dir)."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import stat
 from pathlib import Path
 
+from ..infra.errors import StartupError
 from ..infra.fsutil import open_private_dir
 from ..infra.users import user_name
 
@@ -178,3 +180,26 @@ def prepare_dir(path: Path, what: str, under: Path | None = None) -> None:
         os.close(fd)
     if problem:
         raise DirError(f"cannot use {what} {path}: {problem}")
+
+
+LOCK_NAME = ".bkd.lock"
+
+
+def lock_dir(path: Path, what: str) -> int:
+    """One daemon per backup root and per state_dir, held by the kernel (flock)
+    for as long as the process lives; no pid file to go stale."""
+    lock = path / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise StartupError(f"cannot use {what} {path}: {(e.strerror or str(e)).lower()} ({lock})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(f"another bkd (pid {holder}) is already running on {what} {path} "
+                           f"(it holds the lock on {lock})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

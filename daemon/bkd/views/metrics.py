@@ -3,9 +3,9 @@ and, when [metrics].textfile is set, a node-exporter textfile rewritten
 atomically at most every TEXTFILE_EVERY seconds after a change, and at
 least every HEARTBEAT_EVERY seconds so that its heartbeat stays fresh.
 
-Two steps: `gather` collects the samples (from the read model and a few
-small tables, never from the job history, so it costs the same on the
-first day and after years); `render` formats them in the text format,
+Two steps: `Metrics.gather` collects the samples (from the per-host views
+and a few small tables, never from the job history, so it costs the same
+on the first day and after years); `render` formats them in the text format,
 exactly: integers as integers, timestamps to the second they name, HELP
 and TYPE before each family, label values escaped."""
 
@@ -14,19 +14,25 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bkctl.protocol import BACKUP_KINDS
 
 from .. import __version__
+from ..alerts.notify.outbox import Notifier
+from ..alerts.service import Alerts
+from ..config.models import Config
+from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.fsutil import write_atomic
 from ..infra.supervise import woken
-from ..schedule.due import is_stale
-
-if TYPE_CHECKING:
-    from ..app import Services
+from ..runs.housekeeping import Housekeeping
+from ..runs.registry import Registry
+from ..state.hosts import Fleet
+from ..state.store import Store
+from .hostview import host_views
+from .status import Info
 
 TEXTFILE_EVERY = 5.0
 HEARTBEAT_EVERY = 60.0  # the textfile is rewritten at least this often, so a stale one means bkd is down
@@ -76,75 +82,90 @@ def _seconds(time) -> int | None:
     return int(time.timestamp()) if time is not None else None
 
 
-async def gather(s: Services) -> Samples:
-    config = s.runtime.config
-    now = clock.now()
-    samples: Samples = {name: [] for name in HELP}
+class Metrics:
+    """Where the exposition's samples come from."""
 
-    def add(name: str, value, **labels: str) -> None:
-        if value is not None:
-            samples[name].append((labels, value))
+    def __init__(self, runtime: Runtime, info: Info, healthy: Callable[[], bool], fleet: Fleet, store: Store,
+                 registry: Registry, housekeeping: Housekeeping, alerts: Alerts, notifier: Notifier | None):
+        self.runtime = runtime
+        self.info = info
+        self.healthy = healthy  # the supervisor's verdict
+        self.fleet = fleet
+        self.store = store
+        self.registry = registry
+        self.housekeeping = housekeeping
+        self.alerts = alerts
+        self.notifier = notifier
 
-    add("bkd_build_info", 1, version=__version__)
-    add("bkd_start_time_seconds", _seconds(s.info.started))
-    add("bkd_heartbeat_timestamp_seconds", _seconds(now))
-    add("bkd_healthy", s.healthy())
-    readmodel = s.readmodel
-    latest = {host.name: readmodel.facts_of(host.name).latest for host in config.host}
-    stats = await s.store.snapshots.stats_of_many([(h, str(n)) for h, n in latest.items() if n])
-    failures: dict[str, int] = {}
-    for row in await s.store.jobs.run_counts():
-        add("bkd_runs_total", row["count"], host=row["host"], kind=row["kind"], status=row["status"])
-        if row["status"] == "failed" and row["kind"] in BACKUP_KINDS:
-            failures[row["host"]] = failures.get(row["host"], 0) + row["count"]
-    for host in config.host:
-        name, snapshot = host.name, latest[host.name]
-        facts, record = readmodel.facts_of(name), readmodel.record(name)
-        if snapshot:
-            add("bkd_last_success_timestamp_seconds", _seconds(snapshot.time), host=name)
-        add("bkd_last_attempt_timestamp_seconds", _seconds(record.last_attempt), host=name)
-        if snapshot:
-            recorded = stats.get((name, str(snapshot)), {})
-            for metric, key in (("bkd_last_duration_seconds", "duration_s"), ("bkd_last_bytes", "bytes"),
-                                ("bkd_last_files", "files"), ("bkd_last_changed_files", "changed_files")):
-                add(metric, recorded.get(key), host=name)
-        if facts.error is None:
-            add("bkd_snapshots", facts.snapshots, host=name)
-            add("bkd_archives", facts.archives, host=name)
-            add("bkd_monthly_copies", len(facts.monthly), host=name)
-        stale = is_stale(snapshot.time if snapshot else None, record.added, config.settings(host), now)
-        add("bkd_stale", stale, host=name)
-        add("bkd_host_error", facts.error is not None, host=name)
-        add("bkd_failures_total", failures.get(name, 0), host=name)
-        add("bkd_consecutive_failures", record.consecutive_failures, host=name)
-    runs = s.registry.runs()
-    add("bkd_running", sum(run.status.value == "running" for run in runs))
-    add("bkd_queued", sum(run.status.value == "queued" for run in runs))
-    add("bkd_deletion_queue", len(s.housekeeping.collector.pending()))
-    try:
-        disk = os.statvfs(config.backup_root)
-    except OSError:
-        pass
-    else:
-        add("bkd_disk_size_bytes", disk.f_blocks * disk.f_frsize)
-        add("bkd_disk_free_bytes", disk.f_bavail * disk.f_frsize)
-        add("bkd_disk_inodes", disk.f_files)
-        add("bkd_disk_free_inodes", disk.f_favail)
-    for kind, count in sorted(s.alerts.open_by_kind().items()):
-        add("bkd_open_alerts", count, kind=kind)
-    unacknowledged: dict[str, int] = {}
-    for episode in s.alerts.current.values():
-        if episode["state"] == "open":
-            unacknowledged[episode["kind"]] = unacknowledged.get(episode["kind"], 0) + 1
-    for kind, count in sorted(unacknowledged.items()):
-        add("bkd_unacknowledged_alerts", count, kind=kind)
-    if s.notifier is not None:
-        for sink in await s.notifier.status():
-            add("bkd_notifications_delivered_total", sink["delivered"], sink=sink["name"])
-            add("bkd_notifications_failed_total", sink["failed"], sink=sink["name"])
-            add("bkd_notification_sink_failing", sink["failing"], sink=sink["name"])
-            add("bkd_outbox_depth", sink["queued"], sink=sink["name"])
-    return samples
+    async def exposition(self) -> str:
+        return render(await self.gather())
+
+    async def gather(self) -> Samples:
+        config = self.runtime.config
+        now = clock.now()
+        samples: Samples = {name: [] for name in HELP}
+
+        def add(name: str, value, **labels: str) -> None:
+            if value is not None:
+                samples[name].append((labels, value))
+
+        add("bkd_build_info", 1, version=__version__)
+        add("bkd_start_time_seconds", _seconds(self.info.started))
+        add("bkd_heartbeat_timestamp_seconds", _seconds(now))
+        add("bkd_healthy", self.healthy())
+        views = host_views(config, self.fleet, now)
+        stats = await self.store.snapshots.stats_of_many([(v.name, str(v.latest)) for v in views if v.latest])
+        failures: dict[str, int] = {}
+        for row in await self.store.jobs.run_counts():
+            add("bkd_runs_total", row["count"], host=row["host"], kind=row["kind"], status=row["status"])
+            if row["status"] == "failed" and row["kind"] in BACKUP_KINDS:
+                failures[row["host"]] = failures.get(row["host"], 0) + row["count"]
+        for view in views:
+            name, snapshot, facts, record = view.name, view.latest, view.facts, view.record
+            if snapshot:
+                add("bkd_last_success_timestamp_seconds", _seconds(snapshot.time), host=name)
+            add("bkd_last_attempt_timestamp_seconds", _seconds(record.last_attempt), host=name)
+            if snapshot:
+                recorded = stats.get((name, str(snapshot)), {})
+                for metric, key in (("bkd_last_duration_seconds", "duration_s"), ("bkd_last_bytes", "bytes"),
+                                    ("bkd_last_files", "files"), ("bkd_last_changed_files", "changed_files")):
+                    add(metric, recorded.get(key), host=name)
+            if facts.error is None:
+                add("bkd_snapshots", facts.snapshots, host=name)
+                add("bkd_archives", facts.archives, host=name)
+                add("bkd_monthly_copies", len(facts.monthly), host=name)
+            add("bkd_stale", view.stale, host=name)
+            add("bkd_host_error", facts.error is not None, host=name)
+            add("bkd_failures_total", failures.get(name, 0), host=name)
+            add("bkd_consecutive_failures", record.consecutive_failures, host=name)
+        runs = self.registry.runs()
+        add("bkd_running", sum(run.status.value == "running" for run in runs))
+        add("bkd_queued", sum(run.status.value == "queued" for run in runs))
+        add("bkd_deletion_queue", len(self.housekeeping.collector.pending()))
+        try:
+            disk = os.statvfs(config.backup_root)
+        except OSError:
+            pass
+        else:
+            add("bkd_disk_size_bytes", disk.f_blocks * disk.f_frsize)
+            add("bkd_disk_free_bytes", disk.f_bavail * disk.f_frsize)
+            add("bkd_disk_inodes", disk.f_files)
+            add("bkd_disk_free_inodes", disk.f_favail)
+        for kind, count in sorted(self.alerts.open_by_kind().items()):
+            add("bkd_open_alerts", count, kind=kind)
+        unacknowledged: dict[str, int] = {}
+        for episode in self.alerts.current.values():
+            if episode["state"] == "open":
+                unacknowledged[episode["kind"]] = unacknowledged.get(episode["kind"], 0) + 1
+        for kind, count in sorted(unacknowledged.items()):
+            add("bkd_unacknowledged_alerts", count, kind=kind)
+        if self.notifier is not None:
+            for sink in await self.notifier.status():
+                add("bkd_notifications_delivered_total", sink["delivered"], sink=sink["name"])
+                add("bkd_notifications_failed_total", sink["failed"], sink=sink["name"])
+                add("bkd_notification_sink_failing", sink["failing"], sink=sink["name"])
+                add("bkd_outbox_depth", sink["queued"], sink=sink["name"])
+        return samples
 
 
 # ---- the text format (version 0.0.4) ---------------------------------------------
@@ -184,29 +205,30 @@ def render(samples: Samples) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def exposition(s: Services) -> str:
-    return render(await gather(s))
-
-
 class Textfile:
-    """Rewrites [metrics].textfile after changes, at most every TEXTFILE_EVERY
-    seconds however many runs end, so a round of many hosts costs one write
-    every few seconds, not one full rebuild per host; and every
-    HEARTBEAT_EVERY seconds in any case, which keeps
-    bkd_heartbeat_timestamp_seconds moving while the daemon runs."""
+    """Rewrites [metrics].textfile after changes (`changed`: a run ended, an
+    alert moved, a reload), at most every TEXTFILE_EVERY seconds however many
+    runs end, so a round of many hosts costs one write every few seconds, not
+    one full rebuild per host; and every HEARTBEAT_EVERY seconds in any case,
+    which keeps bkd_heartbeat_timestamp_seconds moving while the daemon runs."""
 
-    def __init__(self, services: Services):
-        self.s = services
+    def __init__(self, runtime: Runtime, exposition: Callable[[], Awaitable[str]]):
+        self.runtime = runtime
+        self.exposition = exposition
         self.changed = asyncio.Event()
+        runtime.on_reload(self._reloaded)
+
+    def _reloaded(self, old: Config, new: Config) -> None:
+        self.changed.set()
 
     async def run(self) -> None:
         while True:
             await woken(self.changed, HEARTBEAT_EVERY)
             self.changed.clear()
-            path = self.s.runtime.config.metrics.textfile
+            path = self.runtime.config.metrics.textfile
             if path:
                 try:
-                    text = await exposition(self.s)
+                    text = await self.exposition()
                     await asyncio.to_thread(write_atomic, Path(path), text.encode(), 0o644)
                 except Exception:
                     self.changed.set()  # not written: the restarted loop tries again

@@ -1,8 +1,8 @@
 """The fleet digest (SPEC §8 "Reports"): what `bkctl report` shows and what the
 daily report sends.
 
-`gather` builds it from what bkd already keeps: the read model (newest
-snapshot, last result, archives, monthly copies), each host's snapshot
+`Reports.gather` builds it from what bkd already keeps: the per-host views
+(newest snapshot, last result, archives, monthly copies), each host's snapshot
 names (one directory listing, for the retention tiers), the per-snapshot
 statistics in the database (one indexed range per host: never the trees,
 so thirty days cost the same as one), the run results of the period, the
@@ -25,21 +25,23 @@ import bisect
 import os
 from collections import Counter
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING
 
 import structlog
 
 from .. import __version__
+from ..alerts.notify.outbox import Notifier
 from ..alerts.notify.sinks import server_name
+from ..alerts.service import Alerts
+from ..config.models import Config
+from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.supervise import woken
 from ..pipeline.prune import host_plan
-from ..schedule.due import is_stale
+from ..state.hosts import Fleet
+from ..state.store import Store
 from ..tree.layout import SNAPSHOT, TIME_FORMAT, HostDir
 from ..watch import disk
-
-if TYPE_CHECKING:
-    from ..app import Services
+from .hostview import host_views
 
 log = structlog.get_logger()
 
@@ -119,9 +121,9 @@ def _alert(episode: dict, silenced: bool) -> dict:
             "last_seen": episode["last_seen"], "silenced": silenced}
 
 
-def _disk(s: Services, samples: list[dict], now: datetime, days: list[date], zone: tzinfo) -> dict:
+def _disk(backup_root, samples: list[dict], now: datetime, days: list[date], zone: tzinfo) -> dict:
     try:
-        stat = os.statvfs(s.runtime.config.backup_root)
+        stat = os.statvfs(backup_root)
     except OSError as e:
         return {"error": (e.strerror or "cannot read").lower()}
     sample = disk.sample_of(stat, now)
@@ -140,80 +142,87 @@ def _disk(s: Services, samples: list[dict], now: datetime, days: list[date], zon
             "trend": [{"day": day.isoformat(), "used_bytes": used.get(day)} for day in days]}
 
 
-async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str] | None = None,
-                 trends: bool = True, now: datetime | None = None) -> dict:
-    """The digest of the `period` up to now, for `hosts` (default: every
-    configured host), with trends over max(TREND_DAYS, period) days unless
-    `trends` is false (`bkctl check` needs none)."""
-    config = s.runtime.config
-    now = now or clock.now()
-    zone = config.report.zone
-    names = hosts if hosts is not None else [h.name for h in config.host]
-    since = now - period
-    span = max(TREND_DAYS, -(-period // timedelta(days=1)))
-    today = now.astimezone(zone).date()
-    days = [today - timedelta(days=n) for n in range(span - 1, -1, -1)]
-    first = datetime.combine(days[0], time(0), tzinfo=zone)
-    readmodel, store = s.readmodel, s.store
-    latest = {name: readmodel.facts_of(name).latest for name in names}
-    stats = await store.snapshots.stats_of_many([(h, str(n)) for h, n in latest.items() if n])
-    results = await store.jobs.results_since(clock.iso_ms(since))
-    start = _name_at(since)
-    rows = await store.snapshots.trend(names, _name_at(min(first, since)) if trends else start)
-    policies = {name: config.settings(config.find_host(name)).retention for name in names}
+class Reports:
+    """The digest's sources."""
 
-    def per_host() -> dict[str, dict]:
-        """The listing of hourly/ and the arithmetic over rows, off the event loop."""
-        found = {}
-        for name in names:
-            found[name] = {"period": _period(rows[name], start)}
-            if trends:
-                tiers = _tiers(HostDir.of(config.backup_root, name), policies[name], now)
-                found[name].update(snapshots=sum(tiers.values()), tiers=tiers, trend=trend(rows[name], days, zone))
-        return found
+    def __init__(self, runtime: Runtime, fleet: Fleet, store: Store, alerts: Alerts):
+        self.runtime = runtime
+        self.fleet = fleet
+        self.store = store
+        self.alerts = alerts
 
-    computed = await asyncio.to_thread(per_host)
-    current = sorted(s.alerts.current.values(), key=lambda e: e["id"])
-    silenced = {e["id"]: s.alerts.is_silenced(e["kind"], e["host"], now) for e in current}
-    digest_hosts = []
-    for name in names:
-        host = config.find_host(name)
-        facts, record, snapshot = readmodel.facts_of(name), readmodel.record(name), latest[name]
-        recorded = stats.get((name, str(snapshot)), {}) if snapshot else {}
-        settings = config.settings(host)
-        entry = {
-            "name": name,
-            "last_snapshot": str(snapshot) if snapshot else None,
-            "last_snapshot_time": clock.iso(snapshot.time) if snapshot else None,
-            "age_s": int((now - snapshot.time).total_seconds()) if snapshot else None,
-            "stale": is_stale(snapshot.time if snapshot else None, record.added, settings, now),
-            "stale_after_s": int((settings.schedule.snapshot_every * settings.schedule.stale_factor).total_seconds()),
-            "last_result": record.last_status,
-            "last_attempt": clock.iso(record.last_attempt),
-            "consecutive_failures": record.consecutive_failures,
-            "readable": facts.error is None,
-            "bytes": recorded.get("bytes"), "files": recorded.get("files"),
-            "changed_files": recorded.get("changed_files"), "duration_s": recorded.get("duration_s"),
-            "snapshots": facts.snapshots, "archives": facts.archives, "monthly": len(facts.monthly),
-            "period": {"runs": results.get(name, {}), **computed[name].pop("period")},
-            "alerts": [_alert(e, silenced[e["id"]]) for e in current if e["host"] == name],
-            **computed[name],  # with trends: the snapshots counted in this listing, tiers, trend
+    async def gather(self, period: timedelta = DAILY_PERIOD, hosts: list[str] | None = None,
+                     trends: bool = True, now: datetime | None = None) -> dict:
+        """The digest of the `period` up to now, for `hosts` (default: every
+        configured host), with trends over max(TREND_DAYS, period) days unless
+        `trends` is false (`bkctl check` needs none)."""
+        config = self.runtime.config
+        now = now or clock.now()
+        zone = config.report.zone
+        views = host_views(config, self.fleet, now, hosts)
+        names = [view.name for view in views]
+        since = now - period
+        span = max(TREND_DAYS, -(-period // timedelta(days=1)))
+        today = now.astimezone(zone).date()
+        days = [today - timedelta(days=n) for n in range(span - 1, -1, -1)]
+        first = datetime.combine(days[0], time(0), tzinfo=zone)
+        store = self.store
+        stats = await store.snapshots.stats_of_many([(v.name, str(v.latest)) for v in views if v.latest])
+        results = await store.jobs.results_since(clock.iso_ms(since))
+        start = _name_at(since)
+        rows = await store.snapshots.trend(names, _name_at(min(first, since)) if trends else start)
+        policies = {view.name: view.settings.retention for view in views}
+
+        def per_host() -> dict[str, dict]:
+            """The listing of hourly/ and the arithmetic over rows, off the event loop."""
+            found = {}
+            for name in names:
+                found[name] = {"period": _period(rows[name], start)}
+                if trends:
+                    tiers = _tiers(HostDir.of(config.backup_root, name), policies[name], now)
+                    found[name].update(snapshots=sum(tiers.values()), tiers=tiers,
+                                       trend=trend(rows[name], days, zone))
+            return found
+
+        computed = await asyncio.to_thread(per_host)
+        current = sorted(self.alerts.current.values(), key=lambda e: e["id"])
+        silenced = {e["id"]: self.alerts.is_silenced(e["kind"], e["host"], now) for e in current}
+        digest_hosts = []
+        for view in views:
+            name, snapshot, facts, record = view.name, view.latest, view.facts, view.record
+            recorded = stats.get((name, str(snapshot)), {}) if snapshot else {}
+            digest_hosts.append({
+                "name": name,
+                "last_snapshot": str(snapshot) if snapshot else None,
+                "last_snapshot_time": clock.iso(snapshot.time) if snapshot else None,
+                "age_s": view.age_s,
+                "stale": view.stale,
+                "stale_after_s": view.stale_after_s,
+                "last_result": record.last_status,
+                "last_attempt": clock.iso(record.last_attempt),
+                "consecutive_failures": record.consecutive_failures,
+                "readable": facts.error is None,
+                "bytes": recorded.get("bytes"), "files": recorded.get("files"),
+                "changed_files": recorded.get("changed_files"), "duration_s": recorded.get("duration_s"),
+                "snapshots": facts.snapshots, "archives": facts.archives, "monthly": len(facts.monthly),
+                "period": {"runs": results.get(name, {}), **computed[name].pop("period")},
+                "alerts": [_alert(e, silenced[e["id"]]) for e in current if e["host"] == name],
+                **computed[name],  # with trends: the snapshots counted in this listing, tiers, trend
+            })
+        samples = await store.disk.samples() if trends else []
+        head = await store.audit.newest()  # carried off the server: a later truncation or rewrite shows
+        by_kind = Counter(e["kind"] for e in current)
+        return {
+            "generated": clock.iso(now), "since": clock.iso(since), "period_s": int(period.total_seconds()),
+            "server": server_name(config.server_name), "version": __version__, "timezone": config.report.timezone,
+            "trend_days": span if trends else 0,
+            "hosts": digest_hosts,
+            "alerts": {"open": len(current), "unacknowledged": sum(e["state"] == "open" for e in current),
+                       "silenced": sum(silenced.values()), "by_kind": dict(sorted(by_kind.items())),
+                       "current": [_alert(e, silenced[e["id"]]) for e in current]},
+            "disk": _disk(config.backup_root, samples, now, days if trends else [], zone),
+            "audit_head": {"id": head.id, "hash": head.hash},
         }
-        digest_hosts.append(entry)
-    samples = await store.disk.samples() if trends else []
-    head = await store.audit.newest()  # carried off the server: a later truncation or rewrite shows
-    by_kind = Counter(e["kind"] for e in current)
-    return {
-        "generated": clock.iso(now), "since": clock.iso(since), "period_s": int(period.total_seconds()),
-        "server": server_name(config.server_name), "version": __version__, "timezone": config.report.timezone,
-        "trend_days": span if trends else 0,
-        "hosts": digest_hosts,
-        "alerts": {"open": len(current), "unacknowledged": sum(e["state"] == "open" for e in current),
-                   "silenced": sum(silenced.values()), "by_kind": dict(sorted(by_kind.items())),
-                   "current": [_alert(e, silenced[e["id"]]) for e in current]},
-        "disk": _disk(s, samples, now, days if trends else [], zone),
-        "audit_head": {"id": head.id, "hash": head.hash},
-    }
 
 
 def _name_at(when: datetime) -> str:
@@ -226,17 +235,24 @@ def _name_at(when: datetime) -> str:
 class Reporter:
     """The `report` loop (supervised)."""
 
-    def __init__(self, services: Services):
-        self.s = services
-        self.wake = asyncio.Event()  # set by a reload: [report] may have changed
+    def __init__(self, runtime: Runtime, reports: Reports, notifier: Notifier, store: Store):
+        self.runtime = runtime
+        self.reports = reports
+        self.notifier = notifier
+        self.store = store
+        self.wake = asyncio.Event()
+        runtime.on_reload(self._reloaded)
+
+    def _reloaded(self, old: Config, new: Config) -> None:
+        self.wake.set()  # [report] may have changed
 
     async def run(self) -> None:
         while True:
             self.wake.clear()
-            config = self.s.runtime.config.report
+            config = self.runtime.config.report
             now = clock.now()
             if config.enabled and config.notify:
-                day = due_day(now, config.at, config.zone, await self.s.store.get_value(LAST_SENT))
+                day = due_day(now, config.at, config.zone, await self.store.get_value(LAST_SENT))
                 if day is not None:
                     await self.send(day, now)
                     continue
@@ -244,8 +260,7 @@ class Reporter:
             await woken(self.wake, min(LOOK_EVERY, max(1.0, wait)))
 
     async def send(self, day: str, now: datetime) -> None:
-        digest = await gather(self.s, DAILY_PERIOD, now=now)
-        sinks = await self.s.notifier.queue_report(digest, day)
-        await self.s.store.set_value(LAST_SENT, day)
+        digest = await self.reports.gather(DAILY_PERIOD, now=now)
+        sinks = await self.notifier.queue_report(digest, day)
+        await self.store.set_value(LAST_SENT, day)
         log.info("report.queued", day=day, sinks=sinks, hosts=len(digest["hosts"]))
-

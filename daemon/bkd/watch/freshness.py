@@ -18,7 +18,9 @@ from ..config.runtime import Runtime
 from ..infra import clock
 from ..runs.housekeeping import Housekeeping
 from ..schedule.due import is_stale
-from ..state.hosts import ReadModel, read_facts
+from ..runs.registry import Registry
+from ..state.hosts import Fleet
+from ..tree.facts import read_facts
 from ..tree.layout import HostDir
 from .disk import DiskWatch
 
@@ -28,10 +30,11 @@ EXPIRE_EVERY = 600.0  # seconds between expiry passes
 
 
 class Freshness:
-    def __init__(self, runtime: Runtime, readmodel: ReadModel, alerts: Alerts, housekeeping: Housekeeping,
-                 disk: DiskWatch | None = None):
+    def __init__(self, runtime: Runtime, fleet: Fleet, registry: Registry, alerts: Alerts,
+                 housekeeping: Housekeeping, disk: DiskWatch | None = None):
         self.runtime = runtime
-        self.readmodel = readmodel
+        self.fleet = fleet
+        self.registry = registry
         self.alerts = alerts
         self.housekeeping = housekeeping
         self.disk = disk
@@ -44,21 +47,19 @@ class Freshness:
             if self._expired_at is None or time.monotonic() - self._expired_at >= EXPIRE_EVERY:
                 self._expired_at = time.monotonic()
                 await self.housekeeping.expire(config)
-            intervals = [config.settings(h).schedule.snapshot_every.total_seconds() / 2 for h in config.host]
+            intervals = [settings.schedule.snapshot_every.total_seconds() / 2 for settings in config.hosts.values()]
             if config.alerts.hung_after:
                 intervals.append(config.alerts.hung_after.total_seconds() / 2)
             await asyncio.sleep(max(1.0, min([60.0, *intervals])))
 
     async def pass_(self) -> None:
         config = self.runtime.config
-        for host in config.host:
-            name = host.name
+        for name, settings in config.hosts.items():
             now = clock.now()
             facts = await asyncio.to_thread(read_facts, HostDir.of(config.backup_root, name), now)
-            self.readmodel.facts[name] = facts
-            settings = config.settings(host)
+            self.fleet.facts[name] = facts
             latest = facts.latest
-            record = self.readmodel.record(name)
+            record = self.fleet.record(name)
             if is_stale(latest.time if latest else None, record.added, settings, now):
                 if not self.alerts.is_current(AlertKind.STALE, name):
                     limit = (f"more than {settings.schedule.stale_factor:g} x "
@@ -85,7 +86,7 @@ class Freshness:
         """A run still going past its next slot (or hung_after) is `hung`; the
         episode resolves when the run ends."""
         hung: dict[tuple[str, str | None], str] = {}
-        for run in self.readmodel.registry.runs():
+        for run in self.registry.runs():
             if run.status is not Status.RUNNING or run.started is None or run.plan is None:
                 continue
             limit = hung_limit(run.kind, run.plan.settings.schedule, hung_after)

@@ -33,7 +33,7 @@ class Hosts:
                 return await tested(name)
 
         async def tested(name: str) -> dict:
-            settings = config.settings(config.find_host(name))
+            settings = config.hosts[name]
             started = time.monotonic()
             found = await readiness.check(config, settings)
             seconds = round(time.monotonic() - started, 2)

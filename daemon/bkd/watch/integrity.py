@@ -13,6 +13,7 @@ from datetime import timedelta
 import structlog
 
 from ..alerts.service import AlertKind, Alerts
+from ..config.models import Config
 from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.supervise import woken
@@ -36,7 +37,11 @@ class Integrity:
         self.store = store
         self.alerts = alerts
         self.wake = asyncio.Event()
+        runtime.on_reload(self._reloaded)
         self._locks: dict[str, asyncio.Lock] = {}  # one update of a host's damage ledger at a time
+
+    def _reloaded(self, old: Config, new: Config) -> None:
+        self.wake.set()  # hosts and `verify.every` may have changed
 
     async def settle(self, host_dir: HostDir, verified: dict[str, list[dict]] | None = None,
                      hashed: set[bytes] | None = None) -> None:

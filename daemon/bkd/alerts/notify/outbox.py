@@ -27,7 +27,7 @@ import structlog
 
 from bkctl.protocol import AlertKind
 
-from ...config.models import EmailSink, WebhookSink
+from ...config.models import Config, EmailSink, WebhookSink
 from ...config.runtime import Runtime
 from ...infra import clock
 from ...infra.errors import NotFound
@@ -74,7 +74,12 @@ class Notifier:
         self.unsaved: list[tuple[list[dict], dict | None]] = []  # queued in memory: the store refused them
         self.wake_outbox = asyncio.Event()
         self.wake_reminders = asyncio.Event()
+        runtime.on_reload(self._reloaded)
         self._pruned: float | None = None  # not 0.0: monotonic time starts at boot
+
+    def _reloaded(self, old: Config, new: Config) -> None:
+        self.wake_reminders.set()  # sinks or their filters may have changed
+        self.wake_outbox.set()
 
     @classmethod
     async def create(cls, runtime: Runtime, store: Store, alerts: Alerts) -> Notifier:

@@ -18,12 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
-from bkctl.fmt import safe
-from bkctl.protocol import BACKUP_KINDS, Status
-
 from ...config.models import redact_url
 from ...config.runtime import Runtime
-from ...runs.registry import Run
 from . import http
 
 log = structlog.get_logger()
@@ -31,7 +27,6 @@ log = structlog.get_logger()
 PING_TIMEOUT = 10.0  # seconds for one attempt
 RETRY_DELAYS = (0.0, 1.0, 3.0, 10.0, 30.0, 60.0)  # before each attempt
 PING_EXPIRY = 180.0  # seconds after which a ping not yet delivered is dropped
-LOG_TAIL = 10_000  # bytes of the log tail a `/fail` carries (healthchecks keeps 100 kB)
 
 
 def ping_url(url: str, suffix: str) -> str:
@@ -42,33 +37,13 @@ def ping_url(url: str, suffix: str) -> str:
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + suffix))
 
 
-def _url_of(run: Run) -> str:
-    if run.kind not in BACKUP_KINDS or run.request.dry_run or run.plan is None:
-        return ""
-    return run.plan.settings.host.ping_url  # the run's own plan: a reload never changes it
-
-
 class Pinger:
+    """Pings sent at once, one key's (a host's) in order: a run's end never
+    overtakes its start (watch/runs.py says what a run pings)."""
+
     def __init__(self):
         self._last: dict[str, asyncio.Task] = {}  # host → its newest ping: the next one waits for it
         self._tasks: set[asyncio.Task] = set()
-
-    def run_started(self, run: Run) -> None:
-        if url := _url_of(run):
-            self.send(run.host, url, "start")
-
-    def run_finished(self, run: Run) -> None:
-        """Success and failure are pinged; a run cancelled or interrupted is
-        neither (the next run's outcome will be)."""
-        url = _url_of(run)
-        if not url or run.started is None:
-            return
-        if run.status in (Status.OK, Status.WARNING):
-            self.send(run.host, url, "")
-        elif run.status is Status.FAILED:
-            # The log tail a person reads on the checker's page: what a host printed in it, escaped.
-            tail = f"bkd: {run.host} job {run.job_id} {run.status}\n{safe(run.detail or run.error or '')}\n"
-            self.send(run.host, url, "fail", tail.encode(errors="replace")[-LOG_TAIL:])
 
     def send(self, key: str, url: str, suffix: str, body: bytes = b"") -> None:
         """Queue a ping behind key's previous one; returns at once."""

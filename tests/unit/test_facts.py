@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 
 from bkd.infra import clock
-from bkd.state import hosts as readmodel
+from bkd.tree import facts as facts_module
 from bkd.tree.layout import HostDir, SnapshotName
-from bkd.state.hosts import read_facts
+from bkd.tree.facts import read_facts
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_cached_listings_are_left_alone_by_the_garbage_collector(host_dir):
     age(host_dir.hourly)
     read_facts(host_dir, clock.now())
     gc.collect()
-    listing = readmodel._listings[host_dir.root]
+    listing = facts_module._listings[host_dir.root]
     assert not gc.is_tracked(listing.names) and not gc.is_tracked(listing.times)
     assert len(listing.names) == 57
 
@@ -106,4 +106,4 @@ def test_an_unreadable_host_directory_is_an_error_not_an_exception(tmp_path):
 
 
 def teardown_function():
-    readmodel._listings.clear()
+    facts_module._listings.clear()

@@ -1,3 +1,5 @@
+"""When work is due (schedule/due.py): pure functions of times."""
+
 from datetime import datetime, timedelta, timezone
 
 import pytest
