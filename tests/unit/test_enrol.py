@@ -185,7 +185,7 @@ def config(**ssh) -> Config:
 
 def test_rsync_path_goes_to_every_rsync_against_that_host_and_no_other():
     conf = config()
-    web1, web2, local = (conf.settings(h) for h in conf.host)
+    web1, web2, local = (conf.hosts[h.name] for h in conf.host)
     dest = Path("/srv/bkd/web1/hourly/.partial-1")
     for argv in (rsync.snapshot_command(conf, web1, dest, []), rsync.compare_command(conf, web1, dest),
                  rsync.reachability_command(conf, web1),

@@ -387,7 +387,7 @@ class Enrolment:
             self._print_lines(public, restore_public, address)
             checked = candidate.model_copy(update={"ssh": candidate.ssh.model_copy(
                 update={"config_file": str(trial)})})
-            found = asyncio.run(readiness.check(checked, checked.settings(checked.find_host(req.name)),
+            found = asyncio.run(readiness.check(checked, checked.hosts[req.name],
                                                 estimate=True))
         self._print_checks(found, address)
         if not found.ok:
