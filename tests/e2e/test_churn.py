@@ -177,11 +177,11 @@ def test_snapshots_of_a_churning_source_are_states_it_had_never_change_and_heal(
             captured[name] = state = capture(hourly / name)
 
             # Healed: the source's bytes where the previous snapshot's copy was damaged, in an inode of their own.
-            assert host["stats"].get("refetched_files") == (len(healing) or None), (name, host["stats"])
             for path, (bad_inode, good) in healing.items():
-                assert state[path][Capture.INODE] != bad_inode, (name, path)
                 assert state[path][Capture.CONTENT] == hashlib.sha256(good).hexdigest(), (name, path)
+                assert state[path][Capture.INODE] != bad_inode, (name, path)
                 assert state[path][4] == (source / path).stat().st_mtime_ns, (name, path)
+            assert host["stats"].get("refetched_files") == (len(healing) or None), (name, host["stats"])
             healing = {}
 
             sparse = (hourly / name / "sparse.img").stat()  # SPEC §7: also after an attribute-only change
