@@ -50,9 +50,16 @@ def safe_tree(value):
 _COLOURS = {"ok": 32, "warning": 33, "failed": 31, "cancelled": 33, "interrupted": 33, "running": 36}
 
 
+def colour_allowed(stream=None) -> bool:
+    """Colour only on a terminal, and not when NO_COLOR is set (no-color.org) or
+    TERM=dumb says the terminal cannot show it: the one rule of bkctl and bkd's log."""
+    stream = stream or sys.stdout
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
 def colour(text: str, status: str | None = None) -> str:
     code = _COLOURS.get(status or text)
-    if code and sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+    if code and colour_allowed():
         return f"\033[{code}m{text}\033[0m"
     return text
 
