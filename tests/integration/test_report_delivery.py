@@ -64,7 +64,7 @@ def test_the_daily_report_arrives_by_mail_and_webhook_once_a_day(tmp_path, daemo
     assert hook.requests[0].headers["Idempotency-Key"] == body["idempotency_key"]
     today = body["report"]["hosts"][0]["trend"][-1]["day"]  # the day in Berlin
     assert re.fullmatch(rf"bkd-[0-9a-f]{{8}}-report-{today}-chat", body["idempotency_key"])
-    assert message["Message-ID"] == f"<{body['idempotency_key'][:-len('chat')]}ops-mail@bkd>"
+    assert message["Message-ID"] == f"<{body['idempotency_key'][:-len('chat')]}ops-mail@backup1>"
     assert set(body["report"]) == set(daemon.bkctl_json("report"))  # what bkctl report --json prints
     sinks_state = {s["name"]: s for s in daemon.call("notify.status")["sinks"]}
     assert sinks_state["chat"]["delivered"] == 1 and sinks_state["ops-mail"]["delivered"] == 1
