@@ -21,6 +21,7 @@ from .client import Client, RemoteError, Unreachable
 from .fmt import can_print, colour, number, parse_span, parse_time, progress_text, relative, safe, size, span, table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_PLUGIN_UNKNOWN = 3  # bkctl check: the monitoring-plugin code for "cannot tell"
 POLL_SECONDS = 0.5
 RECEIVER_GRACE = 10.0  # seconds a restore's receiver may take to end after its job did
 
@@ -653,6 +654,31 @@ def _print_json(result: dict) -> int:
 
 # ---- argument parsing -------------------------------------------------------
 
+CHECK_EPILOG = """\
+Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the daemon cannot be
+reached or refuses, a usage error, --help, --version). It prints one line,
+"BKD STATE - what | perfdata", with each host's age, size and duration as
+perfdata. What is CRITICAL and what a WARNING: docs/watching.md.
+
+Example:
+  bkctl check --warn-age 2h --crit-age 1d web1 db1"""
+
+
+class _PluginHelp(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        parser.exit(EXIT_PLUGIN_UNKNOWN)
+
+
+class _PluginVersion(_PluginHelp):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"bkctl check v{_client_version()} (bkd {_client_version()})")
+        parser.exit(EXIT_PLUGIN_UNKNOWN)
+
+
 def _parser() -> argparse.ArgumentParser:
     # Global options work before or after the command (`bkctl --json status`,
     # `bkctl status --json`): subcommands repeat them with SUPPRESS defaults.
@@ -744,9 +770,14 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--since", metavar="DURATION", help="runs of this last period (default 1d), e.g. 7d")
     report.add_argument("--html", metavar="FILE", help="write the report as a self-contained HTML page")
     add("metrics", cmd_metrics, "the Prometheus exposition")
-    check = commands.add_parser("check", parents=[common], help="a monitoring-plugin check: exit 0 OK, 1 WARNING, "
-                                "2 CRITICAL, 3 UNKNOWN, one line with perfdata",
-                                description="a monitoring-plugin check (Nagios, Icinga, Checkmk)")
+    check = commands.add_parser("check", parents=[common], add_help=False, help="a monitoring-plugin check: "
+                                "exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, one line with perfdata",
+                                description="a monitoring-plugin check (Nagios, Icinga, Checkmk)",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CHECK_EPILOG)
+    # The plugin guidelines: --help and --version exit 3 (UNKNOWN), like every usage error.
+    check.add_argument("-h", "--help", action=_PluginHelp, help="show this help and exit 3 (UNKNOWN)")
+    check.add_argument("-V", "--version", action=_PluginVersion, help="print the plugin's version and exit 3 "
+                       "(UNKNOWN)")
     check.add_argument("hosts", nargs="*", metavar="HOST", help="only these hosts (default: every host, and "
                        "alerts about no host)")
     check.add_argument("--warn-age", metavar="DURATION", help="WARNING when a host's newest snapshot is older")
@@ -777,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     except _ArgumentError as e:
         if _command_of(argv) == "check":
             print(f"BKD UNKNOWN - usage: {e}")
-            return 3
+            return EXIT_PLUGIN_UNKNOWN
         e.parser.print_usage(sys.stderr)
         print(f"{e.parser.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
