@@ -18,7 +18,9 @@ import time
 
 from . import protocol
 from .client import Client, RemoteError, Unreachable
-from .fmt import can_print, colour, number, parse_span, parse_time, progress_text, relative, safe, size, span, table
+from . import fmt
+from .fmt import (can_print, colour, number, parse_span, parse_time, progress_text, relative, safe, size, span,
+                  table, timestamp)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_PLUGIN_UNKNOWN = 3  # bkctl check: the monitoring-plugin code for "cannot tell"
@@ -212,7 +214,7 @@ def cmd_job(client: Client, args) -> int:
     job = result["job"]
     print(f"job {job['job_id']}: {job['kind']}{' (dry run)' if job['dry_run'] else ''}, "
           f"{colour(job['status'])}, {job['trigger']}")
-    print(f"started {job['started']}, finished {job['finished'] or '-'}")
+    print(f"started {timestamp(job['started'])}, finished {timestamp(job['finished'])}")
     for host in job["hosts"]:
         print("  " + _host_line(host) + (f" (took {_duration(host)})" if host.get("finished") else ""))
         _print_detail(host)
@@ -242,7 +244,7 @@ def cmd_schedule(client: Client, args) -> int:
     if args.json:
         return _print_json(result)
     rows = [[e["host"], e["kind"], e["every"], relative(e["next_run"]) if e["enabled"] else "manual only",
-             e["next_run"] or "-"] for e in result["entries"]]
+             timestamp(e["next_run"])] for e in result["entries"]]
     print(table(["HOST", "KIND", "EVERY", "NEXT RUN", "AT"], rows) if rows else "no hosts configured")
     return EXIT_OK
 
@@ -320,8 +322,7 @@ def cmd_watch(client: Client, args) -> int:
 
 def event_line(event: dict) -> str:
     """One event as one human line: time, topic, who, what."""
-    when = (parse_time(event.get("time")) or parse_time(event.get("timestamp")))
-    stamp = when.strftime("%H:%M:%S") if when else "--:--:--"
+    stamp = timestamp(event.get("time") or event.get("timestamp"))
     who = " ".join(f"{k}={event[k]}" for k in ("host", "job_id") if event.get(k) is not None)
     topic = event["topic"]
     if topic == "log":
@@ -363,7 +364,7 @@ def cmd_ls(client: Client, args) -> int:
     while True:
         for entry in page["entries"]:
             target = f" -> {entry['target']}" if entry.get("target") is not None else ""
-            print(f"{entry['mode']} {entry['size']:>12} {entry['mtime']}  {entry['name']}{target}")
+            print(f"{entry['mode']} {entry['size']:>12} {timestamp(entry['mtime'])}  {entry['name']}{target}")
         if page["next_offset"] is None or args.limit:
             break
         page = client.call("snapshots.browse", {**params, "offset": page["next_offset"]})
@@ -374,7 +375,7 @@ def _history(client: Client, args, path: str) -> int:
     result = client.call("snapshots.history", {"host": args.host, "path": path})
     if args.json:
         return _print_json(result)
-    rows = [[e["snapshot"], e["type"], size(e["size"]), e["mtime"]] for e in result["entries"]]
+    rows = [[e["snapshot"], e["type"], size(e["size"]), timestamp(e["mtime"])] for e in result["entries"]]
     print(table(["SNAPSHOT", "TYPE", "SIZE", "MTIME"], rows) if rows else f"{safe(path)} is in no snapshot of {args.host}")
     return EXIT_OK
 
@@ -505,7 +506,7 @@ def _silence(client: Client, args) -> int:
 def _silence_text(silence: dict) -> str:
     what = " and ".join(f"{k} {silence[k]}" for k in ("host", "kind") if silence.get(k))
     note = f" ({silence['note']})" if silence.get("note") else ""
-    return f"{what} until {silence['until']} by {silence['by']}{note}"
+    return f"{what} until {timestamp(silence['until'])} by {silence['by']}{note}"
 
 
 def cmd_alerts(client: Client, args) -> int:
@@ -577,7 +578,7 @@ def cmd_audit(client: Client, args) -> int:
     if args.json:
         _print_json(result)
     else:
-        rows = [[str(e["id"]), e["time"], f"{e['user']} ({e['uid']})", e["method"],
+        rows = [[str(e["id"]), timestamp(e["time"]), f"{e['user']} ({e['uid']})", e["method"],
                  json.dumps(e["params"], ensure_ascii=False)[:60], e["outcome"][:60]]
                 for e in reversed(result["entries"])]
         print(table(["ID", "TIME", "WHO", "METHOD", "PARAMS", "OUTCOME"], rows) if rows else "no audit entries")
@@ -689,6 +690,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="print the daemon's answer as JSON")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="S",
                         help="seconds to wait for each answer (default 30)")
+    common.add_argument("--utc", action="store_true", default=argparse.SUPPRESS,
+                        help="show times in UTC (default: local time, with its zone)")
     parser = _Parser(prog="bkctl", parents=[common],
                                      description="control and query the bkd backup daemon")
     parser.add_argument("--version", action="store_true", help="print the client version")
@@ -813,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{e.parser.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     args.json = getattr(args, "json", False)
+    fmt.use_utc(getattr(args, "utc", False))
     path = getattr(args, "socket", None) or protocol.default_socket()
     timeout = getattr(args, "timeout", 30.0)
     if args.version:

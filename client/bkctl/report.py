@@ -10,9 +10,11 @@ form renders the digest's text with control characters escaped (fmt.safe)."""
 
 from __future__ import annotations
 
+from datetime import timezone, tzinfo
 from html import escape
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .fmt import number, safe_tree, size, span, sparkline
+from .fmt import number, safe_tree, size, span, sparkline, timestamp
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 BAR = "#3b7dd8"  # host trend bars (the rendering test counts them: used for nothing else)
@@ -93,11 +95,20 @@ def audit_line(head: dict | None) -> str:
     return f"audit log: entry {head['id']}, sha256 {head['hash']}" if head else ""
 
 
-def _alert_text(alert: dict) -> str:
+def zone_of(digest: dict) -> tzinfo:
+    """The report's own time zone (`[report] timezone`): its header and times are
+    shown in it, as its days are counted (UTC if this machine does not know it)."""
+    try:
+        return ZoneInfo(digest.get("timezone") or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return timezone.utc
+
+
+def _alert_text(alert: dict, zone: tzinfo) -> str:
     subject = f" ({alert['subject']})" if alert.get("subject") else ""
     silenced = ", silenced" if alert.get("silenced") else ""
     return (f"{alert['host'] or '-'} {alert['kind']}{subject}: {alert['state']}{silenced}, "
-            f"{alert['count']}x since {alert['first_seen']}")
+            f"{alert['count']}x since {timestamp(alert['first_seen'], zone)}")
 
 
 def _period(digest: dict) -> str:
@@ -107,7 +118,8 @@ def _period(digest: dict) -> str:
 def text(digest: dict, ascii: bool = False) -> str:
     from .fmt import table
     digest = safe_tree(digest)
-    lines = [f"bkd report for {digest['server']} at {digest['generated']} "
+    zone = zone_of(digest)
+    lines = [f"bkd report for {digest['server']} at {timestamp(digest['generated'], zone)} "
              f"(runs of the last {_period(digest)}; trends over {digest['trend_days']} days, {digest['timezone']})"]
     rows = []
     for host in digest["hosts"]:
@@ -122,7 +134,7 @@ def text(digest: dict, ascii: bool = False) -> str:
     alerts = digest["alerts"]
     lines.append(f"alerts: {alerts['open']} current, {alerts['unacknowledged']} unacknowledged"
                  if alerts["open"] else "alerts: none")
-    lines += [f"  {_alert_text(a)}" for a in alerts["current"]]
+    lines += [f"  {_alert_text(a, zone)}" for a in alerts["current"]]
     if digest.get("audit_head"):
         lines.append(audit_line(digest["audit_head"]))
     return "\n".join(lines) + "\n"
@@ -158,7 +170,7 @@ def _header(digest: dict) -> str:
         meter = (f'<div class="meter"><div style="width:{min(100.0, disk["used_percent"])}%;height:12px;'
                  f'background:{DISK}"></div></div>')
     return (f"<h1>bkd report: {escape(digest['server'])}</h1>"
-            f'<div class="sub">{escape(digest["generated"])} &middot; runs of the last {escape(_period(digest))}'
+            f'<div class="sub">{escape(timestamp(digest["generated"], zone_of(digest)))} &middot; runs of the last {escape(_period(digest))}'
             f" &middot; trends over {digest['trend_days']} days ({escape(digest['timezone'])}) &middot; "
             f"bkd {escape(digest['version'])}</div>"
             f"<h2>Backup root</h2>{meter}<div class=\"facts\">{escape(_disk_line(disk))}</div>")
@@ -183,7 +195,7 @@ def _alerts(digest: dict) -> str:
     rows = "".join(f"<tr><td>{escape(a['host'] or '-')}</td><td>{escape(a['kind'])}</td>"
                    f"<td>{escape(a['subject'] or '')}</td><td>{escape(a['state'])}"
                    f"{' (silenced)' if a['silenced'] else ''}</td><td>{a['count']}</td>"
-                   f"<td>{escape(a['first_seen'])}</td></tr>" for a in current)
+                   f"<td>{escape(timestamp(a['first_seen'], zone_of(digest)))}</td></tr>" for a in current)
     return ('<h2>Alerts</h2><table class="t"><tr><th>host</th><th>kind</th><th>subject</th><th>state</th>'
             f"<th>count</th><th>since</th></tr>{rows}</table>")
 
