@@ -18,6 +18,7 @@ import time
 
 from . import protocol
 from .client import Client, RemoteError, Unreachable
+from .live import LiveLines
 from . import fmt
 from .fmt import (can_print, colour, number, parse_span, parse_time, progress_text, relative, safe, size, span,
                   table, timestamp)
@@ -101,42 +102,56 @@ def cmd_run(client: Client, args) -> int:
         return EXIT_OK
     if not args.json:
         print(f"job {job_id} started", flush=True)
-    return follow_job(client, job_id, args.json)
+    return conclude_job(follow_job(client, job_id, args.json), args.json)
 
 
-def follow_job(client: Client, job_id: int, as_json: bool, final=None) -> int:
-    """Print a subscribed job's events as they arrive; exit with its result.
-    Falls back to polling if the daemon drops this subscriber. final(job), if
-    given, completes the job's record before it is printed (the last line)."""
-    job = None
-    for event in client.events():
-        if event["topic"] == "dropped":
-            break
-        if event.get("job_id") != job_id:
-            continue
-        if as_json:
-            print(json.dumps(event), flush=True)
-        elif event["topic"] == "progress":
-            print(_progress_line(event), flush=True)
-        elif event["topic"] == "host":
-            print(_host_line(event), flush=True)
-        if event["topic"] == "job" and event["status"] in protocol.FINAL_STATUSES:
-            break
-    while job is None:  # the record as this caller may see it (with the detail, for admins)
-        candidate = client.call("job.get", {"job_id": job_id})["job"]
-        if candidate["status"] in protocol.FINAL_STATUSES:
-            job = candidate
-        else:
-            time.sleep(POLL_SECONDS)
-    if final is not None:
-        final(job)
+def follow_job(client: Client, job_id: int, as_json: bool, told_at_end: bool = False) -> dict:
+    """Print a subscribed job's events as they arrive — on a terminal one line
+    per host, updated in place — and return the job's final record as this
+    caller may see it. Falls back to polling if the daemon drops this
+    subscriber. told_at_end: a host's successful end is not printed (the
+    caller concludes with what it did)."""
+    lines = LiveLines(sys.stdout)
+    try:
+        for event in client.events():
+            if event["topic"] == "dropped":
+                break
+            if event.get("job_id") != job_id:
+                continue
+            if as_json:
+                print(json.dumps(event), flush=True)
+            elif event["topic"] == "progress":
+                lines.update(event["host"], _progress_line(event))
+            elif event["topic"] == "host" and event["status"] not in protocol.FINAL_STATUSES:
+                lines.update(event["host"], _host_line(event))
+            elif event["topic"] == "host":
+                quiet = told_at_end and event["status"] in protocol.SUCCESS_STATUSES
+                lines.end(event["host"], None if quiet else _host_line(event))
+            if event["topic"] == "job" and event["status"] in protocol.FINAL_STATUSES:
+                break
+    finally:
+        lines.close()
+    while True:  # the record as this caller may see it (with the detail, for admins)
+        job = client.call("job.get", {"job_id": job_id})["job"]
+        if job["status"] in protocol.FINAL_STATUSES:
+            return job
+        time.sleep(POLL_SECONDS)
+
+
+def conclude_job(job: dict, as_json: bool, summary: str | None = None) -> int:
+    """The job's last words and its exit code: its record (--json), or each
+    host's detail and the job's status — or summary, when given, for a job
+    that succeeded."""
+    succeeded = job["status"] in protocol.SUCCESS_STATUSES
     if as_json:
         print(json.dumps({"job": job}), flush=True)
+    elif summary is not None and succeeded:
+        print(summary)
     else:
         for host in job["hosts"]:
             _print_detail(host)
-        print(f"job {job_id}: {colour(job['status'])}")
-    return EXIT_OK if job["status"] in protocol.SUCCESS_STATUSES else EXIT_FAILED
+        print(f"job {job['job_id']}: {colour(job['status'])}")
+    return EXIT_OK if succeeded else EXIT_FAILED
 
 
 def _print_detail(host: dict) -> None:
@@ -416,21 +431,42 @@ def cmd_restore(client: Client, args) -> int:
     if not args.json:
         print(f"job {job_id}: restoring {args.host} {args.snapshot}:{safe(args.path)} "
               f"to {safe(dest)}", flush=True)
-    code = follow_job(client, job_id, args.json)
+    job = follow_job(client, job_id, args.json, told_at_end=True)
+    received_ok = True
     if receiving is not None:
         receiving.join(RECEIVER_GRACE)
         if receiving.is_alive() and received.get("proc"):  # the restore is over: a receiver still there is stuck
             received["proc"].kill()
         receiving.join()
-        if received.get("returncode") not in (0, 24):  # the receiver is ours: its outcome is ours to tell
-            code = EXIT_FAILED
-            if not args.json:
-                _print_receiver(received)
+        # The receiver is ours: its outcome is ours to tell.
+        received_ok = received.get("returncode") in (0, 24)
     if args.dry_run and not args.json:
-        names = next((h.get("listing") for h in client.call("job.get", {"job_id": job_id})["job"]["hosts"]), None)
-        for name in names or []:
+        for name in next((h.get("listing") for h in job["hosts"]), None) or []:
             print(f"would write {safe(name)}")
+    code = conclude_job(job, args.json, _restored(job, args, dest) if received_ok else None)
+    if not received_ok:
+        code = EXIT_FAILED
+        if not args.json:
+            _print_receiver(received)
     return code
+
+
+def _restored(job: dict, args, dest: str) -> str:
+    """What a restore did, in one line: `restored 1,234 entries (56.7 MiB) of web1
+    2026-12-07_131509:/etc to /tmp/x/etc`; the entries it left alone in DEST, said too."""
+    host = job["hosts"][0] if job["hosts"] else {}
+    stats = host.get("stats") or {}
+    written = stats.get("entries_to_write" if args.dry_run else "entries_written")
+    inside = args.path.strip("/")
+    target = (dest.rstrip("/") + "/" + inside) if inside else dest
+    line = (f"{'would restore' if args.dry_run else 'restored'} {number(written)} "
+            f"entr{'y' if written == 1 else 'ies'} ({size(stats.get('transferred_bytes'))}) of {args.host} "
+            f"{host.get('snapshot') or args.snapshot}:{safe(args.path)} to {safe(target)}")
+    unwritten = (stats.get("entries") or 0) - (written or 0)
+    if unwritten > 0:  # rsync leaves alone what is there: the same (--overwrite), or anything (without)
+        line += (f"; {number(unwritten)} already up to date" if args.overwrite else
+                 f"; {number(unwritten)} already there, kept (--overwrite replaces them)")
+    return line
 
 
 def _receive(socket_path: str, spec: dict, destination, dry_run: bool, received: dict) -> None:
