@@ -720,7 +720,7 @@ def _parser() -> argparse.ArgumentParser:
     # Global options work before or after the command (`bkctl --json status`,
     # `bkctl status --json`): subcommands repeat them with SUPPRESS defaults.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", default=argparse.SUPPRESS,
+    common.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
                         help=f"daemon socket (default: $BKD_SOCKET or {protocol.DEFAULT_SOCKET})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the daemon's answer as JSON")
@@ -728,44 +728,56 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds to wait for each answer (default 30)")
     common.add_argument("--utc", action="store_true", default=argparse.SUPPRESS,
                         help="show times in UTC (default: local time, with its zone)")
-    parser = _Parser(prog="bkctl", parents=[common],
-                                     description="control and query the bkd backup daemon")
+    parser = _Parser(prog="bkctl", parents=[common], description="control and query the bkd backup daemon",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Example:\n  bkctl status\n  bkctl run web1 --wait")
     parser.add_argument("--version", action="store_true", help="print the client version")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name, func, help_text):
-        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def add(name, func, help_text, *examples: str):
+        """A command whose --help ends with its examples (and so does its man page section)."""
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  epilog="Example:\n" + "\n".join(f"  bkctl {e}" for e in examples))
         sub.set_defaults(func=func)
         return sub
 
-    add("status", cmd_status, "daemon and per-host state")
-    run = add("run", cmd_run, "start a job now (default: every host, a snapshot)")
-    run.add_argument("hosts", nargs="*", metavar="HOST")
-    run.add_argument("--kind", default="snapshot", choices=[str(k) for k in protocol.RUN_KINDS])
+    add("status", cmd_status, "daemon and per-host state", "status", "status --json")
+    run = add("run", cmd_run, "start a job now (default: every host, a snapshot)",
+              "run web1 db1 --wait", "run --kind all")
+    run.add_argument("hosts", nargs="*", metavar="HOST", help="the hosts to run (default: every host)")
+    run.add_argument("--kind", default="snapshot", choices=[str(k) for k in protocol.RUN_KINDS],
+                     help="snapshot (default); archive or monthly of the latest snapshot; all: the three in turn")
     run.add_argument("--dry-run", action="store_true", help="test connectivity and rsync; write nothing")
     run.add_argument("--wait", action="store_true", help="follow the job and exit with its result")
-    cancel = add("cancel", cmd_cancel, "stop running work; its partial output is removed")
-    cancel.add_argument("hosts", nargs="*", metavar="HOST")
-    cancel.add_argument("--job", type=int, metavar="ID")
-    jobs = add("jobs", cmd_jobs, "job history")
+    cancel = add("cancel", cmd_cancel, "stop running work; its partial output is removed",
+                 "cancel web1", "cancel --job 42")
+    cancel.add_argument("hosts", nargs="*", metavar="HOST", help="stop what runs for these hosts")
+    cancel.add_argument("--job", type=int, metavar="ID", help="stop every run of this job")
+    jobs = add("jobs", cmd_jobs, "job history", "jobs --host web1 --limit 10")
     jobs.add_argument("--host", help="only this host's runs")
     jobs.add_argument("--limit", type=int, default=50, help="the newest N (default 50, at most 1000 a page)")
     jobs.add_argument("--before", type=int, metavar="ID", help="the page of jobs older than job ID")
-    job = add("job", cmd_job, "one job in detail")
-    job.add_argument("job_id", type=int, metavar="ID")
-    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N)")
-    snapshots.add_argument("host", metavar="HOST")
+    job = add("job", cmd_job, "one job in detail", "job 42")
+    job.add_argument("job_id", type=int, metavar="ID", help="the job's number (bkctl jobs lists them)")
+    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N)",
+                    "snapshots web1 --limit 10")
+    snapshots.add_argument("host", metavar="HOST", help="the host whose snapshots are listed")
     snapshots.add_argument("--limit", type=int, default=50, help="the newest N (default 50)")
     snapshots.add_argument("--all", action="store_true", help="every snapshot")
-    add("schedule", cmd_schedule, "scheduled work and its next run time")
-    ls = add("ls", cmd_ls, "browse a snapshot: ls HOST [SNAPSHOT] [PATH]; --history HOST PATH")
-    ls.add_argument("host", metavar="HOST")
-    ls.add_argument("args", nargs="*", metavar="SNAPSHOT/PATH")
+    add("schedule", cmd_schedule, "scheduled work and its next run time", "schedule")
+    ls = add("ls", cmd_ls, "browse a snapshot: ls HOST [SNAPSHOT] [PATH]; --history HOST PATH",
+             "ls web1 latest /etc", "ls --history web1 /etc/hosts")
+    ls.add_argument("host", metavar="HOST", help="the host whose snapshot is browsed")
+    ls.add_argument("args", nargs="*", metavar="SNAPSHOT/PATH",
+                    help="a snapshot (default latest), then a path inside it (default /: its root)")
     ls.add_argument("--history", action="store_true", help="every snapshot in which PATH exists")
     ls.add_argument("--offset", type=int, default=0, help="start at this entry (paging)")
     ls.add_argument("--limit", type=int, default=0, help="at most this many entries (one page)")
-    restore = add("restore", cmd_restore, "copy PATH of a snapshot back to DEST/PATH")
-    restore.add_argument("host", metavar="HOST")
+    restore = add("restore", cmd_restore, "copy PATH of a snapshot back to DEST/PATH",
+                  "restore web1 latest /etc/nginx --to /tmp/restored",
+                  "restore web1 2026-12-07_131509 /home/ann --to web1:/ --overwrite")
+    restore.add_argument("host", metavar="HOST", help="the host the snapshot is of")
     restore.add_argument("snapshot", metavar="SNAPSHOT", help="a snapshot name, or latest")
     restore.add_argument("path", metavar="PATH", help="inside the snapshot; / is its root")
     restore.add_argument("--to", required=True, metavar="DEST", help="local directory or host:path")
@@ -773,20 +785,27 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--dry-run", action="store_true", help="list what would be written")
     restore.add_argument("--no-wait", action="store_true", help="print the job id and return "
                          "(a local DEST is then received by a detached bkctl)")
-    verify = add("verify", cmd_verify, "check snapshots (and their archives) against their checksums")
-    verify.add_argument("host", metavar="HOST")
+    verify = add("verify", cmd_verify, "check snapshots (and their archives) against their checksums",
+                 "verify web1", "verify web1 --all")
+    verify.add_argument("host", metavar="HOST", help="the host whose snapshots are checked")
     verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="default: latest")
     verify.add_argument("--all", action="store_true", help="every snapshot and archive")
     verify.add_argument("--sample", action="store_true",
                         help="run the background pass now: a sample, least recently verified first")
-    audit = add("audit", cmd_audit, "who did what over the socket; --verify checks the hash chain")
-    audit.add_argument("--verify", action="store_true")
-    audit.add_argument("--limit", type=int, default=50)
+    audit = add("audit", cmd_audit, "who did what over the socket; --verify checks the hash chain",
+                "audit --limit 20", "audit --verify")
+    audit.add_argument("--verify", action="store_true",
+                       help="check the hash chain (and the journal's copy of its head); exit 1 if broken")
+    audit.add_argument("--limit", type=int, default=50, help="the newest N entries (default 50)")
     alerts = add("alerts", cmd_alerts, "open alerts (--all: resolved ones too); "
                  "alerts ack ID... | --host H | --kind K | --all [--note TEXT]; "
-                 "alerts silence HOST | --kind K --for DURATION [--note TEXT]; alerts unsilence HOST | --kind K")
-    alerts.add_argument("action", nargs="?", choices=["ack", "silence", "unsilence"])
-    alerts.add_argument("targets", nargs="*", metavar="ID|HOST")
+                 "alerts silence HOST | --kind K --for DURATION [--note TEXT]; alerts unsilence HOST | --kind K",
+                 "alerts", "alerts ack 12 13 --note 'disk replaced'", "alerts silence web1 --for 2h")
+    alerts.add_argument("action", nargs="?", choices=["ack", "silence", "unsilence"],
+                        help="ack: acknowledge; silence: record, don't notify, for a while; unsilence: end "
+                             "that (default: list)")
+    alerts.add_argument("targets", nargs="*", metavar="ID|HOST",
+                        help="ack: alert ids (from the list); silence, unsilence: a host")
     alerts.add_argument("--all", action="store_true", help="list: resolved ones too; ack: every open alert")
     alerts.add_argument("--host", help="ack: the open alerts of this host")
     alerts.add_argument("--kind", choices=[str(k) for k in protocol.AlertKind],
@@ -794,21 +813,25 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("--note", help="ack, silence: a note kept with it")
     alerts.add_argument("--for", dest="for_", metavar="DURATION",
                         help="silence: for how long, e.g. 2h, 1d (recorded, not notified)")
-    notify = add("notify", cmd_notify, "each notification sink's state; `notify test [SINK]` sends a test message")
-    notify.add_argument("action", nargs="?", choices=["test"])
-    notify.add_argument("sink", nargs="?", metavar="SINK")
-    hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing")
+    notify = add("notify", cmd_notify, "each notification sink's state; `notify test [SINK]` sends a test message",
+                 "notify", "notify test ops-mail")
+    notify.add_argument("action", nargs="?", choices=["test"], help="test: send a test message (default: list)")
+    notify.add_argument("sink", nargs="?", metavar="SINK", help="test: only this sink (default: every sink)")
+    hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing",
+                "hosts", "hosts test web1")
     hosts.add_argument("action", nargs="?", choices=["test"], help="test reachability")
-    hosts.add_argument("names", nargs="*", metavar="HOST")
-    add("reload", cmd_reload, "re-read the config without dropping running work")
-    watch = add("watch", cmd_watch, "stream live events as lines (JSON lines with --json)")
+    hosts.add_argument("names", nargs="*", metavar="HOST", help="test: these hosts (default: every host)")
+    add("reload", cmd_reload, "re-read the config without dropping running work", "reload")
+    watch = add("watch", cmd_watch, "stream live events as lines (JSON lines with --json)",
+                "watch --topic job --topic host")
     watch.add_argument("--topic", action="append", choices=["job", "host", "progress", "log", "alert"],
                        help="only these topics (repeatable)")
-    commands.add_parser("top", parents=[common], help="full-screen live status (curses)")
-    report = add("report", cmd_report, "the fleet digest the daily report sends (--html FILE: a page with charts)")
+    add("top", None, "full-screen live status (curses)", "top")
+    report = add("report", cmd_report, "the fleet digest the daily report sends (--html FILE: a page with charts)",
+                 "report --since 7d", "report --html /tmp/report.html")
     report.add_argument("--since", metavar="DURATION", help="runs of this last period (default 1d), e.g. 7d")
     report.add_argument("--html", metavar="FILE", help="write the report as a self-contained HTML page")
-    add("metrics", cmd_metrics, "the Prometheus exposition")
+    add("metrics", cmd_metrics, "the Prometheus exposition", "metrics")
     check = commands.add_parser("check", parents=[common], add_help=False, help="a monitoring-plugin check: "
                                 "exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, one line with perfdata",
                                 description="a monitoring-plugin check (Nagios, Icinga, Checkmk)",
@@ -822,8 +845,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--warn-age", metavar="DURATION", help="WARNING when a host's newest snapshot is older")
     check.add_argument("--crit-age", metavar="DURATION", help="CRITICAL when a host's newest snapshot is older "
                        "(default: the daemon's stale rule)")
-    prune = add("prune", cmd_prune, "apply retention now (deleted snapshots go to the trash first)")
-    prune.add_argument("hosts", nargs="*", metavar="HOST")
+    prune = add("prune", cmd_prune, "apply retention now (deleted snapshots go to the trash first)",
+                "prune web1 --dry-run")
+    prune.add_argument("hosts", nargs="*", metavar="HOST", help="these hosts (default: every host)")
     prune.add_argument("--dry-run", action="store_true", help="print the plan: keep/delete, tier and reason")
     return parser
 
