@@ -460,7 +460,7 @@ def _restored(job: dict, args, dest: str) -> str:
     inside = args.path.strip("/")
     target = (dest.rstrip("/") + "/" + inside) if inside else dest
     line = (f"{'would restore' if args.dry_run else 'restored'} {number(written)} "
-            f"entr{'y' if written == 1 else 'ies'} ({size(stats.get('transferred_bytes'))}) of {args.host} "
+            f"entr{'y' if written == 1 else 'ies'} ({size(stats.get('transferred_bytes'))}) of {safe(args.host)} "
             f"{host.get('snapshot') or args.snapshot}:{safe(args.path)} to {safe(target)}")
     unwritten = (stats.get("entries") or 0) - (written or 0)
     if unwritten > 0:  # rsync leaves alone what is there: the same (--overwrite), or anything (without)
