@@ -3,7 +3,7 @@ PYTHON  := /usr/bin/python3
 VENV    := .venv
 DEMO    := demo/run
 RUN_DEPS  := rsync python3-venv
-TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client tmux zstd pigz acl attr procps chromium prometheus \
+TEST_DEPS := $(RUN_DEPS) openssh-server openssh-client sudo tmux zstd pigz acl attr procps chromium prometheus \
              python3-pip dpkg-dev debhelper lintian mmdebstrap systemd-container man-db
 
 .PHONY: run test venv demo deb man clean

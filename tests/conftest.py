@@ -239,6 +239,7 @@ class SshFleet:
         self.ssh_config = root / "ssh_config"
         self.authorized_keys = root / "authorized_keys"
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, tuple] = {}  # alias -> what add_host was given (replace_host_key)
         self.known_hosts.touch()
         self.ssh_config.write_text("")
         _keygen(self.client_key)
@@ -256,20 +257,24 @@ class SshFleet:
         with self.ssh_config.open("a") as f:
             f.write(f"Host {alias}\n  HostName {address}\n  Port {port}\n  User {_user()}\n\n")
 
-    def add_host(self, alias: str, address: str | None = None, sshd_extra: str = "") -> tuple[str, int]:
-        """Start an sshd for alias (on address, default a random 127.0.0.N) and
-        trust its key; sshd_extra: more sshd_config lines (e.g. a ForceCommand)."""
+    def add_host(self, alias: str, address: str | None = None, sshd_extra: str = "", port: int | None = None,
+                 authorized_keys: Path | None = None) -> tuple[str, int]:
+        """Start an sshd for alias (on address, default a random 127.0.0.N; on
+        port, default a free one) and trust its key; sshd_extra: more
+        sshd_config lines (e.g. a ForceCommand); authorized_keys: the file it
+        reads keys from (default the fleet's, readable by root only)."""
         address = address or f"127.0.0.{random.randint(20, 250)}"
         literal = f"[{address}]" if ":" in address else address  # an IPv6 address
         file_name = alias.replace(":", "_")
         host_key = self.root / f"{file_name}_host_key"
         _keygen(host_key)
+        wanted = port
         for _ in range(10):
-            port = free_port(address)
+            port = wanted or free_port(address)
             config = self.root / f"{file_name}_sshd_config"
             config.write_text(
                 f"ListenAddress {literal}:{port}\nHostKey {host_key}\nPidFile none\n"
-                f"AuthorizedKeysFile {self.authorized_keys}\nPasswordAuthentication no\n"
+                f"AuthorizedKeysFile {authorized_keys or self.authorized_keys}\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
                 "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n" + sshd_extra
             )
@@ -286,11 +291,24 @@ class SshFleet:
         else:
             raise AssertionError(f"sshd would not start: {proc.stderr.read()}")
         self.procs[alias] = proc
+        self.started[alias] = (address, sshd_extra, port, authorized_keys)
         public = Path(f"{host_key}.pub").read_text().split()
         with self.known_hosts.open("a") as f:
             f.write(f"[{address}]:{port} {public[0]} {public[1]}\n")
         self.alias(alias, address, port)
         return address, port
+
+    def replace_host_key(self, alias: str) -> None:
+        """The host comes back on the same address and port with a new host key
+        (a reinstall, or someone in between); the fleet's own known_hosts is not told."""
+        address, sshd_extra, port, authorized_keys = self.started[alias]
+        self.kill(alias)
+        file_name = alias.replace(":", "_")
+        for key in self.root.glob(f"{file_name}_host_key*"):
+            key.unlink()
+        known = self.known_hosts.read_text()
+        self.add_host(alias, address, sshd_extra, port, authorized_keys)
+        self.known_hosts.write_text(known)
 
     def kill(self, alias: str) -> None:
         """The host goes down: sshd and every session it forked."""

@@ -306,10 +306,13 @@ def _hosts_test(client: Client, args) -> int:
     else:
         for host, outcome in result["results"].items():
             verdict = colour("ok", "ok") if outcome["ok"] else colour("failed", "failed")
-            detail = f": {outcome['error']}" if outcome["error"] else ""
-            print(f"{host}: {verdict} ({outcome['seconds']}s){detail}")
-            if outcome.get("detail"):  # the command's output: admins only
-                print(f"    {outcome['detail']}")
+            error = f": {safe(outcome['error'])}" if outcome["error"] else ""
+            print(f"{host}: {verdict} ({outcome['seconds']}s){error}")
+            for check in outcome.get("checks", []):
+                if check["fix"]:
+                    print(f"  fix: {safe(check['fix'])}")
+            if outcome.get("detail"):  # what rsync and the host printed (admins only)
+                print(f"  detail: {safe(outcome['detail'])}")
     return EXIT_OK if ok else EXIT_FAILED
 
 

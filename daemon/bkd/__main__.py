@@ -1,4 +1,4 @@
-"""bkd [--config PATH] COMMAND: serve | check-config | init | config show | config sample."""
+"""bkd [--config PATH] COMMAND: serve | check-config | init | config show | config sample | host add | audit reanchor."""
 
 from __future__ import annotations
 
@@ -57,6 +57,32 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("action", choices=["show", "sample"],
                       help="show: print the effective config; sample: print every key with its default, "
                            "range and description, as comments (what /etc/bkd/bkd.toml.example holds)")
+    host = commands.add_parser(
+        "host", parents=[common], help="enrol a source host (root on the server): bkd's key, the host key pinned, the "
+                     "authorized_keys line, readiness checks, then conf.d/NAME.toml and a reload",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Nothing is written before the checks pass (but bkd's key and the host key you confirmed):\n"
+               "run it, put the printed line on the host, run it again.\n\n"
+               "Examples:\n"
+               "  bkd host add web1 web1.example.org --path /srv\n"
+               "  bkd host add db1 bkd@db1.example.org:2222 --sudo --from 192.0.2.10 --yes")
+    host.add_argument("action", choices=["add"], help="add: enrol the host NAME reached at TARGET")
+    host.add_argument("name", metavar="NAME", help="the host's name in bkd (its directory, its ssh Host alias)")
+    host.add_argument("target", metavar="TARGET",
+                      help="[user@]host[:port], an IPv6 address in brackets; without a user, root")
+    host.add_argument("--path", default="/", metavar="DIR",
+                      help="what to back up on the host (default /): the one directory bkd's key may read")
+    host.add_argument("--sudo", action="store_true",
+                      help="TARGET's user is not root: its key runs `sudo -n rrsync -ro DIR`; prints the sudoers "
+                           "lines to add on the host")
+    host.add_argument("--from", dest="from_", metavar="ADDR",
+                      help="this server's address as the host sees it, for the key's from= (default: the "
+                           "address this server reaches the host from)")
+    host.add_argument("--yes", action="store_true",
+                      help="pin the host key without asking (it is still shown): once you have compared it")
+    host.add_argument("--restore-key", action="store_true",
+                      help="also make bkd's restore key ([ssh] restore_identity_file) and print its "
+                           "authorized_keys line: restores to NAME:/path need it")
     audit = add("audit", "audit log tools (with the daemon stopped)", "bkd audit reanchor")
     audit.add_argument("action", choices=["reanchor"],
                        help="reanchor: after rebuilding the state database on purpose, make the audit "
@@ -103,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "init":
         return _init(args, path)
+    if command == "host":
+        from .enrol import add
+        return add(args, path)
     if command == "config" and args.action == "sample":
         sys.stdout.write(render())  # from the schema alone: no config needed
         return 0

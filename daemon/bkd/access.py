@@ -93,8 +93,8 @@ def role_of(who: Identity, access: Access) -> str | None:
 
 
 def may_restore_remotely(who: Identity, access: Access) -> bool:
-    """A restore to host:path writes with the daemon's own SSH identity (root
-    on the sources, as a rule): root, the daemon's uid, or a member of a group
+    """A restore to host:path writes with bkd's restore key (root on the
+    sources, as a rule): root, the daemon's uid, or a member of a group
     in `remote_restorers` (SPEC §5) — not every admin."""
     return _privileged(who) or bool(group_names(who.groups) & set(access.remote_restorers))
 

@@ -1,7 +1,9 @@
 """Testing hosts' reachability: SSH, the remote rsync and read access of the
 source, in parallel, writing nothing anywhere (and whether each is this
-machine, see selfguard.py). What went wrong is told in two parts, as for
-runs: `error` for every role, `detail` (the command's output) for admins."""
+machine, see selfguard.py). The checks are `bkd host add`'s readiness checks
+(readiness.py), without the estimate of a first pull: `error` and each
+check's message and fix are bkd's own words, for every role; what the tools
+and the host printed is `detail`, for admins."""
 
 from __future__ import annotations
 
@@ -9,10 +11,7 @@ import asyncio
 import time
 from contextlib import nullcontext
 
-from . import exec as bkexec
-from . import failures
-from .outcomes import public_message
-from .pipeline import rsync
+from . import readiness
 from .runtime import Runtime
 from .selfguard import SelfGuard
 
@@ -37,17 +36,11 @@ class Hosts:
         async def tested(name: str) -> dict:
             settings = config.settings(config.find_host(name))
             started = time.monotonic()
-            with rsync.ssh_log_for(settings) or nullcontext() as ssh_log:
-                result = await bkexec.run(rsync.reachability_command(config, settings, ssh_log))
-                said = ssh_log.said() if ssh_log else []
+            found = await readiness.check(config, settings)
             seconds = round(time.monotonic() - started, 2)
             verdict = await self.guard.verdict(settings, fresh=True)  # and whether it is this machine
-            identity = {"this_machine": verdict.same, "identity": verdict.how, "identity_detail": verdict.detail}
-            if result.returncode == 0:
-                return {"ok": True, "error": None, "detail": None, "seconds": seconds, **identity}
-            detail = rsync.describe_failure(result.returncode, result.stderr_tail, said)
-            refusal = failures.ssh_refusal(said)
-            error = failures.auth_message(refusal) if refusal else public_message(detail, "the test failed")
-            return {"ok": False, "error": error, "detail": detail, "seconds": seconds, **identity}
+            return {"ok": found.ok, "error": found.error, "detail": found.detail, "seconds": seconds,
+                    "checks": [c.as_dict() for c in found.checks], "this_machine": verdict.same,
+                    "identity": verdict.how, "identity_detail": verdict.detail}
 
         return dict(zip(names, await asyncio.gather(*(test_one(n) for n in names)), strict=True))

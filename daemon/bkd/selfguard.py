@@ -104,17 +104,18 @@ class SelfGuard:
 
     async def verdict(self, settings: HostSettings, fresh: bool = False) -> Verdict:
         remote = settings.host.remote
-        return LOCAL if remote is None else await self.verdict_of(remote, fresh)
+        return LOCAL if remote is None else await self.verdict_of(remote, fresh, settings.host.rsync_path)
 
-    async def verdict_of(self, remote: Remote, fresh: bool = False) -> Verdict:
-        """Whether the host of remote ([user@]host) is this machine."""
+    async def verdict_of(self, remote: Remote, fresh: bool = False, rsync_path: str = "") -> Verdict:
+        """Whether the host of remote ([user@]host) is this machine (rsync_path:
+        how rsync starts there, host.rsync_path)."""
         key = remote.spec
         if fresh:
             self._verdicts.pop(key, None)
         if key not in self._verdicts:
             probe = self._probes.get(key)
             if probe is None or probe.done():  # one probe per host at a time
-                probe = self._probes[key] = asyncio.ensure_future(self._probe(remote))
+                probe = self._probes[key] = asyncio.ensure_future(self._probe(remote, rsync_path))
             self._verdicts[key] = await asyncio.shield(probe)
         return self._verdicts[key]
 
@@ -125,19 +126,19 @@ class SelfGuard:
             return []
         return inside_source(settings.host.path, own_dirs(self.config))
 
-    async def _probe(self, remote: Remote) -> Verdict:
+    async def _probe(self, remote: Remote, rsync_path: str) -> Verdict:
         with rsync.SshLog() as ssh_log:
-            return await self._probe_with(remote, ssh_log)
+            return await self._probe_with(remote, rsync_path, ssh_log)
 
-    async def _probe_with(self, remote: Remote, ssh_log: rsync.SshLog) -> Verdict:
-        ssh = shlex.join(rsync.ssh_command(self.config, ssh_log.path))
+    async def _probe_with(self, remote: Remote, rsync_path: str, ssh_log: rsync.SshLog) -> Verdict:
+        ssh = ["-e", shlex.join(rsync.ssh_command(self.config, ssh_log.path)), *rsync.rsync_path_option(rsync_path)]
         try:
             ours = MACHINE_ID.read_text().strip()
         except OSError as e:
             return Verdict(None, f"cannot read this machine's {MACHINE_ID}: {e.strerror}")
         with tempfile.TemporaryDirectory(prefix="bkd-id-") as scratch:
             fetched = Path(scratch) / "machine-id"
-            result = await bkexec.run(["rsync", "--timeout=30", "-e", ssh, "--",
+            result = await bkexec.run(["rsync", "--timeout=30", *ssh, "--",
                                        remote.at(str(MACHINE_ID)), str(fetched)])
             if result.returncode != 0:
                 why = rsync.describe_failure(result.returncode, result.stderr_tail, ssh_log.said())
@@ -157,7 +158,7 @@ class SelfGuard:
             return Verdict(None, f"cannot make a marker in {marker_dir} ({e.strerror}); "
                                  "nothing of bkd's own is excluded from its source")
         try:
-            seen = await bkexec.run(["rsync", "--list-only", "--timeout=30", "-e", ssh, "--",
+            seen = await bkexec.run(["rsync", "--list-only", "--timeout=30", *ssh, "--",
                                      remote.at(str(marker))])
         finally:
             marker.unlink(missing_ok=True)

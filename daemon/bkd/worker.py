@@ -199,9 +199,10 @@ class Worker:
         options = [*target.options, f"--timeout={int(timeout)}"]
         on_progress = self._restore_progress(run, host_dir.manifest_file(target.snapshot), target.path)
         if target.token is None:  # host:path, written by the daemon's rsync over SSH
+            rsync_path = restore.rsync_path_at(plan.config, restore.check_destination(target.dest), run.host)
             stats, names = await restore.restore_remote(
                 plan.config, root, target.dest, list(target.sources), target.into, target.where, options, dry_run,
-                on_progress)
+                on_progress, rsync_path)
         else:  # a local DEST, received by the caller's bkctl
             stats, names = await restore.restore_local(root, list(target.sources), target.missing, options,
                                                        self._attached(target.token, min(ATTACH_TIMEOUT, timeout)),

@@ -46,8 +46,10 @@ def test_hosts_and_hosts_test(tmp_path, daemon_factory):
     assert bad.returncode == 1
     results = json.loads(bad.stdout)["results"]
     assert results["web1"]["ok"] and not results["gone"]["ok"]
-    assert results["gone"]["error"].startswith("rsync exited with code 23 (")  # for every role
-    assert "No such file or directory" in results["gone"]["detail"]  # rsync's words: admins only
+    assert results["gone"]["error"] == f"read: cannot read {tmp_path / 'missing'}: rsync exited with code 23 " \
+                                       "(partial transfer due to error)"
+    assert "No such file or directory" in results["gone"]["detail"]  # rsync's own words: admins (root) only
+    assert [c["check"] for c in results["gone"]["checks"]] == ["read"] and results["gone"]["checks"][0]["fix"]
     assert not (daemon.workdir / "backup" / "web1").exists()  # testing writes nothing
     assert daemon.bkctl("hosts", "web1").returncode == 2
 

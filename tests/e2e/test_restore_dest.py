@@ -124,7 +124,8 @@ def remote(tmp_path, daemon_factory, ssh_fleet):
     ssh_fleet.add_host("web1")
     options = ["ConnectTimeout=3", "ServerAliveInterval=2", "ServerAliveCountMax=2"]
     daemon = daemon_factory([{"name": "web1", "source": str(source)}],
-                            ssh=ssh_fleet.ssh_settings(options=options)).start()
+                            ssh=ssh_fleet.ssh_settings(options=options,
+                                                       restore_identity_file=str(ssh_fleet.client_key))).start()
     daemon.run_snapshot()
     return daemon, source
 
@@ -183,3 +184,33 @@ def test_a_local_restore_without_waiting_and_one_cancelled_half_way(tmp_path, da
     assert started.wait(30) == 1
     assert daemon.wait_job(job_id)["status"] == "cancelled"
     assert not (tmp_path / "half/big.bin").exists()
+
+
+def test_a_restore_to_a_host_whose_only_key_is_read_only_says_which_key_to_use_never_internal_error(
+        tmp_path, daemon_factory, ssh_fleet):
+    """Issue 23: through a key restricted to `rrsync -ro` (what `bkd host add`
+    installs) a restore to host:path answered -32603 "internal error": the
+    probe of DEST cannot run there. Without a restore key it is refused at
+    once; with the read-only key as the restore key, the message says why."""
+    source = make_tree(tmp_path / "src", 4)
+    public = open(f"{ssh_fleet.client_key}.pub").read().strip()
+    ssh_fleet.authorized_keys.write_text(f'restrict,command="rrsync -ro -absolute {source}" {public}\n')
+    ssh_fleet.add_host("web1")
+    daemon = daemon_factory([{"name": "web1", "source": f"web1:{source}/"}],
+                            ssh=ssh_fleet.ssh_settings(options=["ConnectTimeout=3"])).start()
+    assert daemon.run_snapshot()["status"] == "ok"
+    dest = f"web1:{tmp_path / 'back'}"
+
+    def refused() -> str:
+        with pytest.raises(Exception) as error:
+            daemon.call("restore", host="web1", snapshot="latest", path="/dir0", dest=dest)
+        assert error.value.code == protocol.ErrorCode.INVALID_PARAMS, error.value.message
+        return error.value.message
+
+    assert "[ssh] restore_identity_file is not set (bkd's backup key is read-only)" in refused()
+    daemon.config["ssh"]["restore_identity_file"] = str(ssh_fleet.client_key)
+    daemon.write_config()
+    assert daemon.bkctl_json("reload")["ok"]
+    message = refused()
+    assert "ran something other than bkd's probe" in message and "--restore-key" in message
+    assert not (tmp_path / "back").exists()

@@ -325,7 +325,8 @@ def test_a_restore_to_this_machine_over_ssh_into_a_view_of_the_backup_root_is_re
     ssh_fleet.add_host("loop")
     source = make_tree(tmp_path / "src", 3)
     daemon = daemon_factory([{"name": "loop", "source": f"loop:{source}"}],
-                            ssh=ssh_fleet.ssh_settings(options=["ConnectTimeout=3"])).start()
+                            ssh=ssh_fleet.ssh_settings(options=["ConnectTimeout=3"],
+                                                       restore_identity_file=str(ssh_fleet.client_key))).start()
     snapshot = daemon.run_snapshot()["hosts"][0]["snapshot"]
     backup = daemon.workdir / "backup"
     alias = tmp_path / "alias"

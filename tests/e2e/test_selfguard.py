@@ -51,7 +51,8 @@ def test_this_machine_over_ssh_is_recognised_and_excluded(tmp_path, daemon_facto
     make_tree(workdir / "data", 3)
     ssh_fleet.add_host("loop")
     daemon.config.update(host=[{"name": "loop", "source": f"loop:{workdir}"}],
-                         ssh=ssh_fleet.ssh_settings(options=["ConnectTimeout=3"]))
+                         ssh=ssh_fleet.ssh_settings(options=["ConnectTimeout=3"],
+                                                    restore_identity_file=str(ssh_fleet.client_key)))
     daemon.write_config()
     daemon.start()
     (host,) = daemon.bkctl_json("hosts")["hosts"]
@@ -90,7 +91,8 @@ def test_an_ipv6_literal_source_is_one_host_to_rsync_ssh_and_the_self_check(tmp_
         f.write(f"Host *\n  PermitLocalCommand yes\n  LocalCommand echo connected >> {connections}\n")
     user = pwd.getpwuid(os.geteuid()).pw_name
     daemon.config.update(host=[{"name": "v6", "source": f"{user}@[::1]:{workdir}/"}],
-                         ssh=ssh_fleet.ssh_settings(options=["ConnectTimeout=3"]))
+                         ssh=ssh_fleet.ssh_settings(options=["ConnectTimeout=3"],
+                                                    restore_identity_file=str(ssh_fleet.client_key)))
     daemon.write_config()
     daemon.start()
 

@@ -5,6 +5,7 @@ parser itself accepts."""
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 
 import pytest
@@ -31,10 +32,10 @@ def everything() -> list[tuple[str, argparse.ArgumentParser]]:
 
 
 def examples(parser: argparse.ArgumentParser) -> list[str]:
-    """The example lines that end its --help: indented, after `Example:`."""
+    """The example lines that end its --help: indented, after `Example:` (or `Examples:`)."""
     text = parser.format_help().rstrip()
-    assert "\nExample:\n" in text, f"{parser.prog} --help has no example"
-    block = text.rsplit("\nExample:\n", 1)[1].splitlines()
+    assert re.search(r"\nExamples?:\n", text), f"{parser.prog} --help has no example"
+    block = re.split(r"\nExamples?:\n", text)[-1].splitlines()
     assert block and all(line.startswith("  ") for line in block), f"{parser.prog}: {block}"
     return [line.strip() for line in block]
 

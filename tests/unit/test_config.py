@@ -576,5 +576,6 @@ def test_every_key_that_names_a_file_says_what_bkd_does_with_it():
     marked = {".".join(key): [m.role for m in field.metadata if isinstance(m, models.NamedFile)]
               for key, field in _path_fields()}
     assert marked == {"ssh.config_file": ["read"], "ssh.identity_file": ["key"], "ssh.known_hosts_file": ["read"],
+                      "ssh.restore_identity_file": ["key"],
                       "metrics.textfile": ["written"], "notify.password_file": ["secret"],
                       "notify.secret_file": ["secret"]}

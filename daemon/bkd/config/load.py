@@ -3,10 +3,12 @@ as FILE:KEY: message, KEY being the dotted TOML path within FILE."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -145,14 +147,16 @@ def describe_error(error: dict) -> tuple[tuple, str]:
     return loc, msg.replace("Input should be", "must be", 1).replace("String should", "must", 1)
 
 
-def read_merged(path: Path) -> tuple[dict, Origins]:
-    """The main file and its drop-ins merged; ConfigError for any unreadable file."""
+def read_merged(path: Path, instead: Mapping[Path, dict] | None = None) -> tuple[dict, Origins]:
+    """The main file and its drop-ins merged; ConfigError for any unreadable file.
+    instead: drop-ins as they are about to be written (new ones take their place in name order)."""
     merged: dict = {}
     origins: Origins = {}
     problems: list[Problem] = []
-    for file in [path, *drop_in_files(path)]:
+    instead = instead or {}
+    for file in [path, *sorted({*drop_in_files(path), *instead})]:
         try:
-            _merge(merged, _read_toml(file), file, origins)
+            _merge(merged, copy.deepcopy(instead[file]) if file in instead else _read_toml(file), file, origins)
         except ConfigError as e:
             problems += e.problems
     if problems:

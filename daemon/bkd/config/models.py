@@ -465,6 +465,8 @@ class Ssh(Section):
     identity_file: PrivateKey = Field("", description="the private key bkd logs in with, passed as ssh -i")
     known_hosts_file: ReadFile = Field("", description=(
         "the host keys bkd trusts (UserKnownHostsFile); a host key is never accepted unseen"))
+    restore_identity_file: PrivateKey = Field("", description=(
+        "the key restores to host:path log in with (the backup key is read-only); \"\" = none"))
     options: list[OneLine] = Field(default_factory=lambda: list(DEFAULT_SSH_OPTIONS), description=(
         "each passed as ssh -o VALUE"))
 
@@ -611,6 +613,8 @@ class Host(Section):
     post: str = Field("", description="a shell command after the run, told its result in BKD_STATUS")
     hook_timeout: Duration = Field(timedelta(minutes=15), description=(
         "each hook's limit; its process group is stopped after it"))
+    rsync_path: OneLine = Field("", description=(
+        "the command that starts rsync on the host (--rsync-path), e.g. \"sudo -n rsync\"; \"\" = rsync"))
     schedule: Optional[ScheduleOverride] = None
     retention: Optional[RetentionOverride] = None
     archive: Optional[ArchiveOverride] = None
@@ -795,6 +799,12 @@ def cross_check(data: Mapping, refer=_same_file) -> list[tuple[tuple, str]]:
         key = "max_connections_per_uid" if "max_connections_per_uid" in rpc else "max_connections"
         problems.append((("rpc", key), f"max_connections_per_uid ({per_uid}) is more than "
                                        f"max_connections ({total})"))
+
+    for index, host in hosts:
+        source, rsync_path = host.get("source"), host.get("rsync_path")
+        if isinstance(source, str) and source.startswith("/") and isinstance(rsync_path, str) and rsync_path:
+            problems.append((("host", index, "rsync_path"), "the source is a local path, copied by this "
+                                                            "machine's rsync: remove rsync_path"))
 
     host_names = {h.get("name") for _, h in hosts}
     for index, sink in sinks:

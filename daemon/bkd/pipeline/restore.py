@@ -42,6 +42,7 @@ from pathlib import Path
 import structlog
 
 from .. import exec as bkexec
+from .. import readiness
 from ..config.models import Config
 from ..config.remote import Remote
 from ..errors import Conflict, InvalidArgument
@@ -64,7 +65,13 @@ OPTIONS = ["--archive", "--hard-links", "--acls", "--xattrs", "--numeric-ids", "
 
 
 class RestoreFailed(Exception):
-    pass
+    def __init__(self, message: str, returncode: int | None = None):
+        super().__init__(message)
+        self.returncode = returncode  # the restore's rsync's, when it failed
+
+
+# rsync's exit codes when the receiving side could not write (rsync.EXIT_CODES).
+_NOT_WRITTEN = (3, 11, 23)
 
 
 def check_destination(dest: str) -> Remote | None:
@@ -210,18 +217,21 @@ async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable
         for task in watching:
             task.cancel()
     if result.returncode not in rsync.SUCCESS_CODES:
-        raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail))
+        raise RestoreFailed(rsync.describe_failure(result.returncode, result.stderr_tail), result.returncode)
     stats = output.statistics(dry_run)
     return stats, output.names[:stats.get("entries", 0)]
 
 
 # ---- remote DEST ----------------------------------------------------------------------
 
-# For each path: L symlink, "D mtime" directory, F other, N none (and no further); then whether
+# First a marker, "bkd-probe": the probe itself ran (a key with a forced command runs that command
+# instead). For each path: L symlink, "D mtime" directory, F other, N none (and no further); then whether
 # DEST is empty. Then, for the deepest existing directory (above DEST when it does not exist): its
 # mount ("M maj:min root mount-point", findmnt's escapes) and physical path ("P path"), and
 # "I dev ino" for it and each of its parents up to /.
-_PROBE = r'''for p; do
+PROBE_MARKER = "bkd-probe"
+_PROBE = r'''echo bkd-probe
+for p; do
   if [ -L "$p" ]; then echo L; elif [ -d "$p" ]; then echo "D $(stat -c %.9Y -- "$p")"; d=$p; elif [ -e "$p" ]
   then echo F; else echo N; break; fi
 done
@@ -233,12 +243,35 @@ while :; do stat -c 'I %d %i' .; [ "$(pwd -P)" = / ] && break; cd -P .. || break
 _FINDMNT_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
-def _ssh(config: Config, host: str, *command: str) -> list[str]:
+def restore_key(config: Config) -> str:
+    """The key a restore to host:path logs in with ([ssh] restore_identity_file):
+    the backup key is meant to be read-only (a forced `rrsync -ro`), so bkd
+    never writes to a host with it."""
+    key = config.ssh.restore_identity_file
+    if not key:
+        raise InvalidArgument("invalid params: dest: a restore to host:path logs in with bkd's restore key, and "
+                              "[ssh] restore_identity_file is not set (bkd's backup key is read-only): run "
+                              "`bkd host add NAME TARGET --restore-key` on the server and put the line it prints "
+                              "on the host, or restore to a local DEST and copy the files over")
+    return key
+
+
+def rsync_path_at(config: Config, remote: Remote, host: str) -> str:
+    """How rsync starts on DEST's host: host.rsync_path of the restored host when
+    DEST is on its host, else of another configured host there; "" for none."""
+    hosts = sorted(config.host, key=lambda h: h.name != host)
+    return next((h.rsync_path for h in hosts if h.remote and h.remote.host == remote.host), "")
+
+
+def _ssh(config: Config, host: str, *command: str, log: str | None = None) -> list[str]:
     # ssh hands its arguments to the remote shell as one string: quote them for it.
-    return [*rsync.ssh_command(config), host, "--", shlex.join(command)]
+    return [*rsync.ssh_command(config, log, identity=restore_key(config)), host, "--", shlex.join(command)]
 
 
 async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
+    """What exists at a host:path DEST along PATH, looked at over SSH with the
+    restore key. A key that cannot log in or run the probe is InvalidArgument
+    saying which key to use."""
     remote = Remote.parse(dest)
     paths = [os.fsdecode(os.path.join(os.fsencode(remote.path), *parts[:i])) for i in range(len(parts) + 1)]
     lines: list[str] = []
@@ -247,12 +280,17 @@ async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
         if len(lines) < MAX_PROBE_LINES:
             lines.append(line)
 
-    result = await bkexec.run(_ssh(config, remote.destination, "sh", "-c", _PROBE, "bkd-probe", *paths),
-                              on_stdout=on_stdout)
-    found = [line for line in lines if not line.startswith(("I ", "M ", "P "))]
+    with rsync.SshLog() as ssh_log:
+        result = await bkexec.run(_ssh(config, remote.destination, "sh", "-c", _PROBE, "bkd-probe", *paths,
+                                       log=ssh_log.path), on_stdout=on_stdout)
+        said = ssh_log.said()
+    if lines[:1] != [PROBE_MARKER]:
+        raise InvalidArgument(f"invalid params: dest: cannot restore to {dest}: "
+                              f"{_unusable(config, remote, result.returncode, said)}")
+    found = [line for line in lines[1:] if not line.startswith(("I ", "M ", "P "))]
     if result.returncode != 0 or len(found) < 2:
-        raise RestoreFailed(f"cannot look at {dest}: "
-                            + rsync.describe_failure(result.returncode, result.stderr_tail).split(": ", 1)[-1])
+        raise InvalidArgument(f"invalid params: dest: cannot look at {dest}: "
+                              + rsync.describe_failure(result.returncode, result.stderr_tail, said).split(": ", 1)[-1])
     *found, emptiness = found
     found += ["N"] * (len(paths) - len(found))
     identities = []
@@ -263,6 +301,24 @@ async def remote_where(config: Config, dest: str, parts: list[bytes]) -> Where:
     return Where(tuple(line[0] for line in found), emptiness == "empty",
                  tuple(line[2:] if line.startswith("D ") else None for line in found), tuple(identities),
                  _probed_location(lines))
+
+
+def _unusable(config: Config, remote: Remote, returncode: int, ssh_said: list[str]) -> str:
+    """Why the restore key did not run the probe, and what to do (bkd's own words)."""
+    key = config.ssh.restore_identity_file
+    line = ("the line `bkd host add NAME TARGET --restore-key` prints, in root's ~/.ssh/authorized_keys "
+            "(or the login's, with host.rsync_path = \"sudo -n rsync\")")
+    problem = readiness.login_problem(returncode, ssh_said)
+    if problem == readiness.HOST_KEY:
+        return (f"the host key of {remote.host} is not the one pinned in bkd's known_hosts; bkd never accepts a "
+                "changed key: verify it and re-pin it (bkd host add says how)")
+    if problem == readiness.REFUSED:
+        return f"{remote.destination} refused bkd's restore key {key}: put {line}"
+    if problem == readiness.UNREACHABLE:
+        return f"cannot connect to {remote.host} (the SSH connection failed)"
+    return (f"{remote.destination} ran something other than bkd's probe with bkd's restore key {key}: "
+            "a forced command (such as the read-only `rrsync -ro` of bkd's backup key) restricts it. "
+            f"A restore needs a key that may run commands and write: put {line}")
 
 
 def _probed_location(lines: list[str]) -> tuple[int, str] | None:
@@ -282,14 +338,23 @@ def _probed_location(lines: list[str]) -> tuple[int, str] | None:
 
 
 async def restore_remote(config: Config, root: Path, dest: str, source_args: list[bytes], into: bytes,
-                         where: Where, options: list[str], dry_run: bool,
-                         on_progress: Callable[[int], None]) -> tuple[dict, list[str]]:
-    """The daemon's rsync sends from the snapshot's root to host:DEST/INTO/."""
+                         where: Where, options: list[str], dry_run: bool, on_progress: Callable[[int], None],
+                         rsync_path: str = "") -> tuple[dict, list[str]]:
+    """The daemon's rsync sends from the snapshot's root to host:DEST/INTO/,
+    over SSH with the restore key (rsync_path: how rsync starts there)."""
     remote = Remote.parse(dest)
     target = os.fsdecode(os.path.join(os.fsencode(remote.path), into)).rstrip("/") + "/"
-    argv = ["rsync", *options, "-e", shlex.join(rsync.ssh_command(config)), "--",
-            *map(os.fsdecode, source_args), remote.at(target)]
-    stats, names = await push(argv, root, dry_run, on_progress)
+    argv = ["rsync", *options, "-e", shlex.join(rsync.ssh_command(config, identity=restore_key(config))),
+            *rsync.rsync_path_option(rsync_path), "--", *map(os.fsdecode, source_args), remote.at(target)]
+    try:
+        stats, names = await push(argv, root, dry_run, on_progress)
+    except RestoreFailed as e:
+        if e.returncode not in _NOT_WRITTEN:
+            raise
+        raise RestoreFailed(f"{e} (a restore to host:path writes as {remote.destination}, logged in with bkd's "
+                            f"restore key {config.ssh.restore_identity_file}: "
+                            "that login must be able to write there: root, or host.rsync_path = \"sudo -n rsync\")",
+                            e.returncode) from None
     depth = into.count(b"/") + 1 if into else 0
     mtime = where.mtimes[depth] if depth < len(where.mtimes) else None
     if mtime and not dry_run:  # creating entries in it changed its mtime: put it back

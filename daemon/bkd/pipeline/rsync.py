@@ -136,16 +136,21 @@ def ssh_log_for(settings: HostSettings) -> SshLog | None:
     return SshLog() if settings.host.is_remote else None
 
 
-def ssh_command(config: Config, log: str | None = None) -> list[str]:
-    """The ssh command line; with log, ssh's own messages go to that file (see SshLog)."""
+def ssh_command(config: Config, log: str | None = None, *, identity: str | None = None) -> list[str]:
+    """ssh as bkd runs it, logging in with identity (default: [ssh] identity_file,
+    the backup key); with log, ssh's own messages go to that file (see SshLog).
+    With a key given, ssh offers only that one (and those the ssh_config
+    names), never the agent's or ~/.ssh's: the key that works is the one
+    configured."""
     ssh = config.ssh
     argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
     if log:
         argv += ["-E", log]
     if ssh.config_file:
         argv += ["-F", ssh.config_file]
-    if ssh.identity_file:
-        argv += ["-i", ssh.identity_file]
+    key = ssh.identity_file if identity is None else identity
+    if key:
+        argv += ["-i", key, "-o", "IdentitiesOnly=yes"]
     if ssh.known_hosts_file:
         argv += ["-o", f"UserKnownHostsFile={ssh.known_hosts_file}"]
     for option in ssh.options:
@@ -159,7 +164,14 @@ def _remote_shell(config: Config, settings: HostSettings, shared: str | None = N
     if not settings.host.is_remote:
         return []
     return ["-e", shlex.join(ssh_command(config, ssh_log and ssh_log.path)
-                             + (share_connection(shared) if shared else []))]
+                             + (share_connection(shared) if shared else [])),
+            *rsync_path_option(settings.host.rsync_path)]
+
+
+def rsync_path_option(rsync_path: str) -> list[str]:
+    """The command that starts rsync on the host (host.rsync_path, e.g. "sudo -n
+    rsync"); [] for plain rsync. Every rsync against a host takes it from here."""
+    return [f"--rsync-path={rsync_path}"] if rsync_path else []
 
 
 def share_connection(control_path: str) -> list[str]:
@@ -184,10 +196,26 @@ def source_of(settings: HostSettings) -> str:
 
 def reachability_command(config: Config, settings: HostSettings, ssh_log: SshLog | None = None) -> list[str]:
     """List the top of the source: proves SSH, the remote rsync and read access,
-    and writes nothing anywhere."""
+    and writes nothing anywhere. The local rsync also prints the protocol the
+    remote one speaks (remote_protocol; a restricted key lets nothing else run)."""
     timeout = int(settings.rsync.timeout.total_seconds())
-    return ["rsync", "--list-only", f"--timeout={timeout}", *_remote_shell(config, settings, ssh_log=ssh_log),
-            "--", source_of(settings)]
+    return ["rsync", "--list-only", "--debug=proto", f"--timeout={timeout}",
+            *_remote_shell(config, settings, ssh_log=ssh_log), "--", source_of(settings)]
+
+
+# rsync 3.4.0 raised its protocol to 32 "to make it easier for administrators to
+# check their servers have been updated": what a host's rsync speaks tells whether
+# it is at least MIN_RSYNC_VERSION, through a key that may run nothing but rsync.
+MIN_PROTOCOL = 32
+_PROTOCOL_LINE = re.compile(r"\(Client\) Protocol versions: remote=(\d{1,4}), negotiated=\d{1,4}")
+
+
+def remote_protocol(stdout_lines: list[str]) -> int | None:
+    """The protocol the remote rsync announced, from the local client's
+    --debug=proto line: the first line it prints, before the connection carries
+    anything the remote side writes."""
+    match = _PROTOCOL_LINE.fullmatch(stdout_lines[0]) if stdout_lines else None
+    return int(match[1]) if match else None
 
 
 # What every snapshot transfer preserves; and what a whole-tree one removes.

@@ -368,14 +368,16 @@ class Api:
         parts = browse.components(p.path)
         remote = restore.check_destination(p.dest)
         if remote and not access.may_restore_remotely(call.who, config.access):
-            raise Denied(f"permission denied: a restore to host:path writes with the daemon's own SSH identity; "
+            raise Denied(f"permission denied: a restore to host:path writes with bkd's own restore key; "
                          f"it needs root or a group in [access] remote_restorers, and {call.user} (uid {call.uid}) "
                          "is in none")
         if remote:
             if p.receiver is not None:
                 raise InvalidArgument("invalid params: receiver: a host:path DEST is written by the daemon")
+            restore.restore_key(config)  # refused at once without one
             where = await restore.remote_where(config, p.dest, parts)
-            if (await self.s.guard.verdict_of(remote)).same:  # this very machine, over SSH
+            rsync_path = restore.rsync_path_at(config, remote, p.host)
+            if (await self.s.guard.verdict_of(remote, rsync_path=rsync_path)).same:  # this very machine, over SSH
                 _outside_own(config, p.dest, where)
         else:
             if p.receiver is None:
