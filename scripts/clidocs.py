@@ -266,7 +266,12 @@ def bkd_page() -> Page:
                                      "FILE:KEY: message), or the daemon could not start"),
                                ("2", "usage error")]),
         "ENVIRONMENT": _table([(bold("BKD_CONFIG"), f"the config file when --config is not given "
-                                                    f"(default {DEFAULT_PATH})")]),
+                                                    f"(default {DEFAULT_PATH})"),
+                               (bold("http_proxy") + ", " + bold("https_proxy") + ", " + bold("no_proxy"),
+                                "the proxy for webhooks, pings and the heartbeat, as curl reads them "
+                                "(an http:// proxy; https through a CONNECT tunnel)"),
+                               (bold("NO_COLOR") + ", " + bold("TERM"),
+                                "the log on a terminal is coloured unless NO_COLOR is set or TERM is dumb")]),
         "FILES": _table([(italic(str(DEFAULT_PATH)), "the main config file; see bkd.toml(5)"),
                          (italic(str(DEFAULT_PATH.parent / "conf.d") + "/*.toml"),
                           "drop-ins, merged after it in name order"),
@@ -284,10 +289,13 @@ def bkctl_page() -> Page:
                                (str(cli.EXIT_UNREACHABLE), "the daemon cannot be reached: the message names the "
                                                            "socket and the reason")])
         + [".PP", roff("bkctl check follows the monitoring-plugin rules instead: 0 OK, 1 WARNING, 2 CRITICAL, "
-                       "3 UNKNOWN.")],
+                       "3 UNKNOWN (also for a usage error, --help and --version).")],
         "ENVIRONMENT": _table([(bold("BKD_SOCKET"), f"the daemon's socket when --socket is not given "
                                                     f"(default {protocol.DEFAULT_SOCKET})"),
-                               (bold("NO_COLOR"), "when set, no colour")]),
+                               (bold("NO_COLOR"), "when set, no colour"),
+                               (bold("TERM"), "dumb: no colour, and progress as a line per event instead of "
+                                              "one line per host updated in place"),
+                               (bold("TZ"), "the local time zone times are shown in (--utc: UTC)")]),
         "FILES": _table([(italic(protocol.DEFAULT_SOCKET), "the daemon's control socket (mode 0660, group bkd)"),
                          (italic("/usr/share/doc/bkd/"), "the full documentation")]),
     }, ("bkd(8)", "bkd.toml(5)"))

@@ -142,6 +142,20 @@ class Daemon:
 
 
 @pytest.fixture
+def tmux():
+    """tmux(*args) runs tmux on a server of this test's own; the server is killed after."""
+    if not shutil.which("tmux"):
+        pytest.fail("tmux is not installed: run the README's test command (make test)")
+    server = f"bkd-test-{RUN_ID}-{os.urandom(3).hex()}"
+
+    def run(*args):
+        return subprocess.run(["tmux", "-L", server, *args], capture_output=True, text=True, timeout=10)
+
+    yield run
+    run("kill-server")
+
+
+@pytest.fixture
 def small_tmpfs(tmp_path):
     """small_tmpfs(size) mounts a tmpfs of that size (e.g. "8m") for this test: a disk that fills."""
     mounted = []

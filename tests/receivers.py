@@ -1,13 +1,17 @@
 """Real receivers on loopback for notification tests: an HTTP server (webhooks,
-healthchecks-style pings) that records every request and can be told to
-fail, to stall or to go down; an SMTP server (aiosmtpd) with STARTTLS and
-login; a self-signed certificate for 127.0.0.1."""
+healthchecks-style pings; over TLS on request) that records every request
+and can be told to fail, to stall or to go down; an HTTP proxy that tunnels
+(CONNECT) and forwards; an SMTP server (aiosmtpd) with STARTTLS and login; a
+self-signed certificate for 127.0.0.1."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import select
+import socket
+import socketserver
 import ssl
 import subprocess
 import threading
@@ -15,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -46,6 +51,7 @@ class HttpReceiver:
     in_flight: int = 0
     max_in_flight: int = 0
     bad_signatures: int = 0
+    tls: tuple[Path, Path] | None = None  # (certificate, key): serve https
 
     def __post_init__(self):
         self.lock = threading.Lock()
@@ -95,6 +101,10 @@ class HttpReceiver:
                         pass  # bkd reads the status line and hangs up
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, self.tls))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -107,8 +117,8 @@ class HttpReceiver:
             self.server.server_close()
             self.server = None
 
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
     def accepted(self) -> list[Request]:
         with self.lock:
@@ -117,6 +127,74 @@ class HttpReceiver:
     def notifications(self) -> list[dict]:
         """Bodies of the webhook requests that were answered 200, in arrival order."""
         return [r.json() for r in self.accepted() if r.method == "POST" and r.path == "/hook"]
+
+
+class HttpProxy:
+    """A forwarding HTTP proxy on 127.0.0.1, in a thread: `CONNECT host:port`
+    opens a tunnel (https through a proxy), a request in absolute form
+    (`POST http://host:port/path`) is sent on to its host. Records each
+    request line and its Proxy-Authorization; with `refuse` set, answers
+    every request with that status instead."""
+
+    def __init__(self, refuse: int | None = None):
+        self.refuse = refuse
+        self.seen: list[tuple[str, str | None]] = []
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                client = self.request
+                reader = client.makefile("rb")
+                line = reader.readline(65536).decode("latin-1").rstrip("\r\n")
+                headers = []
+                while (header := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
+                    headers.append(header.decode("latin-1").rstrip("\r\n"))
+                login = next((h.split(":", 1)[1].strip() for h in headers
+                              if h.lower().startswith("proxy-authorization:")), None)
+                proxy.seen.append((line, login))
+                if proxy.refuse is not None:
+                    client.sendall(f"HTTP/1.1 {proxy.refuse} Refused\r\nContent-Length: 0\r\n\r\n".encode())
+                    return
+                method, target, _ = line.split(" ", 2)
+                if method == "CONNECT":
+                    host, port = target.rsplit(":", 1)
+                    upstream = socket.create_connection((host, int(port)), timeout=10)
+                    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                else:
+                    parts = urlsplit(target)
+                    upstream = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
+                    length = next((int(h.split(":", 1)[1]) for h in headers
+                                   if h.lower().startswith("content-length:")), 0)
+                    kept = [h for h in headers if not h.lower().startswith("proxy-authorization:")]
+                    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                    upstream.sendall("\r\n".join([f"{method} {path} HTTP/1.1", *kept, "", ""]).encode("latin-1")
+                                     + reader.read(length))
+                with upstream:
+                    _pump(client, upstream)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, login: str = "") -> str:
+        return f"http://{login + '@' if login else ''}127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _pump(a: socket.socket, b: socket.socket, timeout: float = 20.0) -> None:
+    """Copy bytes both ways until either side closes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([a, b], [], [], 1.0)
+        for sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return
+            (b if sock is a else a).sendall(data)
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:

@@ -18,9 +18,13 @@ import time
 
 from . import protocol
 from .client import Client, RemoteError, Unreachable
-from .fmt import can_print, colour, number, parse_span, parse_time, progress_text, relative, safe, size, span, table
+from .live import LiveLines
+from . import fmt
+from .fmt import (can_print, colour, number, parse_span, parse_time, progress_text, relative, safe, size, span,
+                  table, timestamp)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_PLUGIN_UNKNOWN = 3  # bkctl check: the monitoring-plugin code for "cannot tell"
 POLL_SECONDS = 0.5
 RECEIVER_GRACE = 10.0  # seconds a restore's receiver may take to end after its job did
 
@@ -98,42 +102,56 @@ def cmd_run(client: Client, args) -> int:
         return EXIT_OK
     if not args.json:
         print(f"job {job_id} started", flush=True)
-    return follow_job(client, job_id, args.json)
+    return conclude_job(follow_job(client, job_id, args.json), args.json)
 
 
-def follow_job(client: Client, job_id: int, as_json: bool, final=None) -> int:
-    """Print a subscribed job's events as they arrive; exit with its result.
-    Falls back to polling if the daemon drops this subscriber. final(job), if
-    given, completes the job's record before it is printed (the last line)."""
-    job = None
-    for event in client.events():
-        if event["topic"] == "dropped":
-            break
-        if event.get("job_id") != job_id:
-            continue
-        if as_json:
-            print(json.dumps(event), flush=True)
-        elif event["topic"] == "progress":
-            print(_progress_line(event), flush=True)
-        elif event["topic"] == "host":
-            print(_host_line(event), flush=True)
-        if event["topic"] == "job" and event["status"] in protocol.FINAL_STATUSES:
-            break
-    while job is None:  # the record as this caller may see it (with the detail, for admins)
-        candidate = client.call("job.get", {"job_id": job_id})["job"]
-        if candidate["status"] in protocol.FINAL_STATUSES:
-            job = candidate
-        else:
-            time.sleep(POLL_SECONDS)
-    if final is not None:
-        final(job)
+def follow_job(client: Client, job_id: int, as_json: bool, told_at_end: bool = False) -> dict:
+    """Print a subscribed job's events as they arrive — on a terminal one line
+    per host, updated in place — and return the job's final record as this
+    caller may see it. Falls back to polling if the daemon drops this
+    subscriber. told_at_end: a host's successful end is not printed (the
+    caller concludes with what it did)."""
+    lines = LiveLines(sys.stdout)
+    try:
+        for event in client.events():
+            if event["topic"] == "dropped":
+                break
+            if event.get("job_id") != job_id:
+                continue
+            if as_json:
+                print(json.dumps(event), flush=True)
+            elif event["topic"] == "progress":
+                lines.update(event["host"], _progress_line(event))
+            elif event["topic"] == "host" and event["status"] not in protocol.FINAL_STATUSES:
+                lines.update(event["host"], _host_line(event))
+            elif event["topic"] == "host":
+                quiet = told_at_end and event["status"] in protocol.SUCCESS_STATUSES
+                lines.end(event["host"], None if quiet else _host_line(event))
+            if event["topic"] == "job" and event["status"] in protocol.FINAL_STATUSES:
+                break
+    finally:
+        lines.close()
+    while True:  # the record as this caller may see it (with the detail, for admins)
+        job = client.call("job.get", {"job_id": job_id})["job"]
+        if job["status"] in protocol.FINAL_STATUSES:
+            return job
+        time.sleep(POLL_SECONDS)
+
+
+def conclude_job(job: dict, as_json: bool, summary: str | None = None) -> int:
+    """The job's last words and its exit code: its record (--json), or each
+    host's detail and the job's status — or summary, when given, for a job
+    that succeeded."""
+    succeeded = job["status"] in protocol.SUCCESS_STATUSES
     if as_json:
         print(json.dumps({"job": job}), flush=True)
+    elif summary is not None and succeeded:
+        print(summary)
     else:
         for host in job["hosts"]:
             _print_detail(host)
-        print(f"job {job_id}: {colour(job['status'])}")
-    return EXIT_OK if job["status"] in protocol.SUCCESS_STATUSES else EXIT_FAILED
+        print(f"job {job['job_id']}: {colour(job['status'])}")
+    return EXIT_OK if succeeded else EXIT_FAILED
 
 
 def _print_detail(host: dict) -> None:
@@ -211,7 +229,7 @@ def cmd_job(client: Client, args) -> int:
     job = result["job"]
     print(f"job {job['job_id']}: {job['kind']}{' (dry run)' if job['dry_run'] else ''}, "
           f"{colour(job['status'])}, {job['trigger']}")
-    print(f"started {job['started']}, finished {job['finished'] or '-'}")
+    print(f"started {timestamp(job['started'])}, finished {timestamp(job['finished'])}")
     for host in job["hosts"]:
         print("  " + _host_line(host) + (f" (took {_duration(host)})" if host.get("finished") else ""))
         _print_detail(host)
@@ -241,7 +259,7 @@ def cmd_schedule(client: Client, args) -> int:
     if args.json:
         return _print_json(result)
     rows = [[e["host"], e["kind"], e["every"], relative(e["next_run"]) if e["enabled"] else "manual only",
-             e["next_run"] or "-"] for e in result["entries"]]
+             timestamp(e["next_run"])] for e in result["entries"]]
     print(table(["HOST", "KIND", "EVERY", "NEXT RUN", "AT"], rows) if rows else "no hosts configured")
     return EXIT_OK
 
@@ -322,8 +340,7 @@ def cmd_watch(client: Client, args) -> int:
 
 def event_line(event: dict) -> str:
     """One event as one human line: time, topic, who, what."""
-    when = (parse_time(event.get("time")) or parse_time(event.get("timestamp")))
-    stamp = when.strftime("%H:%M:%S") if when else "--:--:--"
+    stamp = timestamp(event.get("time") or event.get("timestamp"))
     who = " ".join(f"{k}={event[k]}" for k in ("host", "job_id") if event.get(k) is not None)
     topic = event["topic"]
     if topic == "log":
@@ -365,7 +382,7 @@ def cmd_ls(client: Client, args) -> int:
     while True:
         for entry in page["entries"]:
             target = f" -> {entry['target']}" if entry.get("target") is not None else ""
-            print(f"{entry['mode']} {entry['size']:>12} {entry['mtime']}  {entry['name']}{target}")
+            print(f"{entry['mode']} {entry['size']:>12} {timestamp(entry['mtime'])}  {entry['name']}{target}")
         if page["next_offset"] is None or args.limit:
             break
         page = client.call("snapshots.browse", {**params, "offset": page["next_offset"]})
@@ -376,7 +393,7 @@ def _history(client: Client, args, path: str) -> int:
     result = client.call("snapshots.history", {"host": args.host, "path": path})
     if args.json:
         return _print_json(result)
-    rows = [[e["snapshot"], e["type"], size(e["size"]), e["mtime"]] for e in result["entries"]]
+    rows = [[e["snapshot"], e["type"], size(e["size"]), timestamp(e["mtime"])] for e in result["entries"]]
     print(table(["SNAPSHOT", "TYPE", "SIZE", "MTIME"], rows) if rows else f"{safe(path)} is in no snapshot of {args.host}")
     return EXIT_OK
 
@@ -417,21 +434,42 @@ def cmd_restore(client: Client, args) -> int:
     if not args.json:
         print(f"job {job_id}: restoring {args.host} {args.snapshot}:{safe(args.path)} "
               f"to {safe(dest)}", flush=True)
-    code = follow_job(client, job_id, args.json)
+    job = follow_job(client, job_id, args.json, told_at_end=True)
+    received_ok = True
     if receiving is not None:
         receiving.join(RECEIVER_GRACE)
         if receiving.is_alive() and received.get("proc"):  # the restore is over: a receiver still there is stuck
             received["proc"].kill()
         receiving.join()
-        if received.get("returncode") not in (0, 24):  # the receiver is ours: its outcome is ours to tell
-            code = EXIT_FAILED
-            if not args.json:
-                _print_receiver(received)
+        # The receiver is ours: its outcome is ours to tell.
+        received_ok = received.get("returncode") in (0, 24)
     if args.dry_run and not args.json:
-        names = next((h.get("listing") for h in client.call("job.get", {"job_id": job_id})["job"]["hosts"]), None)
-        for name in names or []:
+        for name in next((h.get("listing") for h in job["hosts"]), None) or []:
             print(f"would write {safe(name)}")
+    code = conclude_job(job, args.json, _restored(job, args, dest) if received_ok else None)
+    if not received_ok:
+        code = EXIT_FAILED
+        if not args.json:
+            _print_receiver(received)
     return code
+
+
+def _restored(job: dict, args, dest: str) -> str:
+    """What a restore did, in one line: `restored 1,234 entries (56.7 MiB) of web1
+    2026-12-07_131509:/etc to /tmp/x/etc`; the entries it left alone in DEST, said too."""
+    host = job["hosts"][0] if job["hosts"] else {}
+    stats = host.get("stats") or {}
+    written = stats.get("entries_to_write" if args.dry_run else "entries_written")
+    inside = args.path.strip("/")
+    target = (dest.rstrip("/") + "/" + inside) if inside else dest
+    line = (f"{'would restore' if args.dry_run else 'restored'} {number(written)} "
+            f"entr{'y' if written == 1 else 'ies'} ({size(stats.get('transferred_bytes'))}) of {safe(args.host)} "
+            f"{host.get('snapshot') or args.snapshot}:{safe(args.path)} to {safe(target)}")
+    unwritten = (stats.get("entries") or 0) - (written or 0)
+    if unwritten > 0:  # rsync leaves alone what is there: the same (--overwrite), or anything (without)
+        line += (f"; {number(unwritten)} already up to date" if args.overwrite else
+                 f"; {number(unwritten)} already there, kept (--overwrite replaces them)")
+    return line
 
 
 def _receive(socket_path: str, spec: dict, destination, dry_run: bool, received: dict) -> None:
@@ -507,7 +545,7 @@ def _silence(client: Client, args) -> int:
 def _silence_text(silence: dict) -> str:
     what = " and ".join(f"{k} {silence[k]}" for k in ("host", "kind") if silence.get(k))
     note = f" ({silence['note']})" if silence.get("note") else ""
-    return f"{what} until {silence['until']} by {silence['by']}{note}"
+    return f"{what} until {timestamp(silence['until'])} by {silence['by']}{note}"
 
 
 def cmd_alerts(client: Client, args) -> int:
@@ -579,7 +617,7 @@ def cmd_audit(client: Client, args) -> int:
     if args.json:
         _print_json(result)
     else:
-        rows = [[str(e["id"]), e["time"], f"{e['user']} ({e['uid']})", e["method"],
+        rows = [[str(e["id"]), timestamp(e["time"]), f"{e['user']} ({e['uid']})", e["method"],
                  json.dumps(e["params"], ensure_ascii=False)[:60], e["outcome"][:60]]
                 for e in reversed(result["entries"])]
         print(table(["ID", "TIME", "WHO", "METHOD", "PARAMS", "OUTCOME"], rows) if rows else "no audit entries")
@@ -656,54 +694,93 @@ def _print_json(result: dict) -> int:
 
 # ---- argument parsing -------------------------------------------------------
 
+CHECK_EPILOG = """\
+Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the daemon cannot be
+reached or refuses, a usage error, --help, --version). It prints one line,
+"BKD STATE - what | perfdata", with each host's age, size and duration as
+perfdata. What is CRITICAL and what a WARNING: docs/watching.md.
+
+Example:
+  bkctl check --warn-age 2h --crit-age 1d web1 db1"""
+
+
+class _PluginHelp(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        parser.exit(EXIT_PLUGIN_UNKNOWN)
+
+
+class _PluginVersion(_PluginHelp):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"bkctl check v{_client_version()} (bkd {_client_version()})")
+        parser.exit(EXIT_PLUGIN_UNKNOWN)
+
+
 def _parser() -> argparse.ArgumentParser:
     # Global options work before or after the command (`bkctl --json status`,
     # `bkctl status --json`): subcommands repeat them with SUPPRESS defaults.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", default=argparse.SUPPRESS,
+    common.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
                         help=f"daemon socket (default: $BKD_SOCKET or {protocol.DEFAULT_SOCKET})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the daemon's answer as JSON")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="S",
                         help="seconds to wait for each answer (default 30)")
-    parser = _Parser(prog="bkctl", parents=[common],
-                                     description="control and query the bkd backup daemon")
+    common.add_argument("--utc", action="store_true", default=argparse.SUPPRESS,
+                        help="show times in UTC (default: local time, with its zone)")
+    parser = _Parser(prog="bkctl", parents=[common], description="control and query the bkd backup daemon",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Example:\n  bkctl status\n  bkctl run web1 --wait")
     parser.add_argument("--version", action="store_true", help="print the client version")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name, func, help_text):
-        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def add(name, func, help_text, *examples: str):
+        """A command whose --help ends with its examples (and so does its man page section)."""
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  epilog="Example:\n" + "\n".join(f"  bkctl {e}" for e in examples))
         sub.set_defaults(func=func)
         return sub
 
-    add("status", cmd_status, "daemon and per-host state")
-    run = add("run", cmd_run, "start a job now (default: every host, a snapshot)")
-    run.add_argument("hosts", nargs="*", metavar="HOST")
-    run.add_argument("--kind", default="snapshot", choices=[str(k) for k in protocol.RUN_KINDS])
+    add("status", cmd_status, "daemon and per-host state", "status", "status --json")
+    run = add("run", cmd_run, "start a job now (default: every host, a snapshot)",
+              "run web1 db1 --wait", "run --kind all")
+    run.add_argument("hosts", nargs="*", metavar="HOST", help="the hosts to run (default: every host)")
+    run.add_argument("--kind", default="snapshot", choices=[str(k) for k in protocol.RUN_KINDS],
+                     help="snapshot (default); archive or monthly of the latest snapshot; all: the three in turn")
     run.add_argument("--dry-run", action="store_true", help="test connectivity and rsync; write nothing")
     run.add_argument("--wait", action="store_true", help="follow the job and exit with its result")
-    cancel = add("cancel", cmd_cancel, "stop running work; its partial output is removed")
-    cancel.add_argument("hosts", nargs="*", metavar="HOST")
-    cancel.add_argument("--job", type=int, metavar="ID")
-    jobs = add("jobs", cmd_jobs, "job history")
+    cancel = add("cancel", cmd_cancel, "stop running work; its partial output is removed",
+                 "cancel web1", "cancel --job 42")
+    cancel.add_argument("hosts", nargs="*", metavar="HOST", help="stop what runs for these hosts")
+    cancel.add_argument("--job", type=int, metavar="ID", help="stop every run of this job")
+    jobs = add("jobs", cmd_jobs, "job history", "jobs --host web1 --limit 10")
     jobs.add_argument("--host", help="only this host's runs")
     jobs.add_argument("--limit", type=int, default=50, help="the newest N (default 50, at most 1000 a page)")
     jobs.add_argument("--before", type=int, metavar="ID", help="the page of jobs older than job ID")
-    job = add("job", cmd_job, "one job in detail")
-    job.add_argument("job_id", type=int, metavar="ID")
-    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N)")
-    snapshots.add_argument("host", metavar="HOST")
+    job = add("job", cmd_job, "one job in detail", "job 42")
+    job.add_argument("job_id", type=int, metavar="ID", help="the job's number (bkctl jobs lists them)")
+    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N)",
+                    "snapshots web1 --limit 10")
+    snapshots.add_argument("host", metavar="HOST", help="the host whose snapshots are listed")
     snapshots.add_argument("--limit", type=int, default=50, help="the newest N (default 50)")
     snapshots.add_argument("--all", action="store_true", help="every snapshot")
-    add("schedule", cmd_schedule, "scheduled work and its next run time")
-    ls = add("ls", cmd_ls, "browse a snapshot: ls HOST [SNAPSHOT] [PATH]; --history HOST PATH")
-    ls.add_argument("host", metavar="HOST")
-    ls.add_argument("args", nargs="*", metavar="SNAPSHOT/PATH")
+    add("schedule", cmd_schedule, "scheduled work and its next run time", "schedule")
+    ls = add("ls", cmd_ls, "browse a snapshot: ls HOST [SNAPSHOT] [PATH]; --history HOST PATH",
+             "ls web1 latest /etc", "ls --history web1 /etc/hosts")
+    ls.add_argument("host", metavar="HOST", help="the host whose snapshot is browsed")
+    ls.add_argument("args", nargs="*", metavar="SNAPSHOT/PATH",
+                    help="a snapshot (default latest), then a path inside it (default /: its root)")
     ls.add_argument("--history", action="store_true", help="every snapshot in which PATH exists")
     ls.add_argument("--offset", type=int, default=0, help="start at this entry (paging)")
     ls.add_argument("--limit", type=int, default=0, help="at most this many entries (one page)")
-    restore = add("restore", cmd_restore, "copy PATH of a snapshot back to DEST/PATH")
-    restore.add_argument("host", metavar="HOST")
+    restore = add("restore", cmd_restore, "copy PATH of a snapshot back to DEST/PATH",
+                  "restore web1 latest /etc/nginx --to /tmp/restored",
+                  "restore web1 2026-12-07_131509 /home/ann --to web1:/ --overwrite")
+    restore.add_argument("host", metavar="HOST", help="the host the snapshot is of")
     restore.add_argument("snapshot", metavar="SNAPSHOT", help="a snapshot name, or latest")
     restore.add_argument("path", metavar="PATH", help="inside the snapshot; / is its root")
     restore.add_argument("--to", required=True, metavar="DEST", help="local directory or host:path")
@@ -711,20 +788,27 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--dry-run", action="store_true", help="list what would be written")
     restore.add_argument("--no-wait", action="store_true", help="print the job id and return "
                          "(a local DEST is then received by a detached bkctl)")
-    verify = add("verify", cmd_verify, "check snapshots (and their archives) against their checksums")
-    verify.add_argument("host", metavar="HOST")
+    verify = add("verify", cmd_verify, "check snapshots (and their archives) against their checksums",
+                 "verify web1", "verify web1 --all")
+    verify.add_argument("host", metavar="HOST", help="the host whose snapshots are checked")
     verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="default: latest")
     verify.add_argument("--all", action="store_true", help="every snapshot and archive")
     verify.add_argument("--sample", action="store_true",
                         help="run the background pass now: a sample, least recently verified first")
-    audit = add("audit", cmd_audit, "who did what over the socket; --verify checks the hash chain")
-    audit.add_argument("--verify", action="store_true")
-    audit.add_argument("--limit", type=int, default=50)
+    audit = add("audit", cmd_audit, "who did what over the socket; --verify checks the hash chain",
+                "audit --limit 20", "audit --verify")
+    audit.add_argument("--verify", action="store_true",
+                       help="check the hash chain (and the journal's copy of its head); exit 1 if broken")
+    audit.add_argument("--limit", type=int, default=50, help="the newest N entries (default 50)")
     alerts = add("alerts", cmd_alerts, "open alerts (--all: resolved ones too); "
                  "alerts ack ID... | --host H | --kind K | --all [--note TEXT]; "
-                 "alerts silence HOST | --kind K --for DURATION [--note TEXT]; alerts unsilence HOST | --kind K")
-    alerts.add_argument("action", nargs="?", choices=["ack", "silence", "unsilence"])
-    alerts.add_argument("targets", nargs="*", metavar="ID|HOST")
+                 "alerts silence HOST | --kind K --for DURATION [--note TEXT]; alerts unsilence HOST | --kind K",
+                 "alerts", "alerts ack 12 13 --note 'disk replaced'", "alerts silence web1 --for 2h")
+    alerts.add_argument("action", nargs="?", choices=["ack", "silence", "unsilence"],
+                        help="ack: acknowledge; silence: record, don't notify, for a while; unsilence: end "
+                             "that (default: list)")
+    alerts.add_argument("targets", nargs="*", metavar="ID|HOST",
+                        help="ack: alert ids (from the list); silence, unsilence: a host")
     alerts.add_argument("--all", action="store_true", help="list: resolved ones too; ack: every open alert")
     alerts.add_argument("--host", help="ack: the open alerts of this host")
     alerts.add_argument("--kind", choices=[str(k) for k in protocol.AlertKind],
@@ -732,31 +816,41 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("--note", help="ack, silence: a note kept with it")
     alerts.add_argument("--for", dest="for_", metavar="DURATION",
                         help="silence: for how long, e.g. 2h, 1d (recorded, not notified)")
-    notify = add("notify", cmd_notify, "each notification sink's state; `notify test [SINK]` sends a test message")
-    notify.add_argument("action", nargs="?", choices=["test"])
-    notify.add_argument("sink", nargs="?", metavar="SINK")
-    hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing")
+    notify = add("notify", cmd_notify, "each notification sink's state; `notify test [SINK]` sends a test message",
+                 "notify", "notify test ops-mail")
+    notify.add_argument("action", nargs="?", choices=["test"], help="test: send a test message (default: list)")
+    notify.add_argument("sink", nargs="?", metavar="SINK", help="test: only this sink (default: every sink)")
+    hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing",
+                "hosts", "hosts test web1")
     hosts.add_argument("action", nargs="?", choices=["test"], help="test reachability")
-    hosts.add_argument("names", nargs="*", metavar="HOST")
-    add("reload", cmd_reload, "re-read the config without dropping running work")
-    watch = add("watch", cmd_watch, "stream live events as lines (JSON lines with --json)")
+    hosts.add_argument("names", nargs="*", metavar="HOST", help="test: these hosts (default: every host)")
+    add("reload", cmd_reload, "re-read the config without dropping running work", "reload")
+    watch = add("watch", cmd_watch, "stream live events as lines (JSON lines with --json)",
+                "watch --topic job --topic host")
     watch.add_argument("--topic", action="append", choices=["job", "host", "progress", "log", "alert"],
                        help="only these topics (repeatable)")
-    commands.add_parser("top", parents=[common], help="full-screen live status (curses)")
-    report = add("report", cmd_report, "the fleet digest the daily report sends (--html FILE: a page with charts)")
+    add("top", None, "full-screen live status (curses)", "top")
+    report = add("report", cmd_report, "the fleet digest the daily report sends (--html FILE: a page with charts)",
+                 "report --since 7d", "report --html /tmp/report.html")
     report.add_argument("--since", metavar="DURATION", help="runs of this last period (default 1d), e.g. 7d")
     report.add_argument("--html", metavar="FILE", help="write the report as a self-contained HTML page")
-    add("metrics", cmd_metrics, "the Prometheus exposition")
-    check = commands.add_parser("check", parents=[common], help="a monitoring-plugin check: exit 0 OK, 1 WARNING, "
-                                "2 CRITICAL, 3 UNKNOWN, one line with perfdata",
-                                description="a monitoring-plugin check (Nagios, Icinga, Checkmk)")
+    add("metrics", cmd_metrics, "the Prometheus exposition", "metrics")
+    check = commands.add_parser("check", parents=[common], add_help=False, help="a monitoring-plugin check: "
+                                "exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, one line with perfdata",
+                                description="a monitoring-plugin check (Nagios, Icinga, Checkmk)",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CHECK_EPILOG)
+    # The plugin guidelines: --help and --version exit 3 (UNKNOWN), like every usage error.
+    check.add_argument("-h", "--help", action=_PluginHelp, help="show this help and exit 3 (UNKNOWN)")
+    check.add_argument("-V", "--version", action=_PluginVersion, help="print the plugin's version and exit 3 "
+                       "(UNKNOWN)")
     check.add_argument("hosts", nargs="*", metavar="HOST", help="only these hosts (default: every host, and "
                        "alerts about no host)")
     check.add_argument("--warn-age", metavar="DURATION", help="WARNING when a host's newest snapshot is older")
     check.add_argument("--crit-age", metavar="DURATION", help="CRITICAL when a host's newest snapshot is older "
                        "(default: the daemon's stale rule)")
-    prune = add("prune", cmd_prune, "apply retention now (deleted snapshots go to the trash first)")
-    prune.add_argument("hosts", nargs="*", metavar="HOST")
+    prune = add("prune", cmd_prune, "apply retention now (deleted snapshots go to the trash first)",
+                "prune web1 --dry-run")
+    prune.add_argument("hosts", nargs="*", metavar="HOST", help="these hosts (default: every host)")
     prune.add_argument("--dry-run", action="store_true", help="print the plan: keep/delete, tier and reason")
     return parser
 
@@ -780,11 +874,12 @@ def main(argv: list[str] | None = None) -> int:
     except _ArgumentError as e:
         if _command_of(argv) == "check":
             print(f"BKD UNKNOWN - usage: {e}")
-            return 3
+            return EXIT_PLUGIN_UNKNOWN
         e.parser.print_usage(sys.stderr)
         print(f"{e.parser.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     args.json = getattr(args, "json", False)
+    fmt.use_utc(getattr(args, "utc", False))
     path = getattr(args, "socket", None) or protocol.default_socket()
     timeout = getattr(args, "timeout", 30.0)
     if args.version:

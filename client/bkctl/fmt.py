@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
+
 
 def safe(text: str) -> str:
     """text as it may reach a terminal, a page or a mail: every character that
@@ -50,15 +51,42 @@ def safe_tree(value):
 _COLOURS = {"ok": 32, "warning": 33, "failed": 31, "cancelled": 33, "interrupted": 33, "running": 36}
 
 
+def colour_allowed(stream=None) -> bool:
+    """Colour only on a terminal, and not when NO_COLOR is set (no-color.org) or
+    TERM=dumb says the terminal cannot show it: the one rule of bkctl and bkd's log."""
+    stream = stream or sys.stdout
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
 def colour(text: str, status: str | None = None) -> str:
     code = _COLOURS.get(status or text)
-    if code and sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+    if code and colour_allowed():
         return f"\033[{code}m{text}\033[0m"
     return text
 
 
 def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+_zone: tzinfo | None = None  # None: this process's local time zone (TZ); UTC after use_utc(True)
+
+
+def use_utc(on: bool) -> None:
+    """--utc: every human time in UTC instead of local time."""
+    global _zone
+    _zone = timezone.utc if on else None
+
+
+def timestamp(value: str | datetime | None, zone: tzinfo | None = None) -> str:
+    """An instant as people read it, always with its zone: `2026-12-07 16:31:09 CET`
+    in local time, or in zone when given (the report's own), UTC with --utc
+    either way; "-" for none. The daemon sends UTC; --json keeps its exact values."""
+    when = parse_time(value) if isinstance(value, str) or value is None else value
+    if when is None:
+        return "-"
+    shown = when.astimezone(_zone or zone)
+    return shown.strftime("%Y-%m-%d %H:%M:%S ") + (shown.tzname() or shown.strftime("%z"))
 
 
 def span(seconds: float) -> str:

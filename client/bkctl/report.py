@@ -10,13 +10,18 @@ form renders the digest's text with control characters escaped (fmt.safe)."""
 
 from __future__ import annotations
 
+import math
+from datetime import date, timezone, tzinfo
 from html import escape
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .fmt import number, safe_tree, size, span, sparkline
+from .fmt import number, safe_tree, size, span, sparkline, timestamp
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 BAR = "#3b7dd8"  # host trend bars (the rendering test counts them: used for nothing else)
 DISK = "#8e6bbf"
+GRID = "#d8d8d8"  # the y axis's ticks across the chart
+AXIS = "#555555"  # its labels
 LEVELS = {"ok": "#2e8540", "warn": "#c7811c", "bad": "#c62828"}
 
 
@@ -27,8 +32,8 @@ def seconds(value: float | None) -> str:
     return f"{value:.1f}s" if value < 10 else span(value)
 
 
-METRICS = (("bytes", "size", size), ("changed_files", "changed files", number),
-           ("duration_s", "slowest run", seconds))
+METRICS = (("bytes", "size", size, "bytes"), ("changed_files", "changed files", number, "count"),
+           ("duration_s", "slowest run", seconds, "seconds"))
 
 
 def verdict(host: dict) -> tuple[str, str]:
@@ -93,11 +98,20 @@ def audit_line(head: dict | None) -> str:
     return f"audit log: entry {head['id']}, sha256 {head['hash']}" if head else ""
 
 
-def _alert_text(alert: dict) -> str:
+def zone_of(digest: dict) -> tzinfo:
+    """The report's own time zone (`[report] timezone`): its header and times are
+    shown in it, as its days are counted (UTC if this machine does not know it)."""
+    try:
+        return ZoneInfo(digest.get("timezone") or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return timezone.utc
+
+
+def _alert_text(alert: dict, zone: tzinfo) -> str:
     subject = f" ({alert['subject']})" if alert.get("subject") else ""
     silenced = ", silenced" if alert.get("silenced") else ""
     return (f"{alert['host'] or '-'} {alert['kind']}{subject}: {alert['state']}{silenced}, "
-            f"{alert['count']}x since {alert['first_seen']}")
+            f"{alert['count']}x since {timestamp(alert['first_seen'], zone)}")
 
 
 def _period(digest: dict) -> str:
@@ -107,7 +121,8 @@ def _period(digest: dict) -> str:
 def text(digest: dict, ascii: bool = False) -> str:
     from .fmt import table
     digest = safe_tree(digest)
-    lines = [f"bkd report for {digest['server']} at {digest['generated']} "
+    zone = zone_of(digest)
+    lines = [f"bkd report for {digest['server']} at {timestamp(digest['generated'], zone)} "
              f"(runs of the last {_period(digest)}; trends over {digest['trend_days']} days, {digest['timezone']})"]
     rows = []
     for host in digest["hosts"]:
@@ -122,7 +137,7 @@ def text(digest: dict, ascii: bool = False) -> str:
     alerts = digest["alerts"]
     lines.append(f"alerts: {alerts['open']} current, {alerts['unacknowledged']} unacknowledged"
                  if alerts["open"] else "alerts: none")
-    lines += [f"  {_alert_text(a)}" for a in alerts["current"]]
+    lines += [f"  {_alert_text(a, zone)}" for a in alerts["current"]]
     if digest.get("audit_head"):
         lines.append(audit_line(digest["audit_head"]))
     return "\n".join(lines) + "\n"
@@ -158,7 +173,7 @@ def _header(digest: dict) -> str:
         meter = (f'<div class="meter"><div style="width:{min(100.0, disk["used_percent"])}%;height:12px;'
                  f'background:{DISK}"></div></div>')
     return (f"<h1>bkd report: {escape(digest['server'])}</h1>"
-            f'<div class="sub">{escape(digest["generated"])} &middot; runs of the last {escape(_period(digest))}'
+            f'<div class="sub">{escape(timestamp(digest["generated"], zone_of(digest)))} &middot; runs of the last {escape(_period(digest))}'
             f" &middot; trends over {digest['trend_days']} days ({escape(digest['timezone'])}) &middot; "
             f"bkd {escape(digest['version'])}</div>"
             f"<h2>Backup root</h2>{meter}<div class=\"facts\">{escape(_disk_line(disk))}</div>")
@@ -183,7 +198,7 @@ def _alerts(digest: dict) -> str:
     rows = "".join(f"<tr><td>{escape(a['host'] or '-')}</td><td>{escape(a['kind'])}</td>"
                    f"<td>{escape(a['subject'] or '')}</td><td>{escape(a['state'])}"
                    f"{' (silenced)' if a['silenced'] else ''}</td><td>{a['count']}</td>"
-                   f"<td>{escape(a['first_seen'])}</td></tr>" for a in current)
+                   f"<td>{escape(timestamp(a['first_seen'], zone_of(digest)))}</td></tr>" for a in current)
     return ('<h2>Alerts</h2><table class="t"><tr><th>host</th><th>kind</th><th>subject</th><th>state</th>'
             f"<th>count</th><th>since</th></tr>{rows}</table>")
 
@@ -202,37 +217,82 @@ def _has_history(host: dict) -> bool:
     return any(d["snapshots"] for d in host.get("trend", []))
 
 
-class Series:
-    """One chart: a value per day, what it is called and how to show a value."""
+# The unit of an axis is that of its top: the largest that fits (bytes in binary units).
+AXIS_UNITS = {"bytes": ((1024**4, " TiB"), (1024**3, " GiB"), (1024**2, " MiB"), (1024, " KiB"), (1, " B")),
+              "seconds": ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")),
+              "count": ((10**6, "M"), (10**3, "k"), (1, ""))}
 
-    def __init__(self, label: str, days: list[str], values: list, show, colour: str = BAR,
-                 top: float | None = None, **attrs: str):
+
+def nice(value: float) -> float:
+    """The smallest of 1, 2, 5 × 10ⁿ at or above value (> 0): an axis top that halves evenly."""
+    exponent = math.floor(math.log10(value))
+    for step in (1, 2, 5, 10):
+        if step * 10.0**exponent >= value * (1 - 1e-9):
+            return step * 10.0**exponent
+    return 10.0 ** (exponent + 1)
+
+
+def axis(peak: float, kind: str, top: float | None = None) -> tuple[float, list[tuple[float, str]]]:
+    """An axis from 0: its top (a round number above peak, or top as given: the
+    disk's size) and its ticks at 0, the middle (unless it would be a fraction
+    of a count) and the top, labelled in one unit."""
+    units = AXIS_UNITS[kind]
+    if top is None:
+        size_, _ = next((u for u in units if peak >= u[0]), units[-1])
+        top = nice(peak / size_) * size_ if peak > 0 else size_
+    size_, name = next((u for u in units if top >= u[0]), units[-1])
+    middle = [] if kind == "count" and top % 2 else [top / 2]  # no tick at 2.5 files
+    return top, [(value, f"{value / size_:.4g}{name}" if value else "0") for value in (0, *middle, top)]
+
+
+def day_label(day: str) -> str:
+    """2026-04-02 as a chart's x axis shows it: Apr 2."""
+    when = date.fromisoformat(day)
+    return f"{when:%b} {when.day}"
+
+
+class Series:
+    """One chart: a value per day, what it is called, how to show a value and
+    its y axis (a round top above the highest value, or scale as given)."""
+
+    def __init__(self, label: str, days: list[str], values: list, show, kind: str, colour: str = BAR,
+                 scale: float | None = None, scale_name: str = "", **attrs: str):
         self.label, self.days, self.values, self.show, self.colour = label, days, values, show, colour
-        self.top = top if top is not None else max((v for v in values if v is not None), default=0)
+        peak = max((v for v in values if v is not None), default=0)
+        self.top, self.ticks = axis(peak, kind, scale)
+        self.scale_name = scale_name
         self.attrs = attrs
 
     def height(self, value, full: int) -> int:
-        return max(1, round(full * value / self.top)) if value and self.top else 0
+        return max(1, round(full * min(value, self.top) / self.top)) if value and self.top else 0
 
     def caption(self) -> str:
         latest = next((v for v in reversed(self.values) if v is not None), None)
-        return f"{escape(self.label)}: {escape(self.show(latest))} (peak {escape(self.show(self.top))})"
+        if self.scale_name:  # the disk: its scale is the disk, and says so
+            return f"{escape(self.label)}: {escape(self.show(latest))} of {escape(self.show(self.top))} " \
+                   f"({escape(self.scale_name)})"
+        return f"{escape(self.label)} per day (last: {escape(self.show(latest))})"
 
     def tip(self, i: int) -> str:
         return f"{escape(self.days[i])}: {escape(self.show(self.values[i]))}"
 
+    def x_labels(self) -> list[tuple[int, str]]:
+        """(index, label) of the days named under the chart: the first, the middle and the last."""
+        indexes = sorted({0, len(self.days) // 2, len(self.days) - 1})
+        return [(i, day_label(self.days[i])) for i in indexes]
+
 
 def _host_series(host: dict) -> list[Series]:
     days = [d["day"] for d in host["trend"]]
-    return [Series(label, days, [d[key] for d in host["trend"]], show, host=host["name"], metric=key)
-            for key, label, show in METRICS]
+    return [Series(label, days, [d[key] for d in host["trend"]], show, kind, host=host["name"], metric=key)
+            for key, label, show, kind in METRICS]
 
 
 def _disk_series(disk: dict) -> Series | None:
     if not disk.get("trend") or not any(d["used_bytes"] for d in disk["trend"]):
         return None
     return Series("used", [d["day"] for d in disk["trend"]], [d["used_bytes"] for d in disk["trend"]], size,
-                  DISK, top=disk.get("total_bytes"), metric="disk")
+                  "bytes", DISK, scale=disk.get("total_bytes") or None, scale_name="the disk's size", metric="disk")
 
 
 def _page(digest: dict, chart, head: str) -> str:
@@ -254,23 +314,37 @@ def _page(digest: dict, chart, head: str) -> str:
 # ---- the page: inline SVG ------------------------------------------------------------
 
 def _svg_chart(series: Series) -> str:
-    width, height, gap = 300, 60, 1
+    """Bars on a grid: the y axis's ticks with their units on the left, days under it."""
+    left, top, width, height, gap = 60, 6, 300, 60, 1
     step = width / len(series.days)
-    bars = []
+    parts = []
+    for value, label in series.ticks:
+        y = top + height - series.height(value, height) if value else top + height
+        parts.append(f'<line x1="{left}" y1="{y}" x2="{left + width}" y2="{y}" stroke="{GRID}"/>'
+                     f'<text x="{left - 4}" y="{y + 3}" text-anchor="end">{escape(label)}</text>')
     for i, value in enumerate(series.values):
         h = series.height(value, height)
         if not h:
             continue
-        x = round(i * step)
-        w = max(1, round((i + 1) * step) - x - gap)
-        bars.append(f'<rect x="{x}" y="{height - h}" width="{w}" height="{h}" fill="{series.colour}">'
-                    f"<title>{series.tip(i)}</title></rect>")
+        x = left + round(i * step)
+        w = max(1, round((i + 1) * step) - round(i * step) - gap)
+        parts.append(f'<rect x="{x}" y="{top + height - h}" width="{w}" height="{h}" fill="{series.colour}">'
+                     f"<title>{series.tip(i)}</title></rect>")
+    last = len(series.days) - 1
+    for i, label in series.x_labels():
+        anchor = "start" if i == 0 else "end" if i == last else "middle"
+        x = left + (round(i * step) if anchor == "start" else round((i + 1) * step) if anchor == "end"
+                    else round((i + 0.5) * step))
+        parts.append(f'<text x="{x}" y="{top + height + 13}" text-anchor="{anchor}">{escape(label)}</text>')
     attrs = "".join(f' data-{key}="{escape(value)}"' for key, value in series.attrs.items())
+    full_width, full_height = left + width + 4, top + height + 18
     return (f'<div class="chart"><div>{series.caption()}</div>'
-            f'<svg class="trend"{attrs} width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-            f'shape-rendering="crispEdges" role="img" aria-label="{escape(series.label)} per day">'
-            f'<rect x="0" y="0" width="{width}" height="{height}" fill="#f6f6f6"/>{"".join(bars)}</svg>'
-            f"<div>{escape(series.days[0])} &ndash; {escape(series.days[-1])}</div></div>")
+            f'<svg class="trend"{attrs} width="{full_width}" height="{full_height}" '
+            f'viewBox="0 0 {full_width} {full_height}" shape-rendering="crispEdges" font-size="10" fill="{AXIS}" '
+            f'role="img" aria-label="{escape(series.label)} per day, {escape(series.days[0])} to '
+            f'{escape(series.days[-1])}">'
+            f'<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="#f6f6f6"/>{"".join(parts)}</svg>'
+            f"</div>")
 
 
 def page_html(digest: dict) -> str:
@@ -280,6 +354,8 @@ def page_html(digest: dict) -> str:
 # ---- the mail: tables and CSS, no SVG --------------------------------------------------
 
 def _mail_chart(series: Series) -> str:
+    """The same chart as table cells (mail clients strip SVG): the top and 0 of
+    the y axis with its unit on the left, the first and last day under it."""
     height = 40
     cells = []
     for i, value in enumerate(series.values):
@@ -287,9 +363,20 @@ def _mail_chart(series: Series) -> str:
         bar = f'<div style="height:{h}px;background:{series.colour}"></div>' if h else ""
         cells.append(f'<td title="{series.tip(i)}" style="vertical-align:bottom;width:5px;padding:0 1px 0 0">'
                      f"{bar}</td>")
+    label = f"font-size:10px;color:{AXIS};white-space:nowrap"
+    (_, zero), *_, (_, highest) = series.ticks
+    days = series.x_labels()
+    first, last = days[0][1], days[-1][1] if len(days) > 1 else ""
     return (f'<div class="chart"><div>{series.caption()}</div>'
-            f'<table cellpadding="0" cellspacing="0" style="height:{height}px;background:#f6f6f6;'
-            f'border-collapse:collapse"><tr>{"".join(cells)}</tr></table></div>')
+            f'<table cellpadding="0" cellspacing="0" style="border-collapse:collapse"><tr>'
+            f'<td style="{label};text-align:right;padding-right:4px;vertical-align:top;height:{height}px">'
+            f'<div style="height:{height - 10}px">{escape(highest)}</div><div>{escape(zero)}</div></td>'
+            f'<td style="padding:0"><table cellpadding="0" cellspacing="0" style="height:{height}px;background:#f6f6f6;'
+            f'border-collapse:collapse;border-top:1px solid {GRID};border-bottom:1px solid {GRID}">'
+            f'<tr>{"".join(cells)}</tr></table></td></tr>'
+            f'<tr><td></td><td style="{label}"><table cellpadding="0" cellspacing="0" width="100%"><tr>'
+            f'<td style="{label}">{escape(first)}</td><td style="{label};text-align:right">{escape(last)}</td>'
+            f"</tr></table></td></tr></table></div>")
 
 
 def mail_html(digest: dict) -> str:

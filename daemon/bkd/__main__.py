@@ -13,31 +13,52 @@ from .config.load import validate
 from .config.sample import INIT_TITLE, render
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bkd", description="bkd backup daemon")
-    parser.add_argument("--config", help="config file (default: $BKD_CONFIG or /etc/bkd/bkd.toml)")
-    parser.add_argument("--version", action="version", version=f"bkd {__version__}")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"], help="(serve) log level")
+    # Global options work before or after the command (`bkd --log-level debug serve`,
+    # `bkd serve --log-level debug`), as bkctl's do: each command repeats them with
+    # SUPPRESS defaults, so a value given on either side is kept.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
+                        help="config file (default: $BKD_CONFIG or /etc/bkd/bkd.toml)")
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                        help="the least severe log events written (default info); serve and audit log")
+    parser = argparse.ArgumentParser(
+        prog="bkd", parents=[common], description="bkd backup daemon",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example:\n  bkd --config /etc/bkd/bkd.toml serve --log-level debug")
+    parser.add_argument("--version", action="version", version=f"bkd {__version__}",
+                        help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("serve", help="run the daemon in the foreground (the default)")
-    check = commands.add_parser("check-config", help="validate the config; print every problem")
+
+    def add(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help_text, description=help_text,
+                                   epilog=f"Example:\n  {example}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    add("serve", "run the daemon in the foreground (the default)", "bkd serve --log-level debug")
+    check = add("check-config", "validate the config; print every problem",
+                "bkd check-config --config /etc/bkd/bkd.toml")
     check.add_argument("--no-dirs", action="store_true",
                        help="skip the checks against this machine: backup_root, state_dir and host "
                             "directories, the files keys name, local sources (for a config meant for "
                             "another machine)")
-    init = commands.add_parser("init", help="write a starter config")
-    init.add_argument("--backup-root", required=True, help="where snapshots go")
+    init = add("init", "write a starter config",
+               "bkd init --backup-root /srv/bkd --host web1=root@web1:/ --output -")
+    init.add_argument("--backup-root", required=True, metavar="DIR", help="where snapshots go")
     init.add_argument("--host", action="append", default=[], metavar="NAME=SOURCE",
                       help="a host to back up (repeatable), e.g. web1=web1:/home/")
-    init.add_argument("--output", help="write here instead of the config path; - for stdout")
+    init.add_argument("--output", metavar="PATH", help="write here instead of the config path; - for stdout")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
-    show = commands.add_parser("config", help="config tools")
+    show = add("config", "config tools: print the effective config, or a sample of every key",
+               "bkd config sample > /etc/bkd/bkd.toml.example")
     show.add_argument("action", choices=["show", "sample"],
                       help="show: print the effective config; sample: print every key with its default, "
                            "range and description, as comments (what /etc/bkd/bkd.toml.example holds)")
     host = commands.add_parser(
-        "host", help="enrol a source host (root on the server): bkd's key, the host key pinned, the "
+        "host", parents=[common], help="enrol a source host (root on the server): bkd's key, the host key pinned, the "
                      "authorized_keys line, readiness checks, then conf.d/NAME.toml and a reload",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Nothing is written before the checks pass (but bkd's key and the host key you confirmed):\n"
@@ -62,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     host.add_argument("--restore-key", action="store_true",
                       help="also make bkd's restore key ([ssh] restore_identity_file) and print its "
                            "authorized_keys line: restores to NAME:/path need it")
-    audit = commands.add_parser("audit", help="audit log tools (with the daemon stopped)")
+    audit = add("audit", "audit log tools (with the daemon stopped)", "bkd audit reanchor")
     audit.add_argument("action", choices=["reanchor"],
                        help="reanchor: after rebuilding the state database on purpose, make the audit "
                             "head record name its newest entry (recorded as an audit entry)")
@@ -103,7 +124,8 @@ def _init(args, path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    path = config_path(args.config)
+    path = config_path(getattr(args, "config", None))
+    log_level = getattr(args, "log_level", "info")
     command = args.command or "serve"
     if command == "init":
         return _init(args, path)
@@ -129,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         from .infra import logs
         from .cli.audit import reanchor
         from .infra.errors import StartupError
-        logs.configure(args.log_level)  # the new entry goes to the journal like every other
+        logs.configure(log_level)  # the new entry goes to the journal like every other
         try:
             print(asyncio.run(reanchor(config)))
         except StartupError as e:
@@ -141,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import serve
     from .infra.errors import StartupError
 
-    logs.configure(args.log_level)
+    logs.configure(log_level)
     try:
         asyncio.run(serve(path, config))
     except StartupError as e:

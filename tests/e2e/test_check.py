@@ -5,11 +5,12 @@ daemon that is not there."""
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
 
-from conftest import make_tree, slow_source, wait_until
+from conftest import BIN, make_tree, slow_source, wait_until
 
 PERF = re.compile(r"^(?P<label>[A-Za-z0-9._-]+)=(?P<value>-?[0-9.]+|U)(?P<unit>s|B)?"
                   r";(?P<warn>[0-9.]*);(?P<crit>[0-9.]*);(?P<min>[0-9.]*);(?P<max>[0-9.]*)$")
@@ -117,3 +118,24 @@ def test_a_viewer_may_report_read_metrics_and_check_and_a_stranger_gets_unknown(
     assert viewer.returncode == 0 and viewer.stdout.startswith("BKD OK - 1 host ok")
     stranger = as_user(daemon, [], "check")
     assert stranger.returncode == 3 and stranger.stdout.startswith("BKD UNKNOWN - ") and "has no role" in stranger.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["web1", "--warn-age", "2h", "--help"],
+                                  ["--bogus", "--help"]])
+def test_help_exits_unknown_as_the_plugin_guidelines_say_whatever_else_is_given(args):
+    """Monitoring Plugins guidelines: --help shows the parameters, an example and
+    remarks, overrides every other option and exits UNKNOWN (3); no daemon needed."""
+    result = subprocess.run([str(BIN / "bkctl"), "--socket", "/nonexistent/bkd.sock", "check", *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 3 and result.stderr == ""
+    assert result.stdout.startswith("usage: bkctl check ") and "--warn-age DURATION" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1] == "  bkctl check --warn-age 2h --crit-age 1d web1 db1"
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_the_plugins_revision_line_and_exits_unknown(flag):
+    from importlib.metadata import version
+    result = subprocess.run([str(BIN / "bkctl"), "--socket", "/nonexistent/bkd.sock", "check", flag],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (3, "")
+    assert result.stdout == f"bkctl check v{version('bkd')} (bkd {version('bkd')})\n"

@@ -1,79 +1,43 @@
-"""50 snapshots of a source that never holds still: every complete snapshot
-stays exactly as it was when it completed (SPEC §7), and every manifest is
-exactly true (SPEC §8)."""
+"""Snapshot after snapshot of a source that never holds still (issue 17):
+
+- every complete snapshot stays exactly as it was when it completed (SPEC
+  §7), but for the bytes this test flips in it, and every manifest is
+  exactly true (SPEC §8);
+- damage heals forward (SPEC §7): a byte flipped in the newest snapshot
+  (size and mtime kept) is found by `verify`, the next snapshot holds the
+  source's bytes there in a fresh inode, and the `integrity` alert names
+  the older snapshots sharing the damaged copy until they are pruned;
+- a sparse file whose mode, owner, xattrs and ACL change stays sparse in
+  every snapshot (SPEC §7);
+- each snapshot is a state the source really had: `home/d`, which its user
+  swaps between a directory and a symlink to a root-only directory, is the
+  directory as it was or the symlink, never the root-only directory's files
+  nor a mix; each version file holds, whole, a version that was there while
+  the snapshot was taken."""
 
 import hashlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
+from changers import flip_byte, swapped_home, version_body, version_of, tree_state
 
-SNAPSHOTS = 50
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown and another user need root (CI runs as root)")
+
+CHANGERS = Path(__file__).with_name("changers.py")
+SNAPSHOTS = 40
 SPARSE = 64 << 20
-ACL = "system.posix_acl_access"
-
-# A separate process changes the source as fast as it can: contents, names,
-# types, modes, owners, xattrs, ACLs and hard links, all at random; a sparse
-# file changes its mode, owner, xattrs and ACL now and then.
-CHURN = textwrap.dedent("""\
-    import os, random, shutil, subprocess, sys, time
-    from pathlib import Path
-    root, stop = Path(sys.argv[1]), Path(sys.argv[2])
-    rng = random.Random(int(sys.argv[3]))
-    counter = 0
-
-    def entries():
-        return [p for p in root.rglob("*")]
-
-    def files():
-        return [p for p in entries() if p.is_file() and not p.is_symlink() and p.name != "sparse.img"]
-
-    def modify(p): p.write_bytes(os.urandom(rng.randrange(0, 3000)))
-    def append(p):
-        with p.open("ab") as f: f.write(b"more\\n")
-    def delete(p): p.unlink()
-    def rename(p): p.rename(p.with_name(f"renamed{counter}"))
-    def chmod(p): os.chmod(p, rng.choice([0o600, 0o644, 0o640, 0o755, 0o4755]))
-    def chown(p): os.chown(p, rng.choice([0, 1000, 1001]), rng.choice([0, 1000, 1002]))
-    def xattr(p): os.setxattr(p, "user.churn", str(rng.randrange(3)).encode())
-    def acl(p): subprocess.run(["setfacl", "-m", f"u:{rng.choice([1000, 1001])}:r", str(p)], check=False)
-    def to_dir(p):
-        p.unlink(); p.mkdir(); (p / "inside").write_bytes(os.urandom(100))
-    def to_link(p):
-        p.unlink(); p.symlink_to(rng.choice(["a", "../b", "/etc/hostname"]))
-    def hardlink(p):
-        os.link(p, p.with_name(f"link{counter}"))
-
-    while not stop.exists():
-        counter += 1
-        try:
-            candidates = files()
-            if len(candidates) < 900:
-                d = rng.choice([p for p in entries() if p.is_dir()] + [root])
-                (d / f"new{counter}").write_bytes(os.urandom(rng.randrange(0, 3000)))
-                continue
-            p = rng.choice(candidates)
-            op = rng.choice([modify, modify, append, delete, rename, chmod, chmod, chown,
-                             xattr, acl, to_dir, to_link, hardlink])
-            op(p)
-            if rng.random() < 0.02:  # the sparse file changes its attributes only
-                rng.choice([chmod, chown, xattr, acl])(root / "sparse.img")
-            if rng.random() < 0.05:  # a directory becomes a file or a link
-                d = rng.choice([e for e in entries() if e.is_dir() and not e.is_symlink()] or [None])
-                if d is not None and d != root:
-                    shutil.rmtree(d)
-                    d.write_bytes(b"was a directory\\n") if rng.random() < 0.5 else d.symlink_to("x")
-        except OSError:
-            pass  # raced with itself (a parent changed type): just go on
-        time.sleep(0.001)
-""")
+USER = 4321  # the owner of home/, who swaps home/d
+VERSIONS = 8
+FLIP_EVERY = 8  # a byte is flipped in snapshot 8, 16, 24, 32 …
+FLIPS = (SNAPSHOTS - 1) // FLIP_EVERY  # … in stable/s0, s1, s2, s3: files only this test changes
+REWRITE_BEFORE = 3  # s1, s2, s3 change in the source this many snapshots before their flip
+LEFT_ALONE = ("stable", "versions", "home")  # what the churner never touches
 
 
 def make_source(root: Path) -> None:
@@ -85,12 +49,21 @@ def make_source(root: Path) -> None:
         f.truncate(SPARSE)
         f.seek(SPARSE // 2)
         f.write(b"x")
+    (root / "stable").mkdir()
+    for index in range(FLIPS):
+        (root / "stable" / f"s{index}").write_bytes(os.urandom(1000 + index))
+    (root / "versions").mkdir()
+    for index in range(VERSIONS):
+        (root / "versions" / f"v{index}").write_bytes(version_body(index, 0))
+        os.utime(root / "versions" / f"v{index}", (1_000_000_000,) * 2)
 
 
 class Capture:
     """Everything a snapshot's entries carry that must never change, per
-    path: content hash, type and mode, owner, group, mtime, size, xattrs,
-    the ACL (an xattr) and the inode. Link counts and ctimes change by design."""
+    path: inode, type and mode, owner, group, mtime, size, content hash,
+    xattrs (the ACL is one). Link counts and ctimes change by design."""
+
+    INODE, CONTENT = 0, 6
 
     def __init__(self):
         self.hashes: dict[tuple[int, int, int], str] = {}  # an inode's content can't change without its ctime
@@ -117,47 +90,173 @@ class Capture:
         return result
 
 
-def test_fifty_snapshots_of_a_churning_source_never_change_after_completing(tmp_path, daemon_factory):
-    source = tmp_path / "src"
+def _integrity(daemon, everything: bool = False) -> list[dict]:
+    alerts = daemon.bkctl_json("alerts", *(["--all"] if everything else []))["alerts"]
+    return [a for a in alerts if a["kind"] == "integrity" and a.get("subject") != "audit log"]
+
+
+def _alert_message(subject: str, holders: list[str]) -> str:
+    """What the integrity alert of a damaged copy says: every snapshot holding it but its subject."""
+    others = [name for name in holders if name != subject]
+    text = f"1 file(s) of snapshot {subject} do not match its manifest (bkctl verify web1 {subject})"
+    if not others:
+        return text
+    if len(others) <= 6:
+        return f"{text}; the damaged copies are also in {len(others)} other snapshot(s): {', '.join(others)}"
+    return f"{text}; the damaged copies are also in {len(others)} other snapshots, {others[0]} … {others[-1]}"
+
+
+def _versions_held(tree: Path) -> list[int | None]:
+    return [version_of(index, (tree / "versions" / f"v{index}").read_bytes()) for index in range(VERSIONS)]
+
+
+def _there_during(log: Path) -> dict[tuple[int, int], tuple[float, float]]:
+    """(file, counter) → from when to when at most that version was in the source."""
+    renames: dict[int, list[tuple[int, float, float]]] = {index: [(0, float("-inf"), float("-inf"))]
+                                                         for index in range(VERSIONS)}
+    for line in log.read_text().splitlines():
+        index, counter, before, after = line.split()
+        renames[int(index)].append((int(counter), float(before), float(after)))
+    spans = {}
+    for index, written in renames.items():
+        for (counter, before, _), (following, _, replaced) in zip(written, written[1:] + [(None, 0, float("inf"))]):
+            assert following in (None, counter + 1), (index, counter, following)
+            spans[index, counter] = (before, replaced)
+    return spans
+
+
+@pytest.mark.timeout(900)  # about 2.5 minutes on 2 busy cores: the suite's 300 s is too close
+def test_snapshots_of_a_churning_source_are_states_it_had_never_change_and_heal(short_tmp, daemon_factory):
+    short_tmp.chmod(0o755)  # the user reaches their home; the secret stays root's
+    source = short_tmp / "src"
     make_source(source)
+    as_directory, as_symlink = swapped_home(source / "home", short_tmp / "stash", short_tmp / "secret", USER)
+    (short_tmp / "scratch").mkdir()
     daemon = daemon_factory([{"name": "web1", "source": str(source)}],
                             archive={"enabled": False}, monthly={"enabled": False}).start()
     hourly = daemon.workdir / "backup" / "web1" / "hourly"
-    stop = tmp_path / "stop-churning"
-    churn = subprocess.Popen([sys.executable, "-c", CHURN, str(source), str(stop), "7"])
+    stop = short_tmp / "stop-changing"
+    version_log = short_tmp / "versions.log"
+    churner = subprocess.Popen([sys.executable, CHANGERS, "churn", source, stop, "7", *LEFT_ALONE])
+    writer = subprocess.Popen([sys.executable, CHANGERS, "versions", source / "versions", short_tmp / "scratch",
+                               stop, version_log, str(VERSIONS)])
+    swapper = subprocess.Popen(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", sys.executable,
+                                CHANGERS, "swap", source / "home", short_tmp / "stash", stop],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     capture = Capture()
-    captured: dict[str, dict] = {}
+    captured: dict[str, dict] = {}  # oldest first, as each snapshot completed (and as this test flipped it)
+    taken_during: dict[str, tuple[float, float]] = {}
+    versions_held: dict[str, list[int | None]] = {}
+    homes: dict[str, int] = {}  # how often d was taken as which
+    damaged: dict[str, tuple[str, list[str]]] = {}  # flipped snapshot → the path, the snapshots sharing that copy
+    healing: dict[str, tuple[int, bytes]] = {}  # path → damaged inode, the source's bytes: for the next snapshot
     statuses: dict[str, int] = {}
     started = time.monotonic()
     try:
         while len(captured) < SNAPSHOTS:
+            upcoming, due = divmod(len(captured) + REWRITE_BEFORE, FLIP_EVERY)
+            if due == 0 and 1 < upcoming <= FLIPS:
+                # The file of that flip changes: its copy starts in the next snapshot.
+                (source / "stable" / f"s{upcoming - 1}").write_bytes(os.urandom(2000))
+            begun = time.monotonic()
             result = daemon.bkctl("--json", "run", "web1", "--wait", timeout=120)
-            final = json.loads(result.stdout.splitlines()[-1])  # the job's final record
-            job = final.get("job", final)
+            ended = time.monotonic()
+            job = json.loads(result.stdout.splitlines()[-1])["job"]  # the job's final record
             host = job["hosts"][0]
             statuses[host["status"]] = statuses.get(host["status"], 0) + 1
             if host["status"] not in ("ok", "warning"):
                 # A source changing this fast can make rsync fail outright
                 # (a file turned into a symlink or a directory while rsync sent
-                # it); such a run leaves nothing behind. Allow a few.
+                # it; most often d swapped within rsync's one pass, whose
+                # symlink rsync 3.5 will not follow); such a run leaves nothing
+                # behind. Here one run in six to one in three: allow them, within bounds.
                 assert host["status"] == "failed" and "exited with code 23" in host["error"], host
-                assert statuses["failed"] <= 10, host
+                assert statuses["failed"] <= SNAPSHOTS, host
                 continue
             name = host["snapshot"]
-            captured[name] = capture(hourly / name)
+            taken_during[name] = (begun, ended)
+            captured[name] = state = capture(hourly / name)
+
+            # Healed: the source's bytes where the previous snapshot's copy was damaged, in an inode of their own.
+            for path, (bad_inode, good) in healing.items():
+                assert state[path][Capture.CONTENT] == hashlib.sha256(good).hexdigest(), (name, path)
+                assert state[path][Capture.INODE] != bad_inode, (name, path)
+                assert state[path][4] == (source / path).stat().st_mtime_ns, (name, path)
+            assert host["stats"].get("refetched_files") == (len(healing) or None), (name, host["stats"])
+            healing = {}
+
             sparse = (hourly / name / "sparse.img").stat()  # SPEC §7: also after an attribute-only change
             assert sparse.st_size == SPARSE and sparse.st_blocks * 512 < (1 << 20), (name, sparse.st_blocks)
-            for earlier, state in captured.items():
-                assert capture(hourly / earlier) == state, f"{earlier} changed after it completed (now {name})"
+            home = tree_state(hourly / name / "home")
+            assert home in (as_directory, as_symlink), (name, home)  # never the secret, never a mix
+            d_was = "a directory" if home == as_directory else "the symlink"
+            homes[d_was] = homes.get(d_was, 0) + 1
+            versions_held[name] = _versions_held(hourly / name)
+            for earlier, then in captured.items():
+                assert capture(hourly / earlier) == then, f"{earlier} changed after it completed (now {name})"
             latest = daemon.bkctl("verify", "web1")
             assert latest.returncode == 0, (name, latest.stdout[-2000:])
+
+            if len(captured) % FLIP_EVERY == 0 and len(captured) < SNAPSHOTS:
+                path = f"stable/s{len(captured) // FLIP_EVERY - 1}"
+                inode = state[path][Capture.INODE]
+                flip_byte(hourly / name / path)
+                # The flip is the one change to complete snapshots this test makes: in each holding that inode.
+                holders = [s for s, then in captured.items() if then.get(path, [None])[Capture.INODE] == inode]
+                assert holders[-1] == name and len(holders) > 1, holders
+                flipped = hashlib.sha256((hourly / name / path).read_bytes()).hexdigest()
+                for holder in holders:
+                    entry = captured[holder][path]
+                    captured[holder][path] = (*entry[:Capture.CONTENT], flipped, *entry[Capture.CONTENT + 1:])
+                found = daemon.bkctl("--json", "verify", "web1")
+                assert found.returncode == 1, found.stderr
+                assert [(m["snapshot"], m["path"], m["problem"]) for m in json.loads(found.stdout)["mismatches"]
+                        ] == [(name, path, "changed")]
+                damaged[name] = (path, holders)
+                healing[path] = (inode, (source / path).read_bytes())
+                alerts = _integrity(daemon)
+                assert {a["subject"]: a["message"] for a in alerts} == {
+                    subject: _alert_message(subject, sharing) for subject, (_, sharing) in damaged.items()}
+                assert "stable/" not in json.dumps(alerts)  # every role reads alerts: no file names
     finally:
         stop.touch()
-        churn.wait(10)
-    assert churn.returncode == 0
+        churner.wait(10)
+        writer.wait(10)
+        swaps, why = swapper.communicate(timeout=30)
+    assert churner.returncode == 0 and writer.returncode == 0
+    assert swapper.returncode == 0 and int(swaps) > SNAPSHOTS, why
+
+    # Each version file held a whole version that the source had while that snapshot was taken.
+    there = _there_during(version_log)
+    for name, held in versions_held.items():
+        begun, ended = taken_during[name]
+        for index, counter in enumerate(held):
+            assert counter is not None, f"{name}: versions/v{index} is not a version the source had"
+            since, until = there[index, counter]
+            assert since <= ended and until >= begun, f"{name}: versions/v{index} held {counter}, gone before"
+
     assert sorted(captured) == sorted(p.name for p in hourly.iterdir())
     every = daemon.bkctl("--json", "verify", "web1", "--all", timeout=300)
-    assert every.returncode == 0, every.stdout[-3000:]
+    assert every.returncode == 1, every.stderr
     report = json.loads(every.stdout)
-    assert report["ok"] and sorted(report["snapshots"]) == sorted(captured)
-    print(f"{SNAPSHOTS} snapshots in {time.monotonic() - started:.0f} s, statuses {statuses}")
+    assert sorted(report["snapshots"]) == sorted(captured)
+    assert sorted((m["snapshot"], m["path"], m["problem"]) for m in report["mismatches"]) == sorted(
+        (holder, path, "changed") for path, holders in damaged.values() for holder in holders)
+    assert {a["subject"]: a["message"] for a in _integrity(daemon)} == {
+        subject: _alert_message(subject, sharing) for subject, (_, sharing) in damaged.items()}
+
+    # The older snapshots sharing the damaged copies age out: every alert resolves, nothing is left to heal.
+    daemon.config["retention"] = {"hourly_hours": 0, "daily_days": 0, "monthly_months": 0}
+    daemon.write_config()
+    assert daemon.bkctl("reload").returncode == 0
+    newest = list(captured)[-1]
+    plan = daemon.bkctl_json("prune", "web1")["plan"]["web1"]
+    assert sorted(d["snapshot"] for d in plan if d["action"] == "delete") == sorted(set(captured) - {newest})
+    assert _integrity(daemon) == []
+    assert sorted(a["subject"] for a in _integrity(daemon, everything=True) if a["state"] == "resolved") == sorted(
+        damaged)
+    assert not (daemon.workdir / "backup/web1/meta/damage.json").exists()
+    assert capture(hourly / newest) == captured[newest]
+    assert daemon.bkctl("verify", "web1", "--all").returncode == 0
+    print(f"{SNAPSHOTS} snapshots in {time.monotonic() - started:.0f} s, statuses {statuses}, {homes}, "
+          f"{len(damaged)} copies damaged and healed, {swaps.strip()} swaps")

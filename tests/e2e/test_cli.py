@@ -1,6 +1,8 @@
 """bkctl commands not covered elsewhere: human and --json output, reload, protocol check."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,3 +167,43 @@ def test_metrics_exposition_and_textfile(tmp_path, daemon_factory):
     written = wait_until(lambda: textfile.exists() and (text := textfile.read_text().splitlines())
                          and 'bkd_last_files{host="web1"} 4' in text and text, 15, what="the textfile")
     assert 'bkd_failures_total{host="never"} 1' in written
+
+
+def _local(value: str, zone: str) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+    shown = datetime.fromisoformat(value).astimezone(ZoneInfo(zone))
+    return shown.strftime("%Y-%m-%d %H:%M:%S ") + shown.tzname()
+
+
+def test_human_times_are_local_with_their_zone_and_utc_with_utc_on_either_side(tmp_path, daemon_factory):
+    daemon = daemon_factory([{"name": "web1", "source": str(make_tree(tmp_path / "s", 3))}]).start()
+    job = daemon.run_snapshot()
+
+    def bkctl(*args: str, zone: str = "Asia/Kolkata") -> str:
+        result = subprocess.run([str(BIN / "bkctl"), "--socket", str(daemon.socket), *args], capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "TZ": zone})
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    shown = bkctl("job", str(job["job_id"]))
+    assert f"started {_local(job['started'], 'Asia/Kolkata')}, finished {_local(job['finished'], 'Asia/Kolkata')}" \
+        in shown and " IST" in shown
+    for args in (["--utc", "job", str(job["job_id"])], ["job", str(job["job_id"]), "--utc"]):
+        assert f"started {_local(job['started'], 'UTC')}, finished" in bkctl(*args)
+    listing = bkctl("ls", "web1", "latest", "/dir0", zone="Europe/Berlin")
+    mtimes = [e["mtime"] for e in daemon.call("snapshots.browse", host="web1", path="/dir0")["entries"]]
+    assert all(_local(m, "Europe/Berlin") in listing for m in mtimes) and "Z " not in listing
+
+    # watch too: each line starts with its event's time, local or UTC.
+    watchers = [subprocess.Popen([str(BIN / "bkctl"), "--socket", str(daemon.socket), *extra], stdout=subprocess.PIPE,
+                                 text=True, env={**os.environ, "TZ": "Asia/Kolkata"})
+                for extra in (["watch", "--topic", "job"], ["watch", "--utc", "--topic", "job"])]
+    wait_until(lambda: daemon.call("status")["subscribers"] == 2, 10, what="both watchers to subscribe")
+    second = daemon.run_snapshot()
+    daemon.stop()
+    local, utc = (w.communicate(timeout=10)[0] for w in watchers)
+    finished = next(line for line in local.splitlines() if f"job {second['job_id']} ok" in line)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d IST job ", finished), finished
+    finished = next(line for line in utc.splitlines() if f"job {second['job_id']} ok" in line)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC job ", finished), finished

@@ -11,19 +11,10 @@ import threading
 
 import pytest
 
+from changers import flip_byte
 from conftest import BIN, make_tree, wait_until
 
 DAMAGED = "dir1/file5.txt"
-
-
-def _flip(path) -> None:
-    """Flip the first byte, keeping size and mtime: rot that rsync's quick check cannot see."""
-    st = path.stat()
-    with open(path, "r+b") as f:
-        first = f.read(1)
-        f.seek(0)
-        f.write(bytes([first[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _integrity(daemon, everything: bool = False) -> list[dict]:
@@ -55,7 +46,7 @@ def test_a_flipped_byte_in_the_newest_snapshot_heals_in_the_next_run(how, tmp_pa
     first = daemon.run_snapshot()["hosts"][0]["snapshot"]
     second = daemon.run_snapshot()["hosts"][0]["snapshot"]
     assert (hourly / first / DAMAGED).stat().st_ino == (hourly / second / DAMAGED).stat().st_ino
-    _flip(hourly / second / DAMAGED)  # the one inode both snapshots hold
+    flip_byte(hourly / second / DAMAGED)  # the one inode both snapshots hold
 
     found = daemon.bkctl("--json", "verify", "web1")
     assert found.returncode == 1
@@ -129,7 +120,7 @@ def test_what_is_to_be_fetched_again_survives_a_restart_with_a_rebuilt_database(
     hourly = daemon.workdir / "backup/web1/hourly"
     daemon.run_snapshot()
     damaged = daemon.run_snapshot()["hosts"][0]["snapshot"]
-    _flip(hourly / damaged / DAMAGED)
+    flip_byte(hourly / damaged / DAMAGED)
     assert daemon.bkctl("verify", "web1").returncode == 1
 
     assert daemon.stop() == 0

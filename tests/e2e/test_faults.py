@@ -72,9 +72,9 @@ def test_a_host_whose_directory_is_broken_fails_alone(tmp_path, daemon_factory):
     assert {e["host"] for e in daemon.call("schedule.list")["entries"]} == {"good", "bad"}
 
 
-def _serve(config_path, timeout=20):
+def _serve(config_path, timeout=20, env=None):
     return subprocess.run([str(BIN / "bkd"), "--config", str(config_path), "serve"], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def _one_line(result) -> str:
@@ -95,6 +95,18 @@ def test_a_corrupt_database_ends_start_up_with_one_line_and_releases_the_lock(tm
     (state / "bkd.sqlite").unlink()
     daemon.start()  # nothing held the lock
     assert "hosts" in daemon.call("status")
+
+
+def test_an_rsync_with_receiver_path_escape_bugs_ends_start_up_with_one_line(tmp_path, daemon_factory):
+    """SPEC §7: the daemon refuses to start with an rsync older than 3.4.0."""
+    old = tmp_path / "old-rsync"
+    old.mkdir()
+    (old / "rsync").write_text("#!/bin/sh\necho 'rsync  version 3.2.7  protocol version 31'\n")
+    (old / "rsync").chmod(0o755)
+    daemon = daemon_factory([])
+    line = _one_line(_serve(daemon.config_path, env={"PATH": f"{old}:{os.environ['PATH']}"}))
+    assert line == "bkd: rsync 3.2.7 has known receiver path-escape bugs; bkd needs rsync 3.4.0 or newer"
+    assert not (daemon.workdir / "state").exists()  # refused before it made or locked anything
 
 
 def test_a_state_dir_that_is_a_file_ends_start_up_with_one_line(tmp_path, daemon_factory):

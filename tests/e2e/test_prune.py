@@ -1,6 +1,12 @@
 """Retention through the daemon: dry-run plan, trash, background deletion."""
 
 import json
+import os
+import subprocess
+import time
+from datetime import datetime, timezone
+
+import pytest
 
 from conftest import make_tree, wait_until
 
@@ -43,3 +49,34 @@ def test_a_snapshot_run_prunes_after_the_new_snapshot_exists(tmp_path, daemon_fa
     job = daemon.run_snapshot()
     assert job["status"] == "ok"
     assert [p.name for p in hourly.iterdir()] == [job["hosts"][0]["snapshot"]]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chattr +i needs root (CI runs as root)")
+def test_what_waits_in_the_trash_shows_in_status_and_a_failed_deletion_is_tried_again(tmp_path, daemon_factory):
+    """SPEC §7: the deletion queue is visible in `status`. A file that cannot
+    be deleted (immutable) keeps its pruned snapshot in the queue; the next
+    prune tries again."""
+    source = make_tree(tmp_path / "src", 3)
+    (source / "only-in-the-first.txt").write_text("first\n")
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}],
+                            retention={"hourly_hours": 0, "daily_days": 0, "monthly_months": 0}).start()
+    first = daemon.run_snapshot()["hosts"][0]["snapshot"]
+    (source / "only-in-the-first.txt").unlink()
+    stuck = daemon.workdir / "backup/web1/hourly" / first / "only-in-the-first.txt"
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    try:
+        assert daemon.run_snapshot()["status"] == "ok"  # its prune takes the first snapshot
+        wait_until(lambda: '"trash.delete_failed"' in daemon.log(), 20, what="the deletion to fail")
+        assert daemon.call("status")["deletion_queue"] == [f"web1/{first}"]
+        shown = daemon.bkctl("status")
+        assert f"deleting in the background: 1 (web1/{first})" in shown.stdout, shown.stdout
+    finally:
+        subprocess.run(["chattr", "-i", str(daemon.workdir / "backup/web1/.trash" / first / stuck.name)])
+        subprocess.run(["chattr", "-i", str(stuck)], capture_output=True)
+    # Past the second the first snapshot is named after: a run within it would take that freed name,
+    # which sorts before the second snapshot's "-2", and its prune would keep both (nothing to wake).
+    named = datetime.strptime(first[:17], "%Y-%m-%d_%H%M%S").replace(tzinfo=timezone.utc).timestamp()
+    wait_until(lambda: time.time() >= named + 1, 5, what="the next second")
+    assert daemon.run_snapshot()["status"] == "ok"  # its prune takes the second snapshot and wakes the collector
+    wait_until(lambda: daemon.call("status")["deletion_queue"] == [], 20, what="the trash to empty")
+    assert list((daemon.workdir / "backup/web1/.trash").iterdir()) == []

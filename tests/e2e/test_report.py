@@ -21,6 +21,7 @@ FILE_MARK = "PAYROLL-SECRET-7731"  # in a backed-up file's name
 HOOK_MARK = "HOOKCMD-4409"  # in a failing pre hook's command line and its output
 POST_MARK = "POSTHOOK-5521"  # in a post hook's command line
 BAR = (0x3B, 0x7D, 0xD8)  # the host trend bars' colour (bkctl.report.BAR)
+GRID = (0xD8, 0xD8, 0xD8)  # the charts' tick lines (bkctl.report.GRID)
 DAYS = 30
 
 
@@ -110,6 +111,12 @@ def test_the_report_shows_every_host_a_month_of_trends_and_nothing_a_viewer_may_
     # (its three charts side by side), and db1, without history, has none.
     bands = png.bands(png.rows_with_colour(shot, BAR))
     assert len(bands) == 2 and all(last - first >= 40 for first, last in bands), bands
+    # Readable at a glance: each chart has its y axis's ticks drawn across it (their labels and the
+    # days under it are text: checked in the page), and the disk's scale is the disk, not a peak.
+    grid = png.rows_with_colour(shot, GRID)
+    assert all(len([y for y in grid if first - 3 <= y <= last + 3]) >= 2 for first, last in bands), (bands, grid)
+    assert "(the disk&#x27;s size)" in html and "peak" not in html
+    assert re.search(r'data-host="web1" data-metric="bytes".*?>0</text>.*? MiB</text>', html)
     if os.environ.get("BKD_REPORT_PICTURE"):  # how docs/images/report.png is made
         shutil.copy(shot, os.environ["BKD_REPORT_PICTURE"])
 

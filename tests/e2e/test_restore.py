@@ -365,3 +365,21 @@ def test_the_sample_pass_is_not_skipped_by_a_daemon_restarted_more_often_than_it
     # The first start samples at once (no pass recorded), then once per 3 s across the restarts
     # (a loaded machine restarts more slowly: the bound is the time that really went by).
     assert 2 <= len(passes) <= 2 + int(elapsed // 3), (elapsed, passes)
+
+
+def test_a_restore_path_holding_wildcard_characters_means_itself(tmp_path, daemon_factory):
+    """SPEC §7: a `[`, `*`, `?` or `\\` in a name means itself, in a restore's
+    PATH too: each is restored alone, never a sibling it would match as a pattern."""
+    source = tmp_path / "src"
+    source.mkdir()
+    wild = ["a[1]", "*", "?", "a\\1", "b\\*"]
+    for name in [*wild, "a1", "x", "y", "b*"]:
+        (source / name).write_text(f"content of {name}\n")
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}]).start()
+    assert daemon.run_snapshot()["status"] == "ok"
+    for index, name in enumerate(wild):
+        dest = tmp_path / f"dest-{index}"
+        result = daemon.bkctl("restore", "web1", "latest", f"/{name}", "--to", str(dest))
+        assert result.returncode == 0, (name, result.stdout + result.stderr)
+        assert os.listdir(dest) == [name]
+        assert (dest / name).read_text() == f"content of {name}\n"

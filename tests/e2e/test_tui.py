@@ -1,26 +1,8 @@
 """`bkctl top` under tmux against a real daemon running real snapshots."""
 
-import os
-import shutil
-import subprocess
-
 import pytest
 
-from conftest import BIN, RUN_ID, make_tree, slow_source, wait_until
-
-
-
-@pytest.fixture
-def tmux():
-    if not shutil.which("tmux"):
-        pytest.fail("tmux is not installed: run the README's test command (make test)")
-    server = f"bkd-test-{RUN_ID}-{os.urandom(3).hex()}"
-
-    def run(*args):
-        return subprocess.run(["tmux", "-L", server, *args], capture_output=True, text=True, timeout=10)
-
-    yield run
-    run("kill-server")
+from conftest import BIN, make_tree, slow_source, wait_until
 
 
 def screen(tmux) -> str:

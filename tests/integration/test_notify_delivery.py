@@ -157,7 +157,7 @@ def test_email_goes_over_starttls_with_login_as_plain_text_and_html(tmp_path, da
     alert_id = daemon.bkctl_json("alerts")["alerts"][0]["id"]
     assert "snapshot run failed (3 in a row)" in plain and f"bkctl alerts ack {alert_id}" in plain
     assert "<table>" in html and "run failed (3×)" in html
-    assert message["Message-ID"].startswith("<bkd-") and f"-{alert_id}-opened-ops-mail@bkd>" in message["Message-ID"]
+    assert message["Message-ID"].startswith("<bkd-") and f"-{alert_id}-opened-ops-mail@backup1>" in message["Message-ID"]
 
     result = daemon.bkctl("notify", "test", "ops-mail")
     assert result.returncode == 0 and "ops-mail: delivered" in result.stdout

@@ -31,7 +31,7 @@ def test_the_daily_report_arrives_by_mail_and_webhook_once_a_day(tmp_path, daemo
               "kinds": ["integrity"]}]
     daemon = daemon_factory(hosts, server_name="backup1", notify=sinks,
                             report={"enabled": False, "notify": ["ops-mail", "chat"]})
-    daemon.start(env={"SSL_CERT_FILE": str(cert)})
+    daemon.start(env={"SSL_CERT_FILE": str(cert), "TZ": "America/Los_Angeles"})
     daemon.run_snapshot()
     assert not smtp.messages and not hook.requests
 
@@ -54,6 +54,9 @@ def test_the_daily_report_arrives_by_mail_and_webhook_once_a_day(tmp_path, daemo
     assert not re.search(r"(?i)\b(?:https?|ftp):|\bsrc=|\bhref=|url\(|@import", parts["text/html"])
     for name in ("web1", "web2", "db1"):
         assert name in parts["text/plain"] and f"<td>{name}</td>" in parts["text/html"]
+    # The header in the report's own zone (Berlin), not the daemon's local one (Los Angeles).
+    generated = re.match(r"bkd report for backup1 at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (CES?T) ", parts["text/plain"])
+    assert generated and f"{generated[1]} {generated[2]}" in parts["text/html"], parts["text/plain"][:200]
     assert parts["text/html"].count("background:#3b7dd8") >= 3 * 2  # bars of web1's and web2's charts
 
     (body,) = hook.notifications()
@@ -64,7 +67,7 @@ def test_the_daily_report_arrives_by_mail_and_webhook_once_a_day(tmp_path, daemo
     assert hook.requests[0].headers["Idempotency-Key"] == body["idempotency_key"]
     today = body["report"]["hosts"][0]["trend"][-1]["day"]  # the day in Berlin
     assert re.fullmatch(rf"bkd-[0-9a-f]{{8}}-report-{today}-chat", body["idempotency_key"])
-    assert message["Message-ID"] == f"<{body['idempotency_key'][:-len('chat')]}ops-mail@bkd>"
+    assert message["Message-ID"] == f"<{body['idempotency_key'][:-len('chat')]}ops-mail@backup1>"
     assert set(body["report"]) == set(daemon.bkctl_json("report"))  # what bkctl report --json prints
     sinks_state = {s["name"]: s for s in daemon.call("notify.status")["sinks"]}
     assert sinks_state["chat"]["delivered"] == 1 and sinks_state["ops-mail"]["delivered"] == 1

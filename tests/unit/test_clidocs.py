@@ -251,7 +251,7 @@ NO_DAEMON = {"BKD_SOCKET": "/nonexistent/bkd.sock"}
     (("bkd", ""), None),
     (("bkd", "--log-level", "d"), ["debug"]),
     (("bkd", "--config", "/etc/bkd.toml", "config", ""), ["show", "sample"]),
-    (("bkd", "check-config", "--"), ["--help", "--no-dirs"]),
+    (("bkd", "check-config", "--"), ["--help", "--config", "--log-level", "--no-dirs"]),  # global ones too
 ])
 def test_completion_offers_commands_options_and_choices(generated, words, expected):
     offered, stderr = complete(generated / "completions" / words[0], *words, env=NO_DAEMON)

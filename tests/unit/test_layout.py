@@ -29,6 +29,16 @@ def test_a_second_snapshot_in_the_same_second_gets_a_suffix(tmp_path):
     assert str(host.free_name(T)) == "2026-03-01_123005-3"
 
 
+def test_a_name_a_prune_freed_is_not_taken_by_a_newer_snapshot_of_that_second(tmp_path):
+    """T and T-2 were taken in one second, a prune took T: the next snapshot
+    of that second must sort after T-2 (as T it sorted before the older one)."""
+    host = HostDir(tmp_path / "web1")
+    host.hourly.mkdir(parents=True)
+    (host.hourly / "2026-03-01_123005-2").mkdir()
+    assert str(host.free_name(T)) == "2026-03-01_123005-3"
+    assert host.free_name(T) > SnapshotName.parse("2026-03-01_123005-2")
+
+
 def test_listing_ignores_junk_and_partials_and_latest_falls_back_to_the_newest(tmp_path):
     host = HostDir(tmp_path / "web1")
     host.hourly.mkdir(parents=True)

@@ -150,3 +150,39 @@ def test_spans_and_sparklines():
     assert sparkline([0, 1, 2, 4, None, 8]) == "▁▂▃▅ █"
     assert sparkline([None, None]) == "  " and sparkline([0, 0]) == "▁▁"
     assert sparkline([1, 8], ascii=True) == ".@"
+
+
+@pytest.mark.parametrize("peak, kind, top, ticks", [
+    (30_000, "bytes", 51_200, ["0", "25 KiB", "50 KiB"]),
+    (3 * 1024**3, "bytes", 5 * 1024**3, ["0", "2.5 GiB", "5 GiB"]),
+    (700, "bytes", 1000, ["0", "500 B", "1000 B"]),
+    (25, "seconds", 50, ["0", "25s", "50s"]),
+    (90, "seconds", 120, ["0", "1m", "2m"]),
+    (0.4, "seconds", 0.5, ["0", "0.25s", "0.5s"]),
+    (3, "count", 5, ["0", "5"]),  # no tick at 2.5 files
+    (17, "count", 20, ["0", "10", "20"]),
+    (0, "count", 1, ["0", "1"]),
+])
+def test_a_charts_y_axis_has_round_ticks_with_units(peak, kind, top, ticks):
+    got_top, got_ticks = report.axis(peak, kind)
+    assert got_top == top and [label for _, label in got_ticks] == ticks
+
+
+def test_the_disk_charts_scale_is_the_disk_and_says_so():
+    top, ticks = report.axis(6 * 10**11, "bytes", top=10**12)
+    assert top == 10**12 and [label for _, label in ticks] == ["0", "465.7 GiB", "931.3 GiB"]
+
+
+def test_the_charts_name_their_axes_days_and_the_disk_size():
+    d = digest(host("web1"))
+    d["disk"]["trend"] = [{"day": f"2026-04-{i:02d}", "used_bytes": 6 * 10**11} for i in range(2, 31)]
+    page, mail = report.page_html(d), report.mail_html(d)
+    assert "peak" not in page and "peak" not in mail
+    for html in (page, mail):
+        assert "used: 558.8 GiB of 931.3 GiB (the disk&#x27;s size)" in html
+        assert ">931.3 GiB<" in html and ">50 KiB<" in html and ">10s<" in html  # tops, with units
+        assert ">Apr 2<" in html and ">May 1<" in html  # the days on the x axis
+    web1_size = page.split('data-host="web1" data-metric="bytes"')[1].split("</svg>")[0]
+    assert [t for t in re.findall(r">([^<>]+)</text>", web1_size)] == ["0", "25 KiB", "50 KiB", "Apr 2", "Apr 17",
+                                                                      "May 1"]
+    assert "size per day (last: 29.3 KiB)" in page

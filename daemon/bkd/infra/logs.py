@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import structlog
 
-from bkctl.fmt import safe
+from bkctl.fmt import colour_allowed, safe
 
 # BKD_JOURNAL_SOCKET: another journal socket (tests bind one of their own).
 JOURNAL_SOCKET = os.environ.get("BKD_JOURNAL_SOCKET", "/run/systemd/journal/socket")
@@ -166,7 +166,7 @@ def configure(level: str = "info", stream=None) -> None:
         factory = JournalLogger
     elif stream.isatty():
         processors = [*common, _visible, structlog.dev.ConsoleRenderer(
-            colors=True, exception_formatter=structlog.dev.plain_traceback)]
+            colors=colour_allowed(stream), exception_formatter=structlog.dev.plain_traceback)]
         factory = structlog.PrintLoggerFactory(stream)
     else:
         # Tracebacks without local variables: those hold configs and hook command lines.

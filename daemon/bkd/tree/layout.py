@@ -157,8 +157,13 @@ class HostDir:
                 if e.is_dir(follow_symlinks=False)]
 
     def free_name(self, time: datetime) -> SnapshotName:
-        """A name for a snapshot taken at time that no existing snapshot has."""
-        name = SnapshotName(time.astimezone(timezone.utc).replace(microsecond=0))
-        while (self.hourly / str(name)).exists():
+        """A name for a snapshot taken at time that sorts after every snapshot
+        of that second: when a prune took the bare name of an earlier pair and
+        left its -2, reusing the bare name would put the new snapshot before
+        the older one (retention would take the older for the newest)."""
+        second = time.astimezone(timezone.utc).replace(microsecond=0)
+        taken = [name.seq for name in self.snapshots() if name.time == second]
+        name = SnapshotName(second, max(taken) + 1 if taken else 1)
+        while (self.hourly / str(name)).exists():  # anything else of that name: never replaced
             name = SnapshotName(name.time, name.seq + 1)
         return name

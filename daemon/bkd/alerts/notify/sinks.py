@@ -13,12 +13,14 @@ import hashlib
 import hmac
 import html
 import json
+import re
 import smtplib
 import socket
 import ssl
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import format_datetime
 
 import structlog
 
@@ -114,13 +116,20 @@ def _details(n: Notification) -> list[tuple[str, str]]:
     return rows + head
 
 
+def mail_domain(server: str) -> str:
+    """The server's name as the domain of a Message-ID: what RFC 5322 allows there (letters,
+    digits, dots, hyphens), anything else a hyphen."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", server).strip(".-") or "bkd"
+
+
 def email_message(sink: EmailSink, n: Notification) -> EmailMessage:
     message = EmailMessage()
     message["Subject"] = subject_line(n)
-    message["From"] = sink.from_ or f"bkd@{n.server}"
+    message["From"] = sink.from_ or f"bkd@{mail_domain(n.server)}"
     message["To"] = ", ".join(sink.to)
-    message["Date"] = formatdate(localtime=False)
-    message["Message-ID"] = f"<{n.key}@bkd>"  # the idempotency key: receivers can deduplicate
+    message["Date"] = format_datetime(datetime.now(timezone.utc))  # +0000: UTC, said so (-0000 means "unknown")
+    # The idempotency key under the server's name: a retried delivery keeps its id, so receivers deduplicate.
+    message["Message-ID"] = f"<{n.key}@{mail_domain(n.server)}>"
     if n.event == REPORT:
         message.set_content(digest_view.text(n.alert))
         message.add_alternative(digest_view.mail_html(n.alert), subtype="html")
