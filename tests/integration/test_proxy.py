@@ -9,7 +9,7 @@ import base64
 
 import pytest
 
-from bkd.notify import http
+from bkd.alerts.notify import http
 from conftest import make_tree, wait_until
 from receivers import HttpProxy, HttpReceiver, self_signed_certificate
 

@@ -7,7 +7,7 @@ import os
 import shutil
 
 from bkd.config.models import Config
-from bkd.layout import HostDir
+from bkd.tree.layout import HostDir
 from bkd.pipeline.snapshot import take_snapshot
 
 

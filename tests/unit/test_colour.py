@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from bkctl import fmt
-from bkd import logs
+from bkd.infra import logs
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bkd.config.models import EmailSink
-from bkd.notify.sinks import Notification, email_message, mail_domain
+from bkd.alerts.notify.sinks import Notification, email_message, mail_domain
 
 SINK = EmailSink(name="ops-mail", type="email", to=["ops@example.org"])
 
