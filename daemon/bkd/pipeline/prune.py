@@ -44,7 +44,7 @@ def move_to_trash(host_dir: HostDir, decisions: list[Decision]) -> list[str]:
         except FileNotFoundError:
             continue
         moved.append(name)
-        for record in (host_dir.meta_file(name), host_dir.manifest_file(name)):
+        for record in (host_dir.meta_file(name), host_dir.manifest_file(name), host_dir.changes_file(name)):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(record, host_dir.trash / record.name)
     fsync_dir(host_dir.hourly)
