@@ -35,6 +35,8 @@ def verdict(host: dict) -> tuple[str, str]:
     """(what to call the host's state, ok|warn|bad)."""
     if not host.get("readable", True):
         return "unreadable", "bad"
+    if host.get("held"):
+        return "held", "bad"  # an anomaly: nothing of the host is deleted until an admin releases it
     if host["stale"]:
         return "stale", "bad"
     if host["last_result"] == "failed":

@@ -49,6 +49,7 @@ from .tree.layout import HostDir
 from .tree.ownership import DirError, check_dir, in_memory, prepare_dir
 from .views.metrics import Textfile
 from .views.report import Reporter
+from .watch.anomaly import Anomalies
 from .watch.auditwitness import AuditWatch
 from .watch.disk import DiskWatch
 from .watch.freshness import Freshness
@@ -132,6 +133,7 @@ class Services:
     guard: SelfGuard
     notifier: Notifier | None = None
     audit_watch: AuditWatch | None = None
+    anomalies: Anomalies | None = None
     healthy: Callable[[], bool] = lambda: True  # the supervisor's verdict, once it exists
 
 
@@ -207,8 +209,11 @@ class Daemon:
         housekeeping.on_pruned.append(integrity.settle)  # damage that went with its snapshots
         freshness = Freshness(runtime, readmodel, alerts, housekeeping, DiskWatch(runtime, store, alerts))
         audit_watch = AuditWatch(store.audit, alerts, uid)
+        anomalies = Anomalies(runtime, alerts, readmodel)
+        jobs.on_concluded.append(anomalies.concluded)
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
-                                     integrity, Hosts(runtime, guard), receivers, guard, notifier, audit_watch)
+                                     integrity, Hosts(runtime, guard), receivers, guard, notifier, audit_watch,
+                                     anomalies)
         textfile = Textfile(s)
         reporter = Reporter(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
@@ -243,6 +248,7 @@ class Daemon:
 
         runtime.on_reload(reloaded)
         readmodel.refresh_all()
+        await anomalies.settle_all()  # a suspect snapshot committed just before a crash gets its alert now
         for host in config.host:
             try:
                 await housekeeping.clear_heavy_leftovers(HostDir.of(config.backup_root, host.name))

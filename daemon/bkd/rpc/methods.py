@@ -251,6 +251,11 @@ class HostsTest(Params):
     hosts: Optional[list[HostName]] = None
 
 
+class HostsRelease(Params):
+    host: HostName
+    note: Optional[str] = Field(None, max_length=1000)
+
+
 class EventsSubscribe(Params):
     topics: Optional[list[Literal[TOPICS]]] = None
     max_queue: int = Field(DEFAULT_QUEUE, ge=1, le=10000)
@@ -284,7 +289,7 @@ def _outside_own(config, dest: str, where: restore.Where) -> None:
 
 
 # Fields that may quote file names or command output: admins only (SPEC §5).
-ADMIN_ONLY = frozenset({"detail", "listing", "identity_detail"})
+ADMIN_ONLY = frozenset({"detail", "listing", "identity_detail", "examples"})
 
 
 def _public(records: list[dict], call: Call) -> list[dict]:
@@ -349,15 +354,17 @@ class Api:
         host = config.find_host(p.host)
         policy = config.settings(host).retention if host else config.retention
         page = await catalog.list_snapshots(self.s.store, host_dir, policy, p.limit, p.before)
-        return {"host": p.host, **page}
+        return {"host": p.host, **page, "snapshots": _public(page["snapshots"], call)}
 
     async def schedule_list(self, _: NoParams, call: Call) -> dict:
         return {"entries": self.s.readmodel.schedule_entries(clock.now())}
 
     async def snapshots_browse(self, p: SnapshotsBrowse, call: Call) -> dict:
-        name, root = browse.snapshot_root(self.host_dir(p.host), p.snapshot)
+        host_dir = self.host_dir(p.host)
+        name, root = browse.snapshot_root(host_dir, p.snapshot)
         page = await asyncio.to_thread(browse.list_dir, root, p.path, p.offset, p.limit)
-        return {"host": p.host, "snapshot": name, "path": p.path, **page}
+        suspect = await asyncio.to_thread(catalog.is_suspect, host_dir, name)
+        return {"host": p.host, "snapshot": name, "suspect": suspect, "path": p.path, **page}
 
     async def snapshots_history(self, p: SnapshotsHistory, call: Call) -> dict:
         found = await asyncio.to_thread(browse.history, self.host_dir(p.host), p.path)
@@ -504,6 +511,15 @@ class Api:
         results = await self.s.hosts.test(names)
         return {"results": dict(zip(names, _public([results[name] for name in names], call), strict=True))}
 
+    async def holds_list(self, _: NoParams, call: Call) -> dict:
+        """Hosts with unreleased suspect snapshots (and whether their pruning
+        is held): numbers for every role, example file names for admins."""
+        return {"holds": await asyncio.to_thread(self.s.anomalies.holds, call.role == "admin")}
+
+    async def hosts_release(self, p: HostsRelease, call: Call) -> dict:
+        self.host_dir(p.host)
+        return await self.s.anomalies.release(p.host, call.user, p.note)
+
     async def config_reload(self, _: NoParams, call: Call) -> dict:
         return await self.s.runtime.reload()
 
@@ -567,6 +583,8 @@ def method_table(api: Api) -> dict[str, Method]:
         M.METRICS: Method(NoParams, api.metrics, "viewer"),
         M.HOSTS_LIST: Method(NoParams, api.hosts_list, "viewer"),
         M.HOSTS_TEST: Method(HostsTest, api.hosts_test, "operator", concurrency=2),
+        M.HOSTS_RELEASE: Method(HostsRelease, api.hosts_release, "admin", mutating=True),
+        M.HOLDS_LIST: Method(NoParams, api.holds_list, "viewer"),
         M.CONFIG_RELOAD: Method(NoParams, api.config_reload, "admin", mutating=True),
         M.EVENTS_SUBSCRIBE: Method(EventsSubscribe, api.events_subscribe, "viewer", streams=True),
     }

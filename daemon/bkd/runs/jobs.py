@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -44,6 +44,8 @@ class Jobs:
         self.publish = publish
         self.on_finished: list[Callable[[Run], None]] = []  # e.g. wake the scheduler
         self.on_started: list[Callable[[Run], None]] = []  # e.g. the host's `/start` ping; must not block
+        # Awaited once the run's record is saved, before a shutdown ends (e.g. the anomaly alerts).
+        self.on_concluded: list[Callable[[Run], Awaitable[None]]] = []
         self._aftermath: set[asyncio.Task] = set()
 
     def host_names(self, requested: list[str] | None, allow_running: bool = False) -> list[str]:
@@ -152,6 +154,11 @@ class Jobs:
     async def _after(self, run: Run, job: Job) -> None:
         """What follows a run's end and may wait for the database."""
         await self.recorder.save(job)
+        for listener in self.on_concluded:
+            try:
+                await listener(run)
+            except Exception:  # a listener's failure must not cost the run's alerts
+                log.exception("run.listener_failed", host=run.host, job_id=run.job_id)
         if run.request.dry_run or run.kind is Kind.RESTORE:
             return
         subject = None if run.kind in BACKUP_KINDS else str(run.kind)

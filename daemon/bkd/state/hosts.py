@@ -30,6 +30,7 @@ from ..infra import clock
 from ..runs.plan import Lane
 from ..runs.registry import Registry, Run
 from ..schedule.due import archive_due_at, is_stale, monthly_due_at, next_run
+from ..tree import holds
 from ..tree.layout import ArchiveFile, HostDir, SnapshotName
 
 log = structlog.get_logger()
@@ -44,6 +45,8 @@ class HostFacts:
     archives: int = 0
     monthly: tuple[str, ...] = ()
     error: str | None = None  # the directory could not be read
+    held: bool = False  # pruning is held after an anomaly (tree/holds.py)
+    suspects: tuple[str, ...] = ()  # unreleased suspect snapshots
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,11 @@ def read_facts(host_dir: HostDir, now: datetime) -> HostFacts:
     split = bisect.bisect_right(listing.times, now.timestamp())  # sorted: the past, then the future
     past_archives = [a for a in archives if a.snapshot.time <= now]
     future = names[split:] + tuple(a.path.name for a in archives if a.snapshot.time > now)
+    hold = holds.read(host_dir)
     return HostFacts(latest=SnapshotName.parse(names[split - 1]) if split else None, snapshots=len(names),
                      future=future, newest_archive=past_archives[-1].snapshot if past_archives else None,
-                     archives=len(archives), monthly=listing.monthly)
+                     archives=len(archives), monthly=listing.monthly, held=bool(hold and hold.held),
+                     suspects=tuple(hold.snapshots) if hold else ())
 
 
 @dataclass
@@ -212,6 +217,8 @@ class ReadModel:
                 "next_run": clock.iso(self.snapshot_due(name, now)),
                 "future_entries": len(facts.future),
                 "error": facts.error,
+                "held": facts.held,
+                "suspects": list(facts.suspects),
             }
         runs = self.registry.runs()
         try:
