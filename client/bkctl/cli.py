@@ -259,9 +259,12 @@ SIGNAL_WORDS = {"became_random": "files became random", "deleted": "files delete
 
 def _signals_text(signals: list[dict]) -> str:
     """The spikes, with the numbers that made them (anomaly signals; watching.md)."""
-    return "; ".join(f"{number(s['value'])} {SIGNAL_WORDS.get(s['signal'], s['signal'])} "
-                     f"(baseline {number(s['baseline'])}, threshold {number(s['threshold'])}, "
-                     f"{number(s['files'])} files)" for s in signals if s.get("spike", True))
+    def figure(value) -> str:  # 10.0 → 10, 12.5 → 12.5
+        return number(int(value)) if float(value).is_integer() else f"{value:,.3g}"
+
+    return "; ".join(f"{figure(s['value'])} {SIGNAL_WORDS.get(s['signal'], s['signal'])} "
+                     f"(baseline {figure(s['baseline'])}, threshold {figure(s['threshold'])}, "
+                     f"{figure(s['files'])} files)" for s in signals if s.get("spike", True))
 
 
 def _print_examples(examples: dict | None) -> None:
