@@ -214,7 +214,7 @@ class ViewModel:
         host = self.hosts[name]
         lines = [f"{name}: last snapshot {host.get('last_snapshot') or '-'}"]
         if host.get("suspects"):
-            lines.append(f"  {held_line(host)} (bkctl holds)")
+            lines.append(f"  {held_line(host)} after an anomaly (bkctl holds)")
         if name in self.cards:
             lines.append("  " + "; ".join(self.card_facts(name)))
         if host.get("last_error"):
@@ -234,8 +234,7 @@ class ViewModel:
 
 def held_line(host: dict) -> str:
     suspects = len(host.get("suspects") or [])
-    return (f"HELD after an anomaly: {suspects} suspect snapshot(s)" if host.get("held") else
-            f"{suspects} suspect snapshot(s), not held")
+    return f"HELD, {suspects} suspect snapshot(s)" if host.get("held") else f"{suspects} suspect snapshot(s)"
 
 
 def progress_bar(percent: int, width: int) -> str:

@@ -106,6 +106,11 @@ def digest(*hosts, server_alerts=()):
     ([host("web1")], [alert("disk", None, subject="space")], False, {}, 1, "disk space alert"),
     ([host("web1")], [alert("disk", None, subject="space")], True, {}, 0, "1 host ok"),  # HOST named
     ([host("web1", readable=False)], [], False, {}, 2, "web1 directory unreadable"),
+    # Held after an anomaly: critical, whatever its alert's state, until an admin releases it.
+    ([host("db1", held=True, suspects=["2026-05-01_110000"], alerts=[alert("anomaly", state="acked")])], [], False,
+     {}, 2, "db1 held after an anomaly (1 suspect snapshots; bkctl holds)"),
+    ([host("db1", alerts=[alert("anomaly", subject="2026-05-01_110000")])], [], False, {}, 1,
+     "db1 anomaly 2026-05-01_110000 alert"),  # suspect, not held (hold = false): a warning
 ])
 def test_check_judges_hosts_and_alerts(hosts, server_alerts, named, thresholds, code, words):
     got, line = check.evaluate(digest(*hosts, server_alerts=server_alerts), named, **thresholds)

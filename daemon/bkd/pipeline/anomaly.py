@@ -226,10 +226,10 @@ def judge(numbers: dict, baseline: list[dict], settings: Anomaly) -> dict:
         value, files = signal.value(numbers)
         judged = not numbers["first"] and (signal.absolute or comparable)
         median, mad = _median_and_mad([signal.value(p)[0] for p in baseline]) if comparable else (0.0, 0.0)
-        spread = max(mad, floor)
-        threshold = median + settings.factor * spread
+        spread = round(max(mad, floor), 3)
+        threshold = round(median + settings.factor * spread, 3)  # as shown: the decision is the one explained
         signals.append({"signal": signal.name, "value": value, "files": files, "baseline": median,
-                        "spread": round(spread, 3), "threshold": round(threshold, 3),
+                        "spread": spread, "threshold": threshold,
                         "snapshots": len(baseline) if comparable else 0, "judged": judged,
                         "spike": judged and value > threshold and files >= settings.min_files})
     return {"suspect": any(s["spike"] for s in signals), "baseline": len(baseline) if comparable else 0,

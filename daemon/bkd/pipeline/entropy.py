@@ -26,6 +26,8 @@ _LOG2 = [0.0] + [math.log2(i) for i in range(1, BLOCK + 1)]
 def ranges(size: int) -> list[tuple[int, int]]:
     """The byte ranges sampled from a file of size: its start, and a block in
     the middle when the file is long enough to have one apart from the start."""
+    if size == 0:
+        return []
     first = (0, min(size, BLOCK))
     if size < 2 * BLOCK:
         return [first] if size <= BLOCK else [first, (BLOCK, size)]
