@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import stat
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -311,7 +312,11 @@ def assess(host_dir: HostDir, staging: Path, previous: Path | None, files_before
             return _sample(new_tree, change.path)
 
         def old_entropy(change: changes.Change) -> float | None:
-            return _sample(old_tree, change.path) if old_tree is not None else None
+            # Was it ordinary? The first block that is not decides it was not.
+            known = hashed.get(change.path)
+            if known is not None and known.inode == change.new.inode and known.was is not None:
+                return known.was  # sampled beside the transfer
+            return _sample(old_tree, change.path, entropy.ORDINARY) if old_tree is not None else None
 
         numbers, names = profile(found, files_before, new_entropy, old_entropy)
     finally:
@@ -322,11 +327,25 @@ def assess(host_dir: HostDir, staging: Path, previous: Path | None, files_before
     return Assessment(found, numbers, names, verdict)
 
 
-def _sample(tree: changes.Tree, path: bytes) -> float | None:
+def sample_at(root_fd: int, path: bytes, enough: float = entropy.RANDOM) -> float | None:
+    """The entropy sample of the regular file at path under root_fd (reached
+    without following a symlink); None where there is none."""
+    try:
+        fd = manifest.open_beneath(root_fd, path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        return entropy.sample(fd, st.st_size, enough) if stat.S_ISREG(st.st_mode) else None
+    finally:
+        os.close(fd)
+
+
+def _sample(tree: changes.Tree, path: bytes, enough: float = entropy.RANDOM) -> float | None:
     fd = tree.open(path)
     if fd is None:
         return None
     try:
-        return entropy.sample(fd, os.fstat(fd).st_size)
+        return entropy.sample(fd, os.fstat(fd).st_size, enough)
     finally:
         os.close(fd)

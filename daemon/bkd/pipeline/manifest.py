@@ -92,6 +92,7 @@ class Hashed(NamedTuple):
     size: int
     mtime_ns: int = 0
     entropy: float | None = None  # its sample's (pipeline/entropy.py), when one was asked for
+    was: float | None = None  # the previous version's, sampled when this one looks random
 
 
 
@@ -320,6 +321,12 @@ def _scan(dir_fd: int | None) -> tuple[dict[str, int], list[str]]:
             elif entry.is_file(follow_symlinks=False):
                 files[entry.name] = entry.inode()
     return files, dirs
+
+
+def open_dir(path: Path) -> int:
+    """An fd of the directory at path, or -1 where there is none."""
+    fd = _open_dir(path)
+    return -1 if fd is None else fd
 
 
 def _open_dir(name: str | Path | None, dir_fd: int | None = None) -> int | None:

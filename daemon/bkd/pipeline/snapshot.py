@@ -33,7 +33,7 @@ from ..infra.fsutil import (
 )
 from ..tree import holds
 from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName
-from . import anomaly, changes, damage, failures, manifest, rsync
+from . import anomaly, changes, damage, entropy, failures, manifest, rsync
 from .linktree import link_tree
 
 log = structlog.get_logger()
@@ -239,7 +239,7 @@ class _Transfer:
         next ones; a walk by inode afterwards makes the manifest exact (unless
         nothing was linked and every file rsync counted was hashed).
         old_lines: the previous manifest, when the run has read it already."""
-        hasher = _Hasher(self.staging, sample=previous is not None)
+        hasher = _Hasher(self.staging, self.host_dir.hourly / str(previous) if previous else None)
         copied: list[bytes] = []  # files rsync copied from a link-dest: every byte written, holes too
 
         def on_item(item: rsync.Item) -> None:
@@ -373,7 +373,7 @@ class _Transfer:
         other attributes (rsync's copies, and the private copies of step 2
         that it gave their new attributes)."""
         files_from = self.host_dir.meta / f"{LIST_PREFIX}{self.staging.name}"
-        hasher = _Hasher(self.staging, sample=True)
+        hasher = _Hasher(self.staging, previous_dir)
         fetched: list[rsync.Item] = []
 
         def on_fetched(item: rsync.Item) -> None:
@@ -725,9 +725,11 @@ class _Hasher:
     LAG = 0.05  # seconds between tries; a local sender itemizes up to a few tenths ahead
     TRIES = 6
 
-    def __init__(self, root: Path, sample: bool = False):
+    def __init__(self, root: Path, previous: Path | None = None):
         self.root = root
-        self.sample = sample  # take the entropy sample of a file that replaces an existing one
+        # With a previous snapshot: the entropy sample of a file that replaces one
+        # of its files, and of that file too when the new one looks random.
+        self.previous = previous
         self.queue: collections.deque[tuple[float, bytes, int, bool]] = collections.deque()
         self.results: dict[bytes, manifest.Hashed] = {}
         self.ended = threading.Event()  # rsync is done: take nothing new from the queue
@@ -738,7 +740,8 @@ class _Hasher:
 
     def on(self, item: rsync.Item) -> None:
         if item.wrote_file:
-            self.queue.append((time.monotonic() + self.LAG, item.name, self.TRIES, self.sample and not item.is_new))
+            self.queue.append((time.monotonic() + self.LAG, item.name, self.TRIES,
+                               self.previous is not None and not item.is_new))
 
     def _work(self) -> None:
         # Behind rsync for the CPU: what is left when it ends is hashed then, on every core.
@@ -746,7 +749,7 @@ class _Hasher:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         except OSError:
             pass
-        root_fd = None
+        root_fd = previous_fd = None
         try:
             while not self.ended.is_set():
                 if not self.queue:
@@ -763,13 +766,19 @@ class _Hasher:
                     except FileNotFoundError:
                         continue
                 result = manifest.hash_file(root_fd, name, self.abandoned, sample)
+                if result is not None and entropy.looks_random(result.entropy):
+                    if previous_fd is None:
+                        previous_fd = manifest.open_dir(self.previous)  # -1 if it cannot be opened
+                    if previous_fd >= 0:
+                        result = result._replace(was=anomaly.sample_at(previous_fd, name, entropy.ORDINARY))
                 if result is not None:
                     self.results[name] = result
                 elif tries > 1:
                     self.queue.append((time.monotonic() + self.LAG, name, tries - 1, sample))
         finally:
-            if root_fd is not None:
-                os.close(root_fd)
+            for fd in (root_fd, previous_fd):
+                if fd is not None and fd >= 0:
+                    os.close(fd)
             self.cpu_s = time.thread_time()
 
     async def finish(self) -> dict[bytes, manifest.Hashed]:
