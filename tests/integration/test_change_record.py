@@ -143,10 +143,15 @@ def run(config: Config):
     return result
 
 
-def test_a_first_snapshot_lists_every_entry_as_new_then_an_incremental_one_exactly_what_changed(tmp_path):
+def test_a_first_snapshot_lists_every_entry_as_new_then_an_incremental_one_exactly_what_changed(tmp_path,
+                                                                                                   monkeypatch):
     source = source_tree(tmp_path / "src")
     config = config_for(tmp_path, source)
+    from_rsyncs_list = []  # a first pull's record comes from rsync's list (checked by its counts), no walk
+    monkeypatch.setattr(changes, "first_pull",
+                        lambda *args, first=changes.first_pull: from_rsyncs_list.append(1) or first(*args))
     first = run(config)
+    assert from_rsyncs_list == [1]
     recorded = check(config, first.name, None)
     assert {entry.op for entry in recorded} == {"+"}
     assert len(recorded) == len(entries(source))

@@ -153,7 +153,15 @@ def profile(found: Changes, files_before: int | None, new_entropy: Callable[[cha
     admins. files_before: the previous snapshot's regular files (None: a
     first snapshot). The entropy functions sample a changed file's new and
     previous content; the previous one is sampled only when the new one
-    looks random (nothing else can have become random)."""
+    looks random (nothing else can have become random). A first snapshot
+    (all new, never judged) is only counted."""
+    if files_before is None:
+        sizes = [c.new.size for c in found if c.new.type == "f"]
+        numbers = dict.fromkeys(("changed", "deleted", "metadata", "renamed", "renamed_ext", "became_random",
+                                 "sampled", "note_dirs", "dirs_gone"), 0)
+        numbers.update(first=True, files_before=None, new=len(sizes), bytes_changed=sum(sizes),
+                       dirs_new=sum(1 for c in found if c.new.type == "d"))
+        return numbers, {"extensions": [], "notes": [], "became_random": [], "deleted": [], "renamed": []}
     new_files = [c for c in found if c.new is not None and c.new.type == "f" and (c.old is None or c.old.type != "f")]
     gone_files = [c for c in found if c.old is not None and c.old.type == "f" and (c.new is None or c.new.type != "f")]
     rewritten = [c for c in found if c.old is not None and c.new is not None and c.old.type == c.new.type == "f"]
@@ -294,13 +302,20 @@ class Assessment:
     numbers: dict
     names: dict
     verdict: dict | None  # None: [anomaly] enabled = false
+    lines: list[bytes] | None = None  # a first pull's record, made straight from rsync's list (found is empty)
 
 
 def assess(host_dir: HostDir, staging: Path, previous: Path | None, files_before: int | None,
            new_sums: changes.Sums, old_sums: changes.Sums, candidates, hashed: dict[bytes, manifest.Hashed],
-           settings: Anomaly) -> Assessment:
+           settings: Anomaly, listed: list[tuple[bytes, str]] | None = None) -> Assessment:
     """The change record of staging against previous, its profile, and the
-    verdict against the host's baseline."""
+    verdict against the host's baseline. listed: a first pull's entries as
+    rsync made them (path, type), when its counts say the list is whole."""
+    if previous is None and listed is not None:
+        lines, counts = changes.first_pull(staging, new_sums, hashed, listed)
+        numbers, names = profile([], None, lambda c: None, lambda c: None)
+        numbers.update(new=counts["files"], bytes_changed=counts["bytes"], dirs_new=counts["dirs"])
+        return Assessment([], numbers, names, judge(numbers, [], settings) if settings.enabled else None, lines)
     found = changes.compute(staging, previous, new_sums, old_sums, candidates, hashed)
     new_tree = changes.Tree(staging)
     old_tree = changes.Tree(previous) if previous is not None else None

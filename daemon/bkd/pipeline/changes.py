@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,9 +49,10 @@ class Side(NamedTuple):
     sha256: str | None = None  # regular files: from the tree's manifest
 
 
-@dataclass(frozen=True)
-class Change:
-    """A path whose entry differs between PREV (old) and NAME (new)."""
+class Change(NamedTuple):
+    """A path whose entry differs between PREV (old) and NAME (new). A tuple
+    (made and sorted by the hundred thousand on a first pull): sorting a
+    list of them sorts by path, which is unique."""
 
     path: bytes
     old: Side | None
@@ -64,8 +64,15 @@ class Change:
 
     def line(self) -> bytes:
         side = self.new or self.old
-        return b"%s %s %d %d %d %s %s" % (self.op.encode(), side.type.encode(), side.size, side.mtime_ns,
-                                          side.inode, (side.sha256 or "-").encode(), manifest.escape(self.path))
+        path = self.path
+        if b"\\" in path or b"\n" in path:
+            path = manifest.escape(path)
+        return b"%s %s %d %d %d %s %s" % (_OPS[self.old is None, self.new is None], _TYPE_BYTES[side.type], side.size,
+                                          side.mtime_ns, side.inode, (side.sha256 or "-").encode(), path)
+
+
+_OPS = {(True, False): b"+", (False, True): b"-", (False, False): b"~"}
+_TYPE_BYTES = {kind: kind.encode() for kind in (*_TYPES.values(), "?")}
 
 
 def type_of(mode: int) -> str:
@@ -152,7 +159,7 @@ def _walk(fd: int, prefix: bytes) -> Iterator[tuple[bytes, os.DirEntry]]:
             try:
                 with os.scandir(fd) as entries:
                     for entry in entries:
-                        path = prefix + os.fsencode(entry.name)
+                        path = prefix + entry.name.encode("utf-8", "surrogateescape")  # os.fsencode, inlined
                         yield path, entry
                         if entry.is_dir(follow_symlinks=False):
                             try:
@@ -193,10 +200,12 @@ def compute(new_root: Path, old_root: Path | None, new_sums: Sums, old_sums: Sum
     found: dict[bytes, Change] = {}
     new_tree = Tree(new_root)
     old_tree = Tree(old_root) if old_root is not None else None
+    hashed = hashed or {}
     try:
         if old_tree is None:
-            for path, entry in new_tree.below(b""):
-                found[path] = Change(path, None, _new_side(path, entry, new_sums, hashed or {}))
+            every = [Change(path, None, _new_side(path, entry, new_sums, hashed)) for path, entry in new_tree.below(b"")]
+            every.sort()
+            return every
         else:
             differ = _Differ(new_tree, old_tree, new_sums, old_sums, found)
             if candidates is None:
@@ -210,6 +219,43 @@ def compute(new_root: Path, old_root: Path | None, new_sums: Sums, old_sums: Sum
         if old_tree is not None:
             old_tree.close()
     return [found[path] for path in sorted(found)]
+
+
+def first_pull(root: Path, sums: Sums, hashed: dict[bytes, manifest.Hashed], listed: list[tuple[bytes, str]]
+               ) -> tuple[list[bytes], dict[str, int]]:
+    """A first pull's record lines (sorted, no header) straight from rsync's
+    own list, with how many files and directories it holds and the files'
+    bytes: into an empty directory rsync writes each path once, so a file
+    it wrote and the run hashed is known (inode, size, mtime as rsync left
+    it); anything else is stat'ed (directories get their times last), and a
+    name that is not there (a line the sender made up) is not listed. No
+    objects per entry: a first pull has them by the hundred thousand."""
+    rows = []  # (path, type, size, mtime, inode, sha256)
+    tree = Tree(root)
+    try:
+        for path, kind in listed:
+            known = hashed.get(path) if kind == "f" else None
+            if known is not None and known.mtime_ns:
+                rows.append((path, b"f", known.size, known.mtime_ns, known.inode, known.sha256))
+            elif path != b"." and (st := tree.lstat(path)) is not None:
+                side = _side(st)
+                rows.append((path, _TYPE_BYTES[side.type], side.size, side.mtime_ns, side.inode,
+                             (sums(path) if side.type == "f" else None) or "-"))
+    finally:
+        tree.close()
+    rows.sort()
+    counts = {"files": 0, "dirs": 0, "bytes": 0}
+    lines = []
+    for path, kind, size, mtime, inode, digest in rows:
+        if kind == b"f":
+            counts["files"] += 1
+            counts["bytes"] += size
+        elif kind == b"d":
+            counts["dirs"] += 1
+        if b"\\" in path or b"\n" in path:
+            path = manifest.escape(path)
+        lines.append(b"+ %s %d %d %d %s %s" % (kind, size, mtime, inode, digest.encode(), path))
+    return lines, counts
 
 
 def _new_side(path: bytes, entry: os.DirEntry, sums: Sums, hashed: dict[bytes, manifest.Hashed]) -> Side:
@@ -274,14 +320,17 @@ class _Differ:
         self._children(b"")
 
 
-def lines(previous: str | None, changes: list[Change]) -> list[bytes]:
-    return [HEADER % (VERSION, (previous or "-").encode()), *(change.line() for change in changes)]
+def lines(previous: str | None, changes: list[Change], made: list[bytes] | None = None) -> list[bytes]:
+    """The record's lines: its header, then each change's (or the lines made already: first_pull)."""
+    return [HEADER % (VERSION, (previous or "-").encode()), *(made if made is not None else
+                                                            (change.line() for change in changes))]
 
 
-def write(path: Path, previous: str | None, changes: list[Change], sync: bool = True) -> None:
+def write(path: Path, previous: str | None, changes: list[Change], sync: bool = True,
+          made: list[bytes] | None = None) -> None:
     """Written whole (write-then-rename); sync=False leaves the flush to the
     syncfs of the snapshot's commit."""
-    write_atomic(path, b"\n".join([*lines(previous, changes), b""]), sync=sync)
+    write_atomic(path, b"\n".join([*lines(previous, changes, made), b""]), sync=sync)
 
 
 class Entry(NamedTuple):

@@ -182,7 +182,7 @@ class _Transfer:
         made = self.made
         previous_dir = self.host_dir.hourly / str(previous) if previous else None
         return anomaly.assess(self.host_dir, self.staging, previous_dir, made.files_before, made.new_sums,
-                              made.old_sums, made.candidates, made.hashed, settings)
+                              made.old_sums, made.candidates, made.hashed, settings, made.listed)
 
     @property
     def warning(self) -> str | None:
@@ -241,11 +241,14 @@ class _Transfer:
         old_lines: the previous manifest, when the run has read it already."""
         hasher = _Hasher(self.staging, self.host_dir.hourly / str(previous) if previous else None)
         copied: list[bytes] = []  # files rsync copied from a link-dest: every byte written, holes too
+        listed: list[tuple[bytes, str]] = []  # into an empty directory: every entry rsync made
 
         def on_item(item: rsync.Item) -> None:
             hasher.on(item)
             if item.update == "c" and item.type == "f":
                 copied.append(item.name)
+            if not link_dests:
+                listed.append((item.name, item.type))
 
         output = self._output(on_item)
         try:
@@ -273,8 +276,10 @@ class _Transfer:
         log.info("snapshot.hashed", while_transferring=len(known), after=hashed_now,
                  seconds_after=round(time.monotonic() - started, 3))
         stats.update(_walked(checksums, old, known, hashed_now), manifest_s=round(time.monotonic() - started, 3))
+        # A first pull's entries are rsync's list, when it accounts for what rsync says it made.
+        listed_ok = not link_dests and not hashed_now and len(listed) == stats.get("created")
         self.made = _Made(None, changes.Sums(parsed=checksums), changes.Sums(parsed=old), known,
-                          None if previous is None else len(old or ()))
+                          None if previous is None else len(old or ()), listed if listed_ok else None)
         return stats, manifest.sorted_lines(checksums)
 
     async def incremental(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
@@ -512,6 +517,7 @@ class _Made:
     old_sums: changes.Sums
     hashed: dict[bytes, manifest.Hashed]
     files_before: int | None
+    listed: list[tuple[bytes, str]] | None = None  # a first pull's entries (path, type), as rsync made them
 
 
 class _SourceMoved(SnapshotFailed):
@@ -915,7 +921,8 @@ def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
         manifest.write_lines(manifest_file, checksums, sync=False)
         stats["manifest_s"] = round(stats.get("manifest_s", 0) + time.monotonic() - writing, 3)
         writing = time.monotonic()
-        changes.write(changes_file, str(previous) if previous else None, assessment.found, sync=False)
+        changes.write(changes_file, str(previous) if previous else None, assessment.found, sync=False,
+                      made=assessment.lines)
         stats.update(profile=assessment.numbers, anomaly=verdict,
                      anomaly_s=round(stats.get("anomaly_s", 0) + time.monotonic() - writing, 3))
         record = {"name": str(name), "time": name.time.isoformat(), **stats, "examples": assessment.names}
