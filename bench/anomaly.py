@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from attacks import attack  # noqa: E402  (the attacks the tests inject too)
 from conftest import Daemon  # noqa: E402  (the real daemon, as the tests run it)
 
 WORDS = ("the of and to in is for on that with as was at by be this from are or an have not it which but all "
@@ -268,21 +269,6 @@ def server_round(t: Tree, number: int, per_day: int) -> None:
     if number % (7 * per_day) == 5:  # the weekly reorganisation: data into dated folders
         for path in t.some([p for p in t.files("var/lib/app/data") if p.parent.name == "data"], 100, 600):
             t.move(path, path.parent / f"w{week}" / path.name)
-
-
-def attack(t: Tree, how: str) -> None:
-    files = t.files()
-    if how == "encrypt":
-        for path in t.rng.sample(files, int(len(files) * 0.6)):
-            t.write(str(path.relative_to(t.root)), os.urandom(path.stat().st_size))
-    elif how == "rename":
-        for path in files:
-            path.rename(path.with_name(path.name + ".locked"))
-        for directory in sorted({p.parent for p in files}):
-            t.write(str(directory.relative_to(t.root) / "README-DECRYPT.txt"), b"your files are encrypted\n")
-    else:
-        for path in t.rng.sample(files, int(len(files) * 0.7)):
-            path.unlink()
 
 
 MODELS = {"workstation": (workstation_setup, workstation_round), "server": (server_setup, server_round)}

@@ -15,6 +15,7 @@ import random
 import signal
 from pathlib import Path
 
+from attacks import attack
 from conftest import wait_until
 
 WORDS = ("backup snapshot retention host daemon rsync archive monthly manifest verify restore schedule "
@@ -76,18 +77,7 @@ class Source:
 
     def attack(self, how: str) -> None:
         self.clock += 3600
-        files = self.files()
-        if how == "encrypt":  # in place, same names
-            for path in self.rng.sample(files, int(len(files) * 0.6)):
-                self.write(str(path.relative_to(self.root)), os.urandom(path.stat().st_size))
-        elif how == "rename":
-            for path in files:
-                path.rename(path.with_name(path.name + ".locked"))
-            for directory in sorted({p.parent for p in files}):
-                self.write(str(directory.relative_to(self.root) / "README-DECRYPT.txt"), b"send bitcoin\n")
-        else:
-            for path in self.rng.sample(files, int(len(files) * 0.7)):
-                path.unlink()
+        attack(self, how)
 
 
 def anomaly_alerts(daemon, every: bool = False) -> list[dict]:

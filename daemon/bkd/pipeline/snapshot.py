@@ -115,6 +115,12 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
             # snapshot and every interrupted partial (slower, but rare).
             link_dests = ([previous_dir] if previous_dir else []) + interrupted
             stats, checksums = await transfer.pull(link_dests[:MAX_LINK_DESTS], previous)
+        stats["duration_s"] = round(time.monotonic() - t0, 3)
+        # The change record, the profile and its verdict: before the commit, so
+        # that a snapshot is never complete without them, nor a suspect one unheld.
+        assessing = time.monotonic()
+        assessment = await asyncio.to_thread(transfer.assess, previous, settings.anomaly)
+        stats["anomaly_s"] = round(time.monotonic() - assessing, 3)
     except asyncio.CancelledError:
         if not control.keep_partial:
             await _remove(staging)
@@ -125,20 +131,6 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     except BaseException:
         await _remove(staging)
         raise
-    stats["duration_s"] = round(time.monotonic() - t0, 3)
-
-    # The change record, the profile and its verdict: before the commit, so
-    # that a snapshot is never complete without them, nor a suspect one unheld.
-    assessing = time.monotonic()
-    try:
-        assessment = await asyncio.to_thread(transfer.assess, previous, settings.anomaly)
-    except OSError as e:
-        await _remove(staging)
-        raise SnapshotFailed(f"cannot list the snapshot's changes: {e}") from e
-    except BaseException:
-        await _remove(staging)
-        raise
-    stats["anomaly_s"] = round(time.monotonic() - assessing, 3)
     try:
         name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, checksums,
                                        previous, assessment, settings.anomaly.hold)
