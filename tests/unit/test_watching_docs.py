@@ -54,7 +54,8 @@ def test_the_dashboard_is_as_described():
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for words in ("stale hosts", "failing hosts", "open alerts", "healthy", "backup root used", "backup root free",
                   "age of the newest snapshot", "snapshot size", "changed files", "run duration", "runs by status",
-                  "archives and monthly copies", "alerts by kind", "notifications", "in progress"):
+                  "archives and monthly copies", "alerts by kind", "notifications", "in progress",
+                  "held hosts"):
         assert words in titles, words
 
 
