@@ -155,3 +155,12 @@ def test_spans_and_sparklines():
     assert sparkline([0, 1, 2, 4, None, 8]) == "▁▂▃▅ █"
     assert sparkline([None, None]) == "  " and sparkline([0, 0]) == "▁▁"
     assert sparkline([1, 8], ascii=True) == ".@"
+
+
+def test_a_held_host_and_its_suspect_snapshots_are_in_the_text_and_the_page():
+    d = digest(host("web1", held=True, suspects=["2026-05-01_110000"]), host("db1"))
+    text = report.text(d)
+    assert "web1: held after an anomaly: suspect snapshot 2026-05-01_110000 (bkctl holds)" in text
+    assert report.verdict(d["hosts"][0]) == ("held", "bad")
+    for html in (report.page_html(d), report.mail_html(d)):
+        assert "<b>held after an anomaly: suspect snapshot 2026-05-01_110000</b>" in html
