@@ -6,6 +6,7 @@ an independent walk of both trees with real rsync snapshots."""
 
 import asyncio
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -53,7 +54,8 @@ def expected(host_dir: HostDir, name: str, previous: str | None) -> list[changes
     out = {}
     for path, st in new.items():
         before = old.get(path)
-        if before is not None and (before.st_ino == st.st_ino or stat.S_ISDIR(before.st_mode) and stat.S_ISDIR(st.st_mode)):
+        both_dirs = before is not None and stat.S_ISDIR(before.st_mode) and stat.S_ISDIR(st.st_mode)
+        if before is not None and (before.st_ino == st.st_ino or both_dirs):
             continue
         out[path] = entry("+" if before is None else "~", path, st, new_sums)
     for path, st in old.items():
@@ -180,7 +182,8 @@ def test_a_resumed_run_and_the_one_pass_fallback_list_the_same_as_an_incremental
     change_everything(source)
     # An interrupted run's partial: the next run resumes with --link-dest and walks both trees.
     partial = host_dir.hourly / ".partial-2000-01-01_000000-abcdef"
-    os.system(f"cp -a {source}/docs {partial.parent}/.tmp && mkdir {partial} && mv {partial.parent}/.tmp {partial}/docs")
+    partial.mkdir()
+    shutil.copytree(source / "docs", partial / "docs", symlinks=True)
     resumed = run(config)
     assert not partial.exists()
     check(config, resumed.name, first.name)

@@ -66,7 +66,8 @@ def test_a_walk_by_inode_reuses_what_it_can_and_hashes_the_rest(tmp_path):
     os.symlink("same", new / "link")
     os.mkfifo(new / "fifo")
     known_inode = (new / "added").stat().st_ino
-    checksums, hashed = manifest.by_inode(new, old, recorded, {b"added": manifest.Hashed(known_inode, "known-added", 6)})
+    known = {b"added": manifest.Hashed(known_inode, "known-added", 6)}
+    checksums, hashed = manifest.by_inode(new, old, recorded, known)
     assert checksums == {b"same": ("recorded-same", 5), b"added": ("known-added", 6),
                          b"d/rewritten": (hashlib.sha256(b"new\n").hexdigest(), 4)}
     assert hashed == 1

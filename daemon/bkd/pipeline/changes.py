@@ -203,7 +203,8 @@ def compute(new_root: Path, old_root: Path | None, new_sums: Sums, old_sums: Sum
     hashed = hashed or {}
     try:
         if old_tree is None:
-            every = [Change(path, None, _new_side(path, entry, new_sums, hashed)) for path, entry in new_tree.below(b"")]
+            every = [Change(path, None, _new_side(path, entry, new_sums, hashed))
+                     for path, entry in new_tree.below(b"")]
             every.sort()
             return every
         else:

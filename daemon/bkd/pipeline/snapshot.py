@@ -137,8 +137,8 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     except OSError as e:
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
-    log.info("snapshot.complete", snapshot=str(name), **{k: v for k, v in stats.items() if k not in ("profile", "anomaly")},
-             **_headline(assessment))
+    log.info("snapshot.complete", snapshot=str(name), **_headline(assessment),
+             **{k: v for k, v in stats.items() if k not in ("profile", "anomaly")})
     # The daemon's CPU time (all its threads) and what reading rsync's output
     # and hashing beside it took of it: bench/snapshot.py reports them.
     log.info("snapshot.cpu", process_s=round(time.process_time() - cpu0, 3),
