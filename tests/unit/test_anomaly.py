@@ -150,7 +150,7 @@ settings_ = st.builds(Anomaly, baseline=st.integers(3, 60), min_files=st.integer
                       factor=st.floats(2, 1000))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(numbers=profiles, baseline=st.lists(profiles, max_size=40), config=settings_)
 def test_a_spike_is_exactly_a_judged_signal_above_its_threshold_with_enough_files(numbers, baseline, config):
     verdict = anomaly.judge(numbers, baseline, config)
@@ -195,7 +195,7 @@ def test_a_file_encrypted_only_at_its_start_looks_random():
 
 
 @settings(max_examples=200, deadline=None)
-@given(size=st.integers(0, 5 * 1024 * 1024), chunk=st.integers(1, 70000))
+@given(size=st.integers(0, 300 * 1024), chunk=st.integers(1, 70000))
 def test_the_sample_taken_while_hashing_is_the_sample_read_directly(size, chunk):
     data = (bytes(range(256)) * (size // 256 + 1))[:size]
     collector = entropy.Collector(size)

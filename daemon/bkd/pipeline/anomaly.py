@@ -183,7 +183,7 @@ def profile(found: Changes, files_before: int | None, new_entropy: Callable[[cha
             random_now.append(change.path)
     pairs = _renames(gone_files, new_files)
     retyped = [(old, new) for old, new in pairs if _extension(old) != _extension(new)]
-    renamed_to = {new for _old, new in pairs}
+    renamed_from, renamed_to = {old for old, _new in pairs}, {new for _old, new in pairs}
     extensions = Counter(_extension(c.path) for c in new_files)
     extensions.pop(None, None)
     # A new name in many directories that existed before (ransom notes): new
@@ -210,7 +210,7 @@ def profile(found: Changes, files_before: int | None, new_entropy: Callable[[cha
         "extensions": [[ext.decode("utf-8", "surrogateescape"), count] for ext, count in extensions.most_common(TOP)],
         "notes": [[_name(base), dirs] for dirs, base in notes if dirs > 1],
         "became_random": [_name(path) for path in random_now[:TOP]],
-        "deleted": [_name(c.path) for c in gone_files if c.path not in {old for old, _ in pairs}][:TOP],
+        "deleted": [_name(c.path) for c in gone_files if c.path not in renamed_from][:TOP],
         "renamed": [[_name(old), _name(new)] for old, new in retyped[:TOP]],
     }
     return numbers, names
