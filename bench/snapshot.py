@@ -32,7 +32,11 @@ shared; compare ratios, not seconds) and reported as medians with min–max.
 For each bkd run it also reports the daemon's CPU time (from its
 `snapshot.cpu` log event): in all, reading rsync's output, and hashing
 beside the transfer (the hashing left when rsync ends, the walk, the
-manifest and the rest are the difference).
+manifest and the rest are the difference); and the shares of the manifest
+step (`manifest_s`) and of the anomaly step (`anomaly_s`: the change
+record, the change profile and its verdict) in the whole `bkctl run`. The
+generated files hold random data, the worst case for the anomaly step:
+every changed file looks random, so its previous version is sampled too.
 """
 
 from __future__ import annotations
@@ -186,6 +190,7 @@ class Bench:
         self.remote = remote
         self.times: dict[str, list[float]] = {}
         self.manifest: dict[str, list[float]] = {}
+        self.anomaly: dict[str, list[float]] = {}  # the change record, profile and verdict (anomaly_s)
         self.cpu: dict[str, list[dict]] = {}
         self.log_offset = 0
 
@@ -200,6 +205,7 @@ class Bench:
             sys.exit(f"bkd run {host} failed: {job}")
         stats = job["hosts"][0]["stats"]
         self.manifest.setdefault(host, []).append(stats.get("manifest_s", 0) / seconds)
+        self.anomaly.setdefault(host, []).append(stats.get("anomaly_s", 0) / seconds)
         self.cpu.setdefault(host, []).append(self.daemon_cpu(host))
         return seconds
 
@@ -243,6 +249,7 @@ class Bench:
             (self.root / name).mkdir()
             sh("cp", "-al", seed, self.root / name / "prev")
         self.manifest.clear()
+        self.anomaly.clear()
         self.cpu.clear()
 
     def methods(self, group: str) -> list[tuple[str, object]]:
@@ -328,10 +335,11 @@ class Bench:
             keys = [key for key, _ in self.methods(group)]
             base = keys[1]  # the peer: cp -al + rsync + sync, rsync + sync, or (restores) rsync
             rows += [f"| {key} | {cell(self.times[key])} | {ratio(key, base)} |" for key in keys]
-        for host, shares in self.manifest.items():
-            percent = [share * 100 for share in shares]
-            rows.append(f"| manifest step, share of `bkctl run {host}` | "
-                        f"{statistics.median(percent):.1f} % ({min(percent):.1f}–{max(percent):.1f}) | |")
+        for step, by_host in (("manifest", self.manifest), ("anomaly", self.anomaly)):
+            for host, shares in by_host.items():
+                percent = [share * 100 for share in shares]
+                rows.append(f"| {step} step, share of `bkctl run {host}` | "
+                            f"{statistics.median(percent):.1f} % ({min(percent):.1f}–{max(percent):.1f}) | |")
         for host, runs in self.cpu.items():
             for key, what in (("process_s", "in all"), ("reading_s", "reading rsync's output"),
                               ("hashing_beside_s", "hashing beside the transfer")):

@@ -8,9 +8,10 @@ duration as `HOST_age=300s;WARN;CRIT;0` `HOST_size=1234B;;;0`
 
 CRITICAL: a host is stale (older than --crit-age, or by the daemon's own
 rule when not given; a host that never succeeded always by the daemon's
-rule, counted from when it was added), its directory cannot be read, or it
-has a current run_failed, auth or integrity alert (acknowledged or not: the
-host is still failing). WARNING: a host older than --warn-age, or any other
+rule, counted from when it was added), its directory cannot be read, it is
+held after an anomaly (its alert acknowledged or not: until an admin
+releases it), or it has a current run_failed, auth or integrity alert
+(acknowledged or not: the host is still failing). WARNING: a host older than --warn-age, or any other
 open, unacknowledged alert. Silenced alerts (maintenance) count for
 neither. Alerts about no host (disk, notify, internal) count when no HOST
 is named."""
@@ -64,6 +65,9 @@ def evaluate(digest: dict, named: bool, warn_age: float | None = None,
         name, age = host["name"], host["age_s"]
         if not host.get("readable", True):
             problems[CRITICAL].append(f"{name} directory unreadable")
+        if host.get("held"):
+            problems[CRITICAL].append(f"{name} held after an anomaly ({len(host.get('suspects') or [])} suspect "
+                                      "snapshots; bkctl holds)")
         if age is None:
             if host["stale"]:
                 problems[CRITICAL].append(f"{name} never backed up")

@@ -74,7 +74,15 @@ def cmd_status(client: Client, args) -> int:
     for name, host in sorted(result["hosts"].items()):
         if host["last_result"] in ("failed", "warning") and host.get("last_error"):
             print(f"{name}: {host['last_error']}")
+    for name, host in sorted(result["hosts"].items()):
+        if host.get("suspects"):
+            print(f"{name}: {_held_words(host['held'], host['suspects'])} (bkctl holds)")
     return EXIT_OK
+
+
+def _held_words(held: bool, suspects: list[str]) -> str:
+    what = f"{len(suspects)} suspect snapshot{'s' * (len(suspects) != 1)} ({', '.join(suspects[-3:])})"
+    return f"HELD after an anomaly: {what}, nothing of it is deleted" if held else f"{what}, not held"
 
 
 def alerts_summary(alerts: dict | None) -> str:
@@ -243,15 +251,47 @@ def cmd_snapshots(client: Client, args) -> int:
     result = client.call("snapshots.list", params)
     if args.json:
         return _print_json(result)
-    rows = [[s["name"], relative(s["time"]), s["tier"], number(s["files"]), size(s["bytes"]),
-             number(s["changed_files"]), number(s["deleted_files"])] for s in result["snapshots"]]
+    rows = []
+    for s in result["snapshots"]:
+        profile = s.get("profile") or {}  # snapshots made before bkd recorded profiles have none
+        rows.append([s["name"], relative(s["time"]), s["tier"], number(s["files"]), size(s["bytes"]),
+                     number(profile.get("new")), number(profile.get("changed", s["changed_files"])),
+                     number(profile.get("deleted", s["deleted_files"])), number(profile.get("became_random")),
+                     "SUSPECT" if s.get("suspect") else ("held" if s.get("held") else "")])
     if not rows:
         print(f"no snapshots of {args.host} yet")
         return EXIT_OK
-    print(table(["NAME", "AGE", "TIER", "FILES", "SIZE", "CHANGED", "DELETED"], rows))
+    print(table(["NAME", "AGE", "TIER", "FILES", "SIZE", "NEW", "CHANGED", "DELETED", "RANDOM", ""], rows))
     if result.get("next_before"):
         print(f"(the newest {len(rows)} of {result['total']}; --all for every one)")
+    for s in result["snapshots"]:
+        if s.get("suspect"):
+            print(f"{s['name']} is suspect: {_signals_text(s['anomaly']['signals'])}")
+            _print_examples(s.get("examples"))
     return EXIT_OK
+
+
+SIGNAL_WORDS = {"became_random": "files became random", "deleted": "files deleted (less new ones)",
+                "renamed": "files renamed to another extension", "note": "existing directories with one new name"}
+
+
+def _signals_text(signals: list[dict]) -> str:
+    """The spikes, with the numbers that made them (anomaly signals; watching.md)."""
+    def figure(value) -> str:  # 10.0 → 10, 12.5 → 12.5
+        return number(int(value)) if float(value).is_integer() else f"{value:,.3g}"
+
+    return "; ".join(f"{figure(s['value'])} {SIGNAL_WORDS.get(s['signal'], s['signal'])} "
+                     f"(baseline {figure(s['baseline'])}, threshold {figure(s['threshold'])}, "
+                     f"{figure(s['files'])} files)" for s in signals if s.get("spike", True))
+
+
+def _print_examples(examples: dict | None) -> None:
+    """The names behind a profile's numbers (the daemon sends them to admins only)."""
+    for key, values in (examples or {}).items():
+        if values:
+            shown = ", ".join(" → ".join(map(safe, v)) if key == "renamed" else f"{safe(v[0])} ({v[1]})"
+                              if isinstance(v, list) else safe(v) for v in values)
+            print(f"    {key}: {shown}")
 
 
 def cmd_schedule(client: Client, args) -> int:
@@ -273,10 +313,11 @@ def cmd_prune(client: Client, args) -> int:
         return _print_json(result)
     for host, decisions in sorted(result["plan"].items()):
         deleting = sum(d["action"] == "delete" for d in decisions)
+        held = sum(bool(d.get("held")) for d in decisions)
         verb = "would delete" if args.dry_run else "deleted"
-        print(f"{host}: keep {len(decisions) - deleting}, {verb} {deleting}")
-        rows = [[d["snapshot"], d["action"], d["tier"], d["reason"]] for d in decisions
-                if args.dry_run or d["action"] == "delete"]
+        print(f"{host}: keep {len(decisions) - deleting}{f' ({held} held)' if held else ''}, {verb} {deleting}")
+        rows = [[d["snapshot"], "keep (held)" if d.get("held") else d["action"], d["tier"], d["reason"]]
+                for d in decisions if args.dry_run or d["action"] == "delete"]
         if rows:
             print(table(["  SNAPSHOT", "ACTION", "TIER", "REASON"], [["  " + r[0], *r[1:]] for r in rows]))
     return EXIT_OK
@@ -285,6 +326,18 @@ def cmd_prune(client: Client, args) -> int:
 def cmd_hosts(client: Client, args) -> int:
     if args.action == "test":
         return _hosts_test(client, args)
+    if args.action == "release":
+        if len(args.names) != 1:
+            raise UsageError("bkctl hosts release HOST [--note TEXT]")
+        result = client.call("hosts.release", {"host": args.names[0],
+                                               **({"note": args.note} if args.note is not None else {})})
+        if args.json:
+            return _print_json(result)
+        print(f"{result['host']}: released ({len(result['snapshots'])} suspect snapshot(s): "
+              f"{', '.join(result['snapshots'])}); its pruning goes on")
+        return EXIT_OK
+    if args.note is not None:
+        raise UsageError("--note goes with bkctl hosts release HOST")
     if args.names:
         raise UsageError("bkctl hosts takes no host names; did you mean `bkctl hosts test HOST...`?")
     result = client.call("hosts.list")
@@ -294,6 +347,27 @@ def cmd_hosts(client: Client, args) -> int:
              h["schedule"]["snapshot_every"] if h["schedule"]["enabled"] else "manual"]
             for h in result["hosts"]]
     print(table(["HOST", "SOURCE", "VIA", "EVERY"], rows) if rows else "no hosts configured")
+    return EXIT_OK
+
+
+def cmd_holds(client: Client, args) -> int:
+    result = client.call("holds.list")
+    if args.json:
+        return _print_json(result)
+    if not result["holds"]:
+        print("no holds: no host has an unreleased suspect snapshot")
+        return EXIT_OK
+    rows = [[h["host"], "held" if h["held"] else "not held", relative(h["since"]) if h["since"] else "-",
+             ", ".join(h["snapshots"]) or "-"] for h in result["holds"]]
+    print(table(["HOST", "PRUNING", "SINCE", "SUSPECT SNAPSHOTS"], rows))
+    for hold in result["holds"]:
+        if hold.get("problem"):
+            print(f"{hold['host']}: {hold['problem']}")
+        for snapshot in hold["snapshots"]:
+            signals = [s for s in hold["signals"] if s["snapshot"] == snapshot]
+            print(f"{hold['host']} {snapshot}: {_signals_text(signals) or 'no signal recorded'}")
+            _print_examples((hold.get("examples") or {}).get(snapshot))
+    print("once checked (bkctl snapshots HOST, bkctl ls HOST SNAPSHOT): bkctl hosts release HOST [--note TEXT]")
     return EXIT_OK
 
 
@@ -378,7 +452,8 @@ def cmd_ls(client: Client, args) -> int:
     page = client.call("snapshots.browse", params)
     if args.json:
         return _print_json(page)
-    print(f"{args.host} {page['snapshot']}:{safe(params['path'])}")
+    print(f"{args.host} {page['snapshot']}:{safe(params['path'])}"
+          + ("  [SUSPECT: an anomaly; bkctl snapshots, bkctl holds]" if page.get("suspect") else ""))
     while True:
         for entry in page["entries"]:
             target = f" -> {entry['target']}" if entry.get("target") is not None else ""
@@ -820,10 +895,16 @@ def _parser() -> argparse.ArgumentParser:
                  "notify", "notify test ops-mail")
     notify.add_argument("action", nargs="?", choices=["test"], help="test: send a test message (default: list)")
     notify.add_argument("sink", nargs="?", metavar="SINK", help="test: only this sink (default: every sink)")
-    hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing",
-                "hosts", "hosts test web1")
-    hosts.add_argument("action", nargs="?", choices=["test"], help="test reachability")
-    hosts.add_argument("names", nargs="*", metavar="HOST", help="test: these hosts (default: every host)")
+    hosts = add("hosts", cmd_hosts, "configured hosts; `hosts test HOST...` checks SSH and rsync, writing nothing; "
+                "`hosts release HOST [--note TEXT]` lifts a hold after an anomaly (admin)",
+                "hosts", "hosts test web1", "hosts release db1 --note 'checked: the nightly re-encode'")
+    hosts.add_argument("action", nargs="?", choices=["test", "release"],
+                       help="test: test reachability; release: lift a held host's hold")
+    hosts.add_argument("names", nargs="*", metavar="HOST", help="test: these hosts (default: every host); "
+                       "release: the one host")
+    hosts.add_argument("--note", help="release: why, kept in the audit log")
+    add("holds", cmd_holds, "hosts whose pruning is held after an anomaly: since when, the suspect snapshots and why",
+        "holds", "--json holds")
     add("reload", cmd_reload, "re-read the config without dropping running work", "reload")
     watch = add("watch", cmd_watch, "stream live events as lines (JSON lines with --json)",
                 "watch --topic job --topic host")

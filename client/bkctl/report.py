@@ -40,6 +40,8 @@ def verdict(host: dict) -> tuple[str, str]:
     """(what to call the host's state, ok|warn|bad)."""
     if not host.get("readable", True):
         return "unreadable", "bad"
+    if host.get("held"):
+        return "held", "bad"  # an anomaly: nothing of the host is deleted until an admin releases it
     if host["stale"]:
         return "stale", "bad"
     if host["last_result"] == "failed":
@@ -133,6 +135,7 @@ def text(digest: dict, ascii: bool = False) -> str:
                      sparkline(sizes, ascii) if sizes else "-"])
     lines.append(table(["HOST", "STATE", "LAST SNAPSHOT", "AGE", "SIZE", "CHANGED", "TOOK", "RUNS OK/FAILED",
                         "ALERTS", f"SIZE ({digest['trend_days']}d)"], rows) if rows else "no hosts configured")
+    lines += [f"{host['name']}: {_suspects(host)} (bkctl holds)" for host in digest["hosts"] if host.get("suspects")]
     lines.append(_disk_line(digest["disk"]))
     alerts = digest["alerts"]
     lines.append(f"alerts: {alerts['open']} current, {alerts['unacknowledged']} unacknowledged"
@@ -208,9 +211,16 @@ def _facts(host: dict) -> str:
     newest = (f"last snapshot {escape(host['last_snapshot'])} ({_age(host)} ago), {size(host['bytes'])}, "
               f"{number(host['files'])} files, {number(host['changed_files'])} changed, took {_took(host)}"
               if host["last_snapshot"] else "no snapshot yet")
+    held = f"<br><b>{escape(_suspects(host))}</b>" if host.get("suspects") else ""
     return (f'<div class="facts">{newest}<br>{host["snapshots"]} snapshots ({escape(tiers)}), '
             f"{host['archives']} archives, {host['monthly']} monthly copies; runs of the period: "
-            f"{_runs(host)} ok/failed</div>")
+            f"{_runs(host)} ok/failed{held}</div>")
+
+
+def _suspects(host: dict) -> str:
+    """A host's unreleased suspect snapshots (an anomaly), and whether its pruning is held."""
+    what = f"suspect snapshot{'s' * (len(host['suspects']) != 1)} {', '.join(host['suspects'])}"
+    return f"held after an anomaly: {what}" if host.get("held") else what
 
 
 def _has_history(host: dict) -> bool:

@@ -93,6 +93,7 @@ class ViewModel:
             elif event.get("event") in ("opened", "repeated", "acked"):
                 self.alert_records[event["id"]] = {k: v for k, v in event.items()
                                                    if k not in ("topic", "seq", "time", "event")}
+            return event.get("kind") == "anomaly"  # a hold came or went: `held` is in status
         return False
 
     # ---- navigation ----
@@ -142,7 +143,8 @@ class ViewModel:
             age = relative(host.get("last_snapshot_time"), now).replace(" ago", "")
             lines.append(f"{name[:12]:<12} {host['state'][:7]:<7} {(host.get('stage') or '-')[:8]:<8} "
                          f"{bar:<{bar_width + 7}} {rate:>9} {eta:>5} {age:>5} "
-                         f"{str(self.alerts.get(name, 0) or '-'):<6} {host.get('last_result') or '-'}")
+                         f"{str(self.alerts.get(name, 0) or '-'):<6} {host.get('last_result') or '-'}"
+                         + (" HELD" if host.get("held") else ""))
         return lines
 
     def alert_lines(self, now: datetime, limit: int = 6) -> list[str]:
@@ -192,7 +194,7 @@ class ViewModel:
             age = relative(host.get("last_snapshot_time"), now)
             alerts = self.alerts.get(name, 0)
             body = [f"{host['state']}, last snapshot {age}" + (f", {alerts} alert(s)" if alerts else ""),
-                    *self.card_facts(name)]
+                    *([held_line(host)] if host.get("suspects") else []), *self.card_facts(name)]
             boxes.append([top] + [f"{side} {line[:inner]:<{inner}} {side}" for line in body]
                          + [corners[2] + rule * (CARD_WIDTH - 2) + corners[3]])
         lines = []
@@ -211,6 +213,8 @@ class ViewModel:
             return ["no hosts" + (f" match /{self.filter}" if self.filter else "")]
         host = self.hosts[name]
         lines = [f"{name}: last snapshot {host.get('last_snapshot') or '-'}"]
+        if host.get("suspects"):
+            lines.append(f"  {held_line(host)} after an anomaly (bkctl holds)")
         if name in self.cards:
             lines.append("  " + "; ".join(self.card_facts(name)))
         if host.get("last_error"):
@@ -224,8 +228,13 @@ class ViewModel:
             lines.append("  snapshots (newest first):")
             for snap in list(reversed(self.detail.get("snapshots", [])))[:5]:
                 lines.append(f"    {snap['name']}  {snap['tier']:<8} {snap['files'] or 0:>9} files  "
-                             f"{snap['changed_files'] or 0:>7} changed")
+                             f"{snap['changed_files'] or 0:>7} changed" + ("  SUSPECT" if snap.get("suspect") else ""))
         return lines
+
+
+def held_line(host: dict) -> str:
+    suspects = len(host.get("suspects") or [])
+    return f"HELD, {suspects} suspect snapshot(s)" if host.get("held") else f"{suspects} suspect snapshot(s)"
 
 
 def progress_bar(percent: int, width: int) -> str:

@@ -51,6 +51,7 @@ from .tree.ownership import DirError, check_dir, in_memory, lock_dir, prepare_di
 from .views.metrics import Metrics, Textfile
 from .views.report import Reporter, Reports
 from .views.status import Info, StatusView
+from .watch.anomaly import Anomalies
 from .watch.auditwitness import AuditWatch
 from .watch.disk import DiskWatch
 from .watch.freshness import Freshness
@@ -132,6 +133,8 @@ async def build(runtime: Runtime, store: Store, info: Info, audit_mismatch: str 
     housekeeping.on_pruned.append(integrity.settle)  # damage that went with its snapshots
     freshness = Freshness(runtime, fleet, registry, alerts, housekeeping, DiskWatch(runtime, store, alerts))
     audit_watch = AuditWatch(store.audit, alerts, os.getuid())
+    anomalies = Anomalies(runtime, alerts, fleet)
+    lifecycle.on_recorded.append(anomalies.concluded)  # a suspect snapshot's alert, once its run is recorded
     status = StatusView(runtime, fleet, registry, alerts, housekeeping, bus, info)
     metrics = Metrics(runtime, info, supervisor.healthy, fleet, store, registry, housekeeping, alerts, notifier)
     textfile = Textfile(runtime, metrics.exposition)
@@ -148,6 +151,7 @@ async def build(runtime: Runtime, store: Store, info: Info, audit_mismatch: str 
     textfile.changed.set()
 
     fleet.refresh_all()
+    await anomalies.settle_all()  # a suspect snapshot committed just before a crash gets its alert now
     for name in config.hosts:
         try:
             await housekeeping.clear_heavy_leftovers(HostDir.of(config.backup_root, name))
@@ -156,7 +160,7 @@ async def build(runtime: Runtime, store: Store, info: Info, audit_mismatch: str 
     api = Api(runtime=runtime, info=info, status=status, jobs=jobs, restores=Restores(runtime, guard, receivers),
               receivers=receivers, housekeeping=housekeeping, integrity=integrity, hosts=Hosts(runtime, guard),
               guard=guard, alerts=alerts, notifier=notifier, metrics=metrics, reports=reports, store=store,
-              audit_watch=audit_watch, bus=bus)
+              audit_watch=audit_watch, bus=bus, anomalies=anomalies)
     server = RpcServer(config.socket, method_table(api), access=lambda: runtime.config.access,
                        audit=lambda *a: store.audit.append(clock.iso(clock.now()), *a),
                        limits=lambda: runtime.config.rpc)

@@ -126,6 +126,7 @@ HOST_CALLS = {
     "report": lambda h, tmp: {"hosts": [h]},
     "prune": lambda h, tmp: {"hosts": [h], "dry_run": True},
     "hosts.test": lambda h, tmp: {"hosts": [h]},
+    "hosts.release": lambda h, tmp: {"host": h, "note": "hostile"},
 }
 
 

@@ -12,6 +12,7 @@ and 4."""
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,8 @@ def matrix_params(tmp) -> dict[str, dict]:
         "report": {},
         "audit.list": {"verify": True},
         "hosts.test": {"hosts": ["web1"]},
+        "holds.list": {},
+        "hosts.release": {"host": "web2"},  # none held: -32002 for admins (web1's hold stays for the viewer)
         "config.reload": {},
         "events.subscribe": {},
     }
@@ -80,7 +83,8 @@ def test_every_method_for_every_role_and_what_a_viewer_sees(tmp_path, short_tmp,
         bind_mount("/proc/sys/vm/drop_caches", web3 / SECRET)  # unreadable even for root: rsync exits 23 naming it
         hook = f"printf '%s-%s\\n' hookout {RUN} >&2; exit 3 # {HOOK_COMMAND}"
         daemon = daemon_factory(
-            [{"name": "web1", "source": str(web1)}, {"name": "web2", "source": str(web1), "pre": hook},
+            [{"name": "web1", "source": str(web1), "anomaly": {"min_files": 1, "factor": 2.0}},
+             {"name": "web2", "source": str(web1), "pre": hook},
              {"name": "web3", "source": str(web3)}],
             access={"viewers": [viewers], "operators": [operators], "admins": [admins],
                     "remote_restorers": [restorers]}).start()
@@ -129,6 +133,11 @@ def test_every_method_for_every_role_and_what_a_viewer_sees(tmp_path, short_tmp,
         assert SECRET in admin_jobs and HOOK_OUTPUT in admin_jobs  # the restore's list, rsync's and the hook's words
         assert HOOK_COMMAND in daemon.log()
         assert "rsync exited with code 23" in admin_view and "pre hook exited with code 3" in admin_view
+        holds = answers["root"][list(matrix_params(tmp_path)).index("holds.list")]["result"]["holds"]
+        assert [h["host"] for h in holds] == ["web1"] and SECRET in json.dumps(holds)  # an anomaly's example names
+        viewer_holds = answers["viewer"][list(matrix_params(tmp_path)).index("holds.list")]["result"]["holds"]
+        assert [h["host"] for h in viewer_holds] == ["web1"] and "examples" not in viewer_holds[0]
+        assert viewer_holds[0]["signals"][0]["signal"] == "became_random"
         viewer_status = answers["viewer"][list(matrix_params(tmp_path)).index("status")]["result"]
         assert viewer_status["hosts"]["web2"]["last_error"] == "pre hook exited with code 3"
         # (The meaning in brackets is rsync.describe_failure's; see test_ssh_failure_wording.py.)
@@ -149,3 +158,12 @@ def _plant(daemon) -> None:
     assert daemon.call("verify", host="web1")["ok"] is False  # opens an integrity alert
     listed = daemon.bkctl("restore", "web1", "latest", "/dir0", "--to", str(daemon.workdir / "r"), "--dry-run")
     assert listed.returncode == 0 and SECRET in listed.stdout  # job 5
+    # An anomaly whose examples name files (web1 judges at min_files 1, factor 2): three files of
+    # ordinary content become random. Its alert, hold and listing say numbers to viewers.
+    source = Path(daemon.config["host"][0]["source"])
+    for index in range(3):
+        (source / "dir0" / f"{SECRET}-{index}").write_text("ordinary words, nothing random\n" * 40)
+    assert daemon.run_snapshot("web1")["status"] == "ok"  # job 6
+    for index in range(3):
+        (source / "dir0" / f"{SECRET}-{index}").write_bytes(os.urandom(1280))
+    assert daemon.run_snapshot("web1")["hosts"][0]["stats"]["anomaly"]["suspect"]  # job 7

@@ -246,7 +246,7 @@ NO_DAEMON = {"BKD_SOCKET": "/nonexistent/bkd.sock"}
     (("bkctl", "run", "--kind", ""), ["snapshot", "archive", "monthly", "all"]),
     (("bkctl", "alerts", "ack", "--kind", "=", "ru"), ["run_failed"]),  # --kind=ru, split at = by bash
     (("bkctl", "alerts", ""), ["ack", "silence", "unsilence"]),
-    (("bkctl", "--timeout", "5", "hosts", ""), ["test"]),
+    (("bkctl", "--timeout", "5", "hosts", ""), ["test", "release"]),
     (("bkctl", "watch", "--topic", "l"), ["log"]),
     (("bkd", ""), None),
     (("bkd", "--log-level", "d"), ["debug"]),

@@ -227,7 +227,7 @@ def test_every_numeric_key_has_a_range():
         "rpc.max_in_flight", "schedule.monthly_day", "schedule.stale_factor", "retention.hourly_hours", "retention.daily_days",
         "retention.monthly_months", "archive.level", "archive.keep_days", "monthly.keep_months",
         "verify.sample_percent", "alerts.failures_before_alert", "alerts.disk_free_percent",
-        "alerts.disk_full_days", "notify.smtp_port",
+        "alerts.disk_full_days", "notify.smtp_port", "anomaly.baseline", "anomaly.min_files", "anomaly.factor",
     }
 
 

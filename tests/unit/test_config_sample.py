@@ -68,7 +68,7 @@ def test_every_line_restored_the_sample_still_loads_with_the_schemas_defaults(sa
     # Each entry's keys beyond the example's hold their defaults too.
     assert to_dict(config)["host"][0] == {**to_dict(Config(backup_root="/r", host=[
         {"name": "web1", "source": "web1:/home/"}]))["host"][0], "schedule": {}, "retention": {},
-        "archive": {}, "rsync": {}}
+        "archive": {}, "rsync": {}, "anomaly": {}}
 
 
 def test_every_key_comes_with_its_description_type_and_range(sample):
@@ -175,7 +175,7 @@ def test_init_writes_host_tables_with_comments_not_an_inline_array(tmp_path):
     assert "\n#snapshot_every = \"1h\"\n" in text  # every other key, commented out at its default
     data = tomllib.loads(text)
     assert data == {"backup_root": "/srv/x", "history": {}, "rpc": {}, "schedule": {}, "retention": {},
-                    "archive": {}, "monthly": {}, "rsync": {}, "ssh": {}, "verify": {}, "metrics": {},
+                    "archive": {}, "monthly": {}, "rsync": {}, "ssh": {}, "verify": {}, "anomaly": {}, "metrics": {},
                     "alerts": {}, "heartbeat": {}, "report": {}, "access": {},
                     "host": [{"name": "web1", "source": "web1:/home/"}, {"name": "db", "source": "/srv/db"}]}
     (tmp_path / "bkd.toml").write_text(text)

@@ -66,12 +66,13 @@ def test_a_walk_by_inode_reuses_what_it_can_and_hashes_the_rest(tmp_path):
     os.symlink("same", new / "link")
     os.mkfifo(new / "fifo")
     known_inode = (new / "added").stat().st_ino
-    checksums, hashed = manifest.by_inode(new, old, recorded, {b"added": (known_inode, "known-added", 6)})
+    known = {b"added": manifest.Hashed(known_inode, "known-added", 6)}
+    checksums, hashed = manifest.by_inode(new, old, recorded, known)
     assert checksums == {b"same": ("recorded-same", 5), b"added": ("known-added", 6),
                          b"d/rewritten": (hashlib.sha256(b"new\n").hexdigest(), 4)}
     assert hashed == 1
     # A checksum computed for another inode is not reused.
-    checksums, _ = manifest.by_inode(new, None, None, {b"added": (known_inode + 1, "stale", 6)})
+    checksums, _ = manifest.by_inode(new, None, None, {b"added": manifest.Hashed(known_inode + 1, "stale", 6)})
     assert checksums[b"added"] == (hashlib.sha256(b"added\n").hexdigest(), 6)
 
 
@@ -87,7 +88,7 @@ async def test_a_failed_run_lets_its_hasher_go_without_blocking_the_daemon(tmp_p
     with open(tmp_path / "big", "wb") as f:
         f.truncate(64 << 30)  # 64 GiB of holes: tens of seconds to hash to the end
     hasher = _Hasher(tmp_path)
-    hasher.queue.append((0.0, b"big", 1))
+    hasher.queue.append((0.0, b"big", 1, False))
     deadline = time.monotonic() + 30
     while hasher.queue:  # the thread has taken it and is reading
         assert time.monotonic() < deadline

@@ -49,3 +49,10 @@ def test_the_per_method_limits_are_the_ones_docs_design_md_gives():
     documented = {row[0]: int(row[1]) for row in doctables.table("design.md", "**Per method.**")}
     table = method_table(Api())
     assert documented == {name: m.concurrency for name, m in table.items() if m.concurrency is not None}
+
+
+def test_the_anomaly_methods_roles():
+    """SPEC §5: holds.list is for viewers (no file names in it for them), hosts.release for admins, audited."""
+    table = method_table(Api(None))
+    assert (table["holds.list"].role, table["holds.list"].mutating) == ("viewer", False)
+    assert (table["hosts.release"].role, table["hosts.release"].mutating) == ("admin", True)

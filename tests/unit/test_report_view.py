@@ -106,6 +106,11 @@ def digest(*hosts, server_alerts=()):
     ([host("web1")], [alert("disk", None, subject="space")], False, {}, 1, "disk space alert"),
     ([host("web1")], [alert("disk", None, subject="space")], True, {}, 0, "1 host ok"),  # HOST named
     ([host("web1", readable=False)], [], False, {}, 2, "web1 directory unreadable"),
+    # Held after an anomaly: critical, whatever its alert's state, until an admin releases it.
+    ([host("db1", held=True, suspects=["2026-05-01_110000"], alerts=[alert("anomaly", state="acked")])], [], False,
+     {}, 2, "db1 held after an anomaly (1 suspect snapshots; bkctl holds)"),
+    ([host("db1", alerts=[alert("anomaly", subject="2026-05-01_110000")])], [], False, {}, 1,
+     "db1 anomaly 2026-05-01_110000 alert"),  # suspect, not held (hold = false): a warning
 ])
 def test_check_judges_hosts_and_alerts(hosts, server_alerts, named, thresholds, code, words):
     got, line = check.evaluate(digest(*hosts, server_alerts=server_alerts), named, **thresholds)
@@ -186,3 +191,12 @@ def test_the_charts_name_their_axes_days_and_the_disk_size():
     assert [t for t in re.findall(r">([^<>]+)</text>", web1_size)] == ["0", "25 KiB", "50 KiB", "Apr 2", "Apr 17",
                                                                       "May 1"]
     assert "size per day (last: 29.3 KiB)" in page
+
+
+def test_a_held_host_and_its_suspect_snapshots_are_in_the_text_and_the_page():
+    d = digest(host("web1", held=True, suspects=["2026-05-01_110000"]), host("db1"))
+    text = report.text(d)
+    assert "web1: held after an anomaly: suspect snapshot 2026-05-01_110000 (bkctl holds)" in text
+    assert report.verdict(d["hosts"][0]) == ("held", "bad")
+    for html in (report.page_html(d), report.mail_html(d)):
+        assert "<b>held after an anomaly: suspect snapshot 2026-05-01_110000</b>" in html

@@ -171,3 +171,47 @@ def test_plan_agrees_with_the_naive_model(names, policy, data):
     past = [n for n in names if SnapshotName.parse(n) and SnapshotName.parse(n).time <= NOW]
     if past:
         assert max(past, key=SnapshotName.parse) not in deleted
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(st.one_of(snapshot_names, junk), unique=True, max_size=60), policy=policies,
+       data=st.data())
+def test_a_held_host_keeps_everything_with_the_tier_and_the_reason_it_would_have_been_deleted_for(names, policy, data):
+    latest = data.draw(st.sampled_from(names)) if names and data.draw(st.booleans()) else None
+    free = {d.snapshot: d for d in plan(names, NOW, policy, latest=latest)}
+    held = plan(names, NOW, policy, latest=latest, held=True)
+    assert [d.snapshot for d in held] == list(free)
+    for decision in held:
+        before = free[decision.snapshot]
+        assert decision.action == "keep" and decision.tier == before.tier
+        assert decision.held == (before.action == "delete")
+        if decision.held:
+            assert decision.reason.startswith("held after an anomaly") and before.reason in decision.reason
+            assert decision.as_dict()["held"] is True
+        else:
+            assert decision == before and "held" not in decision.as_dict()
+
+
+def test_a_hold_recorded_under_meta_stops_every_deletion_even_by_a_plan_made_before_it(tmp_path):
+    from bkd.tree import holds
+    host = HostDir(tmp_path / "web1")
+    now = datetime(2026, 6, 10, 12, tzinfo=UTC)
+    names = [name(datetime(2026, 6, day, tzinfo=UTC)) for day in (1, 2, 3)]
+    host.meta.mkdir(parents=True)
+    for n in names:
+        (host.hourly / n).mkdir(parents=True)
+        for record in (host.meta_file(n), host.manifest_file(n), host.changes_file(n)):
+            record.write_text("")
+    policy = Retention(hourly_hours=0, daily_days=0, monthly_months=0)
+    before = host_plan(host, policy, now)
+    assert [d.action for d in before] == ["delete", "delete", "keep"]
+    holds.add(host, {"snapshot": names[2], "signals": [], "examples": {}}, True, "2026-06-10T12:00:00Z")
+    assert [(d.action, d.held) for d in host_plan(host, policy, now)] == [("keep", True), ("keep", True),
+                                                                          ("keep", False)]
+    assert move_to_trash(host, before) == []  # the hold came after the plan: nothing moves all the same
+    assert host.hourly_names() and sorted(host.hourly_names()) == names
+    holds.release(host)
+    assert move_to_trash(host, host_plan(host, policy, now)) == names[:2]
+    # A snapshot's change record goes to the trash with it.
+    assert sorted(p.name for p in host.trash.iterdir() if p.name.endswith(".changes")) == [
+        f"{n}.changes" for n in names[:2]]

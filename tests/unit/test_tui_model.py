@@ -107,3 +107,20 @@ def test_host_cards_show_tiers_archives_size_and_30_days_of_sizes():
     ascii_cards = model.card_lines(NOW, 130)
     assert ascii_cards[0].startswith("+->db1 ") and all(ord(c) < 128 for line in ascii_cards for c in line)
     assert "db1: last snapshot" in model.detail_lines()[0] and "tiers:" in "".join(model.detail_lines())
+
+
+def test_a_held_host_says_so_in_its_row_card_and_detail_and_an_anomaly_alert_asks_for_fresh_status():
+    model = ViewModel()
+    state = status()
+    state["hosts"]["web1"].update(held=True, suspects=["2026-05-01_110000"])
+    model.apply_status(state)
+    assert model.rows(NOW, width=100)[2].endswith(" ok HELD") and not model.rows(NOW)[1].endswith("HELD")
+    assert "│ HELD, 1 suspect snapshot(s) " in "\n".join(model.card_lines(NOW, 120))
+    model.selected = 1
+    model.detail = {"host": "web1", "jobs": [], "snapshots": [
+        {"name": "2026-05-01_110000", "tier": "latest", "files": 3, "changed_files": 3, "suspect": True}]}
+    detail = "\n".join(model.detail_lines())
+    assert "HELD, 1 suspect snapshot(s) after an anomaly" in detail
+    assert "2026-05-01_110000  latest" in detail and "SUSPECT" in detail
+    assert model.apply_event({"topic": "alert", "event": "resolved", "id": 4, "kind": "anomaly", "host": "web1"})
+    assert not model.apply_event({"topic": "alert", "event": "opened", "id": 5, "kind": "stale", "host": "web1"})

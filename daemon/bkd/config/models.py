@@ -476,6 +476,22 @@ class Verify(Section):
         "the share of files per pass, least recently verified first; a mismatch raises an alert"))
 
 
+class Anomaly(Section):
+    """Ransomware and mass-change detection: each snapshot's change profile against the host's own
+    baseline (docs/watching.md); a host may override any of these in its [host.anomaly]."""
+
+    enabled: bool = Field(True, description=(
+        "judge every snapshot; false: profiles are still recorded, nothing is judged"))
+    baseline: ranged(int, 3, 1000) = Field(30, description=(
+        "compare each snapshot with this many earlier ones of the host (suspect ones never count)"))
+    min_files: ranged(int, 1, 10**9) = Field(200, description=(
+        "a signal involving fewer files than this is never an anomaly"))
+    factor: ranged(float, 2, 1000) = Field(10.0, description=(
+        "a spike is above the baseline's median by this many times its spread (MAD, with a floor)"))
+    hold: bool = Field(True, description=(
+        "after an anomaly, delete nothing of the host's until an admin runs bkctl hosts release"))
+
+
 class Metrics(Section):
     """Prometheus metrics as a node-exporter textfile (bkctl metrics prints them too)."""
 
@@ -590,8 +606,9 @@ ScheduleOverride = _override_of(Schedule)
 RetentionOverride = _override_of(Retention)
 ArchiveOverride = _override_of(Archive)
 RsyncOverride = _override_of(Rsync)
+AnomalyOverride = _override_of(Anomaly)
 
-OVERRIDABLE = ("schedule", "retention", "archive", "rsync")
+OVERRIDABLE = ("schedule", "retention", "archive", "rsync", "anomaly")
 
 
 class Host(Section):
@@ -616,6 +633,7 @@ class Host(Section):
     retention: Optional[RetentionOverride] = None
     archive: Optional[ArchiveOverride] = None
     rsync: Optional[RsyncOverride] = None
+    anomaly: Optional[AnomalyOverride] = None
 
     @property
     def remote(self) -> Remote | None:
@@ -641,6 +659,7 @@ class HostSettings(Section):
     retention: Retention
     archive: Archive
     rsync: Rsync
+    anomaly: Anomaly
     excludes: list[str]  # what rsync gets: default_excludes (if enabled), rsync.exclude, the host's exclude
 
 
@@ -668,6 +687,7 @@ class Config(Section):
     rsync: Rsync = Field(default_factory=Rsync)
     ssh: Ssh = Field(default_factory=Ssh)
     verify: Verify = Field(default_factory=Verify)
+    anomaly: Anomaly = Field(default_factory=Anomaly)
     metrics: Metrics = Field(default_factory=Metrics)
     alerts: Alerts = Field(default_factory=Alerts)
     notify: list[NotifySink] = Field(default_factory=list)

@@ -15,6 +15,7 @@ from ..config.models import Archive
 from ..infra import exec as bkexec
 from ..infra.clock import months_before
 from ..infra.fsutil import fsync_dir, make_private_dir
+from ..tree import holds
 from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName, month_name
 from . import manifest
 from .linktree import link_tree
@@ -80,7 +81,10 @@ def _commit_file(partial: Path, final: Path) -> None:
 
 def expire_archives(host_dir: HostDir, keep_days: int, now: datetime) -> list[str]:
     """Remove archives older than keep_days; the newest is always kept, and
-    one dated in the future is never counted as the newest."""
+    one dated in the future is never counted as the newest. None while the
+    host is held (an anomaly)."""
+    if holds.is_held(host_dir):
+        return []
     # One dated in the future (a clock that stepped back) must not make another look old.
     existing = [a for a in host_dir.archive_files() if a.snapshot.time <= now]
     doomed = [a for a in existing[:-1] if a.snapshot.time < now - timedelta(days=keep_days)]
@@ -116,7 +120,9 @@ async def make_monthly(host_dir: HostDir, snapshot: SnapshotName, now: datetime)
 
 def expire_monthly(host_dir: HostDir, keep_months: int, now: datetime) -> list[str]:
     """Move copies older than keep_months into the trash. The newest copy not
-    dated in the future is always kept."""
+    dated in the future is always kept. None while the host is held (an anomaly)."""
+    if holds.is_held(host_dir):
+        return []
     cutoff = month_name(months_before(now, keep_months))
     past = [name for name in host_dir.monthly_copies() if name <= month_name(now)]
     doomed = [name for name in past[:-1] if name < cutoff]

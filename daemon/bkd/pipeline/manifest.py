@@ -15,12 +15,14 @@ import stat
 import subprocess
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 from ..infra.fsutil import write_atomic
 from ..tree import relpath
+from . import entropy
 
 CHUNK = 1024 * 1024
 Manifest = dict[bytes, tuple[str, int]]  # path (bytes, relative) → (sha256, size)
@@ -29,17 +31,22 @@ Manifest = dict[bytes, tuple[str, int]]  # path (bytes, relative) → (sha256, s
 _buffers = threading.local()
 
 
-def _digest(fd: int, abandoned: threading.Event | None = None) -> str | None:
+def _digest(fd: int, abandoned: threading.Event | None = None,
+            sample: entropy.Collector | None = None) -> str | None:
     """The SHA-256 of what fd reads from where it is to its end; None if
     `abandoned` was set meanwhile (a large file is not read to the end).
-    Every checksum bkd computes goes through here."""
+    Every checksum bkd computes goes through here; `sample` gathers the
+    entropy sample from the chunks as they pass (no read of its own)."""
     # One buffer per thread: most files are small, and a fresh 1 MiB
     # buffer per read costs more than hashing them.
     if not hasattr(_buffers, "view"):
         _buffers.view = memoryview(bytearray(CHUNK))
-    view, digest = _buffers.view, hashlib.sha256()
+    view, digest, position = _buffers.view, hashlib.sha256(), 0
     while count := os.readv(fd, [view]):
         digest.update(view[:count])
+        if sample is not None:
+            sample.feed(position, view[:count])
+            position += count
         if abandoned is not None and abandoned.is_set():
             return None
     return digest.hexdigest()
@@ -77,7 +84,16 @@ def stat_and_hash(root_fd: int, relative: bytes) -> tuple[os.stat_result, str | 
         os.close(fd)
 
 
-Hashed = tuple[int, str, int]  # inode, sha256, size: what one regular file held when it was hashed
+class Hashed(NamedTuple):
+    """What one regular file held when it was hashed."""
+
+    inode: int
+    sha256: str
+    size: int
+    mtime_ns: int = 0
+    entropy: float | None = None  # its sample's (pipeline/entropy.py), when one was asked for
+    was: float | None = None  # the previous version's, sampled when this one looks random
+
 
 
 def _staged_fd(root_fd: int, relative: bytes, flags: int) -> int:
@@ -102,11 +118,13 @@ def open_beneath(root_fd: int, relative: bytes, flags: int, mode: int = 0o600) -
         os.close(parent)
 
 
-def hash_file(root_fd: int, relative: bytes, abandoned: threading.Event | None = None) -> Hashed | None:
+def hash_file(root_fd: int, relative: bytes, abandoned: threading.Event | None = None,
+              sample: bool = False) -> Hashed | None:
     """The inode of root/relative (a tree rsync has written) and what it
     holds, read through one open file, so that the checksum belongs to that
-    inode; None if it is not a regular file (any more), or if `abandoned`
-    was set meanwhile (its run failed: a large file is not read to the end)."""
+    inode (with its entropy sample, taken as it is read, when sample); None
+    if it is not a regular file (any more), or if `abandoned` was set
+    meanwhile (its run failed: a large file is not read to the end)."""
     if abandoned is not None and abandoned.is_set():
         return None
     try:
@@ -117,20 +135,24 @@ def hash_file(root_fd: int, relative: bytes, abandoned: threading.Event | None =
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        digest = _digest(fd, abandoned)
+        collector = entropy.Collector(st.st_size) if sample else None
+        digest = _digest(fd, abandoned, collector)
     finally:
         os.close(fd)
-    return None if digest is None else (st.st_ino, digest, st.st_size)
+    if digest is None:
+        return None
+    return Hashed(st.st_ino, digest, st.st_size, st.st_mtime_ns, collector.score() if collector else None)
 
 
 def hash_files(root: Path, paths: Iterable[bytes], workers: int = 2,
-                abandoned: threading.Event | None = None) -> dict[bytes, Hashed]:
-    """hash_file for many paths, on `workers` threads (hashlib releases the GIL)."""
+               abandoned: threading.Event | None = None, sampled: Container[bytes] = ()) -> dict[bytes, Hashed]:
+    """hash_file for many paths, on `workers` threads (hashlib releases the
+    GIL); the paths in sampled get their entropy sample too."""
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         paths = list(paths)
         with ThreadPoolExecutor(workers) as pool:
-            results = pool.map(lambda path: hash_file(root_fd, path, abandoned), paths)
+            results = pool.map(lambda path: hash_file(root_fd, path, abandoned, path in sampled), paths)
             return {path: result for path, result in zip(paths, results) if result is not None}
     finally:
         os.close(root_fd)
@@ -140,7 +162,7 @@ HEADER = b"# bkd manifest v1: sha256 size path (backslash and newline escaped)\n
 _ESCAPED = re.compile(rb"\\(.)")
 
 
-def _escape(path: bytes) -> bytes:
+def escape(path: bytes) -> bytes:
     return path.replace(b"\\", b"\\\\").replace(b"\n", b"\\n") if b"\\" in path or b"\n" in path else path
 
 
@@ -148,7 +170,7 @@ def _unescaped(match: re.Match) -> bytes:
     return b"\n" if match[1] == b"n" else match[1]
 
 
-def _unescape(path: bytes) -> bytes:
+def unescape(path: bytes) -> bytes:
     return _ESCAPED.sub(_unescaped, path) if b"\\" in path else path
 
 
@@ -171,7 +193,7 @@ def parse(lines: list[bytes], where: str) -> Manifest:
         if line:
             try:
                 digest, size, name = line.split(b" ", 2)
-                name = relpath.check(_unescape(name), f"{where} line {number}")
+                name = relpath.check(unescape(name), f"{where} line {number}")
                 manifest[name] = (digest.decode(), int(size))
             except ValueError as e:
                 raise ManifestRefused(str(e) if "refusing" in str(e) else
@@ -180,7 +202,7 @@ def parse(lines: list[bytes], where: str) -> Manifest:
 
 
 def _line(name: bytes, digest: str, size: int) -> bytes:
-    return b"%s %d %s" % (digest.encode(), size, _escape(name))
+    return b"%s %d %s" % (digest.encode(), size, escape(name))
 
 
 def _path_of(line: bytes) -> bytes:
@@ -235,11 +257,12 @@ def read_lines(path: Path) -> list[bytes] | None:
 
 
 def updated(lines: list[bytes], removed: Iterable[bytes], removed_trees: Iterable[bytes],
-            added: dict[bytes, tuple[str, int]]) -> tuple[list[bytes], int]:
+            added: dict[bytes, tuple[str, int]], dropped: dict[bytes, str] | None = None) -> tuple[list[bytes], int]:
     """The sorted manifest `lines` without the entries `removed` and everything
     under `removed_trees`, with `added` put in (replacing an entry of the same
     path). Costs a binary search per change, not a pass per change. Returns the
-    new lines and how many old paths are gone for good."""
+    new lines and how many old paths are gone for good; `dropped`, when given,
+    gets the checksum of every old entry taken out (the change record's)."""
     drops = []  # index ranges of old lines to leave out
     position = {name: bisect_left(lines, name, key=_path_of) for name in {*removed, *added}}
     for name, index in position.items():
@@ -255,7 +278,13 @@ def updated(lines: list[bytes], removed: Iterable[bytes], removed_trees: Iterabl
             merged[-1][1] = max(merged[-1][1], high)
         else:
             merged.append([low, high])
-    gone = sum(1 for low, high in merged for index in range(low, high) if _path_of(lines[index]) not in added)
+    gone = 0
+    for low, high in merged:
+        for index in range(low, high):
+            path = _path_of(lines[index])
+            gone += path not in added
+            if dropped is not None:
+                dropped[path] = lines[index][:64].decode()
 
     starts = [low for low, _high in merged]
 
@@ -292,6 +321,12 @@ def _scan(dir_fd: int | None) -> tuple[dict[str, int], list[str]]:
             elif entry.is_file(follow_symlinks=False):
                 files[entry.name] = entry.inode()
     return files, dirs
+
+
+def open_dir(path: Path) -> int:
+    """An fd of the directory at path, or -1 where there is none."""
+    fd = _open_dir(path)
+    return -1 if fd is None else fd
 
 
 def _open_dir(name: str | Path | None, dir_fd: int | None = None) -> int | None:
@@ -377,13 +412,13 @@ def by_inode(tree: Path, previous_tree: Path | None, previous: Manifest | None,
     for relative, inode, previous_inode, _fd, _name in _walk_pair(tree, previous_tree if previous else None):
         if inode == previous_inode and relative in previous:
             manifest[relative] = previous[relative]
-        elif relative in known and known[relative][0] == inode:
-            manifest[relative] = known[relative][1:]
+        elif relative in known and known[relative].inode == inode:
+            manifest[relative] = (known[relative].sha256, known[relative].size)
         else:
             to_hash.append(relative)
     hashed = hash_files(tree, to_hash, abandoned=abandoned)
-    for relative, (_inode, digest, size) in hashed.items():
-        manifest[relative] = (digest, size)
+    for relative, found in hashed.items():
+        manifest[relative] = (found.sha256, found.size)
     return manifest, len(hashed)
 
 

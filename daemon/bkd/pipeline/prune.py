@@ -16,6 +16,7 @@ from ..config.models import Retention
 from ..infra import exec as bkexec
 from ..infra.fsutil import fsync_dir, make_private_dir
 from ..infra.supervise import woken
+from ..tree import holds
 from ..tree.layout import HostDir
 from .retention import Decision, plan
 
@@ -27,14 +28,17 @@ BATCH = 500  # trashed trees per `rm -rf`: one process for many, not one each
 
 def host_plan(host_dir: HostDir, policy: Retention, now: datetime, pinned: set[str] = frozenset()) -> list[Decision]:
     latest = host_dir.latest_snapshot()
-    return plan(host_dir.hourly_names(), now, policy, latest=str(latest) if latest else None, pinned=pinned)
+    return plan(host_dir.hourly_names(), now, policy, latest=str(latest) if latest else None, pinned=pinned,
+                held=holds.is_held(host_dir))
 
 
 def move_to_trash(host_dir: HostDir, decisions: list[Decision]) -> list[str]:
     """Rename each snapshot marked delete (and its meta records) into the
-    trash; one that is already gone (another prune got there first) is skipped."""
+    trash; one that is already gone (another prune got there first) is skipped.
+    Nothing moves once the host is held, whatever the plan said: a hold may
+    have come since it was made."""
     doomed = [d.snapshot for d in decisions if d.action == "delete"]
-    if not doomed:
+    if not doomed or holds.is_held(host_dir):
         return []
     make_private_dir(host_dir.trash, under=host_dir.root.parent)
     moved = []
@@ -44,7 +48,7 @@ def move_to_trash(host_dir: HostDir, decisions: list[Decision]) -> list[str]:
         except FileNotFoundError:
             continue
         moved.append(name)
-        for record in (host_dir.meta_file(name), host_dir.manifest_file(name)):
+        for record in (host_dir.meta_file(name), host_dir.manifest_file(name), host_dir.changes_file(name)):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(record, host_dir.trash / record.name)
     fsync_dir(host_dir.hourly)

@@ -17,18 +17,24 @@ class Decision:
     action: str  # keep | delete
     tier: str  # latest | hourly | daily | monthly | future | expired | unknown
     reason: str
+    held: bool = False  # a delete the host's hold turned into a keep
 
     def as_dict(self) -> dict:
-        return {"snapshot": self.snapshot, "action": self.action, "tier": self.tier, "reason": self.reason}
+        record = {"snapshot": self.snapshot, "action": self.action, "tier": self.tier, "reason": self.reason}
+        return {**record, "held": True} if self.held else record
+
+
+HELD = "held after an anomaly: nothing of this host is deleted until an admin runs `bkctl hosts release`"
 
 
 def plan(names: list[str], now: datetime, policy: Retention, latest: str | None = None,
-         pinned: set[str] = frozenset()) -> list[Decision]:
+         pinned: set[str] = frozenset(), held: bool = False) -> list[Decision]:
     """Decide every name in one oldest-first pass. Names that are not snapshot
     names are kept untouched; snapshots dated after now are kept (and should be
     alerted on) without counting against anything; the newest snapshot that is
     not in the future, and whatever `latest` points at, are always kept; so is
-    a pinned snapshot (running work reads it) until that work ends."""
+    a pinned snapshot (running work reads it) until that work ends. A held
+    host (an anomaly, SPEC §7) keeps every one: each delete becomes "keep (held)"."""
     parsed = {name: SnapshotName.parse(name) for name in names}
     decisions: dict[str, Decision] = {}
     for name, snap in parsed.items():
@@ -75,6 +81,10 @@ def plan(names: list[str], now: datetime, policy: Retention, latest: str | None 
             decisions[name] = Decision(name, "keep", decision.tier,
                                        "in use by running work (archive, monthly copy or restore); "
                                        "a later prune deletes it")
+    if held:
+        for name, decision in decisions.items():
+            if decision.action == "delete":
+                decisions[name] = Decision(name, "keep", decision.tier, f"{HELD} (else: {decision.reason})", True)
     # Snapshots oldest first, then other names by name (each parsed once, above).
     order = lambda name: (0, parsed[name], "") if parsed[name] else (1, None, name)  # noqa: E731
     return [decisions[name] for name in sorted(names, key=order)]

@@ -31,8 +31,9 @@ from ..infra.fsutil import (
     syncfs,
     write_atomic,
 )
+from ..tree import holds
 from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName
-from . import failures, damage, manifest, rsync
+from . import anomaly, changes, damage, entropy, failures, manifest, rsync
 from .linktree import link_tree
 
 log = structlog.get_logger()
@@ -54,8 +55,9 @@ class SnapshotFailed(Exception):
 class SnapshotResult:
     status: str  # ok | warning
     name: str | None  # None for a dry run
-    stats: dict
+    stats: dict  # for every role: with the change profile's numbers and the anomaly verdict
     warning: str | None = None
+    examples: dict | None = None  # the names behind the profile (extensions, paths): admins only
 
 
 @dataclass
@@ -113,6 +115,12 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
             # snapshot and every interrupted partial (slower, but rare).
             link_dests = ([previous_dir] if previous_dir else []) + interrupted
             stats, checksums = await transfer.pull(link_dests[:MAX_LINK_DESTS], previous)
+        stats["duration_s"] = round(time.monotonic() - t0, 3)
+        # The change record, the profile and its verdict: before the commit, so
+        # that a snapshot is never complete without them, nor a suspect one unheld.
+        assessing = time.monotonic()
+        assessment = await asyncio.to_thread(transfer.assess, previous, settings.anomaly)
+        stats["anomaly_s"] = round(time.monotonic() - assessing, 3)
     except asyncio.CancelledError:
         if not control.keep_partial:
             await _remove(staging)
@@ -123,20 +131,23 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     except BaseException:
         await _remove(staging)
         raise
-    stats["duration_s"] = round(time.monotonic() - t0, 3)
-
     try:
-        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, checksums)
+        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, checksums,
+                                       previous, assessment, settings.anomaly.hold)
     except OSError as e:
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
-    log.info("snapshot.complete", snapshot=str(name), **stats)
+    log.info("snapshot.complete", snapshot=str(name), **_headline(assessment),
+             **{k: v for k, v in stats.items() if k not in ("profile", "anomaly")})
     # The daemon's CPU time (all its threads) and what reading rsync's output
     # and hashing beside it took of it: bench/snapshot.py reports them.
     log.info("snapshot.cpu", process_s=round(time.process_time() - cpu0, 3),
              reading_s=round(transfer.reading_cpu_s, 3), hashing_beside_s=round(transfer.hashing_cpu_s, 3))
+    if assessment.verdict and assessment.verdict["suspect"]:
+        log.warning("snapshot.suspect", snapshot=str(name), signals=anomaly.explain(assessment.verdict["signals"]),
+                    held=settings.anomaly.hold)
     status = "warning" if transfer.warning else "ok"
-    return SnapshotResult(status, str(name), stats, transfer.warning)
+    return SnapshotResult(status, str(name), stats, transfer.warning, assessment.names)
 
 
 LIST_PREFIX = ".files-"
@@ -156,6 +167,14 @@ class _Transfer:
         self.refetch: dict[bytes, int] = {}  # path → the damaged inode the previous snapshot holds there
         self.reading_cpu_s = 0.0  # CPU time spent reading rsync's output (bench/snapshot.py reports it)
         self.hashing_cpu_s = 0.0  # CPU time of the hasher beside the transfer
+        self.made: _Made | None = None  # how the new tree was made: what its change record starts from
+
+    def assess(self, previous: SnapshotName | None, settings) -> anomaly.Assessment:
+        """The change record of the new tree against the previous snapshot, its profile and verdict."""
+        made = self.made
+        previous_dir = self.host_dir.hourly / str(previous) if previous else None
+        return anomaly.assess(self.host_dir, self.staging, previous_dir, made.files_before, made.new_sums,
+                              made.old_sums, made.candidates, made.hashed, settings, made.listed)
 
     @property
     def warning(self) -> str | None:
@@ -212,13 +231,16 @@ class _Transfer:
         next ones; a walk by inode afterwards makes the manifest exact (unless
         nothing was linked and every file rsync counted was hashed).
         old_lines: the previous manifest, when the run has read it already."""
-        hasher = _Hasher(self.staging)
+        hasher = _Hasher(self.staging, self.host_dir.hourly / str(previous) if previous else None)
         copied: list[bytes] = []  # files rsync copied from a link-dest: every byte written, holes too
+        listed: list[tuple[bytes, str]] = []  # into an empty directory: every entry rsync made
 
         def on_item(item: rsync.Item) -> None:
             hasher.on(item)
             if item.update == "c" and item.type == "f":
                 copied.append(item.name)
+            if not link_dests:
+                listed.append((item.name, item.type))
 
         output = self._output(on_item)
         try:
@@ -240,12 +262,16 @@ class _Transfer:
         if not link_dests and len(known) == stats.get("files"):
             # Into an empty directory rsync writes each path once, so each was
             # hashed as it stays, and the count says none is missing: no walk.
-            checksums, hashed_now = {name: entry[1:] for name, entry in known.items()}, 0
+            checksums, hashed_now = {name: (entry.sha256, entry.size) for name, entry in known.items()}, 0
         else:
             checksums, hashed_now = await _hashing(manifest.by_inode, self.staging, previous_dir, old, known)
         log.info("snapshot.hashed", while_transferring=len(known), after=hashed_now,
                  seconds_after=round(time.monotonic() - started, 3))
         stats.update(_walked(checksums, old, known, hashed_now), manifest_s=round(time.monotonic() - started, 3))
+        # A first pull's entries are rsync's list, when it accounts for what rsync says it made.
+        listed_ok = not link_dests and not hashed_now and len(listed) == stats.get("created")
+        self.made = _Made(None, changes.Sums(parsed=checksums), changes.Sums(parsed=old), known,
+                          None if previous is None else len(old or ()), listed if listed_ok else None)
         return stats, manifest.sorted_lines(checksums)
 
     async def incremental(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
@@ -344,7 +370,7 @@ class _Transfer:
         other attributes (rsync's copies, and the private copies of step 2
         that it gave their new attributes)."""
         files_from = self.host_dir.meta / f"{LIST_PREFIX}{self.staging.name}"
-        hasher = _Hasher(self.staging)
+        hasher = _Hasher(self.staging, previous_dir)
         fetched: list[rsync.Item] = []
 
         def on_fetched(item: rsync.Item) -> None:
@@ -445,23 +471,45 @@ class _Transfer:
             added, to_hash = {}, []
             for name, (inode, previous_inode) in now.items():
                 entry = manifest.lookup(old_lines, name) if inode == previous_inode or name in copied else None
-                if entry is None and name in known and known[name][0] == inode:
-                    entry = known[name][1:]
+                if entry is None and name in known and known[name].inode == inode:
+                    entry = (known[name].sha256, known[name].size)
                 if entry is None:
                     to_hash.append(name)
                 else:
                     added[name] = entry
-            hashed = manifest.hash_files(self.staging, to_hash, abandoned=abandoned)
-            added.update({name: (digest, size) for name, (_inode, digest, size) in hashed.items()})
-            lines, gone = manifest.updated(old_lines, plan.changed, plan.trees, added)
+            sampled = {name for name in to_hash if name in now and now[name][1] is not None}
+            hashed = manifest.hash_files(self.staging, to_hash, abandoned=abandoned, sampled=sampled)
+            added.update({name: (found.sha256, found.size) for name, found in hashed.items()})
+            dropped: dict[bytes, str] = {}
+            lines, gone = manifest.updated(old_lines, plan.changed, plan.trees, added, dropped)
             if len(lines) == compared.get("files") and len(hashed) == len(to_hash):
                 stats.update(files=len(lines), hashed_files=len(known) + len(hashed), deleted_files=gone)
+                # Only the listed paths can differ from the previous snapshot: the fetch wrote nothing else.
+                self.made = _Made(plan.changed, changes.Sums(lines, known={n: e[0] for n, e in added.items()}),
+                                  changes.Sums(old_lines, known=dropped), {**known, **hashed}, len(old_lines))
                 return lines
         log.warning("snapshot.manifest_walk", reason="the files do not match the compare's count")
         old = self._previous_manifest(previous, old_lines) if old_lines is not None else None
         checksums, hashed_now = manifest.by_inode(self.staging, previous_dir, old, known, abandoned)
         stats.update(_walked(checksums, old, known, hashed_now))
+        self.made = _Made(plan.changed, changes.Sums(parsed=checksums), changes.Sums(parsed=old), known,
+                          len(old or ()))
         return manifest.sorted_lines(checksums)
+
+
+@dataclass(frozen=True)
+class _Made:
+    """How a run made its new tree, as far as its change record needs: the
+    paths it may have changed (None: compare the whole trees), both trees'
+    checksums, the files it hashed, and the previous snapshot's file count
+    (None: a first snapshot)."""
+
+    candidates: list[bytes] | None
+    new_sums: changes.Sums
+    old_sums: changes.Sums
+    hashed: dict[bytes, manifest.Hashed]
+    files_before: int | None
+    listed: list[tuple[bytes, str]] | None = None  # a first pull's entries (path, type), as rsync made them
 
 
 class _SourceMoved(SnapshotFailed):
@@ -675,9 +723,12 @@ class _Hasher:
     LAG = 0.05  # seconds between tries; a local sender itemizes up to a few tenths ahead
     TRIES = 6
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, previous: Path | None = None):
         self.root = root
-        self.queue: collections.deque[tuple[float, bytes, int]] = collections.deque()
+        # With a previous snapshot: the entropy sample of a file that replaces one
+        # of its files, and of that file too when the new one looks random.
+        self.previous = previous
+        self.queue: collections.deque[tuple[float, bytes, int, bool]] = collections.deque()
         self.results: dict[bytes, manifest.Hashed] = {}
         self.ended = threading.Event()  # rsync is done: take nothing new from the queue
         self.abandoned = threading.Event()  # the run failed: stop, even within a file
@@ -687,7 +738,8 @@ class _Hasher:
 
     def on(self, item: rsync.Item) -> None:
         if item.wrote_file:
-            self.queue.append((time.monotonic() + self.LAG, item.name, self.TRIES))
+            self.queue.append((time.monotonic() + self.LAG, item.name, self.TRIES,
+                               self.previous is not None and not item.is_new))
 
     def _work(self) -> None:
         # Behind rsync for the CPU: what is left when it ends is hashed then, on every core.
@@ -695,13 +747,13 @@ class _Hasher:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         except OSError:
             pass
-        root_fd = None
+        root_fd = previous_fd = None
         try:
             while not self.ended.is_set():
                 if not self.queue:
                     self.ended.wait(0.05)
                     continue
-                due, name, tries = self.queue[0]
+                due, name, tries, sample = self.queue[0]
                 if due > time.monotonic():
                     self.ended.wait(min(due - time.monotonic(), 0.05))
                     continue
@@ -711,24 +763,32 @@ class _Hasher:
                         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # rsync creates it
                     except FileNotFoundError:
                         continue
-                result = manifest.hash_file(root_fd, name, self.abandoned)
+                result = manifest.hash_file(root_fd, name, self.abandoned, sample)
+                if result is not None and entropy.looks_random(result.entropy):
+                    if previous_fd is None:
+                        previous_fd = manifest.open_dir(self.previous)  # -1 if it cannot be opened
+                    if previous_fd >= 0:
+                        result = result._replace(was=anomaly.sample_at(previous_fd, name, entropy.ORDINARY))
                 if result is not None:
                     self.results[name] = result
                 elif tries > 1:
-                    self.queue.append((time.monotonic() + self.LAG, name, tries - 1))
+                    self.queue.append((time.monotonic() + self.LAG, name, tries - 1, sample))
         finally:
-            if root_fd is not None:
-                os.close(root_fd)
+            for fd in (root_fd, previous_fd):
+                if fd is not None and fd >= 0:
+                    os.close(fd)
             self.cpu_s = time.thread_time()
 
     async def finish(self) -> dict[bytes, manifest.Hashed]:
         """rsync has ended: hash what is still queued, on every core."""
         self.ended.set()
         await asyncio.to_thread(self.worker.join)
-        left = [name for _due, name, _tries in self.queue if name not in self.results]
+        left = [name for _due, name, _tries, _sample in self.queue if name not in self.results]
+        sampled = {name for _due, name, _tries, sample in self.queue if sample}
         self.queue.clear()
         if left and self.root.exists():
-            self.results.update(await asyncio.to_thread(manifest.hash_files, self.root, left, 2, self.abandoned))
+            self.results.update(await asyncio.to_thread(manifest.hash_files, self.root, left, 2, self.abandoned,
+                                                        sampled))
         return self.results
 
     def close(self) -> None:
@@ -787,6 +847,14 @@ class _Estimate:
         return result
 
 
+def _headline(assessment: anomaly.Assessment) -> dict:
+    """The profile's headline for the snapshot's log line."""
+    numbers = assessment.numbers
+    return {"profile": f"new {numbers['new']}, changed {numbers['changed']}, deleted {numbers['deleted']}, "
+                       f"became random {numbers['became_random']}",
+            "suspect": bool(assessment.verdict and assessment.verdict["suspect"])}
+
+
 def _add_refetched(stats: dict, refetched: dict) -> None:
     """The statistics of a refetch pass into the run's: its bytes moved, and how many files it took."""
     if refetched:
@@ -827,25 +895,40 @@ async def _together(*work):
 
 
 def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
-              interrupted: list[Path], checksums: list[bytes]) -> SnapshotName:
+              interrupted: list[Path], checksums: list[bytes], previous: SnapshotName | None,
+              assessment: anomaly.Assessment, hold: bool) -> SnapshotName:
     """Staging → complete snapshot. The rename is the commit point: before it the
-    tree, its manifest and its record are on disk; after it `latest` is switched
-    atomically."""
+    tree, its manifest, its change record, its record (with the change profile
+    and the anomaly verdict) and, for a suspect snapshot, the host's hold are
+    on disk; after it `latest` is switched atomically."""
     name = host_dir.free_name(started)
     meta_file = host_dir.meta_file(name)
     manifest_file = host_dir.manifest_file(name)
+    changes_file = host_dir.changes_file(name)
+    verdict = assessment.verdict
+    suspect = bool(verdict and verdict["suspect"])
     try:
         # Not fsynced one by one: the syncfs below flushes them with the tree.
         writing = time.monotonic()
         manifest.write_lines(manifest_file, checksums, sync=False)
         stats["manifest_s"] = round(stats.get("manifest_s", 0) + time.monotonic() - writing, 3)
-        record = {"name": str(name), "time": name.time.isoformat(), **stats}
+        writing = time.monotonic()
+        changes.write(changes_file, str(previous) if previous else None, assessment.found, sync=False,
+                      made=assessment.lines)
+        stats.update(profile=assessment.numbers, anomaly=verdict,
+                     anomaly_s=round(stats.get("anomaly_s", 0) + time.monotonic() - writing, 3))
+        record = {"name": str(name), "time": name.time.isoformat(), **stats, "examples": assessment.names}
         write_atomic(meta_file, json.dumps(record, indent=1).encode(), sync=False)
+        if suspect:
+            holds.add(host_dir, {"snapshot": str(name), "signals": verdict["signals"],
+                                 "examples": assessment.names}, hold, clock.iso(clock.now()), sync=False)
         syncfs(staging)
         staging.rename(host_dir.hourly / str(name))
     except OSError:
-        meta_file.unlink(missing_ok=True)
-        manifest_file.unlink(missing_ok=True)
+        for record_file in (meta_file, manifest_file, changes_file):
+            record_file.unlink(missing_ok=True)
+        if suspect:
+            holds.drop(host_dir, str(name))
         raise
     fsync_dir(host_dir.hourly)
     replace_symlink(host_dir.latest, f"hourly/{name}")

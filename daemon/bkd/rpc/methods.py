@@ -40,6 +40,7 @@ from ..views import results as r
 from ..views.metrics import Metrics
 from ..views.report import Reports
 from ..views.status import Info, StatusView
+from ..watch.anomaly import Anomalies
 from ..watch.auditwitness import AuditWatch
 from ..watch.hosts import Hosts
 from ..watch.integrity import Integrity
@@ -265,6 +266,11 @@ class HostsTest(Params):
     hosts: Optional[list[HostName]] = None
 
 
+class HostsRelease(Params):
+    host: HostName
+    note: Optional[str] = Field(None, max_length=1000)
+
+
 class EventsSubscribe(Params):
     topics: Optional[list[Literal[TOPICS]]] = None
     max_queue: int = Field(DEFAULT_QUEUE, ge=1, le=10000)
@@ -286,7 +292,7 @@ class Method:
 
 
 # Fields that may quote file names or command output: admins only (SPEC §5).
-ADMIN_ONLY = frozenset({"detail", "listing", "identity_detail"})
+ADMIN_ONLY = frozenset({"detail", "listing", "identity_detail", "examples"})
 
 
 def _public(records: list[dict], call: Call) -> list[dict]:
@@ -310,7 +316,8 @@ class Api:
                  integrity: Integrity | None = None, hosts: Hosts | None = None, guard: SelfGuard | None = None,
                  alerts: Alerts | None = None, notifier: Notifier | None = None, metrics: Metrics | None = None,
                  reports: Reports | None = None, store: Store | None = None,
-                 audit_watch: AuditWatch | None = None, bus: EventBus | None = None):
+                 audit_watch: AuditWatch | None = None, bus: EventBus | None = None,
+                 anomalies: Anomalies | None = None):
         self.runtime = runtime
         self.info = info
         self.status_view = status
@@ -328,6 +335,7 @@ class Api:
         self.store = store
         self.audit_watch = audit_watch
         self.bus = bus
+        self.anomalies = anomalies
 
     def host_dir(self, host: str) -> HostDir:
         """A configured host's directory, or one a removed host left behind."""
@@ -369,15 +377,17 @@ class Api:
         settings = config.hosts.get(p.host)
         policy = settings.retention if settings else config.retention
         page = await catalog.list_snapshots(self.store, host_dir, policy, p.limit, p.before)
-        return {"host": p.host, **page}
+        return {"host": p.host, **page, "snapshots": _public(page["snapshots"], call)}
 
     async def schedule_list(self, _: NoParams, call: Call) -> r.ScheduleListResult:
         return {"entries": self.status_view.schedule(clock.now())}
 
     async def snapshots_browse(self, p: SnapshotsBrowse, call: Call) -> r.SnapshotsBrowseResult:
-        name, root = browse.snapshot_root(self.host_dir(p.host), p.snapshot)
+        host_dir = self.host_dir(p.host)
+        name, root = browse.snapshot_root(host_dir, p.snapshot)
         page = await asyncio.to_thread(browse.list_dir, root, p.path, p.offset, p.limit)
-        return {"host": p.host, "snapshot": name, "path": p.path, **page}
+        suspect = await asyncio.to_thread(catalog.is_suspect, host_dir, name)
+        return {"host": p.host, "snapshot": name, "suspect": suspect, "path": p.path, **page}
 
     async def snapshots_history(self, p: SnapshotsHistory, call: Call) -> r.SnapshotsHistoryResult:
         found = await asyncio.to_thread(browse.history, self.host_dir(p.host), p.path)
@@ -493,6 +503,15 @@ class Api:
         results = await self.hosts.test(names)
         return {"results": dict(zip(names, _public([results[name] for name in names], call), strict=True))}
 
+    async def holds_list(self, _: NoParams, call: Call) -> r.HoldsListResult:
+        """Hosts with unreleased suspect snapshots (and whether their pruning
+        is held): numbers for every role, example file names for admins."""
+        return {"holds": await asyncio.to_thread(self.anomalies.holds, call.role == "admin")}
+
+    async def hosts_release(self, p: HostsRelease, call: Call) -> r.HostsReleaseResult:
+        self.host_dir(p.host)
+        return await self.anomalies.release(p.host, call.user, p.note)
+
     async def config_reload(self, _: NoParams, call: Call) -> r.ConfigReloadResult:
         return await self.runtime.reload()
 
@@ -560,6 +579,8 @@ def method_table(api: Api) -> dict[str, Method]:
         M.METRICS: Method(NoParams, api.metrics, r.MetricsResult, "viewer"),
         M.HOSTS_LIST: Method(NoParams, api.hosts_list, r.HostsListResult, "viewer"),
         M.HOSTS_TEST: Method(HostsTest, api.hosts_test, r.HostsTestResult, "operator", concurrency=2),
+        M.HOSTS_RELEASE: Method(HostsRelease, api.hosts_release, r.HostsReleaseResult, "admin", mutating=True),
+        M.HOLDS_LIST: Method(NoParams, api.holds_list, r.HoldsListResult, "viewer"),
         M.CONFIG_RELOAD: Method(NoParams, api.config_reload, r.ConfigReloadResult, "admin", mutating=True),
         M.EVENTS_SUBSCRIBE: Method(EventsSubscribe, api.events_subscribe, r.EventsSubscribeResult, "viewer",
                                    streams=True),

@@ -148,7 +148,8 @@ class Worker:
             self.fleet.refresh(run.host)
             name = SnapshotName.parse(result.name)
             try:
-                await self.store.snapshots.record(run.host, [(result.name, clock.iso(name.time), result.stats,
+                await self.store.snapshots.record(run.host, [(result.name, clock.iso(name.time),
+                                                              {**result.stats, "examples": result.examples},
                                                               run.job_id)])
             except STORE_ERRORS as e:  # meta/ has the record; the database is rebuilt from it
                 log.warning("store.snapshot_unrecorded", snapshot=result.name, error=str(e))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from . import holds
 from .layout import ArchiveFile, HostDir, SnapshotName
 
 
@@ -25,6 +26,8 @@ class HostFacts:
     archives: int = 0
     monthly: tuple[str, ...] = ()
     error: str | None = None  # the directory could not be read
+    held: bool = False  # pruning is held after an anomaly (tree/holds.py)
+    suspects: tuple[str, ...] = ()  # unreleased suspect snapshots
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ def read_facts(host_dir: HostDir, now: datetime) -> HostFacts:
     split = bisect.bisect_right(listing.times, now.timestamp())  # sorted: the past, then the future
     past_archives = [a for a in archives if a.snapshot.time <= now]
     future = names[split:] + tuple(a.path.name for a in archives if a.snapshot.time > now)
+    hold = holds.read(host_dir)
     return HostFacts(latest=SnapshotName.parse(names[split - 1]) if split else None, snapshots=len(names),
                      future=future, newest_archive=past_archives[-1].snapshot if past_archives else None,
-                     archives=len(archives), monthly=listing.monthly)
+                     archives=len(archives), monthly=listing.monthly, held=bool(hold and hold.held),
+                     suspects=tuple(hold.snapshots) if hold else ())

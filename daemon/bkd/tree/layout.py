@@ -93,8 +93,17 @@ class HostDir:
         """The damaged copies and other problems verify found (pipeline/damage.py)."""
         return self.meta / "damage.json"
 
+    @property
+    def hold_file(self) -> Path:
+        """The host's unreleased anomalies and its prune hold (tree/holds.py)."""
+        return self.meta / "hold.json"
+
     def meta_file(self, name: SnapshotName | str) -> Path:
         return self.meta / f"{name}.json"
+
+    def changes_file(self, name: SnapshotName | str) -> Path:
+        """What changed in the snapshot against the one before it (pipeline/changes.py)."""
+        return self.meta / f"{name}.changes"
 
     def manifest_file(self, name: SnapshotName | str) -> Path:
         return self.meta / f"{name}.manifest"

@@ -30,6 +30,12 @@ def read_meta(host_dir: HostDir, name: SnapshotName | str) -> dict:
     return {k: v for k, v in record.items() if k not in ("name", "time")} if isinstance(record, dict) else {}
 
 
+def is_suspect(host_dir: HostDir, name: str) -> bool:
+    """Whether the snapshot's own record says it is suspect (an anomaly)."""
+    verdict = read_meta(host_dir, name).get("anomaly")
+    return bool(isinstance(verdict, dict) and verdict.get("suspect"))
+
+
 def _listing(host_dir: HostDir, policy: Retention, now: datetime) -> list[Decision]:
     """Every complete snapshot of the host, oldest first, with its retention
     tier: one read of hourly/, in a worker thread (the retention plan of a
@@ -71,11 +77,16 @@ async def list_snapshots(store: Store, host_dir: HostDir, policy: Retention, lim
     for decision in page:
         name = decision.snapshot
         stats = recorded.get(name, {})
+        verdict = stats.get("anomaly")
         entries.append({
             "name": name, "time": clock.iso(SnapshotName.parse(name).time), "tier": decision.tier,
             "files": stats.get("files"), "bytes": stats.get("bytes"),
             "changed_files": stats.get("changed_files"), "deleted_files": stats.get("deleted_files"),
             "transferred_bytes": stats.get("transferred_bytes"), "duration_s": stats.get("duration_s"),
+            # The change profile (numbers), the verdict that explains `suspect`, and the names behind
+            # them (`examples`: admins only). Snapshots made before bkd recorded them have none.
+            "suspect": bool(isinstance(verdict, dict) and verdict.get("suspect")), "held": decision.held,
+            "profile": stats.get("profile"), "anomaly": verdict, "examples": stats.get("examples"),
         })
     return {"snapshots": entries, "total": len(listing),
             "next_before": names[0] if page and start > 0 else None}

@@ -59,6 +59,10 @@ HELP = {
     "bkd_consecutive_failures": ("gauge", "Backup runs of the host that failed in a row (0: the last one worked)."),
     "bkd_stale": ("gauge", "1 when the newest snapshot is older than stale_factor times the interval."),
     "bkd_host_error": ("gauge", "1 when the host's directory cannot be read."),
+    "bkd_host_held": ("gauge", "1 while the host's pruning is held after an anomaly (until bkctl hosts release)."),
+    "bkd_host_suspect_snapshots": ("gauge", "Unreleased suspect snapshots of the host (an anomaly)."),
+    "bkd_last_became_random_files": ("gauge", "Changed files of the newest snapshot whose content went from "
+                                              "ordinary to random-looking."),
     "bkd_running": ("gauge", "Runs in progress."),
     "bkd_queued": ("gauge", "Runs waiting for a free slot."),
     "bkd_deletion_queue": ("gauge", "Pruned snapshots still being deleted."),
@@ -130,12 +134,15 @@ class Metrics:
                 for metric, key in (("bkd_last_duration_seconds", "duration_s"), ("bkd_last_bytes", "bytes"),
                                     ("bkd_last_files", "files"), ("bkd_last_changed_files", "changed_files")):
                     add(metric, recorded.get(key), host=name)
+                add("bkd_last_became_random_files", (recorded.get("profile") or {}).get("became_random"), host=name)
             if facts.error is None:
                 add("bkd_snapshots", facts.snapshots, host=name)
                 add("bkd_archives", facts.archives, host=name)
                 add("bkd_monthly_copies", len(facts.monthly), host=name)
             add("bkd_stale", view.stale, host=name)
             add("bkd_host_error", facts.error is not None, host=name)
+            add("bkd_host_held", facts.held, host=name)
+            add("bkd_host_suspect_snapshots", len(facts.suspects), host=name)
             add("bkd_failures_total", failures.get(name, 0), host=name)
             add("bkd_consecutive_failures", record.consecutive_failures, host=name)
         runs = self.registry.runs()

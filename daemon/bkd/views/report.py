@@ -202,6 +202,7 @@ class Reports:
                 "last_attempt": clock.iso(record.last_attempt),
                 "consecutive_failures": record.consecutive_failures,
                 "readable": facts.error is None,
+                "held": facts.held, "suspects": list(facts.suspects),
                 "bytes": recorded.get("bytes"), "files": recorded.get("files"),
                 "changed_files": recorded.get("changed_files"), "duration_s": recorded.get("duration_s"),
                 "snapshots": facts.snapshots, "archives": facts.archives, "monthly": len(facts.monthly),

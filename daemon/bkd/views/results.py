@@ -31,6 +31,8 @@ class HostStatus(TypedDict):
     last_error: str | None
     next_run: str | None
     future_entries: int
+    held: bool
+    suspects: list[str]
     error: str | None
     alerts: int
     alert_kinds: list[str]
@@ -78,6 +80,7 @@ class SnapshotsListResult(TypedDict):
 class SnapshotsBrowseResult(TypedDict):
     host: str
     snapshot: str
+    suspect: bool
     path: str
     entries: list[dict]
     total: int
@@ -190,6 +193,18 @@ class HostsListResult(TypedDict):
 
 class HostsTestResult(TypedDict):
     results: dict[str, dict]
+
+
+class HoldsListResult(TypedDict):
+    holds: list[dict]
+
+
+class HostsReleaseResult(TypedDict):
+    released: bool
+    host: str
+    held: bool
+    since: str | None
+    snapshots: list[str]
 
 
 class ConfigReloadResult(TypedDict):

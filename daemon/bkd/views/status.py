@@ -71,6 +71,8 @@ class StatusView:
                 "last_error": view.record.last_error,
                 "next_run": clock.iso(view.next_run),
                 "future_entries": len(view.facts.future),
+                "held": view.facts.held,
+                "suspects": list(view.facts.suspects),
                 "error": view.facts.error,
                 "alerts": alerts.open_for(name),
                 "alert_kinds": sorted({e["kind"] for e in alerts.current.values() if e["host"] == name}),
