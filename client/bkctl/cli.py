@@ -904,7 +904,7 @@ def _parser() -> argparse.ArgumentParser:
                        "release: the one host")
     hosts.add_argument("--note", help="release: why, kept in the audit log")
     add("holds", cmd_holds, "hosts whose pruning is held after an anomaly: since when, the suspect snapshots and why",
-        "holds", "--json holds")
+        "holds", "holds --json")
     add("reload", cmd_reload, "re-read the config without dropping running work", "reload")
     watch = add("watch", cmd_watch, "stream live events as lines (JSON lines with --json)",
                 "watch --topic job --topic host")

@@ -140,7 +140,7 @@ def change_everything(root: Path) -> None:
 
 
 def run(config: Config):
-    result = asyncio.run(take_snapshot(config, config.settings(config.host[0])))
+    result = asyncio.run(take_snapshot(config, config.hosts[config.host[0].name]))
     assert result.status == "ok", result.warning
     return result
 

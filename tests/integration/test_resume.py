@@ -17,7 +17,7 @@ async def test_a_resumed_run_links_what_the_interrupted_run_pulled_and_what_the_
     (source / "old.txt").write_text("in the last complete snapshot\n")
     config = Config.model_validate({"backup_root": str(tmp_path / "backup"), "state_dir": str(tmp_path / "state"),
                                     "host": [{"name": "h", "source": str(source)}]})
-    settings = config.settings(config.host[0])
+    settings = config.hosts[config.host[0].name]
     first = await take_snapshot(config, settings)
     hourly = HostDir.of(config.backup_root, "h").hourly
 

@@ -53,6 +53,6 @@ def test_the_per_method_limits_are_the_ones_docs_design_md_gives():
 
 def test_the_anomaly_methods_roles():
     """SPEC §5: holds.list is for viewers (no file names in it for them), hosts.release for admins, audited."""
-    table = method_table(Api(None))
+    table = method_table(Api())
     assert (table["holds.list"].role, table["holds.list"].mutating) == ("viewer", False)
     assert (table["hosts.release"].role, table["hosts.release"].mutating) == ("admin", True)
