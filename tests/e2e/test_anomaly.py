@@ -15,6 +15,8 @@ import random
 import signal
 from pathlib import Path
 
+from bkd.rpc.methods import Api, method_table
+
 from attacks import attack
 from conftest import wait_until
 
@@ -210,8 +212,12 @@ def test_three_attacks_are_caught_on_their_snapshot_and_hold_pruning_until_a_rel
     assert_held(daemon, suspect, alert_ids)
 
     # A release lifts one hold, audited, and resolves its alert; the mark stays.
-    released = daemon.bkctl("hosts", "release", "del", "--note", "checked: the deletion was an attack, restored")
+    released = daemon.bkctl("hosts", "release", "del", "--note", "checked: the deletion was an attack, restored",
+                            "--json")
     assert released.returncode == 0, released.stderr
+    answer, result_type = json.loads(released.stdout), method_table(Api())["hosts.release"].result
+    assert result_type.__required_keys__ <= set(answer) <= set(result_type.__annotations__)  # as tests/e2e/test_results
+    assert answer["released"] and answer["host"] == "del" and answer["snapshots"] == [suspect["del"]]
     assert "del" not in held(daemon) and "del" not in {a["host"] for a in anomaly_alerts(daemon)}
     assert [a["state"] for a in anomaly_alerts(daemon, every=True) if a["host"] == "del"] == ["resolved"]
     entry = next(e for e in daemon.call("audit.list", limit=20)["entries"] if e["method"] == "hosts.release")
