@@ -219,7 +219,7 @@ def cmd_job(client: Client, args) -> int:
 
 
 def cmd_snapshots(client: Client, args) -> int:
-    params = {"host": args.host}
+    params = {"host": args.host, "kind": args.kind}
     if not args.all:
         params["limit"] = args.limit
     result = client.call("snapshots.list", params)
@@ -228,7 +228,8 @@ def cmd_snapshots(client: Client, args) -> int:
     rows = [[s["name"], relative(s["time"]), s["tier"], number(s["files"]), size(s["bytes"]),
              number(s["changed_files"]), number(s["deleted_files"])] for s in result["snapshots"]]
     if not rows:
-        print(f"no snapshots of {args.host} yet")
+        what = {"hourly": "snapshots", "monthly": "monthly copies", "archive": "archives"}.get(args.kind, "copies")
+        print(f"no {what} of {args.host} yet")
         return EXIT_OK
     print(table(["NAME", "AGE", "TIER", "FILES", "SIZE", "CHANGED", "DELETED"], rows))
     if result.get("next_before"):
@@ -341,7 +342,9 @@ def event_line(event: dict) -> str:
     return f"{stamp} {topic:<8} {who} {what}".replace("  ", " ").rstrip()
 
 
-_SNAPSHOT_NAME = re.compile(rf"{protocol.SNAPSHOT_NAME}|latest")
+# A SNAPSHOT argument (SPEC §2): latest, an hourly name, a monthly copy, an archive. A PATH that
+# looks like one is written with a leading /.
+_SNAPSHOT_NAME = re.compile(rf"{protocol.SNAPSHOT_NAME}|latest|monthly/\d{{4}}-\d{{2}}|archive/[^/]+")
 
 
 def cmd_ls(client: Client, args) -> int:
@@ -691,8 +694,11 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--before", type=int, metavar="ID", help="the page of jobs older than job ID")
     job = add("job", cmd_job, "one job in detail")
     job.add_argument("job_id", type=int, metavar="ID")
-    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N)")
+    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N); "
+                    "monthly copies and archives with --kind")
     snapshots.add_argument("host", metavar="HOST")
+    snapshots.add_argument("--kind", default="hourly", choices=["hourly", "monthly", "archive", "all"],
+                           help="which copies: hourly snapshots (default), monthly copies, archives, or all")
     snapshots.add_argument("--limit", type=int, default=50, help="the newest N (default 50)")
     snapshots.add_argument("--all", action="store_true", help="every snapshot")
     add("schedule", cmd_schedule, "scheduled work and its next run time")
@@ -704,7 +710,8 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=0, help="at most this many entries (one page)")
     restore = add("restore", cmd_restore, "copy PATH of a snapshot back to DEST/PATH")
     restore.add_argument("host", metavar="HOST")
-    restore.add_argument("snapshot", metavar="SNAPSHOT", help="a snapshot name, or latest")
+    restore.add_argument("snapshot", metavar="SNAPSHOT",
+                         help="latest, a snapshot name, monthly/YYYY-MM or archive/FILE")
     restore.add_argument("path", metavar="PATH", help="inside the snapshot; / is its root")
     restore.add_argument("--to", required=True, metavar="DEST", help="local directory or host:path")
     restore.add_argument("--overwrite", action="store_true", help="replace files that exist in DEST")
@@ -713,8 +720,9 @@ def _parser() -> argparse.ArgumentParser:
                          "(a local DEST is then received by a detached bkctl)")
     verify = add("verify", cmd_verify, "check snapshots (and their archives) against their checksums")
     verify.add_argument("host", metavar="HOST")
-    verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="default: latest")
-    verify.add_argument("--all", action="store_true", help="every snapshot and archive")
+    verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT",
+                        help="default: latest; or a snapshot name, monthly/YYYY-MM, archive/FILE")
+    verify.add_argument("--all", action="store_true", help="every snapshot, monthly copy and archive")
     verify.add_argument("--sample", action="store_true",
                         help="run the background pass now: a sample, least recently verified first")
     audit = add("audit", cmd_audit, "who did what over the socket; --verify checks the hash chain")

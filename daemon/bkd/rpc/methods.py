@@ -22,10 +22,10 @@ from ..config.models import Duration, HostName, SinkName, redact_url
 from ..infra import clock
 from ..infra.errors import Denied, InvalidArgument, NotFound
 from ..infra.events import DEFAULT_QUEUE, TOPICS
-from ..pipeline import selfguard
+from ..pipeline import selfguard, tarstream
 from ..restore import transfer as restore
 from ..runs.plan import RestoreTarget, Trigger
-from ..tree import browse, relpath
+from ..tree import browse, copies, relpath
 from ..tree.layout import HostDir
 from ..views import catalog, metrics, report
 from . import access
@@ -124,13 +124,17 @@ class JobsList(Params):
 
 class SnapshotsList(Params):
     host: HostName
+    kind: Literal["hourly", "monthly", "archive", "all"] = "hourly"
     limit: capped(1_000_000, Optional[int]) = None  # more than retention can ever keep
     before: Optional[str] = Field(None, max_length=64)
 
 
+SnapshotRef = Annotated[str, Field(max_length=300)]  # latest, an hourly name, monthly/YYYY-MM, archive/FILE
+
+
 class SnapshotsBrowse(Params):
     host: HostName
-    snapshot: Optional[str] = Field(None, max_length=64)
+    snapshot: Optional[SnapshotRef] = None
     path: FsPath = "/"
     offset: int = Field(0, ge=0, le=MAX_ID)
     limit: capped(100_000) = browse.DEFAULT_PAGE
@@ -168,7 +172,7 @@ class Receiver(Params):
 
 class Restore(Params):
     host: HostName
-    snapshot: str = Field(max_length=64)
+    snapshot: SnapshotRef
     path: FsPath
     dest: FsPath
     overwrite: bool = False
@@ -182,7 +186,7 @@ class RestoreStream(Params):
 
 class Verify(Params):
     host: HostName
-    snapshot: Optional[str] = Field(None, max_length=64)
+    snapshot: Optional[SnapshotRef] = None
     all: bool = False
     sample: bool = False  # run the background pass's sample now
 
@@ -348,16 +352,17 @@ class Api:
         host_dir = self.host_dir(p.host)
         host = config.find_host(p.host)
         policy = config.settings(host).retention if host else config.retention
-        page = await catalog.list_snapshots(self.s.store, host_dir, policy, p.limit, p.before)
+        page = await catalog.list_kinds(self.s.store, host_dir, policy, p.kind, p.limit, p.before)
         return {"host": p.host, **page}
 
     async def schedule_list(self, _: NoParams, call: Call) -> dict:
         return {"entries": self.s.readmodel.schedule_entries(clock.now())}
 
     async def snapshots_browse(self, p: SnapshotsBrowse, call: Call) -> dict:
-        name, root = browse.snapshot_root(self.host_dir(p.host), p.snapshot)
-        page = await asyncio.to_thread(browse.list_dir, root, p.path, p.offset, p.limit)
-        return {"host": p.host, "snapshot": name, "path": p.path, **page}
+        copy = copies.resolve(self.host_dir(p.host), p.snapshot)
+        tree = await tarstream.tree_of(copy)
+        page = await asyncio.to_thread(tree.list_dir, p.path, p.offset, p.limit)
+        return {"host": p.host, "snapshot": copy.ref, "kind": copy.kind, "path": p.path, **page}
 
     async def snapshots_history(self, p: SnapshotsHistory, call: Call) -> dict:
         found = await asyncio.to_thread(browse.history, self.host_dir(p.host), p.path)
@@ -368,8 +373,9 @@ class Api:
         path inside it, the destination and what is already there."""
         config = self.s.runtime.config
         host_dir = self.host_dir(p.host)
-        name, root = browse.snapshot_root(host_dir, p.snapshot)
-        await asyncio.to_thread(browse.lookup, root, p.path)
+        copy = copies.resolve(host_dir, p.snapshot)
+        tree = await tarstream.tree_of(copy)
+        await asyncio.to_thread(tree.lookup, p.path)
         parts = browse.components(p.path)
         remote = restore.check_destination(p.dest)
         if remote and not access.may_restore_remotely(call.who, config.access):
@@ -396,11 +402,11 @@ class Api:
                                   location=(location.dev, location.path) if location else None)
             _outside_own(config, p.dest, where)
         restore.conflict(where, p.dest, parts, p.overwrite)
-        top_level = await asyncio.to_thread(browse.top_level, root) if not parts else []
+        top_level = await asyncio.to_thread(tree.top_level) if not parts else []
         source_args, into = restore.sources(parts, where, top_level)
         options = restore.options(p.overwrite, p.dry_run)
         token = None if remote else self.s.receivers.expect(call.uid)
-        target = RestoreTarget(name, p.path, p.dest, p.overwrite, tuple(source_args), into, tuple(options), where,
+        target = RestoreTarget(copy.ref, p.path, p.dest, p.overwrite, tuple(source_args), into, tuple(options), where,
                                token, os.fsencode(p.receiver.missing) if p.receiver else b"")
         job_id = await self.s.jobs.start([p.host], Kind.RESTORE, Trigger.MANUAL, restore=target, dry_run=p.dry_run)
         answer = {"job_id": job_id}
@@ -422,10 +428,10 @@ class Api:
             result = await integrity.sample(host_dir, self.s.runtime.config.verify.sample_percent)
             return {**result, "ok": not result["mismatches"], "snapshots": [result["snapshot"]], "archives": []}
         if p.all:
-            names = [str(n) for n in host_dir.snapshots()]
+            chosen = [copies.hourly(host_dir, n) for n in host_dir.snapshots()] + copies.monthly_copies(host_dir)
         else:
-            names = [browse.snapshot_root(host_dir, p.snapshot)[0]]
-        return {"host": p.host, **await integrity.verify(host_dir, names, p.all)}
+            chosen = [copies.resolve(host_dir, p.snapshot)]
+        return {"host": p.host, **await integrity.verify(host_dir, chosen, p.all)}
 
     async def metrics(self, _: NoParams, call: Call) -> dict:
         return {"text": await metrics.exposition(self.s)}
