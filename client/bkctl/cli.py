@@ -257,7 +257,9 @@ def cmd_prune(client: Client, args) -> int:
     for host, decisions in sorted(result["plan"].items()):
         deleting = sum(d["action"] == "delete" for d in decisions)
         verb = "would delete" if args.dry_run else "deleted"
-        print(f"{host}: keep {len(decisions) - deleting}, {verb} {deleting}")
+        frees = (result.get("frees") or {}).get(host)
+        freeing = f", freeing {size(frees)}" if frees is not None and deleting else ""
+        print(f"{host}: keep {len(decisions) - deleting}, {verb} {deleting}{freeing}")
         rows = [[d["snapshot"], d["action"], d["tier"], d["reason"]] for d in decisions
                 if args.dry_run or d["action"] == "delete"]
         if rows:
@@ -376,11 +378,52 @@ def cmd_ls(client: Client, args) -> int:
 
 
 def _history(client: Client, args, path: str) -> int:
-    result = client.call("snapshots.history", {"host": args.host, "path": path})
+    """`ls --history HOST PATH`: find of that one path."""
+    result = client.call("find", {"host": args.host, "path": path, "limit": 100_000})
     if args.json:
         return _print_json(result)
-    rows = [[e["snapshot"], e["type"], size(e["size"]), e["mtime"]] for e in result["entries"]]
-    print(table(["SNAPSHOT", "TYPE", "SIZE", "MTIME"], rows) if rows else f"{safe(path)} is in no snapshot of {args.host}")
+    if not result["versions"]:
+        print(f"{path} is in no copy of {args.host}")
+        return EXIT_OK
+    _print_versions(result, with_path=False)
+    return EXIT_OK
+
+
+def _print_versions(result: dict, with_path: bool = True) -> None:
+    rows = [[*([v["path"]] if with_path else []), v["type"], size(v["size"]), v["mtime"],
+             (v["sha256"] or "-")[:12], v["first"], v["last"], number(v["count"])] for v in result["versions"]]
+    print(table([*(["PATH"] if with_path else []), "TYPE", "SIZE", "MTIME", "SHA256", "FIRST", "LAST", "COPIES"],
+                rows))
+    if result.get("truncated"):
+        print(f"(the newest {len(rows)} versions; --limit N for more)")
+
+
+def cmd_find(client: Client, args) -> int:
+    params = {"host": args.host, "pattern": args.pattern, "limit": args.limit}
+    if args.since:
+        params["since"] = args.since
+    result = client.call("find", params)
+    if args.json:
+        return _print_json(result)
+    if not result["versions"]:
+        print(f"no path of {args.host} matches {args.pattern}")
+        return EXIT_OK
+    _print_versions(result)
+    return EXIT_OK
+
+
+def cmd_du(client: Client, args) -> int:
+    params = {"snapshots": args.snapshots, **({"hosts": args.hosts} if args.hosts else {})}
+    result = client.call("du", params)
+    if args.json:
+        return _print_json(result)
+    rows = [[host, size(space["unique_bytes"]), size(space["total_bytes"])]
+            for host, space in sorted(result["hosts"].items())]
+    print(table(["HOST", "ON DISK", "REFERENCED"], rows) if rows else "no hosts configured")
+    for host, space in sorted(result["hosts"].items()) if args.snapshots else []:
+        print(f"\n{host}: what deleting each copy alone would free")
+        print(table(["  COPY", "KIND", "FREES"], [["  " + c["name"], c["kind"], size(c["freed_bytes"])]
+                                                   for c in space["snapshots"]]))
     return EXIT_OK
 
 
@@ -705,9 +748,21 @@ def _parser() -> argparse.ArgumentParser:
     ls = add("ls", cmd_ls, "browse a snapshot: ls HOST [SNAPSHOT] [PATH]; --history HOST PATH")
     ls.add_argument("host", metavar="HOST")
     ls.add_argument("args", nargs="*", metavar="SNAPSHOT/PATH")
-    ls.add_argument("--history", action="store_true", help="every snapshot in which PATH exists")
+    ls.add_argument("--history", action="store_true", help="every version of PATH and the copies holding it "
+                    "(find of that one path)")
     ls.add_argument("--offset", type=int, default=0, help="start at this entry (paging)")
     ls.add_argument("--limit", type=int, default=0, help="at most this many entries (one page)")
+    find = add("find", cmd_find, "every version of the paths matching PATTERN, newest first, with the copies "
+               "holding each")
+    find.add_argument("host", metavar="HOST")
+    find.add_argument("pattern", metavar="PATTERN", help="a glob on the path inside the snapshot: * and ? within "
+                      "a name, ** any depth, [...] a class, \\ escapes; without / it matches the last name anywhere")
+    find.add_argument("--since", metavar="DURATION", help="only versions a copy this recent holds, e.g. 7d")
+    find.add_argument("--limit", type=int, default=1000, help="at most this many versions (default 1000)")
+    du = add("du", cmd_du, "real disk use: per host the bytes it takes and the bytes its copies reference; "
+             "--snapshots: what deleting each copy would free")
+    du.add_argument("hosts", nargs="*", metavar="HOST")
+    du.add_argument("--snapshots", action="store_true", help="per snapshot, monthly copy and archive")
     restore = add("restore", cmd_restore, "copy PATH of a snapshot back to DEST/PATH")
     restore.add_argument("host", metavar="HOST")
     restore.add_argument("snapshot", metavar="SNAPSHOT",

@@ -31,6 +31,7 @@ from .infra.systemd import keep_alive, notify, watchdog_interval
 from .infra.users import user_name
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
+from .pipeline.versions.service import Versions
 from .restore.receivers import Receivers
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
@@ -130,6 +131,7 @@ class Services:
     hosts: Hosts
     receivers: Receivers
     guard: SelfGuard
+    versions: Versions | None = None
     notifier: Notifier | None = None
     audit_watch: AuditWatch | None = None
     healthy: Callable[[], bool] = lambda: True  # the supervisor's verdict, once it exists
@@ -195,20 +197,25 @@ class Daemon:
             raise StartupError(f"cannot use the state database {config.state_dir / DATABASE_NAME}: {e}") from None
         alerts.listeners.append(notifier.on_alert)
         housekeeping = Housekeeping(config.backup_root, store, registry, readmodel.refresh)
+        versions = Versions(config.state_dir, lambda: runtime.config.backup_root,
+                            lambda: [h.name for h in runtime.config.host])
+        housekeeping.on_pruned.append(versions.changed)  # the index forgets what went
         limits = {Lane.SNAPSHOT: Limit(config.max_parallel_hosts), Lane.HEAVY: Limit(config.max_parallel_heavy),
                   Lane.RESTORE: None}
         receivers = Receivers()
         guard = SelfGuard(config)
-        worker = Worker(runtime, registry, limits, housekeeping, store, readmodel, bus.publish, receivers, guard)
+        worker = Worker(runtime, registry, limits, housekeeping, store, readmodel, bus.publish, receivers, guard,
+                        versions)
         recorder = Recorder(store, registry)
         jobs = Jobs(runtime, registry, worker, recorder, readmodel, alerts, bus.publish)
         scheduler = Scheduler(runtime, readmodel, registry, jobs)
-        integrity = Integrity(runtime, store, alerts)
+        integrity = Integrity(runtime, store, alerts, versions)
         housekeeping.on_pruned.append(integrity.settle)  # damage that went with its snapshots
         freshness = Freshness(runtime, readmodel, alerts, housekeeping, DiskWatch(runtime, store, alerts))
         audit_watch = AuditWatch(store.audit, alerts, uid)
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
-                                     integrity, Hosts(runtime, guard), receivers, guard, notifier, audit_watch)
+                                     integrity, Hosts(runtime, guard), receivers, guard, versions, notifier,
+                                     audit_watch)
         textfile = Textfile(s)
         reporter = Reporter(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
@@ -281,6 +288,7 @@ class Daemon:
             "heartbeat": lambda: heartbeat(runtime, supervisor.healthy),
             "report": reporter.run,
             "audit-witness": lambda: audit_watch.run(mismatch),
+            "versions": versions.run,
         }
         try:
             async with asyncio.TaskGroup() as group:
@@ -295,9 +303,11 @@ class Daemon:
                 log.info("daemon.stopping", running=sorted({run.host for run in registry.runs()}))
                 await server.close()  # no new requests; every connection's handlers have ended
                 await jobs.shutdown()  # running work stopped, partials kept, records written
+                versions.stop.set()  # a rebuild stops at its next copy
                 for task in tasks:
                     task.cancel()
         finally:
+            versions.close()
             logs.forward_to(None)
 
 

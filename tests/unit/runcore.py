@@ -147,7 +147,7 @@ class Core:
         self.stages = Stages()
         # Housekeeping, store, read model and self-guard serve only the real stages.
         self.worker = Worker(self.runtime, self.registry, self.limits, None, None, None, self.events, Receivers(),
-                             None)
+                             None, None)
         self.worker._stages = self.stages.table()
         self.changes: list[tuple[str, str, Stage | None]] = []  # (host, status, stage) at each `changed`
 

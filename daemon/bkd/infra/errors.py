@@ -36,3 +36,7 @@ class Denied(DomainError):
 
 class ShuttingDown(DomainError):
     """The daemon is stopping and takes no new work."""
+
+
+class NotReady(DomainError):
+    """What answers this is not ready yet (the version index being rebuilt); data says how far."""

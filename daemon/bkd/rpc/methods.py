@@ -20,7 +20,7 @@ from bkctl.protocol import RUN_KINDS, AlertKind, Kind, Method as M
 from .. import __version__
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..infra import clock
-from ..infra.errors import Denied, InvalidArgument, NotFound
+from ..infra.errors import Denied, InvalidArgument, NotFound, NotReady
 from ..infra.events import DEFAULT_QUEUE, TOPICS
 from ..pipeline import selfguard, tarstream
 from ..restore import transfer as restore
@@ -140,9 +140,23 @@ class SnapshotsBrowse(Params):
     limit: capped(100_000) = browse.DEFAULT_PAGE
 
 
-class SnapshotsHistory(Params):
+class Find(Params):
     host: HostName
-    path: FsPath
+    pattern: Optional[Annotated[FsPath, Field(min_length=1, max_length=4096)]] = None
+    path: Optional[FsPath] = None  # one path exactly, whatever characters it holds (bkctl ls --history)
+    since: Optional[Duration] = None  # only versions a copy this recent holds
+    limit: capped(100_000) = 1000
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.pattern is None) == (self.path is None):
+            raise ValueError("give pattern or path")
+        return self
+
+
+class Du(Params):
+    hosts: Optional[list[HostName]] = None
+    snapshots: bool = False  # what deleting each copy would free
 
 
 Identity = Annotated[list[Annotated[int, Field(ge=0, le=2**64 - 1)]], Field(min_length=2, max_length=2)]  # dev, ino
@@ -326,6 +340,7 @@ class Api:
         for name, host in result["hosts"].items():
             host["alerts"] = alerts.open_for(name)
             host["alert_kinds"] = sorted({e["kind"] for e in alerts.current.values() if e["host"] == name})
+            host["unique_bytes"] = self.s.versions.unique_bytes(name)  # real space, from the version index
         return {**result, "deletion_queue": self.s.housekeeping.collector.pending(),
                 "subscribers": len(self.s.bus.subscriptions),
                 "alerts": alerts.summary()}
@@ -364,9 +379,26 @@ class Api:
         page = await asyncio.to_thread(tree.list_dir, p.path, p.offset, p.limit)
         return {"host": p.host, "snapshot": copy.ref, "kind": copy.kind, "path": p.path, **page}
 
-    async def snapshots_history(self, p: SnapshotsHistory, call: Call) -> dict:
-        found = await asyncio.to_thread(browse.history, self.host_dir(p.host), p.path)
-        return {"host": p.host, "path": p.path, "entries": found}
+    async def find(self, p: Find, call: Call) -> dict:
+        """Every version of the paths matching pattern, from the host's version index."""
+        since = clock.now() - p.since if p.since else None
+        versions, more = await self.s.versions.find(self.host_dir(p.host), p.pattern, p.path, since, p.limit)
+        asked = {"pattern": p.pattern} if p.pattern is not None else {"path": p.path}
+        return {"host": p.host, **asked, "versions": versions, "truncated": more or p.clamped}
+
+    async def du(self, p: Du, call: Call) -> dict:
+        """Real disk use by inode and allocated blocks (counts only: for viewers too)."""
+        names = self.s.jobs.host_names(p.hosts) if p.hosts else [h.name for h in self.s.runtime.config.host]
+        hosts, waiting = {}, {}
+        for name in names:
+            try:
+                hosts[name] = await self.s.versions.space(self.host_dir(name), p.snapshots)
+            except NotReady as e:
+                waiting[name] = e.data
+        if waiting:
+            raise NotReady(f"the version index of {', '.join(sorted(waiting))} is being rebuilt; try again later",
+                           {"hosts": waiting})
+        return {"hosts": hosts}
 
     async def restore(self, p: Restore, call: Call) -> dict:
         """Check everything that can be checked before starting: the snapshot, the
@@ -480,11 +512,15 @@ class Api:
 
     async def prune(self, p: Prune, call: Call) -> dict:
         config = self.s.runtime.config
-        plan = {}
+        plan, frees = {}, {}
         for host in self.s.jobs.host_names(p.hosts):
             policy = config.settings(config.find_host(host)).retention
-            plan[host] = await self.s.housekeeping.prune(HostDir.of(config.backup_root, host), policy, p.dry_run)
-        return {"dry_run": p.dry_run, "plan": plan}
+            host_dir = HostDir.of(config.backup_root, host)
+            plan[host] = await self.s.housekeeping.prune(host_dir, policy, p.dry_run)
+            if p.dry_run:  # what the plan would return to the filesystem (None: the index cannot say yet)
+                frees[host] = await self.s.versions.freed(host_dir, [d["snapshot"] for d in plan[host]
+                                                                     if d["action"] == "delete"])
+        return {"dry_run": p.dry_run, "plan": plan, **({"frees": frees} if p.dry_run else {})}
 
     async def hosts_list(self, _: NoParams, call: Call) -> dict:
         config = self.s.runtime.config
@@ -556,7 +592,8 @@ def method_table(api: Api) -> dict[str, Method]:
         M.JOBS_LIST: Method(JobsList, api.jobs_list, "viewer"),
         M.SNAPSHOTS_LIST: Method(SnapshotsList, api.snapshots_list, "viewer"),
         M.SNAPSHOTS_BROWSE: Method(SnapshotsBrowse, api.snapshots_browse, "admin"),
-        M.SNAPSHOTS_HISTORY: Method(SnapshotsHistory, api.snapshots_history, "admin", concurrency=2),
+        M.FIND: Method(Find, api.find, "admin", concurrency=4),
+        M.DU: Method(Du, api.du, "viewer", concurrency=4),
         M.SCHEDULE_LIST: Method(NoParams, api.schedule_list, "viewer"),
         M.PRUNE: Method(Prune, api.prune, "admin", mutating=True, concurrency=2),
         M.RESTORE: Method(Restore, api.restore, "admin", mutating=True),

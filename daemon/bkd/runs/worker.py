@@ -24,6 +24,7 @@ from ..pipeline import archive, hooks, manifest, rsync
 from ..pipeline.outcomes import clip, public_error, public_warning
 from ..pipeline.selfguard import SelfGuard, effective_excludes
 from ..pipeline.snapshot import SnapshotFailed, take_snapshot
+from ..pipeline.versions.service import Versions
 from ..restore import source as restore_source, transfer as restore
 from ..restore.receivers import ATTACH_TIMEOUT, Receivers
 from ..state.hosts import ReadModel
@@ -47,7 +48,7 @@ Changed = Callable[[Run], Awaitable[None]]
 class Worker:
     def __init__(self, runtime: Runtime, registry: Registry, limits: dict[Lane, Limit | None],
                  housekeeping: Housekeeping, store: Store, readmodel: ReadModel, publish: Callable[..., None],
-                 receivers: Receivers, guard: SelfGuard):
+                 receivers: Receivers, guard: SelfGuard, versions: Versions):
         self.runtime = runtime
         self.registry = registry
         self.limits = limits  # None: that lane is not limited (restores)
@@ -57,6 +58,7 @@ class Worker:
         self.publish = publish
         self.receivers = receivers
         self.guard = guard
+        self.versions = versions
         self._stages: dict[Stage, Callable[[Run], Awaitable[None]]] = {
             Stage.PRE: self._pre, Stage.SNAPSHOT: self._snapshot, Stage.PRUNE: self._prune,
             Stage.POST: self._post, Stage.ARCHIVE: self._archive, Stage.MONTHLY: self._monthly,
@@ -153,6 +155,9 @@ class Worker:
             run.error, run.detail = public_warning(result.warning), clip(result.warning)
         if result.name:
             self.readmodel.refresh(run.host)
+            # The index step: the new snapshot's changes into the host's version index (None while it is rebuilt).
+            result.stats["index_s"] = await self.versions.added(host_dir)
+            run.stats["index_s"] = result.stats["index_s"]
             name = SnapshotName.parse(result.name)
             try:
                 await self.store.snapshots.record(run.host, [(result.name, clock.iso(name.time), result.stats,
@@ -181,6 +186,7 @@ class Worker:
         run.stats.update(stats)
         await asyncio.to_thread(archive.expire_archives, host_dir, plan.settings.archive.keep_days, clock.now())
         self.readmodel.refresh(run.host)
+        await self.versions.changed(host_dir)
 
     async def _monthly(self, run: Run) -> None:
         plan = run.plan
@@ -190,6 +196,7 @@ class Worker:
         run.stats.update(stats)
         await self.housekeeping.expire_monthly(host_dir, plan.config.monthly.keep_months)
         self.readmodel.refresh(run.host)
+        await self.versions.changed(host_dir)
 
     async def _restore(self, run: Run) -> None:
         plan, target = run.plan, run.request.restore

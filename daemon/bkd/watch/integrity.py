@@ -18,6 +18,7 @@ from ..infra import clock
 from ..infra.supervise import woken
 from ..infra.threads import in_own_thread
 from ..pipeline import damage, manifest, tarstream
+from ..pipeline.versions.service import Versions
 from ..state.store import Store
 from ..tree import copies
 from ..tree.layout import HostDir, SnapshotName
@@ -32,8 +33,9 @@ def _key(host: str) -> str:
 
 
 class Integrity:
-    def __init__(self, runtime: Runtime, store: Store, alerts: Alerts):
+    def __init__(self, runtime: Runtime, store: Store, alerts: Alerts, versions: Versions | None = None):
         self.runtime = runtime
+        self.versions = versions  # its index is checked against the manifests of the snapshots verified
         self.store = store
         self.alerts = alerts
         self.wake = asyncio.Event()
@@ -98,6 +100,10 @@ class Integrity:
             result["checked"] += checked
             result["archives"].append(copy.archive.name)
             result["mismatches"] += mismatches
+        if self.versions is not None and result["snapshots"]:
+            checked = await self.versions.check(host_dir, [n for n in result["snapshots"] if n in names])
+            result["index"] = checked
+            result["mismatches"] += [{**p, "problem": f"index: {p['problem']}"} for p in checked["problems"]]
         result["ok"] = not result["mismatches"]
         log.log(40 if result["mismatches"] else 20, "verify.done", host=host, ok=result["ok"],
                 checked=result["checked"], mismatches=len(result["mismatches"]), gone=len(result["gone"]))
