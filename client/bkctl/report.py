@@ -27,8 +27,17 @@ def seconds(value: float | None) -> str:
     return f"{value:.1f}s" if value < 10 else span(value)
 
 
-METRICS = (("bytes", "size", size), ("changed_files", "changed files", number),
+METRICS = (("space", "space on disk", size), ("changed_files", "changed files", number),
            ("duration_s", "slowest run", seconds))
+
+
+def size_key(host: dict) -> tuple[str, str]:
+    """What the size chart shows: the host's real space on disk (from the
+    version index), or, for a history made before bkd kept it, the logical
+    size of its snapshots, said so."""
+    if any(day.get("space") is not None for day in host.get("trend", [])):
+        return "space", "space on disk"
+    return "bytes", "size (logical)"
 
 
 def verdict(host: dict) -> tuple[str, str]:
@@ -111,13 +120,14 @@ def text(digest: dict, ascii: bool = False) -> str:
              f"(runs of the last {_period(digest)}; trends over {digest['trend_days']} days, {digest['timezone']})"]
     rows = []
     for host in digest["hosts"]:
-        sizes = [d["bytes"] for d in host.get("trend", [])]
+        sizes = [d[size_key(host)[0]] for d in host.get("trend", [])]
         rows.append([host["name"], verdict(host)[0], host["last_snapshot"] or "-", _age(host), size(host["bytes"]),
-                     number(host["changed_files"]), _took(host), _runs(host),
+                     size(host.get("unique_bytes")), number(host["changed_files"]), _took(host), _runs(host),
                      ",".join(sorted({a["kind"] for a in host["alerts"]})) or "-",
                      sparkline(sizes, ascii) if sizes else "-"])
-    lines.append(table(["HOST", "STATE", "LAST SNAPSHOT", "AGE", "SIZE", "CHANGED", "TOOK", "RUNS OK/FAILED",
-                        "ALERTS", f"SIZE ({digest['trend_days']}d)"], rows) if rows else "no hosts configured")
+    lines.append(table(["HOST", "STATE", "LAST SNAPSHOT", "AGE", "SIZE", "ON DISK", "CHANGED", "TOOK",
+                        "RUNS OK/FAILED", "ALERTS", f"ON DISK ({digest['trend_days']}d)"], rows)
+                 if rows else "no hosts configured")
     lines.append(_disk_line(digest["disk"]))
     alerts = digest["alerts"]
     lines.append(f"alerts: {alerts['open']} current, {alerts['unacknowledged']} unacknowledged"
@@ -194,8 +204,14 @@ def _facts(host: dict) -> str:
               f"{number(host['files'])} files, {number(host['changed_files'])} changed, took {_took(host)}"
               if host["last_snapshot"] else "no snapshot yet")
     return (f'<div class="facts">{newest}<br>{host["snapshots"]} snapshots ({escape(tiers)}), '
-            f"{host['archives']} archives, {host['monthly']} monthly copies; runs of the period: "
-            f"{_runs(host)} ok/failed</div>")
+            f"{host['archives']} archives, {host['monthly']} monthly copies{escape(copies_text(host))}; "
+            f"{size(host.get('unique_bytes'))} on disk; runs of the period: {_runs(host)} ok/failed</div>")
+
+
+def copies_text(host: dict) -> str:
+    """The newest monthly copy and archive by name (what bkctl ls and restore take)."""
+    newest = [names[-1] for names in (host.get("monthly_copies"), host.get("archive_copies")) if names]
+    return f" (newest {', '.join(newest)})" if newest else ""
 
 
 def _has_history(host: dict) -> bool:
@@ -224,8 +240,10 @@ class Series:
 
 def _host_series(host: dict) -> list[Series]:
     days = [d["day"] for d in host["trend"]]
+    space, label = size_key(host)
+    metrics = [(space, label, size), *METRICS[1:]]
     return [Series(label, days, [d[key] for d in host["trend"]], show, host=host["name"], metric=key)
-            for key, label, show in METRICS]
+            for key, label, show in metrics]
 
 
 def _disk_series(disk: dict) -> Series | None:

@@ -157,7 +157,8 @@ class Worker:
             self.readmodel.refresh(run.host)
             # The index step: the new snapshot's changes into the host's version index (None while it is rebuilt).
             result.stats["index_s"] = await self.versions.added(host_dir)
-            run.stats["index_s"] = result.stats["index_s"]
+            result.stats["unique_bytes"] = self.versions.unique_bytes(run.host)  # the host's space after it
+            run.stats.update(index_s=result.stats["index_s"], unique_bytes=result.stats["unique_bytes"])
             name = SnapshotName.parse(result.name)
             try:
                 await self.store.snapshots.record(run.host, [(result.name, clock.iso(name.time), result.stats,

@@ -48,6 +48,8 @@ HELP = {
     "bkd_snapshots": ("gauge", "Complete snapshots of the host."),
     "bkd_archives": ("gauge", "Archives of the host."),
     "bkd_monthly_copies": ("gauge", "Monthly (golden) copies of the host."),
+    "bkd_host_unique_bytes": ("gauge", "Bytes the host's kept copies take on disk, each inode once (allocated "
+                                       "blocks), as bkctl du counts them."),
     "bkd_runs_total": ("counter", "Finished runs by host, kind and status (survives history pruning)."),
     "bkd_failures_total": ("counter", "Backup runs that failed."),
     "bkd_consecutive_failures": ("gauge", "Backup runs of the host that failed in a row (0: the last one worked)."),
@@ -112,6 +114,7 @@ async def gather(s: Services) -> Samples:
             add("bkd_snapshots", facts.snapshots, host=name)
             add("bkd_archives", facts.archives, host=name)
             add("bkd_monthly_copies", len(facts.monthly), host=name)
+        add("bkd_host_unique_bytes", s.versions.unique_bytes(name), host=name)
         stale = is_stale(snapshot.time if snapshot else None, record.added, config.settings(host), now)
         add("bkd_stale", stale, host=name)
         add("bkd_host_error", facts.error is not None, host=name)
