@@ -218,6 +218,7 @@ def test_deleting_a_snapshot_frees_what_du_said_and_the_index_forgets_it(tmp_pat
     assert freed[first] < (1 << 20) and freed[third] < (1 << 20)
     assert before["unique_bytes"] > (8 << 20) and before["total_bytes"] > before["unique_bytes"]
     assert daemon.call("status")["hosts"]["web1"]["unique_bytes"] == before["unique_bytes"]
+    assert f'bkd_host_unique_bytes{{host="web1"}} {before["unique_bytes"]}\n' in daemon.call("metrics")["text"]
     dry = daemon.bkctl_json("prune", "--dry-run")
     assert [d["snapshot"] for d in dry["plan"]["web1"] if d["action"] == "delete"] == [second]
     assert dry["frees"]["web1"] == freed[second]

@@ -2,6 +2,7 @@
 patterns and paths, and properties over any bytes a name can hold."""
 
 import os
+import sqlite3
 
 import pytest
 from hypothesis import given, strategies as st
@@ -29,6 +30,8 @@ CASES = [
     ("/a/**/b", b"a/xb", False),
     ("/h?me", b"home", True),
     ("/h?me", b"h/me", False),  # ? is no '/'
+    ("/h?me", "/höme".encode()[1:], True),  # ? is one character, however many bytes it takes
+    ("/h?me", b"h\xffme", True),  # ... or one byte that is not UTF-8
     ("/[abc]x", b"bx", True),
     ("/[!abc]x", b"bx", False),
     ("/[^abc]x", b"dx", True),
@@ -85,3 +88,32 @@ def test_any_match_starts_with_the_prefix(parts, wildcard):
 def test_an_exact_path_refuses_dot_dot():
     with pytest.raises(InvalidArgument):
         exactly("/etc/../shadow")
+
+
+TOKENS = ["a", "b", ".", "é", "\udcff", "*", "**", "?", "[ab]", "[!a]", "\\*", "\\[", "[", "]", "/"]
+
+
+@given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=8),
+       st.lists(st.sampled_from([b"a", b"b", b".", "é".encode(), b"\xff", b"*", b"[", b"]", b"/", b"ab"]),
+                min_size=1, max_size=10))
+def test_what_narrows_the_lookup_lets_every_match_through(tokens, pieces):
+    """The literal prefix and SQLite's GLOB are supersets of the expression:
+    whatever the pattern matches, they let through (else find would miss it)."""
+    pattern = compile_pattern("".join(tokens))
+    path = b"/".join(p for p in b"".join(pieces).split(b"/") if p)
+    if not path or not pattern.matches(path):
+        return
+    assert path.startswith(pattern.prefix)
+    if pattern.glob is not None:
+        db = sqlite3.connect(":memory:")
+        assert db.execute("SELECT CAST(? AS TEXT) GLOB ?", (path, pattern.glob)).fetchone() == (1,), \
+            (pattern.glob, path)
+
+
+@pytest.mark.parametrize("pattern,path", [(p, path) for p, path, matches in CASES if matches])
+def test_every_match_of_the_table_passes_the_glob_and_the_prefix(pattern, path):
+    compiled = compile_pattern(pattern)
+    assert path.startswith(compiled.prefix)
+    if compiled.glob is not None:
+        assert sqlite3.connect(":memory:").execute("SELECT CAST(? AS TEXT) GLOB ?",
+                                                  (path, compiled.glob)).fetchone() == (1,)

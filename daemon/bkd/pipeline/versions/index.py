@@ -54,11 +54,12 @@ CREATE TABLE inodes (id INTEGER PRIMARY KEY, ino INTEGER NOT NULL, born INTEGER 
                      blocks INTEGER NOT NULL, links INTEGER NOT NULL);
 CREATE INDEX inodes_alive ON inodes (ino) WHERE died IS NULL;
 CREATE INDEX inodes_span ON inodes (born, died);
+CREATE INDEX inodes_died ON inodes (died) WHERE died IS NOT NULL;
 CREATE TABLE entries (id INTEGER PRIMARY KEY, path INTEGER NOT NULL, inode INTEGER, born INTEGER NOT NULL,
                       died INTEGER, type TEXT NOT NULL, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
                       sha256 BLOB, blocks INTEGER NOT NULL);
 CREATE INDEX entries_path ON entries (path, born);
-CREATE INDEX entries_span ON entries (born, died);
+CREATE INDEX entries_died ON entries (died) WHERE died IS NOT NULL;
 """
 
 
@@ -90,6 +91,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA cache_size=-16000")  # 16 MB: the paths and the newest entries of a large host
+    db.execute("PRAGMA journal_size_limit=4194304")  # the WAL file shrinks back to 4 MB after a checkpoint
     return db
 
 
@@ -269,13 +271,19 @@ class Index:
         """The kept copies are now these; what no copy holds any more is
         forgotten. Returns how many entries were."""
         db = self.db
+        before = self.holders()
+        if before == sorted(holders, key=lambda h: (h.seq, RANK[h.kind], h.name)):
+            return 0  # the usual index step: nothing came or went but the new snapshot, already in
         db.execute("BEGIN")
         try:
             db.execute("DELETE FROM holders")
             db.executemany("INSERT INTO holders (name, kind, seq, own_bytes) VALUES (?, ?, ?, ?)",
                            [(h.name, h.kind, h.seq, h.own_bytes) for h in holders])
-            forgotten = self._forget(sorted({h.seq for h in holders}), "entries")
-            self._forget(sorted({h.seq for h in holders if h.kind in HOLDS_INODES}), "inodes")
+            forgotten = 0
+            for table, kinds in (("entries", tuple(RANK)), ("inodes", HOLDS_INODES)):
+                points = sorted({h.seq for h in holders if h.kind in kinds})
+                if points != sorted({h.seq for h in before if h.kind in kinds}):
+                    forgotten += self._forget(points, table)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -283,18 +291,20 @@ class Index:
         return forgotten
 
     def _forget(self, points: list[int], table: str) -> int:
-        """Delete the rows of table whose interval holds none of points (the
-        entries' count; for inodes 0)."""
-        db, gone, paths = self.db, 0, set()
+        """Delete the rows of table whose interval [born, died) holds none of
+        points (returns the entries' count; for inodes 0). Such a row died
+        within a gap between two points (or before the first), so the index
+        on `died` finds them, whatever the length of the history."""
+        db, gone, paths, freed = self.db, 0, set(), 0
         returning = " RETURNING path" if table == "entries" else " RETURNING blocks"
-        freed = 0
         if not points:
             spans = [("1", ())]
         else:
             spans = [("died IS NOT NULL AND died <= ?", (points[0],))]
-            spans += [("born > ? AND born < ? AND died IS NOT NULL AND died <= ?", (low, high, high))
+            spans += [("died > ? AND died <= ? AND born > ?", (low + 1, high, low))
                       for low, high in zip(points, points[1:]) if high - low > 1]
-            spans.append(("born > ?", (points[-1],)))
+            if (self.tail() or Member(0, "", 0, 0, 0, 0)).seq > points[-1]:  # the newest members are held by none
+                spans.append(("born > ?", (points[-1],)))
         for where, params in spans:
             rows = db.execute(f"DELETE FROM {table} WHERE {where}{returning}", params).fetchall()
             if table == "entries":
@@ -311,14 +321,23 @@ class Index:
     # ---- find --------------------------------------------------------------------------
 
     def _paths(self, pattern: Pattern) -> list[tuple[int, bytes]]:
+        """The paths pattern matches: those in its prefix's range that SQLite's
+        GLOB lets through (in C), then its expression."""
         if pattern.exact is not None:
             rows = self.db.execute("SELECT id, path FROM paths WHERE path = ?", (pattern.exact,))
-        elif pattern.prefix:
-            upper = _successor(pattern.prefix)
-            rows = self.db.execute("SELECT id, path FROM paths WHERE path >= ?" + (" AND path < ?" if upper else ""),
-                                   (pattern.prefix, upper) if upper else (pattern.prefix,))
         else:
-            rows = self.db.execute("SELECT id, path FROM paths")
+            where, params = [], []
+            if pattern.prefix:
+                where.append("path >= ?")
+                params.append(pattern.prefix)
+                if (upper := _successor(pattern.prefix)) is not None:
+                    where.append("path < ?")
+                    params.append(upper)
+            if pattern.glob is not None:
+                where.append("CAST(path AS TEXT) GLOB ?")  # GLOB takes no BLOB; the bytes stay as they are
+                params.append(pattern.glob)
+            rows = self.db.execute("SELECT id, path FROM paths" + (" WHERE " + " AND ".join(where) if where else ""),
+                                   params)
         matches = pattern.matches
         return [(pid, path) for pid, path in rows if matches(path)]
 
