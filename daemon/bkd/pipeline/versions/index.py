@@ -86,8 +86,13 @@ class Holder:
     own_bytes: int  # its own directories and records (an archive: its files)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+PAGE_SIZE = 1024  # an index step touches a page per change here and there: small pages, a small WAL
+
+
+def _connect(path: Path, new: bool = False) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    if new:
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only before the first table, and before WAL
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA cache_size=-16000")  # 16 MB: the paths and the newest entries of a large host
@@ -119,7 +124,7 @@ class Index:
     @classmethod
     def create(cls, path: Path) -> Index:
         """A new, empty index at path (a file that is not there yet)."""
-        db = _connect(path)
+        db = _connect(path, new=True)
         try:
             db.executescript(_TABLES)
             db.execute(f"PRAGMA user_version={SCHEMA}")
@@ -176,72 +181,83 @@ class Index:
                               "ORDER BY seq DESC LIMIT 1").fetchone()
         return Member(*row) if row else None
 
+    def _lookup(self, sql: str, keys: list) -> list[tuple]:
+        """Rows of sql (with one IN (…) of keys), CHUNK keys a query."""
+        rows = []
+        for start in range(0, len(keys), CHUNK):
+            part = keys[start:start + CHUNK]
+            rows += self.db.execute(sql.format(marks=",".join("?" * len(part))), part).fetchall()
+        return rows
+
     def append(self, name: str, time: int, changes: list[Change], tree: Path, meta_files: Iterable[Path]) -> Member:
         """Add the member name, made of the chain's tail and changes (its change
-        record against it), in one transaction. Blocks a record does not give
-        are read from tree; a record that disagrees with the tree or with the
-        index (a path to close that is not there, an inode that is another)
-        raises ChangesRefused, and nothing is written."""
+        record against it), in one transaction of a few batched statements
+        (the index step runs after every snapshot: its cost follows the
+        changes, not the tree). Blocks a record does not give are read from
+        tree; a record that disagrees with the tree or with the index (a path
+        to close that is not there, a path to add that is, an inode that is
+        another) raises ChangesRefused, and nothing is written."""
         previous = self.tail()
         seq = previous.seq + 1 if previous else 1
-        root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+        gone = [c for c in changes if c.op != "+"]
+        new = [c for c in changes if c.op != "-"]
+        stats = self._stat(tree, name, new)
         db = self.db
         db.execute("BEGIN")
         try:
-            dir_bytes = previous.dir_bytes if previous else os.fstat(root_fd).st_blocks * 512
+            dir_bytes = previous.dir_bytes if previous else stats[b""].st_blocks * 512
             file_bytes = previous.file_bytes if previous else 0
-            closed: set[int] = set()
-            added_bytes = 0
+            db.executemany("INSERT OR IGNORE INTO paths (path) VALUES (?)", [(c.path,) for c in new])
+            ids = dict(self._lookup("SELECT path, id FROM paths WHERE path IN ({marks})", [c.path for c in changes]))
+            alive = {row[0]: row[1:] for row in self._lookup(
+                "SELECT path, id, inode, type, blocks FROM entries WHERE died IS NULL AND path IN ({marks})",
+                list(ids.values()))}
             for change in changes:
-                if change.op == "+":
-                    continue
-                row = db.execute("SELECT e.id, e.inode, e.type, e.blocks FROM entries e JOIN paths p ON p.id = e.path "
-                                 "WHERE p.path = ? AND e.died IS NULL", (change.path,)).fetchall()
-                if len(row) != 1:
-                    raise ChangesRefused(f"{name}: {change.op} of a path the index does not hold: {change.path!r}")
-                entry, inode, kind, blocks = row[0]
-                db.execute("UPDATE entries SET died = ? WHERE id = ?", (seq, entry))
-                if kind == "d":
-                    dir_bytes -= blocks
-                elif inode is not None:
-                    db.execute("UPDATE inodes SET links = links - 1 WHERE id = ?", (inode,))
-                    closed.add(inode)
-            for change in changes:
-                if change.op == "-":
-                    continue
-                st = blocks_at(root_fd, change.path)
-                if change.type != "d" and st.st_ino != change.ino:
-                    raise ChangesRefused(f"{name}: the record names inode {change.ino} at {change.path!r}, "
-                                         f"the snapshot holds {st.st_ino}")
-                blocks = change.blocks if change.blocks is not None else st.st_blocks * 512
-                db.execute("INSERT OR IGNORE INTO paths (path) VALUES (?)", (change.path,))
-                (path_id,) = db.execute("SELECT id FROM paths WHERE path = ?", (change.path,)).fetchone()
-                if db.execute("SELECT 1 FROM entries WHERE path = ? AND died IS NULL", (path_id,)).fetchone():
-                    raise ChangesRefused(f"{name}: {change.op} of a path the index holds already: {change.path!r}")
+                held = ids.get(change.path) in alive
+                if held != (change.op != "+"):
+                    raise ChangesRefused(f"{name}: {change.op} of a path the index "
+                                         f"{'holds already' if held else 'does not hold'}: {change.path!r}")
+            # Close what is gone or replaced: its entry ends here, its inode with its last name.
+            closing = [alive[ids[c.path]] for c in gone]
+            db.executemany("UPDATE entries SET died = ? WHERE id = ?", [(seq, entry) for entry, _i, _k, _b in closing])
+            dir_bytes -= sum(blocks for _e, _i, kind, blocks in closing if kind == "d")
+            unlinked: dict[int, int] = {}
+            for _entry, inode, kind, _blocks in closing:
+                if kind != "d" and inode is not None:
+                    unlinked[inode] = unlinked.get(inode, 0) + 1
+            # Open what is new: an inode the tail holds under another name is the same inode (a hard link).
+            holding = dict(self._lookup("SELECT ino, id FROM inodes WHERE died IS NULL AND ino IN ({marks})",
+                                        sorted({c.ino for c in new if c.type != "d"})))
+            (next_id,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM inodes").fetchone()
+            born, linked, added_bytes, entries = [], {}, 0, []
+            for change in new:
+                blocks = change.blocks if change.blocks is not None else stats[change.path].st_blocks * 512
                 inode = None
                 if change.type == "d":
                     dir_bytes += blocks
+                elif change.ino in holding:
+                    inode = holding[change.ino]
+                    linked[inode] = linked.get(inode, 0) + 1
                 else:
-                    found = db.execute("SELECT id FROM inodes WHERE ino = ? AND died IS NULL",
-                                       (change.ino,)).fetchone()
-                    if found:  # another name of an inode the tail holds (a hard link): the same inode
-                        inode = found[0]
-                        db.execute("UPDATE inodes SET links = links + 1 WHERE id = ?", (inode,))
-                    else:
-                        inode = db.execute("INSERT INTO inodes (ino, born, died, blocks, links) "
-                                           "VALUES (?, ?, NULL, ?, 1)", (change.ino, seq, blocks)).lastrowid
-                        file_bytes += blocks
-                        added_bytes += blocks
-                db.execute("INSERT INTO entries (path, inode, born, died, type, size, mtime, sha256, blocks) "
-                           "VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)",
-                           (path_id, inode, seq, change.type, change.size, change.mtime_ns,
-                            bytes.fromhex(change.sha256) if change.sha256 else None,
-                            blocks if change.type == "d" else 0))
-            for inode in closed:
-                links, blocks = db.execute("SELECT links, blocks FROM inodes WHERE id = ?", (inode,)).fetchone()
-                if links <= 0:
-                    db.execute("UPDATE inodes SET died = ? WHERE id = ?", (seq, inode))
-                    file_bytes -= blocks
+                    inode = holding[change.ino] = next_id
+                    next_id += 1
+                    born.append((inode, change.ino, seq, blocks))
+                    added_bytes += blocks
+                entries.append((ids[change.path], inode, seq, change.type, change.size, change.mtime_ns,
+                                bytes.fromhex(change.sha256) if change.sha256 else None,
+                                blocks if change.type == "d" else 0))
+            db.executemany("INSERT INTO inodes (id, ino, born, died, blocks, links) VALUES (?, ?, ?, NULL, ?, 1)", born)
+            db.executemany("INSERT INTO entries (path, inode, born, died, type, size, mtime, sha256, blocks) "
+                           "VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)", entries)
+            # Each inode that lost or gained names, in one statement: it ends here with its last name.
+            changed = {inode: linked.get(inode, 0) - unlinked.get(inode, 0) for inode in {*linked, *unlinked}}
+            counts = dict(self._lookup("SELECT id, links FROM inodes WHERE id IN ({marks})",
+                                       [inode for inode, delta in changed.items() if delta]))
+            ending = {inode for inode, links in counts.items() if links + changed[inode] <= 0}
+            db.executemany("UPDATE inodes SET links = links + ?, died = ? WHERE id = ?",
+                           [(changed[inode], seq if inode in ending else None, inode) for inode in counts])
+            ended = self._lookup("SELECT id, blocks FROM inodes WHERE id IN ({marks})", sorted(ending))
+            file_bytes += added_bytes - sum(blocks for _, blocks in ended)
             meta_bytes = 0
             for meta in meta_files:
                 try:
@@ -257,6 +273,24 @@ class Index:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _stat(tree: Path, name: str, new: list[Change]) -> dict[bytes, os.stat_result]:
+        """lstat of the tree's root and of each new entry (its blocks; and the
+        inode the record names must be the one there)."""
+        root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            found = {b"": os.fstat(root_fd)}
+            for change in new:
+                try:
+                    st = blocks_at(root_fd, change.path)
+                except OSError as e:
+                    raise ChangesRefused(f"{name}: {change.path!r} is not in the snapshot ({e.strerror})") from None
+                if change.type != "d" and st.st_ino != change.ino:
+                    raise ChangesRefused(f"{name}: the record names inode {change.ino} at {change.path!r}, "
+                                         f"the snapshot holds {st.st_ino}")
+                found[change.path] = st
+            return found
         finally:
             os.close(root_fd)
 
