@@ -143,6 +143,19 @@ def test_the_index_rebuilt_after_it_was_deleted_or_damaged_gives_the_same_answer
     assert wait_until(lambda: (r := daemon.bkctl("--json", "du", "web1", "--snapshots")).returncode == 0
                       and json.loads(r.stdout), 60, 0.2) == space
     assert "versions.rebuilt" in daemon.log()
+    # verify checks the index against the manifests: clean, then an entry changed behind its back is found
+    # (and the index rebuilt).
+    checked = daemon.bkctl_json("verify", "web1", s[5])
+    assert checked["ok"] and checked["index"] == {"checked": 1, "problems": []}, checked
+    import sqlite3
+    with sqlite3.connect(index) as db:
+        db.execute("UPDATE entries SET sha256 = zeroblob(32) WHERE type = 'f' AND born = 1 "
+                   "AND path = (SELECT id FROM paths WHERE path = CAST('etc/other.conf' AS BLOB))")
+    damaged = daemon.bkctl("--json", "verify", "web1", s[5])
+    assert damaged.returncode == 1
+    assert {(m["path"], m["problem"]) for m in json.loads(damaged.stdout)["mismatches"]} == {
+        ("etc/other.conf", "index: differs")}
+    assert {p: find(daemon, p) for p in patterns} == before  # rebuilt
     daemon.stop()
     index.write_bytes(b"garbage" * 1000)
     for extra in (index.with_name("web1.sqlite-wal"), index.with_name("web1.sqlite-shm")):

@@ -294,7 +294,7 @@ def _scan(dir_fd: int | None) -> tuple[dict[str, int], list[str]]:
     return files, dirs
 
 
-def _open_dir(name: str | Path | None, dir_fd: int | None = None) -> int | None:
+def open_directory(name: str | bytes | Path | None, dir_fd: int | None = None) -> int | None:
     """An fd of the directory, or None where there is none (missing, or not a directory)."""
     if name is None:
         return None
@@ -310,7 +310,7 @@ def _walk_pair(tree: Path, other: Path | None) -> Iterator[tuple[bytes, int, int
     name there), walked by directory fd: no symlink followed, no path too long.
     The one walk of a snapshot's tree (manifests and verify)."""
     root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
-    stack = [(b"", root, _open_dir(other))]
+    stack = [(b"", root, open_directory(other))]
     try:
         while stack:
             prefix, fd, other_fd = stack.pop()
@@ -322,7 +322,7 @@ def _walk_pair(tree: Path, other: Path | None) -> Iterator[tuple[bytes, int, int
                 for name in dirs:
                     child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                     stack.append((prefix + os.fsencode(name) + b"/", child,
-                                  _open_dir(name, other_fd) if other_fd is not None else None))
+                                  open_directory(name, other_fd) if other_fd is not None else None))
             finally:
                 os.close(fd)
                 if other_fd is not None:

@@ -104,12 +104,8 @@ def _scan(fd: int | None) -> dict[bytes, tuple[int, bool]]:
 
 
 def _open(name: bytes, dir_fd: int | None) -> int | None:
-    if dir_fd is None:
-        return None
-    try:
-        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError:
-        return None
+    """The directory name in dir_fd (never through a symlink); None where there is none."""
+    return manifest.open_directory(name, dir_fd) if dir_fd is not None else None
 
 
 def _record(op: str, dir_fd: int, name: bytes, path: bytes, lines: list[bytes] | None) -> Change:

@@ -227,7 +227,9 @@ def sync(index: Index, host_dir: HostDir) -> int:
     new = [n for n in snapshots if n not in by_name]
     tail = members[-1] if members else None
     if new and tail is not None and not _after(new[0], tail):
-        raise IndexDamaged(f"snapshot {new[0]} is older than the index's newest, {tail.name}")
+        # A snapshot named before the newest: made after a clock stepped back (it linked against the
+        # newest all the same). The chain follows the order snapshots are made in; a rebuild, their names.
+        log.warning("versions.out_of_order", snapshot=new[0], newest=tail.name)
     lines = None
     for name in new:
         changes = host_dir.changes_file(name)
