@@ -110,6 +110,16 @@ def test_a_restore_reads_only_up_to_the_end_of_what_it_asked_for(archive, tmp_pa
     os.close(read_fd)
 
 
+def test_an_extraction_reports_how_far_it_read(monkeypatch):
+    monkeypatch.setattr(tarstream, "PROGRESS_EVERY", 0)
+    monkeypatch.setattr(tarstream, "CHUNK", 1000)
+    stream, seen = io.BytesIO(bytes(10_000)), []
+    read_fd, write_fd = os.pipe()
+    tarstream._copy_ranges(stream, [(2500, 7000)], write_fd, seen.append)
+    assert seen == [1000, 2000, 2500, 3500, 4500, 5500, 6500, 7000]
+    os.close(read_fd)
+
+
 def test_a_damaged_archive_is_unreadable_not_an_empty_one(archive):
     found, _ = archive
     data = bytearray(found.path.read_bytes())

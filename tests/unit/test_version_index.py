@@ -220,3 +220,39 @@ def test_a_record_that_disagrees_with_the_index_changes_nothing(tmp_path):
     assert [m.name for m in index.members()] == ["s0"]
     index.append("s1", 1, chain.records(1), chain.trees[1], [])
     assert [m.name for m in index.members()] == ["s0", "s1"]
+
+
+def test_a_snapshot_named_before_the_newest_is_indexed_when_its_record_says_it_followed_it(tmp_path):
+    """A clock that stepped back names a snapshot before the newest; its change
+    record (made against the newest) places it. One without such a record,
+    put there some other way, makes the index rebuild."""
+    from bkd.pipeline.versions import service
+    from bkd.pipeline.versions.index import IndexDamaged
+    from bkd.tree.layout import HostDir
+
+    host_dir = HostDir(tmp_path / "web1")
+    host_dir.hourly.mkdir(parents=True)
+    host_dir.meta.mkdir()
+    chain = Chain(host_dir.hourly)
+    chain.first({b"a": b"1"})
+    chain.next(lambda t: Chain.write(t, b"a", b"2"))
+    chain.next(lambda t: Chain.write(t, b"a", b"3"))
+    names = ["2026-01-01_000000", "2026-06-01_000000", "2026-03-01_000000"]  # the third made last
+    for number, (tree, name) in enumerate(zip(chain.trees, names)):
+        tree.rename(host_dir.hourly / name)
+        manifest.write_lines(host_dir.manifest_file(name), chain.lines[number])
+    index = Index.create(tmp_path / "index.sqlite")
+    moved = [host_dir.hourly / n for n in names]
+    for number in (0, 1):
+        previous = moved[number - 1] if number else None
+        records = changes.between(moved[number], chain.lines[number], previous,
+                                  chain.lines[number - 1] if number else None)
+        index.append(names[number], number, records, moved[number], [])
+    with pytest.raises(IndexDamaged):  # no record: it could have come from anywhere
+        service.sync(index, host_dir)
+    record = changes.between(moved[2], chain.lines[2], moved[1], chain.lines[1])
+    host_dir.changes_file(names[2]).write_bytes(changes.encode(names[1], record))
+    assert service.sync(index, host_dir) == 1
+    assert [m.name for m in index.members()] == names  # in the order they were made
+    [v3, v2, v1] = index.find(compile_pattern("/a"), None, 10)[0]
+    assert (v3["first"], v2["first"], v1["first"]) == (names[2], names[1], names[0])

@@ -13,6 +13,7 @@ import hashlib
 import os
 import signal
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -154,23 +155,21 @@ async def write_index(archive: ArchiveFile) -> int:
     return len(entries)
 
 
-_building: dict[Path, asyncio.Lock] = {}
+_building: dict[Path, asyncio.Lock] = {}  # archives whose index is being built now
 
 
 async def index_of(archive: ArchiveFile) -> archiveindex.ArchiveTree:
     """The archive's index as a tree; an archive made before bkd wrote them
-    gets its index now, once (two callers at once build it once)."""
-    lock = _building.setdefault(archive.path, asyncio.Lock())
-    try:
-        async with lock:
+    gets its index now, once (a second caller meanwhile waits for it)."""
+    entries = await asyncio.to_thread(_read_index, archive)
+    if entries is None:
+        async with _building.setdefault(archive.path, asyncio.Lock()):
             entries = await asyncio.to_thread(_read_index, archive)
             if entries is None:
                 log.info("archive.indexing", archive=archive.name)
                 await write_index(archive)
                 entries = await asyncio.to_thread(_read_index, archive)
-    finally:
-        if not lock.locked() and not lock._waiters:
-            _building.pop(archive.path, None)
+        _building.pop(archive.path, None)  # whoever comes next finds the index written
     return archiveindex.ArchiveTree(entries or [])
 
 
@@ -185,10 +184,14 @@ def _read_index(archive: ArchiveFile) -> list[Entry] | None:
 
 # ---- a restore: only the ranges asked for, into tar -x ----------------------------------
 
-def _copy_ranges(stream: BinaryIO, ranges: list[tuple[int, int]], out_fd: int) -> int:
+PROGRESS_EVERY = 0.5  # seconds between two reports of an extraction's progress
+
+
+def _copy_ranges(stream: BinaryIO, ranges: list[tuple[int, int]], out_fd: int,
+                 report: Callable[[int], None] | None = None) -> int:
     """Copy ranges (sorted, disjoint) of stream to out_fd; stop reading after
-    the last one. Returns the bytes copied."""
-    position, copied = 0, 0
+    the last one. Returns the bytes copied; report(bytes read so far) now and then."""
+    position, copied, reported = 0, 0, time.monotonic()
     buffer = memoryview(bytearray(CHUNK))
     with open(out_fd, "wb", buffering=0, closefd=True) as out:
         for start, end in ranges:
@@ -201,16 +204,24 @@ def _copy_ranges(stream: BinaryIO, ranges: list[tuple[int, int]], out_fd: int) -
                     out.write(buffer[:count])
                     copied += count
                 position += count
+                if report is not None and time.monotonic() - reported >= PROGRESS_EVERY:
+                    reported = time.monotonic()
+                    report(position)
     return copied
 
 
-async def extract(archive: ArchiveFile, ranges: list[tuple[int, int]], into: Path) -> int:
+async def extract(archive: ArchiveFile, ranges: list[tuple[int, int]], into: Path,
+                  on_progress: Callable[[int, int], None] | None = None) -> int:
     """Write the entries in ranges of the archive's tar stream under into
-    (an empty private directory), as tar -x does; the bytes of the stream read."""
+    (an empty private directory), as tar -x does; the bytes of the stream
+    copied. on_progress(read, up to) on the event loop as the stream is read."""
+    loop = asyncio.get_running_loop()
+    last = ranges[-1][1] if ranges else 0
+    report = (lambda read: loop.call_soon_threadsafe(on_progress, read, last)) if on_progress else None
     tar_in, feed = os.pipe2(os.O_CLOEXEC)  # feed: the reading thread's, closed by it
     untar = _running([*EXTRACT, f"--directory={into}"], stdin=tar_in)
     try:
-        copied = await read(archive.path, lambda stream: _copy_ranges(stream, ranges, feed), whole=False)
+        copied = await read(archive.path, lambda stream: _copy_ranges(stream, ranges, feed, report), whole=False)
     except BaseException:
         untar.cancel()
         await asyncio.gather(untar, return_exceptions=True)

@@ -13,7 +13,8 @@ import asyncio
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,8 +31,11 @@ log = structlog.get_logger()
 
 
 @asynccontextmanager
-async def sending_root(host_dir: HostDir, copy: copies.Copy, path: str) -> AsyncIterator[Path]:
-    """The directory holding PATH of copy as the copy has it, for the restore's rsync to send from."""
+async def sending_root(host_dir: HostDir, copy: copies.Copy, path: str,
+                       on_progress: Callable[[dict], None] | None = None) -> AsyncIterator[Path]:
+    """The directory holding PATH of copy as the copy has it, for the restore's
+    rsync to send from. An archive's extraction reports progress (phase
+    `extract`: how far through the part of the stream that holds PATH)."""
     if copy.kind != copies.ARCHIVE:
         yield copy.path
         return
@@ -46,8 +50,17 @@ async def sending_root(host_dir: HostDir, copy: copies.Copy, path: str) -> Async
     root = staging / "root"
     os.mkdir(root, 0o700)
     try:
+        started = time.monotonic()
+
+        def extracting(done: int, total: int) -> None:
+            if on_progress is not None:
+                rate = done / max(time.monotonic() - started, 1e-3)
+                on_progress({"percent": min(99, done * 100 // total) if total else None, "bytes": done,
+                             "rate": round(rate), "eta_s": round((total - done) / rate) if rate else None,
+                             "phase": "extract"})
+
         try:
-            read = await tarstream.extract(copy.archive, ranges, root)
+            read = await tarstream.extract(copy.archive, ranges, root, extracting)
         except tarstream.ArchiveUnreadable as e:
             raise RestoreFailed(f"cannot extract from {copy.ref}: {e}") from None
         log.info("restore.extracted", archive=copy.archive.name, bytes_read=read, ranges=len(ranges))

@@ -212,7 +212,8 @@ class Worker:
         timeout = (plan.settings.rsync if plan.settings else plan.config.rsync).timeout.total_seconds()
         options = [*target.options, f"--timeout={int(timeout)}"]
         on_progress = self._restore_progress(run, copies.manifest_of(host_dir, copy), target.path)
-        async with restore_source.sending_root(host_dir, copy, target.path) as root:
+        async with restore_source.sending_root(host_dir, copy, target.path,
+                                               lambda progress: self._progress(run, progress)) as root:
             if target.token is None:  # host:path, written by the daemon's rsync over SSH
                 rsync_path = restore.rsync_path_at(plan.config, restore.check_destination(target.dest), run.host)
                 stats, names = await restore.restore_remote(

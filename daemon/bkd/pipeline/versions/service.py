@@ -70,6 +70,15 @@ class _Host:
     unique_bytes: int | None = None
 
 
+def _record_previous(host_dir: HostDir, name: str) -> str | None:
+    """The snapshot name's change record says it was made against (None: no usable record)."""
+    try:
+        found = records.read(host_dir.changes_file(name))
+    except records.ChangesRefused:
+        return None
+    return found[0] if found else None
+
+
 def _inode(path: Path) -> int | None:
     try:
         return os.stat(path).st_ino
@@ -227,8 +236,12 @@ def sync(index: Index, host_dir: HostDir) -> int:
     new = [n for n in snapshots if n not in by_name]
     tail = members[-1] if members else None
     if new and tail is not None and not _after(new[0], tail):
-        # A snapshot named before the newest: made after a clock stepped back (it linked against the
-        # newest all the same). The chain follows the order snapshots are made in; a rebuild, their names.
+        # A snapshot named before the newest. Made after it (a clock that stepped back), its change
+        # record says so: it is indexed in the order snapshots are made in. Else (put there some other
+        # way) only a rebuild, in the order of their names, can place it.
+        record = _record_previous(host_dir, new[0])
+        if len(new) > 1 or record != tail.name:
+            raise IndexDamaged(f"snapshot {new[0]} is older than the index's newest, {tail.name}")
         log.warning("versions.out_of_order", snapshot=new[0], newest=tail.name)
     lines = None
     for name in new:
