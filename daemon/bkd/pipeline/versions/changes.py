@@ -111,7 +111,10 @@ def _open(name: bytes, dir_fd: int | None) -> int | None:
 def _record(op: str, dir_fd: int, name: bytes, path: bytes, lines: list[bytes] | None) -> Change:
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     kind = type_of(st.st_mode)
-    entry = manifest.lookup(lines, path) if kind == "f" and lines else None
+    try:
+        entry = manifest.lookup(lines, path) if kind == "f" and lines else None
+    except ValueError:  # a manifest line bkd did not write: verify reports it; the index goes without
+        entry = None
     return Change(op, kind, st.st_size, st.st_mtime_ns, st.st_ino, entry[0] if entry else None, path,
                   st.st_blocks * 512)
 

@@ -417,25 +417,29 @@ class Index:
         for seq in {h.seq for h in removed if h.kind in HOLDS_INODES} - set(remaining):
             at = bisect.bisect_left(remaining, seq)
             gaps.add((remaining[at - 1] if at else None, remaining[at] if at < len(remaining) else None))
-        total = sum(h.own_bytes for h in removed)
-        for low, high in gaps:
-            where, params = [], []
-            if low is not None:
-                where.append("born > ?")
-                params.append(low)
-            if high is not None:
-                where += ["born < ?", "died IS NOT NULL", "died <= ?"]
-                params += [high, high]
-            (bytes_,) = self.db.execute(f"SELECT coalesce(sum(blocks), 0) FROM inodes WHERE {' AND '.join(where) or '1'}",
-                                        params).fetchone()
-            total += bytes_
-        return total
+        return sum(h.own_bytes for h in removed) + sum(self._gap_bytes(low, high) for low, high in gaps)
+
+    def _gap_bytes(self, low: int | None, high: int | None) -> int:
+        """The blocks of the inodes whose interval lies strictly between the
+        kept positions low and high (None: no kept position on that side)."""
+        where, params = [], []
+        if low is not None:
+            where.append("born > ?")
+            params.append(low)
+        if high is not None:
+            where += ["born < ?", "died IS NOT NULL", "died <= ?"]
+            params += [high, high]
+        (found,) = self.db.execute(f"SELECT coalesce(sum(blocks), 0) FROM inodes WHERE {' AND '.join(where) or '1'}",
+                                   params).fetchone()
+        return found
 
     def space(self, per_copy: bool) -> dict:
         """unique_bytes: what the host's kept copies take (each inode once,
         their directories, records and archives); total_bytes: what they
         reference (each copy counted whole, as if none shared an inode);
-        with per_copy, what deleting each copy alone would free."""
+        with per_copy, what deleting each copy alone would free (one query
+        for each copy that alone holds its position: the inodes between its
+        neighbours)."""
         holders = self.holders()
         members = {m.seq: m for m in self.members()}
         unique = self.inode_bytes() + sum(h.own_bytes for h in holders)
@@ -443,8 +447,17 @@ class Index:
                     for h in holders)
         result = {"unique_bytes": unique, "total_bytes": total}
         if per_copy:
-            result["snapshots"] = [{"name": h.name, "kind": h.kind, "freed_bytes": self.freed([h], holders)}
-                                   for h in holders]
+            points = Counter(h.seq for h in holders if h.kind in HOLDS_INODES)
+            distinct = sorted(points)
+            copies = []
+            for h in holders:
+                freed = h.own_bytes
+                if h.kind in HOLDS_INODES and points[h.seq] == 1:
+                    at = bisect.bisect_left(distinct, h.seq)
+                    freed += self._gap_bytes(distinct[at - 1] if at else None,
+                                             distinct[at + 1] if at + 1 < len(distinct) else None)
+                copies.append({"name": h.name, "kind": h.kind, "freed_bytes": freed})
+            result["snapshots"] = copies
         return result
 
     # ---- verify ----------------------------------------------------------------------------
