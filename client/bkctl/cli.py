@@ -245,7 +245,7 @@ def cmd_job(client: Client, args) -> int:
 
 
 def cmd_snapshots(client: Client, args) -> int:
-    params = {"host": args.host}
+    params = {"host": args.host, "kind": args.kind}
     if not args.all:
         params["limit"] = args.limit
     result = client.call("snapshots.list", params)
@@ -259,7 +259,8 @@ def cmd_snapshots(client: Client, args) -> int:
                      number(profile.get("deleted", s["deleted_files"])), number(profile.get("became_random")),
                      "SUSPECT" if s.get("suspect") else ("held" if s.get("held") else "")])
     if not rows:
-        print(f"no snapshots of {args.host} yet")
+        what = {"hourly": "snapshots", "monthly": "monthly copies", "archive": "archives"}.get(args.kind, "copies")
+        print(f"no {what} of {args.host} yet")
         return EXIT_OK
     print(table(["NAME", "AGE", "TIER", "FILES", "SIZE", "NEW", "CHANGED", "DELETED", "RANDOM", ""], rows))
     if result.get("next_before"):
@@ -315,7 +316,10 @@ def cmd_prune(client: Client, args) -> int:
         deleting = sum(d["action"] == "delete" for d in decisions)
         held = sum(bool(d.get("held")) for d in decisions)
         verb = "would delete" if args.dry_run else "deleted"
-        print(f"{host}: keep {len(decisions) - deleting}{f' ({held} held)' if held else ''}, {verb} {deleting}")
+        frees = (result.get("frees") or {}).get(host)
+        freeing = f", freeing {size(frees)}" if frees is not None and deleting else ""
+        print(f"{host}: keep {len(decisions) - deleting}{f' ({held} held)' if held else ''}, {verb} {deleting}"
+              f"{freeing}")
         rows = [[d["snapshot"], "keep (held)" if d.get("held") else d["action"], d["tier"], d["reason"]]
                 for d in decisions if args.dry_run or d["action"] == "delete"]
         if rows:
@@ -432,7 +436,9 @@ def event_line(event: dict) -> str:
     return f"{stamp} {topic:<8} {who} {what}".replace("  ", " ").rstrip()
 
 
-_SNAPSHOT_NAME = re.compile(rf"{protocol.SNAPSHOT_NAME}|latest")
+# A SNAPSHOT argument (SPEC §2): latest, an hourly name, a monthly copy, an archive. A PATH that
+# looks like one is written with a leading /.
+_SNAPSHOT_NAME = re.compile(rf"{protocol.SNAPSHOT_NAME}|latest|monthly/\d{{4}}-\d{{2}}|archive/[^/]+")
 
 
 def cmd_ls(client: Client, args) -> int:
@@ -465,11 +471,53 @@ def cmd_ls(client: Client, args) -> int:
 
 
 def _history(client: Client, args, path: str) -> int:
-    result = client.call("snapshots.history", {"host": args.host, "path": path})
+    """`ls --history HOST PATH`: find of that one path."""
+    result = client.call("find", {"host": args.host, "path": path, "limit": 100_000})
     if args.json:
         return _print_json(result)
-    rows = [[e["snapshot"], e["type"], size(e["size"]), timestamp(e["mtime"])] for e in result["entries"]]
-    print(table(["SNAPSHOT", "TYPE", "SIZE", "MTIME"], rows) if rows else f"{safe(path)} is in no snapshot of {args.host}")
+    if not result["versions"]:
+        print(f"{safe(path)} is in no copy of {safe(args.host)}")
+        return EXIT_OK
+    _print_versions(result, with_path=False)
+    return EXIT_OK
+
+
+def _print_versions(result: dict, with_path: bool = True) -> None:
+    # Names are the source host's: any byte but / and NUL, escaped for the terminal.
+    rows = [[*([safe(v["path"])] if with_path else []), v["type"], size(v["size"]), timestamp(v["mtime"]),
+             (v["sha256"] or "-")[:12], v["first"], v["last"], number(v["count"])] for v in result["versions"]]
+    print(table([*(["PATH"] if with_path else []), "TYPE", "SIZE", "MTIME", "SHA256", "FIRST", "LAST", "COPIES"],
+                rows))
+    if result.get("truncated"):
+        print(f"(the newest {len(rows)} versions; --limit N for more)")
+
+
+def cmd_find(client: Client, args) -> int:
+    params = {"host": args.host, "pattern": args.pattern, "limit": args.limit}
+    if args.since:
+        params["since"] = args.since
+    result = client.call("find", params)
+    if args.json:
+        return _print_json(result)
+    if not result["versions"]:
+        print(f"no path of {safe(args.host)} matches {safe(args.pattern)}")
+        return EXIT_OK
+    _print_versions(result)
+    return EXIT_OK
+
+
+def cmd_du(client: Client, args) -> int:
+    params = {"snapshots": args.snapshots, **({"hosts": args.hosts} if args.hosts else {})}
+    result = client.call("du", params)
+    if args.json:
+        return _print_json(result)
+    rows = [[host, size(space["unique_bytes"]), size(space["total_bytes"])]
+            for host, space in sorted(result["hosts"].items())]
+    print(table(["HOST", "ON DISK", "REFERENCED"], rows) if rows else "no hosts configured")
+    for host, space in sorted(result["hosts"].items()) if args.snapshots else []:
+        print(f"\n{host}: what deleting each copy alone would free")
+        print(table(["  COPY", "KIND", "FREES"], [["  " + c["name"], c["kind"], size(c["freed_bytes"])]
+                                                   for c in space["snapshots"]]))
     return EXIT_OK
 
 
@@ -838,25 +886,42 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--before", type=int, metavar="ID", help="the page of jobs older than job ID")
     job = add("job", cmd_job, "one job in detail", "job 42")
     job.add_argument("job_id", type=int, metavar="ID", help="the job's number (bkctl jobs lists them)")
-    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N)",
-                    "snapshots web1 --limit 10")
+    snapshots = add("snapshots", cmd_snapshots, "a host's snapshots (the newest 50; --all, --limit N); "
+                    "monthly copies and archives with --kind", "snapshots web1 --limit 10", "snapshots web1 --kind all")
     snapshots.add_argument("host", metavar="HOST", help="the host whose snapshots are listed")
+    snapshots.add_argument("--kind", default="hourly", choices=["hourly", "monthly", "archive", "all"],
+                           help="which copies: hourly snapshots (default), monthly copies, archives, or all")
     snapshots.add_argument("--limit", type=int, default=50, help="the newest N (default 50)")
     snapshots.add_argument("--all", action="store_true", help="every snapshot")
     add("schedule", cmd_schedule, "scheduled work and its next run time", "schedule")
     ls = add("ls", cmd_ls, "browse a snapshot: ls HOST [SNAPSHOT] [PATH]; --history HOST PATH",
-             "ls web1 latest /etc", "ls --history web1 /etc/hosts")
+             "ls web1 latest /etc", "ls web1 monthly/2026-11 /etc", "ls --history web1 /etc/hosts")
     ls.add_argument("host", metavar="HOST", help="the host whose snapshot is browsed")
     ls.add_argument("args", nargs="*", metavar="SNAPSHOT/PATH",
-                    help="a snapshot (default latest), then a path inside it (default /: its root)")
-    ls.add_argument("--history", action="store_true", help="every snapshot in which PATH exists")
+                    help="a snapshot (default latest; a name, monthly/YYYY-MM or archive/FILE), then a path inside "
+                    "it (default /: its root)")
+    ls.add_argument("--history", action="store_true", help="every version of PATH and the copies holding it "
+                    "(find of that one path)")
     ls.add_argument("--offset", type=int, default=0, help="start at this entry (paging)")
     ls.add_argument("--limit", type=int, default=0, help="at most this many entries (one page)")
+    find = add("find", cmd_find, "every version of the paths matching PATTERN, newest first, with the copies "
+               "holding each", "find web1 '*.docx'", "find web1 '/home/**/report.txt' --since 7d")
+    find.add_argument("host", metavar="HOST", help="the host whose copies are searched")
+    find.add_argument("pattern", metavar="PATTERN", help="a glob on the path inside the snapshot: * and ? within "
+                      "a name, ** any depth, [...] a class, \\ escapes; without / it matches the last name anywhere")
+    find.add_argument("--since", metavar="DURATION", help="only versions a copy this recent holds, e.g. 7d")
+    find.add_argument("--limit", type=int, default=1000, help="at most this many versions (default 1000)")
+    du = add("du", cmd_du, "real disk use: per host the bytes it takes and the bytes its copies reference; "
+             "--snapshots: what deleting each copy would free", "du", "du web1 --snapshots")
+    du.add_argument("hosts", nargs="*", metavar="HOST", help="these hosts (default: every host)")
+    du.add_argument("--snapshots", action="store_true", help="per snapshot, monthly copy and archive")
     restore = add("restore", cmd_restore, "copy PATH of a snapshot back to DEST/PATH",
                   "restore web1 latest /etc/nginx --to /tmp/restored",
-                  "restore web1 2026-12-07_131509 /home/ann --to web1:/ --overwrite")
+                  "restore web1 2026-12-07_131509 /home/ann --to web1:/ --overwrite",
+                  "restore web1 archive/web1_2026-12-01_000000.tar.zst /etc --to /tmp/from-archive")
     restore.add_argument("host", metavar="HOST", help="the host the snapshot is of")
-    restore.add_argument("snapshot", metavar="SNAPSHOT", help="a snapshot name, or latest")
+    restore.add_argument("snapshot", metavar="SNAPSHOT",
+                         help="latest, a snapshot name, monthly/YYYY-MM or archive/FILE")
     restore.add_argument("path", metavar="PATH", help="inside the snapshot; / is its root")
     restore.add_argument("--to", required=True, metavar="DEST", help="local directory or host:path")
     restore.add_argument("--overwrite", action="store_true", help="replace files that exist in DEST")
@@ -864,10 +929,11 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--no-wait", action="store_true", help="print the job id and return "
                          "(a local DEST is then received by a detached bkctl)")
     verify = add("verify", cmd_verify, "check snapshots (and their archives) against their checksums",
-                 "verify web1", "verify web1 --all")
+                 "verify web1", "verify web1 --all", "verify web1 monthly/2026-11")
     verify.add_argument("host", metavar="HOST", help="the host whose snapshots are checked")
-    verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="default: latest")
-    verify.add_argument("--all", action="store_true", help="every snapshot and archive")
+    verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT",
+                        help="default: latest; or a snapshot name, monthly/YYYY-MM, archive/FILE")
+    verify.add_argument("--all", action="store_true", help="every snapshot, monthly copy and archive")
     verify.add_argument("--sample", action="store_true",
                         help="run the background pass now: a sample, least recently verified first")
     audit = add("audit", cmd_audit, "who did what over the socket; --verify checks the hash chain",

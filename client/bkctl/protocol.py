@@ -10,7 +10,8 @@ import json
 import os
 from enum import IntEnum, StrEnum
 
-PROTOCOL_VERSION = 4  # 4: holds.list, hosts.release; snapshots.list's profile, anomaly and suspect
+PROTOCOL_VERSION = 4  # 4: holds.list, hosts.release; snapshots.list's profile, anomaly and suspect;
+# find, du; monthly copies and archives as SNAPSHOT (snapshots.list kind); -32007
 # 3: jobs.list pages of summaries (before, next_before, truncated); -32006
 # 2: restores received by the caller, alert episodes, paged snapshot listings
 DEFAULT_SOCKET = "/run/bkd/bkd.sock"
@@ -31,6 +32,7 @@ class ErrorCode(IntEnum):
     CONFLICT = -32004
     SHUTTING_DOWN = -32005
     METHOD_BUSY = -32006  # the method's own concurrency limit is reached: try again
+    NOT_READY = -32007  # e.g. the version index is being rebuilt; data says how far
 
 
 class Method(StrEnum):
@@ -45,7 +47,8 @@ class Method(StrEnum):
     SCHEDULE_LIST = "schedule.list"
     SNAPSHOTS_LIST = "snapshots.list"
     SNAPSHOTS_BROWSE = "snapshots.browse"
-    SNAPSHOTS_HISTORY = "snapshots.history"
+    FIND = "find"
+    DU = "du"
     PRUNE = "prune"
     RESTORE = "restore"
     RESTORE_STREAM = "restore.stream"

@@ -32,8 +32,17 @@ def seconds(value: float | None) -> str:
     return f"{value:.1f}s" if value < 10 else span(value)
 
 
-METRICS = (("bytes", "size", size, "bytes"), ("changed_files", "changed files", number, "count"),
+METRICS = (("space", "space on disk", size, "bytes"), ("changed_files", "changed files", number, "count"),
            ("duration_s", "slowest run", seconds, "seconds"))
+
+
+def size_key(host: dict) -> tuple[str, str]:
+    """What the size chart shows: the host's real space on disk (from the
+    version index), or, for a history made before bkd kept it, the logical
+    size of its snapshots, said so."""
+    if any(day.get("space") is not None for day in host.get("trend", [])):
+        return "space", "space on disk"
+    return "bytes", "size (logical)"
 
 
 def verdict(host: dict) -> tuple[str, str]:
@@ -128,13 +137,14 @@ def text(digest: dict, ascii: bool = False) -> str:
              f"(runs of the last {_period(digest)}; trends over {digest['trend_days']} days, {digest['timezone']})"]
     rows = []
     for host in digest["hosts"]:
-        sizes = [d["bytes"] for d in host.get("trend", [])]
+        sizes = [d[size_key(host)[0]] for d in host.get("trend", [])]
         rows.append([host["name"], verdict(host)[0], host["last_snapshot"] or "-", _age(host), size(host["bytes"]),
-                     number(host["changed_files"]), _took(host), _runs(host),
+                     size(host.get("unique_bytes")), number(host["changed_files"]), _took(host), _runs(host),
                      ",".join(sorted({a["kind"] for a in host["alerts"]})) or "-",
                      sparkline(sizes, ascii) if sizes else "-"])
-    lines.append(table(["HOST", "STATE", "LAST SNAPSHOT", "AGE", "SIZE", "CHANGED", "TOOK", "RUNS OK/FAILED",
-                        "ALERTS", f"SIZE ({digest['trend_days']}d)"], rows) if rows else "no hosts configured")
+    lines.append(table(["HOST", "STATE", "LAST SNAPSHOT", "AGE", "SIZE", "ON DISK", "CHANGED", "TOOK",
+                        "RUNS OK/FAILED", "ALERTS", f"ON DISK ({digest['trend_days']}d)"], rows)
+                 if rows else "no hosts configured")
     lines += [f"{host['name']}: {_suspects(host)} (bkctl holds)" for host in digest["hosts"] if host.get("suspects")]
     lines.append(_disk_line(digest["disk"]))
     alerts = digest["alerts"]
@@ -213,8 +223,14 @@ def _facts(host: dict) -> str:
               if host["last_snapshot"] else "no snapshot yet")
     held = f"<br><b>{escape(_suspects(host))}</b>" if host.get("suspects") else ""
     return (f'<div class="facts">{newest}<br>{host["snapshots"]} snapshots ({escape(tiers)}), '
-            f"{host['archives']} archives, {host['monthly']} monthly copies; runs of the period: "
-            f"{_runs(host)} ok/failed{held}</div>")
+            f"{host['archives']} archives, {host['monthly']} monthly copies{escape(copies_text(host))}; "
+            f"{size(host.get('unique_bytes'))} on disk; runs of the period: {_runs(host)} ok/failed{held}</div>")
+
+
+def copies_text(host: dict) -> str:
+    """The newest monthly copy and archive by name (what bkctl ls and restore take)."""
+    newest = [names[-1] for names in (host.get("monthly_copies"), host.get("archive_copies")) if names]
+    return f" (newest {', '.join(newest)})" if newest else ""
 
 
 def _suspects(host: dict) -> str:
@@ -294,8 +310,10 @@ class Series:
 
 def _host_series(host: dict) -> list[Series]:
     days = [d["day"] for d in host["trend"]]
+    space, label = size_key(host)
+    metrics = [(space, label, size, "bytes"), *METRICS[1:]]
     return [Series(label, days, [d[key] for d in host["trend"]], show, kind, host=host["name"], metric=key)
-            for key, label, show, kind in METRICS]
+            for key, label, show, kind in metrics]
 
 
 def _disk_series(disk: dict) -> Series | None:

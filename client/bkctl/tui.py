@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from . import protocol
 from .client import Client, RemoteError, Unreachable
 from .fmt import number, parse_time, relative, size, span, sparkline
+from .report import size_key
 
 REDRAW_EVERY = 0.25  # seconds: at most four redraws a second, however fast events come
 RECONNECT_EVERY = 1.0
@@ -171,10 +172,16 @@ class ViewModel:
         tiers = " ".join(f"{tier} {card['tiers'].get(tier, 0)}" for tier in ("hourly", "daily", "monthly"))
         extra = " ".join(f"{tier} {count}" for tier, count in sorted(card["tiers"].items())
                          if tier not in ("latest", "hourly", "daily", "monthly"))
-        sizes = [day["bytes"] for day in card.get("trend", [])][-30:]
+        key, _label = size_key(card)  # the space on disk, or before bkd kept it the logical size
+        sizes = [day[key] for day in card.get("trend", [])][-30:]
+        monthly, archives = card.get("monthly_copies") or [], card.get("archive_copies") or []
+        newest = archives[-1].removeprefix(f"archive/{name}_").split(".tar")[0] if archives else None
         return [f"tiers: {tiers}" + (f" {extra}" if extra else ""),
-                f"archives {card['archives']}, monthly copies {card['monthly']}",
+                f"archives {card['archives']}" + (f", newest {newest}" if newest else ""),
+                f"monthly copies {card['monthly']}" + (f": {', '.join(m.removeprefix('monthly/') for m in monthly[-3:])}"
+                                                       if monthly else ""),
                 f"size {size(card['bytes'])}, {number(card['files'])} files",
+                f"on disk {size(card.get('unique_bytes'))}, 30d: {'on disk' if key == 'space' else 'size'}",
                 f"30d {sparkline(sizes, ascii=not self.unicode) if sizes else '-'}"]
 
     def card_lines(self, now: datetime, width: int) -> list[str]:

@@ -31,6 +31,7 @@ from .infra.systemd import keep_alive, notify, watchdog_interval
 from .infra.users import user_name
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
+from .pipeline.versions.service import Versions
 from .restore.receivers import Receivers
 from .restore.request import Restores
 from .rpc.methods import Api, method_table
@@ -92,6 +93,7 @@ class Built:
     jobs: Jobs
     registry: Registry
     status: StatusView
+    versions: Versions
     loops: dict[str, Callable[[], Awaitable[None]]]
 
 
@@ -122,23 +124,27 @@ async def build(runtime: Runtime, store: Store, info: Info, audit_mismatch: str 
     fleet = Fleet(runtime, store)
     fleet.load_records(host_rows)
     housekeeping = Housekeeping(config.backup_root, store, registry, fleet.refresh)
+    versions = Versions(config.state_dir, lambda: runtime.config.backup_root, lambda: list(runtime.config.hosts))
+    housekeeping.on_pruned.append(versions.changed)  # the index forgets what went
     receivers = Receivers()
     guard = SelfGuard(runtime)
     recorder = Recorder(store, registry, fleet.records)
     lifecycle = Lifecycle(registry, recorder, fleet, receivers, bus.publish)
-    worker = Worker(runtime, registry, Limits(runtime), lifecycle, housekeeping, store, fleet, receivers, guard)
+    worker = Worker(runtime, registry, Limits(runtime), lifecycle, housekeeping, store, fleet, receivers, guard,
+                    versions)
     jobs = Jobs(runtime, registry, lifecycle, worker, recorder, fleet)
     scheduler = Scheduler(runtime, fleet, registry, jobs)
-    integrity = Integrity(runtime, store, alerts)
+    integrity = Integrity(runtime, store, alerts, versions)
     housekeeping.on_pruned.append(integrity.settle)  # damage that went with its snapshots
     freshness = Freshness(runtime, fleet, registry, alerts, housekeeping, DiskWatch(runtime, store, alerts))
     audit_watch = AuditWatch(store.audit, alerts, os.getuid())
     anomalies = Anomalies(runtime, alerts, fleet)
     lifecycle.on_recorded.append(anomalies.concluded)  # a suspect snapshot's alert, once its run is recorded
-    status = StatusView(runtime, fleet, registry, alerts, housekeeping, bus, info)
-    metrics = Metrics(runtime, info, supervisor.healthy, fleet, store, registry, housekeeping, alerts, notifier)
+    status = StatusView(runtime, fleet, registry, alerts, housekeeping, bus, info, versions)
+    metrics = Metrics(runtime, info, supervisor.healthy, fleet, store, registry, housekeeping, alerts, notifier,
+                      versions)
     textfile = Textfile(runtime, metrics.exposition)
-    reports = Reports(runtime, fleet, store, alerts)
+    reports = Reports(runtime, fleet, store, alerts, versions)
     reporter = Reporter(runtime, reports, notifier, store)
     RunWatch(runtime, lifecycle, fleet, alerts, Pinger())  # run_failed, auth and the dead-man pings
 
@@ -160,7 +166,7 @@ async def build(runtime: Runtime, store: Store, info: Info, audit_mismatch: str 
     api = Api(runtime=runtime, info=info, status=status, jobs=jobs, restores=Restores(runtime, guard, receivers),
               receivers=receivers, housekeeping=housekeeping, integrity=integrity, hosts=Hosts(runtime, guard),
               guard=guard, alerts=alerts, notifier=notifier, metrics=metrics, reports=reports, store=store,
-              audit_watch=audit_watch, bus=bus, anomalies=anomalies)
+              audit_watch=audit_watch, bus=bus, anomalies=anomalies, versions=versions)
     server = RpcServer(config.socket, method_table(api), access=lambda: runtime.config.access,
                        audit=lambda *a: store.audit.append(clock.iso(clock.now()), *a),
                        limits=lambda: runtime.config.rpc)
@@ -180,8 +186,9 @@ async def build(runtime: Runtime, store: Store, info: Info, audit_mismatch: str 
         "heartbeat": lambda: heartbeat(runtime, supervisor.healthy),
         "report": reporter.run,
         "audit-witness": lambda: audit_watch.run(audit_mismatch),
+        "versions": versions.run,
     }
-    return Built(server, jobs, registry, status, {name: _supervised(supervisor, name, loop)
+    return Built(server, jobs, registry, status, versions, {name: _supervised(supervisor, name, loop)
                                                   for name, loop in loops.items()})
 
 
@@ -222,6 +229,7 @@ class Daemon:
         """Anchor, build, run the loops, wait for a stop, stop in order."""
         config = self.runtime.config
         mismatch = await _anchor(store, config)
+        built = None
         try:
             built = await build(self.runtime, store, info, mismatch)
             try:
@@ -239,9 +247,12 @@ class Daemon:
                 log.info("daemon.stopping", running=sorted({run.host for run in built.registry.runs()}))
                 await built.server.close()  # no new requests; every connection's handlers have ended
                 await built.jobs.shutdown()  # running work stopped, partials kept, records written
+                built.versions.stop.set()  # a rebuild stops at its next copy
                 for task in tasks:
                     task.cancel()
         finally:
+            if built is not None:
+                built.versions.close()
             logs.forward_to(None)
 
 

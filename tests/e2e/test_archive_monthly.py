@@ -29,8 +29,9 @@ def test_archives_extract_with_plain_tar_and_equal_latest(tmp_path, daemon_facto
     snapshot = job["hosts"][0]["snapshot"]
     archive = daemon.workdir / "backup/web1/archives" / f"web1_{snapshot}{suffix}"
     assert job["hosts"][0]["stats"]["archive"] == archive.name
-    # No partial left; the checksum beside it.
-    assert sorted(p.name for p in archive.parent.iterdir()) == [archive.name, archive.name + ".sha256"]
+    # No partial left; beside it its checksum, its index and its snapshot's manifest.
+    assert sorted(p.name for p in archive.parent.iterdir()) == [
+        archive.name + suffix for suffix in ("", ".index", ".manifest", ".sha256")]
 
     listing = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, text=True, check=True).stdout
     assert "./dir3/file27.txt" in listing.splitlines()
@@ -42,10 +43,10 @@ def test_archives_extract_with_plain_tar_and_equal_latest(tmp_path, daemon_facto
 
     again = daemon.run_snapshot("web1")  # a snapshot run is only a snapshot: archives are their own work
     assert "archive" not in again["hosts"][0]["stats"]
-    assert len([p for p in archive.parent.iterdir() if not p.name.endswith(".sha256")]) == 1
+    assert len(list(archive.parent.glob(f"*{suffix}"))) == 1
     forced = daemon.bkctl("run", "web1", "--kind", "archive", "--wait")
     assert forced.returncode == 0, forced.stdout
-    assert len([p for p in archive.parent.iterdir() if not p.name.endswith(".sha256")]) == 2
+    assert len(list(archive.parent.glob(f"*{suffix}"))) == 2
 
 
 def test_monthly_copy_is_made_at_once_hardlinked_and_only_once_a_month(tmp_path, daemon_factory):

@@ -37,6 +37,7 @@ def plant_history(daemon, host: str, days: int = DAYS - 1, per_day: int = 1) -> 
             when = today - timedelta(days=back, hours=-n)
             name = when.strftime("%Y-%m-%d_%H%M%S")
             stats = {"name": name, "time": when.isoformat(), "files": 100 + back, "bytes": 10_000_000 * (40 - back) + n,
+                     "unique_bytes": 3_000_000 * (40 - back) + n,
                      "changed_files": 10 + back % 7 + n, "deleted_files": 0, "duration_s": 20.0 + back % 5 + n}
             (root / "hourly" / name).mkdir()
             (root / "meta" / f"{name}.json").write_text(json.dumps(stats))
@@ -82,6 +83,7 @@ def test_the_report_shows_every_host_a_month_of_trends_and_nothing_a_viewer_may_
     assert all(day["snapshots"] == 2 for day in trend[:-1]) and trend[-1]["snapshots"] == 1
     first_day = [p for p in planted if p["name"].startswith(trend[0]["day"])]
     assert trend[0]["bytes"] == first_day[-1]["bytes"]
+    assert trend[0]["space"] == first_day[-1]["unique_bytes"]  # the size chart is the real space on disk
     assert trend[0]["changed_files"] == sum(p["changed_files"] for p in first_day)
     assert trend[0]["duration_s"] == max(p["duration_s"] for p in first_day)
     assert all(day["snapshots"] == 0 for day in hosts["db1"]["trend"])
@@ -103,6 +105,7 @@ def test_the_report_shows_every_host_a_month_of_trends_and_nothing_a_viewer_may_
     assert not re.search(r"(?i)\b(?:https?|ftp|wss?):|//[a-z0-9]|\burl\(|\bsrc=|\bhref=|<script|<link|@import",
                          html)
     assert len(re.findall(r'<svg class="trend" data-host="web1"', html)) == 3
+    assert 'data-host="web1" data-metric="space"' in html and "space on disk" in html
     assert 'data-host="db1"' not in html and "no snapshots in the last 30 days" in html
 
     shot = tmp_path / "report.png"

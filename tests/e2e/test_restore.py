@@ -83,8 +83,8 @@ def test_hostile_names_and_metadata_round_trip_through_backup_ls_and_restore(tmp
     assert set(HOSTILE) <= names  # every hostile name, exactly, in a reversible encoding
     link = next(e for e in listed if e["name"] == "link-to-bad")
     assert (link["type"], os.fsencode(link["target"])) == ("symlink", b"bad-\xff\xfe-utf8")
-    history = daemon.bkctl_json("ls", "--history", "web1", os.fsdecode(b"/" + HOSTILE[1]))["entries"]
-    assert [h["snapshot"] for h in history] == [snapshot]
+    history = daemon.bkctl_json("ls", "--history", "web1", os.fsdecode(b"/" + HOSTILE[1]))["versions"]
+    assert [(h["first"], h["last"], h["count"]) for h in history] == [(snapshot, snapshot, 1)]
     human = daemon.bkctl("ls", "web1", snapshot, "/")
     assert human.returncode == 0 and "new\\nline" in human.stdout and "bad-\\xff\\xfe-utf8" in human.stdout
 

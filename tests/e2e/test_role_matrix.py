@@ -40,7 +40,8 @@ def matrix_params(tmp) -> dict[str, dict]:
         "jobs.list": {},
         "snapshots.list": {"host": "web1"},
         "snapshots.browse": {"host": "web1", "path": "/dir0"},
-        "snapshots.history": {"host": "web1", "path": f"/dir0/{SECRET}"},
+        "find": {"host": "web1", "pattern": f"*{SECRET}*"},
+        "du": {"snapshots": True},
         "prune": {"dry_run": True},
         "restore": {"host": "web1", "snapshot": "latest", "path": "/dir0", "dest": str(tmp / "nowhere"),
                     "dry_run": True},  # without a receiver: -32602 for those allowed (bkctl receives)

@@ -134,10 +134,13 @@ def test_v_shows_host_cards_with_tiers_archives_and_a_month_of_sizes(tmp_path, d
     top = next((line for line in lines if " web1 " in line and line.startswith(corner)), None)
     assert top, screen(tmux)
     column = top.index(" web1 ") - 2  # the web1 card's left edge
-    card = [line[column:column + 42] for line in lines[lines.index(top):lines.index(top) + 7]]
+    card = [line[column:column + 42] for line in lines[lines.index(top):lines.index(top) + 9]]
     text = "\n".join(card)
-    assert "tiers: hourly 29 daily 0 monthly 0" in text and "archives 1, monthly copies 0" in text  # + latest
+    assert "tiers: hourly 29 daily 0 monthly 0" in text and "monthly copies 0" in text  # + latest
+    archive = next(daemon.workdir.glob("backup/web1/archives/*.tar.zst")).name
+    assert f"archives 1, newest {archive.removeprefix('web1_').split('.tar')[0]}" in text  # the copies by name
     assert "4 files" in text  # the newest snapshot's
+    assert "on disk " in text and "30d: on disk" in text  # the chart is the real space (planted: unique_bytes)
     spark = next(line for line in card if "30d " in line).split("30d ", 1)[1]
     assert spark.count(block) >= 1 and len(spark.rstrip(" |│")) == 30  # a mark for each of the 30 days
     assert "> db1" in top or ">db1" in " ".join(lines[:4])  # the selection is marked

@@ -155,9 +155,9 @@ class Core:
         self.stages = Stages()
         self.fleet = Fleet(self.runtime)
         self.lifecycle = Lifecycle(self.registry, FakeRecorder(), self.fleet, Receivers(), self.events)
-        # Housekeeping, store and self-guard serve only the real stages.
+        # Housekeeping, store, self-guard and the version index serve only the real stages.
         self.worker = Worker(self.runtime, self.registry, self.limits, self.lifecycle, None, None, self.fleet,
-                             Receivers(), None)
+                             Receivers(), None, None)
         self.worker._stages = self.stages.table()
 
     def write(self, hosts: list[dict], **settings) -> None:

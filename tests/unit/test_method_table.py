@@ -32,10 +32,12 @@ def test_every_limit_above_its_cap_is_clamped_and_marked_not_refused():
     table = method_table(Api())
     caps = {name: method.params.caps() for name, method in table.items() if method.params.caps()}
     assert caps == {"jobs.list": {"limit": 1000}, "snapshots.list": {"limit": 1_000_000},
-                    "snapshots.browse": {"limit": 100_000}, "audit.list": {"limit": 10_000}}
+                    "snapshots.browse": {"limit": 100_000}, "audit.list": {"limit": 10_000},
+                    "find": {"limit": 100_000}}
     for name, fields in caps.items():
-        required = {"host": "web1"} if "host" in table[name].params.model_fields and \
-            table[name].params.model_fields["host"].is_required() else {}
+        model = table[name].params.model_fields
+        required = {"host": "web1"} if "host" in model and model["host"].is_required() else {}
+        required |= {"pattern": "*.conf"} if name == "find" else {}
         for field, cap in fields.items():
             params = table[name].params.model_validate({**required, field: cap * 10})
             assert (getattr(params, field), params.clamped) == (cap, True), name

@@ -42,16 +42,17 @@ def test_the_next_report_time_follows_the_zone_across_a_dst_change():
 
 def test_trend_days_are_days_of_the_reports_zone():
     rows = [{"name": "2026-04-30_223000", "bytes": 5, "changed_files": 2, "duration_s": 3.0},  # 00:30 in Berlin
-            {"name": "2026-05-01_080000", "bytes": 7, "changed_files": 1, "duration_s": 9.5},
-            {"name": "2026-05-01_090000", "bytes": None, "changed_files": None, "duration_s": None},
+            {"name": "2026-05-01_080000", "bytes": 7, "changed_files": 1, "duration_s": 9.5, "space": 70},
+            {"name": "2026-05-01_090000", "bytes": None, "changed_files": None, "duration_s": None, "space": None},
             {"name": "not-a-snapshot", "bytes": 1, "changed_files": 1, "duration_s": 1}]
     days = [date(2026, 4, 30), date(2026, 5, 1)]
     assert trend(rows, days, UTC) == [
-        {"day": "2026-04-30", "snapshots": 1, "bytes": 5, "changed_files": 2, "duration_s": 3.0},
-        {"day": "2026-05-01", "snapshots": 2, "bytes": 7, "changed_files": 1, "duration_s": 9.5}]
+        {"day": "2026-04-30", "snapshots": 1, "bytes": 5, "space": None, "changed_files": 2, "duration_s": 3.0},
+        {"day": "2026-05-01", "snapshots": 2, "bytes": 7, "space": 70, "changed_files": 1, "duration_s": 9.5}]
     assert trend(rows, days, BERLIN) == [
-        {"day": "2026-04-30", "snapshots": 0, "bytes": None, "changed_files": None, "duration_s": None},
-        {"day": "2026-05-01", "snapshots": 3, "bytes": 7, "changed_files": 3, "duration_s": 9.5}]
+        {"day": "2026-04-30", "snapshots": 0, "bytes": None, "space": None, "changed_files": None,
+         "duration_s": None},
+        {"day": "2026-05-01", "snapshots": 3, "bytes": 7, "space": 70, "changed_files": 3, "duration_s": 9.5}]
 
 
 # ---- a digest to judge and render -----------------------------------------------------

@@ -77,13 +77,16 @@ def test_the_alerts_pane_follows_alert_events_unacknowledged_first():
 
 
 def digest():
-    trend = [{"day": f"2026-04-{d:02d}", "snapshots": 24, "bytes": d * 100, "changed_files": 1, "duration_s": 1.0}
-             for d in range(2, 31)] + [{"day": "2026-05-01", "snapshots": 0, "bytes": None, "changed_files": None,
-                                        "duration_s": None}]
+    trend = [{"day": f"2026-04-{d:02d}", "snapshots": 24, "bytes": d * 100, "space": d * 10, "changed_files": 1,
+              "duration_s": 1.0} for d in range(2, 31)] + [{"day": "2026-05-01", "snapshots": 0, "bytes": None,
+                                                           "space": None, "changed_files": None, "duration_s": None}]
     web1 = {"name": "web1", "snapshots": 212, "tiers": {"latest": 1, "hourly": 180, "daily": 30, "monthly": 1},
-            "archives": 3, "monthly": 2, "bytes": 5 * 2**30, "files": 123456, "trend": trend}
+            "archives": 3, "monthly": 2, "bytes": 5 * 2**30, "files": 123456, "unique_bytes": 3 * 2**29,
+            "trend": trend, "monthly_copies": ["monthly/2026-03", "monthly/2026-04"],
+            "archive_copies": [f"archive/web1_2026-04-{d}_000000.tar.zst" for d in (28, 29, 30)]}
     db1 = {**web1, "name": "db1", "tiers": {"expired": 2}, "archives": 0, "monthly": 0, "bytes": None,
-           "files": None, "trend": [{**day, "snapshots": 0, "bytes": None} for day in trend]}
+           "files": None, "unique_bytes": None, "monthly_copies": [], "archive_copies": [],
+           "trend": [{**day, "snapshots": 0, "bytes": None, "space": None} for day in trend]}
     return {"hosts": [web1, db1]}
 
 
@@ -92,17 +95,19 @@ def test_host_cards_show_tiers_archives_size_and_30_days_of_sizes():
     model.apply_status(status())
     model.apply_report(digest())
     *facts, spark = model.card_facts("web1")
-    assert facts == ["tiers: hourly 180 daily 30 monthly 1", "archives 3, monthly copies 2", "size 5.0 GiB, 123,456 files"]
-    # one mark a day, growing with the size, a gap for today (no snapshot yet)
+    assert facts == ["tiers: hourly 180 daily 30 monthly 1", "archives 3, newest 2026-04-30_000000",
+                     "monthly copies 2: 2026-03, 2026-04", "size 5.0 GiB, 123,456 files",
+                     "on disk 1.5 GiB, 30d: on disk"]
+    # one mark a day, growing with the space on disk, a gap for today (no snapshot yet)
     assert spark.startswith("30d ▁") and spark.endswith("█ ") and len(spark) == 4 + 30
     assert list(spark[4:-1]) == sorted(spark[4:-1])
     assert model.card_facts("db1")[0] == "tiers: hourly 0 daily 0 monthly 0 expired 2"
     assert model.card_facts("web2") == ["(no digest yet)"]
     cards = model.card_lines(NOW, 130)
-    assert len(cards) == 7 and all(len(line) <= 130 for line in cards)  # three cards side by side
+    assert len(cards) == 9 and all(len(line) <= 130 for line in cards)  # three cards side by side
     assert cards[0].startswith("┌─>db1 ") and " web1 " in cards[0] and " web2 " in cards[0]
     assert "tiers: hourly 180 daily 30 monthly 1" in cards[2]
-    assert len(model.card_lines(NOW, 50)) == 7 + 7 + 4  # one a row on a narrow screen (web2: no digest yet)
+    assert len(model.card_lines(NOW, 50)) == 9 + 9 + 4  # one a row on a narrow screen (web2: no digest yet)
     model.unicode = False
     ascii_cards = model.card_lines(NOW, 130)
     assert ascii_cards[0].startswith("+->db1 ") and all(ord(c) < 128 for line in ascii_cards for c in line)

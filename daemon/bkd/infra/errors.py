@@ -39,5 +39,9 @@ class ShuttingDown(DomainError):
     """The daemon is stopping and takes no new work."""
 
 
+class NotReady(DomainError):
+    """What answers this is not ready yet (the version index being rebuilt); data says how far."""
+
+
 class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do, in one line."""

@@ -267,19 +267,24 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
               on_stderr: Callable[[str], None] | None = None, env: dict | None = None,
               cwd: str | None = None, grace: float = GRACE_SECONDS,
               on_stdout_bytes: Callable[[bytes], None] | None = None, stall: float | None = None,
-              pass_fds: Sequence[int] = (), on_spawn: Callable[[int], None] | None = None) -> Result:
+              pass_fds: Sequence[int] = (), on_spawn: Callable[[int], None] | None = None,
+              stdin: int | None = None, stdout: int | None = None) -> Result:
     """Run argv to completion. stdout goes line by line to on_stdout, or, with
     on_stdout_bytes, in chunks as it gathers (unsplit: the reader frames and
-    bounds it). Cancelling the calling task stops the process group; so does
-    `stall` seconds without I/O progress, raising Stalled. pass_fds: more
-    descriptors the child inherits; on_spawn gets its pid once it runs."""
+    bounds it), or to the descriptor `stdout` (a pipe the caller reads on a
+    thread of its own: a stream too large to pass through the event loop);
+    `stdin`: a descriptor to read from instead of nothing. The caller closes
+    its copies of those two once the child runs (on_spawn). Cancelling the
+    calling task stops the process group; so does `stall` seconds without I/O
+    progress, raising Stalled. pass_fds: more descriptors the child inherits;
+    on_spawn gets its pid once it runs."""
     argv = [str(a) for a in argv]
     log.debug("exec", argv=argv)
     pipe = _ChunkPipe() if on_stdout_bytes else None
     try:
         proc = await asyncio.create_subprocess_exec(
-            *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL,
-            stdout=pipe.write_end if pipe else asyncio.subprocess.PIPE,
+            *_DEATH_SIGNAL, *argv, stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
+            stdout=pipe.write_end if pipe else asyncio.subprocess.PIPE if stdout is None else stdout,
             stderr=asyncio.subprocess.PIPE, process_group=0, env=env, cwd=cwd,
             pass_fds=tuple(pass_fds),
         )
@@ -292,8 +297,9 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     if pipe:
         pipe.spawned()
-    stdout = pipe.read(on_stdout_bytes) if pipe else _pump(proc.stdout, on_stdout, None)
-    pumps = asyncio.gather(stdout, _pump(proc.stderr, on_stderr, tail, STDERR_LINE_LIMIT))
+    reading = pipe.read(on_stdout_bytes) if pipe else _pump(proc.stdout, on_stdout, None) if stdout is None \
+        else _nothing()
+    pumps = asyncio.gather(reading, _pump(proc.stderr, on_stderr, tail, STDERR_LINE_LIMIT))
     try:
         if stall and _IO_ACCOUNTING:
             returncode, dropped = await _watched(_finish(pumps, proc), proc.pid, stall)
@@ -309,6 +315,10 @@ async def run(argv: Sequence[str], *, on_stdout: Callable[[str], None] | None = 
         if pipe:
             pipe.close()
     return _result(argv, returncode, tail, dropped)
+
+
+async def _nothing() -> None:
+    """The pump of an output the caller reads itself."""
 
 
 def _result(argv: list[str], returncode: int, tail: deque, dropped: list[int | None]) -> Result:

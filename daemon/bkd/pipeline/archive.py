@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -14,10 +16,10 @@ import structlog
 from ..config.models import Archive
 from ..infra import exec as bkexec
 from ..infra.clock import months_before
-from ..infra.fsutil import fsync_dir, make_private_dir
+from ..infra.fsutil import fsync_dir, make_private_dir, write_atomic
 from ..tree import holds
-from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName, month_name
-from . import manifest
+from ..tree.layout import PARTIAL_PREFIX, ArchiveFile, HostDir, SnapshotName, month_name
+from . import manifest, tarstream
 from .linktree import link_tree
 
 log = structlog.get_logger()
@@ -65,8 +67,28 @@ async def make_archive(host_dir: HostDir, snapshot: SnapshotName, archive: Archi
         raise StageFailed(f"archive failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
     await asyncio.to_thread(_commit_file, partial, final)
     digest = await asyncio.to_thread(manifest.write_checksum, final)
-    log.info("archive.complete", archive=name, bytes=final.stat().st_size, sha256=digest)
+    made = ArchiveFile(snapshot, final)
+    await asyncio.to_thread(_link_manifest, host_dir.manifest_file(snapshot), made.manifest)
+    try:
+        entries = await tarstream.write_index(made)
+    except tarstream.ArchiveUnreadable as e:  # the archive is whole (its checksum says so): browse builds it later
+        log.warning("archive.unindexed", archive=name, error=str(e))
+        entries = None
+    log.info("archive.complete", archive=name, bytes=final.stat().st_size, sha256=digest, entries=entries)
     return {"archive": name, "archive_bytes": final.stat().st_size, "archive_sha256": digest}
+
+
+def _link_manifest(manifest_file: Path, link: Path) -> None:
+    """The snapshot's manifest, kept beside a copy made of it (a hard link:
+    no second copy of a large file), so that the copy can still be verified
+    once the snapshot is pruned."""
+    temporary = link.with_name(f".{link.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        os.link(manifest_file, temporary)
+    except FileNotFoundError:  # a snapshot without a manifest: its copy is checked by checksum alone
+        log.warning("copy.no_manifest", manifest=manifest_file.name)
+        return
+    os.replace(temporary, link)  # over one an earlier, failed attempt left
 
 
 def _commit_file(partial: Path, final: Path) -> None:
@@ -90,7 +112,8 @@ def expire_archives(host_dir: HostDir, keep_days: int, now: datetime) -> list[st
     doomed = [a for a in existing[:-1] if a.snapshot.time < now - timedelta(days=keep_days)]
     for archive in doomed:
         archive.path.unlink(missing_ok=True)
-        manifest.checksum_path(archive.path).unlink(missing_ok=True)
+        for sidecar in archive.sidecars():
+            sidecar.unlink(missing_ok=True)
     return [a.path.name for a in doomed]
 
 
@@ -112,6 +135,10 @@ async def make_monthly(host_dir: HostDir, snapshot: SnapshotName, now: datetime)
         raise
     if failure:
         raise StageFailed(f"monthly copy failed: {failure}")
+    # What the copy is, recorded before the rename that makes it whole (a copy without it is one
+    # bkd made before it kept them: verified against its snapshot's manifest while that is kept).
+    _link_manifest(host_dir.manifest_file(snapshot), host_dir.monthly_manifest(name))
+    write_atomic(host_dir.monthly_record(name), json.dumps({"snapshot": str(snapshot)}).encode())
     os.rename(partial, host_dir.monthly / name)
     fsync_dir(host_dir.monthly)
     log.info("monthly.complete", monthly=name, snapshot=str(snapshot))
@@ -130,6 +157,9 @@ def expire_monthly(host_dir: HostDir, keep_months: int, now: datetime) -> list[s
         make_private_dir(host_dir.trash, under=host_dir.root.parent)
         for name in doomed:
             os.rename(host_dir.monthly / name, host_dir.trash / f"monthly-{name}")
+            for record in (host_dir.monthly_record(name), host_dir.monthly_manifest(name)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(record, host_dir.trash / record.name)
         fsync_dir(host_dir.monthly)
     return doomed
 

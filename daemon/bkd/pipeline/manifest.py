@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..infra.fsutil import write_atomic
-from ..tree import relpath
+from ..tree import layout, relpath
 from . import entropy
 
 CHUNK = 1024 * 1024
@@ -325,11 +325,11 @@ def _scan(dir_fd: int | None) -> tuple[dict[str, int], list[str]]:
 
 def open_dir(path: Path) -> int:
     """An fd of the directory at path, or -1 where there is none."""
-    fd = _open_dir(path)
+    fd = open_directory(path)
     return -1 if fd is None else fd
 
 
-def _open_dir(name: str | Path | None, dir_fd: int | None = None) -> int | None:
+def open_directory(name: str | bytes | Path | None, dir_fd: int | None = None) -> int | None:
     """An fd of the directory, or None where there is none (missing, or not a directory)."""
     if name is None:
         return None
@@ -345,7 +345,7 @@ def _walk_pair(tree: Path, other: Path | None) -> Iterator[tuple[bytes, int, int
     name there), walked by directory fd: no symlink followed, no path too long.
     The one walk of a snapshot's tree (manifests and verify)."""
     root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
-    stack = [(b"", root, _open_dir(other))]
+    stack = [(b"", root, open_directory(other))]
     try:
         while stack:
             prefix, fd, other_fd = stack.pop()
@@ -357,7 +357,7 @@ def _walk_pair(tree: Path, other: Path | None) -> Iterator[tuple[bytes, int, int
                 for name in dirs:
                     child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                     stack.append((prefix + os.fsencode(name) + b"/", child,
-                                  _open_dir(name, other_fd) if other_fd is not None else None))
+                                  open_directory(name, other_fd) if other_fd is not None else None))
             finally:
                 os.close(fd)
                 if other_fd is not None:
@@ -451,9 +451,9 @@ def identity(tree: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
-def _verify_one(tree: Path, manifest_file: Path) -> tuple[int, list[dict]]:
+def _verify_one(tree: Path, manifest_file: Path | None) -> tuple[int, list[dict]]:
     try:
-        recorded = read(manifest_file)
+        recorded = read(manifest_file) if manifest_file else None
     except ManifestRefused as e:
         return 0, [{"path": "/", "problem": str(e)}]
     if recorded is None:
@@ -461,34 +461,41 @@ def _verify_one(tree: Path, manifest_file: Path) -> tuple[int, list[dict]]:
     return verify_tree(tree, recorded)
 
 
-def verify_snapshots(hourly: Path, meta: Path, names: list[str], archive_files: list[Path]) -> dict:
-    """Every named snapshot against its manifest, and the archives against
-    their checksums. A snapshot pruned meanwhile (its directory gone, or
-    another one by now) is `gone`, not damage: whatever its check saw, a
-    manifest already moved away or files deleted under the walk, is dropped."""
+def verify_trees(trees: list[tuple[str, Path, Path | None]]) -> dict:
+    """Every (name, tree, its manifest) re-hashed against that manifest. A
+    tree pruned meanwhile (its directory gone, or another one by now) is
+    `gone`, not damage: whatever its check saw, a manifest already moved
+    away or files deleted under the walk, is dropped."""
     checked, mismatches, results = 0, [], {}
-    for name in names:
-        tree = hourly / name
+    for name, tree, manifest_file in trees:
         before = identity(tree)
         if before is None:
             continue
         try:
-            results[name] = (before, *_verify_one(tree, meta / f"{name}.manifest"))
+            results[name] = (tree, before, *_verify_one(tree, manifest_file))
         except OSError:
             if identity(tree) == before:
                 raise
-    verified = [name for name, (before, _, _) in results.items() if identity(hourly / name) == before]
+    verified = [name for name, (tree, before, _, _) in results.items() if identity(tree) == before]
     for name in verified:
-        _, count, found = results[name]
+        _, _, count, found = results[name]
         checked += count
         mismatches += [{"snapshot": name, **m} for m in found]
+    return {"checked": checked, "verified": verified, "gone": [name for name, _, _ in trees if name not in verified],
+            "mismatches": mismatches}
+
+
+def verify_snapshots(hourly: Path, meta: Path, names: list[str], archive_files: list[Path]) -> dict:
+    """Every named snapshot against its manifest (see verify_trees), and the archives against
+    their checksums."""
+    result = verify_trees([(name, hourly / name, meta / f"{name}.manifest") for name in names])
+    checked, mismatches = result["checked"], result["mismatches"]
     for archive in archive_files:
         checked += 1
         problem = verify_archive(archive)
         if problem:
             mismatches.append({"snapshot": None, **problem})
-    return {"ok": not mismatches, "checked": checked, "snapshots": verified,
-            "gone": [name for name in names if name not in verified],
+    return {"ok": not mismatches, "checked": checked, "snapshots": result["verified"], "gone": result["gone"],
             "archives": [a.name for a in archive_files], "mismatches": mismatches}
 
 
@@ -514,7 +521,7 @@ def hash_sample_idle(tree: Path, recorded: Manifest, paths: list[bytes]) -> list
 
 
 def checksum_path(archive: Path) -> Path:
-    return archive.with_name(archive.name + ".sha256")
+    return layout.sidecar(archive, ".sha256")
 
 
 def write_checksum(archive: Path) -> str:

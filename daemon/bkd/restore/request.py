@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from ..config.models import Config
 from ..config.runtime import Runtime
 from ..infra.errors import Denied, InvalidArgument
-from ..pipeline import selfguard
+from ..pipeline import selfguard, tarstream
 from ..pipeline.selfguard import SelfGuard
-from ..tree import browse
+from ..tree import browse, copies
 from ..tree.layout import HostDir
 from . import transfer
 from .receivers import Receivers
@@ -69,8 +69,9 @@ class Restores:
         """Everything that can be checked before starting: the snapshot, the path
         inside it, the destination and what is already there."""
         config = self.runtime.config
-        name, root = browse.snapshot_root(host_dir, snapshot)
-        await asyncio.to_thread(browse.lookup, root, path)
+        copy = copies.resolve(host_dir, snapshot)  # an hourly snapshot, a monthly copy or an archive
+        tree = await tarstream.tree_of(copy)
+        await asyncio.to_thread(tree.lookup, path)
         parts = browse.components(path)
         remote = transfer.check_destination(dest)
         if remote and not caller.writes_remotely:
@@ -95,11 +96,11 @@ class Restores:
                           location=received.location)
             _outside_own(config, dest, where)
         transfer.conflict(where, dest, parts, overwrite)
-        top_level = await asyncio.to_thread(browse.top_level, root) if not parts else []
+        top_level = await asyncio.to_thread(tree.top_level) if not parts else []
         source_args, into = transfer.sources(parts, where, top_level)
         options = transfer.options(overwrite, dry_run)
         token = None if remote else self.receivers.expect(caller.uid)
-        return RestoreTarget(name, path, dest, overwrite, tuple(source_args), into, tuple(options), where,
+        return RestoreTarget(copy.ref, path, dest, overwrite, tuple(source_args), into, tuple(options), where,
                              token, received.missing if received else b"")
 
 

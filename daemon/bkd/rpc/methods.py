@@ -23,17 +23,18 @@ from ..alerts.service import Alerts
 from ..config.models import Duration, HostName, SinkName, redact_url
 from ..config.runtime import Runtime
 from ..infra import clock
-from ..infra.errors import Denied, NotFound
+from ..infra.errors import Denied, NotFound, NotReady
 from ..infra.events import DEFAULT_QUEUE, TOPICS, EventBus
-from ..pipeline import selfguard
+from ..pipeline import selfguard, tarstream
 from ..pipeline.selfguard import SelfGuard
+from ..pipeline.versions.service import Versions
 from ..restore.receivers import Receivers
 from ..restore.request import Caller, Received, Restores
 from ..runs.housekeeping import Housekeeping
 from ..runs.jobs import Jobs
 from ..runs.plan import Trigger
 from ..state.store import Store
-from ..tree import browse, relpath
+from ..tree import browse, copies, relpath
 from ..tree.layout import HostDir
 from ..views import catalog, report
 from ..views import results as r
@@ -139,21 +140,39 @@ class JobsList(Params):
 
 class SnapshotsList(Params):
     host: HostName
+    kind: Literal["hourly", "monthly", "archive", "all"] = "hourly"
     limit: capped(1_000_000, Optional[int]) = None  # more than retention can ever keep
     before: Optional[str] = Field(None, max_length=64)
 
 
+SnapshotRef = Annotated[str, Field(max_length=300)]  # latest, an hourly name, monthly/YYYY-MM, archive/FILE
+
+
 class SnapshotsBrowse(Params):
     host: HostName
-    snapshot: Optional[str] = Field(None, max_length=64)
+    snapshot: Optional[SnapshotRef] = None
     path: FsPath = "/"
     offset: int = Field(0, ge=0, le=MAX_ID)
     limit: capped(100_000) = browse.DEFAULT_PAGE
 
 
-class SnapshotsHistory(Params):
+class Find(Params):
     host: HostName
-    path: FsPath
+    pattern: Optional[Annotated[FsPath, Field(min_length=1, max_length=4096)]] = None
+    path: Optional[FsPath] = None  # one path exactly, whatever characters it holds (bkctl ls --history)
+    since: Optional[Duration] = None  # only versions a copy this recent holds
+    limit: capped(100_000) = 1000
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.pattern is None) == (self.path is None):
+            raise ValueError("give pattern or path")
+        return self
+
+
+class Du(Params):
+    hosts: Optional[list[HostName]] = None
+    snapshots: bool = False  # what deleting each copy would free
 
 
 Identity = Annotated[list[Annotated[int, Field(ge=0, le=2**64 - 1)]], Field(min_length=2, max_length=2)]  # dev, ino
@@ -183,7 +202,7 @@ class Receiver(Params):
 
 class Restore(Params):
     host: HostName
-    snapshot: str = Field(max_length=64)
+    snapshot: SnapshotRef
     path: FsPath
     dest: FsPath
     overwrite: bool = False
@@ -197,7 +216,7 @@ class RestoreStream(Params):
 
 class Verify(Params):
     host: HostName
-    snapshot: Optional[str] = Field(None, max_length=64)
+    snapshot: Optional[SnapshotRef] = None
     all: bool = False
     sample: bool = False  # run the background pass's sample now
 
@@ -317,7 +336,7 @@ class Api:
                  alerts: Alerts | None = None, notifier: Notifier | None = None, metrics: Metrics | None = None,
                  reports: Reports | None = None, store: Store | None = None,
                  audit_watch: AuditWatch | None = None, bus: EventBus | None = None,
-                 anomalies: Anomalies | None = None):
+                 anomalies: Anomalies | None = None, versions: Versions | None = None):
         self.runtime = runtime
         self.info = info
         self.status_view = status
@@ -336,6 +355,7 @@ class Api:
         self.audit_watch = audit_watch
         self.bus = bus
         self.anomalies = anomalies
+        self.versions = versions
 
     def host_dir(self, host: str) -> HostDir:
         """A configured host's directory, or one a removed host left behind."""
@@ -376,7 +396,7 @@ class Api:
         host_dir = self.host_dir(p.host)
         settings = config.hosts.get(p.host)
         policy = settings.retention if settings else config.retention
-        page = await catalog.list_snapshots(self.store, host_dir, policy, p.limit, p.before)
+        page = await catalog.list_kinds(self.store, host_dir, policy, p.kind, p.limit, p.before)
         return {"host": p.host, **page, "snapshots": _public(page["snapshots"], call)}
 
     async def schedule_list(self, _: NoParams, call: Call) -> r.ScheduleListResult:
@@ -384,14 +404,33 @@ class Api:
 
     async def snapshots_browse(self, p: SnapshotsBrowse, call: Call) -> r.SnapshotsBrowseResult:
         host_dir = self.host_dir(p.host)
-        name, root = browse.snapshot_root(host_dir, p.snapshot)
-        page = await asyncio.to_thread(browse.list_dir, root, p.path, p.offset, p.limit)
-        suspect = await asyncio.to_thread(catalog.is_suspect, host_dir, name)
-        return {"host": p.host, "snapshot": name, "suspect": suspect, "path": p.path, **page}
+        copy = copies.resolve(host_dir, p.snapshot)
+        tree = await tarstream.tree_of(copy)
+        page = await asyncio.to_thread(tree.list_dir, p.path, p.offset, p.limit)
+        # A monthly copy or an archive of a suspect snapshot is as suspect as it.
+        suspect = bool(copy.snapshot) and await asyncio.to_thread(catalog.is_suspect, host_dir, copy.snapshot)
+        return {"host": p.host, "snapshot": copy.ref, "kind": copy.kind, "suspect": suspect, "path": p.path, **page}
 
-    async def snapshots_history(self, p: SnapshotsHistory, call: Call) -> r.SnapshotsHistoryResult:
-        found = await asyncio.to_thread(browse.history, self.host_dir(p.host), p.path)
-        return {"host": p.host, "path": p.path, "entries": found}
+    async def find(self, p: Find, call: Call) -> r.FindResult:
+        """Every version of the paths matching pattern, from the host's version index."""
+        since = clock.now() - p.since if p.since else None
+        versions, more = await self.versions.find(self.host_dir(p.host), p.pattern, p.path, since, p.limit)
+        asked = {"pattern": p.pattern} if p.pattern is not None else {"path": p.path}
+        return {"host": p.host, **asked, "versions": versions, "truncated": more or p.clamped}
+
+    async def du(self, p: Du, call: Call) -> r.DuResult:
+        """Real disk use by inode and allocated blocks (counts only: for viewers too)."""
+        names = self.jobs.host_names(p.hosts) if p.hosts else list(self.runtime.config.hosts)
+        hosts, waiting = {}, {}
+        for name in names:
+            try:
+                hosts[name] = await self.versions.space(self.host_dir(name), p.snapshots)
+            except NotReady as e:
+                waiting[name] = e.data
+        if waiting:
+            raise NotReady(f"the version index of {', '.join(sorted(waiting))} is being rebuilt; try again later",
+                           {"hosts": waiting})
+        return {"hosts": hosts}
 
     async def restore(self, p: Restore, call: Call) -> r.RestoreResult:
         received = None if p.receiver is None else Received(
@@ -421,10 +460,10 @@ class Api:
             result = await integrity.sample(host_dir, self.runtime.config.verify.sample_percent)
             return {**result, "ok": not result["mismatches"], "snapshots": [result["snapshot"]], "archives": []}
         if p.all:
-            names = [str(n) for n in host_dir.snapshots()]
+            chosen = [copies.hourly(host_dir, n) for n in host_dir.snapshots()] + copies.monthly_copies(host_dir)
         else:
-            names = [browse.snapshot_root(host_dir, p.snapshot)[0]]
-        return {"host": p.host, **await integrity.verify(host_dir, names, p.all)}
+            chosen = [copies.resolve(host_dir, p.snapshot)]
+        return {"host": p.host, **await integrity.verify(host_dir, chosen, p.all)}
 
     async def metrics(self, _: NoParams, call: Call) -> r.MetricsResult:
         return {"text": await self.metrics_view.exposition()}
@@ -473,11 +512,15 @@ class Api:
 
     async def prune(self, p: Prune, call: Call) -> r.PruneResult:
         config = self.runtime.config
-        plan = {}
+        plan, frees = {}, {}
         for host in self.jobs.host_names(p.hosts):
             policy = config.hosts[host].retention
-            plan[host] = await self.housekeeping.prune(HostDir.of(config.backup_root, host), policy, p.dry_run)
-        return {"dry_run": p.dry_run, "plan": plan}
+            host_dir = HostDir.of(config.backup_root, host)
+            plan[host] = await self.housekeeping.prune(host_dir, policy, p.dry_run)
+            if p.dry_run:  # what the plan would return to the filesystem (None: the index cannot say yet)
+                frees[host] = await self.versions.freed(host_dir, [d["snapshot"] for d in plan[host]
+                                                                  if d["action"] == "delete"])
+        return {"dry_run": p.dry_run, "plan": plan, **({"frees": frees} if p.dry_run else {})}
 
     async def hosts_list(self, _: NoParams, call: Call) -> r.HostsListResult:
         config = self.runtime.config
@@ -559,8 +602,8 @@ def method_table(api: Api) -> dict[str, Method]:
         M.JOBS_LIST: Method(JobsList, api.jobs_list, r.JobsListResult, "viewer"),
         M.SNAPSHOTS_LIST: Method(SnapshotsList, api.snapshots_list, r.SnapshotsListResult, "viewer"),
         M.SNAPSHOTS_BROWSE: Method(SnapshotsBrowse, api.snapshots_browse, r.SnapshotsBrowseResult, "admin"),
-        M.SNAPSHOTS_HISTORY: Method(SnapshotsHistory, api.snapshots_history, r.SnapshotsHistoryResult, "admin",
-                                    concurrency=2),
+        M.FIND: Method(Find, api.find, r.FindResult, "admin", concurrency=4),
+        M.DU: Method(Du, api.du, r.DuResult, "viewer", concurrency=4),
         M.SCHEDULE_LIST: Method(NoParams, api.schedule_list, r.ScheduleListResult, "viewer"),
         M.PRUNE: Method(Prune, api.prune, r.PruneResult, "admin", mutating=True, concurrency=2),
         M.RESTORE: Method(Restore, api.restore, r.RestoreResult, "admin", mutating=True),

@@ -45,7 +45,7 @@ from bkctl.protocol import ErrorCode
 from ..config.models import Access, Rpc
 from ..infra import clock
 from ..infra.bursts import Burst, Bursts
-from ..infra.errors import Busy, Conflict, Denied, DomainError, InvalidArgument, NotFound, ShuttingDown
+from ..infra.errors import Busy, Conflict, Denied, DomainError, InvalidArgument, NotFound, NotReady, ShuttingDown
 from ..infra.users import user_name
 from . import access
 from .access import Identity
@@ -73,6 +73,7 @@ WIRE_CODES: dict[type[DomainError], ErrorCode] = {
     InvalidArgument: ErrorCode.INVALID_PARAMS,
     Denied: ErrorCode.PERMISSION_DENIED,
     ShuttingDown: ErrorCode.SHUTTING_DOWN,
+    NotReady: ErrorCode.NOT_READY,
 }
 
 

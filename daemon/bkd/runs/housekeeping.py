@@ -30,7 +30,7 @@ class Housekeeping:
         self.refresh = refresh  # refresh(host): the read model re-reads that host's directory
         self.collector = TrashCollector(backup_root)
         self._locks: dict[str, asyncio.Lock] = {}
-        self.on_pruned: list = []  # await listener(host_dir) after snapshots went to the trash
+        self.on_pruned: list = []  # await listener(host_dir) after copies went (snapshots, archives, monthly copies)
 
     def _lock(self, host: str) -> asyncio.Lock:
         return self._locks.setdefault(host, asyncio.Lock())
@@ -53,12 +53,15 @@ class Housekeeping:
                         await self.store.snapshots.forget(host, doomed)
                     except STORE_ERRORS as e:  # the filesystem is the truth; the rows go next time
                         log.warning("store.forget_failed", host=host, error=str(e))
-                    for listener in self.on_pruned:
-                        try:
-                            await listener(host_dir)
-                        except Exception:  # a listener's failure must not fail the prune
-                            log.exception("prune.listener_failed", host=host)
+                    await self._pruned(host_dir)
         return [d.as_dict() for d in decisions]
+
+    async def _pruned(self, host_dir: HostDir) -> None:
+        for listener in self.on_pruned:
+            try:
+                await listener(host_dir)
+            except Exception:  # a listener's failure must not fail the prune
+                log.exception("prune.listener_failed", host=host_dir.root.name)
 
     async def clear_heavy_leftovers(self, host_dir: HostDir) -> None:
         """Partial archives and monthly copies of the host, left by a crash or a
@@ -76,6 +79,7 @@ class Housekeeping:
     async def expire_monthly(self, host_dir: HostDir, keep_months: int) -> None:
         if await asyncio.to_thread(archive.expire_monthly, host_dir, keep_months, clock.now()):
             self.collector.wake.set()
+            await self._pruned(host_dir)
 
     async def expire(self, config: Config) -> None:
         """Expire archives and monthly copies of every host on schedule, whether
@@ -96,6 +100,7 @@ class Housekeeping:
             if expired:
                 log.info("archives.expired", host=name, archives=len(expired))
                 self.refresh(name)
+                await self._pruned(host_dir)
 
 
 def _trash(host_dir: HostDir, path) -> None:

@@ -19,15 +19,17 @@ from bkctl.protocol import Kind, Status
 
 from ..config.runtime import Runtime
 from ..infra import clock
+from ..infra.errors import NotFound
 from ..pipeline import archive, hooks, manifest, rsync
 from ..pipeline.outcomes import clip, public_error, public_warning
 from ..pipeline.selfguard import SelfGuard, effective_excludes
 from ..pipeline.snapshot import SnapshotFailed, take_snapshot
-from ..restore import transfer
+from ..pipeline.versions.service import Versions
+from ..restore import source as restore_source, transfer
 from ..restore.receivers import ATTACH_TIMEOUT, Receivers
 from ..state.hosts import Fleet
 from ..state.store import STORE_ERRORS, Store
-from ..tree import browse
+from ..tree import browse, copies
 from ..tree.layout import HostDir, SnapshotName
 from .housekeeping import Housekeeping
 from .lifecycle import PROGRESS_EVERY, Lifecycle
@@ -43,7 +45,7 @@ STAGE_ERRORS = (SnapshotFailed, archive.StageFailed, transfer.RestoreFailed, hoo
 class Worker:
     def __init__(self, runtime: Runtime, registry: Registry, limits: Mapping[Lane, Limit | None],
                  lifecycle: Lifecycle, housekeeping: Housekeeping, store: Store, fleet: Fleet,
-                 receivers: Receivers, guard: SelfGuard):
+                 receivers: Receivers, guard: SelfGuard, versions: Versions):
         self.runtime = runtime
         self.registry = registry
         self.limits = limits  # None: that lane is not limited (restores)
@@ -53,6 +55,8 @@ class Worker:
         self.fleet = fleet
         self.receivers = receivers
         self.guard = guard
+        self.versions = versions
+        self.versions = versions
         self._stages: dict[Stage, Callable[[Run], Awaitable[None]]] = {
             Stage.PRE: self._pre, Stage.SNAPSHOT: self._snapshot, Stage.PRUNE: self._prune,
             Stage.POST: self._post, Stage.ARCHIVE: self._archive, Stage.MONTHLY: self._monthly,
@@ -146,6 +150,10 @@ class Worker:
             run.error, run.detail = public_warning(result.warning), clip(result.warning)
         if result.name:
             self.fleet.refresh(run.host)
+            # The index step: the new snapshot's changes into the host's version index (None while it is rebuilt).
+            result.stats["index_s"] = await self.versions.added(host_dir)
+            result.stats["unique_bytes"] = self.versions.unique_bytes(run.host)  # the host's space after it
+            run.stats.update(index_s=result.stats["index_s"], unique_bytes=result.stats["unique_bytes"])
             name = SnapshotName.parse(result.name)
             try:
                 await self.store.snapshots.record(run.host, [(result.name, clock.iso(name.time),
@@ -175,6 +183,7 @@ class Worker:
         run.stats.update(stats)
         await asyncio.to_thread(archive.expire_archives, host_dir, plan.settings.archive.keep_days, clock.now())
         self.fleet.refresh(run.host)
+        await self.versions.changed(host_dir)
 
     async def _monthly(self, run: Run) -> None:
         plan = run.plan
@@ -184,26 +193,32 @@ class Worker:
         run.stats.update(stats)
         await self.housekeeping.expire_monthly(host_dir, plan.config.monthly.keep_months)
         self.fleet.refresh(run.host)
+        await self.versions.changed(host_dir)
 
     async def _restore(self, run: Run) -> None:
         plan, target = run.plan, run.request.restore
         host_dir = HostDir.of(plan.config.backup_root, run.host)
-        root = host_dir.hourly / target.snapshot
+        try:
+            copy = copies.resolve(host_dir, target.snapshot)
+        except NotFound as e:
+            raise transfer.RestoreFailed(f"{e.message}: it went after the restore was asked for") from None
         run.snapshot = target.snapshot
         dry_run = run.request.dry_run
         # A transfer without I/O for rsync.timeout fails, as rsync's own --timeout (SPEC §7).
         timeout = (plan.settings.rsync if plan.settings else plan.config.rsync).timeout.total_seconds()
         options = [*target.options, f"--timeout={int(timeout)}"]
-        on_progress = self._restore_progress(run, host_dir.manifest_file(target.snapshot), target.path)
-        if target.token is None:  # host:path, written by the daemon's rsync over SSH
-            rsync_path = transfer.rsync_path_at(plan.config, transfer.check_destination(target.dest), run.host)
-            stats, names = await transfer.restore_remote(
-                plan.config, root, target.dest, list(target.sources), target.into, target.where, options, dry_run,
-                on_progress, rsync_path)
-        else:  # a local DEST, received by the caller's bkctl
-            stats, names = await transfer.restore_local(root, list(target.sources), target.missing, options,
-                                                       self._attached(target.token, min(ATTACH_TIMEOUT, timeout)),
-                                                       dry_run, on_progress)
+        on_progress = self._restore_progress(run, copies.manifest_of(host_dir, copy), target.path)
+        async with restore_source.sending_root(host_dir, copy, target.path,
+                                               lambda progress: self.lifecycle.progress(run, progress)) as root:
+            if target.token is None:  # host:path, written by the daemon's rsync over SSH
+                rsync_path = transfer.rsync_path_at(plan.config, transfer.check_destination(target.dest), run.host)
+                stats, names = await transfer.restore_remote(
+                    plan.config, root, target.dest, list(target.sources), target.into, target.where, options,
+                    dry_run, on_progress, rsync_path)
+            else:  # a local DEST, received by the caller's bkctl
+                stats, names = await transfer.restore_local(root, list(target.sources), target.missing, options,
+                                                            self._attached(target.token, min(ATTACH_TIMEOUT, timeout)),
+                                                            dry_run, on_progress)
         run.stats.update(stats)
         if dry_run:
             run.listing = names
@@ -217,7 +232,7 @@ class Worker:
                                         "by the caller's bkctl (bkctl restore ... --to DEST)") from None
         return writer
 
-    def _restore_progress(self, run: Run, manifest_file: Path, path: str) -> Callable[[int], None]:
+    def _restore_progress(self, run: Run, manifest_file: Path | None, path: str) -> Callable[[int], None]:
         """Progress from the bytes the restore's rsync has written, against what
         PATH holds: read from the manifest only once the transfer has lasted
         long enough to report progress at all (a small restore never pays for it)."""
@@ -230,7 +245,8 @@ class Worker:
                 return
             if not total:
                 total.append(asyncio.ensure_future(asyncio.to_thread(
-                    manifest.bytes_under, manifest_file, b"/".join(browse.components(path)))))
+                    manifest.bytes_under, manifest_file, b"/".join(browse.components(path))) if manifest_file
+                    else asyncio.sleep(0)))
                 total[0].add_done_callback(lambda f: f.cancelled() or f.exception())  # None without a manifest
             whole = total[0].result() if total[0].done() and not total[0].exception() else None
             percent = min(99, sent * 100 // whole) if whole else None

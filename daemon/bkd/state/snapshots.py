@@ -54,16 +54,16 @@ class SnapshotStore:
     async def trend(self, hosts: list[str], first: str) -> dict[str, list[dict]]:
         """Each host's recorded snapshots named `first` or later, oldest first,
         with the statistics a trend needs: a range of the primary key per host,
-        and only three fields taken out of each record (no JSON parsing here)."""
+        and only four fields taken out of each record (no JSON parsing here)."""
         if not hosts:
             return {}
         marks = ",".join("?" * len(hosts))
         rows = await self.store.fetch(
             "SELECT host, name, json_extract(stats, '$.bytes') AS bytes, "
             "json_extract(stats, '$.changed_files') AS changed_files, "
-            "json_extract(stats, '$.duration_s') AS duration_s "
+            "json_extract(stats, '$.duration_s') AS duration_s, json_extract(stats, '$.unique_bytes') AS space "
             f"FROM snapshots WHERE host IN ({marks}) AND name >= ? ORDER BY host, name", (*hosts, first))
         found: dict[str, list[dict]] = {host: [] for host in hosts}
         for row in rows:
-            found[row["host"]].append({k: row[k] for k in ("name", "bytes", "changed_files", "duration_s")})
+            found[row["host"]].append({k: row[k] for k in ("name", "bytes", "changed_files", "duration_s", "space")})
         return found

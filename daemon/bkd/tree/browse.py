@@ -62,15 +62,26 @@ def _not_found(parts: list[bytes]) -> NotFound:
     return NotFound(f"no such path in the snapshot: /{os.fsdecode(b'/'.join(parts))}")
 
 
-def entry_of(name: bytes, st: os.stat_result, dir_fd: int) -> dict:
-    mode = st.st_mode
+def describe(name: bytes, mode: int, size: int, mtime: float, target: bytes | None = None) -> dict:
+    """One entry as browse shows it, from a directory or an archive's index alike."""
     kind = ("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else
             "symlink" if stat.S_ISLNK(mode) else "other")
-    entry = {"name": os.fsdecode(name), "type": kind, "size": st.st_size, "mode": stat.filemode(mode),
-             "mtime": clock.iso(datetime.fromtimestamp(st.st_mtime, timezone.utc))}
+    entry = {"name": os.fsdecode(name), "type": kind, "size": size, "mode": stat.filemode(mode),
+             "mtime": clock.iso(datetime.fromtimestamp(mtime, timezone.utc))}
     if kind == "symlink":
-        entry["target"] = os.fsdecode(os.readlink(name, dir_fd=dir_fd))
+        entry["target"] = os.fsdecode(target or b"")
     return entry
+
+
+def entry_of(name: bytes, st: os.stat_result, dir_fd: int) -> dict:
+    target = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+    return describe(name, st.st_mode, st.st_size, st.st_mtime, target)
+
+
+def paged(names: list, offset: int, limit: int, entries: list[dict]) -> dict:
+    """A page of a directory listing: its entries, and where the next starts."""
+    return {"entries": entries, "total": len(names), "offset": offset,
+            "next_offset": offset + limit if offset + limit < len(names) else None}
 
 
 def lookup(root: Path, path: str) -> dict:
@@ -100,8 +111,7 @@ def list_dir(root: Path, path: str, offset: int = 0, limit: int = DEFAULT_PAGE) 
                 entries.append(entry_of(raw, os.stat(raw, dir_fd=fd, follow_symlinks=False), fd))
             except FileNotFoundError:
                 continue
-    return {"entries": entries, "total": len(names), "offset": offset,
-            "next_offset": offset + limit if offset + limit < len(names) else None}
+    return paged(names, offset, limit, entries)
 
 
 def snapshot_root(host_dir: HostDir, snapshot: str | None) -> tuple[str, Path]:

@@ -16,7 +16,7 @@ from bkctl.protocol import SNAPSHOT_NAME
 TIME_FORMAT = "%Y-%m-%d_%H%M%S"
 SNAPSHOT = re.compile(SNAPSHOT_NAME)
 _ARCHIVE_NAME = re.compile(rf"(?P<host>.+)_(?P<snapshot>{SNAPSHOT_NAME})\.tar\.(?:gz|zst)")
-_MONTH_NAME = re.compile(r"(\d{4})-(\d{2})")
+MONTH_NAME = re.compile(r"(\d{4})-(\d{2})")
 PARTIAL_PREFIX = ".partial-"
 
 
@@ -49,10 +49,37 @@ def month_name(time: datetime) -> str:
     return f"{time.year:04d}-{time.month:02d}"
 
 
+def sidecar(archive: Path, suffix: str) -> Path:
+    """A file bkd keeps beside an archive: its checksum (.sha256), index (.index), manifest (.manifest)."""
+    return archive.with_name(archive.name + suffix)
+
+
 @dataclass(frozen=True)
 class ArchiveFile:
     snapshot: SnapshotName
     path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def index(self) -> Path:
+        """Its entries, for browsing and restoring without decompressing it whole (tree/archiveindex.py)."""
+        return sidecar(self.path, ".index")
+
+    @property
+    def manifest(self) -> Path:
+        """The manifest of the snapshot it was made from, linked when it was made: verify reads it
+        after that snapshot is pruned."""
+        return sidecar(self.path, ".manifest")
+
+    @property
+    def checksum(self) -> Path:
+        return sidecar(self.path, ".sha256")
+
+    def sidecars(self) -> tuple[Path, ...]:
+        return self.checksum, self.index, self.manifest
 
 
 @dataclass(frozen=True)
@@ -89,6 +116,11 @@ class HostDir:
         return self.root / ".trash"
 
     @property
+    def restoring(self) -> Path:
+        """Private staging directories of restores from archives (restore/source.py)."""
+        return self.root / ".restore"
+
+    @property
     def damage_file(self) -> Path:
         """The damaged copies and other problems verify found (pipeline/damage.py)."""
         return self.meta / "damage.json"
@@ -107,6 +139,21 @@ class HostDir:
 
     def manifest_file(self, name: SnapshotName | str) -> Path:
         return self.meta / f"{name}.manifest"
+
+    def monthly_record(self, month: str) -> Path:
+        """Which snapshot the monthly copy of month was made from (JSON)."""
+        return self.meta / f"monthly-{month}.json"
+
+    def monthly_manifest(self, month: str) -> Path:
+        """That snapshot's manifest, linked when the copy was made: it outlives the snapshot."""
+        return self.meta / f"monthly-{month}.manifest"
+
+    def archive_file(self, name: str) -> ArchiveFile | None:
+        """The complete archive of that file name, if there is one."""
+        match = _ARCHIVE_NAME.fullmatch(name)
+        snapshot = SnapshotName.parse(match["snapshot"]) if match and match["host"] == self.root.name else None
+        path = self.archives / name
+        return ArchiveFile(snapshot, path) if snapshot and path.is_file() and not path.is_symlink() else None
 
     def hourly_names(self) -> list[str]:
         """Every directory name in hourly/ except staging ones, recognised or not."""
@@ -139,7 +186,7 @@ class HostDir:
         """The names of this host's monthly copies, oldest first."""
         try:
             return sorted(e.name for e in os.scandir(self.monthly)
-                          if _MONTH_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+                          if MONTH_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
 

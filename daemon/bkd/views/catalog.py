@@ -17,6 +17,7 @@ from ..infra.errors import InvalidArgument
 from ..pipeline.prune import host_plan
 from ..pipeline.retention import Decision
 from ..state.store import STORE_ERRORS, Store
+from ..tree import archiveindex, copies
 from ..tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()
@@ -87,6 +88,53 @@ async def list_snapshots(store: Store, host_dir: HostDir, policy: Retention, lim
             # them (`examples`: admins only). Snapshots made before bkd recorded them have none.
             "suspect": bool(isinstance(verdict, dict) and verdict.get("suspect")), "held": decision.held,
             "profile": stats.get("profile"), "anomaly": verdict, "examples": stats.get("examples"),
+            "kind": copies.HOURLY, "snapshot": name,
         })
     return {"snapshots": entries, "total": len(listing),
             "next_before": names[0] if page and start > 0 else None}
+
+
+def _archive_files(archive) -> int | None:
+    """How many regular files an archive holds, from its index (None before it has one)."""
+    try:
+        entries = archiveindex.read(archive.index)
+    except (OSError, archiveindex.IndexRefused):
+        return None
+    return None if entries is None else sum(e.kind in ("f", "h") for e in entries)
+
+
+def list_copies(host_dir: HostDir, kinds: set[str]) -> list[dict]:
+    """The host's monthly copies and archives (of kinds), oldest first: what
+    each holds (the snapshot it was made from, its files), and its size — a
+    monthly copy's the snapshot's, an archive's its compressed size."""
+    found = []
+    if copies.MONTHLY in kinds:
+        for copy in copies.monthly_copies(host_dir):
+            stats = read_meta(host_dir, copy.snapshot) if copy.snapshot else {}
+            found.append({"name": copy.ref, "kind": copy.kind, "time": clock.iso(copy.time), "tier": "monthly copy",
+                          "snapshot": copy.snapshot, "files": stats.get("files"), "bytes": stats.get("bytes")})
+    if copies.ARCHIVE in kinds:
+        for copy in copies.archives(host_dir):
+            try:
+                size = copy.path.stat().st_size
+            except OSError:
+                continue  # expired meanwhile
+            found.append({"name": copy.ref, "kind": copy.kind, "time": clock.iso(copy.time), "tier": "archive",
+                          "snapshot": copy.snapshot, "files": _archive_files(copy.archive), "bytes": size})
+    for entry in found:
+        entry.update(changed_files=None, deleted_files=None, transferred_bytes=None, duration_s=None)
+    return sorted(found, key=lambda e: (e["time"], e["kind"]))
+
+
+async def list_kinds(store: Store, host_dir: HostDir, policy: Retention, kind: str, limit: int | None,
+                     before: str | None) -> dict:
+    """snapshots.list: the hourly snapshots (paged), monthly copies and
+    archives (all of them: a few dozen at most), or every kind, oldest first."""
+    kinds = set(copies.KINDS) if kind == "all" else {kind}
+    page = await list_snapshots(store, host_dir, policy, limit, before) if copies.HOURLY in kinds else \
+        {"snapshots": [], "total": 0, "next_before": None}
+    others = await asyncio.to_thread(list_copies, host_dir, kinds)
+    if others:
+        merged = sorted([*page["snapshots"], *others], key=lambda e: (e["time"], copies.KINDS.index(e["kind"])))
+        page = {**page, "snapshots": merged, "total": page["total"] + len(others)}
+    return page

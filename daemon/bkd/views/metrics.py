@@ -28,6 +28,7 @@ from ..infra import clock
 from ..infra.fsutil import write_atomic
 from ..infra.supervise import woken
 from ..runs.housekeeping import Housekeeping
+from ..pipeline.versions.service import Versions
 from ..runs.registry import Registry
 from ..state.hosts import Fleet
 from ..state.store import Store
@@ -54,6 +55,8 @@ HELP = {
     "bkd_snapshots": ("gauge", "Complete snapshots of the host."),
     "bkd_archives": ("gauge", "Archives of the host."),
     "bkd_monthly_copies": ("gauge", "Monthly (golden) copies of the host."),
+    "bkd_host_unique_bytes": ("gauge", "Bytes the host's kept copies take on disk, each inode once (allocated "
+                                       "blocks), as bkctl du counts them."),
     "bkd_runs_total": ("counter", "Finished runs by host, kind and status (survives history pruning)."),
     "bkd_failures_total": ("counter", "Backup runs that failed."),
     "bkd_consecutive_failures": ("gauge", "Backup runs of the host that failed in a row (0: the last one worked)."),
@@ -90,7 +93,8 @@ class Metrics:
     """Where the exposition's samples come from."""
 
     def __init__(self, runtime: Runtime, info: Info, healthy: Callable[[], bool], fleet: Fleet, store: Store,
-                 registry: Registry, housekeeping: Housekeeping, alerts: Alerts, notifier: Notifier | None):
+                 registry: Registry, housekeeping: Housekeeping, alerts: Alerts, notifier: Notifier | None,
+                 versions: Versions | None = None):
         self.runtime = runtime
         self.info = info
         self.healthy = healthy  # the supervisor's verdict
@@ -100,6 +104,7 @@ class Metrics:
         self.housekeeping = housekeeping
         self.alerts = alerts
         self.notifier = notifier
+        self.versions = versions  # the host's space on disk (unique_bytes)
 
     async def exposition(self) -> str:
         return render(await self.gather())
@@ -139,6 +144,8 @@ class Metrics:
                 add("bkd_snapshots", facts.snapshots, host=name)
                 add("bkd_archives", facts.archives, host=name)
                 add("bkd_monthly_copies", len(facts.monthly), host=name)
+            if self.versions is not None:
+                add("bkd_host_unique_bytes", self.versions.unique_bytes(name), host=name)
             add("bkd_stale", view.stale, host=name)
             add("bkd_host_error", facts.error is not None, host=name)
             add("bkd_host_held", facts.held, host=name)

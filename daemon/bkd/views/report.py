@@ -37,8 +37,10 @@ from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.supervise import woken
 from ..pipeline.prune import host_plan
+from ..pipeline.versions.service import Versions
 from ..state.hosts import Fleet
 from ..state.store import Store
+from ..tree import copies
 from ..tree.layout import SNAPSHOT, TIME_FORMAT, HostDir
 from ..watch import disk
 from .hostview import host_views
@@ -78,14 +80,16 @@ def next_time(now: datetime, at: time, zone: tzinfo) -> datetime:
 
 def trend(rows: list[dict], days: list[date], zone: tzinfo) -> list[dict]:
     """One entry per day (in the report's zone): snapshots made, the size of
-    the day's last snapshot, files changed over the day, the slowest run.
+    the day's last snapshot and the host's space on disk after it (`space`,
+    from the version index: null for snapshots made before it was kept),
+    files changed over the day, the slowest run.
     rows are sorted by name; a name's day is found by comparing it with the
     names of the days' first instants (names sort as their times do), so a
     month of hourly snapshots is a few string comparisons each."""
     bounds = [_name_at(datetime.combine(day, time(0), tzinfo=zone)) for day in days]
     bounds.append(_name_at(datetime.combine(days[-1] + timedelta(days=1), time(0), tzinfo=zone)))
-    entries = [{"day": day.isoformat(), "snapshots": 0, "bytes": None, "changed_files": None, "duration_s": None}
-               for day in days]
+    entries = [{"day": day.isoformat(), "snapshots": 0, "bytes": None, "space": None, "changed_files": None,
+                "duration_s": None} for day in days]
     for row in rows:  # oldest first: the last one of a day sets its size
         index = bisect.bisect_right(bounds, row["name"]) - 1
         if not 0 <= index < len(days) or not SNAPSHOT.fullmatch(row["name"]):
@@ -94,6 +98,8 @@ def trend(rows: list[dict], days: list[date], zone: tzinfo) -> list[dict]:
         entry["snapshots"] += 1
         if row["bytes"] is not None:
             entry["bytes"] = row["bytes"]
+        if row.get("space") is not None:
+            entry["space"] = row["space"]
         if row["changed_files"] is not None:
             entry["changed_files"] = (entry["changed_files"] or 0) + row["changed_files"]
         if row["duration_s"] is not None:
@@ -113,6 +119,15 @@ def _tiers(host_dir: HostDir, policy, now: datetime) -> dict[str, int]:
         return dict(Counter(d.tier for d in host_plan(host_dir, policy, now) if d.tier != "unknown"))
     except OSError:
         return {}
+
+
+def _copies(host_dir: HostDir) -> dict:
+    """The host's monthly copies and archives by name (SNAPSHOT references), oldest first."""
+    try:
+        return {"monthly_copies": [c.ref for c in copies.monthly_copies(host_dir)],
+                "archive_copies": [c.ref for c in copies.archives(host_dir)]}
+    except OSError:
+        return {"monthly_copies": [], "archive_copies": []}
 
 
 def _alert(episode: dict, silenced: bool) -> dict:
@@ -145,11 +160,12 @@ def _disk(backup_root, samples: list[dict], now: datetime, days: list[date], zon
 class Reports:
     """The digest's sources."""
 
-    def __init__(self, runtime: Runtime, fleet: Fleet, store: Store, alerts: Alerts):
+    def __init__(self, runtime: Runtime, fleet: Fleet, store: Store, alerts: Alerts, versions: Versions | None = None):
         self.runtime = runtime
         self.fleet = fleet
         self.store = store
         self.alerts = alerts
+        self.versions = versions  # the host's space on disk (unique_bytes)
 
     async def gather(self, period: timedelta = DAILY_PERIOD, hosts: list[str] | None = None,
                      trends: bool = True, now: datetime | None = None) -> dict:
@@ -177,7 +193,7 @@ class Reports:
             """The listing of hourly/ and the arithmetic over rows, off the event loop."""
             found = {}
             for name in names:
-                found[name] = {"period": _period(rows[name], start)}
+                found[name] = {"period": _period(rows[name], start), **_copies(HostDir.of(config.backup_root, name))}
                 if trends:
                     tiers = _tiers(HostDir.of(config.backup_root, name), policies[name], now)
                     found[name].update(snapshots=sum(tiers.values()), tiers=tiers,
@@ -206,6 +222,7 @@ class Reports:
                 "bytes": recorded.get("bytes"), "files": recorded.get("files"),
                 "changed_files": recorded.get("changed_files"), "duration_s": recorded.get("duration_s"),
                 "snapshots": facts.snapshots, "archives": facts.archives, "monthly": len(facts.monthly),
+                "unique_bytes": self.versions.unique_bytes(name) if self.versions else None,
                 "period": {"runs": results.get(name, {}), **computed[name].pop("period")},
                 "alerts": [_alert(e, silenced[e["id"]]) for e in current if e["host"] == name],
                 **computed[name],  # with trends: the snapshots counted in this listing, tiers, trend

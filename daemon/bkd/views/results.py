@@ -33,6 +33,7 @@ class HostStatus(TypedDict):
     future_entries: int
     held: bool
     suspects: list[str]
+    unique_bytes: int | None  # the host's space on disk, from its version index (None while it is rebuilt)
     error: str | None
     alerts: int
     alert_kinds: list[str]
@@ -80,6 +81,7 @@ class SnapshotsListResult(TypedDict):
 class SnapshotsBrowseResult(TypedDict):
     host: str
     snapshot: str
+    kind: str  # hourly, monthly, archive
     suspect: bool
     path: str
     entries: list[dict]
@@ -89,10 +91,16 @@ class SnapshotsBrowseResult(TypedDict):
     truncated: bool
 
 
-class SnapshotsHistoryResult(TypedDict):
+class FindResult(TypedDict):
     host: str
-    path: str
-    entries: list[dict]
+    pattern: NotRequired[str]  # the one asked for: pattern, or path (bkctl ls --history)
+    path: NotRequired[str]
+    versions: list[dict]
+    truncated: bool
+
+
+class DuResult(TypedDict):
+    hosts: dict[str, dict]
 
 
 class ScheduleEntry(TypedDict):
@@ -185,6 +193,7 @@ class ReportResult(TypedDict):
 class PruneResult(TypedDict):
     dry_run: bool
     plan: dict[str, list[dict]]
+    frees: NotRequired[dict[str, int | None]]  # with dry_run: what the plan would free, per host
 
 
 class HostsListResult(TypedDict):

@@ -17,6 +17,7 @@ from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.events import EventBus
 from ..infra.systemd import notify
+from ..pipeline.versions.service import Versions
 from ..runs.housekeeping import Housekeeping
 from ..runs.plan import Lane
 from ..runs.registry import Registry, Run
@@ -43,7 +44,7 @@ def _run_view(run: Run | None) -> dict:
 
 class StatusView:
     def __init__(self, runtime: Runtime, fleet: Fleet, registry: Registry, alerts: Alerts,
-                 housekeeping: Housekeeping, bus: EventBus, info: Info):
+                 housekeeping: Housekeeping, bus: EventBus, info: Info, versions: Versions | None = None):
         self.runtime = runtime
         self.fleet = fleet
         self.registry = registry
@@ -51,6 +52,7 @@ class StatusView:
         self.housekeeping = housekeeping
         self.bus = bus
         self.info = info
+        self.versions = versions  # the host's space on disk (unique_bytes)
         runtime.on_reload(self._reloaded)
 
     def status(self, now: datetime) -> StatusResult:
@@ -73,6 +75,7 @@ class StatusView:
                 "future_entries": len(view.facts.future),
                 "held": view.facts.held,
                 "suspects": list(view.facts.suspects),
+                "unique_bytes": self.versions.unique_bytes(name) if self.versions else None,
                 "error": view.facts.error,
                 "alerts": alerts.open_for(name),
                 "alert_kinds": sorted({e["kind"] for e in alerts.current.values() if e["host"] == name}),

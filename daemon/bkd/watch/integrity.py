@@ -18,8 +18,10 @@ from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.supervise import woken
 from ..infra.threads import in_own_thread
-from ..pipeline import damage, manifest
+from ..pipeline import damage, manifest, tarstream
+from ..pipeline.versions.service import Versions
 from ..state.store import Store
+from ..tree import copies
 from ..tree.layout import HostDir, SnapshotName
 
 log = structlog.get_logger()
@@ -32,8 +34,9 @@ def _key(host: str) -> str:
 
 
 class Integrity:
-    def __init__(self, runtime: Runtime, store: Store, alerts: Alerts):
+    def __init__(self, runtime: Runtime, store: Store, alerts: Alerts, versions: Versions | None = None):
         self.runtime = runtime
+        self.versions = versions  # its index is checked against the manifests of the snapshots verified
         self.store = store
         self.alerts = alerts
         self.wake = asyncio.Event()
@@ -72,19 +75,68 @@ class Integrity:
                                                 or (subject in verified and hashed is None)):
                 await self.alerts.resolve(AlertKind.INTEGRITY, host, subject)
 
-    async def verify(self, host_dir: HostDir, names: list[str], with_archives: bool) -> dict:
-        """Re-hash every file of the named snapshots (and their archives)."""
-        archive_files = [a.path for a in host_dir.archive_files() if with_archives or str(a.snapshot) in names]
+    async def verify(self, host_dir: HostDir, chosen: list[copies.Copy], every: bool) -> dict:
+        """Re-hash every file of the chosen copies: snapshots and monthly
+        copies against their manifests; archives (those of the chosen
+        snapshots, or with `every` all of them) against their checksums and,
+        file by file, against the manifest of the snapshot they were made from."""
+        names = [c.ref for c in chosen if c.kind == copies.HOURLY]
+        monthly = [c for c in chosen if c.kind == copies.MONTHLY]
+        archives = [a for a in copies.archives(host_dir) if every or a.snapshot in names]
+        archives += [c for c in chosen if c.kind == copies.ARCHIVE and c not in archives]
         host = host_dir.root.name
-        log.info("verify.start", host=host, snapshots=len(names), archives=len(archive_files))
+        log.info("verify.start", host=host, snapshots=len(names), monthly=len(monthly), archives=len(archives))
         # Its own thread: a stop must not wait for a re-hash of whole snapshots (it only reads).
-        result = await in_own_thread(manifest.verify_snapshots, host_dir.hourly, host_dir.meta, names,
-                                     archive_files)
+        result = await in_own_thread(manifest.verify_snapshots, host_dir.hourly, host_dir.meta, names, [])
         await self.settle(host_dir, {name: [m for m in result["mismatches"] if m.get("snapshot") == name]
                                      for name in result["snapshots"]})
+        if monthly:
+            found = await in_own_thread(manifest.verify_trees, [(c.ref, c.path, copies.manifest_of(host_dir, c))
+                                                                for c in monthly])
+            result["checked"] += found["checked"]
+            result["snapshots"] += found["verified"]
+            result["gone"] += found["gone"]
+            result["mismatches"] += found["mismatches"]
+        for copy in archives:
+            checked, mismatches = await self._archive(host_dir, copy)
+            if checked is None:
+                result["gone"].append(copy.ref)
+                continue
+            result["checked"] += checked
+            result["archives"].append(copy.archive.name)
+            result["mismatches"] += mismatches
+        if self.versions is not None and result["snapshots"]:
+            checked = await self.versions.check(host_dir, [n for n in result["snapshots"] if n in names])
+            result["index"] = checked
+            result["mismatches"] += [{**p, "problem": f"index: {p['problem']}"} for p in checked["problems"]]
+        result["ok"] = not result["mismatches"]
         log.log(40 if result["mismatches"] else 20, "verify.done", host=host, ok=result["ok"],
                 checked=result["checked"], mismatches=len(result["mismatches"]), gone=len(result["gone"]))
         return result
+
+    async def _archive(self, host_dir: HostDir, copy: copies.Copy) -> tuple[int | None, list[dict]]:
+        """(files and checksums checked, mismatches) of one archive; None if it expired meanwhile."""
+        archive = copy.archive
+        try:
+            problem = await in_own_thread(manifest.verify_archive, archive.path)
+        except FileNotFoundError:
+            return None, []
+        mismatches = [{"snapshot": copy.ref, **problem}] if problem else []
+        manifest_file = copies.manifest_of(host_dir, copy)
+        try:
+            recorded = await asyncio.to_thread(manifest.read, manifest_file) if manifest_file else None
+        except manifest.ManifestRefused as e:
+            return 1, [*mismatches, {"snapshot": copy.ref, "path": "/", "problem": str(e)}]
+        if recorded is None:  # its snapshot's manifest is gone too: the checksum is all there is
+            return 1, mismatches
+        try:
+            checked, found = await tarstream.check_content(archive, recorded)
+        except tarstream.ArchiveUnreadable as e:
+            if not archive.path.exists():
+                return None, []
+            return 1, [*mismatches, {"snapshot": copy.ref, "path": f"archives/{archive.name}",
+                                     "problem": f"unreadable: {e}"}]
+        return 1 + checked, [*mismatches, *({"snapshot": copy.ref, **m} for m in found)]
 
     async def sample(self, host_dir: HostDir, percent: float) -> dict:
         """A sample of the latest snapshot's files, least recently verified
