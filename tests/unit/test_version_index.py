@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from bkd.pipeline import manifest
-from bkd.pipeline.versions import changes
-from bkd.pipeline.versions.changes import Change, ChangesRefused
+from bkd.pipeline import changes
+from bkd.pipeline.changes import Entry as Change, RecordRefused
+from bkd.pipeline.versions.changes import between
 from bkd.pipeline.versions.index import ARCHIVE, HOURLY, MONTHLY, Holder, Index
 from bkd.pipeline.versions.pattern import compile_pattern
 
@@ -55,7 +56,7 @@ class Chain:
 
     def records(self, number: int) -> list[Change]:
         previous = self.trees[number - 1] if number else None
-        return changes.between(self.trees[number], self.lines[number], previous,
+        return between(self.trees[number], self.lines[number], previous,
                                self.lines[number - 1] if number else None)
 
 
@@ -111,7 +112,7 @@ def test_a_record_written_and_read_back_is_the_same_and_a_foreign_line_refuses_i
     for bad in (b"# not ours\n", data + b"+ f 1 2 3 - a\n", data + b"* f 1 2 3 - a\n", data + b"+ d 1 2 3 " +
                 b"0" * 64 + b" a\n", data + b"+ f 1 2 3 " + b"0" * 64 + b" ../../etc/shadow\n",
                 data + b"+ f 1 2 3\n"):
-        with pytest.raises(ChangesRefused):
+        with pytest.raises(RecordRefused):
             changes.parse(bad, "x")
 
 
@@ -212,10 +213,10 @@ def test_a_record_that_disagrees_with_the_index_changes_nothing(tmp_path):
     index = Index.create(tmp_path / "index.sqlite")
     index.append("s0", 0, chain.records(0), chain.trees[0], [])
     lying = [Change("-", "f", 1, 0, 1, "0" * 64, b"not-there")]
-    with pytest.raises(ChangesRefused):
+    with pytest.raises(RecordRefused):
         index.append("s1", 1, lying, chain.trees[1], [])
     wrong_inode = [c._replace(ino=c.ino + 1) for c in chain.records(1)]
-    with pytest.raises(ChangesRefused):
+    with pytest.raises(RecordRefused):
         index.append("s1", 1, wrong_inode, chain.trees[1], [])
     assert [m.name for m in index.members()] == ["s0"]
     index.append("s1", 1, chain.records(1), chain.trees[1], [])
@@ -245,12 +246,12 @@ def test_a_snapshot_named_before_the_newest_is_indexed_when_its_record_says_it_f
     moved = [host_dir.hourly / n for n in names]
     for number in (0, 1):
         previous = moved[number - 1] if number else None
-        records = changes.between(moved[number], chain.lines[number], previous,
+        records = between(moved[number], chain.lines[number], previous,
                                   chain.lines[number - 1] if number else None)
         index.append(names[number], number, records, moved[number], [])
     with pytest.raises(IndexDamaged):  # no record: it could have come from anywhere
         service.sync(index, host_dir)
-    record = changes.between(moved[2], chain.lines[2], moved[1], chain.lines[1])
+    record = between(moved[2], chain.lines[2], moved[1], chain.lines[1])
     host_dir.changes_file(names[2]).write_bytes(changes.encode(names[1], record))
     assert service.sync(index, host_dir) == 1
     assert [m.name for m in index.members()] == names  # in the order they were made

@@ -64,11 +64,15 @@ class Change(NamedTuple):
 
     def line(self) -> bytes:
         side = self.new or self.old
-        path = self.path
-        if b"\\" in path or b"\n" in path:
-            path = manifest.escape(path)
-        return b"%s %s %d %d %d %s %s" % (_OPS[self.old is None, self.new is None], _TYPE_BYTES[side.type], side.size,
-                                          side.mtime_ns, side.inode, (side.sha256 or "-").encode(), path)
+        return _line(_OPS[self.old is None, self.new is None], _TYPE_BYTES[side.type], side.size, side.mtime_ns,
+                     side.inode, side.sha256, self.path)
+
+
+def _line(op: bytes, kind: bytes, size: int, mtime_ns: int, inode: int, sha256: str | None, path: bytes) -> bytes:
+    """One record line; the path escaped as in manifests (only a backslash or a newline needs it)."""
+    if b"\\" in path or b"\n" in path:
+        path = manifest.escape(path)
+    return b"%s %s %d %d %d %s %s" % (op, kind, size, mtime_ns, inode, (sha256 or "-").encode(), path)
 
 
 _OPS = {(True, False): b"+", (False, True): b"-", (False, False): b"~"}
@@ -335,45 +339,62 @@ def write(path: Path, previous: str | None, changes: list[Change], sync: bool = 
 
 
 class Entry(NamedTuple):
-    """One line of a change record, as a reader gets it."""
+    """One line of a change record, as a reader gets it (or as the version
+    index's walk of two trees computes it, with `blocks` then)."""
 
-    op: str
-    type: str
+    op: str  # + new path, ~ new inode at a path both have, - gone
+    type: str  # f d l c b p s
     size: int
     mtime_ns: int
-    inode: int
-    sha256: str | None
-    path: bytes
+    ino: int  # in NAME (for -: in PREV)
+    sha256: str | None  # regular files only
+    path: bytes  # relative to the snapshot's root
+    blocks: int | None = None  # allocated bytes (st_blocks * 512), when known (a walk knows; a record does not)
 
 
 class RecordRefused(ValueError):
     """A change record bkd will not use: a line it did not write, or a path outside the snapshot."""
 
 
-def read(path: Path) -> tuple[str | None, list[Entry]] | None:
-    """(previous, entries) of a change record; None without one."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
+_READ_TYPES = frozenset("fdlcbps")
+
+
+def encode(previous: str | None, entries: list[Entry]) -> bytes:
+    """A record of entries, as the snapshot run writes one (sorted by path, bytewise)."""
+    return b"\n".join([HEADER % (VERSION, (previous or "-").encode()),
+                        *(_line(e.op.encode(), e.type.encode(), e.size, e.mtime_ns, e.ino, e.sha256, e.path)
+                          for e in sorted(entries, key=lambda e: e.path)), b""])
+
+
+def parse(data: bytes, where: str) -> tuple[str | None, list[Entry]]:
+    """(the snapshot it is relative to, or None for a first snapshot; its entries)."""
     head, _, body = data.partition(b"\n")
     prefix = b"# bkd changes %d previous=" % VERSION
     if not head.startswith(prefix):
-        raise RecordRefused(f"{path.name}: not a change record (version {VERSION})")
-    previous = head[len(prefix):].decode()
+        raise RecordRefused(f"{where}: not a change record (version {VERSION})")
+    previous = head[len(prefix):].decode(errors="replace")
     entries = []
     for number, line in enumerate(body.split(b"\n"), 2):
         if not line:
             continue
         try:
             op, kind, size, mtime, inode, digest, name = line.split(b" ", 6)
-            name = relpath.check(manifest.unescape(name), f"{path.name} line {number}")
-            if op not in (b"+", b"-", b"~"):
+            op, kind, sha = op.decode(), kind.decode(), digest.decode()
+            if op not in ("+", "-", "~") or kind not in _READ_TYPES or (kind == "f") != (sha != "-") \
+                    or (sha != "-" and len(sha) != 64):
                 raise ValueError
-            entries.append(Entry(op.decode(), kind.decode(), int(size), int(mtime), int(inode),
-                                 None if digest == b"-" else digest.decode(), name))
-        except ValueError as e:
-            raise RecordRefused(str(e) if "refusing" in str(e) else f"{path.name} line {number}: "
+            entries.append(Entry(op, kind, int(size), int(mtime), int(inode), None if sha == "-" else sha,
+                                 relpath.check(manifest.unescape(name), f"{where} line {number}")))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RecordRefused(str(e) if "refusing" in str(e) else f"{where} line {number}: "
                                 "not a change record line") from None
     return (None if previous == "-" else previous), entries
 
+
+def read(path: Path) -> tuple[str | None, list[Entry]] | None:
+    """(previous, entries) of a snapshot's change record; None without one."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return parse(data, path.name)

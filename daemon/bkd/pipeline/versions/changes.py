@@ -1,4 +1,5 @@
-"""The per-snapshot change record, as the version index reads it.
+"""The per-snapshot change record, as the version index reads it (the
+record itself, its reader and writer: pipeline/changes.py).
 
 `meta/NAME.changes` (its format is in docs/design.md, "The change record")
 lists what NAME holds that the snapshot before it did not, by path and inode:
@@ -13,82 +14,11 @@ trees by directory descriptor and stat-ing only what differs."""
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 from .. import manifest
-from ...tree import relpath
-
-HEADER = b"# bkd changes 1 previous="
-OPS = frozenset("+-~")
-TYPES = frozenset("fdlcbps")
-
-
-class ChangesRefused(ValueError):
-    """A change record bkd will not use: a line it did not write, or a path outside the snapshot."""
-
-
-class Change(NamedTuple):
-    op: str  # + new path, ~ new inode at a path both have, - gone
-    type: str  # f d l c b p s
-    size: int
-    mtime_ns: int
-    ino: int  # in NAME (for -: in the snapshot before)
-    sha256: str | None  # regular files only
-    path: bytes  # relative to the snapshot's root
-    blocks: int | None = None  # allocated bytes (st_blocks * 512), when known (a walk knows; a record does not)
-
-
-def type_of(mode: int) -> str:
-    return ("d" if stat.S_ISDIR(mode) else "f" if stat.S_ISREG(mode) else "l" if stat.S_ISLNK(mode) else
-            "c" if stat.S_ISCHR(mode) else "b" if stat.S_ISBLK(mode) else "p" if stat.S_ISFIFO(mode) else "s")
-
-
-def encode(previous: str | None, changes: list[Change]) -> bytes:
-    """A record as the snapshot run writes it (sorted by path, bytewise)."""
-    lines = [HEADER + (previous or "-").encode()]
-    for c in sorted(changes, key=lambda c: c.path):
-        lines.append(b"%s %s %d %d %d %s %s" % (c.op.encode(), c.type.encode(), c.size, c.mtime_ns, c.ino,
-                                                 (c.sha256 or "-").encode(), manifest._escape(c.path)))
-    return b"\n".join([*lines, b""])
-
-
-def parse(data: bytes, where: str) -> tuple[str | None, list[Change]]:
-    """(the snapshot it is relative to, or None for a first snapshot; its records)."""
-    first, _, rest = data.partition(b"\n")
-    if not first.startswith(HEADER):
-        raise ChangesRefused(f"{where}: not a bkd change record")
-    previous = first[len(HEADER):].decode(errors="replace")
-    changes = []
-    for number, line in enumerate(rest.split(b"\n"), 2):
-        if not line:
-            continue
-        try:
-            op, kind, size, mtime, ino, digest, path = line.split(b" ", 6)
-            op, kind = op.decode(), kind.decode()
-            if op not in OPS or kind not in TYPES:
-                raise ValueError
-            sha = digest.decode()
-            if (kind == "f") != (sha != "-") or (sha != "-" and len(sha) != 64):
-                raise ValueError
-            changes.append(Change(op, kind, int(size), int(mtime), int(ino), None if sha == "-" else sha,
-                                  relpath.check(manifest._unescape(path), f"{where} line {number}")))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ChangesRefused(str(e) if "refusing" in str(e) else
-                                 f"{where} line {number}: not a change record line") from None
-    return (None if previous == "-" else previous), changes
-
-
-def read(path: Path) -> tuple[str | None, list[Change]] | None:
-    """A snapshot's change record; None when it has none."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    return parse(data, path.name)
-
+from ..changes import Entry, type_of
 
 # ---- the same records, from the two trees ------------------------------------------------
 
@@ -108,19 +38,19 @@ def _open(name: bytes, dir_fd: int | None) -> int | None:
     return manifest.open_directory(name, dir_fd) if dir_fd is not None else None
 
 
-def _record(op: str, dir_fd: int, name: bytes, path: bytes, lines: list[bytes] | None) -> Change:
+def _record(op: str, dir_fd: int, name: bytes, path: bytes, lines: list[bytes] | None) -> Entry:
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     kind = type_of(st.st_mode)
     try:
         entry = manifest.lookup(lines, path) if kind == "f" and lines else None
     except ValueError:  # a manifest line bkd did not write: verify reports it; the index goes without
         entry = None
-    return Change(op, kind, st.st_size, st.st_mtime_ns, st.st_ino, entry[0] if entry else None, path,
+    return Entry(op, kind, st.st_size, st.st_mtime_ns, st.st_ino, entry[0] if entry else None, path,
                   st.st_blocks * 512)
 
 
 def _walk(tree: Path, previous: Path | None, lines: list[bytes] | None,
-          previous_lines: list[bytes] | None) -> Iterator[Change]:
+          previous_lines: list[bytes] | None) -> Iterator[Entry]:
     root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
     old_root = None if previous is None else os.open(previous, os.O_RDONLY | os.O_DIRECTORY)
     stack: list[tuple[bytes, int | None, int | None]] = [(b"", root, old_root)]
@@ -157,7 +87,7 @@ def _walk(tree: Path, previous: Path | None, lines: list[bytes] | None,
 
 
 def between(tree: Path, lines: list[bytes] | None, previous: Path | None,
-            previous_lines: list[bytes] | None) -> list[Change]:
+            previous_lines: list[bytes] | None) -> list[Entry]:
     """The change record of tree against previous (None: a first snapshot,
     everything new), sorted by path; lines are each one's manifest (read_lines)."""
     return sorted(_walk(tree, previous, lines, previous_lines), key=lambda c: c.path)

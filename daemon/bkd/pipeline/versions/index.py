@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import manifest
-from .changes import Change, ChangesRefused
+from ..changes import Entry, RecordRefused
 from .pattern import Pattern
 
 SCHEMA = 1
@@ -189,14 +189,14 @@ class Index:
             rows += self.db.execute(sql.format(marks=",".join("?" * len(part))), part).fetchall()
         return rows
 
-    def append(self, name: str, time: int, changes: list[Change], tree: Path, meta_files: Iterable[Path]) -> Member:
+    def append(self, name: str, time: int, changes: list[Entry], tree: Path, meta_files: Iterable[Path]) -> Member:
         """Add the member name, made of the chain's tail and changes (its change
         record against it), in one transaction of a few batched statements
         (the index step runs after every snapshot: its cost follows the
         changes, not the tree). Blocks a record does not give are read from
         tree; a record that disagrees with the tree or with the index (a path
         to close that is not there, a path to add that is, an inode that is
-        another) raises ChangesRefused, and nothing is written."""
+        another) raises RecordRefused, and nothing is written."""
         previous = self.tail()
         seq = previous.seq + 1 if previous else 1
         gone = [c for c in changes if c.op != "+"]
@@ -215,7 +215,7 @@ class Index:
             for change in changes:
                 held = ids.get(change.path) in alive
                 if held != (change.op != "+"):
-                    raise ChangesRefused(f"{name}: {change.op} of a path the index "
+                    raise RecordRefused(f"{name}: {change.op} of a path the index "
                                          f"{'holds already' if held else 'does not hold'}: {change.path!r}")
             # Close what is gone or replaced: its entry ends here, its inode with its last name.
             closing = [alive[ids[c.path]] for c in gone]
@@ -275,7 +275,7 @@ class Index:
             raise
 
     @staticmethod
-    def _stat(tree: Path, name: str, new: list[Change]) -> dict[bytes, os.stat_result]:
+    def _stat(tree: Path, name: str, new: list[Entry]) -> dict[bytes, os.stat_result]:
         """lstat of the tree's root and of each new entry (its blocks; and the
         inode the record names must be the one there)."""
         root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
@@ -285,9 +285,9 @@ class Index:
                 try:
                     st = blocks_at(root_fd, change.path)
                 except OSError as e:
-                    raise ChangesRefused(f"{name}: {change.path!r} is not in the snapshot ({e.strerror})") from None
+                    raise RecordRefused(f"{name}: {change.path!r} is not in the snapshot ({e.strerror})") from None
                 if change.type != "d" and st.st_ino != change.ino:
-                    raise ChangesRefused(f"{name}: the record names inode {change.ino} at {change.path!r}, "
+                    raise RecordRefused(f"{name}: the record names inode {change.ino} at {change.path!r}, "
                                          f"the snapshot holds {st.st_ino}")
                 found[change.path] = st
             return found

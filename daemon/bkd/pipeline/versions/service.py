@@ -34,8 +34,8 @@ from ...infra.supervise import woken
 from ...infra.threads import in_own_thread
 from ...tree import copies
 from ...tree.layout import HostDir, SnapshotName
-from .. import manifest
-from . import changes as records
+from .. import changes as records, manifest
+from .changes import between
 from .index import ARCHIVE, HOURLY, MONTHLY, Holder, Index, IndexDamaged, Member
 from .pattern import compile_pattern, exactly
 
@@ -74,7 +74,7 @@ def _record_previous(host_dir: HostDir, name: str) -> str | None:
     """The snapshot name's change record says it was made against (None: no usable record)."""
     try:
         found = records.read(host_dir.changes_file(name))
-    except records.ChangesRefused:
+    except records.RecordRefused:
         return None
     return found[0] if found else None
 
@@ -123,17 +123,17 @@ def _manifest_lines(path: Path | None) -> list[bytes] | None:
 
 
 def _changes_of(planned: _Planned, previous: _Planned | Member | None, previous_tree: Path | None,
-                previous_lines: list[bytes] | None, lines: list[bytes] | None) -> list[records.Change]:
+                previous_lines: list[bytes] | None, lines: list[bytes] | None) -> list[records.Entry]:
     """The member's change record if it is relative to previous, else the same from the two trees."""
     if planned.changes is not None:
         try:
             found = records.read(planned.changes)
-        except records.ChangesRefused as e:
+        except records.RecordRefused as e:
             log.warning("versions.record_refused", error=str(e))
             found = None
         if found is not None and found[0] == (previous.name if previous else None):
             return found[1]
-    return records.between(planned.tree, lines, previous_tree, previous_lines)
+    return between(planned.tree, lines, previous_tree, previous_lines)
 
 
 def _add(index: Index, host_dir: HostDir, planned: _Planned, previous_lines: list[bytes] | None) -> list[bytes] | None:
@@ -151,14 +151,14 @@ def _add(index: Index, host_dir: HostDir, planned: _Planned, previous_lines: lis
     found = _changes_of(planned, tail, previous_tree, previous_lines, lines)
     try:
         index.append(planned.name, planned.time, found, planned.tree, meta)
-    except records.ChangesRefused as e:
+    except records.RecordRefused as e:
         if planned.changes is None:
             raise IndexDamaged(str(e)) from None
         log.warning("versions.record_refused", error=str(e))  # the record or the index is wrong: the trees decide
-        walked = records.between(planned.tree, lines, previous_tree, previous_lines)
+        walked = between(planned.tree, lines, previous_tree, previous_lines)
         try:
             index.append(planned.name, planned.time, walked, planned.tree, meta)
-        except records.ChangesRefused as again:
+        except records.RecordRefused as again:
             raise IndexDamaged(str(again)) from None
     return lines
 
