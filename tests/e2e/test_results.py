@@ -23,7 +23,7 @@ def test_every_answer_has_the_fields_of_its_result_type(tmp_path, daemon_factory
         "daemon.info": {}, "status": {}, "schedule.list": {}, "metrics": {}, "hosts.list": {},
         "job.get": {"job_id": 1}, "jobs.list": {}, "snapshots.list": {"host": "web1"},
         "snapshots.browse": {"host": "web1", "path": "/dir0"},
-        "snapshots.history": {"host": "web1", "path": "/dir0/file0.txt"},
+        "find": {"host": "web1", "pattern": "file0.txt"}, "du": {"snapshots": True},
         "prune": {"dry_run": True}, "verify": {"host": "web1"},
         "alerts.list": {"all": True}, "alerts.ack": {"all": True},
         "alerts.silence": {"host": "web1", "for": "1h"}, "alerts.unsilence": {"host": "web1"},

@@ -133,6 +133,7 @@ class VerifyResult(TypedDict):
     mismatches: list[dict]
     gone: list[str]
     snapshot: NotRequired[str | None]  # with `sample`: the snapshot sampled
+    index: NotRequired[dict]  # the version index checked against the manifests of the snapshots verified
 
 
 class MetricsResult(TypedDict):
