@@ -10,7 +10,8 @@ import json
 import os
 from enum import IntEnum, StrEnum
 
-PROTOCOL_VERSION = 3  # 3: jobs.list pages of summaries (before, next_before, truncated); -32006
+PROTOCOL_VERSION = 4  # 4: replicas.list, the replica_lag alert kind
+# 3: jobs.list pages of summaries (before, next_before, truncated); -32006
 # 2: restores received by the caller, alert episodes, paged snapshot listings
 DEFAULT_SOCKET = "/run/bkd/bkd.sock"
 MAX_LINE = 1024 * 1024  # a request line longer than this is refused
@@ -60,6 +61,7 @@ class Method(StrEnum):
     METRICS = "metrics"
     HOSTS_LIST = "hosts.list"
     HOSTS_TEST = "hosts.test"
+    REPLICAS_LIST = "replicas.list"
     CONFIG_RELOAD = "config.reload"
     EVENTS_SUBSCRIBE = "events.subscribe"
 
@@ -99,6 +101,7 @@ class AlertKind(StrEnum):
     DISK = "disk"
     CLOCK = "clock"
     NOTIFY = "notify"
+    REPLICA_LAG = "replica_lag"
     INTERNAL = "internal"
 
 

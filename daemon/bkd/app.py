@@ -31,6 +31,7 @@ from .infra.systemd import keep_alive, notify, watchdog_interval
 from .infra.users import user_name
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
+from .replica.upstreams import Upstreams, found_here
 from .restore.receivers import Receivers
 from .rpc.methods import Api, method_table
 from .rpc.server import RpcServer
@@ -42,6 +43,7 @@ from .runs.registry import Limit, Registry
 from .runs.worker import Worker
 from .schedule.due import Scheduler
 from .state.audit import HEAD_NAME
+from .state.copy import StateCopy
 from .state.history import prune_history
 from .state.hosts import ReadModel
 from .state.store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
@@ -132,6 +134,7 @@ class Services:
     guard: SelfGuard
     notifier: Notifier | None = None
     audit_watch: AuditWatch | None = None
+    upstreams: Upstreams | None = None
     healthy: Callable[[], bool] = lambda: True  # the supervisor's verdict, once it exists
 
 
@@ -141,6 +144,7 @@ class Daemon:
         self.services: Services | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        found_here(self.runtime)  # replicated hosts with a directory here are hosts from the start
         config = self.runtime.config
         try:
             rsync_version = await asyncio.to_thread(check_rsync)
@@ -207,14 +211,18 @@ class Daemon:
         housekeeping.on_pruned.append(integrity.settle)  # damage that went with its snapshots
         freshness = Freshness(runtime, readmodel, alerts, housekeeping, DiskWatch(runtime, store, alerts))
         audit_watch = AuditWatch(store.audit, alerts, uid)
+        upstreams = Upstreams(runtime, alerts)
         self.services = s = Services(info, runtime, store, bus, registry, readmodel, alerts, housekeeping, jobs,
-                                     integrity, Hosts(runtime, guard), receivers, guard, notifier, audit_watch)
+                                     integrity, Hosts(runtime, guard), receivers, guard, notifier, audit_watch,
+                                     upstreams)
         textfile = Textfile(s)
         reporter = Reporter(s)
         jobs.on_finished += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
         pinger = Pinger()  # per-host dead-man pings, sent directly (never through the outbox)
         jobs.on_started.append(pinger.run_started)
         jobs.on_finished.append(pinger.run_finished)
+        # A replicated copy that does not match its primary's manifest: its `integrity` alert now.
+        jobs.on_finished.append(lambda run: run.stats.get("mismatched_files") and integrity.wake.set())
 
         async def alerts_changed(event: str, episode: dict) -> None:
             textfile.changed.set()
@@ -235,6 +243,7 @@ class Daemon:
                 asyncio.get_running_loop().create_task(_remember_hosts(store, added))
             scheduler.wake.set()
             integrity.wake.set()
+            upstreams.wake.set()
             textfile.changed.set()
             notifier.wake_reminders.set()  # sinks or their filters may have changed
             notifier.wake_outbox.set()
@@ -281,6 +290,8 @@ class Daemon:
             "heartbeat": lambda: heartbeat(runtime, supervisor.healthy),
             "report": reporter.run,
             "audit-witness": lambda: audit_watch.run(mismatch),
+            "state-copy": StateCopy(runtime, store).run,
+            "replicas": upstreams.run,
         }
         try:
             async with asyncio.TaskGroup() as group:

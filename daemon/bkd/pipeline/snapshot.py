@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import json
 import os
 import secrets
@@ -14,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class SnapshotResult:
     name: str | None  # None for a dry run
     stats: dict
     warning: str | None = None
+    mismatches: list[dict] = field(default_factory=list)  # files that differ from the expected manifest
 
 
 @dataclass
@@ -79,7 +81,13 @@ def _deleted_files(previous_files: int | None, stats: dict) -> int:
 async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool = False,
                         control: RunControl | None = None, previous_files: int | None = None,
                         on_progress: Callable[[dict], None] | None = None,
-                        ssh_log: rsync.SshLog | None = None) -> SnapshotResult:
+                        ssh_log: rsync.SshLog | None = None, name: SnapshotName | None = None,
+                        expected: list[bytes] | None = None) -> SnapshotResult:
+    """A snapshot of settings' host from its source. A copy of another
+    server's snapshot (replica/pull.py) gives the name it keeps and the
+    manifest it must match (sorted lines): the files are hashed as usual and
+    compared with it before the rename, and that manifest is the copy's
+    (the result's `mismatches` say where the copy differs)."""
     control = control or RunControl()
     host_dir = HostDir.of(config.backup_root, settings.host.name)
     started = clock.now()
@@ -126,7 +134,8 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     stats["duration_s"] = round(time.monotonic() - t0, 3)
 
     try:
-        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, checksums)
+        name, mismatches = await asyncio.to_thread(_complete, host_dir, staging, name or host_dir.free_name(started),
+                                                   stats, interrupted, checksums, expected)
     except OSError as e:
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
@@ -136,7 +145,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     log.info("snapshot.cpu", process_s=round(time.process_time() - cpu0, 3),
              reading_s=round(transfer.reading_cpu_s, 3), hashing_beside_s=round(transfer.hashing_cpu_s, 3))
     status = "warning" if transfer.warning else "ok"
-    return SnapshotResult(status, str(name), stats, transfer.warning)
+    return SnapshotResult(status, str(name), stats, transfer.warning, mismatches)
 
 
 LIST_PREFIX = ".files-"
@@ -826,12 +835,19 @@ async def _together(*work):
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
-              interrupted: list[Path], checksums: list[bytes]) -> SnapshotName:
+def _complete(host_dir: HostDir, staging: Path, name: SnapshotName, stats: dict, interrupted: list[Path],
+              checksums: list[bytes], expected: list[bytes] | None) -> tuple[SnapshotName, list[dict]]:
     """Staging → complete snapshot. The rename is the commit point: before it the
     tree, its manifest and its record are on disk; after it `latest` is switched
-    atomically."""
-    name = host_dir.free_name(started)
+    atomically. With expected, the tree is checked against it first, and it
+    is the manifest kept: `verify` then finds what this check found."""
+    if (host_dir.hourly / str(name)).exists():  # a copy keeps its given name: never over a complete one
+        raise FileExistsError(errno.EEXIST, "a complete snapshot has that name", str(host_dir.hourly / str(name)))
+    mismatches = []
+    if expected is not None:
+        mismatches = manifest.differences(checksums, expected)
+        checksums = expected
+        stats["mismatched_files"] = len(mismatches)
     meta_file = host_dir.meta_file(name)
     manifest_file = host_dir.manifest_file(name)
     try:
@@ -852,7 +868,7 @@ def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
     # The interrupted runs' files now live on in this snapshot.
     for partial in interrupted:
         shutil.rmtree(partial, ignore_errors=True)
-    return name
+    return name, mismatches
 
 
 async def _remove(path: Path) -> None:

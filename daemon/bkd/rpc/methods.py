@@ -27,7 +27,7 @@ from ..restore import transfer as restore
 from ..runs.plan import RestoreTarget, Trigger
 from ..tree import browse, relpath
 from ..tree.layout import HostDir
-from ..views import catalog, metrics, report
+from ..views import catalog, metrics, replicas, report
 from . import access
 
 if TYPE_CHECKING:
@@ -499,6 +499,10 @@ class Api:
                           "identity_detail": verdict.detail if verdict else None})
         return {"hosts": _public(hosts, call)}
 
+    async def replicas_list(self, _: NoParams, call: Call) -> dict:
+        """On a replica server: each upstream and its hosts' lag (counts, names and outcomes: viewers too)."""
+        return {"upstreams": _public(await replicas.gather(self.s), call)}
+
     async def hosts_test(self, p: HostsTest, call: Call) -> dict:
         names = self.s.jobs.host_names(p.hosts)
         results = await self.s.hosts.test(names)
@@ -567,6 +571,7 @@ def method_table(api: Api) -> dict[str, Method]:
         M.METRICS: Method(NoParams, api.metrics, "viewer"),
         M.HOSTS_LIST: Method(NoParams, api.hosts_list, "viewer"),
         M.HOSTS_TEST: Method(HostsTest, api.hosts_test, "operator", concurrency=2),
+        M.REPLICAS_LIST: Method(NoParams, api.replicas_list, "viewer"),
         M.CONFIG_RELOAD: Method(NoParams, api.config_reload, "admin", mutating=True),
         M.EVENTS_SUBSCRIBE: Method(EventsSubscribe, api.events_subscribe, "viewer", streams=True),
     }

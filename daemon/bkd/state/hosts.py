@@ -30,6 +30,7 @@ from ..infra import clock
 from ..runs.plan import Lane
 from ..runs.registry import Registry, Run
 from ..schedule.due import archive_due_at, is_stale, monthly_due_at, next_run
+from ..tree import upstream as upstream_record
 from ..tree.layout import ArchiveFile, HostDir, SnapshotName
 
 log = structlog.get_logger()
@@ -44,6 +45,7 @@ class HostFacts:
     archives: int = 0
     monthly: tuple[str, ...] = ()
     error: str | None = None  # the directory could not be read
+    upstream: upstream_record.Upstream | None = None  # a replicated host: what its last pull saw of the primary
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def read_facts(host_dir: HostDir, now: datetime) -> HostFacts:
     future = names[split:] + tuple(a.path.name for a in archives if a.snapshot.time > now)
     return HostFacts(latest=SnapshotName.parse(names[split - 1]) if split else None, snapshots=len(names),
                      future=future, newest_archive=past_archives[-1].snapshot if past_archives else None,
-                     archives=len(archives), monthly=listing.monthly)
+                     archives=len(archives), monthly=listing.monthly, upstream=upstream_record.read(host_dir))
 
 
 @dataclass

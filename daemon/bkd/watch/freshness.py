@@ -1,6 +1,6 @@
 """The freshness loop: re-reads every host's directory (the filesystem is the
-truth), keeps the `stale`, `clock`, `hung` and `disk` episodes in step with
-it, and expires old archives and monthly copies on schedule."""
+truth), keeps the `stale`, `clock`, `hung`, `replica_lag` and `disk` episodes
+in step with it, and expires old archives and monthly copies on schedule."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import structlog
 from bkctl.protocol import BACKUP_KINDS, Kind, Status
 
 from ..alerts.service import AlertKind, Alerts
-from ..config.models import Schedule, format_duration
+from ..config.models import Replica, Schedule, format_duration
 from ..config.runtime import Runtime
 from ..infra import clock
 from ..runs.housekeeping import Housekeeping
 from ..schedule.due import is_stale
-from ..state.hosts import ReadModel, read_facts
+from ..state.hosts import HostFacts, ReadModel, read_facts
 from ..tree.layout import HostDir
+from ..tree.upstream import Upstream
 from .disk import DiskWatch
 
 log = structlog.get_logger()
@@ -77,9 +78,27 @@ class Freshness:
                         "freshness, schedule and retention until their time comes")
             else:
                 await self.alerts.resolve(AlertKind.CLOCK, name)
+            if (upstream := config.upstream_of(name)) is not None:
+                await self._lag(name, upstream[0], facts, record.added, now)
         await self._hung(config.alerts.hung_after, clock.now())
         if self.disk is not None:
             await self.disk.check()
+
+    async def _lag(self, name: str, replica: Replica, facts: HostFacts, added: datetime | None,
+                   now: datetime) -> None:
+        """A replicated host whose copies are more than lag_after behind its
+        primary (tree/upstream.py says how that is measured) is `replica_lag`."""
+        seen = facts.upstream or Upstream()
+        lag, limit = seen.lag(added, now), replica.lag_limit
+        if lag is None or lag <= limit:
+            await self.alerts.resolve(AlertKind.REPLICA_LAG, name)
+        elif not self.alerts.is_current(AlertKind.REPLICA_LAG, name):
+            listed = f"listed {_age(now - seen.checked)} ago" if seen.checked else "never listed"
+            await self.alerts.raise_(
+                AlertKind.REPLICA_LAG, name,
+                f"its copies are {_age(lag)} behind primary {replica.name} (more than {format_duration(limit)}): "
+                f"newest copy {facts.latest or 'none'}, the primary's newest {seen.primary_newest or 'unknown'} "
+                f"({listed})")
 
     async def _hung(self, hung_after: timedelta | None, now: datetime) -> None:
         """A run still going past its next slot (or hung_after) is `hung`; the
