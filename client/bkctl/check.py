@@ -9,8 +9,8 @@ duration as `HOST_age=300s;WARN;CRIT;0` `HOST_size=1234B;;;0`
 CRITICAL: a host is stale (older than --crit-age, or by the daemon's own
 rule when not given; a host that never succeeded always by the daemon's
 rule, counted from when it was added), its directory cannot be read, or it
-has a current run_failed, auth or integrity alert (acknowledged or not: the
-host is still failing). WARNING: a host older than --warn-age, or any other
+has a current run_failed, auth, integrity or replica_lag alert
+(acknowledged or not: the host is still failing). WARNING: a host older than --warn-age, or any other
 open, unacknowledged alert. Silenced alerts (maintenance) count for
 neither. Alerts about no host (disk, notify, internal) count when no HOST
 is named."""
@@ -21,7 +21,7 @@ from .fmt import span
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
-CRITICAL_KINDS = frozenset({"run_failed", "auth", "integrity"})
+CRITICAL_KINDS = frozenset({"run_failed", "auth", "integrity", "replica_lag"})
 
 
 def _alert_level(alert: dict) -> int:

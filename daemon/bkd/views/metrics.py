@@ -24,6 +24,7 @@ from ..infra import clock
 from ..infra.fsutil import write_atomic
 from ..infra.supervise import woken
 from ..schedule.due import is_stale
+from . import replicas
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -67,6 +68,10 @@ HELP = {
                                                   "by sink."),
     "bkd_notification_sink_failing": ("gauge", "Delivery attempts of the sink that failed in a row (0: it works)."),
     "bkd_outbox_depth": ("gauge", "Notifications queued for delivery, by sink."),
+    "bkd_replica_lag_seconds": ("gauge", "On a replica server: how long the host's copies may have been behind its "
+                                         "primary (since the last pull that left nothing newer there to pull)."),
+    "bkd_replica_upstream_up": ("gauge", "On a replica server: 1 when the last visit of the primary (its host list) "
+                                         "worked, else 0."),
 }
 
 Samples = dict[str, list[tuple[dict[str, str], object]]]  # family → [(labels, value)]
@@ -138,6 +143,12 @@ async def gather(s: Services) -> Samples:
             unacknowledged[episode["kind"]] = unacknowledged.get(episode["kind"], 0) + 1
     for kind, count in sorted(unacknowledged.items()):
         add("bkd_unacknowledged_alerts", count, kind=kind)
+    for replica in config.replica:
+        for host in replicas.hosts_of(config, readmodel, replica, now):
+            add("bkd_replica_lag_seconds", host["lag_s"], replica=replica.name, host=host["host"])
+        visit = s.upstreams.visits.get(replica.name) if s.upstreams else None
+        if visit is not None:
+            add("bkd_replica_upstream_up", visit.error is None, replica=replica.name)
     if s.notifier is not None:
         for sink in await s.notifier.status():
             add("bkd_notifications_delivered_total", sink["delivered"], sink=sink["name"])

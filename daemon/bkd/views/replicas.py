@@ -11,9 +11,10 @@ import asyncio
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ..config.models import Config, format_duration
+from ..config.models import Config, Replica, format_duration
 from ..infra import clock
 from ..replica import generations
+from ..state.hosts import ReadModel
 from ..tree.layout import upstream_state_dir
 from ..tree.upstream import Upstream
 
@@ -33,30 +34,36 @@ def _state(config: Config, replica: str) -> dict | None:
             "problem": mark.message() if mark else "its chain.json is unreadable"}
 
 
+def hosts_of(config: Config, readmodel: ReadModel, replica: Replica, now: datetime) -> list[dict]:
+    """The replica's hosts as `replicas.list` shows them (the metrics read them too)."""
+    hosts = []
+    for host in config.host:
+        found = config.upstream_of(host.name)
+        if found is None or found[0] is not replica:
+            continue
+        facts, record = readmodel.facts_of(host.name), readmodel.record(host.name)
+        seen = facts.upstream or Upstream()
+        lag = seen.lag(record.added, now)
+        hosts.append({
+            "host": host.name, "primary_host": found[1],
+            "newest": str(facts.latest) if facts.latest else None, "copies": facts.snapshots,
+            "primary_newest": seen.primary_newest, "checked": clock.iso(seen.checked),
+            "lag_s": int(lag.total_seconds()) if lag is not None else None,
+            "behind": lag is not None and lag > replica.lag_limit, "on_primary": not seen.missing,
+            "last_result": record.last_status,
+        })
+    return hosts
+
+
 async def gather(s: Services, now: datetime | None = None) -> list[dict]:
     """Every upstream, with its hosts (`detail`: for admins only)."""
-    config, readmodel = s.runtime.config, s.readmodel
+    config = s.runtime.config
     now = now or clock.now()
     upstreams = []
     for replica in config.replica:
         visit = s.upstreams.visits.get(replica.name) if s.upstreams else None
         limit = replica.lag_limit
-        hosts = []
-        for host in config.host:
-            found = config.upstream_of(host.name)
-            if found is None or found[0] is not replica:
-                continue
-            facts, record = readmodel.facts_of(host.name), readmodel.record(host.name)
-            seen = facts.upstream or Upstream()
-            lag = seen.lag(record.added, now)
-            hosts.append({
-                "host": host.name, "primary_host": found[1],
-                "newest": str(facts.latest) if facts.latest else None, "copies": facts.snapshots,
-                "primary_newest": seen.primary_newest, "checked": clock.iso(seen.checked),
-                "lag_s": int(lag.total_seconds()) if lag is not None else None,
-                "behind": lag is not None and lag > limit, "on_primary": not seen.missing,
-                "last_result": record.last_status,
-            })
+        hosts = hosts_of(config, s.readmodel, replica, now)
         upstreams.append({
             "name": replica.name, "source": replica.source, "hosts_glob": list(replica.hosts),
             "every": format_duration(replica.every), "lag_after": format_duration(limit),

@@ -37,6 +37,7 @@ from ..pipeline.prune import host_plan
 from ..schedule.due import is_stale
 from ..tree.layout import SNAPSHOT, TIME_FORMAT, HostDir
 from ..watch import disk
+from . import replicas
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -213,6 +214,8 @@ async def gather(s: Services, period: timedelta = DAILY_PERIOD, hosts: list[str]
                    "current": [_alert(e, silenced[e["id"]]) for e in current]},
         "disk": _disk(s, samples, now, days if trends else [], zone),
         "audit_head": {"id": head.id, "hash": head.hash},
+        # A replica's upstreams, without what rsync said (viewers read the digest).
+        "upstreams": [{k: v for k, v in upstream.items() if k != "detail"} for upstream in await replicas.gather(s, now)],
     }
 
 
