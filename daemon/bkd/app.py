@@ -244,6 +244,7 @@ class Daemon:
             scheduler.wake.set()
             integrity.wake.set()
             upstreams.wake.set()
+            freshness.wake.set()
             textfile.changed.set()
             notifier.wake_reminders.set()  # sinks or their filters may have changed
             notifier.wake_outbox.set()

@@ -16,6 +16,7 @@ from ..alerts.service import AlertKind, Alerts
 from ..config.models import Replica, Schedule, format_duration
 from ..config.runtime import Runtime
 from ..infra import clock
+from ..infra.supervise import woken
 from ..runs.housekeeping import Housekeeping
 from ..schedule.due import is_stale
 from ..state.hosts import HostFacts, ReadModel, read_facts
@@ -37,9 +38,11 @@ class Freshness:
         self.housekeeping = housekeeping
         self.disk = disk
         self._expired_at: float | None = None  # not 0.0: monotonic time starts at boot
+        self.wake = asyncio.Event()  # the config changed: hosts and their intervals may be new
 
     async def run(self) -> None:
         while True:
+            self.wake.clear()
             config = self.runtime.config
             await self.pass_()
             if self._expired_at is None or time.monotonic() - self._expired_at >= EXPIRE_EVERY:
@@ -48,7 +51,7 @@ class Freshness:
             intervals = [config.settings(h).schedule.snapshot_every.total_seconds() / 2 for h in config.host]
             if config.alerts.hung_after:
                 intervals.append(config.alerts.hung_after.total_seconds() / 2)
-            await asyncio.sleep(max(1.0, min([60.0, *intervals])))
+            await woken(self.wake, max(1.0, min([60.0, *intervals])))
 
     async def pass_(self) -> None:
         config = self.runtime.config
