@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+import exposition
 from conftest import make_tree, wait_until
+from test_metrics import on_a_replica, used_and_documented
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -144,6 +146,18 @@ def test_three_snapshots_are_replicated_with_their_names_trees_shared_inodes_and
     assert (host["host"], host["newest"], host["primary_newest"], host["last_result"]) == \
         ("p1.web1", third, third, "ok")
     assert 0 <= host["lag_s"] < 60 and host["behind"] is False
+    assert upstream["state"]["ok"] is True and upstream["state"]["audit_entries"] >= 1
+    shown = p.replica.bkctl("replicas")
+    assert shown.returncode == 0 and f"p1 <- bkd-primary:{p.primary_root}/" in shown.stdout
+    assert f"p1.web1  {third}" in shown.stdout and "audit chain ok" in shown.stdout
+    # The daily report names the upstreams; the metrics the rules and the dashboard use are there.
+    digest = p.replica.bkctl_json("report")
+    assert [(u["name"], [h["host"] for h in u["hosts"]]) for u in digest["upstreams"]] == [("p1", ["p1.web1"])]
+    assert "detail" not in digest["upstreams"][0]  # viewers read the digest
+    assert "upstream p1 (bkd-primary:" in p.replica.bkctl("report").stdout
+    used_and_documented(exposition.parse(p.replica.call("metrics")["text"]), on_a_replica)
+    # The primary, with no [[replica]], says so.
+    assert p.primary.call("replicas.list") == {"upstreams": []}
 
 
 def test_a_byte_flipped_on_the_primary_in_a_file_the_replica_lacks_is_an_integrity_alert_naming_the_snapshot(pair):

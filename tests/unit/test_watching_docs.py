@@ -44,7 +44,7 @@ def test_the_rules_table_is_the_rules_file():
     rules = (DOC.parent.parent / "contrib/prometheus/bkd.rules.yml").read_text()
     shipped = dict(re.findall(r"- alert: (\w+)\n(?:.*\n)*?\s+severity: (\w+)", rules))
     rows = table("add the shipped rules to")
-    assert {row[0]: row[2] for row in rows} == shipped and len(shipped) == 7
+    assert {row[0]: row[2] for row in rows} == shipped and len(shipped) == 8
 
 
 def test_the_dashboard_is_as_described():
@@ -54,7 +54,8 @@ def test_the_dashboard_is_as_described():
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for words in ("stale hosts", "failing hosts", "open alerts", "healthy", "backup root used", "backup root free",
                   "age of the newest snapshot", "snapshot size", "changed files", "run duration", "runs by status",
-                  "archives and monthly copies", "alerts by kind", "notifications", "in progress"):
+                  "archives and monthly copies", "alerts by kind", "notifications", "in progress", "replication",
+                  "replica lag", "primaries reachable"):
         assert words in titles, words
 
 

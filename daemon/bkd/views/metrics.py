@@ -70,6 +70,8 @@ HELP = {
     "bkd_outbox_depth": ("gauge", "Notifications queued for delivery, by sink."),
     "bkd_replica_lag_seconds": ("gauge", "On a replica server: how long the host's copies may have been behind its "
                                          "primary (since the last pull that left nothing newer there to pull)."),
+    "bkd_replica_behind": ("gauge", "On a replica server: 1 when the host's copies are more than lag_after behind "
+                                    "its primary (bkd's replica_lag rule), else 0."),
     "bkd_replica_upstream_up": ("gauge", "On a replica server: 1 when the last visit of the primary (its host list) "
                                          "worked, else 0."),
 }
@@ -146,6 +148,7 @@ async def gather(s: Services) -> Samples:
     for replica in config.replica:
         for host in replicas.hosts_of(config, readmodel, replica, now):
             add("bkd_replica_lag_seconds", host["lag_s"], replica=replica.name, host=host["host"])
+            add("bkd_replica_behind", host["behind"], replica=replica.name, host=host["host"])
         visit = s.upstreams.visits.get(replica.name) if s.upstreams else None
         if visit is not None:
             add("bkd_replica_upstream_up", visit.error is None, replica=replica.name)
