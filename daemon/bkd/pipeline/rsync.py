@@ -204,17 +204,18 @@ def reachability_command(config: Config, settings: HostSettings, ssh_log: SshLog
 
 
 def list_command(config: Config, settings: HostSettings, source: str, filters: tuple[str, ...] = (),
-                 ssh_log: SshLog | None = None) -> list[str]:
+                 ssh_log: SshLog | None = None, shared: str | None = None) -> list[str]:
     """List source on the host (recursively, as far as the filter rules let
     it), reading no file data and writing nothing anywhere (parse_listing
     reads its lines)."""
     timeout = int(settings.rsync.timeout.total_seconds())
     return ["rsync", "--list-only", "--recursive", f"--timeout={timeout}", *filters,
-            *_remote_shell(config, settings, ssh_log=ssh_log), "--", source]
+            *_remote_shell(config, settings, shared, ssh_log), "--", source]
 
 
 def fetch_file_command(config: Config, settings: HostSettings, source: str, dest: Path, max_size: int,
-                       ssh_log: SshLog | None = None, basis: Path | None = None) -> list[str]:
+                       ssh_log: SshLog | None = None, basis: Path | None = None,
+                       shared: str | None = None) -> list[str]:
     """Copy one regular file from the host to dest (a file of its own name
     there); a file larger than max_size bytes, a directory or a symlink is
     skipped, leaving nothing at dest. basis: a directory holding an older
@@ -225,7 +226,7 @@ def fetch_file_command(config: Config, settings: HostSettings, source: str, dest
         argv.append(f"--bwlimit={rsync.bwlimit}")
     if basis is not None:
         argv.append(f"--copy-dest={basis}")
-    return argv + [*_remote_shell(config, settings, ssh_log=ssh_log), "--", source, str(dest)]
+    return argv + [*_remote_shell(config, settings, shared, ssh_log), "--", source, str(dest)]
 
 
 # A line of --list-only: type and permissions, size, date, time, then the name (escaped as \#ooo where

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import json
 import os
@@ -14,7 +15,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -82,12 +83,15 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
                         control: RunControl | None = None, previous_files: int | None = None,
                         on_progress: Callable[[dict], None] | None = None,
                         ssh_log: rsync.SshLog | None = None, name: SnapshotName | None = None,
-                        expected: list[bytes] | None = None) -> SnapshotResult:
+                        expected: Callable[[], Awaitable[list[bytes] | None]] | None = None,
+                        shared: str | None = None) -> SnapshotResult:
     """A snapshot of settings' host from its source. A copy of another
     server's snapshot (replica/pull.py) gives the name it keeps and the
-    manifest it must match (sorted lines): the files are hashed as usual and
-    compared with it before the rename, and that manifest is the copy's
-    (the result's `mismatches` say where the copy differs)."""
+    manifest it must match (sorted lines, awaited once the transfer is done:
+    it may arrive meanwhile): the files are hashed as usual and compared with
+    it before the rename, and that manifest is the copy's (the result's
+    `mismatches` say where the copy differs). shared: the ControlPath of an
+    ssh connection to the source's host (shared_connection) to use."""
     control = control or RunControl()
     host_dir = HostDir.of(config.backup_root, settings.host.name)
     started = clock.now()
@@ -95,7 +99,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
-    transfer = _Transfer(config, settings, host_dir, staging, on_progress, ssh_log)
+    transfer = _Transfer(config, settings, host_dir, staging, on_progress, ssh_log, shared)
     if previous and not dry_run:
         # Files verify found damaged in the previous snapshot: fetched again in full, never linked to it.
         transfer.refetch = await asyncio.to_thread(damage.Ledger(host_dir).refetch, str(previous))
@@ -121,6 +125,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
             # snapshot and every interrupted partial (slower, but rare).
             link_dests = ([previous_dir] if previous_dir else []) + interrupted
             stats, checksums = await transfer.pull(link_dests[:MAX_LINK_DESTS], previous)
+        expected_lines = await expected() if expected is not None else None
     except asyncio.CancelledError:
         if not control.keep_partial:
             await _remove(staging)
@@ -135,7 +140,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
 
     try:
         name, mismatches = await asyncio.to_thread(_complete, host_dir, staging, name or host_dir.free_name(started),
-                                                   stats, interrupted, checksums, expected)
+                                                   stats, interrupted, checksums, expected_lines)
     except OSError as e:
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
@@ -151,16 +156,36 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
 LIST_PREFIX = ".files-"
 
 
+@contextlib.asynccontextmanager
+async def shared_connection(config: Config, settings: HostSettings, ssh_log: rsync.SshLog | None = None):
+    """An `ssh -M` connection to the source's host, open while the block runs:
+    the rsyncs given its ControlPath (yielded; None for a local source) share
+    it, so that one run makes one key exchange; one that starts before it is
+    up connects on its own."""
+    if not settings.host.is_remote:
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # private (0700), and short enough for a socket
+    path = os.path.join(directory, "master")
+    master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(config, settings, path, ssh_log)))
+    try:
+        yield path
+    finally:
+        master.cancel()  # stops its process group
+        await asyncio.gather(master, return_exceptions=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 class _Transfer:
     """The rsync runs of one snapshot into one staging directory."""
 
     def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress,
-                 ssh_log: rsync.SshLog | None = None):
+                 ssh_log: rsync.SshLog | None = None, shared: str | None = None):
         self.config, self.settings, self.host_dir, self.staging = config, settings, host_dir, staging
         self.on_progress = on_progress
         self.ssh_log = ssh_log  # what the local ssh client says, apart from the host's stderr
         self.warnings: list[str] = []
-        self.shared: str | None = None  # the ssh master's socket while one runs
+        self.shared = shared  # the ssh master's socket while one runs
         self.hashing_after_s = 0.0  # hashing left when the copy ended: part of the manifest step
         self.refetch: dict[bytes, int] = {}  # path → the damaged inode the previous snapshot holds there
         self.reading_cpu_s = 0.0  # CPU time spent reading rsync's output (bench/snapshot.py reports it)
@@ -232,7 +257,7 @@ class _Transfer:
         output = self._output(on_item)
         try:
             argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, extra=rsync.ITEMS,
-                                          ssh_log=self.ssh_log)
+                                          shared=self.shared, ssh_log=self.ssh_log)
             await self._rsync(argv, output)
             refetched = await self._refetch_linked() if link_dests else {}
             started = time.monotonic()
@@ -259,19 +284,13 @@ class _Transfer:
 
     async def incremental(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
         """The incremental snapshot over one shared SSH connection (see _compare_and_copy)."""
-        if not self.settings.host.is_remote:
+        if self.shared is not None:  # the caller's
             return await self._compare_and_copy(previous)
-        directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # private (0700), and short enough for a socket
-        self.shared = os.path.join(directory, "master")
-        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared,
-                                                                         self.ssh_log)))
-        try:
-            return await self._compare_and_copy(previous)
-        finally:
-            self.shared = None
-            master.cancel()  # stops its process group
-            await asyncio.gather(master, return_exceptions=True)
-            shutil.rmtree(directory, ignore_errors=True)
+        async with shared_connection(self.config, self.settings, self.ssh_log) as self.shared:
+            try:
+                return await self._compare_and_copy(previous)
+            finally:
+                self.shared = None
 
     async def _compare_and_copy(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
         """The usual case, in three steps that never change the previous snapshot:

@@ -34,7 +34,7 @@ from ..config.models import Config, Host, HostSettings, Replica, Retention
 from ..infra import clock, exec as bkexec
 from ..infra.fsutil import make_private_dir
 from ..pipeline import damage, failures, manifest, retention, rsync
-from ..pipeline.snapshot import RunControl, SnapshotFailed, SnapshotResult, take_snapshot
+from ..pipeline.snapshot import RunControl, SnapshotFailed, SnapshotResult, shared_connection, take_snapshot
 from ..tree import upstream as upstream_record
 from ..tree.layout import HostDir, SnapshotName
 
@@ -129,7 +129,7 @@ async def run_rsync(argv: list[str], settings: HostSettings, ssh_log: rsync.SshL
 
 
 async def list_primary(config: Config, settings: HostSettings, replica: Replica, upstream: str,
-                       ssh_log: rsync.SshLog | None) -> Listing:
+                       ssh_log: rsync.SshLog | None, shared: str | None = None) -> Listing:
     lines: list[str] = []
 
     def on_line(line: str) -> None:
@@ -137,12 +137,13 @@ async def list_primary(config: Config, settings: HostSettings, replica: Replica,
             lines.append(line)
 
     source = replica.remote.at(f"{replica.remote.path.rstrip('/')}/")
-    await run_rsync(rsync.list_command(config, settings, source, _filters(upstream), ssh_log), settings, ssh_log, on_line)
+    await run_rsync(rsync.list_command(config, settings, source, _filters(upstream), ssh_log, shared), settings,
+                    ssh_log, on_line)
     return read_listing(lines, upstream)
 
 
 async def fetch_manifest(config: Config, settings: HostSettings, replica: Replica, upstream: str, name: str,
-                         host_dir: HostDir, ssh_log: rsync.SshLog | None) -> list[bytes]:
+                         host_dir: HostDir, ssh_log: rsync.SshLog | None, shared: str | None = None) -> list[bytes]:
     """The primary's manifest of snapshot name, as sorted lines; ManifestRefused
     when it is not one bkd writes (a line it did not write, a path outside the
     snapshot, too large)."""
@@ -150,8 +151,8 @@ async def fetch_manifest(config: Config, settings: HostSettings, replica: Replic
     local = host_dir.meta / f"{MANIFEST_PREFIX}{secrets.token_hex(4)}.manifest"
     try:
         source = replica.remote.at(str(primary_dir(replica, upstream).manifest_file(name)))
-        await run_rsync(rsync.fetch_file_command(config, settings, source, local, MAX_MANIFEST, ssh_log), settings,
-                   ssh_log)
+        await run_rsync(rsync.fetch_file_command(config, settings, source, local, MAX_MANIFEST, ssh_log,
+                                                 shared=shared), settings, ssh_log)
 
         def read() -> list[bytes]:
             try:
@@ -206,10 +207,19 @@ async def replicate(config: Config, settings: HostSettings, replica: Replica, up
     oldest first; on_pulled(result) after each copy is complete. A dry run
     only says what it would pull. Raises SnapshotFailed when the primary
     cannot be read; the copies pulled until then stay complete."""
+    async with shared_connection(config, settings, ssh_log) as shared:  # one key exchange for all of it
+        return await _replicate(config, settings, replica, upstream, dry_run, control, ssh_log, shared,
+                                on_progress, on_pulled)
+
+
+async def _replicate(config: Config, settings: HostSettings, replica: Replica, upstream: str, dry_run: bool,
+                     control: RunControl | None, ssh_log: rsync.SshLog | None, shared: str | None,
+                     on_progress: Callable[[dict], None] | None,
+                     on_pulled: Callable[[SnapshotResult], Awaitable[None]] | None) -> Outcome:
     host_dir = HostDir.of(config.backup_root, settings.host.name)
     outcome = Outcome()
     checked = clock.now()
-    listing = await list_primary(config, settings, replica, upstream, ssh_log)
+    listing = await list_primary(config, settings, replica, upstream, ssh_log, shared)
     local = await asyncio.to_thread(lambda: [str(n) for n in host_dir.snapshots()])
     outcome.wanted = wanted(listing.snapshots, local, checked, settings.retention)
     primary_newest = next((n for n in reversed(listing.snapshots) if SnapshotName.parse(n).time <= checked), None)
@@ -228,9 +238,9 @@ async def replicate(config: Config, settings: HostSettings, replica: Replica, up
         tag = {"snapshot": name, "of": f"{index}/{len(outcome.wanted)}"}
         try:
             result = await _pull_one(config, settings, replica, upstream, name, listing, host_dir, control, ssh_log,
-                                     on_progress and (lambda progress: on_progress({**progress, **tag})))
+                                     shared, on_progress and (lambda progress: on_progress({**progress, **tag})))
         except SnapshotFailed:
-            again = await list_primary(config, settings, replica, upstream, ssh_log)
+            again = await list_primary(config, settings, replica, upstream, ssh_log, shared)
             if name in again.snapshots:
                 raise
             log.warning("replica.pruned_meanwhile", snapshot=name)  # the primary pruned it: nothing lost here
@@ -260,23 +270,35 @@ def _write_record(backup_root: Path, host_dir: HostDir, record: upstream_record.
 
 async def _pull_one(config: Config, settings: HostSettings, replica: Replica, upstream: str, name: str,
                     listing: Listing, host_dir: HostDir, control: RunControl | None, ssh_log: rsync.SshLog | None,
-                    on_progress: Callable[[dict], None] | None) -> SnapshotResult:
-    """One snapshot of the primary's, as a snapshot here whose source is its copy."""
-    expected, problem = None, None
-    if name not in listing.manifests:
-        problem = {"path": "/", "problem": "the primary has no manifest of this snapshot"}
-    elif listing.manifests[name] > MAX_MANIFEST:
-        problem = {"path": "/", "problem": f"the primary's manifest is larger than {MAX_MANIFEST} bytes"}
-    else:
+                    shared: str | None, on_progress: Callable[[dict], None] | None) -> SnapshotResult:
+    """One snapshot of the primary's, as a snapshot here whose source is its
+    copy; its manifest is fetched meanwhile."""
+
+    async def manifest_of() -> tuple[list[bytes] | None, dict | None]:
+        """The primary's manifest, or what is wrong with it (the copy is then marked)."""
+        if name not in listing.manifests:
+            return None, {"path": "/", "problem": "the primary has no manifest of this snapshot"}
+        if listing.manifests[name] > MAX_MANIFEST:
+            return None, {"path": "/", "problem": f"the primary's manifest is larger than {MAX_MANIFEST} bytes"}
         try:
-            expected = await fetch_manifest(config, settings, replica, upstream, name, host_dir, ssh_log)
+            return await fetch_manifest(config, settings, replica, upstream, name, host_dir, ssh_log, shared), None
         except manifest.ManifestRefused as e:
-            problem = {"path": "/", "problem": str(e)}
+            return None, {"path": "/", "problem": str(e)}
+
+    fetching = asyncio.create_task(manifest_of())
+
+    async def expected() -> list[bytes] | None:
+        return (await fetching)[0]
+
     source = replica.remote.at(f"{primary_dir(replica, upstream).hourly / name}/")
     pulling = settings.model_copy(update={"host": settings.host.model_copy(update={"source": source})})
-    result = await take_snapshot(config, pulling, control=control, ssh_log=ssh_log, on_progress=on_progress,
-                                 name=SnapshotName.parse(name), expected=expected)
+    try:
+        result = await take_snapshot(config, pulling, control=control, ssh_log=ssh_log, on_progress=on_progress,
+                                     name=SnapshotName.parse(name), expected=expected, shared=shared)
+    finally:
+        fetching.cancel()  # nothing when it is done; a fetch the failed transfer no longer needs, else
+        await asyncio.gather(fetching, return_exceptions=True)
+    problem = fetching.result()[1]
     if problem is not None:  # copied, and kept with the manifest it has; marked like a mismatch
         result.mismatches = [problem]
     return result
-

@@ -40,7 +40,7 @@ from ..infra.fsutil import fsync_dir, make_private_dir
 from ..infra.supervise import woken
 from ..pipeline import failures, rsync
 from ..pipeline.outcomes import clip, public_error
-from ..pipeline.snapshot import SnapshotFailed
+from ..pipeline.snapshot import SnapshotFailed, shared_connection
 from ..tree.layout import PARTIAL_PREFIX, STATE_COPY, SnapshotName, replicated_dirs, upstream_state_dir
 from . import generations
 from .pull import primary_settings, run_rsync
@@ -83,8 +83,7 @@ class Visit:
     error: str | None = None  # for every role: what failed
     detail: str | None = None  # for admins: what rsync and ssh said
     hosts: int = 0  # the primary's hosts this replica takes
-    state: str | None = None  # the newest generation of its state database kept here
-    state_problem: str | None = None  # what is wrong with it, if anything
+    state_error: str | None = None  # for every role: why its state database could not be pulled
 
 
 def found_here(runtime: Runtime) -> None:
@@ -121,45 +120,37 @@ class Upstreams:
             await woken(self.wake, max(1.0, (soonest - clock.now()).total_seconds()))
 
     async def visit(self, config: Config, replica: Replica) -> Visit:
+        """List the primary, take its hosts, and pull its state database."""
         visit = self.visits[replica.name] = Visit(clock.now())
         settings = primary_settings(config, replica)
-        lines: list[str] = []
-        source = replica.remote.at(f"{replica.remote.path.rstrip('/')}/")
-        top_only = (f"--include=/{_STATE_FILE}", "--include=/*/", "--exclude=*")  # its top, and the state copy
-
-        def on_line(line: str) -> None:
-            if len(lines) < MAX_HOSTS + 8:
-                lines.append(line)
-
         with rsync.ssh_log_for(settings) or nullcontext() as ssh_log:
-            try:
-                await run_rsync(rsync.list_command(config, settings, source, top_only, ssh_log), settings, ssh_log,
-                                on_line)
-            except SnapshotFailed as e:
-                visit.error, visit.detail = public_error("replica", e), clip(str(e))
-                log.warning("replica.unreachable", replica=replica.name, error=str(e))
-                kind = AlertKind.AUTH if e.refusal else AlertKind.RUN_FAILED
-                message = (f"primary {replica.name} ({replica.source}): " +
-                           (failures.auth_message(e.refusal) if e.refusal else f"cannot be read: {visit.error}"))
-                await self.alerts.raise_(kind, None, message, _subject(replica))
-                return visit
-            top = read_top(lines)
-            for kind in (AlertKind.AUTH, AlertKind.RUN_FAILED):
-                await self.alerts.resolve(kind, None, _subject(replica))
-            here = await asyncio.to_thread(replicated_dirs, config.backup_root, replica.name)
-            taken = [host for host in top.hosts if replica.covers(host)]
-            visit.hosts = len(taken)
-            self.runtime.replicated_hosts(replica.name, {*taken, *here})
-            log.info("replica.visited", replica=replica.name, hosts=len(taken), state=top.state)
-            if top.state:
+            async with shared_connection(config, settings, ssh_log) as shared:  # one key exchange for both
                 try:
-                    await self.pull_state(config, replica, settings, ssh_log, visit)
-                except (SnapshotFailed, OSError) as e:  # the hosts are pulled anyway; the next visit tries again
-                    visit.state_problem = public_error("state", e)
-                    log.warning("replica.state_failed", replica=replica.name, error=str(e))
+                    top = await _list_top(config, replica, settings, ssh_log, shared)
+                except SnapshotFailed as e:
+                    visit.error, visit.detail = public_error("replica", e), clip(str(e))
+                    log.warning("replica.unreachable", replica=replica.name, error=str(e))
+                    kind = AlertKind.AUTH if e.refusal else AlertKind.RUN_FAILED
+                    message = (f"primary {replica.name} ({replica.source}): " +
+                               (failures.auth_message(e.refusal) if e.refusal else f"cannot be read: {visit.error}"))
+                    await self.alerts.raise_(kind, None, message, _subject(replica))
+                    return visit
+                for kind in (AlertKind.AUTH, AlertKind.RUN_FAILED):
+                    await self.alerts.resolve(kind, None, _subject(replica))
+                here = await asyncio.to_thread(replicated_dirs, config.backup_root, replica.name)
+                taken = [host for host in top.hosts if replica.covers(host)]
+                visit.hosts = len(taken)
+                self.runtime.replicated_hosts(replica.name, {*taken, *here})
+                log.info("replica.visited", replica=replica.name, hosts=len(taken), state=top.state)
+                if top.state:
+                    try:
+                        await self.pull_state(config, replica, settings, ssh_log, shared)
+                    except (SnapshotFailed, OSError) as e:  # the hosts are pulled anyway; the next visit tries again
+                        visit.state_error = public_error("state", e)
+                        log.warning("replica.state_failed", replica=replica.name, error=str(e))
         return visit
 
-    async def pull_state(self, config: Config, replica: Replica, settings, ssh_log, visit: Visit) -> None:
+    async def pull_state(self, config: Config, replica: Replica, settings, ssh_log, shared: str | None) -> None:
         """The primary's state copy, as a new generation when it changed."""
         backup_root = config.backup_root
         directory = upstream_state_dir(backup_root, replica.name)
@@ -168,14 +159,13 @@ class Upstreams:
         kept = await asyncio.to_thread(generations.names, directory)
         marks = {name: await asyncio.to_thread(generations.read_mark, directory / name) for name in kept}
         newest = kept[-1] if kept else None
-        visit.state = newest
         partial = directory / f"{PARTIAL_PREFIX}{secrets.token_hex(4)}"
         await asyncio.to_thread(make_private_dir, partial, backup_root)
         try:
             source = replica.remote.at(f"{replica.remote.path.rstrip('/')}/{_STATE_FILE}")
             await run_rsync(rsync.fetch_file_command(config, settings, source, partial / generations.DATABASE,
-                                                     MAX_STATE, ssh_log, basis=directory / newest if newest else None),
-                            settings, ssh_log)
+                                                     MAX_STATE, ssh_log, basis=directory / newest if newest else None,
+                                                     shared=shared), settings, ssh_log)
             if not (partial / generations.DATABASE).is_file():
                 raise SnapshotFailed(f"the primary's {_STATE_FILE} is larger than {MAX_STATE} bytes")
             since = next((name for name in reversed(kept) if marks[name] is not None and marks[name].problem is None),
@@ -187,7 +177,6 @@ class Upstreams:
             name = await asyncio.to_thread(_complete, directory, partial, chain)
         finally:
             await asyncio.to_thread(shutil.rmtree, partial, True)
-        visit.state, visit.state_problem = name, chain.message()
         log.info("replica.state_pulled", replica=replica.name, generation=name, entries=chain.entries,
                  head=chain.head_id, ok=chain.ok)
         subject = f"{_subject(replica)} state"
@@ -202,6 +191,21 @@ class Upstreams:
         marks[name] = chain
         for doomed in generations.doomed(all_kept, marks, clock.now()):
             await asyncio.to_thread(shutil.rmtree, directory / doomed, True)
+
+
+async def _list_top(config: Config, replica: Replica, settings, ssh_log, shared: str | None) -> Top:
+    """The primary's backup root: its top only, and its state copy."""
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        if len(lines) < MAX_HOSTS + 8:
+            lines.append(line)
+
+    source = replica.remote.at(f"{replica.remote.path.rstrip('/')}/")
+    top_only = (f"--include=/{_STATE_FILE}", "--include=/*/", "--exclude=*")
+    await run_rsync(rsync.list_command(config, settings, source, top_only, ssh_log, shared), settings, ssh_log,
+                    on_line)
+    return read_top(lines)
 
 
 def _remove_partials(directory: Path) -> None:

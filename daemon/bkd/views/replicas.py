@@ -70,6 +70,7 @@ async def gather(s: Services, now: datetime | None = None) -> list[dict]:
             "visited": clock.iso(visit.started) if visit else None, "ok": visit.error is None if visit else None,
             "error": visit.error if visit else None, "detail": visit.detail if visit else None,
             "state": await asyncio.to_thread(_state, config, replica.name),
+            "state_error": visit.state_error if visit else None,
             "hosts": hosts,
         })
     return upstreams
