@@ -110,6 +110,10 @@ def test_three_snapshots_are_replicated_with_their_names_trees_shared_inodes_and
     (web1 / ".trash" / "2020-01-01_000000" / "pruned").write_text("gone\n")
     (web1 / "meta" / "2030-01-01_000000.manifest").write_text("# of nothing complete\n")
 
+    wait_until(lambda: "p1.web1" in p.replica.call("status")["hosts"], 60, what="the replica to know p1.web1")
+    dry = p.replica.wait_job(p.replica.call("job.start", hosts=["p1.web1"], dry_run=True)["job_id"])
+    assert dry["status"] == "ok" and dry["hosts"][0]["stats"]["wanted"] == [first, second, third]
+    assert not (p.replica_root / "p1.web1" / "hourly").exists()  # a dry run writes nothing
     job = p.pull()
     assert job["hosts"][0]["snapshot"] == third and job["hosts"][0]["stats"]["pulled"] == 3
     assert p.names(p.replica, "p1.web1") == [first, second, third] == p.names(p.primary, "web1")
@@ -223,7 +227,11 @@ def test_the_primary_down_is_a_failed_run_then_replica_lag_which_resolves_when_i
                                    if a["kind"] == "replica_lag"), None), 60, what="replica_lag")
     assert lag["host"] == "p1.web1" and "behind primary p1" in lag["message"]
     assert ("run_failed", None, "replica p1") in alerts()  # the visits of the primary fail too
-    assert p.names(p.replica, "p1.web1") == [first]  # kept
+    assert p.names(p.replica, "p1.web1") == [first]  # kept, and restored while the primary is gone
+    target = p.replica_root.parent / "restored"
+    restored = p.replica.bkctl("restore", "p1.web1", "latest", "/dir2", "--to", str(target))
+    assert restored.returncode == 0, restored.stderr
+    assert entries(target / "dir2") == entries(p.primary_root / "web1" / "hourly" / first / "dir2")
     check = p.replica.bkctl("check")
     assert check.returncode == 2 and "replica_lag" in check.stdout
     metrics = p.replica.call("metrics")["text"]
@@ -322,3 +330,23 @@ def test_the_primarys_state_database_is_kept_in_generations_and_a_rewritten_hist
     assert alert["host"] is None and "does not extend generation" in alert["message"]
     assert good in generations()  # the good generation is never overwritten
     assert (state / good / "bkd.sqlite").exists()
+
+
+def test_a_manifest_bkd_did_not_write_marks_the_copy_and_is_never_trusted(pair):
+    p = pair()
+    name = p.snapshot()
+    planted = p.primary_root / "web1" / "meta" / f"{name}.manifest"
+    planted.write_bytes(manifest_header() + b"0" * 64 + b" 1 ../../etc/shadow\n")
+    job = p.pull(status="warning")
+    assert "do not match the primary's manifest" in job["hosts"][0]["error"]
+    assert f"the primary's {name}.manifest line 2: refusing the path" in job["hosts"][0]["detail"]
+    assert p.names(p.replica, "p1.web1") == [name]  # copied all the same, and marked
+    copy = p.replica_root / "p1.web1"
+    assert b"shadow" not in (copy / "meta" / f"{name}.manifest").read_bytes()  # its own, exact manifest
+    wait_until(lambda: any(a["kind"] == "integrity" and a["subject"] == name
+                           for a in p.replica.call("alerts.list")["alerts"]), 30, what="the integrity alert")
+
+
+def manifest_header() -> bytes:
+    from bkd.pipeline.manifest import HEADER
+    return HEADER
