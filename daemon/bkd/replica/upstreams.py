@@ -139,7 +139,10 @@ class Upstreams:
                     await self.alerts.resolve(kind, None, _subject(replica))
                 here = await asyncio.to_thread(replicated_dirs, config.backup_root, replica.name)
                 taken = [host for host in top.hosts if replica.covers(host)]
-                visit.hosts = len(taken)
+                if too_long := [host for host in taken if replica.host(host) is None]:
+                    log.warning("replica.hosts_not_taken", replica=replica.name, hosts=too_long[:10],
+                                reason="their names here, NAME.HOST, would be longer than 64 characters")
+                visit.hosts = len(taken) - len(too_long)
                 self.runtime.replicated_hosts(replica.name, {*taken, *here})
                 log.info("replica.visited", replica=replica.name, hosts=len(taken), state=top.state)
                 if top.state:
