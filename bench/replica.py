@@ -27,12 +27,10 @@ Ratios are taken within each round and reported as medians with min–max.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import Daemon, SshFleet  # noqa: E402  (real daemons and a loopback sshd, as the tests use)
-from snapshot import PEER, change, generate, journaled_ext4, sh, timed  # noqa: E402
+from snapshot import PEER, arguments, change, generate, measure, sh, table, timed  # noqa: E402
 
 from bkd.config.models import Config  # noqa: E402
 from bkd.pipeline import rsync  # noqa: E402
@@ -152,17 +150,7 @@ class Bench:
                 print(f"  {key:<28} {seconds:7.2f} s", flush=True)
 
     def report(self, load: tuple[str, str]) -> str:
-        def cell(values):
-            return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
-
-        def ratio(key, base):
-            pairs = [a / b for a, b in zip(self.times[key], self.times[base])]
-            return f"{statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
-
-        rows = ["| method | median s (min–max) | × peer, per round: median (min–max) |", "|---|---:|---:|"]
-        for group in self.args.only:
-            keys = [key for key, _ in self.methods(group)]
-            rows += [f"| {key} | {cell(self.times[key])} | {ratio(key, keys[1])} |" for key in keys]
+        rows = table(self.times, [[key for key, _ in self.methods(group)] for group in self.args.only])
         facts = (f"{self.args.files} files, {self.args.rounds} rounds, rsync {rsync.check_rsync()}, "
                  f"{os.cpu_count()} cores, load average before: {load[0]}, after: {load[1]}")
         return "\n".join([facts, "", *rows])
@@ -176,34 +164,8 @@ class Bench:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=100_000)
-    parser.add_argument("--kib", type=int, default=25, help="mean file size")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dir", type=Path, help="an empty directory on the filesystem to measure on")
-    parser.add_argument("--only", default="full,incremental", type=lambda s: s.split(","))
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("run as root: the loop device, the owner changes and the sshd need it")
-    load_before = Path("/proc/loadavg").read_text().split()[0]
-
-    def run(root: Path) -> None:
-        bench = Bench(root, args)
-        try:
-            bench.setup()
-            for number in range(1, args.rounds + 1):
-                bench.round(number)
-        finally:
-            bench.close()
-        print()
-        print(bench.report((load_before, Path("/proc/loadavg").read_text().split()[0])))
-
-    if args.dir:
-        run(args.dir)
-    else:
-        size = max(16, args.files * args.kib * 12 // (1024 * 1024))  # the copies of two daemons and a peer
-        with journaled_ext4(size) as root:
-            run(root)
+    # The copies of two daemons and of the peer, and room.
+    measure(Bench, arguments(__doc__, "full,incremental").parse_args(), 12)
 
 
 if __name__ == "__main__":

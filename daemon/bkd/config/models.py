@@ -123,66 +123,67 @@ def _shorten(value: object, limit: int = 40) -> object:
 
 HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 HOST_NAME_MAX = 64  # it names directories and archive files; 250 broke every archive
+REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]+")  # no dots: its hosts are named REPLICA.HOST
+REPLICA_NAME_MAX = 32
 
 
-def _check_name(name: str, what: str = "host name") -> str:
+@dataclass(frozen=True)
+class NameRule:
+    pattern: re.Pattern
+    allowed: str  # the characters, as people read them
+    longest: int
+
+
+HOST_RULE = NameRule(HOST_NAME, "letters, digits, '.', '_' and '-'", HOST_NAME_MAX)
+REPLICA_RULE = NameRule(REPLICA_NAME, "letters, digits, '_' and '-' (no dots: its hosts are named NAME.HOST here)",
+                        REPLICA_NAME_MAX)
+
+
+def _check_name(name: str, what: str = "host name", rule: NameRule = HOST_RULE) -> str:
     if not name:
         raise ValueError(f"a {what} cannot be empty")
-    if not HOST_NAME.fullmatch(name):
-        raise ValueError(f"invalid {what} {_shorten(name)!r}: use only letters, digits, '.', '_' and '-'")
+    if not rule.pattern.fullmatch(name):
+        raise ValueError(f"invalid {what} {_shorten(name)!r}: use only {rule.allowed}")
     if name.startswith("."):
         raise ValueError(f"invalid {what} {name!r}: names starting with '.' are reserved for bkd")
-    if len(name) > HOST_NAME_MAX:
-        raise ValueError(f"invalid {what} {_shorten(name)!r}: at most {HOST_NAME_MAX} characters, "
+    if len(name) > rule.longest:
+        raise ValueError(f"invalid {what} {_shorten(name)!r}: at most {rule.longest} characters, "
                          f"not {len(name)}")
     return name
+
+
+def _follows(name: object, what: str, rule: NameRule) -> bool:
+    try:
+        return isinstance(name, str) and _check_name(name, what, rule) == name
+    except ValueError:
+        return False
 
 
 def valid_host_name(name: object) -> bool:
     """The host-name rule of the config, for every host parameter that arrives over RPC."""
-    try:
-        return isinstance(name, str) and _check_name(name) == name
-    except ValueError:
-        return False
+    return _follows(name, "host name", HOST_RULE)
+
+
+def valid_replica_name(name: object) -> bool:
+    return _follows(name, "replica name", REPLICA_RULE)
 
 
 HostName = Annotated[str, AfterValidator(_check_name)]
 SinkName = Annotated[str, AfterValidator(lambda n: _check_name(n, "sink name"))]
-
-REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]+")
-REPLICA_NAME_MAX = 32
-
-
-def _check_replica_name(name: str) -> str:
-    """A [[replica]] name: no dots, since its hosts are named REPLICA.HOST here."""
-    if not REPLICA_NAME.fullmatch(name):
-        raise ValueError(f"invalid replica name {_shorten(name)!r}: use only letters, digits, '_' and '-' "
-                         "(no dots: its hosts are named NAME.HOST here)")
-    if len(name) > REPLICA_NAME_MAX:
-        raise ValueError(f"invalid replica name {_shorten(name)!r}: at most {REPLICA_NAME_MAX} characters, "
-                         f"not {len(name)}")
-    return name
-
-
-def valid_replica_name(name: object) -> bool:
-    try:
-        return isinstance(name, str) and _check_replica_name(name) == name
-    except ValueError:
-        return False
-
-
-ReplicaName = Annotated[str, AfterValidator(_check_replica_name)]
+ReplicaName = Annotated[str, AfterValidator(lambda n: _check_name(n, "replica name", REPLICA_RULE))]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _check_source(source: str) -> str:
+def _check_source(source: str, local: str | None = None) -> str:
+    """A source: [user@]host:/path, or an absolute local path unless `local`
+    says why one is refused."""
     if _CONTROL.search(source):
         problem = "it contains control characters"
-    elif source.startswith("/"):
+    elif source.startswith("/") and local is None:
         return source
-    elif ":" not in source or "/" in source.partition(":")[0]:  # rsync's rule: a relative local path
-        problem = "use an absolute local path or [user@]host:/path"
+    elif source.startswith("/") or ":" not in source or "/" in source.partition(":")[0]:
+        problem = local or "use an absolute local path or [user@]host:/path"  # rsync's rule: a relative local path
     else:
         try:
             Remote.parse(source)
@@ -194,17 +195,8 @@ def _check_source(source: str) -> str:
 
 def _check_primary(source: str) -> str:
     """A [[replica]] source: the primary's backup root over SSH (never a local path)."""
-    if _CONTROL.search(source):
-        problem = "it contains control characters"
-    elif source.startswith("/"):
-        problem = "a replica pulls from another bkd server over SSH: use [user@]host:/path of its backup_root"
-    else:
-        try:
-            Remote.parse(source)
-            return source
-        except ValueError as e:
-            problem = str(e)
-    raise ValueError(f"invalid source {source!r}: {problem}")
+    return _check_source(source, "a replica pulls from another bkd server over SSH: use [user@]host:/path of its "
+                                 "backup_root")
 
 
 def _check_glob(pattern: str) -> str:

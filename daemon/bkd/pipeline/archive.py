@@ -14,7 +14,7 @@ import structlog
 from ..config.models import Archive
 from ..infra import exec as bkexec
 from ..infra.clock import months_before
-from ..infra.fsutil import fsync_dir, make_private_dir
+from ..infra.fsutil import commit_file, fsync_dir, make_private_dir
 from ..tree.layout import PARTIAL_PREFIX, HostDir, SnapshotName, month_name
 from . import manifest
 from .linktree import link_tree
@@ -62,20 +62,12 @@ async def make_archive(host_dir: HostDir, snapshot: SnapshotName, archive: Archi
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise StageFailed(f"archive failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
-    await asyncio.to_thread(_commit_file, partial, final)
+    await asyncio.to_thread(commit_file, partial, final)
     digest = await asyncio.to_thread(manifest.write_checksum, final)
     log.info("archive.complete", archive=name, bytes=final.stat().st_size, sha256=digest)
     return {"archive": name, "archive_bytes": final.stat().st_size, "archive_sha256": digest}
 
 
-def _commit_file(partial: Path, final: Path) -> None:
-    fd = os.open(partial, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(partial, final)
-    fsync_dir(final.parent)
 
 
 def expire_archives(host_dir: HostDir, keep_days: int, now: datetime) -> list[str]:

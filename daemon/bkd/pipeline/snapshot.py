@@ -113,7 +113,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     make_private_dir(config.backup_root)
     for directory in (host_dir.root, host_dir.hourly, host_dir.meta):
         make_private_dir(directory, under=config.backup_root)  # never through a symlink planted there
-    _remove_lists(host_dir)  # left by a run that died; only one run per host at a time
+    remove_leftovers(host_dir)
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
              resume_from=[p.name for p in interrupted], refetch=len(transfer.refetch))
     t0, cpu0 = time.monotonic(), time.process_time()
@@ -682,10 +682,12 @@ def _remove_entry(root_fd: int, name: bytes, keep_directory: bool) -> None:
         os.close(parent)
 
 
-def _remove_lists(host_dir: HostDir) -> None:
-    """Remove --files-from lists left by a run that died."""
+def remove_leftovers(host_dir: HostDir, prefix: str = LIST_PREFIX) -> None:
+    """Remove the files of meta/ named prefix… that a run which died left
+    (--files-from lists; a replica's manifests being fetched): one run per
+    host at a time, so none is in use."""
     try:
-        names = [e.name for e in os.scandir(host_dir.meta) if e.name.startswith(LIST_PREFIX)]
+        names = [e.name for e in os.scandir(host_dir.meta) if e.name.startswith(prefix)]
     except FileNotFoundError:
         return
     for name in names:

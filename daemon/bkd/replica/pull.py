@@ -34,7 +34,8 @@ from ..config.models import Config, Host, HostSettings, Replica, Retention
 from ..infra import clock, exec as bkexec
 from ..infra.fsutil import make_private_dir
 from ..pipeline import damage, failures, manifest, retention, rsync
-from ..pipeline.snapshot import RunControl, SnapshotFailed, SnapshotResult, shared_connection, take_snapshot
+from ..pipeline.snapshot import (RunControl, SnapshotFailed, SnapshotResult, remove_leftovers, shared_connection,
+                                 take_snapshot)
 from ..tree import upstream as upstream_record
 from ..tree.layout import HostDir, SnapshotName
 
@@ -168,16 +169,6 @@ async def fetch_manifest(config: Config, settings: HostSettings, replica: Replic
         local.unlink(missing_ok=True)
 
 
-def _leftovers(host_dir: HostDir) -> None:
-    """Manifests a pull that died was fetching (one run per host at a time)."""
-    try:
-        names = [e.name for e in os.scandir(host_dir.meta) if e.name.startswith(MANIFEST_PREFIX)]
-    except FileNotFoundError:
-        return
-    for name in names:
-        (host_dir.meta / name).unlink(missing_ok=True)
-
-
 def _record_damage(host_dir: HostDir, name: str, mismatches: list[dict]) -> None:
     """A copy that does not match the primary's manifest is kept and marked as
     verify marks a damaged snapshot: in the host's damage ledger, so that the
@@ -233,7 +224,7 @@ async def _replicate(config: Config, settings: HostSettings, replica: Replica, u
     previous = await asyncio.to_thread(upstream_record.read, host_dir) or upstream_record.Upstream()
     record = upstream_record.Upstream(checked, primary_newest, previous.caught_up, not listing.found)
     await asyncio.to_thread(_write_record, config.backup_root, host_dir, record)
-    await asyncio.to_thread(_leftovers, host_dir)
+    await asyncio.to_thread(remove_leftovers, host_dir, MANIFEST_PREFIX)
     for index, name in enumerate(outcome.wanted, 1):
         tag = {"snapshot": name, "of": f"{index}/{len(outcome.wanted)}"}
         try:

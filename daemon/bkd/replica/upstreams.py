@@ -36,7 +36,7 @@ from ..alerts.service import AlertKind, Alerts
 from ..config.models import Config, Replica, valid_host_name
 from ..config.runtime import Runtime
 from ..infra import clock
-from ..infra.fsutil import fsync_dir, make_private_dir
+from ..infra.fsutil import fsync_dir, fsync_file, make_private_dir
 from ..infra.supervise import woken
 from ..pipeline import failures, rsync
 from ..pipeline.outcomes import clip, public_error
@@ -220,11 +220,7 @@ def _remove_partials(directory: Path) -> None:
 def _complete(directory: Path, partial: Path, chain: generations.Chain) -> str:
     """The partial as a generation named by this moment (never one that exists)."""
     generations.write_mark(partial, chain)
-    fd = os.open(partial / generations.DATABASE, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(partial / generations.DATABASE)
     name = SnapshotName(clock.now().replace(microsecond=0))
     while (directory / str(name)).exists():
         name = SnapshotName(name.time, name.seq + 1)

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiosqlite
 
 from ..alerts.store import AlertStore
-from ..infra.fsutil import fsync_dir
+from ..infra.fsutil import commit_file
 from .audit import AuditStore
 from .disk import DiskStore
 from .jobs import JobStore
@@ -119,7 +119,7 @@ class Store:
                 await asyncio.to_thread(_settle_copy, target)
             finally:
                 target.close()
-            await asyncio.to_thread(_publish, tmp, path)
+            await asyncio.to_thread(commit_file, tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -149,13 +149,3 @@ class Store:
 def _settle_copy(target: sqlite3.Connection) -> None:
     target.execute("PRAGMA journal_mode=DELETE")
     target.commit()
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
