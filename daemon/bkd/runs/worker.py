@@ -182,8 +182,8 @@ class Worker:
         if outcome.pulled:
             run.stats.update(outcome.pulled[-1].stats)
         run.stats.update(pulled=len(outcome.pulled), mismatched_files=sum(len(r.mismatches) for r in outcome.pulled))
-        if run.request.dry_run:
-            run.stats["wanted"] = outcome.wanted
+        if run.request.dry_run:  # what a pull would bring: how many, and the oldest of them by name
+            run.stats.update(wanted=len(outcome.wanted), wanted_names=outcome.wanted[:100])
         self._warn(run, outcome.warning)
 
     async def _prune(self, run: Run) -> None:
