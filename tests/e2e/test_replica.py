@@ -192,6 +192,13 @@ def test_a_byte_flipped_on_the_primary_in_a_file_the_replica_lacks_is_an_integri
     assert [(m["path"], m["problem"]) for m in json.loads(verify.stdout)["mismatches"]] == \
         [("dir3/fresh.bin", "changed")]
     assert p.replica.bkctl("verify", "p1.web1", first).returncode == 0
+    # The primary's next snapshot links the same bad inode (the file did not change at the source), and the
+    # primary's manifest still says it is fine: the replica does not link its own bad copy into the next copy
+    # (whose manifest would then say it is fine too), it fetches that file again in full, and says so again.
+    third = p.snapshot()
+    job = p.pull(status="warning")
+    assert job["hosts"][0]["stats"]["mismatched_files"] == 1 and third in job["hosts"][0]["error"]
+    assert p.replica.bkctl("verify", "p1.web1", third).returncode == 1
 
 
 def test_the_primary_pruning_never_deletes_the_replicas_copies(pair):
