@@ -168,6 +168,24 @@ def journaled_ext4(size_gib: int):
         image.unlink(missing_ok=True)
 
 
+def cell(values: list[float]) -> str:
+    digits = 3 if max(values) < 1 else 2  # a small restore takes a tenth of a second
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def table(times: dict[str, list[float]], groups: list[list[str]]) -> list[str]:
+    """The results, a row per method: its seconds, and its ratio to its group's
+    second method (its peer) taken within each round."""
+    def ratio(key, base):
+        pairs = [a / b for a, b in zip(times[key], times[base])]
+        return f"{statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
+
+    rows = ["| method | median s (min–max) | × peer, per round: median (min–max) |", "|---|---:|---:|"]
+    for keys in groups:
+        rows += [f"| {key} | {cell(times[key])} | {ratio(key, keys[1])} |" for key in keys]
+    return rows
+
+
 class Bench:
     def __init__(self, root: Path, args):
         self.root, self.args = root, args
@@ -322,19 +340,8 @@ class Bench:
         return timed([*PEER, "-e", self.ssh, self.remote, f"{new}/"], ["sync", "-f", new])
 
     def report(self, load: tuple[str, str]) -> str:
-        def cell(values):
-            digits = 3 if max(values) < 1 else 2  # a small restore takes a tenth of a second
-            return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
-
-        def ratio(key, base):
-            pairs = [a / b for a, b in zip(self.times[key], self.times[base])]
-            return f"{statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
-
-        rows = ["| method | median s (min–max) | × peer, per round: median (min–max) |", "|---|---:|---:|"]
-        for group in self.args.only:
-            keys = [key for key, _ in self.methods(group)]
-            base = keys[1]  # the peer: cp -al + rsync + sync, rsync + sync, or (restores) rsync
-            rows += [f"| {key} | {cell(self.times[key])} | {ratio(key, base)} |" for key in keys]
+        # The peer of each group: cp -al + rsync + sync, rsync + sync, or (restores) rsync.
+        rows = table(self.times, [[key for key, _ in self.methods(group)] for group in self.args.only])
         for step, by_host in (("manifest", self.manifest), ("anomaly", self.anomaly)):
             for host, shares in by_host.items():
                 percent = [share * 100 for share in shares]
@@ -356,20 +363,15 @@ class Bench:
         shutil.rmtree(Path(self.config["socket"]).parent, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=100_000)
-    parser.add_argument("--kib", type=int, default=25, help="mean file size")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dir", type=Path, help="an empty directory on the filesystem to measure on")
-    parser.add_argument("--only", default="local,ssh,full,restore,restore-dir", type=lambda s: s.split(","))
-    args = parser.parse_args()
+def measure(make_bench, args, copies: int) -> None:
+    """Set make_bench(root, args) up on args.dir, or on a journaled ext4 loop
+    filesystem room for `copies` copies of the tree; run its rounds; print its report."""
     if os.geteuid() != 0:
-        sys.exit("run as root: the loop device and the owner changes need it")
+        sys.exit("run as root: the loop device, the owner changes and the sshd need it")
     load_before = Path("/proc/loadavg").read_text().split()[0]
 
     def run(root: Path) -> None:
-        bench = Bench(root, args)
+        bench = make_bench(root, args)
         try:
             bench.setup()
             for number in range(1, args.rounds + 1):
@@ -382,9 +384,23 @@ def main() -> None:
     if args.dir:
         run(args.dir)
     else:
-        size = max(16, args.files * args.kib * 10 // (1024 * 1024))  # six full copies, and room
+        size = max(16, args.files * args.kib * copies // (1024 * 1024))
         with journaled_ext4(size) as root:
             run(root)
+
+
+def arguments(doc: str, only: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--kib", type=int, default=25, help="mean file size")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dir", type=Path, help="an empty directory on the filesystem to measure on")
+    parser.add_argument("--only", default=only, type=lambda s: s.split(","))
+    return parser
+
+
+def main() -> None:
+    measure(Bench, arguments(__doc__, "local,ssh,full,restore,restore-dir").parse_args(), 10)  # six copies, and room
 
 
 if __name__ == "__main__":

@@ -310,6 +310,16 @@ class SshFleet:
         self.add_host(alias, address, sshd_extra, port, authorized_keys)
         self.known_hosts.write_text(known)
 
+    def restart(self, alias: str) -> None:
+        """The host comes back after kill(): the same sshd, address, port and host key."""
+        address, _extra, port, _keys = self.started[alias]
+        config = self.root / f"{alias.replace(':', '_')}_sshd_config"
+        proc = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(lambda: proc.poll() is not None or _port_open(address, port), 10, what=f"sshd on {address}:{port}")
+        assert proc.poll() is None, proc.stderr.read()
+        self.procs[alias] = proc
+
     def kill(self, alias: str) -> None:
         """The host goes down: sshd and every session it forked."""
         proc = self.procs.pop(alias)

@@ -10,7 +10,8 @@ CRITICAL: a host is stale (older than --crit-age, or by the daemon's own
 rule when not given; a host that never succeeded always by the daemon's
 rule, counted from when it was added), its directory cannot be read, it is
 held after an anomaly (its alert acknowledged or not: until an admin
-releases it), or it has a current run_failed, auth or integrity alert
+releases it), or it has a current run_failed, auth, integrity or
+replica_lag alert
 (acknowledged or not: the host is still failing). WARNING: a host older than --warn-age, or any other
 open, unacknowledged alert. Silenced alerts (maintenance) count for
 neither. Alerts about no host (disk, notify, internal) count when no HOST
@@ -22,7 +23,7 @@ from .fmt import span
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
-CRITICAL_KINDS = frozenset({"run_failed", "auth", "integrity"})
+CRITICAL_KINDS = frozenset({"run_failed", "auth", "integrity", "replica_lag"})
 
 
 def _alert_level(alert: dict) -> int:

@@ -372,6 +372,36 @@ def cmd_holds(client: Client, args) -> int:
             print(f"{hold['host']} {snapshot}: {_signals_text(signals) or 'no signal recorded'}")
             _print_examples((hold.get("examples") or {}).get(snapshot))
     print("once checked (bkctl snapshots HOST, bkctl ls HOST SNAPSHOT): bkctl hosts release HOST [--note TEXT]")
+
+
+def cmd_replicas(client: Client, args) -> int:
+    result = client.call("replicas.list")
+    if args.json:
+        return _print_json(result)
+    if not result["upstreams"]:
+        print("no [[replica]] is configured: this server keeps no copy of another's")
+        return EXIT_OK
+    for index, upstream in enumerate(result["upstreams"]):
+        visited = "not visited yet" if upstream["visited"] is None else (
+            f"visited {relative(upstream['visited'])}: " +
+            (colour("ok", "ok") if upstream["ok"] else colour(f"failed: {safe(upstream['error'])}", "failed")))
+        print(("\n" if index else "") + f"{upstream['name']} <- {upstream['source']} (every {upstream['every']}, "
+              f"lag after {upstream['lag_after']}; {visited})")
+        if upstream.get("detail"):  # what rsync and ssh said (admins only)
+            print(f"  detail: {safe(upstream['detail'])}")
+        state = upstream["state"]
+        if state is None:
+            print("  state database: no copy yet")
+        else:
+            verdict = colour("audit chain ok", "ok") if state["ok"] else colour(safe(state['problem']), "failed")
+            print(f"  state database: generation {state['generation']} ({state['generations']} kept, "
+                  f"{number(state['audit_entries'])} audit entries): {verdict}")
+        rows = [[h["host"], h["newest"] or "-", h["primary_newest"] or "-",
+                 colour(span(h["lag_s"]), "failed" if h["behind"] else "ok") if h["lag_s"] is not None else "-",
+                 relative(h["checked"]), colour(h["last_result"] or "-", h["last_result"]),
+                 "" if h["on_primary"] else "gone from the primary"] for h in upstream["hosts"]]
+        print(table(["  HOST", "NEWEST COPY", "PRIMARY'S NEWEST", "LAG", "LISTED", "RESULT", ""],
+                    [["  " + r[0], *r[1:]] for r in rows]) if rows else "  no hosts yet")
     return EXIT_OK
 
 
@@ -971,6 +1001,8 @@ def _parser() -> argparse.ArgumentParser:
     hosts.add_argument("--note", help="release: why, kept in the audit log")
     add("holds", cmd_holds, "hosts whose pruning is held after an anomaly: since when, the suspect snapshots and why",
         "holds", "holds --json")
+    add("replicas", cmd_replicas, "on a replica server: each upstream, and per replicated host its newest copy, "
+        "its lag behind the primary and the last result", "replicas", "replicas --json")
     add("reload", cmd_reload, "re-read the config without dropping running work", "reload")
     watch = add("watch", cmd_watch, "stream live events as lines (JSON lines with --json)",
                 "watch --topic job --topic host")

@@ -11,7 +11,7 @@ import os
 from enum import IntEnum, StrEnum
 
 PROTOCOL_VERSION = 4  # 4: holds.list, hosts.release; snapshots.list's profile, anomaly and suspect;
-# find, du; monthly copies and archives as SNAPSHOT (snapshots.list kind); -32007
+# find, du; monthly copies and archives as SNAPSHOT (snapshots.list kind); -32007; replicas.list, replica_lag
 # 3: jobs.list pages of summaries (before, next_before, truncated); -32006
 # 2: restores received by the caller, alert episodes, paged snapshot listings
 DEFAULT_SOCKET = "/run/bkd/bkd.sock"
@@ -66,6 +66,7 @@ class Method(StrEnum):
     HOSTS_TEST = "hosts.test"
     HOSTS_RELEASE = "hosts.release"
     HOLDS_LIST = "holds.list"
+    REPLICAS_LIST = "replicas.list"
     CONFIG_RELOAD = "config.reload"
     EVENTS_SUBSCRIBE = "events.subscribe"
 
@@ -105,6 +106,7 @@ class AlertKind(StrEnum):
     DISK = "disk"
     CLOCK = "clock"
     NOTIFY = "notify"
+    REPLICA_LAG = "replica_lag"
     INTERNAL = "internal"
 
 

@@ -109,6 +109,22 @@ def audit_line(head: dict | None) -> str:
     return f"audit log: entry {head['id']}, sha256 {head['hash']}" if head else ""
 
 
+def upstream_lines(upstream: dict) -> list[str]:
+    """A replica server's upstream: its last visit, its state database's copy, and per host the lag."""
+    visit = ("not visited yet" if upstream["visited"] is None else
+             "reachable" if upstream["ok"] else f"cannot be read ({upstream['error']})")
+    behind = sum(h["behind"] for h in upstream["hosts"])
+    state = upstream["state"]
+    copy = ("no copy of its state database yet" if state is None else
+            f"state database generation {state['generation']}" + ("" if state["ok"] else f": {state['problem']}"))
+    lines = [f"upstream {upstream['name']} ({upstream['source']}): {visit}, {len(upstream['hosts'])} hosts"
+             f"{f', {behind} behind' if behind else ''}; {copy}"]
+    lines += [f"  {h['host']}: newest copy {h['newest'] or '-'}, the primary's {h['primary_newest'] or '-'}, "
+              f"lag {span(h['lag_s']) if h['lag_s'] is not None else '-'}{' (behind)' if h['behind'] else ''}, "
+              f"last run {h['last_result'] or '-'}" for h in upstream["hosts"]]
+    return lines
+
+
 def zone_of(digest: dict) -> tzinfo:
     """The report's own time zone (`[report] timezone`): its header and times are
     shown in it, as its days are counted (UTC if this machine does not know it)."""
@@ -147,6 +163,8 @@ def text(digest: dict, ascii: bool = False) -> str:
                  if rows else "no hosts configured")
     lines += [f"{host['name']}: {_suspects(host)} (bkctl holds)" for host in digest["hosts"] if host.get("suspects")]
     lines.append(_disk_line(digest["disk"]))
+    for upstream in digest.get("upstreams", []):
+        lines += upstream_lines(upstream)
     alerts = digest["alerts"]
     lines.append(f"alerts: {alerts['open']} current, {alerts['unacknowledged']} unacknowledged"
                  if alerts["open"] else "alerts: none")
@@ -202,6 +220,14 @@ def _overview(digest: dict) -> str:
         f"<td>{escape(', '.join(sorted({a['kind'] for a in h['alerts']})) or '-')}</td></tr>"
         for h in digest["hosts"])
     return f'<h2>Hosts</h2><table class="t"><tr>{head}</tr>{rows}</table>' if rows else "<p>No hosts.</p>"
+
+
+def _upstreams(digest: dict) -> str:
+    if not digest.get("upstreams"):
+        return ""
+    items = "".join("<li>" + "<br>".join(escape(line) for line in upstream_lines(u)) + "</li>"
+                    for u in digest["upstreams"])
+    return f'<h2>Upstreams (this server\'s second copies)</h2><ul class="facts">{items}</ul>'
 
 
 def _alerts(digest: dict) -> str:
@@ -334,7 +360,7 @@ def _page(digest: dict, chart, head: str) -> str:
     disk = _disk_series(digest["disk"])
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{head}"
             f"<title>{escape(summary(digest))}</title><style>{STYLE}</style></head><body>"
-            f"{_header(digest)}{chart(disk) if disk else ''}{_overview(digest)}{_alerts(digest)}"
+            f"{_header(digest)}{chart(disk) if disk else ''}{_overview(digest)}{_upstreams(digest)}{_alerts(digest)}"
             f"<h2>Trends</h2>{''.join(cards)}"
             f"<p class=\"sub\">{escape(audit_line(digest.get('audit_head')))}</p></body></html>\n")
 

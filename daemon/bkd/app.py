@@ -32,6 +32,7 @@ from .infra.users import user_name
 from .pipeline.rsync import check_rsync
 from .pipeline.selfguard import SelfGuard
 from .pipeline.versions.service import Versions
+from .replica.upstreams import Upstreams, found_here
 from .restore.receivers import Receivers
 from .restore.request import Restores
 from .rpc.methods import Api, method_table
@@ -44,12 +45,14 @@ from .runs.registry import Limits, Registry
 from .runs.worker import Worker
 from .schedule.loop import Scheduler
 from .state.audit import HEAD_NAME
+from .state.copy import StateCopy
 from .state.history import prune_history
 from .state.hosts import Fleet
 from .state.store import DATABASE_NAME, STORE_ERRORS, Store, StoreUnusable
 from .tree.layout import HostDir
 from .tree.ownership import DirError, check_dir, in_memory, lock_dir, prepare_dir
 from .views.metrics import Metrics, Textfile
+from .views.replicas import Replicas
 from .views.report import Reporter, Reports
 from .views.status import Info, StatusView
 from .watch.anomaly import Anomalies
@@ -138,17 +141,21 @@ async def build(runtime: Runtime, store: Store, info: Info, audit_mismatch: str 
     housekeeping.on_pruned.append(integrity.settle)  # damage that went with its snapshots
     freshness = Freshness(runtime, fleet, registry, alerts, housekeeping, DiskWatch(runtime, store, alerts))
     audit_watch = AuditWatch(store.audit, alerts, os.getuid())
+    upstreams = Upstreams(runtime, alerts)
+    replicas = Replicas(runtime, fleet, upstreams)
     anomalies = Anomalies(runtime, alerts, fleet)
     lifecycle.on_recorded.append(anomalies.concluded)  # a suspect snapshot's alert, once its run is recorded
     status = StatusView(runtime, fleet, registry, alerts, housekeeping, bus, info, versions)
     metrics = Metrics(runtime, info, supervisor.healthy, fleet, store, registry, housekeeping, alerts, notifier,
-                      versions)
+                      versions, replicas)
     textfile = Textfile(runtime, metrics.exposition)
-    reports = Reports(runtime, fleet, store, alerts, versions)
+    reports = Reports(runtime, fleet, store, alerts, versions, replicas)
     reporter = Reporter(runtime, reports, notifier, store)
     RunWatch(runtime, lifecycle, fleet, alerts, Pinger())  # run_failed, auth and the dead-man pings
 
     lifecycle.on_concluded += [lambda run: scheduler.wake.set(), lambda run: textfile.changed.set()]
+    # A replicated copy that does not match its primary's manifest: its `integrity` alert now.
+    lifecycle.on_concluded.append(lambda run: run.stats.get("mismatched_files") and integrity.wake.set())
 
     async def alerts_changed(event: str, episode: dict) -> None:
         textfile.changed.set()
@@ -166,7 +173,7 @@ async def build(runtime: Runtime, store: Store, info: Info, audit_mismatch: str 
     api = Api(runtime=runtime, info=info, status=status, jobs=jobs, restores=Restores(runtime, guard, receivers),
               receivers=receivers, housekeeping=housekeeping, integrity=integrity, hosts=Hosts(runtime, guard),
               guard=guard, alerts=alerts, notifier=notifier, metrics=metrics, reports=reports, store=store,
-              audit_watch=audit_watch, bus=bus, anomalies=anomalies, versions=versions)
+              audit_watch=audit_watch, bus=bus, anomalies=anomalies, versions=versions, replicas=replicas)
     server = RpcServer(config.socket, method_table(api), access=lambda: runtime.config.access,
                        audit=lambda *a: store.audit.append(clock.iso(clock.now()), *a),
                        limits=lambda: runtime.config.rpc)
@@ -187,6 +194,8 @@ async def build(runtime: Runtime, store: Store, info: Info, audit_mismatch: str 
         "report": reporter.run,
         "audit-witness": lambda: audit_watch.run(audit_mismatch),
         "versions": versions.run,
+        "state-copy": StateCopy(runtime, store).run,
+        "replicas": upstreams.run,
     }
     return Built(server, jobs, registry, status, versions, {name: _supervised(supervisor, name, loop)
                                                   for name, loop in loops.items()})
@@ -201,6 +210,7 @@ class Daemon:
         self.runtime = Runtime(config_path, config)
 
     async def run(self, stop: asyncio.Event) -> None:
+        found_here(self.runtime)  # replicated hosts with a directory here are hosts from the start
         config = self.runtime.config
         try:
             rsync_version = await asyncio.to_thread(check_rsync)

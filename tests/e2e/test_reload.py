@@ -47,3 +47,16 @@ def test_a_lower_max_parallel_hosts_holds_from_the_reload_on(tmp_path, daemon_fa
     third = sorted(runs.values(), key=lambda r: r["started"])[2]
     # Nothing running was stopped, and the third waited until fewer than one ran: after both.
     assert _time(third["started"]) >= max(_time(run["finished"]) for run in first_two)
+
+
+def test_a_host_added_by_a_reload_is_watched_at_once_not_after_the_freshness_loops_minute(tmp_path, daemon_factory):
+    """The freshness loop slept up to a minute (its interval of the hosts it
+    had when it went to sleep: none here), so a host added by a reload — or
+    a replicated host learned of — went unwatched that long."""
+    daemon = daemon_factory([]).start()
+    daemon.config["host"] = [{"name": "new", "source": str(tmp_path / "missing"),
+                              "schedule": {"snapshot_every": "1s", "stale_factor": 1}}]
+    daemon.write_config()
+    assert daemon.call("config.reload")["changes"] == ["host new added"]
+    wait_until(lambda: any(a["kind"] == "stale" and a["host"] == "new" for a in daemon.call("alerts.list")["alerts"]),
+               20, what="the new host's stale alert")

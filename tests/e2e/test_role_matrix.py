@@ -34,6 +34,7 @@ def matrix_params(tmp) -> dict[str, dict]:
     """Params that make each method's call valid; the table must name every method."""
     return {
         "daemon.info": {}, "status": {}, "schedule.list": {}, "metrics": {}, "hosts.list": {},
+        "replicas.list": {},
         "job.start": {"hosts": ["web1"]},
         "job.cancel": {"hosts": ["web1"]},
         "job.get": {"job_id": 1},

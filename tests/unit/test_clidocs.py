@@ -240,7 +240,7 @@ NO_DAEMON = {"BKD_SOCKET": "/nonexistent/bkd.sock"}
 
 @pytest.mark.parametrize("words, expected", [
     (("bkctl", ""), None),  # every visible command: checked below
-    (("bkctl", "re"), ["restore", "reload", "report"]),
+    (("bkctl", "re"), ["restore", "replicas", "reload", "report"]),
     (("bkctl", "--json", "al"), ["alerts"]),
     (("bkctl", "run", "--k"), ["--kind"]),
     (("bkctl", "run", "--kind", ""), ["snapshot", "archive", "monthly", "all"]),

@@ -268,7 +268,8 @@ DURATIONS = list(_duration_fields())
 
 def test_the_duration_keys_are_found():
     assert {".".join(k) for k in DURATIONS} == {
-        "history.keep", "rpc.idle_timeout", "rpc.unread_grace", "schedule.snapshot_every", "schedule.archive_every",
+        "history.keep", "history.copy_every", "rpc.idle_timeout", "rpc.unread_grace", "schedule.snapshot_every",
+        "schedule.archive_every",
         "rsync.timeout", "verify.every", "alerts.hung_after", "alerts.remind_every", "alerts.retry_after",
         "heartbeat.every"}
 

@@ -61,10 +61,11 @@ def test_every_line_restored_the_sample_still_loads_with_the_schemas_defaults(sa
     config = load_config(tmp_path / "bkd.toml")
     defaults = to_dict(Config(backup_root="/srv/bkd"))
     shown = to_dict(config)
-    assert {k: v for k, v in shown.items() if k not in ("notify", "host")} == {
-        k: v for k, v in defaults.items() if k not in ("notify", "host")}
+    assert {k: v for k, v in shown.items() if k not in ("notify", "host", "replica")} == {
+        k: v for k, v in defaults.items() if k not in ("notify", "host", "replica")}
     assert [(s.name, s.type) for s in config.notify] == [("ops-mail", "email"), ("chat", "webhook")]
     assert [(h.name, h.source) for h in config.host] == [("web1", "web1:/home/")]
+    assert [(r.name, r.source) for r in config.replica] == [("primary1", "bkd-primary:/srv/bkd/")]
     # Each entry's keys beyond the example's hold their defaults too.
     assert to_dict(config)["host"][0] == {**to_dict(Config(backup_root="/r", host=[
         {"name": "web1", "source": "web1:/home/"}]))["host"][0], "schedule": {}, "retention": {},
@@ -187,7 +188,8 @@ def test_init_without_hosts_shows_a_commented_out_host(tmp_path):
     result = bkd("init", "--backup-root", "/srv/x", "--output", "-", cwd=tmp_path)
     assert result.returncode == 0
     assert "\n#[[host]]\n" in result.stdout and "host" not in tomllib.loads(result.stdout)
-    assert commented_keys(result.stdout).count("name") == 3  # the example host and the two example sinks
+    # the example host, the two example sinks and the example replica
+    assert commented_keys(result.stdout).count("name") == 4
 
 
 def test_init_writes_any_value_as_valid_toml(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bkd.config import models
-from bkd.config.models import Config, EmailSink, Host, Range, Section, WebhookSink, zone
+from bkd.config.models import Config, EmailSink, Host, Range, Replica, Section, WebhookSink, zone
 
 DOC = Path(__file__).parent.parent.parent / "docs" / "configuration.md"
 ROW = re.compile(r"^\| `([a-z_.]+)` \|\s*(.*?)\s*\|\s*(.*?)\s*\|.*\|$")
@@ -31,10 +31,12 @@ def model_keys() -> dict[str, tuple[object, object]]:
         if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
             for sub, subfield in field.annotation.model_fields.items():
                 keys[f"{name}.{subfield.alias or sub}"] = (subfield, defaults[name][subfield.alias or sub])
-        elif name not in ("host", "notify"):
+        elif name not in ("host", "notify", "replica"):
             keys[name] = (field, defaults.get(name))
     host = Host(name="h", source="/s").model_dump(mode="json")
     keys.update({f"host.{k}": (f, host[k]) for k, f in Host.model_fields.items()})
+    replica = Replica(name="p", source="p:/srv/bkd/").model_dump(mode="json")
+    keys.update({f"replica.{k}": (f, replica[k]) for k, f in Replica.model_fields.items()})
     for sink, required in ((EmailSink, {"type": "email", "to": ["a@b.c"]}),
                            (WebhookSink, {"type": "webhook", "url": "https://x.org/"})):
         dump = sink.model_validate({"name": "s", **required}).model_dump(mode="json", by_alias=True)

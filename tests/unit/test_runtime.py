@@ -32,3 +32,18 @@ async def test_an_invalid_config_or_a_restart_only_change_leaves_the_running_con
     assert answer["errors"] == [f"{core.path}:backup_root: cannot change while bkd runs "
                                 f"(still {tmp_path / 'backup'}); restart bkd"]
     assert core.runtime.config is before and heard == []
+
+
+async def test_replicated_hosts_learned_of_are_hosts_of_the_live_config_and_outlive_a_reload(tmp_path):
+    replica = {"name": "p1", "source": "prim:/srv/bkd/", "hosts": ["web*"]}
+    core = Core(tmp_path, [host("a", tmp_path)], replica=[replica])
+    heard = []
+    core.runtime.on_reload(lambda old, new: heard.append([h.name for h in new.host]))
+    core.runtime.replicated_hosts("p1", ["web1", "db1"])
+    core.runtime.replicated_hosts("p1", ["db1", "web1"])  # the same: nothing to tell
+    assert heard == [["a", "p1.web1"]]
+    assert [h.name for h in core.runtime.loaded.host] == ["a"]  # the files' config is kept apart
+    await core.reload([host("a", tmp_path), host("b", tmp_path)], replica=[replica])
+    assert [h.name for h in core.runtime.config.host] == ["a", "b", "p1.web1"]
+    await core.reload([host("a", tmp_path)], replica=[])  # the [[replica]] is gone: so are its hosts
+    assert [h.name for h in core.runtime.config.host] == ["a"]

@@ -55,7 +55,7 @@ def test_the_dashboard_is_as_described():
     for words in ("stale hosts", "failing hosts", "open alerts", "healthy", "backup root used", "backup root free",
                   "age of the newest snapshot", "snapshot size", "changed files", "run duration", "runs by status",
                   "archives and monthly copies", "alerts by kind", "notifications", "in progress",
-                  "held hosts"):
+                  "held hosts", "replication", "replica lag", "primaries reachable"):
         assert words in titles, words
 
 

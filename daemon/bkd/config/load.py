@@ -24,7 +24,7 @@ DEFAULT_PATH = Path("/etc/bkd/bkd.toml")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # Arrays of tables that drop-ins extend instead of replacing.
-CONCATENATED = ("host", "notify")
+CONCATENATED = ("host", "notify", "replica")
 
 # Where each merged key came from: merged path prefix -> (file, path within that file).
 Origins = dict[tuple, tuple[Path, tuple]]
@@ -71,8 +71,8 @@ def _read_toml(path: Path) -> dict:
 
 
 def _merge(into: dict, data: dict, file: Path, origins: Origins, prefix: tuple = ()) -> None:
-    """Tables merge key by key, later files win; [[host]] and [[notify]] arrays
-    are concatenated so a drop-in can add hosts and sinks."""
+    """Tables merge key by key, later files win; [[host]], [[notify]] and
+    [[replica]] arrays are concatenated so a drop-in can add to them."""
     for key, value in data.items():
         path = prefix + (key,)
         if len(path) == 1 and key in CONCATENATED and not isinstance(value, list):

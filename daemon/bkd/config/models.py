@@ -5,6 +5,7 @@ with; reload swaps the whole object)."""
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import math
 import re
@@ -123,45 +124,84 @@ def _shorten(value: object, limit: int = 40) -> object:
 
 HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 HOST_NAME_MAX = 64  # it names directories and archive files; 250 broke every archive
+REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]+")  # no dots: its hosts are named REPLICA.HOST
+REPLICA_NAME_MAX = 32
 
 
-def _check_name(name: str, what: str = "host name") -> str:
+@dataclass(frozen=True)
+class NameRule:
+    pattern: re.Pattern
+    allowed: str  # the characters, as people read them
+    longest: int
+
+
+HOST_RULE = NameRule(HOST_NAME, "letters, digits, '.', '_' and '-'", HOST_NAME_MAX)
+REPLICA_RULE = NameRule(REPLICA_NAME, "letters, digits, '_' and '-' (no dots: its hosts are named NAME.HOST here)",
+                        REPLICA_NAME_MAX)
+
+
+def _check_name(name: str, what: str = "host name", rule: NameRule = HOST_RULE) -> str:
     if not name:
         raise ValueError(f"a {what} cannot be empty")
-    if not HOST_NAME.fullmatch(name):
-        raise ValueError(f"invalid {what} {_shorten(name)!r}: use only letters, digits, '.', '_' and '-'")
+    if not rule.pattern.fullmatch(name):
+        raise ValueError(f"invalid {what} {_shorten(name)!r}: use only {rule.allowed}")
     if name.startswith("."):
         raise ValueError(f"invalid {what} {name!r}: names starting with '.' are reserved for bkd")
-    if len(name) > HOST_NAME_MAX:
-        raise ValueError(f"invalid {what} {_shorten(name)!r}: at most {HOST_NAME_MAX} characters, "
+    if len(name) > rule.longest:
+        raise ValueError(f"invalid {what} {_shorten(name)!r}: at most {rule.longest} characters, "
                          f"not {len(name)}")
     return name
 
 
-def valid_host_name(name: object) -> bool:
-    """The host-name rule of the config, for every host parameter that arrives over RPC."""
+def _follows(name: object, what: str, rule: NameRule) -> bool:
     try:
-        return isinstance(name, str) and _check_name(name) == name
+        return isinstance(name, str) and _check_name(name, what, rule) == name
     except ValueError:
         return False
 
 
+def valid_host_name(name: object) -> bool:
+    """The host-name rule of the config, for every host parameter that arrives over RPC."""
+    return _follows(name, "host name", HOST_RULE)
+
+
+def valid_replica_name(name: object) -> bool:
+    return _follows(name, "replica name", REPLICA_RULE)
+
+
 HostName = Annotated[str, AfterValidator(_check_name)]
 SinkName = Annotated[str, AfterValidator(lambda n: _check_name(n, "sink name"))]
+ReplicaName = Annotated[str, AfterValidator(lambda n: _check_name(n, "replica name", REPLICA_RULE))]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _check_source(source: str) -> str:
+def _check_source(source: str, local: str | None = None) -> str:
+    """A source: [user@]host:/path, or an absolute local path unless `local`
+    says why one is refused."""
     if _CONTROL.search(source):
         problem = "it contains control characters"
     else:
         try:
-            parse_source(source)
-            return source
+            if parse_source(source) is not None or local is None:
+                return source
+            problem = local  # a local path where only a remote one will do
         except ValueError as e:
-            problem = str(e)
+            problem = local or str(e)
     raise ValueError(f"invalid source {source!r}: {problem}")
+
+
+def _check_primary(source: str) -> str:
+    """A [[replica]] source: the primary's backup root over SSH (never a local path)."""
+    return _check_source(source, "a replica pulls from another bkd server over SSH: use [user@]host:/path of its "
+                                 "backup_root")
+
+
+def _check_glob(pattern: str) -> str:
+    if not pattern or _CONTROL.search(pattern) or "/" in pattern:
+        raise ValueError(f"invalid host pattern {_shorten(pattern)!r}: a shell glob on a host name "
+                         "(e.g. \"*\" or \"web*\"), without '/' or control characters")
+    return pattern
 
 
 def _check_absolute(path: Path) -> Path:
@@ -378,10 +418,12 @@ def example(**values: object) -> ConfigDict:
 
 
 class History(Section):
-    """Job history in the state database."""
+    """Job history in the state database, and the copy of that database in the backup root."""
 
     keep: Duration = Field(timedelta(days=400), description=(
         "job history older than this is pruned in the background (counts are kept)"))
+    copy_every: Duration = Field(timedelta(minutes=5), description=(
+        "a copy of the state database for replicas, in {backup_root}/.bkd-state/: at most this often"))
 
 
 class Rpc(Section):
@@ -663,6 +705,58 @@ class HostSettings(Section):
     excludes: list[str]  # what rsync gets: default_excludes (if enabled), rsync.exclude, the host's exclude
 
 
+class Replica(Section):
+    """Another bkd server (a primary) whose hosts' snapshots this server keeps a second copy of, pulled over
+    SSH: any number of [[replica]] tables. Its hosts are named NAME.HOST here, each with its own schedule lane,
+    retention and alerts; the primary grants a read-only key and holds nothing of this server's."""
+
+    model_config = example(name="primary1", source="bkd-primary:/srv/bkd/")
+
+    name: ReplicaName = Field(description=(
+        "names its hosts here as NAME.HOST: 1-32 letters, digits, '_' and '-', no dots; unique"))
+    source: Annotated[str, AfterValidator(_check_primary)] = Field(description=(
+        "the primary's backup_root over SSH: [user@]host:/path ([ssh] rules apply)"))
+    hosts: list[Annotated[str, AfterValidator(_check_glob)]] = Field(
+        default_factory=lambda: ["*"], min_length=1, description=(
+            "which of the primary's hosts to copy: shell globs on the host name"))
+    every: Duration = Field(timedelta(hours=1), description=(
+        "how often each of its hosts is pulled, and its host list and state database read"))
+    lag_after: OptionalDuration = Field(None, description=(
+        'replica_lag opens when a host\'s copies are this far behind the primary; "" = 2 x every'))
+    retention: Optional[RetentionOverride] = None
+
+    @property
+    def remote(self) -> Remote:
+        return Remote.parse(self.source)
+
+    @property
+    def lag_limit(self) -> timedelta:
+        return self.lag_after if self.lag_after is not None else 2 * self.every
+
+    def covers(self, host: str) -> bool:
+        """Whether the primary's host of that name is copied here."""
+        return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.hosts)
+
+    def host_name(self, upstream: str) -> str:
+        return f"{self.name}.{upstream}"
+
+    def host_path(self, upstream: str, *below: str) -> str:
+        """A path under the primary's directory of host upstream (its backup root's {upstream}/), with a
+        trailing slash: the contents of that directory."""
+        return "/".join([self.remote.path.rstrip("/"), upstream, *below]) + "/"
+
+    def host(self, upstream: str) -> Host | None:
+        """The host this server keeps of the primary's host upstream: a host whose source is the primary's
+        directory of it, pulled every `every`, kept by the replica's own retention, nothing excluded (a
+        snapshot is copied as it is). None for a name that cannot be a host here (too long, say)."""
+        name = self.host_name(upstream)
+        if not (valid_host_name(upstream) and valid_host_name(name) and self.covers(upstream)):
+            return None
+        return Host(name=name, source=self.remote.at(self.host_path(upstream)),
+                    schedule=ScheduleOverride(snapshot_every=self.every), retention=self.retention,
+                    rsync=RsyncOverride(exclude_defaults=False, exclude=[]))
+
+
 class Config(Section):
     """Where bkd keeps its data and how much it does at once; then a table per subject."""
 
@@ -695,6 +789,7 @@ class Config(Section):
     report: Report = Field(default_factory=Report)
     access: Access = Field(default_factory=Access)
     host: list[Host] = Field(default_factory=list)
+    replica: list[Replica] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _cross_fields(self, info: ValidationInfo) -> Config:
@@ -734,6 +829,23 @@ class Config(Section):
 
     def find_sink(self, name: str) -> EmailSink | WebhookSink | None:
         return next((s for s in self.notify if s.name == name), None)
+
+    def find_replica(self, name: str) -> Replica | None:
+        return next((r for r in self.replica if r.name == name), None)
+
+    def upstream_of(self, host: str) -> tuple[Replica, str] | None:
+        """For a replicated host (NAME.HOST of a configured [[replica]]): the replica and the primary's
+        name of the host; None for any other host."""
+        prefix, dot, upstream = host.partition(".")
+        replica = self.find_replica(prefix) if dot and upstream else None
+        return (replica, upstream) if replica is not None else None
+
+    def with_replicated(self, known: Mapping[str, object]) -> Config:
+        """This config with the hosts of each [[replica]] that are known (replica name → the primary's host
+        names, as listed there or found here) added after the configured ones."""
+        added = [host for replica in self.replica for upstream in sorted(set(known.get(replica.name, ())))
+                 if (host := replica.host(upstream)) is not None]
+        return self.model_copy(update={"host": [*self.host, *added]}) if added else self
 
 
 def format_key(loc: tuple) -> str:
@@ -816,10 +928,22 @@ def cross_check(data: Mapping, refer=_same_file) -> list[tuple[tuple, str]]:
             problems.append((("host", index, "rsync_path"), "the source is a local path, copied by this "
                                                             "machine's rsync: remove rsync_path"))
 
+    replicas = _tables(data, "replica")
+    problems += _duplicates(replicas, "replica", "replica name", valid_replica_name, refer)
+    replica_names = {r.get("name"): index for index, r in replicas if valid_replica_name(r.get("name"))}
+    for index, host in hosts:
+        name = host.get("name")
+        prefix = name.partition(".")[0] if valid_host_name(name) and "." in name else None
+        if prefix in replica_names:
+            here = ("host", index, "name")
+            problems.append((here, f"{name!r} is the name the primary's host {name.partition('.')[2]!r} gets "
+                                   f"here from [[replica]] {prefix!r} ({refer(('replica', replica_names[prefix]), here)})"
+                                   ": rename the host"))
+
     host_names = {h.get("name") for _, h in hosts}
     for index, sink in sinks:
         for j, name in _strings(sink.get("hosts")):
-            if valid_host_name(name) and name not in host_names:
+            if valid_host_name(name) and name not in host_names and name.partition(".")[0] not in replica_names:
                 problems.append((("notify", index, "hosts", j), f"no host is named {name!r}"))
         if sink.get("type") == "email" and sink.get("username") and not sink.get("password_file"):
             problems.append((("notify", index, "password_file"),

@@ -1,6 +1,10 @@
 """The one holder of the live config. Reload swaps the whole (never mutated)
 Config object; whoever needs to react registers a listener. A run keeps the
-object it was planned with, so a reload never reaches into it."""
+object it was planned with, so a reload never reaches into it.
+
+The live config is the files' config with the hosts of each [[replica]]
+that are known (Config.with_replicated): learning of one swaps the config
+the same way, so that a replicated host is a host to everyone."""
 
 from __future__ import annotations
 
@@ -21,9 +25,28 @@ log = structlog.get_logger()
 class Runtime:
     def __init__(self, config_path: Path, config: Config):
         self.config_path = config_path
+        self.loaded = config  # what the files say
+        self.replicated: dict[str, frozenset[str]] = {}  # replica → the primary's hosts known for it
         self.config = config
         self._listeners: list[Callable[[Config, Config], None]] = []
         self._reloading = asyncio.Lock()
+
+    def replicated_hosts(self, replica: str, hosts) -> None:
+        """The primary's hosts known for replica now (listed there, or found
+        here): its hosts of the live config, the others' kept."""
+        known = {**self.replicated, replica: frozenset(hosts)}
+        if known != self.replicated:
+            self.replicated = known
+            changes = self._swap(self.loaded.with_replicated(known))
+            if changes:
+                log.info("config.replicated_hosts", replica=replica, changes=changes)
+
+    def _swap(self, new: Config) -> list[str]:
+        old = self.config
+        self.config = new
+        for listener in self._listeners:
+            listener(old, new)
+        return describe_changes(old, new)
 
     def on_reload(self, listener: Callable[[Config, Config], None]) -> None:
         """listener(old, new) runs right after a reload swapped the config."""
@@ -52,9 +75,7 @@ class Runtime:
                       f"(still {getattr(old, key)}); restart bkd" for key in fixed]
             log.error("config.reload_failed", errors=errors)
             return {"ok": False, "changes": [], "errors": errors}
-        changes = describe_changes(old, new)
-        self.config = new
-        for listener in self._listeners:
-            listener(old, new)
+        self.loaded = new
+        changes = self._swap(new.with_replicated(self.replicated))
         log.info("config.reloaded", changes=changes)
         return {"ok": True, "changes": changes, "errors": []}

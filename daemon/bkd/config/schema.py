@@ -76,7 +76,8 @@ def _named_types():
     """The schema's named types, known by their validators, and what to call them."""
     return [(m.OptionalDuration, 'duration or ""'), (m.Duration, "duration"),
             (m.OptionalPath, 'absolute path or ""'), (m.AbsolutePath, "absolute path"), (m.Url, "http(s) URL"),
-            (m.HostName, "host name"), (m.SinkName, "sink name"), (m.TimeOfDay, "time of day, HH:MM"),
+            (m.HostName, "host name"), (m.SinkName, "sink name"), (m.ReplicaName, "replica name"),
+            (m.TimeOfDay, "time of day, HH:MM"),
             (m.AlertKind, "alert kind (" + ", ".join(m.ALERT_KINDS) + ")")]
 
 

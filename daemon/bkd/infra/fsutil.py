@@ -54,6 +54,22 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync: bool = True) 
         fsync_dir(path.parent)
 
 
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_file(partial: Path, final: Path) -> None:
+    """A file written under a staging name, made durable (fsync) and renamed
+    into place, its directory fsynced: it appears whole or not at all."""
+    fsync_file(partial)
+    os.replace(partial, final)
+    fsync_dir(final.parent)
+
+
 def replace_symlink(link: Path, target: str) -> None:
     """Point link at target atomically: readers see the old or the new target, never none."""
     tmp = link.with_name(f".{link.name}.tmp-{secrets.token_hex(4)}")

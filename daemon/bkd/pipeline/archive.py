@@ -16,7 +16,7 @@ import structlog
 from ..config.models import Archive
 from ..infra import exec as bkexec
 from ..infra.clock import months_before
-from ..infra.fsutil import fsync_dir, make_private_dir, write_atomic
+from ..infra.fsutil import commit_file, fsync_dir, make_private_dir, write_atomic
 from ..tree import holds
 from ..tree.layout import PARTIAL_PREFIX, ArchiveFile, HostDir, SnapshotName, month_name
 from . import manifest, tarstream
@@ -65,7 +65,7 @@ async def make_archive(host_dir: HostDir, snapshot: SnapshotName, archive: Archi
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise StageFailed(f"archive failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
-    await asyncio.to_thread(_commit_file, partial, final)
+    await asyncio.to_thread(commit_file, partial, final)
     digest = await asyncio.to_thread(manifest.write_checksum, final)
     made = ArchiveFile(snapshot, final)
     await asyncio.to_thread(_link_manifest, host_dir.manifest_file(snapshot), made.manifest)
@@ -89,16 +89,6 @@ def _link_manifest(manifest_file: Path, link: Path) -> None:
         log.warning("copy.no_manifest", manifest=manifest_file.name)
         return
     os.replace(temporary, link)  # over one an earlier, failed attempt left
-
-
-def _commit_file(partial: Path, final: Path) -> None:
-    fd = os.open(partial, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(partial, final)
-    fsync_dir(final.parent)
 
 
 def expire_archives(host_dir: HostDir, keep_days: int, now: datetime) -> list[str]:

@@ -442,6 +442,25 @@ def verify_tree(tree: Path, manifest: Manifest) -> tuple[int, list[dict]]:
     return checked, mismatches
 
 
+def differences(actual: list[bytes], expected: list[bytes]) -> list[dict]:
+    """How a tree's manifest lines (actual) differ from the lines it should
+    have (expected), as verify reports them: changed, extra and missing files.
+    Equal lines (the usual case) cost one comparison."""
+    if actual == expected:
+        return []
+    have, want = parse(actual, "the copy's manifest"), parse(expected, "the expected manifest")
+    found = []
+    for path in sorted(have.keys() | want.keys()):
+        got, wanted = have.get(path), want.get(path)
+        if wanted is None:
+            found.append({"path": os.fsdecode(path), "problem": "extra"})
+        elif got is None:
+            found.append({"path": os.fsdecode(path), "problem": "missing"})
+        elif got != wanted:
+            found.append({"path": os.fsdecode(path), "problem": "changed", "expected": wanted[0], "actual": got[0]})
+    return found
+
+
 def identity(tree: Path) -> tuple[int, int] | None:
     """Which directory tree is now (device, inode); None if there is none."""
     try:

@@ -23,6 +23,8 @@ _ARCHIVE = re.compile(r"\barchive failed \(exit (-?\d+)\)")
 _SNAPSHOT_GONE = re.compile(rf"\bsnapshot (?P<name>{SNAPSHOT_NAME}) is gone")
 _HUNG = re.compile(r"\bhung: no I/O for (\d+)s\b")
 _RACED = re.compile(r"\bmetadata of (\d+) file\(s\) changed during the snapshot")
+_MISMATCH = re.compile(rf"\b(\d+) file\(s\) of snapshot (?P<name>{SNAPSHOT_NAME}) do not match the primary's manifest")
+_NO_HOST = re.compile(r"\bthe primary has no host ([A-Za-z0-9._-]+) \(any more\)")
 # Failures named by a fixed phrase (the message goes on with an OS error or a tool's words).
 _PHRASES = ("cannot checksum the new snapshot", "cannot complete the snapshot",
             "cannot hardlink the previous snapshot", "monthly copy failed", "no complete snapshot yet")
@@ -48,6 +50,10 @@ def categories(message: str) -> list[str]:
     found += [f"hung: no I/O for {m[1]}s" for m in _HUNG.finditer(message)]
     found += [f"metadata of {m[1]} file(s) changed during the snapshot and was applied to inodes shared "
               "with older snapshots" for m in _RACED.finditer(message)]
+    found += [f"{m[1]} file(s) of snapshot {m['name']} do not match the primary's manifest"
+              for m in _MISMATCH.finditer(message)]
+    found += [f"the primary has no host {m[1]} (any more): nothing to pull; the copies here are kept"
+              for m in _NO_HOST.finditer(message)]
     found += [phrase for phrase in _PHRASES if phrase in message]
     return list(dict.fromkeys(found))
 

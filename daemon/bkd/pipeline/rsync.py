@@ -203,6 +203,45 @@ def reachability_command(config: Config, settings: HostSettings, ssh_log: SshLog
             *_remote_shell(config, settings, ssh_log=ssh_log), "--", source_of(settings)]
 
 
+def list_command(config: Config, settings: HostSettings, source: str, filters: tuple[str, ...] = (),
+                 ssh_log: SshLog | None = None, shared: str | None = None) -> list[str]:
+    """List source on the host (recursively, as far as the filter rules let
+    it), reading no file data and writing nothing anywhere (parse_listing
+    reads its lines)."""
+    timeout = int(settings.rsync.timeout.total_seconds())
+    return ["rsync", "--list-only", "--recursive", f"--timeout={timeout}", *filters,
+            *_remote_shell(config, settings, shared, ssh_log), "--", source]
+
+
+def fetch_file_command(config: Config, settings: HostSettings, source: str, dest: Path, max_size: int,
+                       ssh_log: SshLog | None = None, basis: Path | None = None,
+                       shared: str | None = None) -> list[str]:
+    """Copy one regular file from the host to dest (a file of its own name
+    there); a file larger than max_size bytes, a directory or a symlink is
+    skipped, leaving nothing at dest. basis: a directory holding an older
+    copy of the file under the same name, so that only what changed moves."""
+    rsync = settings.rsync
+    argv = ["rsync", "--times", f"--max-size={max_size}", f"--timeout={int(rsync.timeout.total_seconds())}"]
+    if rsync.bwlimit:
+        argv.append(f"--bwlimit={rsync.bwlimit}")
+    if basis is not None:
+        argv.append(f"--copy-dest={basis}")
+    return argv + [*_remote_shell(config, settings, shared, ssh_log), "--", source, str(dest)]
+
+
+# A line of --list-only: type and permissions, size, date, time, then the name (escaped as \#ooo where
+# it holds control bytes); the name is checked by whoever wants it, being whatever the sender said.
+_LISTED = re.compile(r"(?P<type>[-dlcbps])[rwxsStT-]{9}\S*\s+[\d,]+ \d{4}/\d\d/\d\d \d\d:\d\d:\d\d (?P<name>.+)")
+
+
+def parse_listing(line: str) -> tuple[str, str] | None:
+    """One line of list_command's output as (type, name): type is rsync's
+    first letter of the mode ('d' for a directory, '-' for a file); None
+    for anything else."""
+    match = _LISTED.fullmatch(line)
+    return (match["type"], match["name"]) if match else None
+
+
 # rsync 3.4.0 raised its protocol to 32 "to make it easier for administrators to
 # check their servers have been updated": what a host's rsync speaks tells whether
 # it is at least MIN_RSYNC_VERSION, through a key that may run nothing but rsync.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import errno
 import json
 import os
 import secrets
@@ -13,8 +15,8 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -58,6 +60,7 @@ class SnapshotResult:
     stats: dict  # for every role: with the change profile's numbers and the anomaly verdict
     warning: str | None = None
     examples: dict | None = None  # the names behind the profile (extensions, paths): admins only
+    mismatches: list[dict] = field(default_factory=list)  # files that differ from the expected manifest
 
 
 @dataclass
@@ -81,7 +84,16 @@ def _deleted_files(previous_files: int | None, stats: dict) -> int:
 async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool = False,
                         control: RunControl | None = None, previous_files: int | None = None,
                         on_progress: Callable[[dict], None] | None = None,
-                        ssh_log: rsync.SshLog | None = None) -> SnapshotResult:
+                        ssh_log: rsync.SshLog | None = None, name: SnapshotName | None = None,
+                        expected: Callable[[], Awaitable[list[bytes] | None]] | None = None,
+                        shared: str | None = None) -> SnapshotResult:
+    """A snapshot of settings' host from its source. A copy of another
+    server's snapshot (replica/pull.py) gives the name it keeps and the
+    manifest it must match (sorted lines, awaited once the transfer is done:
+    it may arrive meanwhile): the files are hashed as usual and compared with
+    it before the rename, and that manifest is the copy's (the result's
+    `mismatches` say where the copy differs). shared: the ControlPath of an
+    ssh connection to the source's host (shared_connection) to use."""
     control = control or RunControl()
     host_dir = HostDir.of(config.backup_root, settings.host.name)
     started = clock.now()
@@ -89,7 +101,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     previous_dir = host_dir.hourly / str(previous) if previous else None
     interrupted = host_dir.partials()
     staging = host_dir.hourly / f"{PARTIAL_PREFIX}{started.strftime('%Y-%m-%d_%H%M%S')}-{secrets.token_hex(3)}"
-    transfer = _Transfer(config, settings, host_dir, staging, on_progress, ssh_log)
+    transfer = _Transfer(config, settings, host_dir, staging, on_progress, ssh_log, shared)
     if previous and not dry_run:
         # Files verify found damaged in the previous snapshot: fetched again in full, never linked to it.
         transfer.refetch = await asyncio.to_thread(damage.Ledger(host_dir).refetch, str(previous))
@@ -103,7 +115,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
     make_private_dir(config.backup_root)
     for directory in (host_dir.root, host_dir.hourly, host_dir.meta):
         make_private_dir(directory, under=config.backup_root)  # never through a symlink planted there
-    _remove_lists(host_dir)  # left by a run that died; only one run per host at a time
+    remove_leftovers(host_dir)
     log.info("snapshot.start", staging=staging.name, previous=str(previous) if previous else None,
              resume_from=[p.name for p in interrupted], refetch=len(transfer.refetch))
     t0, cpu0 = time.monotonic(), time.process_time()
@@ -121,6 +133,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
         assessing = time.monotonic()
         assessment = await asyncio.to_thread(transfer.assess, previous, settings.anomaly)
         stats["anomaly_s"] = round(time.monotonic() - assessing, 3)
+        expected_lines = await expected() if expected is not None else None
     except asyncio.CancelledError:
         if not control.keep_partial:
             await _remove(staging)
@@ -132,8 +145,9 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
         await _remove(staging)
         raise
     try:
-        name = await asyncio.to_thread(_complete, host_dir, staging, started, stats, interrupted, checksums,
-                                       previous, assessment, settings.anomaly.hold)
+        name, mismatches = await asyncio.to_thread(_complete, host_dir, staging, name or host_dir.free_name(started),
+                                                   stats, interrupted, checksums, expected_lines, previous,
+                                                   assessment, settings.anomaly.hold)
     except OSError as e:
         await _remove(staging)
         raise SnapshotFailed(f"cannot complete the snapshot: {e}") from e
@@ -147,22 +161,42 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
         log.warning("snapshot.suspect", snapshot=str(name), signals=anomaly.explain(assessment.verdict["signals"]),
                     held=settings.anomaly.hold)
     status = "warning" if transfer.warning else "ok"
-    return SnapshotResult(status, str(name), stats, transfer.warning, assessment.names)
+    return SnapshotResult(status, str(name), stats, transfer.warning, assessment.names, mismatches)
 
 
 LIST_PREFIX = ".files-"
+
+
+@contextlib.asynccontextmanager
+async def shared_connection(config: Config, settings: HostSettings, ssh_log: rsync.SshLog | None = None):
+    """An `ssh -M` connection to the source's host, open while the block runs:
+    the rsyncs given its ControlPath (yielded; None for a local source) share
+    it, so that one run makes one key exchange; one that starts before it is
+    up connects on its own."""
+    if not settings.host.is_remote:
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # private (0700), and short enough for a socket
+    path = os.path.join(directory, "master")
+    master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(config, settings, path, ssh_log)))
+    try:
+        yield path
+    finally:
+        master.cancel()  # stops its process group
+        await asyncio.gather(master, return_exceptions=True)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class _Transfer:
     """The rsync runs of one snapshot into one staging directory."""
 
     def __init__(self, config, settings, host_dir: HostDir, staging: Path, on_progress,
-                 ssh_log: rsync.SshLog | None = None):
+                 ssh_log: rsync.SshLog | None = None, shared: str | None = None):
         self.config, self.settings, self.host_dir, self.staging = config, settings, host_dir, staging
         self.on_progress = on_progress
         self.ssh_log = ssh_log  # what the local ssh client says, apart from the host's stderr
         self.warnings: list[str] = []
-        self.shared: str | None = None  # the ssh master's socket while one runs
+        self.shared = shared  # the ssh master's socket while one runs
         self.hashing_after_s = 0.0  # hashing left when the copy ended: part of the manifest step
         self.refetch: dict[bytes, int] = {}  # path → the damaged inode the previous snapshot holds there
         self.reading_cpu_s = 0.0  # CPU time spent reading rsync's output (bench/snapshot.py reports it)
@@ -245,7 +279,7 @@ class _Transfer:
         output = self._output(on_item)
         try:
             argv = rsync.snapshot_command(self.config, self.settings, self.staging, link_dests, extra=rsync.ITEMS,
-                                          ssh_log=self.ssh_log)
+                                          shared=self.shared, ssh_log=self.ssh_log)
             await self._rsync(argv, output)
             refetched = await self._refetch_linked() if link_dests else {}
             started = time.monotonic()
@@ -276,19 +310,13 @@ class _Transfer:
 
     async def incremental(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
         """The incremental snapshot over one shared SSH connection (see _compare_and_copy)."""
-        if not self.settings.host.is_remote:
+        if self.shared is not None:  # the caller's
             return await self._compare_and_copy(previous)
-        directory = tempfile.mkdtemp(prefix="bkd-ssh-")  # private (0700), and short enough for a socket
-        self.shared = os.path.join(directory, "master")
-        master = asyncio.create_task(bkexec.run(rsync.ssh_master_command(self.config, self.settings, self.shared,
-                                                                         self.ssh_log)))
-        try:
-            return await self._compare_and_copy(previous)
-        finally:
-            self.shared = None
-            master.cancel()  # stops its process group
-            await asyncio.gather(master, return_exceptions=True)
-            shutil.rmtree(directory, ignore_errors=True)
+        async with shared_connection(self.config, self.settings, self.ssh_log) as self.shared:
+            try:
+                return await self._compare_and_copy(previous)
+            finally:
+                self.shared = None
 
     async def _compare_and_copy(self, previous: SnapshotName) -> tuple[dict, list[bytes]]:
         """The usual case, in three steps that never change the previous snapshot:
@@ -702,10 +730,12 @@ def _remove_entry(root_fd: int, name: bytes, keep_directory: bool) -> None:
         os.close(parent)
 
 
-def _remove_lists(host_dir: HostDir) -> None:
-    """Remove --files-from lists left by a run that died."""
+def remove_leftovers(host_dir: HostDir, prefix: str = LIST_PREFIX) -> None:
+    """Remove the files of meta/ named prefix… that a run which died left
+    (--files-from lists; a replica's manifests being fetched): one run per
+    host at a time, so none is in use."""
     try:
-        names = [e.name for e in os.scandir(host_dir.meta) if e.name.startswith(LIST_PREFIX)]
+        names = [e.name for e in os.scandir(host_dir.meta) if e.name.startswith(prefix)]
     except FileNotFoundError:
         return
     for name in names:
@@ -894,14 +924,22 @@ async def _together(*work):
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
-              interrupted: list[Path], checksums: list[bytes], previous: SnapshotName | None,
-              assessment: anomaly.Assessment, hold: bool) -> SnapshotName:
+def _complete(host_dir: HostDir, staging: Path, name: SnapshotName, stats: dict, interrupted: list[Path],
+              checksums: list[bytes], expected: list[bytes] | None, previous: SnapshotName | None,
+              assessment: anomaly.Assessment, hold: bool) -> tuple[SnapshotName, list[dict]]:
     """Staging → complete snapshot. The rename is the commit point: before it the
     tree, its manifest, its change record, its record (with the change profile
     and the anomaly verdict) and, for a suspect snapshot, the host's hold are
-    on disk; after it `latest` is switched atomically."""
-    name = host_dir.free_name(started)
+    on disk; after it `latest` is switched atomically. With expected (a copy
+    of another server's snapshot), the tree is checked against it first, and
+    it is the manifest kept: `verify` then finds what this check found."""
+    if (host_dir.hourly / str(name)).exists():  # a copy keeps its given name: never over a complete one
+        raise FileExistsError(errno.EEXIST, "a complete snapshot has that name", str(host_dir.hourly / str(name)))
+    mismatches = []
+    if expected is not None:
+        mismatches = manifest.differences(checksums, expected)
+        checksums = expected
+        stats["mismatched_files"] = len(mismatches)
     meta_file = host_dir.meta_file(name)
     manifest_file = host_dir.manifest_file(name)
     changes_file = host_dir.changes_file(name)
@@ -935,7 +973,7 @@ def _complete(host_dir: HostDir, staging: Path, started: datetime, stats: dict,
     # The interrupted runs' files now live on in this snapshot.
     for partial in interrupted:
         shutil.rmtree(partial, ignore_errors=True)
-    return name
+    return name, mismatches
 
 
 async def _remove(path: Path) -> None:

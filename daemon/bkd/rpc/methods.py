@@ -39,6 +39,7 @@ from ..tree.layout import HostDir
 from ..views import catalog, report
 from ..views import results as r
 from ..views.metrics import Metrics
+from ..views.replicas import Replicas
 from ..views.report import Reports
 from ..views.status import Info, StatusView
 from ..watch.anomaly import Anomalies
@@ -336,7 +337,8 @@ class Api:
                  alerts: Alerts | None = None, notifier: Notifier | None = None, metrics: Metrics | None = None,
                  reports: Reports | None = None, store: Store | None = None,
                  audit_watch: AuditWatch | None = None, bus: EventBus | None = None,
-                 anomalies: Anomalies | None = None, versions: Versions | None = None):
+                 anomalies: Anomalies | None = None, versions: Versions | None = None,
+                 replicas: Replicas | None = None):
         self.runtime = runtime
         self.info = info
         self.status_view = status
@@ -356,6 +358,7 @@ class Api:
         self.bus = bus
         self.anomalies = anomalies
         self.versions = versions
+        self.replicas = replicas
 
     def host_dir(self, host: str) -> HostDir:
         """A configured host's directory, or one a removed host left behind."""
@@ -541,6 +544,10 @@ class Api:
                           "identity_detail": verdict.detail if verdict else None})
         return {"hosts": _public(hosts, call)}
 
+    async def replicas_list(self, _: NoParams, call: Call) -> r.ReplicasListResult:
+        """On a replica server: each upstream and its hosts' lag (counts, names and outcomes: viewers too)."""
+        return {"upstreams": _public(await self.replicas.gather(), call)}
+
     async def hosts_test(self, p: HostsTest, call: Call) -> r.HostsTestResult:
         names = self.jobs.host_names(p.hosts)
         results = await self.hosts.test(names)
@@ -624,6 +631,7 @@ def method_table(api: Api) -> dict[str, Method]:
         M.HOSTS_TEST: Method(HostsTest, api.hosts_test, r.HostsTestResult, "operator", concurrency=2),
         M.HOSTS_RELEASE: Method(HostsRelease, api.hosts_release, r.HostsReleaseResult, "admin", mutating=True),
         M.HOLDS_LIST: Method(NoParams, api.holds_list, r.HoldsListResult, "viewer"),
+        M.REPLICAS_LIST: Method(NoParams, api.replicas_list, r.ReplicasListResult, "viewer"),
         M.CONFIG_RELOAD: Method(NoParams, api.config_reload, r.ConfigReloadResult, "admin", mutating=True),
         M.EVENTS_SUBSCRIBE: Method(EventsSubscribe, api.events_subscribe, r.EventsSubscribeResult, "viewer",
                                    streams=True),

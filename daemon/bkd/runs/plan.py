@@ -10,13 +10,14 @@ from enum import StrEnum
 
 from bkctl.protocol import Kind
 
-from ..config.models import Config, HostSettings
+from ..config.models import Config, HostSettings, Replica
 from ..restore.request import RestoreTarget
 
 
 class Stage(StrEnum):
     PRE = "pre"
     SNAPSHOT = "snapshot"
+    REPLICATE = "replicate"  # a replicated host's snapshot: pulled from its primary (replica/pull.py)
     PRUNE = "prune"
     POST = "post"
     ARCHIVE = "archive"
@@ -76,6 +77,7 @@ class RunPlan:
     config: Config  # the whole config of the moment the run started (never mutated; reload swaps it)
     settings: HostSettings | None  # None only for a restore from a host the config no longer has
     phases: tuple[Phase, ...]
+    upstream: tuple[Replica, str] | None = None  # a replicated host: its [[replica]] and the primary's host name
 
     @property
     def host(self) -> str:
@@ -86,9 +88,11 @@ class RunPlan:
         return tuple(stage for phase in self.phases for stage in phase.stages)
 
 
-def stages_for(kind: Kind, dry_run: bool, pre: bool, post: bool) -> tuple[Phase, ...]:
+def stages_for(kind: Kind, dry_run: bool, pre: bool, post: bool, replicated: bool = False) -> tuple[Phase, ...]:
     """The phases of a run of kind. Hooks wrap a snapshot, not heavy work; a
-    dry run only asks rsync what it would do."""
+    dry run only asks rsync what it would do. A replicated host's snapshot
+    is pulled from its primary (replicate)."""
+    take = Stage.REPLICATE if replicated else Stage.SNAPSHOT
     if kind is Kind.RESTORE:
         return (Phase(Lane.RESTORE, (Stage.RESTORE,)),)
     if kind is Kind.ARCHIVE:
@@ -96,8 +100,8 @@ def stages_for(kind: Kind, dry_run: bool, pre: bool, post: bool) -> tuple[Phase,
     if kind is Kind.MONTHLY:
         return (Phase(Lane.HEAVY, (Stage.MONTHLY,)),)
     if dry_run:
-        return (Phase(Lane.SNAPSHOT, (Stage.SNAPSHOT,)),)
-    snapshot = ((Stage.PRE,) if pre else ()) + (Stage.SNAPSHOT, Stage.PRUNE) + ((Stage.POST,) if post else ())
+        return (Phase(Lane.SNAPSHOT, (take,)),)
+    snapshot = ((Stage.PRE,) if pre else ()) + (take, Stage.PRUNE) + ((Stage.POST,) if post else ())
     phases = (Phase(Lane.SNAPSHOT, snapshot),)
     if kind is Kind.ALL:
         phases += (Phase(Lane.HEAVY, (Stage.ARCHIVE, Stage.MONTHLY)),)
@@ -113,5 +117,6 @@ def plan_run(job_id: int, request: Request, config: Config) -> RunPlan | None:
             return RunPlan(job_id, request, config, None, stages_for(Kind.RESTORE, False, False, False))
         return None
     host = settings.host
-    phases = stages_for(request.kind, request.dry_run, bool(host.pre), bool(host.post))
-    return RunPlan(job_id, request, config, settings, phases)
+    upstream = config.upstream_of(host.name)
+    phases = stages_for(request.kind, request.dry_run, bool(host.pre), bool(host.post), upstream is not None)
+    return RunPlan(job_id, request, config, settings, phases, upstream)

@@ -25,6 +25,7 @@ from ..pipeline.outcomes import clip, public_error, public_warning
 from ..pipeline.selfguard import SelfGuard, effective_excludes
 from ..pipeline.snapshot import SnapshotFailed, take_snapshot
 from ..pipeline.versions.service import Versions
+from ..replica import pull
 from ..restore import source as restore_source, transfer
 from ..restore.receivers import ATTACH_TIMEOUT, Receivers
 from ..state.hosts import Fleet
@@ -58,7 +59,8 @@ class Worker:
         self.versions = versions
         self.versions = versions
         self._stages: dict[Stage, Callable[[Run], Awaitable[None]]] = {
-            Stage.PRE: self._pre, Stage.SNAPSHOT: self._snapshot, Stage.PRUNE: self._prune,
+            Stage.PRE: self._pre, Stage.SNAPSHOT: self._snapshot, Stage.REPLICATE: self._replicate,
+            Stage.PRUNE: self._prune,
             Stage.POST: self._post, Stage.ARCHIVE: self._archive, Stage.MONTHLY: self._monthly,
             Stage.RESTORE: self._restore,
         }
@@ -143,24 +145,50 @@ class Worker:
             result = await take_snapshot(plan.config, settings, dry_run=run.request.dry_run, control=run,
                                          previous_files=previous_files, ssh_log=ssh_log,
                                          on_progress=lambda progress: self.lifecycle.progress(run, progress))
-        run.snapshot = result.name
         run.stats.update(result.stats)
-        if result.status == "warning":
-            run.result = Status.WARNING
-            run.error, run.detail = public_warning(result.warning), clip(result.warning)
+        self._warn(run, result.warning if result.status == "warning" else None)
         if result.name:
-            self.fleet.refresh(run.host)
-            # The index step: the new snapshot's changes into the host's version index (None while it is rebuilt).
-            result.stats["index_s"] = await self.versions.added(host_dir)
-            result.stats["unique_bytes"] = self.versions.unique_bytes(run.host)  # the host's space after it
-            run.stats.update(index_s=result.stats["index_s"], unique_bytes=result.stats["unique_bytes"])
-            name = SnapshotName.parse(result.name)
-            try:
-                await self.store.snapshots.record(run.host, [(result.name, clock.iso(name.time),
-                                                              {**result.stats, "examples": result.examples},
-                                                              run.job_id)])
-            except STORE_ERRORS as e:  # meta/ has the record; the database is rebuilt from it
-                log.warning("store.snapshot_unrecorded", snapshot=result.name, error=str(e))
+            await self._made(run, result)
+
+    async def _made(self, run: Run, result) -> None:
+        """A snapshot is complete: the run names it; the host's facts, its version index and the database know it."""
+        run.snapshot = result.name
+        host_dir = HostDir.of(run.plan.config.backup_root, run.host)
+        self.fleet.refresh(run.host)
+        # The index step: the new snapshot's changes into the host's version index (None while it is rebuilt).
+        result.stats["index_s"] = await self.versions.added(host_dir)
+        result.stats["unique_bytes"] = self.versions.unique_bytes(run.host)  # the host's space after it
+        run.stats.update(index_s=result.stats["index_s"], unique_bytes=result.stats["unique_bytes"])
+        name = SnapshotName.parse(result.name)
+        try:
+            await self.store.snapshots.record(run.host, [(result.name, clock.iso(name.time),
+                                                          {**result.stats, "examples": result.examples},
+                                                          run.job_id)])
+        except STORE_ERRORS as e:  # meta/ has the record; the database is rebuilt from it
+            log.warning("store.snapshot_unrecorded", snapshot=result.name, error=str(e))
+
+    @staticmethod
+    def _warn(run: Run, warning: str | None) -> None:
+        """The run completed, with something to look at: for every role its category, the whole for admins."""
+        if warning:
+            run.result = Status.WARNING
+            run.error, run.detail = public_warning(warning), clip(warning)
+
+    async def _replicate(self, run: Run) -> None:
+        """A replicated host's snapshot: what is wanted of the primary's, pulled oldest first."""
+        plan = run.plan
+        replica, upstream = plan.upstream
+        with rsync.ssh_log_for(plan.settings) or nullcontext() as ssh_log:
+            outcome = await pull.replicate(plan.config, plan.settings, replica, upstream,
+                                           dry_run=run.request.dry_run, control=run, ssh_log=ssh_log,
+                                           on_progress=lambda progress: self.lifecycle.progress(run, progress),
+                                           on_pulled=lambda result: self._made(run, result))
+        if outcome.pulled:
+            run.stats.update(outcome.pulled[-1].stats)
+        run.stats.update(pulled=len(outcome.pulled), mismatched_files=sum(len(r.mismatches) for r in outcome.pulled))
+        if run.request.dry_run:  # what a pull would bring: how many, and the oldest of them by name
+            run.stats.update(wanted=len(outcome.wanted), wanted_names=outcome.wanted[:100])
+        self._warn(run, outcome.warning)
 
     async def _prune(self, run: Run) -> None:
         await self.housekeeping.prune(HostDir.of(run.plan.config.backup_root, run.host), run.plan.settings.retention,

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import sqlite3
 from pathlib import Path
 
 import aiosqlite
 
+from ..infra.fsutil import commit_file
 from .audit import AuditStore
 from .disk import DiskStore
 from .jobs import JobStore
@@ -94,6 +97,31 @@ class Store:
             await self.db.executescript(
                 f"BEGIN; {MIGRATIONS[number]} PRAGMA user_version = {number + 1}; COMMIT;")
 
+    async def changes(self) -> int:
+        """Rows changed through this connection since it opened (SQLite's total_changes())."""
+        rows = await self.fetch("SELECT total_changes() AS n")
+        return rows[0]["n"]
+
+    async def copy_to(self, path: Path) -> None:
+        """A consistent copy of the whole database at path (SQLite's online
+        backup), taken between transactions, in rollback-journal mode so
+        that it can be read where nothing may be written beside it. path is
+        replaced atomically; its directory must exist."""
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            target = sqlite3.connect(tmp, check_same_thread=False)  # written on aiosqlite's thread
+            try:
+                async with self._lock:
+                    await self.db.backup(target)
+                await asyncio.to_thread(_settle_copy, target)
+            finally:
+                target.close()
+            await asyncio.to_thread(commit_file, tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     async def get_value(self, key: str) -> str | None:
         rows = await self.fetch("SELECT value FROM kv WHERE key=?", (key,))
         return rows[0]["value"] if rows else None
@@ -114,3 +142,8 @@ class Store:
             await db.executemany(
                 "INSERT OR REPLACE INTO verified (host, path, last_verified) VALUES (?, ?, ?)",
                 [(host, path, now) for path in paths])
+
+
+def _settle_copy(target: sqlite3.Connection) -> None:
+    target.execute("PRAGMA journal_mode=DELETE")
+    target.commit()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from . import holds
+from . import holds, upstream as upstream_record
 from .layout import ArchiveFile, HostDir, SnapshotName
 
 
@@ -28,6 +28,7 @@ class HostFacts:
     error: str | None = None  # the directory could not be read
     held: bool = False  # pruning is held after an anomaly (tree/holds.py)
     suspects: tuple[str, ...] = ()  # unreleased suspect snapshots
+    upstream: upstream_record.Upstream | None = None  # a replicated host: what its last pull saw of the primary
 
 
 @dataclass(frozen=True)
@@ -94,4 +95,4 @@ def read_facts(host_dir: HostDir, now: datetime) -> HostFacts:
     return HostFacts(latest=SnapshotName.parse(names[split - 1]) if split else None, snapshots=len(names),
                      future=future, newest_archive=past_archives[-1].snapshot if past_archives else None,
                      archives=len(archives), monthly=listing.monthly, held=bool(hold and hold.held),
-                     suspects=tuple(hold.snapshots) if hold else ())
+                     suspects=tuple(hold.snapshots) if hold else (), upstream=upstream_record.read(host_dir))

@@ -18,6 +18,29 @@ SNAPSHOT = re.compile(SNAPSHOT_NAME)
 _ARCHIVE_NAME = re.compile(rf"(?P<host>.+)_(?P<snapshot>{SNAPSHOT_NAME})\.tar\.(?:gz|zst)")
 MONTH_NAME = re.compile(r"(\d{4})-(\d{2})")
 PARTIAL_PREFIX = ".partial-"
+STATE_COPY = ".bkd-state"  # {backup_root}/.bkd-state/: a consistent copy of the state database (replicas pull it)
+UPSTREAMS = ".bkd-upstreams"  # {backup_root}/.bkd-upstreams/{replica}/state/: on a replica, its primaries' copies
+
+
+def state_copy_dir(backup_root: Path) -> Path:
+    return backup_root / STATE_COPY
+
+
+def upstream_state_dir(backup_root: Path, replica: str) -> Path:
+    """Where a replica keeps the generations of its primary's state database."""
+    return backup_root / UPSTREAMS / replica / "state"
+
+
+def replicated_dirs(backup_root: Path, replica: str) -> list[str]:
+    """The primary's host names of the host directories a replica has here
+    ({replica}.{host}/), whatever the primary has now."""
+    prefix = f"{replica}."
+    try:
+        entries = list(os.scandir(backup_root))
+    except FileNotFoundError:
+        return []
+    return sorted(e.name[len(prefix):] for e in entries
+                  if e.name.startswith(prefix) and len(e.name) > len(prefix) and e.is_dir(follow_symlinks=False))
 
 
 class SnapshotName(NamedTuple):
@@ -129,6 +152,11 @@ class HostDir:
     def hold_file(self) -> Path:
         """The host's unreleased anomalies and its prune hold (tree/holds.py)."""
         return self.meta / "hold.json"
+
+    @property
+    def upstream_file(self) -> Path:
+        """On a replica: what the last pull saw of the primary (tree/upstream.py)."""
+        return self.meta / "upstream.json"
 
     def meta_file(self, name: SnapshotName | str) -> Path:
         return self.meta / f"{name}.json"

@@ -27,13 +27,14 @@ from ..config.runtime import Runtime
 from ..infra import clock
 from ..infra.fsutil import write_atomic
 from ..infra.supervise import woken
-from ..runs.housekeeping import Housekeeping
 from ..pipeline.versions.service import Versions
+from ..runs.housekeeping import Housekeeping
 from ..runs.registry import Registry
 from ..state.hosts import Fleet
 from ..state.store import Store
 from .hostview import host_views
 from .status import Info
+from .replicas import Replicas
 
 TEXTFILE_EVERY = 5.0
 HEARTBEAT_EVERY = 60.0  # the textfile is rewritten at least this often, so a stale one means bkd is down
@@ -80,6 +81,12 @@ HELP = {
                                                   "by sink."),
     "bkd_notification_sink_failing": ("gauge", "Delivery attempts of the sink that failed in a row (0: it works)."),
     "bkd_outbox_depth": ("gauge", "Notifications queued for delivery, by sink."),
+    "bkd_replica_lag_seconds": ("gauge", "On a replica server: how long the host's copies may have been behind its "
+                                         "primary (since the last pull that left nothing newer there to pull)."),
+    "bkd_replica_behind": ("gauge", "On a replica server: 1 when the host's copies are more than lag_after behind "
+                                    "its primary (bkd's replica_lag rule), else 0."),
+    "bkd_replica_upstream_up": ("gauge", "On a replica server: 1 when the last visit of the primary (its host list) "
+                                         "worked, else 0."),
 }
 
 Samples = dict[str, list[tuple[dict[str, str], object]]]  # family → [(labels, value)]
@@ -94,7 +101,7 @@ class Metrics:
 
     def __init__(self, runtime: Runtime, info: Info, healthy: Callable[[], bool], fleet: Fleet, store: Store,
                  registry: Registry, housekeeping: Housekeeping, alerts: Alerts, notifier: Notifier | None,
-                 versions: Versions | None = None):
+                 versions: Versions | None = None, replicas: Replicas | None = None):
         self.runtime = runtime
         self.info = info
         self.healthy = healthy  # the supervisor's verdict
@@ -105,6 +112,7 @@ class Metrics:
         self.alerts = alerts
         self.notifier = notifier
         self.versions = versions  # the host's space on disk (unique_bytes)
+        self.replicas = replicas  # a replica server's upstreams
 
     async def exposition(self) -> str:
         return render(await self.gather())
@@ -173,6 +181,13 @@ class Metrics:
                 unacknowledged[episode["kind"]] = unacknowledged.get(episode["kind"], 0) + 1
         for kind, count in sorted(unacknowledged.items()):
             add("bkd_unacknowledged_alerts", count, kind=kind)
+        for replica in config.replica if self.replicas is not None else ():
+            for host in self.replicas.hosts_of(replica, now):
+                add("bkd_replica_lag_seconds", host["lag_s"], replica=replica.name, host=host["host"])
+                add("bkd_replica_behind", host["behind"], replica=replica.name, host=host["host"])
+            visit = self.replicas.visit(replica)
+            if visit is not None:
+                add("bkd_replica_upstream_up", visit.error is None, replica=replica.name)
         if self.notifier is not None:
             for sink in await self.notifier.status():
                 add("bkd_notifications_delivered_total", sink["delivered"], sink=sink["name"])

@@ -44,6 +44,7 @@ from ..tree import copies
 from ..tree.layout import SNAPSHOT, TIME_FORMAT, HostDir
 from ..watch import disk
 from .hostview import host_views
+from .replicas import Replicas
 
 log = structlog.get_logger()
 
@@ -160,12 +161,14 @@ def _disk(backup_root, samples: list[dict], now: datetime, days: list[date], zon
 class Reports:
     """The digest's sources."""
 
-    def __init__(self, runtime: Runtime, fleet: Fleet, store: Store, alerts: Alerts, versions: Versions | None = None):
+    def __init__(self, runtime: Runtime, fleet: Fleet, store: Store, alerts: Alerts, versions: Versions | None = None,
+                 replicas: Replicas | None = None):
         self.runtime = runtime
         self.fleet = fleet
         self.store = store
         self.alerts = alerts
         self.versions = versions  # the host's space on disk (unique_bytes)
+        self.replicas = replicas  # a replica server's upstreams
 
     async def gather(self, period: timedelta = DAILY_PERIOD, hosts: list[str] | None = None,
                      trends: bool = True, now: datetime | None = None) -> dict:
@@ -240,6 +243,9 @@ class Reports:
                        "current": [_alert(e, silenced[e["id"]]) for e in current]},
             "disk": _disk(config.backup_root, samples, now, days if trends else [], zone),
             "audit_head": {"id": head.id, "hash": head.hash},
+            # A replica's upstreams, without what rsync said (viewers read the digest).
+            "upstreams": [{k: v for k, v in upstream.items() if k != "detail"}
+                          for upstream in (await self.replicas.gather(now) if self.replicas else [])],
         }
 
 

@@ -217,6 +217,10 @@ class HostsReleaseResult(TypedDict):
     snapshots: list[str]
 
 
+class ReplicasListResult(TypedDict):
+    upstreams: list[dict]
+
+
 class ConfigReloadResult(TypedDict):
     ok: bool
     changes: list[str]

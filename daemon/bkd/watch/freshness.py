@@ -1,6 +1,6 @@
 """The freshness loop: re-reads every host's directory (the filesystem is the
-truth), keeps the `stale`, `clock`, `hung` and `disk` episodes in step with
-it, and expires old archives and monthly copies on schedule."""
+truth), keeps the `stale`, `clock`, `hung`, `replica_lag` and `disk` episodes
+in step with it, and expires old archives and monthly copies on schedule."""
 
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ import structlog
 from bkctl.protocol import BACKUP_KINDS, Kind, Status
 
 from ..alerts.service import AlertKind, Alerts
-from ..config.models import Schedule, format_duration
+from ..config.models import Replica, Schedule, format_duration
 from ..config.runtime import Runtime
 from ..infra import clock
+from ..infra.supervise import woken
 from ..runs.housekeeping import Housekeeping
 from ..schedule.due import is_stale
 from ..runs.registry import Registry
 from ..state.hosts import Fleet
-from ..tree.facts import read_facts
+from ..tree.facts import HostFacts, read_facts
 from ..tree.layout import HostDir
+from ..tree.upstream import Upstream
 from .disk import DiskWatch
 
 log = structlog.get_logger()
@@ -39,9 +41,12 @@ class Freshness:
         self.housekeeping = housekeeping
         self.disk = disk
         self._expired_at: float | None = None  # not 0.0: monotonic time starts at boot
+        self.wake = asyncio.Event()  # the config changed: hosts and their intervals may be new
+        runtime.on_reload(lambda old, new: self.wake.set())
 
     async def run(self) -> None:
         while True:
+            self.wake.clear()
             config = self.runtime.config
             await self.pass_()
             if self._expired_at is None or time.monotonic() - self._expired_at >= EXPIRE_EVERY:
@@ -50,7 +55,7 @@ class Freshness:
             intervals = [settings.schedule.snapshot_every.total_seconds() / 2 for settings in config.hosts.values()]
             if config.alerts.hung_after:
                 intervals.append(config.alerts.hung_after.total_seconds() / 2)
-            await asyncio.sleep(max(1.0, min([60.0, *intervals])))
+            await woken(self.wake, max(1.0, min([60.0, *intervals])))
 
     async def pass_(self) -> None:
         config = self.runtime.config
@@ -78,9 +83,27 @@ class Freshness:
                         "freshness, schedule and retention until their time comes")
             else:
                 await self.alerts.resolve(AlertKind.CLOCK, name)
+            if (upstream := config.upstream_of(name)) is not None:
+                await self._lag(name, upstream[0], facts, record.added, now)
         await self._hung(config.alerts.hung_after, clock.now())
         if self.disk is not None:
             await self.disk.check()
+
+    async def _lag(self, name: str, replica: Replica, facts: HostFacts, added: datetime | None,
+                   now: datetime) -> None:
+        """A replicated host whose copies are more than lag_after behind its
+        primary (tree/upstream.py says how that is measured) is `replica_lag`."""
+        seen = facts.upstream or Upstream()
+        lag, limit = seen.lag(added, now), replica.lag_limit
+        if lag is None or lag <= limit:
+            await self.alerts.resolve(AlertKind.REPLICA_LAG, name)
+        elif not self.alerts.is_current(AlertKind.REPLICA_LAG, name):
+            listed = f"listed {_age(now - seen.checked)} ago" if seen.checked else "never listed"
+            await self.alerts.raise_(
+                AlertKind.REPLICA_LAG, name,
+                f"its copies are {_age(lag)} behind primary {replica.name} (more than {format_duration(limit)}): "
+                f"newest copy {facts.latest or 'none'}, the primary's newest {seen.primary_newest or 'unknown'} "
+                f"({listed})")
 
     async def _hung(self, hung_after: timedelta | None, now: datetime) -> None:
         """A run still going past its next slot (or hung_after) is `hung`; the

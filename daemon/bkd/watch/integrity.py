@@ -172,6 +172,7 @@ class Integrity:
     async def run(self) -> None:
         """The background pass: each host when its last pass is `verify.every` old."""
         while True:
+            self.wake.clear()  # a wake during the pass (a run that found damage) brings another pass
             config = self.runtime.config
             every = config.verify.every
             now = clock.now()
@@ -194,7 +195,6 @@ class Integrity:
                     await self.store.set_value(_key(host.name), clock.iso(clock.now()))
                     due = clock.now() + every
                 soonest = min(soonest, due)
-            self.wake.clear()
             await woken(self.wake, max(1.0, (soonest - clock.now()).total_seconds()))
 
 
