@@ -181,13 +181,14 @@ def _check_source(source: str, local: str | None = None) -> str:
     says why one is refused."""
     if _CONTROL.search(source):
         problem = "it contains control characters"
+    elif local is not None and (source.startswith("/") or ":" not in source.split("/", 1)[0]):
+        problem = local  # a local path where only a remote one will do
     else:
         try:
-            if parse_source(source) is not None or local is None:
-                return source
-            problem = local  # a local path where only a remote one will do
+            parse_source(source)
+            return source
         except ValueError as e:
-            problem = local or str(e)
+            problem = str(e)
     raise ValueError(f"invalid source {source!r}: {problem}")
 
 
