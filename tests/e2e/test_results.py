@@ -28,7 +28,7 @@ def test_every_answer_has_the_fields_of_its_result_type(tmp_path, daemon_factory
         "alerts.list": {"all": True}, "alerts.ack": {"all": True},
         "alerts.silence": {"host": "web1", "for": "1h"}, "alerts.unsilence": {"host": "web1"},
         "notify.status": {}, "notify.test": {}, "report": {}, "audit.list": {"verify": True},
-        "hosts.test": {"hosts": ["web1"]}, "holds.list": {}, "config.reload": {}, "events.subscribe": {},
+        "hosts.test": {"hosts": ["web1"]}, "holds.list": {}, "replicas.list": {}, "config.reload": {}, "events.subscribe": {},
         "restore": {"host": "web1", "snapshot": "latest", "path": "/dir0", "dest": str(dest),
                     "receiver": receiver},
         "job.start": {"hosts": ["web1"], "dry_run": True},

@@ -189,6 +189,7 @@ class ReportResult(TypedDict):
     alerts: dict
     disk: dict
     audit_head: dict
+    upstreams: list[dict]  # a replica server's primaries (empty elsewhere)
 
 
 class PruneResult(TypedDict):

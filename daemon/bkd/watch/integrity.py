@@ -108,7 +108,10 @@ class Integrity:
         if self.versions is not None and result["snapshots"]:
             checked = await self.versions.check(host_dir, [n for n in result["snapshots"] if n in names])
             result["index"] = checked
-            result["mismatches"] += [{**p, "problem": f"index: {p['problem']}"} for p in checked["problems"]]
+            # A file that differs from its manifest is reported once: its index entry (what is on disk) differs too.
+            damaged = {(m.get("snapshot"), m.get("path")) for m in result["mismatches"]}
+            result["mismatches"] += [{**p, "problem": f"index: {p['problem']}"} for p in checked["problems"]
+                                     if (p.get("snapshot"), p.get("path")) not in damaged]
         result["ok"] = not result["mismatches"]
         log.log(40 if result["mismatches"] else 20, "verify.done", host=host, ok=result["ok"],
                 checked=result["checked"], mismatches=len(result["mismatches"]), gone=len(result["gone"]))
