@@ -372,6 +372,7 @@ def cmd_holds(client: Client, args) -> int:
             print(f"{hold['host']} {snapshot}: {_signals_text(signals) or 'no signal recorded'}")
             _print_examples((hold.get("examples") or {}).get(snapshot))
     print("once checked (bkctl snapshots HOST, bkctl ls HOST SNAPSHOT): bkctl hosts release HOST [--note TEXT]")
+    return EXIT_OK
 
 
 def cmd_replicas(client: Client, args) -> int:
