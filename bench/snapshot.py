@@ -33,8 +33,9 @@ For each bkd run it also reports the daemon's CPU time (from its
 `snapshot.cpu` log event): in all, reading rsync's output, and hashing
 beside the transfer (the hashing left when rsync ends, the walk, the
 manifest and the rest are the difference); and the shares of the manifest
-step (`manifest_s`) and of the anomaly step (`anomaly_s`: the change
-record, the change profile and its verdict) in the whole `bkctl run`. The
+step (`manifest_s`), of the anomaly step (`anomaly_s`: the change
+record, the change profile and its verdict) and of the version index's
+step (`index_s`) in the whole `bkctl run`. The
 generated files hold random data, the worst case for the anomaly step:
 every changed file looks random, so its previous version is sampled too.
 """
@@ -186,6 +187,8 @@ def table(times: dict[str, list[float]], groups: list[list[str]]) -> list[str]:
     return rows
 
 
+STEPS = ("manifest", "anomaly", "index")  # stats.STEP_s of a run, reported as shares of it
+
 class Bench:
     def __init__(self, root: Path, args):
         self.root, self.args = root, args
@@ -207,8 +210,9 @@ class Bench:
         self.ssh = shlex.join(rsync.ssh_command(Config.model_validate(self.config)))
         self.remote = remote
         self.times: dict[str, list[float]] = {}
-        self.manifest: dict[str, list[float]] = {}
-        self.anomaly: dict[str, list[float]] = {}  # the change record, profile and verdict (anomaly_s)
+        # A step's share of each `bkctl run`, by step and host: the manifest, the change record with the
+        # profile and its verdict (anomaly_s), and the version index (index_s).
+        self.steps: dict[str, dict[str, list[float]]] = {step: {} for step in STEPS}
         self.cpu: dict[str, list[dict]] = {}
         self.log_offset = 0
 
@@ -222,8 +226,8 @@ class Bench:
         if result.returncode != 0 or job["hosts"][0]["status"] != "ok":
             sys.exit(f"bkd run {host} failed: {job}")
         stats = job["hosts"][0]["stats"]
-        self.manifest.setdefault(host, []).append(stats.get("manifest_s", 0) / seconds)
-        self.anomaly.setdefault(host, []).append(stats.get("anomaly_s", 0) / seconds)
+        for step, by_host in self.steps.items():
+            by_host.setdefault(host, []).append((stats.get(f"{step}_s") or 0) / seconds)
         self.cpu.setdefault(host, []).append(self.daemon_cpu(host))
         return seconds
 
@@ -266,8 +270,8 @@ class Bench:
         for name in ("cpal-local", "linkdest-local", "cpal-ssh", "linkdest-ssh"):
             (self.root / name).mkdir()
             sh("cp", "-al", seed, self.root / name / "prev")
-        self.manifest.clear()
-        self.anomaly.clear()
+        for by_host in self.steps.values():
+            by_host.clear()
         self.cpu.clear()
 
     def methods(self, group: str) -> list[tuple[str, object]]:
@@ -342,7 +346,7 @@ class Bench:
     def report(self, load: tuple[str, str]) -> str:
         # The peer of each group: cp -al + rsync + sync, rsync + sync, or (restores) rsync.
         rows = table(self.times, [[key for key, _ in self.methods(group)] for group in self.args.only])
-        for step, by_host in (("manifest", self.manifest), ("anomaly", self.anomaly)):
+        for step, by_host in self.steps.items():
             for host, shares in by_host.items():
                 percent = [share * 100 for share in shares]
                 rows.append(f"| {step} step, share of `bkctl run {host}` | "
