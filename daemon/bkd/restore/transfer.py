@@ -208,10 +208,15 @@ async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable
         if on_spawn:
             on_spawn()
 
+    # rsync's own --timeout (set once, by the worker, from rsync.timeout) ends a transfer whose receiver
+    # stops; exec.run's stall limit of the same length also stops a remote rsync frozen while ssh keeps
+    # the connection up, as for snapshots.
+    stall = next((float(arg.partition("=")[2]) for arg in argv if arg.startswith("--timeout=")), None)
     try:
-        # TODO(lead): also pass exec.run's stall limit (scope B's watchdog, rsync.timeout) once merged;
-        # rsync's own --timeout (in argv) already ends a transfer whose receiver stops.
-        result = await bkexec.run(argv, on_stdout=output.line, cwd=str(root), pass_fds=pass_fds, on_spawn=spawned)
+        result = await bkexec.run(argv, on_stdout=output.line, cwd=str(root), pass_fds=pass_fds, on_spawn=spawned,
+                                  stall=stall)
+    except bkexec.Stalled as e:
+        raise RestoreFailed(f"rsync hung: {e} (rsync.timeout); its processes were stopped") from None
     finally:
         for task in watching:
             task.cancel()
