@@ -15,7 +15,7 @@ from datetime import date, timezone, tzinfo
 from html import escape
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .fmt import number, safe_tree, size, span, sparkline, timestamp
+from .fmt import number, safe, safe_tree, size, span, sparkline, timestamp
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 BAR = "#3b7dd8"  # host trend bars (the rendering test counts them: used for nothing else)
@@ -112,12 +112,12 @@ def audit_line(head: dict | None) -> str:
 def upstream_lines(upstream: dict) -> list[str]:
     """A replica server's upstream: its last visit, its state database's copy, and per host the lag."""
     visit = ("not visited yet" if upstream["visited"] is None else
-             "reachable" if upstream["ok"] else f"cannot be read ({upstream['error']})")
+             "reachable" if upstream["ok"] else f"cannot be read ({safe(upstream['error'])})")
     behind = sum(h["behind"] for h in upstream["hosts"])
     state = upstream["state"]
     copy = ("no copy of its state database yet" if state is None else
-            f"state database generation {state['generation']}" + ("" if state["ok"] else f": {state['problem']}"))
-    lines = [f"upstream {upstream['name']} ({upstream['source']}): {visit}, {len(upstream['hosts'])} hosts"
+            f"state database generation {state['generation']}" + ("" if state["ok"] else f": {safe(state['problem'])}"))
+    lines = [f"upstream {upstream['name']} ({safe(upstream['source'])}): {visit}, {len(upstream['hosts'])} hosts"
              f"{f', {behind} behind' if behind else ''}; {copy}"]
     lines += [f"  {h['host']}: newest copy {h['newest'] or '-'}, the primary's {h['primary_newest'] or '-'}, "
               f"lag {span(h['lag_s']) if h['lag_s'] is not None else '-'}{' (behind)' if h['behind'] else ''}, "
