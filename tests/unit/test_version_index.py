@@ -257,3 +257,83 @@ def test_a_snapshot_named_before_the_newest_is_indexed_when_its_record_says_it_f
     assert [m.name for m in index.members()] == names  # in the order they were made
     [v3, v2, v1] = index.find(compile_pattern("/a"), None, 10)[0]
     assert (v3["first"], v2["first"], v1["first"]) == (names[2], names[1], names[0])
+
+
+async def test_an_idle_daemon_keeps_a_few_indexes_open_and_reopens_the_others_when_asked(tmp_path):
+    """Each open index is a SQLite connection with its page cache: with many
+    hosts only the OPEN_AT_MOST most recently used stay open; a closed one
+    is reopened (the same file, nothing rebuilt) when it is next asked."""
+    from bkd.pipeline.versions import service
+    from bkd.tree.layout import HostDir
+
+    hosts = [f"web{n}" for n in range(service.OPEN_AT_MOST + 3)]
+    chains = {}
+    for name in hosts:
+        host_dir = HostDir(tmp_path / "backup" / name)
+        host_dir.hourly.mkdir(parents=True)
+        host_dir.meta.mkdir()
+        chain = chains[name] = Chain(host_dir.hourly)
+        chain.first({b"etc/" + name.encode(): name.encode()})
+        chain.trees[0].rename(host_dir.hourly / "2026-01-01_000000")
+        manifest.write_lines(host_dir.manifest_file("2026-01-01_000000"), chain.lines[0])
+    (tmp_path / "state").mkdir()
+    versions = service.Versions(tmp_path / "state", lambda: tmp_path / "backup", lambda: hosts)
+    try:
+        for name in hosts:
+            await versions.changed(HostDir(tmp_path / "backup" / name))
+        open_now = [name for name, host in versions.hosts.items() if host.index is not None]
+        assert open_now == hosts[-service.OPEN_AT_MOST:]  # the least recently used were closed
+        inodes = {name: os.stat(versions._path(name)).st_ino for name in hosts}
+        found, _ = await versions.find(HostDir(tmp_path / "backup" / "web0"), None, "/etc/web0", None, 10)
+        assert [v["path"] for v in found] == ["/etc/web0"]
+        assert versions.hosts["web0"].index is not None and versions.hosts["web0"].rebuilding is None
+        assert sum(host.index is not None for host in versions.hosts.values()) == service.OPEN_AT_MOST
+        assert {name: os.stat(versions._path(name)).st_ino for name in hosts} == inodes  # reopened, not rebuilt
+    finally:
+        versions.close()
+
+
+async def test_indexes_a_boot_left_open_are_rebuilt_and_a_clean_stop_leaves_them_trusted(tmp_path, monkeypatch):
+    """Indexes are written without fsync: while one is open, versions/.open
+    names the boot; a clean stop flushes and removes it. A marker of another
+    boot (the system went down under open indexes) discards them (rebuilt);
+    one of this boot (the daemon itself died) keeps them."""
+    from bkd.pipeline.versions import service
+    from bkd.tree.layout import HostDir
+
+    boot = tmp_path / "boot_id"
+    monkeypatch.setattr(service, "BOOT_ID", boot)
+    host_dir = HostDir(tmp_path / "backup" / "web1")
+    host_dir.hourly.mkdir(parents=True)
+    host_dir.meta.mkdir()
+    (tmp_path / "state").mkdir()
+
+    def daemon() -> service.Versions:
+        return service.Versions(tmp_path / "state", lambda: tmp_path / "backup", lambda: ["web1"])
+
+    boot.write_text("boot-1\n")
+    first = daemon()
+    await first.changed(host_dir)
+    index_file, marker = first._path("web1"), first.marker
+    assert marker.read_text() == "boot-1\n" and index_file.exists()
+    first.close()
+    assert not marker.exists()  # a clean stop
+
+    second = daemon()  # then killed: the marker stays
+    await second.changed(host_dir)
+    second.hosts["web1"].index.db.execute("INSERT INTO info (key, value) VALUES ('seen', 'boot-1')")
+
+    def seen(versions: service.Versions) -> bool:
+        return versions.hosts["web1"].index.db.execute("SELECT 1 FROM info WHERE key = 'seen'").fetchone() is not None
+
+    third = daemon()  # the same boot: an application crash leaves the index whole
+    await third.changed(host_dir)
+    assert seen(third)
+
+    boot.write_text("boot-2\n")  # the system went down with the marker there
+    fourth = daemon()
+    await fourth.changed(host_dir)
+    assert marker.read_text() == "boot-2\n"
+    assert index_file.exists() and not seen(fourth)  # discarded, and made again (a host with one copy at most)
+    for versions in (second, third, fourth):
+        versions.close()

@@ -8,6 +8,12 @@ any more. It runs after each snapshot (the run's `index_s`), after every
 prune, expiry and heavy stage, and before every answer, so an answer is
 never about copies that are gone, whatever was missed.
 
+Indexes are written without fsync (derived data: an application crash
+leaves them whole). While any is open, `versions/.open` names the boot it
+was opened in; a clean stop flushes them all and removes it. One found
+from another boot means the system went down under open indexes: they
+are discarded and rebuilt.
+
 An index that is missing or damaged, or that cannot follow the directory
 (a snapshot older than its newest appeared; the snapshot it would add to
 is gone), is rebuilt from the kept copies in the background: into a new
@@ -29,6 +35,7 @@ from pathlib import Path
 import structlog
 
 from ...infra import clock
+from ...infra.fsutil import fsync_dir, syncfs, write_atomic
 from ...infra.errors import NotReady
 from ...infra.supervise import woken
 from ...infra.threads import in_own_thread
@@ -43,6 +50,17 @@ log = structlog.get_logger()
 
 SAMPLE = 256  # files of a monthly copy compared by inode to tell which snapshot it was made of
 ATTEMPTS = 3  # a rebuild that loses a tree it was reading (pruned meanwhile) starts again this often
+OPEN_AT_MOST = 4  # indexes kept open (a connection and its page cache each); the others reopen when next used
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _boot() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 class Cancelled(Exception):
@@ -68,6 +86,7 @@ class _Host:
     rebuilding: dict | None = None  # how far a rebuild is, while one runs
     wanted: bool = False  # a rebuild is due
     unique_bytes: int | None = None
+    used: float = 0.0  # when its index was last synced (monotonic): the least recently used close first
 
 
 def _record_previous(host_dir: HostDir, name: str) -> str | None:
@@ -115,52 +134,64 @@ def _tree_of(host_dir: HostDir, name: str) -> Path:
             else host_dir.hourly / name)
 
 
-def _manifest_lines(path: Path | None) -> list[bytes] | None:
-    try:
-        return manifest.read_lines(path) if path else None
-    except OSError:
+class _Manifests:
+    """Manifests' lines, read only when trees must be walked (a change record
+    needs none); the newest is kept, as the next member's previous (a
+    rebuild without records walks each tree beside the one before it)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[Path, list[bytes] | None] = {}
+
+    def lines(self, path: Path | None) -> list[bytes] | None:
+        if path is None:
+            return None
+        if path not in self.kept:
+            try:
+                found = manifest.read_lines(path)
+            except OSError:
+                found = None
+            self.kept = {**dict(list(self.kept.items())[-1:]), path: found}
+        return self.kept[path]
+
+
+def _record_of(planned: _Planned, previous: Member | None) -> list[records.Entry] | None:
+    """The member's change record, if it has a readable one relative to previous."""
+    if planned.changes is None:
         return None
+    try:
+        found = records.read(planned.changes)
+    except records.RecordRefused as e:
+        log.warning("versions.record_refused", error=str(e))
+        return None
+    return found[1] if found is not None and found[0] == (previous.name if previous else None) else None
 
 
-def _changes_of(planned: _Planned, previous: _Planned | Member | None, previous_tree: Path | None,
-                previous_lines: list[bytes] | None, lines: list[bytes] | None) -> list[records.Entry]:
-    """The member's change record if it is relative to previous, else the same from the two trees."""
-    if planned.changes is not None:
-        try:
-            found = records.read(planned.changes)
-        except records.RecordRefused as e:
-            log.warning("versions.record_refused", error=str(e))
-            found = None
-        if found is not None and found[0] == (previous.name if previous else None):
-            return found[1]
-    return between(planned.tree, lines, previous_tree, previous_lines)
-
-
-def _add(index: Index, host_dir: HostDir, planned: _Planned, previous_lines: list[bytes] | None) -> list[bytes] | None:
-    """Append planned to the index's chain; its manifest's lines (for the next one)."""
+def _add(index: Index, host_dir: HostDir, planned: _Planned, manifests: _Manifests) -> None:
+    """Append planned to the index's chain: from its change record, else
+    from the two trees (and their manifests)."""
     tail = index.tail()
     previous_tree = _tree_of(host_dir, tail.name) if tail else None
     if previous_tree is not None and not previous_tree.is_dir():
         raise IndexDamaged(f"the index's newest copy {tail.name} is gone: it cannot follow on from it")
-    lines = _manifest_lines(planned.manifest)
-    if tail is not None and previous_lines is None:
-        previous_lines = _manifest_lines(copies_manifest(host_dir, tail.name))
     meta = [host_dir.meta_file(planned.name), host_dir.manifest_file(planned.name), host_dir.changes_file(planned.name)] \
         if not planned.name.startswith(copies.MONTHLY_PREFIX) else \
         [host_dir.monthly_record(planned.name.removeprefix(copies.MONTHLY_PREFIX))]
-    found = _changes_of(planned, tail, previous_tree, previous_lines, lines)
+
+    def walked() -> list[records.Entry]:
+        previous_lines = manifests.lines(copies_manifest(host_dir, tail.name)) if tail else None
+        return between(planned.tree, manifests.lines(planned.manifest), previous_tree, previous_lines)
+
+    recorded = _record_of(planned, tail)
     try:
-        index.append(planned.name, planned.time, found, planned.tree, meta)
+        index.append(planned.name, planned.time, walked() if recorded is None else recorded, planned.tree, meta)
     except records.RecordRefused as e:
-        if planned.changes is None:
+        if recorded is None:
             raise IndexDamaged(str(e)) from None
         log.warning("versions.record_refused", error=str(e))  # the record or the index is wrong: the trees decide
-        walked = between(planned.tree, lines, previous_tree, previous_lines)
         try:
-            index.append(planned.name, planned.time, walked, planned.tree, meta)
+            index.append(planned.name, planned.time, walked(), planned.tree, meta)
         except records.RecordRefused as again:
             raise IndexDamaged(str(again)) from None
-    return lines
 
 
 def copies_manifest(host_dir: HostDir, name: str) -> Path | None:
@@ -243,12 +274,12 @@ def sync(index: Index, host_dir: HostDir) -> int:
         if len(new) > 1 or record != tail.name:
             raise IndexDamaged(f"snapshot {new[0]} is older than the index's newest, {tail.name}")
         log.warning("versions.out_of_order", snapshot=new[0], newest=tail.name)
-    lines = None
+    manifests = _Manifests()
     for name in new:
         changes = host_dir.changes_file(name)
         planned = _Planned(name, _time(name), host_dir.hourly / name, host_dir.manifest_file(name),
                            changes if changes.exists() else None)
-        lines = _add(index, host_dir, planned, lines)
+        _add(index, host_dir, planned, manifests)
         by_name[name] = index.tail()
     index.set_holders(holders_of(index, host_dir, by_name, snapshots))
     return len(new)
@@ -285,11 +316,11 @@ def build(path: Path, host_dir: HostDir, progress: dict, stop: threading.Event) 
     try:
         planned = _plan(host_dir)
         progress.update(total=len(planned), done=0)
-        lines = None
+        manifests = _Manifests()
         for member in planned:
             if stop.is_set():
                 raise Cancelled()
-            lines = _add(index, host_dir, member, lines)
+            _add(index, host_dir, member, manifests)
             progress["done"] += 1
         sync(index, host_dir)
         index.mark_complete()
@@ -322,6 +353,30 @@ class Versions:
         self.hosts: dict[str, _Host] = {}
         self.wake = asyncio.Event()
         self.stop = threading.Event()
+        self.marker = self.directory / ".open"  # the boot the indexes were opened in (see the docstring)
+        self.marked = threading.Lock()
+        self.open_in: str | None = None  # this boot's id, once the marker is written
+
+    def _mark_open(self) -> None:
+        """Before an index is opened or made (in a worker thread): indexes a
+        previous boot left open are discarded, then this boot is marked."""
+        with self.marked:
+            if self.open_in is not None:
+                return
+            boot = _boot()
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            try:
+                left = self.marker.read_text().strip()
+            except FileNotFoundError:
+                left = None
+            if left is not None and left != boot:
+                discarded = sorted(self.directory.glob("*.sqlite*"))
+                log.warning("versions.unclean_stop", indexes=len(discarded),
+                            reason="the system went down while indexes were open: they are rebuilt")
+                for path in discarded:
+                    path.unlink(missing_ok=True)
+            write_atomic(self.marker, boot.encode() + b"\n")
+            self.open_in = boot
 
     def _host(self, name: str) -> _Host:
         return self.hosts.setdefault(name, _Host())
@@ -357,12 +412,14 @@ class Versions:
                 self._want_rebuild(name, "its file was removed or replaced")
                 return None
             if host.index is None:
-                self.directory.mkdir(mode=0o700, exist_ok=True)
+                await asyncio.to_thread(self._mark_open)
                 host.index = await asyncio.to_thread(_open_or_start, self._path(name), host_dir)
                 if host.index is None:
                     self._want_rebuild(name, "no index yet")
                     return None
                 host.opened = _inode(self._path(name))
+                self._close_idle()
+            host.used = time.monotonic()
             await asyncio.to_thread(sync, host.index, host_dir)
             host.unique_bytes = await asyncio.to_thread(lambda: host.index.space(False)["unique_bytes"])
         except IndexDamaged as e:
@@ -373,6 +430,16 @@ class Versions:
             self._want_rebuild(name, str(e) or type(e).__name__)
             return None
         return host, time.monotonic() - started
+
+    def _close_idle(self) -> None:
+        """Close the least recently used indexes beyond OPEN_AT_MOST (an
+        idle daemon with a hundred hosts does not keep a hundred connections
+        and their caches); one in use (its host's lock held) stays open."""
+        open_now = [(host.used, host) for host in self.hosts.values() if host.index is not None]
+        idle = sorted((entry for entry in open_now if not entry[1].lock.locked()), key=lambda entry: entry[0])
+        for _, host in idle[:max(0, len(open_now) - OPEN_AT_MOST)]:
+            host.index.close()
+            host.index = None
 
     async def added(self, host_dir: HostDir) -> float | None:
         """A snapshot was made: index it (the run's `index_s`); None while the index is being rebuilt."""
@@ -471,7 +538,7 @@ class Versions:
         if not host_dir.root.is_dir():
             host.wanted = False
             return
-        self.directory.mkdir(mode=0o700, exist_ok=True)
+        await asyncio.to_thread(self._mark_open)
         host.rebuilding = {"done": 0, "total": None, "started": clock.iso(clock.now())}
         host.wanted = False
         building = self._path(name).with_name(f"{name}.sqlite.building")
@@ -495,6 +562,8 @@ class Versions:
                 os.replace(building, final)
                 host.index = await asyncio.to_thread(Index.open, final)
                 host.opened = _inode(final)
+                host.used = time.monotonic()
+                self._close_idle()
                 host.unique_bytes = await asyncio.to_thread(lambda: host.index.space(False)["unique_bytes"])
                 size = host.index.size_on_disk()
             log.info("versions.rebuilt", host=name, copies=host.rebuilding["total"],
@@ -508,9 +577,20 @@ class Versions:
             host.rebuilding = None
 
     def close(self) -> None:
+        """At the daemon's stop: every index closed and flushed, then the marker removed."""
         self.stop.set()
         for host in self.hosts.values():
             if host.index is not None:
                 host.index.close()
                 host.index = None
+        with self.marked:
+            if self.open_in is None:
+                return
+            try:
+                syncfs(self.directory)
+                self.marker.unlink(missing_ok=True)
+                fsync_dir(self.directory)
+            except OSError as e:  # the marker stays: after a reboot the indexes are rebuilt, nothing is lost
+                log.warning("versions.flush_failed", error=str(e))
+            self.open_in = None
 
