@@ -85,12 +85,13 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
                         control: RunControl | None = None, previous_files: int | None = None,
                         on_progress: Callable[[dict], None] | None = None,
                         ssh_log: rsync.SshLog | None = None, name: SnapshotName | None = None,
-                        expected: Callable[[], Awaitable[list[bytes] | None]] | None = None,
+                        expected: Callable[[list[bytes]], Awaitable[list[bytes] | None]] | None = None,
                         shared: str | None = None) -> SnapshotResult:
     """A snapshot of settings' host from its source. A copy of another
     server's snapshot (replica/pull.py) gives the name it keeps and the
-    manifest it must match (sorted lines, awaited once the transfer is done:
-    it may arrive meanwhile): the files are hashed as usual and compared with
+    manifest it must match (sorted lines, awaited once the transfer is done
+    with the copy's own lines: it may arrive meanwhile, and needs checking
+    only where it differs): the files are hashed as usual and compared with
     it before the rename, and that manifest is the copy's (the result's
     `mismatches` say where the copy differs). shared: the ControlPath of an
     ssh connection to the source's host (shared_connection) to use."""
@@ -133,7 +134,7 @@ async def take_snapshot(config: Config, settings: HostSettings, *, dry_run: bool
         assessing = time.monotonic()
         assessment = await asyncio.to_thread(transfer.assess, previous, settings.anomaly)
         stats["anomaly_s"] = round(time.monotonic() - assessing, 3)
-        expected_lines = await expected() if expected is not None else None
+        expected_lines = await expected(checksums) if expected is not None else None
     except asyncio.CancelledError:
         if not control.keep_partial:
             await _remove(staging)

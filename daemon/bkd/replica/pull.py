@@ -145,9 +145,9 @@ async def list_primary(config: Config, settings: HostSettings, replica: Replica,
 
 async def fetch_manifest(config: Config, settings: HostSettings, replica: Replica, upstream: str, name: str,
                          host_dir: HostDir, ssh_log: rsync.SshLog | None, shared: str | None = None) -> list[bytes]:
-    """The primary's manifest of snapshot name, as sorted lines; ManifestRefused
-    when it is not one bkd writes (a line it did not write, a path outside the
-    snapshot, too large)."""
+    """The primary's manifest of snapshot name, its lines as they came (see
+    checked_manifest); ManifestRefused when it is not a regular file of at
+    most MAX_MANIFEST bytes."""
     where = f"the primary's {name}.manifest"
     local = host_dir.meta / f"{MANIFEST_PREFIX}{secrets.token_hex(4)}.manifest"
     try:
@@ -162,11 +162,21 @@ async def fetch_manifest(config: Config, settings: HostSettings, replica: Replic
                 raise manifest.ManifestRefused(f"{where}: not a regular file of at most {MAX_MANIFEST} bytes") \
                     from None
             os.close(fd)
-            return manifest.sorted_lines(manifest.parse(manifest.read_lines(local) or [], where))
+            return manifest.read_lines(local) or []
 
         return await asyncio.to_thread(read)
     finally:
         local.unlink(missing_ok=True)
+
+
+def checked_manifest(lines: list[bytes], ours: list[bytes], name: str) -> list[bytes]:
+    """The primary's manifest lines as the copy keeps them. The same lines as
+    the copy's own (the usual case) are lines bkd wrote: nothing to parse.
+    Others are parsed and sorted: ManifestRefused for a line bkd does not
+    write or a path outside the snapshot."""
+    if lines == ours:
+        return ours
+    return manifest.sorted_lines(manifest.parse(lines, f"the primary's {name}.manifest"))
 
 
 def _record_damage(host_dir: HostDir, name: str, mismatches: list[dict]) -> None:
@@ -277,9 +287,17 @@ async def _pull_one(config: Config, settings: HostSettings, replica: Replica, up
             return None, {"path": "/", "problem": str(e)}
 
     fetching = asyncio.create_task(manifest_of())
+    refused: list[dict] = []
 
-    async def expected() -> list[bytes] | None:
-        return (await fetching)[0]
+    async def expected(ours: list[bytes]) -> list[bytes] | None:
+        lines = (await fetching)[0]
+        if lines is None:
+            return None
+        try:
+            return await asyncio.to_thread(checked_manifest, lines, ours, name)
+        except manifest.ManifestRefused as e:
+            refused.append({"path": "/", "problem": str(e)})
+            return None
 
     source = replica.remote.at(f"{primary_dir(replica, upstream).hourly / name}/")
     pulling = settings.model_copy(update={"host": settings.host.model_copy(update={"source": source})})
@@ -289,7 +307,7 @@ async def _pull_one(config: Config, settings: HostSettings, replica: Replica, up
     finally:
         fetching.cancel()  # nothing when it is done; a fetch the failed transfer no longer needs, else
         await asyncio.gather(fetching, return_exceptions=True)
-    problem = fetching.result()[1]
+    problem = fetching.result()[1] or (refused[0] if refused else None)
     if problem is not None:  # copied, and kept with the manifest it has; marked like a mismatch
         result.mismatches = [problem]
     return result
