@@ -30,8 +30,8 @@ import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..changes import Entry, RecordRefused, Tree
 from .pattern import Pattern
@@ -67,8 +67,7 @@ class IndexDamaged(Exception):
     database error, or it disagrees with a change record): it is rebuilt."""
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):  # a tuple: made by the thousand at each step of a long history
     seq: int
     name: str  # a snapshot's name, or monthly/YYYY-MM for a copy standing in for a pruned one
     time: int  # Unix seconds of its content
@@ -77,8 +76,7 @@ class Member:
     meta_bytes: int
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     name: str  # as bkctl names the copy: 2026-12-07_131509, monthly/2026-12, archive/FILE
     kind: str
     seq: int  # the chain member it holds
@@ -423,6 +421,11 @@ class Index:
                                    params).fetchone()
         return found
 
+    def unique_bytes(self) -> int:
+        """What the host's kept copies take: each inode once, and each copy's own bytes."""
+        (own,) = self.db.execute("SELECT coalesce(sum(own_bytes), 0) FROM holders").fetchone()
+        return self.inode_bytes() + own
+
     def space(self, per_copy: bool) -> dict:
         """unique_bytes: what the host's kept copies take (each inode once,
         their directories, records and archives); total_bytes: what they
@@ -432,7 +435,7 @@ class Index:
         neighbours)."""
         holders = self.holders()
         members = {m.seq: m for m in self.members()}
-        unique = self.inode_bytes() + sum(h.own_bytes for h in holders)
+        unique = self.unique_bytes()
         total = sum(h.own_bytes + (members[h.seq].file_bytes if h.kind in HOLDS_INODES and h.seq in members else 0)
                     for h in holders)
         result = {"unique_bytes": unique, "total_bytes": total}

@@ -421,7 +421,7 @@ class Versions:
                 self._close_idle()
             host.used = time.monotonic()
             await asyncio.to_thread(sync, host.index, host_dir)
-            host.unique_bytes = await asyncio.to_thread(lambda: host.index.space(False)["unique_bytes"])
+            host.unique_bytes = await asyncio.to_thread(host.index.unique_bytes)
         except IndexDamaged as e:
             self._want_rebuild(name, str(e))
             return None
@@ -564,7 +564,7 @@ class Versions:
                 host.opened = _inode(final)
                 host.used = time.monotonic()
                 self._close_idle()
-                host.unique_bytes = await asyncio.to_thread(lambda: host.index.space(False)["unique_bytes"])
+                host.unique_bytes = await asyncio.to_thread(host.index.unique_bytes)
                 size = host.index.size_on_disk()
             log.info("versions.rebuilt", host=name, copies=host.rebuilding["total"],
                      seconds=round(time.monotonic() - started, 1), bytes=size)
