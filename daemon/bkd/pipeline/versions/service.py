@@ -10,7 +10,7 @@ never about copies that are gone, whatever was missed.
 
 Indexes are written without fsync (derived data: an application crash
 leaves them whole). While any is open, `versions/.open` names the boot it
-was opened in; a clean stop flushes them all and removes it. One found
+was opened in; a clean stop fsyncs them all and removes it. One found
 from another boot means the system went down under open indexes: they
 are discarded and rebuilt.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import structlog
 
 from ...infra import clock
-from ...infra.fsutil import fsync_dir, syncfs, write_atomic
+from ...infra.fsutil import fsync_dir, fsync_file, write_atomic
 from ...infra.errors import NotReady
 from ...infra.supervise import woken
 from ...infra.threads import in_own_thread
@@ -587,7 +587,9 @@ class Versions:
             if self.open_in is None:
                 return
             try:
-                syncfs(self.directory)
+                for index_file in self.directory.glob("*.sqlite"):  # closed: SQLite has written them whole
+                    fsync_file(index_file)
+                fsync_dir(self.directory)  # and the renames of rebuilt ones
                 self.marker.unlink(missing_ok=True)
                 fsync_dir(self.directory)
             except OSError as e:  # the marker stays: after a reboot the indexes are rebuilt, nothing is lost
