@@ -35,8 +35,8 @@ from pathlib import Path
 import structlog
 
 from ...infra import clock
-from ...infra.fsutil import fsync_dir, fsync_file, write_atomic
 from ...infra.errors import NotReady
+from ...infra.fsutil import fsync_dir, fsync_file, write_atomic
 from ...infra.supervise import woken
 from ...infra.threads import in_own_thread
 from ...tree import copies
@@ -51,8 +51,6 @@ log = structlog.get_logger()
 SAMPLE = 256  # files of a monthly copy compared by inode to tell which snapshot it was made of
 ATTEMPTS = 3  # a rebuild that loses a tree it was reading (pruned meanwhile) starts again this often
 OPEN_AT_MOST = 4  # indexes kept open (a connection and its page cache each); the others reopen when next used
-
-
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
