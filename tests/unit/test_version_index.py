@@ -337,3 +337,27 @@ async def test_indexes_a_boot_left_open_are_rebuilt_and_a_clean_stop_leaves_them
     assert index_file.exists() and not seen(fourth)  # discarded, and made again (a host with one copy at most)
     for versions in (second, third, fourth):
         versions.close()
+
+
+async def test_a_rebuild_that_cannot_write_its_marker_fails_alone_not_the_loop(tmp_path, monkeypatch):
+    """A full disk under state_dir: the rebuild fails (logged, tried again when
+    next asked for); the supervised loop that runs it goes on."""
+    import errno
+
+    from bkd.pipeline.versions import service
+    from bkd.tree.layout import HostDir
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(service, "write_atomic", full)
+    host_dir = HostDir(tmp_path / "backup" / "web1")
+    host_dir.hourly.mkdir(parents=True)
+    (tmp_path / "state").mkdir()
+    versions = service.Versions(tmp_path / "state", lambda: tmp_path / "backup", lambda: ["web1"])
+    versions._host("web1").wanted = True
+    await versions._rebuild(host_dir)  # no exception
+    host = versions.hosts["web1"]
+    assert host.rebuilding is None and not host.wanted and host.index is None
+    assert not versions._path("web1").exists()
+    versions.close()

@@ -536,13 +536,13 @@ class Versions:
         if not host_dir.root.is_dir():
             host.wanted = False
             return
-        await asyncio.to_thread(self._mark_open)
         host.rebuilding = {"done": 0, "total": None, "started": clock.iso(clock.now())}
         host.wanted = False
         building = self._path(name).with_name(f"{name}.sqlite.building")
         started = time.monotonic()
         log.info("versions.rebuild_start", host=name)
         try:
+            await asyncio.to_thread(self._mark_open)  # a full disk fails this rebuild, not the loop
             for attempt in range(1, ATTEMPTS + 1):
                 try:
                     index = await in_own_thread(build, building, host_dir, host.rebuilding, self.stop)
