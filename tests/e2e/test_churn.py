@@ -37,6 +37,7 @@ VERSIONS = 8
 FLIP_EVERY = 8  # a byte is flipped in snapshot 8, 16, 24, 32 …
 FLIPS = (SNAPSHOTS - 1) // FLIP_EVERY  # … in stable/s0, s1, s2, s3: files only this test changes
 REWRITE_BEFORE = 3  # s1, s2, s3 change in the source this many snapshots before their flip
+STALL_S = 30  # rsync.timeout of this test's daemon (see the test)
 LEFT_ALONE = ("stable", "versions", "home")  # what the churner never touches
 
 
@@ -132,7 +133,10 @@ def test_snapshots_of_a_churning_source_are_states_it_had_never_change_and_heal(
     make_source(source)
     as_directory, as_symlink = swapped_home(source / "home", short_tmp / "stash", short_tmp / "secret", USER)
     (short_tmp / "scratch").mkdir()
-    daemon = daemon_factory([{"name": "web1", "source": str(source)}],
+    # rsync 3.5.0 can deadlock (all three processes in poll) in the one pass that follows a source moved
+    # under the compare: bkd's watchdog ends it after rsync.timeout, here 30 s so that a run ends within
+    # the 120 s this test waits for one (the default, 5 minutes, is for real hosts).
+    daemon = daemon_factory([{"name": "web1", "source": str(source)}], rsync={"timeout": f"{STALL_S}s"},
                             archive={"enabled": False}, monthly={"enabled": False}).start()
     hourly = daemon.workdir / "backup" / "web1" / "hourly"
     stop = short_tmp / "stop-changing"
@@ -170,7 +174,10 @@ def test_snapshots_of_a_churning_source_are_states_it_had_never_change_and_heal(
                 # it; most often d swapped within rsync's one pass, whose
                 # symlink rsync 3.5 will not follow); such a run leaves nothing
                 # behind. Here one run in six to one in three: allow them, within bounds.
-                assert host["status"] == "failed" and "exited with code 23" in host["error"], host
+                # Or rsync deadlocked and was stopped (rsync's own --timeout, exit 30, or bkd's watchdog).
+                assert host["status"] == "failed" and any(
+                    said in host["error"] for said in ("exited with code 23", "exited with code 30", "rsync hung")
+                ), host
                 assert statuses["failed"] <= SNAPSHOTS, host
                 continue
             name = host["snapshot"]
