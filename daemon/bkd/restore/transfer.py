@@ -195,11 +195,14 @@ async def _watch(pid: int, on_progress: Callable[[int], None]) -> None:
         await asyncio.sleep(WATCH_EVERY)
 
 
-async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable[[int], None],
+async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable[[int], None], timeout: float,
                pass_fds: Sequence[int] = (), on_spawn: Callable[[], None] | None = None) -> tuple[dict, list[str]]:
     """Run the daemon's rsync (the sender) in the snapshot's root: its statistics
     and, for a dry run, the names it lists. It fails unless rsync says it
-    succeeded and printed its statistics."""
+    succeeded and printed its statistics. timeout (rsync.timeout): rsync's own
+    --timeout ends a transfer whose receiver stops; exec.run's stall limit of
+    the same length also stops a remote rsync frozen while ssh keeps the
+    connection up, as for snapshots."""
     output = _Output(dry_run)
     watching: list[asyncio.Task] = []
 
@@ -208,13 +211,10 @@ async def push(argv: list[str], root: Path, dry_run: bool, on_progress: Callable
         if on_spawn:
             on_spawn()
 
-    # rsync's own --timeout (set once, by the worker, from rsync.timeout) ends a transfer whose receiver
-    # stops; exec.run's stall limit of the same length also stops a remote rsync frozen while ssh keeps
-    # the connection up, as for snapshots.
-    stall = next((float(arg.partition("=")[2]) for arg in argv if arg.startswith("--timeout=")), None)
+    argv = [argv[0], f"--timeout={int(timeout)}", *argv[1:]]
     try:
         result = await bkexec.run(argv, on_stdout=output.line, cwd=str(root), pass_fds=pass_fds, on_spawn=spawned,
-                                  stall=stall)
+                                  stall=timeout)
     except bkexec.Stalled as e:
         raise RestoreFailed(f"rsync hung: {e} (rsync.timeout); its processes were stopped") from None
     finally:
@@ -343,7 +343,7 @@ def _probed_location(lines: list[str]) -> tuple[int, str] | None:
 
 async def restore_remote(config: Config, root: Path, dest: str, source_args: list[bytes], into: bytes,
                          where: Where, options: list[str], dry_run: bool, on_progress: Callable[[int], None],
-                         rsync_path: str = "") -> tuple[dict, list[str]]:
+                         timeout: float, rsync_path: str = "") -> tuple[dict, list[str]]:
     """The daemon's rsync sends from the snapshot's root to host:DEST/INTO/,
     over SSH with the restore key (rsync_path: how rsync starts there)."""
     remote = Remote.parse(dest)
@@ -351,7 +351,7 @@ async def restore_remote(config: Config, root: Path, dest: str, source_args: lis
     argv = ["rsync", *options, "-e", shlex.join(rsync.ssh_command(config, identity=restore_key(config))),
             *rsync.rsync_path_option(rsync_path), "--", *map(os.fsdecode, source_args), remote.at(target)]
     try:
-        stats, names = await push(argv, root, dry_run, on_progress)
+        stats, names = await push(argv, root, dry_run, on_progress, timeout)
     except RestoreFailed as e:
         if e.returncode not in _NOT_WRITTEN:
             raise
@@ -374,7 +374,7 @@ async def restore_remote(config: Config, root: Path, dest: str, source_args: lis
 
 async def restore_local(root: Path, source_args: list[bytes], missing: bytes, options: list[str],
                         attached: Awaitable[asyncio.StreamWriter], dry_run: bool,
-                        on_progress: Callable[[int], None]) -> tuple[dict, list[str]]:
+                        on_progress: Callable[[int], None], timeout: float) -> tuple[dict, list[str]]:
     """The daemon's rsync sends from the snapshot's root; the two ends of its
     connection go to the caller's bkctl over the connection it attaches with.
     The sender starts at once, while bkctl is still attaching."""
@@ -385,7 +385,7 @@ async def restore_local(root: Path, source_args: list[bytes], missing: bytes, op
     target = os.fsdecode(missing) + "/" if missing else "."
     argv = ["rsync", *options, "-e", rsh, "--", *map(os.fsdecode, source_args), f"bkd:{target}"]
     with ours, theirs:
-        transfer = asyncio.ensure_future(push(argv, root, dry_run, on_progress, pass_fds=(theirs.fileno(),),
+        transfer = asyncio.ensure_future(push(argv, root, dry_run, on_progress, timeout, pass_fds=(theirs.fileno(),),
                                               on_spawn=theirs.close))  # only the remote shell may hold it
         handoff = asyncio.ensure_future(_handed_over(ours))
         attaching = asyncio.ensure_future(attached)

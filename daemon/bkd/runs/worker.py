@@ -232,9 +232,9 @@ class Worker:
             raise transfer.RestoreFailed(f"{e.message}: it went after the restore was asked for") from None
         run.snapshot = target.snapshot
         dry_run = run.request.dry_run
-        # A transfer without I/O for rsync.timeout fails, as rsync's own --timeout (SPEC §7).
+        # A transfer without I/O for rsync.timeout fails (SPEC §7): transfer.push sets it.
         timeout = (plan.settings.rsync if plan.settings else plan.config.rsync).timeout.total_seconds()
-        options = [*target.options, f"--timeout={int(timeout)}"]
+        options = list(target.options)
         on_progress = self._restore_progress(run, copies.manifest_of(host_dir, copy), target.path)
         async with restore_source.sending_root(host_dir, copy, target.path,
                                                lambda progress: self.lifecycle.progress(run, progress)) as root:
@@ -242,11 +242,11 @@ class Worker:
                 rsync_path = transfer.rsync_path_at(plan.config, transfer.check_destination(target.dest), run.host)
                 stats, names = await transfer.restore_remote(
                     plan.config, root, target.dest, list(target.sources), target.into, target.where, options,
-                    dry_run, on_progress, rsync_path)
+                    dry_run, on_progress, timeout, rsync_path)
             else:  # a local DEST, received by the caller's bkctl
                 stats, names = await transfer.restore_local(root, list(target.sources), target.missing, options,
                                                             self._attached(target.token, min(ATTACH_TIMEOUT, timeout)),
-                                                            dry_run, on_progress)
+                                                            dry_run, on_progress, timeout)
         run.stats.update(stats)
         if dry_run:
             run.listing = names
