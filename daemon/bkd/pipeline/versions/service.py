@@ -358,11 +358,11 @@ class Versions:
     def _mark_open(self) -> None:
         """Before an index is opened or made (in a worker thread): indexes a
         previous boot left open are discarded, then this boot is marked."""
+        self.directory.mkdir(mode=0o700, exist_ok=True)  # again each time: it may have been removed
         with self.marked:
-            if self.open_in is not None:
+            if self.open_in is not None and self.marker.exists():  # (gone with a directory removed by hand)
                 return
             boot = _boot()
-            self.directory.mkdir(mode=0o700, exist_ok=True)
             try:
                 left = self.marker.read_text().strip()
             except FileNotFoundError:
